@@ -1,0 +1,193 @@
+//! Labelled data: the two manifest formats of `../shared/data`, and the patient-wise split.
+//!
+//! Paths in a manifest are resolved against the manifest's folder first, then its parent (the
+//! shared data's manifests name paths from the data root, e.g. `cxr/covid/x.png`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{CoreError, Result};
+
+/// The seed of the project's split; `cxr train` and `cxr eval --split` use it unless told.
+pub const DEFAULT_SEED: u64 = 2026;
+/// Shares of patients held out for testing and for validation (model selection, threshold).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitShares {
+    pub test: f64,
+    pub validation: f64,
+}
+
+impl SplitShares {
+    /// For the classifier's 300 patients: 70 / 15 / 15.
+    pub const CLASSIFIER: Self = Self { test: 0.15, validation: 0.15 };
+    /// The lung-mask set has only about 50 patients: a quarter is held out for testing so that
+    /// the test Dice rests on more than a handful of patients.
+    pub const SEGMENTER: Self = Self { test: 0.25, validation: 0.15 };
+}
+
+/// A row of a classification manifest (`path,label,patient,view,source,license`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledImage {
+    pub path: PathBuf,
+    pub label: String,
+    pub patient: String,
+}
+
+/// A row of a lung-mask manifest (`image,mask,patient,...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedImage {
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    pub patient: String,
+}
+
+/// A manifest, recognised by its header.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    Labels(Vec<LabelledImage>),
+    Masks(Vec<MaskedImage>),
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut reader = csv::Reader::from_path(path).map_err(|e| csv_error(path, &e))?;
+        let headers = reader.headers().map_err(|e| csv_error(path, &e))?.clone();
+        let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &str| {
+            let here = base.join(p);
+            match base.parent() {
+                Some(parent) if !here.exists() && parent.join(p).exists() => parent.join(p),
+                _ => here,
+            }
+        };
+        let rows: Vec<csv::StringRecord> = reader
+            .records()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| csv_error(path, &e))?;
+        let field = |row: &csv::StringRecord, i: usize| row.get(i).unwrap_or("").trim().to_owned();
+        match (column("path"), column("label"), column("image"), column("mask"), column("patient")) {
+            (Some(p), Some(l), _, _, patient) => Ok(Self::Labels(
+                rows.iter()
+                    .map(|r| LabelledImage {
+                        path: resolve(&field(r, p)),
+                        label: field(r, l),
+                        // Without a patient column every image is its own patient.
+                        patient: patient.map_or_else(|| field(r, p), |i| field(r, i)),
+                    })
+                    .collect(),
+            )),
+            (_, _, Some(i), Some(m), patient) => Ok(Self::Masks(
+                rows.iter()
+                    .map(|r| MaskedImage {
+                        image: resolve(&field(r, i)),
+                        mask: resolve(&field(r, m)),
+                        patient: patient.map_or_else(|| field(r, i), |c| field(r, c)),
+                    })
+                    .collect(),
+            )),
+            _ => Err(CoreError::data(
+                path,
+                "unknown manifest: expected columns path,label[,patient] or image,mask[,patient]",
+            )),
+        }
+    }
+}
+
+fn csv_error(path: &Path, e: &csv::Error) -> CoreError {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => CoreError::data(path, io.to_string()),
+        _ => CoreError::data(path, e.to_string()),
+    }
+}
+
+/// Which side of the split a patient is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+impl Split {
+    /// The side of `patient` under `seed`: a hash of the two, read as a number in [0, 1), so a
+    /// patient's side never depends on which other patients are present. Adding data (reviewed
+    /// queue items, say) therefore never moves a test patient into training.
+    #[must_use]
+    pub fn of(patient: &str, seed: u64, shares: SplitShares) -> Self {
+        let digest = Sha256::digest(format!("{seed}:{patient}").as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        let unit = u64::from_be_bytes(head) as f64 / 2f64.powi(64);
+        if unit < shares.test {
+            Self::Test
+        } else if unit < shares.test + shares.validation {
+            Self::Validation
+        } else {
+            Self::Train
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Train => "train",
+            Self::Validation => "validation",
+            Self::Test => "test",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn split_is_by_patient_and_stable() {
+        let images: Vec<(String, String)> = (0..600)
+            .map(|i| (format!("img{i}"), format!("patient{}", i / 3)))
+            .collect();
+        let mut side_of: HashMap<&str, HashSet<Split>> = HashMap::new();
+        for (_, patient) in &images {
+            side_of.entry(patient).or_default().insert(Split::of(patient, DEFAULT_SEED, SplitShares::CLASSIFIER));
+        }
+        assert!(side_of.values().all(|sides| sides.len() == 1), "a patient on two sides");
+        let count = |s: Split| side_of.values().filter(|v| v.contains(&s)).count();
+        assert_eq!(count(Split::Train) + count(Split::Validation) + count(Split::Test), 200);
+        assert!((15..=45).contains(&count(Split::Test)), "test {}", count(Split::Test));
+        assert!((15..=45).contains(&count(Split::Validation)));
+        // Another seed gives another split.
+        let moved = side_of.keys().filter(|p| Split::of(p, 7, SplitShares::CLASSIFIER) != Split::of(p, DEFAULT_SEED, SplitShares::CLASSIFIER));
+        assert!(moved.count() > 40);
+    }
+
+    #[test]
+    fn reads_both_manifest_formats_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("set/img")).unwrap();
+        std::fs::write(dir.path().join("set/img/a.png"), b"").unwrap();
+        let labels = dir.path().join("set/labels.csv");
+        std::fs::write(&labels, "path,label,patient\nimg/a.png,covid,p1\nset/img/b.png,normal,p2\n")
+            .unwrap();
+        let Manifest::Labels(rows) = Manifest::read(&labels).unwrap() else { panic!() };
+        assert_eq!(rows[0].path, dir.path().join("set/img/a.png"));
+        assert_eq!(rows[1].path, dir.path().join("set/set/img/b.png"));
+        assert_eq!((rows[1].label.as_str(), rows[1].patient.as_str()), ("normal", "p2"));
+
+        let masks = dir.path().join("masks.csv");
+        std::fs::write(&masks, "image,mask\nx.png,y.png\n").unwrap();
+        let Manifest::Masks(rows) = Manifest::read(&masks).unwrap() else { panic!() };
+        assert_eq!(rows[0].patient, "x.png");
+
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(&bad, "a,b\n1,2\n").unwrap();
+        assert!(Manifest::read(&bad).unwrap_err().to_string().contains("unknown manifest"));
+        let missing = Manifest::read(&dir.path().join("none.csv")).unwrap_err();
+        assert!(missing.to_string().contains("none.csv"), "{missing}");
+    }
+}

@@ -1,0 +1,52 @@
+//! The one error type of `cxr-core`. Every variant that concerns a file names it, so that a
+//! message printed by the CLI or the viewer tells the user which input was at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in decoding, models, data and training.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {reason}", path.display())]
+    Decode { path: PathBuf, reason: String },
+
+    #[error(
+        "{}: image is {width}x{height} pixels, more than the {limit} px per side this tool decodes",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, width: u32, height: u32, limit: u32 },
+
+    #[error("{}: cannot load model: {source}", path.display())]
+    ModelLoad {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("{}: {reason}", path.display())]
+    Data { path: PathBuf, reason: String },
+
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::Data { path: path.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

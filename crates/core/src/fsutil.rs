@@ -1,0 +1,40 @@
+//! Writes that never leave a half-written file behind: write beside the target, sync, rename.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{CoreError, Result};
+
+/// A temporary sibling of `path` that keeps its extension (libtorch picks formats by it).
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
+}
+
+/// Replaces `path` with `bytes` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    }
+    let tmp = temp_sibling(path);
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CoreError::io(path, e)
+    })
+}
+
+/// Saves a var store as safetensors, atomically.
+pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    }
+    let tmp = temp_sibling(path);
+    vs.save(&tmp).map_err(|e| CoreError::ModelLoad { path: path.into(), source: Box::new(e) })?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+}

@@ -1,0 +1,24 @@
+//! cxr-core: chest radiographs in, lung masks, predictions and (with cxr-explainers) explanations
+//! out. The folder layout follows the data flow:
+//!
+//! - [`xray`]: decoding any PNG/JPEG into a grayscale `f32` image (bad input is a clear error);
+//! - [`preprocess`]: the one function that turns a radiograph into network input;
+//! - [`models`]: the U-Net segmenter and ResNet classifier, and their traits;
+//! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
+//! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards.
+
+pub mod card;
+pub mod data;
+pub mod device;
+mod error;
+pub mod fsutil;
+pub mod mask;
+pub mod metrics;
+pub mod models;
+pub mod pipeline;
+pub mod preprocess;
+pub mod train;
+pub mod xray;
+
+pub use error::{CoreError, Result};
+pub use tch;

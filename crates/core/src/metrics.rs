@@ -1,0 +1,182 @@
+//! Measures of a classifier (ROC-AUC, confusion matrix at a threshold) and of a segmentation
+//! (Dice, IoU with an "ignore" label).
+
+use serde::{Deserialize, Serialize};
+
+/// Area under the ROC curve: the probability that a random positive scores above a random
+/// negative, ties counting one half (Mann-Whitney U). `None` without both classes.
+#[must_use]
+pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks (1-based) over runs of equal scores.
+    let mut rank = vec![0.0f64; scores.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let average = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            rank[k] = average;
+        }
+        i = j + 1;
+    }
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return None;
+    }
+    let rank_sum: f64 = rank.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
+    Some((rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg))
+}
+
+/// Counts of a binary decision at a threshold (score >= threshold means positive).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub true_positive: usize,
+    pub false_negative: usize,
+    pub false_positive: usize,
+    pub true_negative: usize,
+}
+
+impl Confusion {
+    #[must_use]
+    pub fn at(scores: &[f32], positive: &[bool], threshold: f32) -> Self {
+        let mut c = Self::default();
+        for (&s, &p) in scores.iter().zip(positive) {
+            match (p, s >= threshold) {
+                (true, true) => c.true_positive += 1,
+                (true, false) => c.false_negative += 1,
+                (false, true) => c.false_positive += 1,
+                (false, false) => c.true_negative += 1,
+            }
+        }
+        c
+    }
+
+    #[must_use]
+    pub fn accuracy(&self) -> f64 {
+        let total = self.true_positive + self.false_negative + self.false_positive + self.true_negative;
+        ratio(self.true_positive + self.true_negative, total)
+    }
+
+    /// Recall of the positive class.
+    #[must_use]
+    pub fn sensitivity(&self) -> f64 {
+        ratio(self.true_positive, self.true_positive + self.false_negative)
+    }
+
+    /// Recall of the negative class.
+    #[must_use]
+    pub fn specificity(&self) -> f64 {
+        ratio(self.true_negative, self.true_negative + self.false_positive)
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { f64::NAN } else { a as f64 / b as f64 }
+}
+
+/// The threshold maximising sensitivity + specificity (Youden's J) over the observed scores,
+/// placed halfway between the best cut's score and the next lower score so that it does not sit
+/// on a training example.
+#[must_use]
+pub fn youden_threshold(scores: &[f32], positive: &[bool]) -> f32 {
+    let mut best = (f64::NEG_INFINITY, 0.5);
+    let mut candidates = scores.to_vec();
+    candidates.sort_by(f32::total_cmp);
+    candidates.dedup();
+    for (i, &t) in candidates.iter().enumerate() {
+        let c = Confusion::at(scores, positive, t);
+        let j = c.sensitivity() + c.specificity();
+        if j > best.0 {
+            let below = if i == 0 { 0.0 } else { candidates[i - 1] };
+            best = (j, (t + below) / 2.0);
+        }
+    }
+    best.1
+}
+
+/// Pixel counts of a predicted mask against a reference, where the reference may mark pixels
+/// to ignore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlap {
+    pub intersection: u64,
+    pub predicted: u64,
+    pub reference: u64,
+}
+
+impl Overlap {
+    /// `predicted`: non-zero is lung. `reference`: 255 lung, 0 background, anything else ignored
+    /// (the shared masks use 127 for devices).
+    #[must_use]
+    pub fn of(predicted: &[u8], reference: &[u8]) -> Self {
+        let mut o = Self::default();
+        for (&p, &r) in predicted.iter().zip(reference) {
+            if r != 0 && r != 255 {
+                continue;
+            }
+            let (p, r) = (p != 0, r == 255);
+            o.intersection += u64::from(p && r);
+            o.predicted += u64::from(p);
+            o.reference += u64::from(r);
+        }
+        o
+    }
+
+    #[must_use]
+    pub fn dice(&self) -> f64 {
+        let denominator = self.predicted + self.reference;
+        if denominator == 0 { 1.0 } else { 2.0 * self.intersection as f64 / denominator as f64 }
+    }
+
+    #[must_use]
+    pub fn iou(&self) -> f64 {
+        let union = self.predicted + self.reference - self.intersection;
+        if union == 0 { 1.0 } else { self.intersection as f64 / union as f64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_matches_a_hand_count() {
+        // Pairs (pos, neg): 0.9>0.3, 0.9>0.6, 0.5>0.3, 0.5<0.6, 0.6=0.6 (half) -> 3.5 / 6
+        let scores = [0.9, 0.5, 0.6, 0.3, 0.6];
+        let positive = [true, true, true, false, false];
+        assert!((roc_auc(&scores, &positive).unwrap() - 4.5 / 6.0).abs() < 1e-12);
+        assert_eq!(roc_auc(&[0.1, 0.2], &[true, true]), None);
+        assert!((roc_auc(&[0.1, 0.2], &[false, true]).unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn confusion_and_rates() {
+        let c = Confusion::at(&[0.9, 0.4, 0.7, 0.1], &[true, true, false, false], 0.5);
+        assert_eq!((c.true_positive, c.false_negative, c.false_positive, c.true_negative), (1, 1, 1, 1));
+        assert!((c.accuracy() - 0.5).abs() < 1e-12);
+        assert!((c.sensitivity() - 0.5).abs() < 1e-12 && (c.specificity() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn youden_separates_separable_scores() {
+        let t = youden_threshold(&[0.2, 0.3, 0.8, 0.7], &[false, false, true, true]);
+        assert!((t - 0.5).abs() < 1e-6, "{t}");
+        let t = youden_threshold(&[0.1, 0.6, 0.4, 0.9, 0.8], &[false, false, true, true, true]);
+        // Missing the positive at 0.4 (J = 2/3 + 1) beats flagging the negative at 0.6 (J = 1 + 1/2).
+        assert!((t - 0.7).abs() < 1e-6, "{t}");
+    }
+
+    #[test]
+    fn dice_and_iou_skip_ignored_pixels() {
+        let predicted = [255, 255, 0, 0, 255];
+        let reference = [255, 0, 255, 0, 127];
+        let o = Overlap::of(&predicted, &reference);
+        assert_eq!((o.intersection, o.predicted, o.reference), (1, 2, 2));
+        assert!((o.dice() - 0.5).abs() < 1e-12);
+        assert!((o.iou() - 1.0 / 3.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,294 @@
+//! The networks, the `Segmenter` and `Classifier` contracts, and their native tch
+//! implementations loaded from `models/NAME.safetensors` plus `models/NAME.json`.
+
+pub mod resnet;
+pub mod unet;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use crate::mask::{self, LungMask};
+use crate::preprocess::{self, SEGMENTER_SIDE};
+use crate::xray::GrayF32;
+use crate::{CoreError, Result};
+use resnet::{ResNet, ResNetConfig};
+use unet::{UNet, UNetConfig};
+
+/// Segments the lungs of a radiograph.
+pub trait Segmenter: Send {
+    /// The lung mask at the image's own resolution.
+    fn segment(&self, gray: &GrayF32) -> Result<LungMask>;
+}
+
+/// Classifies preprocessed radiographs (see [`preprocess::classifier_input`]).
+pub trait Classifier: Send {
+    /// Class names, in logit order; the first is the positive class ("covid").
+    fn classes(&self) -> &[String];
+    /// Decision threshold on the positive class's probability.
+    fn threshold(&self) -> f32;
+    fn device(&self) -> Device;
+    /// # Shapes
+    /// `[N, 1, 224, 224]` -> `[N, classes]` logits (before softmax)
+    fn logits(&self, batch: &Tensor) -> Result<Tensor>;
+
+    /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`.
+    fn predict(&self, input: &Tensor) -> Result<Prediction> {
+        let logits = tch::no_grad(|| self.logits(input))?;
+        let probs = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?;
+        let probs = Vec::<f32>::try_from(probs.f_view([-1])?)?;
+        Ok(Prediction::from_probabilities(self.classes(), &probs, self.threshold()))
+    }
+}
+
+/// What the classifier says about one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub probabilities: BTreeMap<String, f32>,
+    pub label: String,
+    /// Probability of the positive class at which the label switches to it.
+    pub threshold: f32,
+}
+
+impl Prediction {
+    #[must_use]
+    pub fn from_probabilities(classes: &[String], probs: &[f32], threshold: f32) -> Self {
+        let positive = probs.first().copied().unwrap_or(0.0);
+        let label = if positive >= threshold { &classes[0] } else { &classes[1] };
+        Self {
+            probabilities: classes.iter().cloned().zip(probs.iter().copied()).collect(),
+            label: label.clone(),
+            threshold,
+        }
+    }
+}
+
+/// The JSON written beside each model's weights: its architecture, decision threshold and the
+/// record of how it was trained and what it measured on held-out patients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelMeta<A> {
+    pub architecture: A,
+    pub input_side: u32,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default = "half")]
+    pub threshold: f32,
+    /// Training record and held-out metrics, as written by `cxr train`.
+    #[serde(default)]
+    pub record: serde_json::Value,
+}
+
+fn half() -> f32 {
+    0.5
+}
+
+/// Paths of a model's weights, metadata and card, from its directory and name.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub weights: PathBuf,
+    pub meta: PathBuf,
+    pub card: PathBuf,
+}
+
+impl ModelFiles {
+    #[must_use]
+    pub fn new(dir: &Path, name: &str) -> Self {
+        Self {
+            weights: dir.join(format!("{name}.safetensors")),
+            meta: dir.join(format!("{name}.json")),
+            card: dir.join(format!("{name}.md")),
+        }
+    }
+
+    pub fn read_meta<A: serde::de::DeserializeOwned>(&self) -> Result<ModelMeta<A>> {
+        let text = std::fs::read_to_string(&self.meta).map_err(|e| self.load_error(e))?;
+        serde_json::from_str(&text).map_err(|e| self.load_error(e))
+    }
+
+    pub fn write_meta<A: Serialize>(&self, meta: &ModelMeta<A>) -> Result<()> {
+        let text = serde_json::to_string_pretty(meta).map_err(|e| self.load_error(e))?;
+        crate::fsutil::write_atomic(&self.meta, text.as_bytes())
+    }
+
+    fn load_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> CoreError {
+        CoreError::ModelLoad { path: self.meta.clone(), source: Box::new(e) }
+    }
+
+    /// Loads the weights into `vs`, naming the file in the error.
+    pub fn load_weights(&self, vs: &mut nn::VarStore) -> Result<()> {
+        if !self.weights.exists() {
+            return Err(CoreError::ModelLoad {
+                path: self.weights.clone(),
+                source: "file not found (train one with `cxr train`, or pass --models DIR)".into(),
+            });
+        }
+        vs.load(&self.weights)
+            .map_err(|e| CoreError::ModelLoad { path: self.weights.clone(), source: Box::new(e) })
+    }
+}
+
+/// The U-Net lung segmenter.
+#[derive(Debug)]
+pub struct UNetSegmenter {
+    vs: nn::VarStore,
+    net: UNet,
+    pub meta: ModelMeta<UNetConfig>,
+}
+
+impl UNetSegmenter {
+    /// A fresh, randomly initialised network (for training).
+    #[must_use]
+    pub fn new(config: UNetConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = UNet::new(&vs.root(), &config);
+        let meta = ModelMeta {
+            architecture: config,
+            input_side: SEGMENTER_SIDE,
+            classes: vec!["lung".into()],
+            threshold: 0.5,
+            record: serde_json::Value::Null,
+        };
+        Self { vs, net, meta }
+    }
+
+    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
+        let meta: ModelMeta<UNetConfig> = files.read_meta()?;
+        let mut model = Self::new(meta.architecture.clone(), device);
+        files.load_weights(&mut model.vs)?;
+        model.meta = meta;
+        Ok(model)
+    }
+
+    pub fn save(&self, files: &ModelFiles) -> Result<()> {
+        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&self.meta)
+    }
+
+    #[must_use]
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]`.
+    #[must_use]
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.net.forward_t(xs, train)
+    }
+
+    /// Lung probability at the segmenter's resolution, `[256, 256]`, on the CPU.
+    pub fn probabilities(&self, gray: &GrayF32) -> Result<Tensor> {
+        let side = i64::from(SEGMENTER_SIDE);
+        let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
+            .f_view([1, 1, side, side])?
+            .f_to_device(self.vs.device())?;
+        let logits = tch::no_grad(|| self.net.forward_t(&input, false));
+        Ok(logits.f_sigmoid()?.f_to_device(Device::Cpu)?.f_view([side, side])?)
+    }
+}
+
+impl Segmenter for UNetSegmenter {
+    /// Probabilities resized to the original resolution, thresholded, then cleaned: the two
+    /// largest regions kept and their holes filled.
+    fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
+        let probs = self.probabilities(gray)?;
+        let (w, h) = gray.dimensions();
+        let full = probs
+            .f_view([1, 1, i64::from(SEGMENTER_SIDE), i64::from(SEGMENTER_SIDE)])?
+            .f_upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)?
+            .f_gt(f64::from(self.meta.threshold))?
+            .f_to_kind(Kind::Uint8)?
+            .f_mul_scalar(i64::from(mask::LUNG))?
+            .f_view([-1])?;
+        let raw = Vec::<u8>::try_from(full)?;
+        let binary = LungMask::from_raw(w, h, raw)
+            .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
+        Ok(mask::clean(&binary, 0.1))
+    }
+}
+
+/// The ResNet classifier.
+#[derive(Debug)]
+pub struct ResNetClassifier {
+    vs: nn::VarStore,
+    net: ResNet,
+    pub meta: ModelMeta<ResNetConfig>,
+}
+
+impl ResNetClassifier {
+    #[must_use]
+    pub fn new(config: ResNetConfig, classes: Vec<String>, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = ResNet::new(&vs.root(), &config);
+        let meta = ModelMeta {
+            architecture: config,
+            input_side: preprocess::CLASSIFIER_SIDE,
+            classes,
+            threshold: 0.5,
+            record: serde_json::Value::Null,
+        };
+        Self { vs, net, meta }
+    }
+
+    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
+        let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
+        if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
+            return Err(CoreError::ModelLoad {
+                path: files.meta.clone(),
+                source: "expected a two-class classifier (positive class first)".into(),
+            });
+        }
+        let mut model = Self::new(meta.architecture.clone(), meta.classes.clone(), device);
+        files.load_weights(&mut model.vs)?;
+        model.meta = meta;
+        Ok(model)
+    }
+
+    pub fn save(&self, files: &ModelFiles) -> Result<()> {
+        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&self.meta)
+    }
+
+    #[must_use]
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    #[must_use]
+    pub fn network(&self) -> &ResNet {
+        &self.net
+    }
+
+    #[must_use]
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.net.forward_t(xs, train)
+    }
+}
+
+impl Classifier for ResNetClassifier {
+    fn classes(&self) -> &[String] {
+        &self.meta.classes
+    }
+
+    fn threshold(&self) -> f32 {
+        self.meta.threshold
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        Ok(self.net.forward_t(&batch.f_to_device(self.vs.device())?, false))
+    }
+}

@@ -1,0 +1,115 @@
+//! Decode, segment, preprocess, classify: one radiograph end to end, with per-stage timings.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::mask::{self, LungMask};
+use crate::models::{Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter};
+use crate::preprocess::{self, ClassifierInput};
+use crate::xray::Xray;
+use crate::Result;
+
+/// File names of the shipped models inside a models directory.
+pub const SEGMENTER_NAME: &str = "segmenter";
+pub const CLASSIFIER_NAME: &str = "classifier";
+
+/// The two models, loaded once.
+pub struct Pipeline {
+    pub segmenter: Box<dyn Segmenter>,
+    pub classifier: Box<dyn Classifier>,
+    pub device: Device,
+}
+
+/// Milliseconds spent in each stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub decode_ms: f64,
+    pub segment_ms: f64,
+    pub preprocess_ms: f64,
+    pub classify_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Everything the pipeline learns about one radiograph.
+pub struct Analysis {
+    pub xray: Xray,
+    pub mask: LungMask,
+    pub input: ClassifierInput,
+    pub prediction: Prediction,
+    pub timings: Timings,
+}
+
+/// The JSON line `cxr classify` prints for one image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifyReport {
+    pub file: PathBuf,
+    pub sha256: String,
+    pub width: u32,
+    pub height: u32,
+    pub label: String,
+    pub probabilities: std::collections::BTreeMap<String, f32>,
+    pub threshold: f32,
+    /// Share of the image the segmenter marked as lung (near 0 means it found none).
+    pub lung_fraction: f32,
+    pub timings: Timings,
+}
+
+impl Pipeline {
+    /// Loads `segmenter` and `classifier` from `dir` onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let segmenter = UNetSegmenter::load(&ModelFiles::new(dir, SEGMENTER_NAME), device)?;
+        let classifier = ResNetClassifier::load(&ModelFiles::new(dir, CLASSIFIER_NAME), device)?;
+        Ok(Self { segmenter: Box::new(segmenter), classifier: Box::new(classifier), device })
+    }
+
+    /// Reads, decodes and analyses one file.
+    pub fn analyze_file(&self, path: &Path) -> Result<Analysis> {
+        let start = Instant::now();
+        let xray = Xray::open(path)?;
+        let decode_ms = ms(start);
+        let mut analysis = self.analyze(xray)?;
+        analysis.timings.decode_ms = decode_ms;
+        analysis.timings.total_ms += decode_ms;
+        Ok(analysis)
+    }
+
+    /// Segments and classifies a decoded radiograph.
+    pub fn analyze(&self, xray: Xray) -> Result<Analysis> {
+        let start = Instant::now();
+        let mask = self.segmenter.segment(&xray.gray)?;
+        let segment_ms = ms(start);
+        let t = Instant::now();
+        let input = preprocess::classifier_input(&xray.gray, &mask);
+        let tensor = input.to_tensor(self.device);
+        let preprocess_ms = ms(t);
+        let t = Instant::now();
+        let prediction = self.classifier.predict(&tensor)?;
+        let classify_ms = ms(t);
+        let timings = Timings { decode_ms: 0.0, segment_ms, preprocess_ms, classify_ms, total_ms: ms(start) };
+        Ok(Analysis { xray, mask, input, prediction, timings })
+    }
+}
+
+impl Analysis {
+    #[must_use]
+    pub fn report(&self) -> ClassifyReport {
+        ClassifyReport {
+            file: self.xray.path.clone(),
+            sha256: self.xray.sha256.clone(),
+            width: self.xray.width(),
+            height: self.xray.height(),
+            label: self.prediction.label.clone(),
+            probabilities: self.prediction.probabilities.clone(),
+            threshold: self.prediction.threshold,
+            lung_fraction: mask::coverage(&self.mask),
+            timings: self.timings,
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

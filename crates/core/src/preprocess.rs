@@ -1,0 +1,203 @@
+//! The one place where radiographs become network inputs. Training, prediction and explanation
+//! all call these functions, so what a model sees never differs between them.
+
+use image::imageops::{self, FilterType};
+use tch::{Device, Tensor};
+
+use crate::mask::LungMask;
+use crate::xray::GrayF32;
+
+/// Side of the square the segmenter sees.
+pub const SEGMENTER_SIDE: u32 = 256;
+/// Side of the square the classifier sees.
+pub const CLASSIFIER_SIDE: u32 = 224;
+/// Margin added around the lungs' bounding box before cropping, as a share of its size.
+const CROP_MARGIN: f32 = 0.08;
+
+/// Segmenter input: the whole radiograph resized to 256x256 (aspect not kept: the mask is
+/// resized back the same way) and standardised to zero mean and unit variance, which removes
+/// exposure differences between sources.
+#[must_use]
+pub fn segmenter_input(gray: &GrayF32) -> Vec<f32> {
+    let small = imageops::resize(gray, SEGMENTER_SIDE, SEGMENTER_SIDE, FilterType::Triangle);
+    standardise(small.as_raw(), None)
+}
+
+/// Where the classifier's square input lies in the original radiograph, in original pixels.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CropBox {
+    pub x0: f32,
+    pub y0: f32,
+    pub side: f32,
+}
+
+impl CropBox {
+    /// Original-image coordinates of the centre of input pixel (u, v).
+    #[must_use]
+    pub fn to_original(&self, u: f32, v: f32) -> (f32, f32) {
+        let scale = self.side / CLASSIFIER_SIDE as f32;
+        (self.x0 + (u + 0.5) * scale - 0.5, self.y0 + (v + 0.5) * scale - 0.5)
+    }
+}
+
+/// The classifier's view of a radiograph.
+#[derive(Debug, Clone)]
+pub struct ClassifierInput {
+    /// 224x224 values, row-major: lung pixels standardised, everything else 0 (the lung mean).
+    pub pixels: Vec<f32>,
+    /// The lung mask resampled to the same 224x224 grid (1 lung, 0 not).
+    pub mask: Vec<f32>,
+    pub crop: CropBox,
+}
+
+impl ClassifierInput {
+    /// A `[1, 1, 224, 224]` tensor on `device`.
+    #[must_use]
+    pub fn to_tensor(&self, device: Device) -> Tensor {
+        let side = i64::from(CLASSIFIER_SIDE);
+        Tensor::from_slice(&self.pixels).view([1, 1, side, side]).to_device(device)
+    }
+}
+
+/// Classifier input: a square crop around the lungs (bounding box of the mask plus a margin; the
+/// whole image when the mask is empty), resampled to 224x224, with everything outside the lungs
+/// set to the lung mean so that text markers, devices outside the chest and the image border
+/// carry no signal, and the lungs standardised to zero mean and unit variance.
+#[must_use]
+pub fn classifier_input(gray: &GrayF32, mask: &LungMask) -> ClassifierInput {
+    let crop = lung_crop(mask);
+    let side = CLASSIFIER_SIDE as usize;
+    let mut pixels = Vec::with_capacity(side * side);
+    let mut inside = Vec::with_capacity(side * side);
+    for v in 0..side {
+        for u in 0..side {
+            let (x, y) = crop.to_original(u as f32, v as f32);
+            pixels.push(bilinear(gray.as_raw(), gray.width(), gray.height(), x, y));
+            let m = bilinear_u8(mask.as_raw(), mask.width(), mask.height(), x, y);
+            inside.push(if m >= 0.5 { 1.0 } else { 0.0 });
+        }
+    }
+    let has_lungs = inside.iter().any(|&m| m > 0.0);
+    let pixels = standardise(&pixels, has_lungs.then_some(&inside[..]));
+    let pixels = if has_lungs {
+        pixels.iter().zip(&inside).map(|(p, m)| p * m).collect()
+    } else {
+        pixels
+    };
+    ClassifierInput { pixels, mask: inside, crop }
+}
+
+/// The square crop around the lungs.
+fn lung_crop(mask: &LungMask) -> CropBox {
+    let (w, h) = mask.dimensions();
+    let mut bounds: Option<(u32, u32, u32, u32)> = None;
+    for (x, y, p) in mask.enumerate_pixels() {
+        if p.0[0] >= 128 {
+            let b = bounds.get_or_insert((x, y, x, y));
+            *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+        }
+    }
+    let (x0, y0, x1, y1) = bounds.unwrap_or((0, 0, w - 1, h - 1));
+    let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
+    let side = bw.max(bh) * (1.0 + 2.0 * CROP_MARGIN);
+    let (cx, cy) = (x0 as f32 + bw / 2.0, y0 as f32 + bh / 2.0);
+    CropBox { x0: cx - side / 2.0, y0: cy - side / 2.0, side }
+}
+
+/// Zero mean, unit variance over the pixels where `weights` is non-zero (all when `None`).
+fn standardise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
+    let weight = |i: usize| weights.map_or(1.0, |w| w[i]);
+    let (mut n, mut sum) = (0.0f64, 0.0f64);
+    for (i, &p) in pixels.iter().enumerate() {
+        n += f64::from(weight(i));
+        sum += f64::from(weight(i) * p);
+    }
+    let mean = sum / n.max(1.0);
+    let var = pixels
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| f64::from(weight(i)) * (f64::from(p) - mean).powi(2))
+        .sum::<f64>()
+        / n.max(1.0);
+    let std = var.sqrt().max(1e-3);
+    pixels.iter().map(|&p| ((f64::from(p) - mean) / std) as f32).collect()
+}
+
+/// Bilinear sample at (x, y); 0 outside the image.
+fn bilinear(data: &[f32], w: u32, h: u32, x: f32, y: f32) -> f32 {
+    sample(w, h, x, y, |i| data[i])
+}
+
+fn bilinear_u8(data: &[u8], w: u32, h: u32, x: f32, y: f32) -> f32 {
+    sample(w, h, x, y, |i| f32::from(data[i]) / 255.0)
+}
+
+fn sample(w: u32, h: u32, x: f32, y: f32, at: impl Fn(usize) -> f32) -> f32 {
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let get = |xi: f32, yi: f32| {
+        if xi < 0.0 || yi < 0.0 || xi >= w as f32 || yi >= h as f32 {
+            0.0
+        } else {
+            at(yi as usize * w as usize + xi as usize)
+        }
+    };
+    let top = get(x0, y0) * (1.0 - fx) + get(x0 + 1.0, y0) * fx;
+    let bottom = get(x0, y0 + 1.0) * (1.0 - fx) + get(x0 + 1.0, y0 + 1.0) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma};
+
+    fn gradient(w: u32, h: u32) -> GrayF32 {
+        GrayF32::from_fn(w, h, |x, y| Luma([(x + y) as f32 / (w + h) as f32]))
+    }
+
+    #[test]
+    fn segmenter_input_is_standardised_256_square() {
+        let input = segmenter_input(&gradient(400, 300));
+        assert_eq!(input.len(), 256 * 256);
+        let mean = input.iter().sum::<f32>() / input.len() as f32;
+        let var = input.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / input.len() as f32;
+        assert!(mean.abs() < 1e-4, "mean {mean}");
+        assert!((var - 1.0).abs() < 1e-3, "variance {var}");
+    }
+
+    #[test]
+    fn classifier_input_crops_to_the_lungs_and_zeroes_the_rest() {
+        let gray = gradient(200, 100);
+        let mut mask = GrayImage::new(200, 100);
+        for y in 20..60 {
+            for x in 50..150 {
+                mask.put_pixel(x, y, Luma([255]));
+            }
+        }
+        let input = classifier_input(&gray, &mask);
+        // The box is 100x40: the square side is 100 plus 8% margins, centred on it.
+        assert!((input.crop.side - 116.0).abs() < 1e-3);
+        assert!((input.crop.x0 - 42.0).abs() < 1e-3 && (input.crop.y0 - -18.0).abs() < 1e-3);
+        let inside: Vec<f32> = input
+            .pixels
+            .iter()
+            .zip(&input.mask)
+            .filter(|&(_, m)| *m > 0.0)
+            .map(|(p, _)| *p)
+            .collect();
+        let mean = inside.iter().sum::<f32>() / inside.len() as f32;
+        assert!(mean.abs() < 1e-3, "lungs are centred: {mean}");
+        assert!(input.pixels.iter().zip(&input.mask).all(|(p, m)| *m > 0.0 || *p == 0.0));
+        // The lung box covers 100/116 of the width and 40/116 of the height.
+        let share = input.mask.iter().sum::<f32>() / input.mask.len() as f32;
+        assert!((share - (100.0 * 40.0) / (116.0 * 116.0)).abs() < 0.02, "share {share}");
+    }
+
+    #[test]
+    fn empty_mask_uses_the_whole_image() {
+        let input = classifier_input(&gradient(64, 32), &GrayImage::new(64, 32));
+        assert!((input.crop.side - 64.0 * 1.16).abs() < 1e-3);
+        assert!(input.pixels.iter().any(|&p| p != 0.0));
+    }
+}

@@ -1,0 +1,111 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "cxr", version, about = "Explainable chest X-ray review: lung segmentation, COVID-19 vs no-finding classification")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where models run: auto (CUDA if available), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: String,
+    /// Folder holding segmenter.* and classifier.* [default: $CXR_MODELS, ./models, or the repository's models/]
+    #[arg(long, global = true)]
+    pub models: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segment and classify radiographs: one JSON object per image on stdout.
+    Classify {
+        /// PNG or JPEG files (8- or 16-bit, gray, RGB or RGBA).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write each image's lung mask as a PNG of the same size (255 lung, 0 background).
+    Segment {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output folder (created if missing); masks are named STEM.mask.png.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure the models on a manifest: classifier metrics for `path,label,patient` rows, Dice
+    /// and IoU for `image,mask,patient` rows. One JSON object on stdout.
+    Eval {
+        manifest: PathBuf,
+        /// Only the patients on this side of the project's patient split.
+        #[arg(long, value_enum, default_value_t = SplitArg::All)]
+        split: SplitArg,
+        /// Seed of the patient split.
+        #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
+        seed: u64,
+    },
+    /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
+    Train {
+        #[command(subcommand)]
+        model: TrainCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    All,
+    Train,
+    Validation,
+    Test,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// The U-Net lung segmenter, on a lung-mask manifest.
+    Segmenter {
+        /// [default: ../shared/data/lungseg/manifest.csv]
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        common: TrainArgs,
+        #[arg(long, default_value_t = 40)]
+        epochs: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        learning_rate: f64,
+    },
+    /// The classifier, on a labelled manifest, using the segmenter in --models for lung masks.
+    Classifier {
+        /// [default: ../shared/data/cxr/manifest.csv]
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        common: TrainArgs,
+        /// The positive class (listed first; the threshold applies to its probability).
+        #[arg(long, default_value = "covid")]
+        positive: String,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        learning_rate: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Folder to write the model into [default: the models folder]. Writing into the shipped
+    /// models folder replaces the shipped model: pass another folder to keep it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
+    pub seed: u64,
+}

@@ -1,0 +1,26 @@
+//! `cxr classify FILE...`
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use color_eyre::eyre::Result;
+use cxr_core::pipeline::Pipeline;
+use cxr_core::tch::Device;
+
+pub fn run(files: &[PathBuf], models: &Path, device: Device) -> Result<ExitCode> {
+    let pipeline = Pipeline::load(models, device)?;
+    let bar = super::progress(files.len(), "classifying");
+    let mut failures = 0;
+    for file in files {
+        match pipeline.analyze_file(file) {
+            Ok(analysis) => bar.suspend(|| super::print_json(&analysis.report()))?,
+            Err(e) => {
+                failures += 1;
+                super::report_failure(&bar, file, &e)?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(super::exit_code(failures))
+}

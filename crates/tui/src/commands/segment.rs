@@ -1,0 +1,54 @@
+//! `cxr segment FILE... --out DIR`
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use color_eyre::eyre::{Result, WrapErr};
+use cxr_core::models::{ModelFiles, Segmenter, UNetSegmenter};
+use cxr_core::pipeline::SEGMENTER_NAME;
+use cxr_core::tch::Device;
+use cxr_core::xray::Xray;
+use cxr_core::{CoreError, mask};
+
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    file: &'a Path,
+    mask: PathBuf,
+    lung_fraction: f32,
+    segment_ms: f64,
+}
+
+pub fn run(files: &[PathBuf], out: &Path, models: &Path, device: Device) -> Result<ExitCode> {
+    let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+    std::fs::create_dir_all(out).wrap_err_with(|| format!("creating {}", out.display()))?;
+    let bar = super::progress(files.len(), "segmenting");
+    let mut failures = 0;
+    for file in files {
+        match segment_one(&segmenter, file, out) {
+            Ok(written) => bar.suspend(|| super::print_json(&written))?,
+            Err(e) => {
+                failures += 1;
+                super::report_failure(&bar, file, &e)?;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(super::exit_code(failures))
+}
+
+fn segment_one<'a>(segmenter: &UNetSegmenter, file: &'a Path, out: &Path) -> cxr_core::Result<Written<'a>> {
+    let xray = Xray::open(file)?;
+    let start = Instant::now();
+    let lungs = segmenter.segment(&xray.gray)?;
+    let segment_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy());
+    let path = out.join(format!("{stem}.mask.png"));
+    let mut png = Vec::new();
+    lungs
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| CoreError::Invalid(format!("encoding mask: {e}")))?;
+    cxr_core::fsutil::write_atomic(&path, &png)?;
+    Ok(Written { file, mask: path, lung_fraction: mask::coverage(&lungs), segment_ms })
+}

@@ -1,0 +1,20 @@
+//! `cxr`: explainable chest X-ray review. This file only parses the command line and dispatches;
+//! each subcommand lives in `commands/`.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cxr: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
