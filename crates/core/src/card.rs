@@ -63,7 +63,7 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
     training_section(&mut out, &record.training);
     let _ = writeln!(out, "## Measured\n");
     let _ = writeln!(out, "At each image's original resolution after post-processing; pixels the reference marks \"ignore\" (127) are left out.\n");
-    let _ = writeln!(out, "| patients | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|");
+    let _ = writeln!(out, "| split | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|");
     segmenter_row(&mut out, "validation", &record.validation);
     segmenter_row(&mut out, "test", &record.test);
     let _ = writeln!(out, "\n## Data and limits\n\n{DATA_SOURCES}\n");
@@ -106,7 +106,7 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
         "Decision threshold on P({pos}): {:.4}, chosen on the validation patients (Youden's J).\n",
         record.test.threshold
     );
-    let _ = writeln!(out, "| patients | images | ROC-AUC | accuracy | sensitivity | specificity |\n|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| split | images | ROC-AUC | accuracy | sensitivity | specificity |\n|---|---|---|---|---|---|");
     classifier_row(&mut out, "validation", &record.validation);
     classifier_row(&mut out, "test", &record.test);
     let c = &record.test.confusion;

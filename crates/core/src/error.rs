@@ -32,6 +32,9 @@ pub enum CoreError {
     #[error("{}: {reason}", path.display())]
     Data { path: PathBuf, reason: String },
 
+    #[error("two explainers are called {name:?}: registered at {first} and at {second}")]
+    DuplicateExplainer { name: String, first: String, second: String },
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 

@@ -5,18 +5,21 @@
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
 //! - [`models`]: the U-Net segmenter and ResNet classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
+//! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards.
 
 pub mod card;
 pub mod data;
 pub mod device;
 mod error;
+pub mod explain;
 pub mod fsutil;
 pub mod mask;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod preprocess;
+pub mod render;
 pub mod train;
 pub mod xray;
 

@@ -50,11 +50,62 @@ pub enum Command {
         #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
         seed: u64,
     },
+    /// List the registered explainers with their summaries and parameters.
+    Explainers {
+        /// One JSON object per explainer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain the classifier's decision on each image with one or more explainers: writes an
+    /// overlay PNG per method and a JSON report per image into --out, and prints the reports.
+    Explain {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Comma-separated explainer names (see `cxr explainers`).
+        #[arg(long, short, value_delimiter = ',', default_value = "grad-cam")]
+        method: Vec<String>,
+        /// An explainer parameter, as METHOD:NAME=VALUE (repeatable), e.g. lime:samples=500.
+        #[arg(long = "param", short = 'p')]
+        params: Vec<String>,
+        /// Class to explain: `predicted` or a class name.
+        #[arg(long, default_value = "predicted")]
+        target: String,
+        /// Output folder for overlays and reports (created if missing).
+        #[arg(long, default_value = "explanations")]
+        out: PathBuf,
+        #[command(flatten)]
+        render: RenderArgs,
+        #[command(flatten)]
+        checks: QualityArgs,
+    },
     /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
     Train {
         #[command(subcommand)]
         model: TrainCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Colormap of the overlays: viridis or turbo.
+    #[arg(long, default_value = "viridis")]
+    pub colormap: String,
+    /// Opacity of the heatmap where it is hottest (0..1).
+    #[arg(long, default_value_t = 0.6)]
+    pub opacity: f32,
+    /// Do not outline the lungs on the overlays.
+    #[arg(long)]
+    pub no_outline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// Skip the deletion/insertion AUC (faster).
+    #[arg(long)]
+    pub no_faithfulness: bool,
+    /// Also run the model-randomisation sanity check (runs each explainer twice).
+    #[arg(long)]
+    pub sanity: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

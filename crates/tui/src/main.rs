@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Keep the explainer crate linked: its explainers register themselves at link time.
+    cxr_explainers::link();
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,

@@ -35,6 +35,31 @@ pub trait Classifier: Send {
     /// `[N, 1, 224, 224]` -> `[N, classes]` logits (before softmax)
     fn logits(&self, batch: &Tensor) -> Result<Tensor>;
 
+    /// The last convolutional feature map `[N, C, h, w]` and the logits computed from it, in one
+    /// forward pass that autograd can differentiate (for gradient explainers); `None` when the
+    /// model does not expose a feature map.
+    fn features_and_logits(&self, _batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
+
+    /// Whether [`Classifier::features_and_logits`] is available (gradient explainers need it).
+    fn supports_gradients(&self) -> bool {
+        false
+    }
+
+    /// When the head is global average pooling followed by one linear layer: that layer's
+    /// weight `[classes, C]`. Grad-CAM then needs no backward pass: the gradient of logit k with
+    /// respect to feature map c is `w[k, c] / (h w)` at every position.
+    fn linear_head(&self) -> Option<Tensor> {
+        None
+    }
+
+    /// The same architecture with fresh random weights, for the model-randomisation sanity
+    /// check of explanations.
+    fn randomised(&self, _seed: u64) -> Result<Box<dyn Classifier>> {
+        Err(CoreError::Invalid("this classifier cannot be re-initialised".into()))
+    }
+
     /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`.
     fn predict(&self, input: &Tensor) -> Result<Prediction> {
         let logits = tch::no_grad(|| self.logits(input))?;
@@ -290,5 +315,28 @@ impl Classifier for ResNetClassifier {
 
     fn logits(&self, batch: &Tensor) -> Result<Tensor> {
         Ok(self.net.forward_t(&batch.f_to_device(self.vs.device())?, false))
+    }
+
+    fn features_and_logits(&self, batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
+        Some(batch.f_to_device(self.vs.device()).map_err(CoreError::from).map(|x| {
+            let features = self.net.features(&x, false);
+            let logits = self.net.head(&features);
+            (features, logits)
+        }))
+    }
+
+    fn supports_gradients(&self) -> bool {
+        true
+    }
+
+    fn linear_head(&self) -> Option<Tensor> {
+        Some(self.net.fc_weight().shallow_clone())
+    }
+
+    fn randomised(&self, seed: u64) -> Result<Box<dyn Classifier>> {
+        tch::manual_seed(seed as i64);
+        let mut model = Self::new(self.meta.architecture.clone(), self.meta.classes.clone(), self.vs.device());
+        model.meta.threshold = self.meta.threshold;
+        Ok(Box::new(model))
     }
 }

@@ -70,8 +70,8 @@ pub fn classes_of(rows: &[LabelledImage], positive: &str, manifest: &std::path::
     Ok(names)
 }
 
-/// Segments and preprocesses every image, as prediction does.
-fn prepare(rows: &[LabelledImage], segmenter: &dyn Segmenter) -> Result<Tensor> {
+/// Segments and preprocesses every image exactly as prediction does, as `[N, 1, 224, 224]`.
+pub fn prepare(rows: &[LabelledImage], segmenter: &dyn Segmenter) -> Result<Tensor> {
     let side = i64::from(CLASSIFIER_SIDE);
     let mut flat = Vec::with_capacity(rows.len() * (side * side) as usize);
     for row in rows {

@@ -4,6 +4,8 @@
 
 mod classify;
 mod eval;
+mod explain;
+mod explainers;
 mod segment;
 mod train;
 
@@ -23,6 +25,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Segment { files, out } => segment::run(&files, &out, &models, device),
         Command::Eval { manifest, split, seed } => eval::run(&manifest, split, seed, &models, device),
         Command::Train { model } => train::run(model, &models, device),
+        Command::Explainers { json } => explainers::run(json),
+        Command::Explain { files, method, params, target, out, render, checks } => {
+            let request = explain::Request {
+                files: &files,
+                methods: &method,
+                params: &params,
+                target: &target,
+                out: &out,
+                render: &render,
+                checks: &checks,
+            };
+            explain::run(&request, &models, device)
+        }
     }
 }
 

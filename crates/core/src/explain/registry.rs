@@ -1,0 +1,112 @@
+//! The link-time registry of explainers. An explainer anywhere in the final binary (the
+//! `cxr-explainers` crate, a user's crate, a test) registers itself with [`register_explainer!`];
+//! the registry collects them once, sorted by name, and refuses duplicate names.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use super::{Explainer, ExplainerConfig};
+use crate::{CoreError, Result};
+
+/// A parameter an explainer accepts, for `cxr explainers` and the viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// One registered explainer: plain const data and a constructor.
+#[derive(Debug)]
+pub struct ExplainerEntry {
+    /// Kebab-case, unique: `grad-cam`, `lime`.
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Needs the classifier's feature map and gradients (not every model exposes them).
+    pub needs_gradients: bool,
+    pub params: &'static [Param],
+    pub ctor: fn(&ExplainerConfig) -> Result<Box<dyn Explainer>>,
+    /// Where it was registered, for duplicate-name errors.
+    pub file: &'static str,
+    pub line: u32,
+}
+
+impl ExplainerEntry {
+    #[must_use]
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+
+    /// Builds the explainer; unknown or malformed parameters are errors.
+    pub fn build(&self, config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
+        config.check_known(self)?;
+        (self.ctor)(config)
+    }
+}
+
+inventory::collect!(ExplainerEntry);
+
+/// Registers an explainer:
+///
+/// ```ignore
+/// cxr_core::register_explainer! {
+///     name: "grad-cam",
+///     summary: "Gradient-weighted class activation map of the last convolutional layer",
+///     needs_gradients: true,
+///     params: &[],
+///     ctor: GradCam::from_config,
+/// }
+/// ```
+#[macro_export]
+macro_rules! register_explainer {
+    ($($field:ident : $value:expr),* $(,)?) => {
+        $crate::explain::inventory::submit! {
+            $crate::explain::ExplainerEntry { $($field: $value,)* file: file!(), line: line!() }
+        }
+    };
+}
+
+type Registry = BTreeMap<&'static str, &'static ExplainerEntry>;
+
+/// Sorts entries by name; two entries with one name are an error naming both places.
+pub fn build(entries: impl IntoIterator<Item = &'static ExplainerEntry>) -> Result<Registry> {
+    let mut registry = Registry::new();
+    for entry in entries {
+        if let Some(first) = registry.insert(entry.name, entry) {
+            return Err(CoreError::DuplicateExplainer {
+                name: entry.name.to_owned(),
+                first: first.location(),
+                second: entry.location(),
+            });
+        }
+    }
+    Ok(registry)
+}
+
+static REGISTRY: LazyLock<Result<Registry, (String, String, String)>> = LazyLock::new(|| {
+    build(inventory::iter::<ExplainerEntry>).map_err(|e| match e {
+        CoreError::DuplicateExplainer { name, first, second } => (name, first, second),
+        other => (other.to_string(), String::new(), String::new()),
+    })
+});
+
+/// Every registered explainer, sorted by name.
+pub fn all() -> Result<Vec<&'static ExplainerEntry>> {
+    match &*REGISTRY {
+        Ok(map) => Ok(map.values().copied().collect()),
+        Err((name, first, second)) => Err(CoreError::DuplicateExplainer {
+            name: name.clone(),
+            first: first.clone(),
+            second: second.clone(),
+        }),
+    }
+}
+
+/// The explainer called `name`.
+pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
+    let entries = all()?;
+    entries.iter().copied().find(|e| e.name == name).ok_or_else(|| {
+        let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        CoreError::Invalid(format!("no explainer called {name:?}; registered: {}", known.join(", ")))
+    })
+}

@@ -1,0 +1,134 @@
+//! Running an explainer on an analysed radiograph: the explanation, its quality measures, its
+//! timings, and its overlay drawn on the original image.
+
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::quality::{self, Quality};
+use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary};
+use crate::models::Classifier;
+use crate::pipeline::Analysis;
+use crate::render::{self, Lines, OverlayStyle};
+use crate::{CoreError, Result};
+
+/// Which quality measures to compute (each costs forward passes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QualityChecks {
+    /// Deletion/insertion AUC (34 forward passes, batched) and lung mass share (free).
+    pub faithfulness: bool,
+    /// Model-randomisation check: the explainer runs again on a randomly initialised model.
+    pub sanity: bool,
+}
+
+/// One explainer's result on one radiograph, as reported in JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodReport {
+    pub method: String,
+    pub params: String,
+    /// The class explained.
+    pub target: String,
+    pub heatmap: HeatmapSummary,
+    pub quality: Quality,
+    pub details: serde_json::Map<String, serde_json::Value>,
+    pub explain_ms: f64,
+    pub quality_ms: f64,
+}
+
+/// Seed of the randomly initialised model of the sanity check.
+const SANITY_SEED: u64 = 1234;
+
+/// Runs `explainer` (registered as `entry`, built with `params`) on `analysis` for class
+/// `target`, then the chosen quality measures.
+pub fn explain(
+    classifier: &dyn Classifier,
+    analysis: &Analysis,
+    entry: &ExplainerEntry,
+    explainer: &dyn Explainer,
+    params: &str,
+    target: usize,
+    checks: QualityChecks,
+) -> Result<(Explanation, MethodReport)> {
+    if entry.needs_gradients && !classifier.supports_gradients() {
+        return Err(CoreError::Invalid(format!(
+            "{} needs the classifier's feature map and gradients, which this model does not expose",
+            entry.name
+        )));
+    }
+    let device = classifier.device();
+    let tensor = analysis.input.to_tensor(device);
+    let input = ExplainInput { input: &tensor, lung_mask: &analysis.input.mask, target };
+    let start = Instant::now();
+    let explanation = explainer.explain(classifier, &input)?;
+    let explain_ms = start.elapsed().as_secs_f64() * 1000.0;
+
+    let start = Instant::now();
+    let mut measured = Quality {
+        deletion_auc: f64::NAN,
+        insertion_auc: f64::NAN,
+        lung_mass_share: quality::lung_mass_share(&explanation.heatmap, &analysis.input.mask),
+        randomisation_correlation: None,
+    };
+    if checks.faithfulness {
+        let (deletion, insertion) = quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
+        measured.deletion_auc = deletion;
+        measured.insertion_auc = insertion;
+    }
+    if checks.sanity {
+        let random = classifier.randomised(SANITY_SEED)?;
+        let again = explainer.explain(random.as_ref(), &input)?;
+        measured.randomisation_correlation =
+            Some(quality::spearman(&explanation.heatmap.values, &again.heatmap.values));
+    }
+    let quality_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let report = MethodReport {
+        method: entry.name.to_owned(),
+        params: params.to_owned(),
+        target: classifier.classes()[target].clone(),
+        heatmap: explanation.heatmap.summary(),
+        quality: measured,
+        details: explanation.details.clone(),
+        explain_ms,
+        quality_ms,
+    };
+    Ok((explanation, report))
+}
+
+/// The explanation drawn on the original radiograph at its own size: the heatmap blended in,
+/// the lung outline (when `outline`), and the selected superpixels' boundaries for methods that
+/// use superpixels.
+#[must_use]
+pub fn overlay(analysis: &Analysis, explanation: &Explanation, style: &OverlayStyle, outline: bool) -> RgbImage {
+    let (w, h) = (analysis.xray.width(), analysis.xray.height());
+    let crop = &analysis.input.crop;
+    let heat = explanation.heatmap.to_original(crop, w, h);
+    let base = analysis.xray.original.to_luma8();
+    let lung_edges = outline.then(|| render::mask_edges(&analysis.mask));
+    let segment_edges = explanation.segments.as_ref().map(|segments| {
+        let grid = explanation.heatmap.width;
+        let scale = grid as f32 / crop.side;
+        // Each original pixel takes the label of the grid cell it falls in (u32::MAX outside).
+        let labels: Vec<u32> = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                let u = ((x as f32 + 0.5 - crop.x0) * scale).floor();
+                let v = ((y as f32 + 0.5 - crop.y0) * scale).floor();
+                if u < 0.0 || v < 0.0 || u >= grid as f32 || v >= explanation.heatmap.height as f32 {
+                    u32::MAX
+                } else {
+                    segments.labels[v as usize * grid + u as usize]
+                }
+            })
+            .collect();
+        render::label_edges(&labels, w, h, |l| segments.selected.contains(&l))
+    });
+    let mut lines = Vec::new();
+    if let Some(edges) = &lung_edges {
+        lines.push(Lines { pixels: edges, colour: [0, 200, 255] });
+    }
+    if let Some(edges) = &segment_edges {
+        lines.push(Lines { pixels: edges, colour: [255, 64, 64] });
+    }
+    render::overlay(&base, &heat.values, style, &lines)
+}

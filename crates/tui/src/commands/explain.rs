@@ -1,0 +1,127 @@
+//! `cxr explain FILE... --method NAME[,NAME]`
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use color_eyre::eyre::{Result, WrapErr, bail};
+use cxr_core::explain::report::{self, MethodReport, QualityChecks};
+use cxr_core::explain::{Explainer, ExplainerConfig, ExplainerEntry, registry};
+use cxr_core::pipeline::{ClassifyReport, Pipeline};
+use cxr_core::render::{self, Colormap, OverlayStyle};
+use cxr_core::tch::Device;
+use serde::Serialize;
+
+use crate::cli::{QualityArgs, RenderArgs};
+
+/// The JSON report of one image.
+#[derive(Serialize)]
+struct ImageReport {
+    #[serde(flatten)]
+    classification: ClassifyReport,
+    explanations: Vec<MethodOutcome>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MethodOutcome {
+    Done { overlay: PathBuf, #[serde(flatten)] report: MethodReport },
+    Failed { method: String, error: String },
+}
+
+/// A registered explainer, built once with its parameters.
+struct Method {
+    entry: &'static ExplainerEntry,
+    explainer: Box<dyn Explainer>,
+    params: String,
+}
+
+fn build_methods(names: &[String], params: &[String]) -> Result<Vec<Method>> {
+    for p in params {
+        let Some((method, _)) = p.split_once(':') else { bail!("--param {p}: expected METHOD:NAME=VALUE") };
+        if !names.iter().any(|n| n == method) {
+            bail!("--param {p}: {method} is not among the chosen methods ({})", names.join(","));
+        }
+    }
+    names
+        .iter()
+        .map(|name| {
+            let entry = registry::find(name)?;
+            let own: Vec<&str> = params.iter().filter_map(|p| p.strip_prefix(&format!("{name}:"))).collect();
+            let config = ExplainerConfig::parse(&own.join(","))?;
+            let explainer = entry.build(&config)?;
+            Ok(Method { entry, explainer, params: config.canonical() })
+        })
+        .collect()
+}
+
+pub struct Request<'a> {
+    pub files: &'a [PathBuf],
+    pub methods: &'a [String],
+    pub params: &'a [String],
+    pub target: &'a str,
+    pub out: &'a Path,
+    pub render: &'a RenderArgs,
+    pub checks: &'a QualityArgs,
+}
+
+pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
+    let methods = build_methods(request.methods, request.params)?;
+    let Some(colormap) = Colormap::parse(&request.render.colormap) else {
+        bail!("--colormap {}: expected viridis or turbo", request.render.colormap)
+    };
+    let style = OverlayStyle { colormap, opacity: request.render.opacity.clamp(0.0, 1.0), legend: true };
+    let checks = QualityChecks { faithfulness: !request.checks.no_faithfulness, sanity: request.checks.sanity };
+    let pipeline = Pipeline::load(models, device)?;
+    let classes = pipeline.classifier.classes().to_vec();
+    if request.target != "predicted" && !classes.iter().any(|c| c == request.target) {
+        bail!("--target {}: expected predicted or one of {}", request.target, classes.join(", "));
+    }
+    std::fs::create_dir_all(request.out).wrap_err_with(|| format!("creating {}", request.out.display()))?;
+    let bar = super::progress(request.files.len(), "explaining");
+    let mut failures = 0;
+    for file in request.files {
+        let analysis = match pipeline.analyze_file(file) {
+            Ok(a) => a,
+            Err(e) => {
+                failures += 1;
+                super::report_failure(&bar, file, &e)?;
+                bar.inc(1);
+                continue;
+            }
+        };
+        let target_name = if request.target == "predicted" { &analysis.prediction.label } else { request.target };
+        let target = classes.iter().position(|c| c == target_name).unwrap_or(0);
+        let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy());
+        let mut explanations = Vec::new();
+        for method in &methods {
+            let outcome = report::explain(
+                pipeline.classifier.as_ref(),
+                &analysis,
+                method.entry,
+                method.explainer.as_ref(),
+                &method.params,
+                target,
+                checks,
+            )
+            .and_then(|(explanation, report)| {
+                let picture = report::overlay(&analysis, &explanation, &style, !request.render.no_outline);
+                let png = render::encode_png(&picture).map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
+                let overlay = request.out.join(format!("{stem}.{}.png", method.entry.name));
+                cxr_core::fsutil::write_atomic(&overlay, &png)?;
+                Ok(MethodOutcome::Done { overlay, report })
+            });
+            explanations.push(outcome.unwrap_or_else(|e| {
+                failures += 1;
+                bar.suspend(|| eprintln!("cxr: {}: {}: {e}", file.display(), method.entry.name));
+                MethodOutcome::Failed { method: method.entry.name.to_owned(), error: e.to_string() }
+            }));
+        }
+        let image_report = ImageReport { classification: analysis.report(), explanations };
+        let json = serde_json::to_string_pretty(&image_report)?;
+        cxr_core::fsutil::write_atomic(&request.out.join(format!("{stem}.json")), json.as_bytes())?;
+        bar.suspend(|| super::print_json(&image_report))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(super::exit_code(failures))
+}

@@ -1,0 +1,39 @@
+//! `cxr explainers`: what is registered, from the registry alone.
+
+use std::process::ExitCode;
+
+use color_eyre::eyre::Result;
+use cxr_core::explain::registry;
+
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    name: &'a str,
+    summary: &'a str,
+    needs_gradients: bool,
+    params: Vec<serde_json::Value>,
+}
+
+pub fn run(json: bool) -> Result<ExitCode> {
+    for entry in registry::all()? {
+        if json {
+            let params = entry
+                .params
+                .iter()
+                .map(|p| serde_json::json!({ "name": p.name, "default": p.default, "help": p.help }))
+                .collect();
+            super::print_json(&Listed {
+                name: entry.name,
+                summary: entry.summary,
+                needs_gradients: entry.needs_gradients,
+                params,
+            })?;
+        } else {
+            let gradients = if entry.needs_gradients { "  [needs gradients]" } else { "" };
+            println!("{}{gradients}\n    {}", entry.name, entry.summary);
+            for p in entry.params {
+                println!("    {:<20} {}", format!("{}={}", p.name, p.default), p.help);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
