@@ -12,20 +12,31 @@ use tch::{Kind, Tensor};
 /// with no structure). Path integral: the midpoint Riemann sum with `steps` points, evaluated in
 /// batches. By completeness the attributions add up to logit(input) - logit(baseline); the gap
 /// is reported as `completeness_gap` (relative). The heatmap shows the positive part (evidence
-/// for the class); the share of negative attribution is reported too.
+/// for the class), saturating at the `clip` percentile; the share of negative attribution is
+/// reported too.
 pub struct IntegratedGradients {
     steps: usize,
     batch: usize,
+    clip: f32,
 }
 
 impl IntegratedGradients {
+    /// `steps` path points, evaluated `batch` at a time (both at least 1).
+    #[must_use]
+    pub fn new(steps: usize, batch: usize) -> Self {
+        Self { steps: steps.max(1), batch: batch.max(1), clip: 99.5 }
+    }
+
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         let steps = config.get("steps", 32usize)?;
         let batch = config.get("batch", 16usize)?;
-        if steps == 0 || batch == 0 {
-            return Err(CoreError::Invalid("integrated-gradients: steps and batch must be positive".into()));
+        let clip = config.get("clip", 99.5f32)?;
+        if steps == 0 || batch == 0 || !(50.0..=100.0).contains(&clip) {
+            return Err(CoreError::Invalid(
+                "integrated-gradients: steps and batch must be positive, clip in 50..=100".into(),
+            ));
         }
-        Ok(Box::new(Self { steps, batch }))
+        Ok(Box::new(Self { steps, batch, clip }))
     }
 
     /// Attributions `[1, 1, H, W]` and the target logit at the input and at the baseline.
@@ -64,7 +75,16 @@ impl Explainer for IntegratedGradients {
         details.insert("logit_difference".into(), expected.into());
         details.insert("completeness_gap".into(), ((total - expected).abs() / expected.abs().max(1e-6)).into());
         details.insert("negative_share".into(), (negative / absolute.max(1e-12)).into());
-        Ok(Explanation { heatmap: Heatmap::from_tensor(&attributions)?, details, segments: None })
+        // Pixel attributions are spiky: a few pixels would take the whole colour range, so the
+        // map saturates at the `clip` percentile of the positive attributions (display only;
+        // `attribution_sum` and the completeness check use the raw values).
+        let raw = Heatmap::from_tensor(&attributions)?;
+        let mut positive: Vec<f32> = raw.values.iter().copied().filter(|&v| v > 0.0).collect();
+        positive.sort_by(f32::total_cmp);
+        let cap = positive.get(((positive.len() as f32 * self.clip / 100.0) as usize).min(positive.len().saturating_sub(1))).copied();
+        let values = raw.values.iter().map(|&v| cap.map_or(v, |c| (v / c.max(f32::MIN_POSITIVE)).min(1.0))).collect();
+        details.insert("clip_percentile".into(), f64::from(self.clip).into());
+        Ok(Explanation { heatmap: Heatmap::from_relevance(values, raw.width, raw.height), details, segments: None })
     }
 }
 
@@ -75,6 +95,7 @@ cxr_core::register_explainer! {
     params: &[
         Param { name: "steps", default: "32", help: "points on the path (midpoint Riemann sum)" },
         Param { name: "batch", default: "16", help: "path points per forward/backward pass" },
+        Param { name: "clip", default: "99.5", help: "percentile of positive attribution shown as 1" },
     ],
     ctor: IntegratedGradients::from_config,
 }

@@ -84,7 +84,7 @@ fn missing_models_exit_2_with_a_message() {
 
 #[test]
 fn bad_device_exits_2() {
-    let out = cxr(&["--device".as_ref(), "tpu".as_ref(), "classify".as_ref(), "x.png".as_ref()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr")).args(["--device", "tpu", "classify", "x.png"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected auto, cpu, cuda"));
 }
