@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use crate::models::resnet::ResNetConfig;
 use crate::models::unet::UNetConfig;
+use crate::train::TrainingRecord;
 use crate::train::classifier::{ClassifierMetrics, ClassifierRecord};
 use crate::train::segmenter::{SegmenterMetrics, SegmenterRecord};
-use crate::train::TrainingRecord;
 
 const DATA_SOURCES: &str = "\
 Data is read in place from the project's shared data folder (see its README); nothing is copied.
@@ -23,8 +23,13 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
     let _ = writeln!(
         out,
         "- Split by patient (seed {}): train {} images / {} patients, validation {} / {}, test {} / {}",
-        t.seed, s.train.images, s.train.patients, s.validation.images, s.validation.patients,
-        s.test.images, s.test.patients
+        t.seed,
+        s.train.images,
+        s.train.patients,
+        s.validation.images,
+        s.validation.patients,
+        s.test.images,
+        s.test.patients
     );
     let _ = writeln!(
         out,
@@ -35,7 +40,10 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
     let _ = writeln!(
         out,
         "- Trained on {} ({} threads) in {:.1} minutes, {}\n",
-        t.device, t.threads, t.seconds / 60.0, t.date
+        t.device,
+        t.threads,
+        t.seconds / 60.0,
+        t.date
     );
 }
 
@@ -51,7 +59,10 @@ fn segmenter_row(out: &mut String, split: &str, m: &SegmenterMetrics) {
 #[must_use]
 pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# Model card: lung segmenter (`segmenter.safetensors`)\n");
+    let _ = writeln!(
+        out,
+        "# Model card: lung segmenter (`segmenter.safetensors`)\n"
+    );
     let _ = writeln!(
         out,
         "U-Net, {} base channels, depth {}, batch norm, one input channel; input: the whole \
@@ -62,8 +73,14 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
     );
     training_section(&mut out, &record.training);
     let _ = writeln!(out, "## Measured\n");
-    let _ = writeln!(out, "At each image's original resolution after post-processing; pixels the reference marks \"ignore\" (127) are left out.\n");
-    let _ = writeln!(out, "| split | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "At each image's original resolution after post-processing; pixels the reference marks \"ignore\" (127) are left out.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| split | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|"
+    );
     segmenter_row(&mut out, "validation", &record.validation);
     segmenter_row(&mut out, "test", &record.test);
     let _ = writeln!(out, "\n## Data and limits\n\n{DATA_SOURCES}\n");
@@ -76,7 +93,9 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
 }
 
 fn classifier_row(out: &mut String, split: &str, m: &ClassifierMetrics) {
-    let auc = m.roc_auc.map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}"));
+    let auc = m
+        .roc_auc
+        .map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}"));
     let _ = writeln!(
         out,
         "| {split} | {} | {auc} | {:.4} | {:.4} | {:.4} |",
@@ -106,14 +125,31 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
         "Decision threshold on P({pos}): {:.4}, chosen on the validation patients (Youden's J).\n",
         record.test.threshold
     );
-    let _ = writeln!(out, "| split | images | ROC-AUC | accuracy | sensitivity | specificity |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| split | images | ROC-AUC | accuracy | sensitivity | specificity |\n|---|---|---|---|---|---|"
+    );
     classifier_row(&mut out, "validation", &record.validation);
     classifier_row(&mut out, "test", &record.test);
     let c = &record.test.confusion;
-    let _ = writeln!(out, "\nConfusion matrix, test patients (rows: truth, columns: prediction):\n");
-    let _ = writeln!(out, "| | predicted {pos} | predicted {neg} |\n|---|---|---|");
-    let _ = writeln!(out, "| {pos} | {} | {} |", c.true_positive, c.false_negative);
-    let _ = writeln!(out, "| {neg} | {} | {} |", c.false_positive, c.true_negative);
+    let _ = writeln!(
+        out,
+        "\nConfusion matrix, test patients (rows: truth, columns: prediction):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| | predicted {pos} | predicted {neg} |\n|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| {pos} | {} | {} |",
+        c.true_positive, c.false_negative
+    );
+    let _ = writeln!(
+        out,
+        "| {neg} | {} | {} |",
+        c.false_positive, c.true_negative
+    );
     let _ = writeln!(out, "\n## Data and limits\n\n{DATA_SOURCES}\n");
     let _ = writeln!(
         out,

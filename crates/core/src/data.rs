@@ -21,10 +21,16 @@ pub struct SplitShares {
 
 impl SplitShares {
     /// For the classifier's 300 patients: 70 / 15 / 15.
-    pub const CLASSIFIER: Self = Self { test: 0.15, validation: 0.15 };
+    pub const CLASSIFIER: Self = Self {
+        test: 0.15,
+        validation: 0.15,
+    };
     /// The lung-mask set has only about 50 patients: a quarter is held out for testing so that
     /// the test Dice rests on more than a handful of patients.
-    pub const SEGMENTER: Self = Self { test: 0.25, validation: 0.15 };
+    pub const SEGMENTER: Self = Self {
+        test: 0.25,
+        validation: 0.15,
+    };
 }
 
 /// A row of a classification manifest (`path,label,patient,view,source,license`).
@@ -68,7 +74,13 @@ impl Manifest {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| csv_error(path, &e))?;
         let field = |row: &csv::StringRecord, i: usize| row.get(i).unwrap_or("").trim().to_owned();
-        match (column("path"), column("label"), column("image"), column("mask"), column("patient")) {
+        match (
+            column("path"),
+            column("label"),
+            column("image"),
+            column("mask"),
+            column("patient"),
+        ) {
             (Some(p), Some(l), _, _, patient) => Ok(Self::Labels(
                 rows.iter()
                     .map(|r| LabelledImage {
@@ -154,15 +166,32 @@ mod tests {
             .collect();
         let mut side_of: HashMap<&str, HashSet<Split>> = HashMap::new();
         for (_, patient) in &images {
-            side_of.entry(patient).or_default().insert(Split::of(patient, DEFAULT_SEED, SplitShares::CLASSIFIER));
+            side_of.entry(patient).or_default().insert(Split::of(
+                patient,
+                DEFAULT_SEED,
+                SplitShares::CLASSIFIER,
+            ));
         }
-        assert!(side_of.values().all(|sides| sides.len() == 1), "a patient on two sides");
+        assert!(
+            side_of.values().all(|sides| sides.len() == 1),
+            "a patient on two sides"
+        );
         let count = |s: Split| side_of.values().filter(|v| v.contains(&s)).count();
-        assert_eq!(count(Split::Train) + count(Split::Validation) + count(Split::Test), 200);
-        assert!((15..=45).contains(&count(Split::Test)), "test {}", count(Split::Test));
+        assert_eq!(
+            count(Split::Train) + count(Split::Validation) + count(Split::Test),
+            200
+        );
+        assert!(
+            (15..=45).contains(&count(Split::Test)),
+            "test {}",
+            count(Split::Test)
+        );
         assert!((15..=45).contains(&count(Split::Validation)));
         // Another seed gives another split.
-        let moved = side_of.keys().filter(|p| Split::of(p, 7, SplitShares::CLASSIFIER) != Split::of(p, DEFAULT_SEED, SplitShares::CLASSIFIER));
+        let moved = side_of.keys().filter(|p| {
+            Split::of(p, 7, SplitShares::CLASSIFIER)
+                != Split::of(p, DEFAULT_SEED, SplitShares::CLASSIFIER)
+        });
         assert!(moved.count() > 40);
     }
 
@@ -172,21 +201,36 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("set/img")).unwrap();
         std::fs::write(dir.path().join("set/img/a.png"), b"").unwrap();
         let labels = dir.path().join("set/labels.csv");
-        std::fs::write(&labels, "path,label,patient\nimg/a.png,covid,p1\nset/img/b.png,normal,p2\n")
-            .unwrap();
-        let Manifest::Labels(rows) = Manifest::read(&labels).unwrap() else { panic!() };
+        std::fs::write(
+            &labels,
+            "path,label,patient\nimg/a.png,covid,p1\nset/img/b.png,normal,p2\n",
+        )
+        .unwrap();
+        let Manifest::Labels(rows) = Manifest::read(&labels).unwrap() else {
+            panic!()
+        };
         assert_eq!(rows[0].path, dir.path().join("set/img/a.png"));
         assert_eq!(rows[1].path, dir.path().join("set/set/img/b.png"));
-        assert_eq!((rows[1].label.as_str(), rows[1].patient.as_str()), ("normal", "p2"));
+        assert_eq!(
+            (rows[1].label.as_str(), rows[1].patient.as_str()),
+            ("normal", "p2")
+        );
 
         let masks = dir.path().join("masks.csv");
         std::fs::write(&masks, "image,mask\nx.png,y.png\n").unwrap();
-        let Manifest::Masks(rows) = Manifest::read(&masks).unwrap() else { panic!() };
+        let Manifest::Masks(rows) = Manifest::read(&masks).unwrap() else {
+            panic!()
+        };
         assert_eq!(rows[0].patient, "x.png");
 
         let bad = dir.path().join("bad.csv");
         std::fs::write(&bad, "a,b\n1,2\n").unwrap();
-        assert!(Manifest::read(&bad).unwrap_err().to_string().contains("unknown manifest"));
+        assert!(
+            Manifest::read(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown manifest")
+        );
         let missing = Manifest::read(&dir.path().join("none.csv")).unwrap_err();
         assert!(missing.to_string().contains("none.csv"), "{missing}");
     }

@@ -20,7 +20,12 @@ pub enum CoreError {
         "{}: image is {width}x{height} pixels, more than the {limit} px per side this tool decodes",
         path.display()
     )]
-    TooLarge { path: PathBuf, width: u32, height: u32, limit: u32 },
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        limit: u32,
+    },
 
     #[error("{}: cannot load model: {source}", path.display())]
     ModelLoad {
@@ -33,7 +38,11 @@ pub enum CoreError {
     Data { path: PathBuf, reason: String },
 
     #[error("two explainers are called {name:?}: registered at {first} and at {second}")]
-    DuplicateExplainer { name: String, first: String, second: String },
+    DuplicateExplainer {
+        name: String,
+        first: String,
+        second: String,
+    },
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -44,11 +53,17 @@ pub enum CoreError {
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Data { path: path.into(), reason: reason.into() }
+        Self::Data {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -7,7 +7,10 @@ use crate::{CoreError, Result};
 
 /// A temporary sibling of `path` that keeps its extension (libtorch picks formats by it).
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
 }
 
@@ -35,6 +38,9 @@ pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     }
     let tmp = temp_sibling(path);
-    vs.save(&tmp).map_err(|e| CoreError::ModelLoad { path: path.into(), source: Box::new(e) })?;
+    vs.save(&tmp).map_err(|e| CoreError::ModelLoad {
+        path: path.into(),
+        source: Box::new(e),
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
 }

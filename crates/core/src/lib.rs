@@ -3,7 +3,7 @@
 //!
 //! - [`xray`]: decoding any PNG/JPEG into a grayscale `f32` image (bad input is a clear error);
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
-//! - [`models`]: the U-Net segmenter and ResNet classifier, and their traits;
+//! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards.

@@ -24,7 +24,13 @@ pub fn clean(mask: &LungMask, min_share: f32) -> LungMask {
         .collect();
     let kept: Vec<u8> = labels
         .iter()
-        .map(|&l| if l != 0 && keep[l as usize - 1] { LUNG } else { 0 })
+        .map(|&l| {
+            if l != 0 && keep[l as usize - 1] {
+                LUNG
+            } else {
+                0
+            }
+        })
         .collect();
     let filled = fill_holes(&kept, w as usize, h as usize);
     GrayImage::from_raw(w, h, filled).expect("same dimensions as the input")
@@ -119,12 +125,16 @@ mod tests {
 
     fn from_rows(rows: &[&str]) -> LungMask {
         let w = rows[0].len() as u32;
-        let px = rows.iter().flat_map(|r| r.bytes().map(|b| if b == b'#' { LUNG } else { 0 }));
+        let px = rows
+            .iter()
+            .flat_map(|r| r.bytes().map(|b| if b == b'#' { LUNG } else { 0 }));
         GrayImage::from_raw(w, rows.len() as u32, px.collect()).unwrap()
     }
 
     fn to_rows(mask: &LungMask) -> Vec<String> {
-        mask.rows().map(|r| r.map(|p| if p.0[0] == LUNG { '#' } else { '.' }).collect()).collect()
+        mask.rows()
+            .map(|r| r.map(|p| if p.0[0] == LUNG { '#' } else { '.' }).collect())
+            .collect()
     }
 
     #[test]
@@ -154,7 +164,10 @@ mod tests {
     #[test]
     fn a_small_second_region_is_dropped() {
         let mask = from_rows(&["#####.#", "#####..", "#####.."]);
-        assert_eq!(to_rows(&clean(&mask, 0.1)), vec!["#####..", "#####..", "#####.."]);
+        assert_eq!(
+            to_rows(&clean(&mask, 0.1)),
+            vec!["#####..", "#####..", "#####.."]
+        );
     }
 
     #[test]

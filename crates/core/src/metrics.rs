@@ -1,5 +1,5 @@
 //! Measures of a classifier (ROC-AUC, confusion matrix at a threshold) and of a segmentation
-//! (Dice, IoU with an "ignore" label).
+//! (Dice, `IoU` with an "ignore" label).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,12 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     if n_pos == 0.0 || n_neg == 0.0 {
         return None;
     }
-    let rank_sum: f64 = rank.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
+    let rank_sum: f64 = rank
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| **p)
+        .map(|(r, _)| r)
+        .sum();
     Some((rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg))
 }
 
@@ -58,7 +63,8 @@ impl Confusion {
 
     #[must_use]
     pub fn accuracy(&self) -> f64 {
-        let total = self.true_positive + self.false_negative + self.false_positive + self.true_negative;
+        let total =
+            self.true_positive + self.false_negative + self.false_positive + self.true_negative;
         ratio(self.true_positive + self.true_negative, total)
     }
 
@@ -76,7 +82,11 @@ impl Confusion {
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { f64::NAN } else { a as f64 / b as f64 }
+    if b == 0 {
+        f64::NAN
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 /// The threshold maximising sensitivity + specificity (Youden's J) over the observed scores,
@@ -93,7 +103,7 @@ pub fn youden_threshold(scores: &[f32], positive: &[bool]) -> f32 {
         let j = c.sensitivity() + c.specificity();
         if j > best.0 {
             let below = if i == 0 { 0.0 } else { candidates[i - 1] };
-            best = (j, (t + below) / 2.0);
+            best = (j, f32::midpoint(t, below));
         }
     }
     best.1
@@ -129,13 +139,21 @@ impl Overlap {
     #[must_use]
     pub fn dice(&self) -> f64 {
         let denominator = self.predicted + self.reference;
-        if denominator == 0 { 1.0 } else { 2.0 * self.intersection as f64 / denominator as f64 }
+        if denominator == 0 {
+            1.0
+        } else {
+            2.0 * self.intersection as f64 / denominator as f64
+        }
     }
 
     #[must_use]
     pub fn iou(&self) -> f64 {
         let union = self.predicted + self.reference - self.intersection;
-        if union == 0 { 1.0 } else { self.intersection as f64 / union as f64 }
+        if union == 0 {
+            1.0
+        } else {
+            self.intersection as f64 / union as f64
+        }
     }
 }
 
@@ -156,7 +174,15 @@ mod tests {
     #[test]
     fn confusion_and_rates() {
         let c = Confusion::at(&[0.9, 0.4, 0.7, 0.1], &[true, true, false, false], 0.5);
-        assert_eq!((c.true_positive, c.false_negative, c.false_positive, c.true_negative), (1, 1, 1, 1));
+        assert_eq!(
+            (
+                c.true_positive,
+                c.false_negative,
+                c.false_positive,
+                c.true_negative
+            ),
+            (1, 1, 1, 1)
+        );
         assert!((c.accuracy() - 0.5).abs() < 1e-12);
         assert!((c.sensitivity() - 0.5).abs() < 1e-12 && (c.specificity() - 0.5).abs() < 1e-12);
     }
@@ -165,7 +191,10 @@ mod tests {
     fn youden_separates_separable_scores() {
         let t = youden_threshold(&[0.2, 0.3, 0.8, 0.7], &[false, false, true, true]);
         assert!((t - 0.5).abs() < 1e-6, "{t}");
-        let t = youden_threshold(&[0.1, 0.6, 0.4, 0.9, 0.8], &[false, false, true, true, true]);
+        let t = youden_threshold(
+            &[0.1, 0.6, 0.4, 0.9, 0.8],
+            &[false, false, true, true, true],
+        );
         // Missing the positive at 0.4 (J = 2/3 + 1) beats flagging the negative at 0.6 (J = 1 + 1/2).
         assert!((t - 0.7).abs() < 1e-6, "{t}");
     }

@@ -6,11 +6,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
+use crate::Result;
 use crate::mask::{self, LungMask};
-use crate::models::{Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter};
+use crate::models::{
+    Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter,
+};
 use crate::preprocess::{self, ClassifierInput};
 use crate::xray::Xray;
-use crate::Result;
 
 /// File names of the shipped models inside a models directory.
 pub const SEGMENTER_NAME: &str = "segmenter";
@@ -62,7 +64,11 @@ impl Pipeline {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let segmenter = UNetSegmenter::load(&ModelFiles::new(dir, SEGMENTER_NAME), device)?;
         let classifier = ResNetClassifier::load(&ModelFiles::new(dir, CLASSIFIER_NAME), device)?;
-        Ok(Self { segmenter: Box::new(segmenter), classifier: Box::new(classifier), device })
+        Ok(Self {
+            segmenter: Box::new(segmenter),
+            classifier: Box::new(classifier),
+            device,
+        })
     }
 
     /// Reads, decodes and analyses one file.
@@ -88,8 +94,20 @@ impl Pipeline {
         let t = Instant::now();
         let prediction = self.classifier.predict(&tensor)?;
         let classify_ms = ms(t);
-        let timings = Timings { decode_ms: 0.0, segment_ms, preprocess_ms, classify_ms, total_ms: ms(start) };
-        Ok(Analysis { xray, mask, input, prediction, timings })
+        let timings = Timings {
+            decode_ms: 0.0,
+            segment_ms,
+            preprocess_ms,
+            classify_ms,
+            total_ms: ms(start),
+        };
+        Ok(Analysis {
+            xray,
+            mask,
+            input,
+            prediction,
+            timings,
+        })
     }
 }
 

@@ -36,7 +36,10 @@ impl CropBox {
     #[must_use]
     pub fn to_original(&self, u: f32, v: f32) -> (f32, f32) {
         let scale = self.side / CLASSIFIER_SIDE as f32;
-        (self.x0 + (u + 0.5) * scale - 0.5, self.y0 + (v + 0.5) * scale - 0.5)
+        (
+            self.x0 + (u + 0.5) * scale - 0.5,
+            self.y0 + (v + 0.5) * scale - 0.5,
+        )
     }
 }
 
@@ -52,10 +55,11 @@ pub struct ClassifierInput {
 
 impl ClassifierInput {
     /// A `[1, 1, 224, 224]` tensor on `device`.
-    #[must_use]
     pub fn to_tensor(&self, device: Device) -> Tensor {
         let side = i64::from(CLASSIFIER_SIDE);
-        Tensor::from_slice(&self.pixels).view([1, 1, side, side]).to_device(device)
+        Tensor::from_slice(&self.pixels)
+            .view([1, 1, side, side])
+            .to_device(device)
     }
 }
 
@@ -84,7 +88,11 @@ pub fn classifier_input(gray: &GrayF32, mask: &LungMask) -> ClassifierInput {
     } else {
         pixels
     };
-    ClassifierInput { pixels, mask: inside, crop }
+    ClassifierInput {
+        pixels,
+        mask: inside,
+        crop,
+    }
 }
 
 /// The square crop around the lungs.
@@ -101,7 +109,11 @@ fn lung_crop(mask: &LungMask) -> CropBox {
     let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
     let side = bw.max(bh) * (1.0 + 2.0 * CROP_MARGIN);
     let (cx, cy) = (x0 as f32 + bw / 2.0, y0 as f32 + bh / 2.0);
-    CropBox { x0: cx - side / 2.0, y0: cy - side / 2.0, side }
+    CropBox {
+        x0: cx - side / 2.0,
+        y0: cy - side / 2.0,
+        side,
+    }
 }
 
 /// Zero mean, unit variance over the pixels where `weights` is non-zero (all when `None`).
@@ -120,7 +132,10 @@ fn standardise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
         .sum::<f64>()
         / n.max(1.0);
     let std = var.sqrt().max(1e-3);
-    pixels.iter().map(|&p| ((f64::from(p) - mean) / std) as f32).collect()
+    pixels
+        .iter()
+        .map(|&p| ((f64::from(p) - mean) / std) as f32)
+        .collect()
 }
 
 /// Bilinear sample at (x, y); 0 outside the image.
@@ -188,10 +203,19 @@ mod tests {
             .collect();
         let mean = inside.iter().sum::<f32>() / inside.len() as f32;
         assert!(mean.abs() < 1e-3, "lungs are centred: {mean}");
-        assert!(input.pixels.iter().zip(&input.mask).all(|(p, m)| *m > 0.0 || *p == 0.0));
+        assert!(
+            input
+                .pixels
+                .iter()
+                .zip(&input.mask)
+                .all(|(p, m)| *m > 0.0 || *p == 0.0)
+        );
         // The lung box covers 100/116 of the width and 40/116 of the height.
         let share = input.mask.iter().sum::<f32>() / input.mask.len() as f32;
-        assert!((share - (100.0 * 40.0) / (116.0 * 116.0)).abs() < 0.02, "share {share}");
+        assert!(
+            (share - (100.0 * 40.0) / (116.0 * 116.0)).abs() < 0.02,
+            "share {share}"
+        );
     }
 
     #[test]

@@ -42,12 +42,17 @@ impl Xray {
     /// Decodes bytes already in memory; `path` only names them in errors and reports.
     pub fn decode(bytes: &[u8], path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
-        let fail = |reason: String| CoreError::Decode { path: path.clone(), reason };
+        let fail = |reason: String| CoreError::Decode {
+            path: path.clone(),
+            reason,
+        };
         if bytes.is_empty() {
             return Err(fail("empty file (0 bytes)".into()));
         }
         if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-            return Err(fail("DICOM files are not supported yet; export the image as PNG".into()));
+            return Err(fail(
+                "DICOM files are not supported yet; export the image as PNG".into(),
+            ));
         }
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -62,7 +67,12 @@ impl Xray {
             return Err(fail(format!("image has no pixels ({width}x{height})")));
         }
         if width > MAX_SIDE || height > MAX_SIDE {
-            return Err(CoreError::TooLarge { path, width, height, limit: MAX_SIDE });
+            return Err(CoreError::TooLarge {
+                path,
+                width,
+                height,
+                limit: MAX_SIDE,
+            });
         }
         let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -72,10 +82,17 @@ impl Xray {
         limits.max_image_height = Some(MAX_SIDE);
         limits.max_alloc = Some(MAX_DECODE_BYTES);
         reader.limits(limits);
-        let original = reader.decode().map_err(|e| fail(describe_decode_error(&e)))?;
+        let original = reader
+            .decode()
+            .map_err(|e| fail(describe_decode_error(&e)))?;
         let gray = original.to_luma32f();
         let sha256 = hex(&Sha256::digest(bytes));
-        Ok(Self { path, original, gray, sha256 })
+        Ok(Self {
+            path,
+            original,
+            gray,
+            sha256,
+        })
     }
 
     #[must_use]
@@ -99,7 +116,10 @@ fn describe_decode_error(e: &image::ImageError) -> String {
     }
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if ["eof", "end of file", "not enough bytes", "unexpected end"].iter().any(|s| lower.contains(s)) {
+    if ["eof", "end of file", "not enough bytes", "unexpected end"]
+        .iter()
+        .any(|s| lower.contains(s))
+    {
         format!("truncated or incomplete image ({text})")
     } else {
         format!("corrupt image ({text})")
@@ -110,8 +130,10 @@ fn describe_decode_error(e: &image::ImageError) -> String {
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -1,6 +1,8 @@
 //! Every supported input format decodes to the same kind of grayscale image, and every kind of
 //! bad input is a clear error naming the file.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -9,12 +11,16 @@ use cxr_core::xray::Xray;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../samples")
+        .join(name)
 }
 
 fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut bytes = Vec::new();
-    image.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
     bytes
 }
 
@@ -33,9 +39,15 @@ fn decode_err(bytes: &[u8], name: &str) -> String {
 #[test]
 fn real_radiograph_8bit_gray() {
     let x = Xray::open(sample("nih_00001299_000.png")).unwrap();
-    assert_eq!((x.width(), x.height()), (x.original.width(), x.original.height()));
+    assert_eq!(
+        (x.width(), x.height()),
+        (x.original.width(), x.original.height())
+    );
     assert!(matches!(x.original, DynamicImage::ImageLuma8(_)));
-    let (lo, hi) = x.gray.pixels().fold((1f32, 0f32), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
+    let (lo, hi) = x
+        .gray
+        .pixels()
+        .fold((1f32, 0f32), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
     assert!(lo >= 0.0 && hi <= 1.0 && hi - lo > 0.5, "range {lo}..{hi}");
     assert_eq!(x.sha256.len(), 64);
 }
@@ -52,7 +64,11 @@ fn sixteen_bit_precision_is_kept() {
     }
     // Neighbouring 16-bit values stay distinct: an 8-bit detour would merge them.
     let fine = ImageBuffer::from_fn(2, 1, |x, _| Luma([30_000 + x as u16]));
-    let x = Xray::decode(&encode(&DynamicImage::ImageLuma16(fine), ImageFormat::Png), "fine.png").unwrap();
+    let x = Xray::decode(
+        &encode(&DynamicImage::ImageLuma16(fine), ImageFormat::Png),
+        "fine.png",
+    )
+    .unwrap();
     assert!(x.gray.get_pixel(1, 0).0[0] > x.gray.get_pixel(0, 0).0[0]);
 }
 
@@ -68,10 +84,15 @@ fn rgb_rgba_and_gray_alpha_become_luma() {
         let x = Xray::decode(&encode(&image, ImageFormat::Png), name).unwrap();
         assert_eq!(x.gray.dimensions(), (40, 30));
         for (a, b) in x.gray.pixels().zip(reference.pixels()) {
-            assert!((a.0[0] - b.0[0]).abs() < 1e-6, "{name}: alpha must not change luma");
+            assert!(
+                (a.0[0] - b.0[0]).abs() < 1e-6,
+                "{name}: alpha must not change luma"
+            );
         }
     }
-    let la = DynamicImage::ImageLumaA8(ImageBuffer::from_fn(5, 5, |x, _| LumaA([(x * 50) as u8, 10])));
+    let la = DynamicImage::ImageLumaA8(ImageBuffer::from_fn(5, 5, |x, _| {
+        LumaA([(x * 50) as u8, 10])
+    }));
     let x = Xray::decode(&encode(&la, ImageFormat::Png), "la.png").unwrap();
     assert!((x.gray.get_pixel(4, 0).0[0] - 200.0 / 255.0).abs() < 1e-6);
 }
@@ -91,10 +112,16 @@ fn jpeg_gray_and_colour() {
 fn truncated_files_are_refused() {
     let bytes = std::fs::read(sample("nih_00001299_000.png")).unwrap();
     let text = decode_err(&bytes[..bytes.len() / 2], "half.png");
-    assert!(text.contains("truncated") || text.contains("corrupt"), "{text}");
+    assert!(
+        text.contains("truncated") || text.contains("corrupt"),
+        "{text}"
+    );
     let jpeg = encode(&DynamicImage::ImageRgb8(rgb_card()), ImageFormat::Jpeg);
     let text = decode_err(&jpeg[..jpeg.len() / 3], "half.jpg");
-    assert!(text.contains("truncated") || text.contains("corrupt"), "{text}");
+    assert!(
+        text.contains("truncated") || text.contains("corrupt"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -105,7 +132,10 @@ fn corrupt_pixel_data_is_refused() {
         *b ^= 0x5a;
     }
     let text = decode_err(&bytes, "flipped.png");
-    assert!(text.contains("corrupt") || text.contains("truncated"), "{text}");
+    assert!(
+        text.contains("corrupt") || text.contains("truncated"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -124,7 +154,11 @@ fn png_header(width: u32, height: u32, depth: u8, colour: u8) -> Vec<u8> {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -146,7 +180,17 @@ fn png_header(width: u32, height: u32, depth: u8, colour: u8) -> Vec<u8> {
 #[test]
 fn enormous_dimensions_are_refused_before_allocating() {
     let err = Xray::decode(&png_header(100_000, 90_000, 8, 0), "bomb.png").unwrap_err();
-    assert!(matches!(err, CoreError::TooLarge { width: 100_000, height: 90_000, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CoreError::TooLarge {
+                width: 100_000,
+                height: 90_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("bomb.png"));
     // Within the side limit, but 16k x 16k RGBA16 would need 2 GiB.
     let text = decode_err(&png_header(16_000, 16_000, 16, 6), "wide.png");
@@ -159,8 +203,15 @@ fn enormous_dimensions_are_refused_before_allocating() {
 fn unreadable_paths_name_the_path() {
     let missing = Xray::open("/nonexistent/dir/x.png").unwrap_err();
     assert!(matches!(missing, CoreError::Io { .. }));
-    assert!(missing.to_string().contains("/nonexistent/dir/x.png"), "{missing}");
+    assert!(
+        missing.to_string().contains("/nonexistent/dir/x.png"),
+        "{missing}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let not_a_file = Xray::open(dir.path()).unwrap_err();
-    assert!(not_a_file.to_string().contains(&dir.path().display().to_string()));
+    assert!(
+        not_a_file
+            .to_string()
+            .contains(&dir.path().display().to_string())
+    );
 }

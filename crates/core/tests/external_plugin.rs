@@ -1,6 +1,8 @@
 //! The guide in docs/adding-an-explainer.md, proven: an explainer defined outside
 //! crates/explainers registers itself and the registry finds it; duplicate names are refused.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
 use cxr_core::explain::registry::{self, ExplainerEntry};
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
@@ -13,13 +15,18 @@ struct Brightness {
 
 impl Brightness {
     fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        Ok(Box::new(Self { gain: config.get("gain", 1.0)? }))
+        Ok(Box::new(Self {
+            gain: config.get("gain", 1.0)?,
+        }))
     }
 }
 
 impl Explainer for Brightness {
     fn explain(&self, _model: &dyn Classifier, input: &ExplainInput<'_>) -> Result<Explanation> {
-        let values = Vec::<f32>::try_from(input.input.view([-1]))?.iter().map(|v| v * self.gain).collect();
+        let values = Vec::<f32>::try_from(input.input.view([-1]))?
+            .iter()
+            .map(|v| v * self.gain)
+            .collect();
         let size = input.input.size();
         Ok(Explanation {
             heatmap: Heatmap::from_relevance(values, size[3] as usize, size[2] as usize),
@@ -47,17 +54,32 @@ fn an_explainer_outside_the_explainers_crate_is_registered() {
     sorted.sort_unstable();
     assert_eq!(names, sorted, "the registry is sorted by name");
     // Parameters are typed and unknown ones are refused.
-    assert!(entry.build(&ExplainerConfig::parse("gain=2").unwrap()).is_ok());
-    let typo = entry.build(&ExplainerConfig::parse("gian=2").unwrap()).err().unwrap().to_string();
+    assert!(
+        entry
+            .build(&ExplainerConfig::parse("gain=2").unwrap())
+            .is_ok()
+    );
+    let typo = entry
+        .build(&ExplainerConfig::parse("gian=2").unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(typo.contains("gian") && typo.contains("gain"), "{typo}");
-    let bad = entry.build(&ExplainerConfig::parse("gain=x").unwrap()).err().unwrap().to_string();
+    let bad = entry
+        .build(&ExplainerConfig::parse("gain=x").unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(bad.contains("gain=x"), "{bad}");
 }
 
 #[test]
 fn unknown_names_list_what_is_registered() {
     let err = registry::find("no-such-method").unwrap_err().to_string();
-    assert!(err.contains("no-such-method") && err.contains("test-brightness"), "{err}");
+    assert!(
+        err.contains("no-such-method") && err.contains("test-brightness"),
+        "{err}"
+    );
 }
 
 fn never(_: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
@@ -95,8 +117,21 @@ static OTHER: ExplainerEntry = ExplainerEntry {
 #[test]
 fn duplicate_names_are_refused_naming_both_places() {
     let err = registry::build([&FIRST, &OTHER, &SECOND]).unwrap_err();
-    let CoreError::DuplicateExplainer { name, first, second } = &err else { panic!("{err}") };
-    assert_eq!((name.as_str(), first.as_str(), second.as_str()), ("twin", "a.rs:1", "b.rs:2"));
+    let CoreError::DuplicateExplainer {
+        name,
+        first,
+        second,
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (name.as_str(), first.as_str(), second.as_str()),
+        ("twin", "a.rs:1", "b.rs:2")
+    );
     let ok = registry::build([&FIRST, &OTHER]).unwrap();
-    assert_eq!(ok.keys().copied().collect::<Vec<_>>(), vec!["alpha", "twin"]);
+    assert_eq!(
+        ok.keys().copied().collect::<Vec<_>>(),
+        vec!["alpha", "twin"]
+    );
 }

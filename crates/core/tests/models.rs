@@ -1,6 +1,8 @@
 //! Models save and reload to the same outputs; the shipped models load and behave; training and
 //! prediction see the same preprocessed input.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
 use std::path::{Path, PathBuf};
 
 use cxr_core::data::{LabelledImage, Manifest};
@@ -22,7 +24,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn a_trained_classifier_reloads_to_identical_outputs() {
     cxr_core::tch::manual_seed(7);
     let classes = vec!["covid".to_owned(), "normal".to_owned()];
-    let model = ResNetClassifier::new(ResNetConfig::resnet18_quarter(), classes.clone(), Device::Cpu);
+    let model = ResNetClassifier::new(
+        ResNetConfig::resnet18_quarter(),
+        classes.clone(),
+        Device::Cpu,
+    );
     let x = Tensor::randn([3, 1, 224, 224], (Kind::Float, Device::Cpu));
     // A few training steps move batch-norm statistics away from their defaults, so the test
     // also covers the running buffers, not just the weights.
@@ -36,13 +42,23 @@ fn a_trained_classifier_reloads_to_identical_outputs() {
     let (a, b) = (model.logits(&x).unwrap(), loaded.logits(&x).unwrap());
     assert!(max_abs_diff(&a, &b) < 1e-6);
     let fresh = ResNetClassifier::new(ResNetConfig::resnet18_quarter(), classes, Device::Cpu);
-    assert!(max_abs_diff(&a, &fresh.logits(&x).unwrap()) > 1e-3, "reload must matter");
+    assert!(
+        max_abs_diff(&a, &fresh.logits(&x).unwrap()) > 1e-3,
+        "reload must matter"
+    );
 }
 
 #[test]
 fn a_trained_segmenter_reloads_to_identical_outputs() {
     cxr_core::tch::manual_seed(11);
-    let model = UNetSegmenter::new(UNetConfig { in_channels: 1, base: 4, depth: 2 }, Device::Cpu);
+    let model = UNetSegmenter::new(
+        UNetConfig {
+            in_channels: 1,
+            base: 4,
+            depth: 2,
+        },
+        Device::Cpu,
+    );
     let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
     let _ = model.forward_t(&x, true);
     let dir = tempfile::tempdir().unwrap();
@@ -56,16 +72,29 @@ fn a_trained_segmenter_reloads_to_identical_outputs() {
 #[test]
 fn missing_or_broken_models_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Pipeline::load(dir.path(), Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("segmenter.json") && err.contains("cannot load model"), "{err}");
+    let err = Pipeline::load(dir.path(), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("segmenter.json") && err.contains("cannot load model"),
+        "{err}"
+    );
     // Metadata present, weights missing.
     let files = ModelFiles::new(dir.path(), "x");
     std::fs::copy(repo().join("models/classifier.json"), &files.meta).unwrap();
-    let err = ResNetClassifier::load(&files, Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("x.safetensors") && err.contains("not found"), "{err}");
+    let err = ResNetClassifier::load(&files, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("x.safetensors") && err.contains("not found"),
+        "{err}"
+    );
     // Weights of the wrong network.
     std::fs::copy(repo().join("models/segmenter.safetensors"), &files.weights).unwrap();
-    let err = ResNetClassifier::load(&files, Device::Cpu).unwrap_err().to_string();
+    let err = ResNetClassifier::load(&files, Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("x.safetensors"), "{err}");
     // Corrupt weights.
     std::fs::write(&files.weights, b"not safetensors").unwrap();
@@ -83,12 +112,20 @@ fn samples() -> Vec<LabelledImage> {
 fn training_and_prediction_preprocess_identically() {
     let models = repo().join("models");
     let pipeline = Pipeline::load(&models, Device::Cpu).unwrap();
-    let segmenter = UNetSegmenter::load(&ModelFiles::new(&models, SEGMENTER_NAME), Device::Cpu).unwrap();
+    let segmenter =
+        UNetSegmenter::load(&ModelFiles::new(&models, SEGMENTER_NAME), Device::Cpu).unwrap();
     let rows = samples();
     let trained_on = cxr_core::train::classifier::prepare(&rows, &segmenter).unwrap();
     for (i, row) in rows.iter().enumerate() {
-        let predicted_on = pipeline.analyze_file(&row.path).unwrap().input.to_tensor(Device::Cpu);
-        assert_eq!(max_abs_diff(&trained_on.get(i as i64).unsqueeze(0), &predicted_on), 0.0);
+        let predicted_on = pipeline
+            .analyze_file(&row.path)
+            .unwrap()
+            .input
+            .to_tensor(Device::Cpu);
+        assert_eq!(
+            max_abs_diff(&trained_on.get(i as i64).unsqueeze(0), &predicted_on),
+            0.0
+        );
     }
 }
 
@@ -102,7 +139,11 @@ fn shipped_models_classify_the_samples() {
         assert!((total - 1.0).abs() < 1e-5);
         // Lungs cover a plausible share of a chest radiograph.
         let lungs = cxr_core::mask::coverage(&a.mask);
-        assert!((0.1..0.6).contains(&lungs), "{}: lungs {lungs}", row.path.display());
+        assert!(
+            (0.1..0.6).contains(&lungs),
+            "{}: lungs {lungs}",
+            row.path.display()
+        );
         correct += usize::from(a.prediction.label == row.label);
     }
     assert!(correct >= 5, "{correct}/6 samples right");
@@ -115,11 +156,20 @@ fn shipped_segmenter_matches_reference_masks() {
         eprintln!("skipped: {} not found", manifest.display());
         return;
     }
-    let Manifest::Masks(rows) = Manifest::read(&manifest).unwrap() else { panic!() };
-    let segmenter = UNetSegmenter::load(&ModelFiles::new(&repo().join("models"), SEGMENTER_NAME), Device::Cpu).unwrap();
+    let Manifest::Masks(rows) = Manifest::read(&manifest).unwrap() else {
+        panic!()
+    };
+    let segmenter = UNetSegmenter::load(
+        &ModelFiles::new(&repo().join("models"), SEGMENTER_NAME),
+        Device::Cpu,
+    )
+    .unwrap();
     let test_rows = rows.iter().filter(|r| {
-        cxr_core::data::Split::of(&r.patient, cxr_core::data::DEFAULT_SEED, cxr_core::data::SplitShares::SEGMENTER)
-            == cxr_core::data::Split::Test
+        cxr_core::data::Split::of(
+            &r.patient,
+            cxr_core::data::DEFAULT_SEED,
+            cxr_core::data::SplitShares::SEGMENTER,
+        ) == cxr_core::data::Split::Test
     });
     let m = cxr_core::train::segmenter::evaluate(&segmenter as &dyn Segmenter, test_rows).unwrap();
     assert!(m.images >= 10);
@@ -130,11 +180,15 @@ fn shipped_segmenter_matches_reference_masks() {
 fn classifier_loads_in_pytorch_to_the_same_logits() {
     let python = repo().join(".venv/bin/python");
     if !python.exists() {
-        eprintln!("skipped: no project virtualenv with torch at {}", python.display());
+        eprintln!(
+            "skipped: no project virtualenv with torch at {}",
+            python.display()
+        );
         return;
     }
     let models = repo().join("models");
-    let classifier = ResNetClassifier::load(&ModelFiles::new(&models, CLASSIFIER_NAME), Device::Cpu).unwrap();
+    let classifier =
+        ResNetClassifier::load(&ModelFiles::new(&models, CLASSIFIER_NAME), Device::Cpu).unwrap();
     cxr_core::tch::manual_seed(3);
     let input = Tensor::randn([2, 1, 224, 224], (Kind::Float, Device::Cpu));
     let logits = classifier.logits(&input).unwrap();
@@ -147,7 +201,11 @@ fn classifier_loads_in_pytorch_to_the_same_logits() {
         .arg(&case)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("max |logit difference|"), "{text}");
 }

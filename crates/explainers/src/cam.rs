@@ -19,7 +19,9 @@ impl Gradients {
         match config.get("gradients", "auto".to_owned())?.as_str() {
             "auto" => Ok(Self::Auto),
             "autograd" => Ok(Self::Autograd),
-            other => Err(CoreError::Invalid(format!("gradients={other}: expected auto or autograd"))),
+            other => Err(CoreError::Invalid(format!(
+                "gradients={other}: expected auto or autograd"
+            ))),
         }
     }
 }
@@ -33,18 +35,24 @@ pub fn features_and_gradients(
     how: Gradients,
 ) -> Result<(Tensor, Tensor)> {
     let no_features = || CoreError::Invalid("this classifier exposes no feature map".into());
-    if how == Gradients::Auto {
-        if let Some(weight) = model.linear_head() {
-            // logit_k = sum_c w[k, c] * mean_ij A[c, i, j] + b_k, so dlogit_k / dA[c, i, j] is
-            // w[k, c] / (h w) at every position: one forward pass, no backward.
-            let (features, _) = tch::no_grad(|| model.features_and_logits(input)).ok_or_else(no_features)??;
-            let features = features.f_get(0)?;
-            let size = features.size();
-            let area = (size[1] * size[2]) as f64;
-            let per_channel = weight.f_get(target as i64)?.f_detach()?.f_div_scalar(area)?;
-            let gradients = per_channel.f_view([size[0], 1, 1])?.f_expand(&size, false)?;
-            return Ok((features, gradients));
-        }
+    if how == Gradients::Auto
+        && let Some(weight) = model.linear_head()
+    {
+        // logit_k = sum_c w[k, c] * mean_ij A[c, i, j] + b_k, so dlogit_k / dA[c, i, j] is
+        // w[k, c] / (h w) at every position: one forward pass, no backward.
+        let (features, _) =
+            tch::no_grad(|| model.features_and_logits(input)).ok_or_else(no_features)??;
+        let features = features.f_get(0)?;
+        let size = features.size();
+        let area = (size[1] * size[2]) as f64;
+        let per_channel = weight
+            .f_get(target as i64)?
+            .f_detach()?
+            .f_div_scalar(area)?;
+        let gradients = per_channel
+            .f_view([size[0], 1, 1])?
+            .f_expand(&size, false)?;
+        return Ok((features, gradients));
     }
     let (features, logits) = model.features_and_logits(input).ok_or_else(no_features)??;
     let score = logits.f_select(1, target as i64)?.f_sum(Kind::Float)?;
@@ -52,15 +60,19 @@ pub fn features_and_gradients(
     Ok((features.f_detach()?.f_get(0)?, gradients[0].f_get(0)?))
 }
 
-/// Weighted channel sum, ReLU, bilinear upsampling to the input grid, scaled to [0, 1].
-pub fn class_activation_map(features: &Tensor, weights: &Tensor, input: &Tensor) -> Result<Heatmap> {
+/// Weighted channel sum, `ReLU`, bilinear upsampling to the input grid, scaled to [0, 1].
+pub fn class_activation_map(
+    features: &Tensor,
+    weights: &Tensor,
+    input: &Tensor,
+) -> Result<Heatmap> {
     let size = input.size();
     let cam = (features * weights.f_view([-1, 1, 1])?)
         .f_sum_dim_intlist([0i64].as_slice(), false, Kind::Float)?
         .f_relu()?;
     let (h, w) = (cam.size()[0], cam.size()[1]);
-    let up = cam
-        .f_view([1, 1, h, w])?
-        .f_upsample_bilinear2d([size[2], size[3]], false, None, None)?;
+    let up =
+        cam.f_view([1, 1, h, w])?
+            .f_upsample_bilinear2d([size[2], size[3]], false, None, None)?;
     Heatmap::from_tensor(&up)
 }

@@ -1,9 +1,9 @@
 //! Grad-CAM (Selvaraju et al. 2017): the last convolutional feature maps weighted by the
-//! spatially averaged gradient of the target class's logit, ReLU, upsampled to the input.
+//! spatially averaged gradient of the target class's logit, `ReLU`, upsampled to the input.
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Param};
 use cxr_core::models::Classifier;
-use cxr_core::Result;
 use tch::Kind;
 
 use crate::cam::{Gradients, class_activation_map, features_and_gradients};
@@ -19,16 +19,23 @@ pub struct GradCam {
 
 impl GradCam {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        Ok(Box::new(Self { gradients: Gradients::from_config(config)? }))
+        Ok(Box::new(Self {
+            gradients: Gradients::from_config(config)?,
+        }))
     }
 }
 
 impl Explainer for GradCam {
     fn explain(&self, model: &dyn Classifier, input: &ExplainInput<'_>) -> Result<Explanation> {
-        let (features, gradients) = features_and_gradients(model, input.input, input.target, self.gradients)?;
+        let (features, gradients) =
+            features_and_gradients(model, input.input, input.target, self.gradients)?;
         let weights = gradients.f_mean_dim([1i64, 2].as_slice(), false, Kind::Float)?;
         let heatmap = class_activation_map(&features, &weights, input.input)?;
-        Ok(Explanation { heatmap, details: serde_json::Map::new(), segments: None })
+        Ok(Explanation {
+            heatmap,
+            details: serde_json::Map::new(),
+            segments: None,
+        })
     }
 }
 

@@ -1,9 +1,9 @@
 //! Grad-CAM++ (Chattopadhay et al. 2018): like Grad-CAM, but each position's gradient is
 //! weighted so that several separate regions of evidence all show up.
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Param};
 use cxr_core::models::Classifier;
-use cxr_core::Result;
 use tch::Kind;
 
 use crate::cam::{Gradients, class_activation_map, features_and_gradients};
@@ -16,7 +16,9 @@ pub struct GradCamPlusPlus {
 
 impl GradCamPlusPlus {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        Ok(Box::new(Self { gradients: Gradients::from_config(config)? }))
+        Ok(Box::new(Self {
+            gradients: Gradients::from_config(config)?,
+        }))
     }
 }
 
@@ -28,9 +30,14 @@ impl Explainer for GradCamPlusPlus {
         let sum_a = a.f_sum_dim_intlist([1i64, 2].as_slice(), true, Kind::Float)?;
         let denominator = (&g2 * 2.0 + &sum_a * &g3) + 1e-7;
         let alpha = (&g2 / denominator).f_where_self(&g.f_ne(0.0)?, &g.f_zeros_like()?)?;
-        let weights = (g.f_relu()? * alpha).f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)?;
+        let weights =
+            (g.f_relu()? * alpha).f_sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float)?;
         let heatmap = class_activation_map(&a, &weights, input.input)?;
-        Ok(Explanation { heatmap, details: serde_json::Map::new(), segments: None })
+        Ok(Explanation {
+            heatmap,
+            details: serde_json::Map::new(),
+            segments: None,
+        })
     }
 }
 

@@ -1,7 +1,9 @@
 //! LIME for images (Ribeiro et al. 2016), done properly: superpixels, 1000 perturbations
 //! evaluated in batches, an exponential kernel, weighted ridge regression, a reported fit.
 
-use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param, Segments};
+use cxr_core::explain::{
+    ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param, Segments,
+};
 use cxr_core::models::Classifier;
 use cxr_core::{CoreError, Result};
 use rand::rngs::StdRng;
@@ -47,7 +49,9 @@ impl Lime {
             seed: config.get("seed", 0u64)?,
         };
         if lime.samples < 2 || lime.batch == 0 || lime.kernel_width <= 0.0 {
-            return Err(CoreError::Invalid("lime: needs samples >= 2, batch >= 1, kernel_width > 0".into()));
+            return Err(CoreError::Invalid(
+                "lime: needs samples >= 2, batch >= 1, kernel_width > 0".into(),
+            ));
         }
         Ok(Box::new(lime))
     }
@@ -75,7 +79,11 @@ impl Explainer for Lime {
         let device = model.device();
         let x = input.input.f_to_device(tch::Device::Cpu)?;
         let pixels = Vec::<f32>::try_from(x.f_view([-1])?)?;
-        let params = SlicParams { segments: self.segments, compactness: self.compactness, iterations: 10 };
+        let params = SlicParams {
+            segments: self.segments,
+            compactness: self.compactness,
+            iterations: 10,
+        };
         let superpixels = Superpixels::slic(&pixels, w, h, params);
         let features = superpixels.count;
         let rows = self.perturbations(features);
@@ -87,9 +95,12 @@ impl Explainer for Lime {
         let mut target = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.batch) {
             let on: Vec<f32> = chunk.iter().flatten().copied().collect();
-            let on = Tensor::from_slice(&on).view([chunk.len() as i64, features as i64]).to_device(device);
+            let on = Tensor::from_slice(&on)
+                .view([chunk.len() as i64, features as i64])
+                .to_device(device);
             let keep = on.f_index_select(1, &labels)?;
-            let images = (&flat_input * keep).f_view([chunk.len() as i64, 1, h as i64, w as i64])?;
+            let images =
+                (&flat_input * keep).f_view([chunk.len() as i64, 1, h as i64, w as i64])?;
             let probs = tch::no_grad(|| model.logits(&images))?
                 .f_softmax(-1, Kind::Float)?
                 .f_select(1, input.target as i64)?
@@ -101,19 +112,32 @@ impl Explainer for Lime {
             .iter()
             .map(|row| {
                 let d = cosine_distance_to_ones(row);
-                (-(d * d) / (self.kernel_width * self.kernel_width)).exp().sqrt()
+                (-(d * d) / (self.kernel_width * self.kernel_width))
+                    .exp()
+                    .sqrt()
             })
             .collect();
         let fit = weighted_ridge(&rows, &target, &kernel, self.alpha)?;
 
-        let relevance = superpixels.labels.iter().map(|&l| fit.coefficients[l as usize] as f32).collect();
-        let mut ranked: Vec<u32> = (0..features as u32).filter(|&l| fit.coefficients[l as usize] > 0.0).collect();
-        ranked.sort_by(|&a, &b| fit.coefficients[b as usize].total_cmp(&fit.coefficients[a as usize]));
+        let relevance = superpixels
+            .labels
+            .iter()
+            .map(|&l| fit.coefficients[l as usize] as f32)
+            .collect();
+        let mut ranked: Vec<u32> = (0..features as u32)
+            .filter(|&l| fit.coefficients[l as usize] > 0.0)
+            .collect();
+        ranked.sort_by(|&a, &b| {
+            fit.coefficients[b as usize].total_cmp(&fit.coefficients[a as usize])
+        });
         ranked.truncate(self.top);
         let mut details = serde_json::Map::new();
         details.insert("samples".into(), self.samples.into());
         details.insert("superpixels".into(), features.into());
-        details.insert("fill".into(), "0 (lung mean of the standardised input)".into());
+        details.insert(
+            "fill".into(),
+            "0 (lung mean of the standardised input)".into(),
+        );
         details.insert("r2".into(), fit.r2.into());
         details.insert("intercept".into(), fit.intercept.into());
         details.insert("weights".into(), fit.coefficients.clone().into());
@@ -121,7 +145,10 @@ impl Explainer for Lime {
         Ok(Explanation {
             heatmap: Heatmap::from_relevance(relevance, w, h),
             details,
-            segments: Some(Segments { labels: superpixels.labels, selected: ranked }),
+            segments: Some(Segments {
+                labels: superpixels.labels,
+                selected: ranked,
+            }),
         })
     }
 }
@@ -129,7 +156,11 @@ impl Explainer for Lime {
 /// Cosine distance between a 0/1 vector and the all-ones vector.
 fn cosine_distance_to_ones(row: &[f32]) -> f64 {
     let on = row.iter().filter(|&&v| v > 0.5).count() as f64;
-    if on == 0.0 { 1.0 } else { 1.0 - on / (on.sqrt() * (row.len() as f64).sqrt()) }
+    if on == 0.0 {
+        1.0
+    } else {
+        1.0 - on / (on.sqrt() * (row.len() as f64).sqrt())
+    }
 }
 
 /// A fitted local linear model.
@@ -141,12 +172,20 @@ struct RidgeFit {
     r2: f64,
 }
 
-/// Minimises sum_i k_i (y_i - b - x_i.beta)^2 + alpha |beta|^2 (intercept not penalised), by
+/// Minimises `sum_i` `k_i` (`y_i` - b - `x_i.beta)^2` + alpha |beta|^2 (intercept not penalised), by
 /// centring on the weighted means and solving the normal equations with Cholesky.
 fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<RidgeFit> {
     let p = x[0].len();
     let total: f64 = k.iter().sum();
-    let mean_x: Vec<f64> = (0..p).map(|j| x.iter().zip(k).map(|(r, w)| w * f64::from(r[j])).sum::<f64>() / total).collect();
+    let mean_x: Vec<f64> = (0..p)
+        .map(|j| {
+            x.iter()
+                .zip(k)
+                .map(|(r, w)| w * f64::from(r[j]))
+                .sum::<f64>()
+                / total
+        })
+        .collect();
     let mean_y = y.iter().zip(k).map(|(v, w)| w * v).sum::<f64>() / total;
     let mut gram = vec![0.0; p * p];
     let mut rhs = vec![0.0; p];
@@ -171,15 +210,33 @@ fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<Ri
     }
     let coefficients = cholesky_solve(&mut gram, &rhs, p)
         .ok_or_else(|| CoreError::Invalid("lime: local model is singular".into()))?;
-    let intercept = mean_y - coefficients.iter().zip(&mean_x).map(|(c, m)| c * m).sum::<f64>();
+    let intercept = mean_y
+        - coefficients
+            .iter()
+            .zip(&mean_x)
+            .map(|(c, m)| c * m)
+            .sum::<f64>();
     let (mut residual, mut spread) = (0.0, 0.0);
     for ((row, &yi), &wi) in x.iter().zip(y).zip(k) {
-        let predicted = intercept + row.iter().zip(&coefficients).map(|(v, c)| f64::from(*v) * c).sum::<f64>();
+        let predicted = intercept
+            + row
+                .iter()
+                .zip(&coefficients)
+                .map(|(v, c)| f64::from(*v) * c)
+                .sum::<f64>();
         residual += wi * (yi - predicted).powi(2);
         spread += wi * (yi - mean_y).powi(2);
     }
-    let r2 = if spread > 0.0 { 1.0 - residual / spread } else { 1.0 };
-    Ok(RidgeFit { coefficients, intercept, r2 })
+    let r2 = if spread > 0.0 {
+        1.0 - residual / spread
+    } else {
+        1.0
+    };
+    Ok(RidgeFit {
+        coefficients,
+        intercept,
+        r2,
+    })
 }
 
 /// Solves `a x = b` for symmetric positive definite `a` (`n` x `n`, row-major, overwritten).
@@ -242,9 +299,14 @@ mod tests {
     #[test]
     fn ridge_recovers_a_linear_function() {
         // y = 0.2 + 0.5 a - 0.3 b, exactly, with a tiny penalty.
-        let x: Vec<Vec<f32>> = (0..16).map(|i| vec![(i & 1) as f32, ((i >> 1) & 1) as f32, ((i >> 2) & 1) as f32]).collect();
-        let y: Vec<f64> = x.iter().map(|r| 0.2 + 0.5 * f64::from(r[0]) - 0.3 * f64::from(r[1])).collect();
-        let fit = weighted_ridge(&x, &y, &vec![1.0; 16], 1e-9).unwrap();
+        let x: Vec<Vec<f32>> = (0..16)
+            .map(|i| vec![(i & 1) as f32, ((i >> 1) & 1) as f32, ((i >> 2) & 1) as f32])
+            .collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|r| 0.2 + 0.5 * f64::from(r[0]) - 0.3 * f64::from(r[1]))
+            .collect();
+        let fit = weighted_ridge(&x, &y, &[1.0; 16], 1e-9).unwrap();
         assert!((fit.coefficients[0] - 0.5).abs() < 1e-6);
         assert!((fit.coefficients[1] + 0.3).abs() < 1e-6);
         assert!(fit.coefficients[2].abs() < 1e-6);
@@ -256,9 +318,15 @@ mod tests {
     fn ridge_shrinks_and_weights_matter() {
         let x: Vec<Vec<f32>> = vec![vec![0.0], vec![1.0], vec![0.0], vec![1.0]];
         let y = [0.0, 1.0, 0.0, 3.0];
-        let plain = weighted_ridge(&x, &y, &[1.0; 4], 1e-9).unwrap().coefficients[0];
-        let weighted = weighted_ridge(&x, &y, &[1.0, 1.0, 1.0, 0.01], 1e-9).unwrap().coefficients[0];
-        let shrunk = weighted_ridge(&x, &y, &[1.0; 4], 10.0).unwrap().coefficients[0];
+        let plain = weighted_ridge(&x, &y, &[1.0; 4], 1e-9)
+            .unwrap()
+            .coefficients[0];
+        let weighted = weighted_ridge(&x, &y, &[1.0, 1.0, 1.0, 0.01], 1e-9)
+            .unwrap()
+            .coefficients[0];
+        let shrunk = weighted_ridge(&x, &y, &[1.0; 4], 10.0)
+            .unwrap()
+            .coefficients[0];
         assert!((plain - 2.0).abs() < 1e-6 && weighted < 1.1 && shrunk < plain / 2.0);
     }
 

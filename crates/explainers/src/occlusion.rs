@@ -20,9 +20,15 @@ impl Occlusion {
         let stride = config.get("stride", 12usize)?;
         let batch = config.get("batch", 64usize)?;
         if window == 0 || stride == 0 || batch == 0 {
-            return Err(CoreError::Invalid("occlusion: window, stride and batch must be positive".into()));
+            return Err(CoreError::Invalid(
+                "occlusion: window, stride and batch must be positive".into(),
+            ));
         }
-        Ok(Box::new(Self { window, stride, batch }))
+        Ok(Box::new(Self {
+            window,
+            stride,
+            batch,
+        }))
     }
 }
 
@@ -43,11 +49,17 @@ impl Explainer for Occlusion {
         let window = self.window.min(h).min(w);
         let windows: Vec<(usize, usize)> = origins(h, window, self.stride)
             .into_iter()
-            .flat_map(|y| origins(w, window, self.stride).into_iter().map(move |x| (y, x)))
+            .flat_map(|y| {
+                origins(w, window, self.stride)
+                    .into_iter()
+                    .map(move |x| (y, x))
+            })
             .collect();
         let x = input.input.f_to_device(model.device())?;
         let probability = |batch: &Tensor| -> Result<Tensor> {
-            Ok(tch::no_grad(|| model.logits(batch))?.f_softmax(-1, Kind::Float)?.f_select(1, input.target as i64)?)
+            Ok(tch::no_grad(|| model.logits(batch))?
+                .f_softmax(-1, Kind::Float)?
+                .f_select(1, input.target as i64)?)
         };
         let reference = probability(&x)?.double_value(&[0]) as f32;
         let mut drop = vec![0.0f32; h * w];
@@ -59,8 +71,11 @@ impl Explainer for Occlusion {
                     keep[k * h * w + y * w + x0..k * h * w + y * w + x0 + window].fill(0.0);
                 }
             }
-            let keep = Tensor::from_slice(&keep).view([chunk.len() as i64, 1, h as i64, w as i64]).to_device(x.device());
-            let probs = Vec::<f32>::try_from(probability(&(&x * keep))?.to_device(tch::Device::Cpu))?;
+            let keep = Tensor::from_slice(&keep)
+                .view([chunk.len() as i64, 1, h as i64, w as i64])
+                .to_device(x.device());
+            let probs =
+                Vec::<f32>::try_from(probability(&(&x * keep))?.to_device(tch::Device::Cpu))?;
             for (&(y0, x0), p) in chunk.iter().zip(probs) {
                 for y in y0..y0 + window {
                     for i in y * w + x0..y * w + x0 + window {
@@ -70,12 +85,20 @@ impl Explainer for Occlusion {
                 }
             }
         }
-        let relevance = drop.iter().zip(&covered).map(|(d, c)| d / c.max(1.0)).collect();
+        let relevance = drop
+            .iter()
+            .zip(&covered)
+            .map(|(d, c)| d / c.max(1.0))
+            .collect();
         let mut details = serde_json::Map::new();
         details.insert("windows".into(), windows.len().into());
         details.insert("window".into(), window.into());
         details.insert("stride".into(), self.stride.into());
-        Ok(Explanation { heatmap: Heatmap::from_relevance(relevance, w, h), details, segments: None })
+        Ok(Explanation {
+            heatmap: Heatmap::from_relevance(relevance, w, h),
+            details,
+            segments: None,
+        })
     }
 }
 

@@ -30,8 +30,14 @@ impl Rise {
             batch: config.get("batch", 100usize)?,
             seed: config.get("seed", 0u64)?,
         };
-        if rise.masks == 0 || rise.cells == 0 || rise.batch == 0 || !(0.0 < rise.keep && rise.keep <= 1.0) {
-            return Err(CoreError::Invalid("rise: needs masks, cells, batch >= 1 and 0 < keep <= 1".into()));
+        if rise.masks == 0
+            || rise.cells == 0
+            || rise.batch == 0
+            || !(0.0 < rise.keep && rise.keep <= 1.0)
+        {
+            return Err(CoreError::Invalid(
+                "rise: needs masks, cells, batch >= 1 and 0 < keep <= 1".into(),
+            ));
         }
         Ok(Box::new(rise))
     }
@@ -39,7 +45,9 @@ impl Rise {
     /// `n` soft masks `[n, 1, h, w]`.
     fn masks(&self, n: usize, h: i64, w: i64, rng: &mut StdRng) -> Tensor {
         let c = self.cells as i64;
-        let grid: Vec<f32> = (0..n as i64 * c * c).map(|_| f32::from(rng.random_bool(self.keep))).collect();
+        let grid: Vec<f32> = (0..n as i64 * c * c)
+            .map(|_| f32::from(rng.random_bool(self.keep)))
+            .collect();
         let (cell_h, cell_w) = ((h + c - 1) / c, (w + c - 1) / c);
         let up = Tensor::from_slice(&grid)
             .view([n as i64, 1, c, c])
@@ -69,7 +77,11 @@ impl Explainer for Rise {
             let probs = tch::no_grad(|| model.logits(&(&x * &masks)))?
                 .f_softmax(-1, Kind::Float)?
                 .f_select(1, input.target as i64)?;
-            saliency += (masks * probs.f_view([-1, 1, 1, 1])?).f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?;
+            saliency += (masks * probs.f_view([-1, 1, 1, 1])?).f_sum_dim_intlist(
+                [0i64].as_slice(),
+                true,
+                Kind::Float,
+            )?;
             done += n;
         }
         let saliency = saliency / (self.masks as f64 * self.keep);
@@ -81,7 +93,11 @@ impl Explainer for Rise {
         details.insert("cells".into(), self.cells.into());
         details.insert("keep".into(), self.keep.into());
         details.insert("seed".into(), self.seed.into());
-        Ok(Explanation { heatmap: Heatmap::from_tensor(&shifted)?, details, segments: None })
+        Ok(Explanation {
+            heatmap: Heatmap::from_tensor(&shifted)?,
+            details,
+            segments: None,
+        })
     }
 }
 

@@ -203,7 +203,10 @@ impl Superpixels {
 /// Grid of `nx * ny` cells, about `wanted` in total, with cells as square as
 /// the aspect ratio allows; `1 <= nx <= width`, `1 <= ny <= height`.
 fn grid_shape(width: usize, height: usize, wanted: usize) -> (usize, usize) {
-    let ny = ((wanted as f32 * height as f32 / width as f32).sqrt().round() as usize).clamp(1, height);
+    let ny = ((wanted as f32 * height as f32 / width as f32)
+        .sqrt()
+        .round() as usize)
+        .clamp(1, height);
     let nx = ((wanted as f32 / ny as f32).round() as usize).clamp(1, width);
     (nx, ny)
 }
@@ -491,7 +494,11 @@ mod tests {
                 let (x, y) = ((i % width) as f32, (i / width) as f32);
                 (x * 0.07).sin() * (y * 0.05).cos()
                     + 0.5 * ((x + y) * 0.2).sin()
-                    + if (x - 80.0).hypot(y - 120.0) < 40.0 { 1.5 } else { 0.0 }
+                    + if (x - 80.0).hypot(y - 120.0) < 40.0 {
+                        1.5
+                    } else {
+                        0.0
+                    }
                     + 0.3 * rng.next()
             })
             .collect();
@@ -550,7 +557,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(components, sp.count, "some label is split into several regions");
+        assert_eq!(
+            components, sp.count,
+            "some label is split into several regions"
+        );
         assert_eq!(sp.sizes().iter().sum::<usize>(), w * h);
     }
 

@@ -2,12 +2,14 @@
 //! shipped models, plus method-specific checks (Grad-CAM's class specificity and closed form,
 //! IG's completeness, LIME's fit and seed, the randomisation sanity check).
 
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use cxr_core::explain::quality::{deletion_insertion, spearman};
 use cxr_core::explain::report::{self, QualityChecks};
-use cxr_core::explain::{ExplainInput, Explanation, ExplainerConfig, registry};
+use cxr_core::explain::{ExplainInput, ExplainerConfig, Explanation, registry};
 use cxr_core::pipeline::{Analysis, Pipeline};
 use cxr_core::render::OverlayStyle;
 use cxr_core::tch::{Device, Tensor};
@@ -34,10 +36,16 @@ fn fixture() -> &'static Fixture {
         *cell.get_or_init(|| {
             cxr_explainers::link();
             let pipeline = Pipeline::load(&repo().join("models"), Device::Cpu).unwrap();
-            let analysis = pipeline.analyze_file(&repo().join("samples/hannover_e1446fe8.png")).unwrap();
+            let analysis = pipeline
+                .analyze_file(&repo().join("samples/hannover_e1446fe8.png"))
+                .unwrap();
             assert_eq!(analysis.prediction.label, "covid");
             let input = analysis.input.to_tensor(Device::Cpu);
-            Box::leak(Box::new(Fixture { pipeline, analysis, input }))
+            Box::leak(Box::new(Fixture {
+                pipeline,
+                analysis,
+                input,
+            }))
         })
     })
 }
@@ -45,20 +53,41 @@ fn fixture() -> &'static Fixture {
 fn run(name: &str, config: &ExplainerConfig, target: usize) -> Explanation {
     let f = fixture();
     let explainer = registry::find(name).unwrap().build(config).unwrap();
-    let input = ExplainInput { input: &f.input, lung_mask: &f.analysis.input.mask, target };
-    explainer.explain(f.pipeline.classifier.as_ref(), &input).unwrap()
+    let input = ExplainInput {
+        input: &f.input,
+        lung_mask: &f.analysis.input.mask,
+        target,
+    };
+    explainer
+        .explain(f.pipeline.classifier.as_ref(), &input)
+        .unwrap()
 }
 
 #[test]
 fn the_shipped_explainers_are_registered() {
     cxr_explainers::link();
     let names: Vec<&str> = registry::all().unwrap().iter().map(|e| e.name).collect();
-    for expected in ["grad-cam", "grad-cam-plus-plus", "integrated-gradients", "lime", "occlusion", "rise"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "grad-cam",
+        "grad-cam-plus-plus",
+        "integrated-gradients",
+        "lime",
+        "occlusion",
+        "rise",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     for entry in registry::all().unwrap() {
         assert!(!entry.summary.is_empty());
-        assert!(entry.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert!(
+            entry
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
         assert!(!entry.name.starts_with('-') && !entry.name.ends_with('-'));
     }
 }
@@ -70,15 +99,33 @@ fn every_explainer_gives_a_valid_deterministic_heatmap() {
         let first = run(entry.name, &ExplainerConfig::default(), 0);
         let h = &first.heatmap;
         assert_eq!((h.width, h.height), (224, 224), "{}", entry.name);
-        assert!(h.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{}", entry.name);
-        assert!(h.values.iter().any(|&v| v > 0.5), "{}: an empty map for a confident class", entry.name);
+        assert!(
+            h.values
+                .iter()
+                .all(|v| v.is_finite() && (0.0..=1.0).contains(v)),
+            "{}",
+            entry.name
+        );
+        assert!(
+            h.values.iter().any(|&v| v > 0.5),
+            "{}: an empty map for a confident class",
+            entry.name
+        );
         let second = run(entry.name, &ExplainerConfig::default(), 0);
-        let diff = h.values.iter().zip(&second.heatmap.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = h
+            .values
+            .iter()
+            .zip(&second.heatmap.values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(diff < 1e-4, "{}: two runs differ by {diff}", entry.name);
         // The overlay is drawn at the radiograph's own size.
         let f = fixture();
         let picture = report::overlay(&f.analysis, &first, &OverlayStyle::default(), true);
-        assert_eq!(picture.dimensions(), (f.analysis.xray.width(), f.analysis.xray.height()));
+        assert_eq!(
+            picture.dimensions(),
+            (f.analysis.xray.width(), f.analysis.xray.height())
+        );
     }
 }
 
@@ -88,14 +135,20 @@ fn grad_cam_is_class_specific() {
     let covid = run("grad-cam", &ExplainerConfig::default(), 0).heatmap;
     let normal = run("grad-cam", &ExplainerConfig::default(), 1).heatmap;
     let r = spearman(&covid.values, &normal.values);
-    assert!(r < 0.5, "maps for the two classes are alike (rank correlation {r})");
+    assert!(
+        r < 0.5,
+        "maps for the two classes are alike (rank correlation {r})"
+    );
     // Each map holds the evidence for its own class: deleting its pixels first lowers that
     // class's probability faster than deleting the other class's map first.
     let model = f.pipeline.classifier.as_ref();
     for (target, own, other) in [(0, &covid, &normal), (1, &normal, &covid)] {
         let (own_deletion, _) = deletion_insertion(model, &f.input, own, target).unwrap();
         let (other_deletion, _) = deletion_insertion(model, &f.input, other, target).unwrap();
-        assert!(own_deletion < other_deletion, "class {target}: {own_deletion} vs {other_deletion}");
+        assert!(
+            own_deletion < other_deletion,
+            "class {target}: {own_deletion} vs {other_deletion}"
+        );
     }
 }
 
@@ -104,8 +157,18 @@ fn closed_form_gradients_equal_autograd() {
     for name in ["grad-cam", "grad-cam-plus-plus"] {
         for target in [0, 1] {
             let closed = run(name, &ExplainerConfig::default(), target).heatmap;
-            let autograd = run(name, &ExplainerConfig::parse("gradients=autograd").unwrap(), target).heatmap;
-            let diff = closed.values.iter().zip(&autograd.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let autograd = run(
+                name,
+                &ExplainerConfig::parse("gradients=autograd").unwrap(),
+                target,
+            )
+            .heatmap;
+            let diff = closed
+                .values
+                .iter()
+                .zip(&autograd.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(diff < 1e-4, "{name} class {target}: {diff}");
         }
     }
@@ -117,13 +180,23 @@ fn integrated_gradients_complete() {
     let model = f.pipeline.classifier.as_ref();
     let mut gaps = Vec::new();
     for steps in [1, 64] {
-        let (attributions, at_input, at_baseline) =
-            IntegratedGradients::new(steps, 16).attributions(model, &f.input, 0).unwrap();
-        let total = attributions.sum(cxr_core::tch::Kind::Double).double_value(&[]);
+        let (attributions, at_input, at_baseline) = IntegratedGradients::new(steps, 16)
+            .attributions(model, &f.input, 0)
+            .unwrap();
+        let total = attributions
+            .sum(cxr_core::tch::Kind::Double)
+            .double_value(&[]);
         gaps.push((total - (at_input - at_baseline)).abs() / (at_input - at_baseline).abs());
     }
-    assert!(gaps[1] < 0.01, "64 steps: relative completeness gap {}", gaps[1]);
-    assert!(gaps[0] > 2.0 * gaps[1], "one step must be a coarser path integral: {gaps:?}");
+    assert!(
+        gaps[1] < 0.01,
+        "64 steps: relative completeness gap {}",
+        gaps[1]
+    );
+    assert!(
+        gaps[0] > 2.0 * gaps[1],
+        "one step must be a coarser path integral: {gaps:?}"
+    );
     let reported = run("integrated-gradients", &ExplainerConfig::default(), 0);
     assert!(reported.details["completeness_gap"].as_f64().unwrap() < 0.02);
 }
@@ -136,9 +209,12 @@ fn lime_reports_its_fit_and_follows_its_seed() {
     assert!((0.0..=1.0).contains(&r2) && r2 > 0.3, "local fit R^2 {r2}");
     let weights = a.details["weights"].as_array().unwrap();
     let segments = a.segments.as_ref().unwrap();
-    assert_eq!(weights.len() as u32, segments.labels.iter().max().unwrap() + 1);
+    assert_eq!(
+        weights.len() as u32,
+        segments.labels.iter().max().unwrap() + 1
+    );
     assert!(!segments.selected.is_empty() && segments.selected.len() <= 5);
-    let other_seed = run("lime", &config.clone().with("seed", 9), 0);
+    let other_seed = run("lime", &config.clone().with("seed", &9), 0);
     assert_ne!(a.details["weights"], other_seed.details["weights"]);
 }
 
@@ -146,15 +222,29 @@ fn lime_reports_its_fit_and_follows_its_seed() {
 fn maps_change_when_the_model_is_randomised() {
     let f = fixture();
     let analysis = &f.analysis;
-    let checks = QualityChecks { faithfulness: true, sanity: true };
+    let checks = QualityChecks {
+        faithfulness: true,
+        sanity: true,
+    };
     for name in ["grad-cam", "lime"] {
         let entry = registry::find(name).unwrap();
         let explainer = entry.build(&ExplainerConfig::default()).unwrap();
-        let (_, report) =
-            report::explain(f.pipeline.classifier.as_ref(), analysis, entry, explainer.as_ref(), "", 0, checks).unwrap();
+        let (_, report) = report::explain(
+            f.pipeline.classifier.as_ref(),
+            analysis,
+            entry,
+            explainer.as_ref(),
+            "",
+            0,
+            checks,
+        )
+        .unwrap();
         let q = report.quality;
         let r = q.randomisation_correlation.unwrap();
-        assert!(r.abs() < 0.5, "{name}: the map barely depends on the weights ({r})");
+        assert!(
+            r.abs() < 0.5,
+            "{name}: the map barely depends on the weights ({r})"
+        );
         assert!((0.0..=1.0).contains(&q.deletion_auc) && (0.0..=1.0).contains(&q.insertion_auc));
         assert!(q.insertion_auc > q.deletion_auc, "{name}: {q:?}");
         let share = q.lung_mass_share.unwrap();

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "cxr", version, about = "Explainable chest X-ray review: lung segmentation, COVID-19 vs no-finding classification")]
+#[command(
+    name = "cxr",
+    version,
+    about = "Explainable chest X-ray review: lung segmentation, COVID-19 vs no-finding classification"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -18,7 +22,7 @@ pub struct Global {
     /// Where models run: auto (CUDA if available), cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
-    /// Folder holding segmenter.* and classifier.* [default: $CXR_MODELS, ./models, or the repository's models/]
+    /// Folder holding segmenter.* and classifier.* [default: $`CXR_MODELS`, ./models, or the repository's models/]
     #[arg(long, global = true)]
     pub models: Option<PathBuf>,
 }
@@ -40,7 +44,7 @@ pub enum Command {
         out: PathBuf,
     },
     /// Measure the models on a manifest: classifier metrics for `path,label,patient` rows, Dice
-    /// and IoU for `image,mask,patient` rows. One JSON object on stdout.
+    /// and `IoU` for `image,mask,patient` rows. One JSON object on stdout.
     Eval {
         manifest: PathBuf,
         /// Only the patients on this side of the project's patient split.

@@ -1,6 +1,8 @@
 //! The `cxr` binary as scripts use it: JSON lines on stdout, messages on stderr, exit codes
 //! 0 (all good), 1 (some inputs failed, the rest processed), 2 (could not run).
 
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,16 +26,27 @@ fn cxr(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn classify_prints_one_json_object_per_image() {
-    let files = [sample("hannover_e1446fe8.png"), sample("nih_00001299_000.png")];
+    let files = [
+        sample("hannover_e1446fe8.png"),
+        sample("nih_00001299_000.png"),
+    ];
     let mut args = vec!["classify".as_ref()];
     args.extend(files.iter().map(|f| f.as_os_str()));
     let out = cxr(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2);
     for (line, file) in lines.iter().zip(&files) {
@@ -43,10 +56,18 @@ fn classify_prints_one_json_object_per_image() {
         let total = p["covid"].as_f64().unwrap() + p["normal"].as_f64().unwrap();
         assert!((total - 1.0).abs() < 1e-5);
         assert!(["covid", "normal"].contains(&line["label"].as_str().unwrap()));
-        for stage in ["decode_ms", "segment_ms", "preprocess_ms", "classify_ms", "total_ms"] {
+        for stage in [
+            "decode_ms",
+            "segment_ms",
+            "preprocess_ms",
+            "classify_ms",
+            "total_ms",
+        ] {
             assert!(line["timings"][stage].as_f64().unwrap() >= 0.0, "{stage}");
         }
-        assert!(line["width"].as_u64().unwrap() > 0 && line["lung_fraction"].as_f64().unwrap() > 0.1);
+        assert!(
+            line["width"].as_u64().unwrap() > 0 && line["lung_fraction"].as_f64().unwrap() > 0.1
+        );
     }
     assert_eq!(lines[0]["label"], "covid");
     assert_eq!(lines[1]["label"], "normal");
@@ -59,15 +80,28 @@ fn bad_files_fail_alone_with_exit_code_1() {
     std::fs::write(&text, "not an image").unwrap();
     let missing = dir.path().join("missing.png");
     let good = sample("nih_00002013_002.png");
-    let out = cxr(&["classify".as_ref(), text.as_os_str(), good.as_os_str(), missing.as_os_str()]);
+    let out = cxr(&[
+        "classify".as_ref(),
+        text.as_os_str(),
+        good.as_os_str(),
+        missing.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 3, "every input gets a line");
-    assert!(lines[0]["error"].as_str().unwrap().contains("not a PNG or JPEG"));
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a PNG or JPEG")
+    );
     assert!(lines[1]["label"].is_string());
     assert!(lines[2]["error"].as_str().unwrap().contains("missing.png"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("notes.png") && stderr.contains("missing.png"), "{stderr}");
+    assert!(
+        stderr.contains("notes.png") && stderr.contains("missing.png"),
+        "{stderr}"
+    );
     assert!(text.exists(), "inputs are never touched");
 }
 
@@ -75,16 +109,27 @@ fn bad_files_fail_alone_with_exit_code_1() {
 fn missing_models_exit_2_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let good = sample("nih_00002013_002.png");
-    let out = cxr(&["--models".as_ref(), dir.path().as_os_str(), "classify".as_ref(), good.as_os_str()]);
+    let out = cxr(&[
+        "--models".as_ref(),
+        dir.path().as_os_str(),
+        "classify".as_ref(),
+        good.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot load model") && stderr.contains("segmenter.json"), "{stderr}");
+    assert!(
+        stderr.contains("cannot load model") && stderr.contains("segmenter.json"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
 #[test]
 fn bad_device_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cxr")).args(["--device", "tpu", "classify", "x.png"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["--device", "tpu", "classify", "x.png"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected auto, cpu, cuda"));
 }
@@ -93,34 +138,66 @@ fn bad_device_exits_2() {
 fn segment_writes_same_size_binary_masks() {
     let dir = tempfile::tempdir().unwrap();
     let input = sample("hannover_2c35005f.png");
-    let out = cxr(&["segment".as_ref(), input.as_os_str(), "--out".as_ref(), dir.path().as_os_str()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cxr(&[
+        "segment".as_ref(),
+        input.as_os_str(),
+        "--out".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mask_path = dir.path().join("hannover_2c35005f.mask.png");
-    assert_eq!(json_lines(&out)[0]["mask"].as_str().unwrap(), mask_path.to_str().unwrap());
+    assert_eq!(
+        json_lines(&out)[0]["mask"].as_str().unwrap(),
+        mask_path.to_str().unwrap()
+    );
     let mask = image::open(&mask_path).unwrap().to_luma8();
     let original = image::open(&input).unwrap();
     assert_eq!(mask.dimensions(), (original.width(), original.height()));
     assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
-    let lung = mask.pixels().filter(|p| p.0[0] == 255).count() as f64 / f64::from(mask.width() * mask.height());
+    let lung = mask.pixels().filter(|p| p.0[0] == 255).count() as f64
+        / f64::from(mask.width() * mask.height());
     assert!((0.1..0.6).contains(&lung), "lung share {lung}");
 }
 
 #[test]
 fn eval_reports_metrics_on_a_manifest() {
-    let out = cxr(&["eval".as_ref(), repo().join("samples/manifest.csv").as_os_str()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cxr(&[
+        "eval".as_ref(),
+        repo().join("samples/manifest.csv").as_os_str(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = &json_lines(&out)[0];
     assert_eq!(report["images"], 6);
     assert_eq!(report["split"], "all");
     let c = &report["confusion"];
-    let total: u64 = ["true_positive", "false_negative", "false_positive", "true_negative"]
-        .iter()
-        .map(|k| c[k].as_u64().unwrap())
-        .sum();
+    let total: u64 = [
+        "true_positive",
+        "false_negative",
+        "false_positive",
+        "true_negative",
+    ]
+    .iter()
+    .map(|k| c[k].as_u64().unwrap())
+    .sum();
     assert_eq!(total, 6);
     assert!(report["roc_auc"].as_f64().unwrap() >= 0.5);
     // The samples are all test patients: nothing is left on the training side.
-    let out = cxr(&["eval".as_ref(), repo().join("samples/manifest.csv").as_os_str(), "--split".as_ref(), "train".as_ref()]);
+    let out = cxr(&[
+        "eval".as_ref(),
+        repo().join("samples/manifest.csv").as_os_str(),
+        "--split".as_ref(),
+        "train".as_ref(),
+    ]);
     assert_eq!(json_lines(&out)[0]["images"], 0);
 }
 

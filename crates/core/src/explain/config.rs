@@ -18,16 +18,16 @@ impl ExplainerConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let mut values = BTreeMap::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| CoreError::Invalid(format!("parameter {pair:?}: expected name=value")))?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                CoreError::Invalid(format!("parameter {pair:?}: expected name=value"))
+            })?;
             values.insert(key.trim().to_owned(), value.trim().to_owned());
         }
         Ok(Self { values })
     }
 
     #[must_use]
-    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+    pub fn with(mut self, key: &str, value: &impl ToString) -> Self {
         self.values.insert(key.to_owned(), value.to_string());
         self
     }
@@ -37,7 +37,10 @@ impl ExplainerConfig {
         match self.values.get(key) {
             None => Ok(default),
             Some(text) => text.parse().map_err(|_| {
-                CoreError::Invalid(format!("parameter {key}={text}: not a valid {}", std::any::type_name::<T>()))
+                CoreError::Invalid(format!(
+                    "parameter {key}={text}: not a valid {}",
+                    std::any::type_name::<T>()
+                ))
             }),
         }
     }
@@ -50,7 +53,11 @@ impl ExplainerConfig {
                 return Err(CoreError::Invalid(format!(
                     "{} has no parameter {key:?} (it takes: {})",
                     entry.name,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
         }
@@ -60,6 +67,10 @@ impl ExplainerConfig {
     /// Canonical text form, for cache keys and reports.
     #[must_use]
     pub fn canonical(&self) -> String {
-        self.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        self.values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

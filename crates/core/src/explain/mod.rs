@@ -18,9 +18,9 @@ pub use config::ExplainerConfig;
 pub use inventory;
 pub use registry::{ExplainerEntry, Param};
 
+use crate::Result;
 use crate::models::Classifier;
 use crate::preprocess::CropBox;
-use crate::Result;
 
 /// What an explainer is asked to explain.
 pub struct ExplainInput<'a> {
@@ -82,14 +82,23 @@ impl Heatmap {
                 *v /= max;
             }
         }
-        Self { width, height, values }
+        Self {
+            width,
+            height,
+            values,
+        }
     }
 
     /// A `[1, 1, H, W]` float tensor of the relevance.
     pub fn from_tensor(relevance: &Tensor) -> Result<Self> {
         let size = relevance.size();
         let (h, w) = (size[size.len() - 2] as usize, size[size.len() - 1] as usize);
-        let values = Vec::<f32>::try_from(relevance.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_view([-1])?)?;
+        let values = Vec::<f32>::try_from(
+            relevance
+                .f_to_kind(tch::Kind::Float)?
+                .f_to_device(tch::Device::Cpu)?
+                .f_view([-1])?,
+        )?;
         Ok(Self::from_relevance(values, w, h))
     }
 
@@ -106,7 +115,11 @@ impl Heatmap {
                 values.push(self.sample(u, v));
             }
         }
-        Self { width: width as usize, height: height as usize, values }
+        Self {
+            width: width as usize,
+            height: height as usize,
+            values,
+        }
     }
 
     /// Bilinear sample at grid coordinates (u, v); 0 outside.
@@ -159,8 +172,18 @@ mod tests {
     #[test]
     fn to_original_places_the_grid_inside_the_crop() {
         // A 4x4 grid whose right half is hot, covering original pixels 10..18 of a 30x20 image.
-        let grid = Heatmap::from_relevance((0..16).map(|i| if i % 4 >= 2 { 1.0 } else { 0.0 }).collect(), 4, 4);
-        let crop = CropBox { x0: 10.0, y0: 2.0, side: 8.0 };
+        let grid = Heatmap::from_relevance(
+            (0..16)
+                .map(|i| if i % 4 >= 2 { 1.0 } else { 0.0 })
+                .collect(),
+            4,
+            4,
+        );
+        let crop = CropBox {
+            x0: 10.0,
+            y0: 2.0,
+            side: 8.0,
+        };
         let full = grid.to_original(&crop, 30, 20);
         assert_eq!((full.width, full.height), (30, 20));
         let at = |x: usize, y: usize| full.values[y * 30 + x];

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::Heatmap;
-use crate::models::Classifier;
 use crate::Result;
+use crate::models::Classifier;
 
 /// The quality measures of one explanation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -58,13 +58,21 @@ pub fn deletion_insertion(
     let n = heatmap.values.len();
     let mut order: Vec<usize> = (0..n).collect();
     // Most relevant first; ties in index order so the curve is deterministic.
-    order.sort_by(|&a, &b| heatmap.values[b].total_cmp(&heatmap.values[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        heatmap.values[b]
+            .total_cmp(&heatmap.values[a])
+            .then(a.cmp(&b))
+    });
     let pixels = Vec::<f32>::try_from(input.f_to_device(tch::Device::Cpu)?.f_view([-1])?)?;
     let mut batch = Vec::with_capacity(2 * (CURVE_STEPS + 1) * n);
     for insertion in [false, true] {
         for step in 0..=CURVE_STEPS {
             let k = n * step / CURVE_STEPS;
-            let mut image = if insertion { vec![0.0; n] } else { pixels.clone() };
+            let mut image = if insertion {
+                vec![0.0; n]
+            } else {
+                pixels.clone()
+            };
             for &i in &order[..k] {
                 image[i] = if insertion { pixels[i] } else { 0.0 };
             }
@@ -72,7 +80,12 @@ pub fn deletion_insertion(
         }
     }
     let shape = input.size();
-    let batch = Tensor::from_slice(&batch).view([2 * (CURVE_STEPS as i64 + 1), shape[1], shape[2], shape[3]]);
+    let batch = Tensor::from_slice(&batch).view([
+        2 * (CURVE_STEPS as i64 + 1),
+        shape[1],
+        shape[2],
+        shape[3],
+    ]);
     let probs = tch::no_grad(|| model.logits(&batch))?
         .f_softmax(-1, Kind::Float)?
         .f_select(1, target as i64)?
@@ -85,7 +98,10 @@ pub fn deletion_insertion(
 /// Area under equally spaced samples over [0, 1].
 fn trapezoid(ys: &[f32]) -> f64 {
     let steps = (ys.len() - 1) as f64;
-    ys.windows(2).map(|w| f64::from(w[0] + w[1]) / 2.0).sum::<f64>() / steps
+    ys.windows(2)
+        .map(|w| f64::from(w[0] + w[1]) / 2.0)
+        .sum::<f64>()
+        / steps
 }
 
 /// Spearman rank correlation (ties get their average rank); 0 when either side is constant.
@@ -123,7 +139,11 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
         va += (x - ma).powi(2);
         vb += (y - mb).powi(2);
     }
-    if va <= 0.0 || vb <= 0.0 { 0.0 } else { cov / (va * vb).sqrt() }
+    if va <= 0.0 || vb <= 0.0 {
+        0.0
+    } else {
+        cov / (va * vb).sqrt()
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +155,10 @@ mod tests {
         let h = Heatmap::from_relevance(vec![1.0, 1.0, 2.0, 0.0], 2, 2);
         let share = lung_mass_share(&h, &[1.0, 0.0, 1.0, 1.0]).unwrap();
         assert!((share - 0.75).abs() < 1e-6);
-        assert_eq!(lung_mass_share(&Heatmap::from_relevance(vec![0.0; 4], 2, 2), &[1.0; 4]), None);
+        assert_eq!(
+            lung_mass_share(&Heatmap::from_relevance(vec![0.0; 4], 2, 2), &[1.0; 4]),
+            None
+        );
     }
 
     #[test]

@@ -85,7 +85,11 @@ pub fn build(entries: impl IntoIterator<Item = &'static ExplainerEntry>) -> Resu
 
 static REGISTRY: LazyLock<Result<Registry, (String, String, String)>> = LazyLock::new(|| {
     build(inventory::iter::<ExplainerEntry>).map_err(|e| match e {
-        CoreError::DuplicateExplainer { name, first, second } => (name, first, second),
+        CoreError::DuplicateExplainer {
+            name,
+            first,
+            second,
+        } => (name, first, second),
         other => (other.to_string(), String::new(), String::new()),
     })
 });
@@ -105,8 +109,15 @@ pub fn all() -> Result<Vec<&'static ExplainerEntry>> {
 /// The explainer called `name`.
 pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
     let entries = all()?;
-    entries.iter().copied().find(|e| e.name == name).ok_or_else(|| {
-        let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
-        CoreError::Invalid(format!("no explainer called {name:?}; registered: {}", known.join(", ")))
-    })
+    entries
+        .iter()
+        .copied()
+        .find(|e| e.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
+            CoreError::Invalid(format!(
+                "no explainer called {name:?}; registered: {}",
+                known.join(", ")
+            ))
+        })
 }

@@ -58,7 +58,11 @@ pub fn explain(
     }
     let device = classifier.device();
     let tensor = analysis.input.to_tensor(device);
-    let input = ExplainInput { input: &tensor, lung_mask: &analysis.input.mask, target };
+    let input = ExplainInput {
+        input: &tensor,
+        lung_mask: &analysis.input.mask,
+        target,
+    };
     let start = Instant::now();
     let explanation = explainer.explain(classifier, &input)?;
     let explain_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -71,15 +75,18 @@ pub fn explain(
         randomisation_correlation: None,
     };
     if checks.faithfulness {
-        let (deletion, insertion) = quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
+        let (deletion, insertion) =
+            quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
         measured.deletion_auc = deletion;
         measured.insertion_auc = insertion;
     }
     if checks.sanity {
         let random = classifier.randomised(SANITY_SEED)?;
         let again = explainer.explain(random.as_ref(), &input)?;
-        measured.randomisation_correlation =
-            Some(quality::spearman(&explanation.heatmap.values, &again.heatmap.values));
+        measured.randomisation_correlation = Some(quality::spearman(
+            &explanation.heatmap.values,
+            &again.heatmap.values,
+        ));
     }
     let quality_ms = start.elapsed().as_secs_f64() * 1000.0;
     let report = MethodReport {
@@ -99,7 +106,12 @@ pub fn explain(
 /// the lung outline (when `outline`), and the selected superpixels' boundaries for methods that
 /// use superpixels.
 #[must_use]
-pub fn overlay(analysis: &Analysis, explanation: &Explanation, style: &OverlayStyle, outline: bool) -> RgbImage {
+pub fn overlay(
+    analysis: &Analysis,
+    explanation: &Explanation,
+    style: &OverlayStyle,
+    outline: bool,
+) -> RgbImage {
     let (w, h) = (analysis.xray.width(), analysis.xray.height());
     let crop = &analysis.input.crop;
     let heat = explanation.heatmap.to_original(crop, w, h);
@@ -114,7 +126,8 @@ pub fn overlay(analysis: &Analysis, explanation: &Explanation, style: &OverlaySt
             .map(|(x, y)| {
                 let u = ((x as f32 + 0.5 - crop.x0) * scale).floor();
                 let v = ((y as f32 + 0.5 - crop.y0) * scale).floor();
-                if u < 0.0 || v < 0.0 || u >= grid as f32 || v >= explanation.heatmap.height as f32 {
+                if u < 0.0 || v < 0.0 || u >= grid as f32 || v >= explanation.heatmap.height as f32
+                {
                     u32::MAX
                 } else {
                     segments.labels[v as usize * grid + u as usize]
@@ -125,10 +138,16 @@ pub fn overlay(analysis: &Analysis, explanation: &Explanation, style: &OverlaySt
     });
     let mut lines = Vec::new();
     if let Some(edges) = &lung_edges {
-        lines.push(Lines { pixels: edges, colour: [0, 200, 255] });
+        lines.push(Lines {
+            pixels: edges,
+            colour: [0, 200, 255],
+        });
     }
     if let Some(edges) = &segment_edges {
-        lines.push(Lines { pixels: edges, colour: [255, 64, 64] });
+        lines.push(Lines {
+            pixels: edges,
+            colour: [255, 64, 64],
+        });
     }
     render::overlay(&base, &heat.values, style, &lines)
 }

@@ -57,15 +57,23 @@ pub trait Classifier: Send {
     /// The same architecture with fresh random weights, for the model-randomisation sanity
     /// check of explanations.
     fn randomised(&self, _seed: u64) -> Result<Box<dyn Classifier>> {
-        Err(CoreError::Invalid("this classifier cannot be re-initialised".into()))
+        Err(CoreError::Invalid(
+            "this classifier cannot be re-initialised".into(),
+        ))
     }
 
     /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`.
     fn predict(&self, input: &Tensor) -> Result<Prediction> {
         let logits = tch::no_grad(|| self.logits(input))?;
-        let probs = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?;
+        let probs = logits
+            .f_softmax(-1, Kind::Float)?
+            .f_to_device(Device::Cpu)?;
         let probs = Vec::<f32>::try_from(probs.f_view([-1])?)?;
-        Ok(Prediction::from_probabilities(self.classes(), &probs, self.threshold()))
+        Ok(Prediction::from_probabilities(
+            self.classes(),
+            &probs,
+            self.threshold(),
+        ))
     }
 }
 
@@ -82,7 +90,11 @@ impl Prediction {
     #[must_use]
     pub fn from_probabilities(classes: &[String], probs: &[f32], threshold: f32) -> Self {
         let positive = probs.first().copied().unwrap_or(0.0);
-        let label = if positive >= threshold { &classes[0] } else { &classes[1] };
+        let label = if positive >= threshold {
+            &classes[0]
+        } else {
+            &classes[1]
+        };
         Self {
             probabilities: classes.iter().cloned().zip(probs.iter().copied()).collect(),
             label: label.clone(),
@@ -139,7 +151,10 @@ impl ModelFiles {
     }
 
     fn load_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> CoreError {
-        CoreError::ModelLoad { path: self.meta.clone(), source: Box::new(e) }
+        CoreError::ModelLoad {
+            path: self.meta.clone(),
+            source: Box::new(e),
+        }
     }
 
     /// Loads the weights into `vs`, naming the file in the error.
@@ -150,8 +165,10 @@ impl ModelFiles {
                 source: "file not found (train one with `cxr train`, or pass --models DIR)".into(),
             });
         }
-        vs.load(&self.weights)
-            .map_err(|e| CoreError::ModelLoad { path: self.weights.clone(), source: Box::new(e) })
+        vs.load(&self.weights).map_err(|e| CoreError::ModelLoad {
+            path: self.weights.clone(),
+            source: Box::new(e),
+        })
     }
 }
 
@@ -202,7 +219,6 @@ impl UNetSegmenter {
     }
 
     /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]`.
-    #[must_use]
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(xs, train)
     }
@@ -214,7 +230,10 @@ impl UNetSegmenter {
             .f_view([1, 1, side, side])?
             .f_to_device(self.vs.device())?;
         let logits = tch::no_grad(|| self.net.forward_t(&input, false));
-        Ok(logits.f_sigmoid()?.f_to_device(Device::Cpu)?.f_view([side, side])?)
+        Ok(logits
+            .f_sigmoid()?
+            .f_to_device(Device::Cpu)?
+            .f_view([side, side])?)
     }
 }
 
@@ -238,7 +257,7 @@ impl Segmenter for UNetSegmenter {
     }
 }
 
-/// The ResNet classifier.
+/// The `ResNet` classifier.
 #[derive(Debug)]
 pub struct ResNetClassifier {
     vs: nn::VarStore,
@@ -294,7 +313,6 @@ impl ResNetClassifier {
         &self.net
     }
 
-    #[must_use]
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(xs, train)
     }
@@ -314,15 +332,22 @@ impl Classifier for ResNetClassifier {
     }
 
     fn logits(&self, batch: &Tensor) -> Result<Tensor> {
-        Ok(self.net.forward_t(&batch.f_to_device(self.vs.device())?, false))
+        Ok(self
+            .net
+            .forward_t(&batch.f_to_device(self.vs.device())?, false))
     }
 
     fn features_and_logits(&self, batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
-        Some(batch.f_to_device(self.vs.device()).map_err(CoreError::from).map(|x| {
-            let features = self.net.features(&x, false);
-            let logits = self.net.head(&features);
-            (features, logits)
-        }))
+        Some(
+            batch
+                .f_to_device(self.vs.device())
+                .map_err(CoreError::from)
+                .map(|x| {
+                    let features = self.net.features(&x, false);
+                    let logits = self.net.head(&features);
+                    (features, logits)
+                }),
+        )
     }
 
     fn supports_gradients(&self) -> bool {
@@ -335,7 +360,11 @@ impl Classifier for ResNetClassifier {
 
     fn randomised(&self, seed: u64) -> Result<Box<dyn Classifier>> {
         tch::manual_seed(seed as i64);
-        let mut model = Self::new(self.meta.architecture.clone(), self.meta.classes.clone(), self.vs.device());
+        let mut model = Self::new(
+            self.meta.architecture.clone(),
+            self.meta.classes.clone(),
+            self.vs.device(),
+        );
         model.meta.threshold = self.meta.threshold;
         Ok(Box::new(model))
     }

@@ -1,13 +1,13 @@
-//! A ResNet with torchvision's layout and parameter names (`conv1`, `bn1`,
+//! A `ResNet` with torchvision's layout and parameter names (`conv1`, `bn1`,
 //! `layer{1..4}.{i}.conv1`, `...downsample.0`, `fc`), so the same safetensors load into the
-//! PyTorch module in `python/cxr_models.py` for side-by-side checks. Widths are configurable:
+//! `PyTorch` module in `python/cxr_models.py` for side-by-side checks. Widths are configurable:
 //! the shipped classifier is ResNet-18's shape at a quarter of its width, on one input channel.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
-/// Shape of a ResNet built from basic blocks.
+/// Shape of a `ResNet` built from basic blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResNetConfig {
     pub in_channels: i64,
@@ -23,18 +23,31 @@ impl ResNetConfig {
     /// 0.7 M parameters, a 2.8 MB file, and fast enough for LIME's 1000 forward passes on a CPU.
     #[must_use]
     pub fn resnet18_quarter() -> Self {
-        Self { in_channels: 1, widths: [16, 32, 64, 128], blocks: [2, 2, 2, 2], num_classes: 2 }
+        Self {
+            in_channels: 1,
+            widths: [16, 32, 64, 128],
+            blocks: [2, 2, 2, 2],
+            num_classes: 2,
+        }
     }
 }
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
-    let config = nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() };
+    let config = nn::ConvConfig {
+        stride,
+        padding: k / 2,
+        bias: false,
+        ..Default::default()
+    };
     nn::conv2d(p, cin, cout, k, config)
 }
 
-/// Batch norm initialised like PyTorch's (weight 1, bias 0).
+/// Batch norm initialised like `PyTorch`'s (weight 1, bias 0).
 pub(crate) fn batch_norm(p: nn::Path, c: i64) -> nn::BatchNorm {
-    let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    let config = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        ..Default::default()
+    };
     nn::batch_norm2d(p, c, config)
 }
 
@@ -51,7 +64,10 @@ impl BasicBlock {
     fn new(p: &nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
         let downsample = (stride != 1 || cin != cout).then(|| {
             let d = p / "downsample";
-            (conv(&d / "0", cin, cout, 1, stride), batch_norm(&d / "1", cout))
+            (
+                conv(&d / "0", cin, cout, 1, stride),
+                batch_norm(&d / "1", cout),
+            )
         });
         Self {
             conv1: conv(p / "conv1", cin, cout, 3, stride),
@@ -106,7 +122,12 @@ impl ResNet {
             conv1: conv(p / "conv1", config.in_channels, stem, 7, 2),
             bn1: batch_norm(p / "bn1", stem),
             layers,
-            fc: nn::linear(p / "fc", config.widths[3], config.num_classes, Default::default()),
+            fc: nn::linear(
+                p / "fc",
+                config.widths[3],
+                config.num_classes,
+                nn::LinearConfig::default(),
+            ),
         }
     }
 
@@ -114,7 +135,6 @@ impl ResNet {
     ///
     /// # Shapes
     /// `[N, in_channels, H, W]` -> `[N, widths[3], H/32, W/32]`
-    #[must_use]
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -128,13 +148,13 @@ impl ResNet {
     ///
     /// # Shapes
     /// `[N, C, h, w]` -> `[N, num_classes]` logits
-    #[must_use]
     pub fn head(&self, features: &Tensor) -> Tensor {
-        features.mean_dim([2i64, 3].as_slice(), false, None).apply(&self.fc)
+        features
+            .mean_dim([2i64, 3].as_slice(), false, None)
+            .apply(&self.fc)
     }
 
     /// The linear layer's weight, `[num_classes, C]` (Grad-CAM's closed form uses it).
-    #[must_use]
     pub fn fc_weight(&self) -> &Tensor {
         &self.fc.ws
     }

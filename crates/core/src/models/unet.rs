@@ -2,8 +2,8 @@
 //! up-steps, skip connections by concatenation, one output logit per pixel.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
 use super::resnet::batch_norm;
 
@@ -20,11 +20,15 @@ impl UNetConfig {
     /// 16 base channels, depth 4: 1.9 M parameters, about 50 ms per 256x256 image on 2 CPU cores.
     #[must_use]
     pub fn small() -> Self {
-        Self { in_channels: 1, base: 16, depth: 4 }
+        Self {
+            in_channels: 1,
+            base: 16,
+            depth: 4,
+        }
     }
 }
 
-/// Two 3x3 convolutions, each followed by batch norm and ReLU.
+/// Two 3x3 convolutions, each followed by batch norm and `ReLU`.
 #[derive(Debug)]
 struct DoubleConv {
     conv1: nn::Conv2D,
@@ -35,7 +39,11 @@ struct DoubleConv {
 
 impl DoubleConv {
     fn new(p: &nn::Path, cin: i64, cout: i64) -> Self {
-        let config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+        let config = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         Self {
             conv1: nn::conv2d(p / "conv1", cin, cout, 3, config),
             bn1: batch_norm(p / "bn1", cout),
@@ -75,13 +83,25 @@ impl UNet {
             .rev()
             .map(|level| {
                 let q = p / format!("up{level}");
-                let step = nn::ConvTransposeConfig { stride: 2, ..Default::default() };
-                let upconv = nn::conv_transpose2d(&q / "upconv", width(level + 1), width(level), 2, step);
-                (upconv, DoubleConv::new(&(&q / "conv"), 2 * width(level), width(level)))
+                let step = nn::ConvTransposeConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                let upconv =
+                    nn::conv_transpose2d(&q / "upconv", width(level + 1), width(level), 2, step);
+                (
+                    upconv,
+                    DoubleConv::new(&(&q / "conv"), 2 * width(level), width(level)),
+                )
             })
             .collect();
-        let head = nn::conv2d(p / "head", width(0), 1, 1, Default::default());
-        Self { down, bottleneck, up, head }
+        let head = nn::conv2d(p / "head", width(0), 1, 1, nn::ConvConfig::default());
+        Self {
+            down,
+            bottleneck,
+            up,
+            head,
+        }
     }
 }
 

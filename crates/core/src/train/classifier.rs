@@ -56,7 +56,11 @@ pub struct ClassifierRecord {
 }
 
 /// The class names of a manifest, `positive` first; exactly two are required.
-pub fn classes_of(rows: &[LabelledImage], positive: &str, manifest: &std::path::Path) -> Result<Vec<String>> {
+pub fn classes_of(
+    rows: &[LabelledImage],
+    positive: &str,
+    manifest: &std::path::Path,
+) -> Result<Vec<String>> {
     let mut names: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     names.sort();
     names.dedup();
@@ -87,7 +91,10 @@ fn scores(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Vec
     let mut out = Vec::with_capacity(ix.len());
     for chunk in ix.chunks(64) {
         let logits = tch::no_grad(|| model.logits(&gather(inputs, chunk, model.device())))?;
-        let p = logits.softmax(-1, Kind::Float).select(1, 0).to_device(tch::Device::Cpu);
+        let p = logits
+            .softmax(-1, Kind::Float)
+            .select(1, 0)
+            .to_device(tch::Device::Cpu);
         out.extend(Vec::<f32>::try_from(p)?);
     }
     Ok(out)
@@ -103,19 +110,33 @@ pub fn train(
 ) -> Result<(ResNetClassifier, ClassifierRecord)> {
     let started = Instant::now();
     let Manifest::Labels(rows) = Manifest::read(&options.manifest)? else {
-        return Err(CoreError::data(&options.manifest, "expected a labelled manifest (path,label,patient)"));
+        return Err(CoreError::data(
+            &options.manifest,
+            "expected a labelled manifest (path,label,patient)",
+        ));
     };
     let classes = classes_of(&rows, positive, &options.manifest)?;
     let mut rng = super::seeded(options.seed);
     let inputs = prepare(&rows, segmenter)?;
-    let labels: Vec<i64> = rows.iter().map(|r| i64::from(r.label != classes[0])).collect();
+    let labels: Vec<i64> = rows
+        .iter()
+        .map(|r| i64::from(r.label != classes[0]))
+        .collect();
     let positive_of = |ix: &[usize]| -> Vec<bool> { ix.iter().map(|&i| labels[i] == 0).collect() };
     let side_of = |i: usize| Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER);
     let split = SplitSizes::count((0..rows.len()).map(|i| (side_of(i), rows[i].patient.as_str())));
-    let indices = |s: Split| -> Vec<usize> { (0..rows.len()).filter(|&i| side_of(i) == s).collect() };
-    let (train_ix, val_ix, test_ix) = (indices(Split::Train), indices(Split::Validation), indices(Split::Test));
+    let indices =
+        |s: Split| -> Vec<usize> { (0..rows.len()).filter(|&i| side_of(i) == s).collect() };
+    let (train_ix, val_ix, test_ix) = (
+        indices(Split::Train),
+        indices(Split::Validation),
+        indices(Split::Test),
+    );
     if train_ix.is_empty() || val_ix.is_empty() {
-        return Err(CoreError::data(&options.manifest, "too few patients for a train/validation split"));
+        return Err(CoreError::data(
+            &options.manifest,
+            "too few patients for a train/validation split",
+        ));
     }
     let targets = Tensor::from_slice(&labels);
 
@@ -128,7 +149,11 @@ pub fn train(
     let val_positive = positive_of(&val_ix);
     for epoch in 1..=options.epochs {
         let epoch_start = Instant::now();
-        optimizer.set_lr(super::cosine_lr(options.learning_rate, epoch - 1, options.epochs));
+        optimizer.set_lr(super::cosine_lr(
+            options.learning_rate,
+            epoch - 1,
+            options.epochs,
+        ));
         let mut total = 0.0;
         let batch_list = batches(&train_ix, options.batch_size, &mut rng);
         for batch in &batch_list {
@@ -168,9 +193,19 @@ pub fn train(
     let threshold = youden_threshold(&val_scores, &val_positive);
     best.meta.threshold = threshold;
     let validation = ClassifierMetrics::measure(&val_scores, &val_positive, threshold);
-    let test = ClassifierMetrics::measure(&scores(&best, &inputs, &test_ix)?, &positive_of(&test_ix), threshold);
+    let test = ClassifierMetrics::measure(
+        &scores(&best, &inputs, &test_ix)?,
+        &positive_of(&test_ix),
+        threshold,
+    );
     let training = super::record(options, split, best_epoch, AUGMENTATION, started);
-    let record = ClassifierRecord { training, classes, validation, test };
-    best.meta.record = serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    let record = ClassifierRecord {
+        training,
+        classes,
+        validation,
+        test,
+    };
+    best.meta.record =
+        serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
     Ok((best, record))
 }

@@ -99,7 +99,10 @@ fn random_affines(n: usize, rng: &mut StdRng, degrees: f32, scale: f32, shift: f
     for _ in 0..n {
         let a = rng.random_range(-degrees..=degrees).to_radians();
         let s = rng.random_range(1.0 - scale..=1.0 + scale);
-        let (tx, ty) = (rng.random_range(-shift..=shift), rng.random_range(-shift..=shift));
+        let (tx, ty) = (
+            rng.random_range(-shift..=shift),
+            rng.random_range(-shift..=shift),
+        );
         theta.extend_from_slice(&[s * a.cos(), -s * a.sin(), tx, s * a.sin(), s * a.cos(), ty]);
     }
     Tensor::from_slice(&theta).view([n as i64, 2, 3])
@@ -107,7 +110,8 @@ fn random_affines(n: usize, rng: &mut StdRng, degrees: f32, scale: f32, shift: f
 
 /// Resamples `[N, C, H, W]` through the affine matrices; outside the image becomes 0.
 fn warp(images: &Tensor, theta: &Tensor, nearest: bool) -> Result<Tensor> {
-    let grid = Tensor::f_affine_grid_generator(&theta.to_device(images.device()), images.size(), false)?;
+    let grid =
+        Tensor::f_affine_grid_generator(&theta.to_device(images.device()), images.size(), false)?;
     Ok(images.f_grid_sampler(&grid, i64::from(nearest), 0, false)?)
 }
 
@@ -115,7 +119,12 @@ fn warp(images: &Tensor, theta: &Tensor, nearest: bool) -> Result<Tensor> {
 fn jitter_intensity(images: &Tensor, rng: &mut StdRng, amount: f32) -> Tensor {
     let n = images.size()[0];
     let (gains, offsets): (Vec<f32>, Vec<f32>) = (0..n)
-        .map(|_| (rng.random_range(1.0 - amount..=1.0 + amount), rng.random_range(-amount..=amount)))
+        .map(|_| {
+            (
+                rng.random_range(1.0 - amount..=1.0 + amount),
+                rng.random_range(-amount..=amount),
+            )
+        })
         .unzip();
     let shape = [n, 1, 1, 1];
     let device = images.device();
@@ -133,7 +142,8 @@ fn batches(indices: &[usize], batch_size: usize, rng: &mut StdRng) -> Vec<Vec<us
 /// Rows `indices` of `t` as one tensor on `device`.
 fn gather(t: &Tensor, indices: &[usize], device: Device) -> Tensor {
     let index: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-    t.index_select(0, &Tensor::from_slice(&index)).to_device(device)
+    t.index_select(0, &Tensor::from_slice(&index))
+        .to_device(device)
 }
 
 /// Cosine decay from `lr` to 5% of it over the run.
@@ -147,7 +157,13 @@ fn scalar(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).double_value(&[])
 }
 
-fn record(options: &TrainOptions, split: SplitSizes, best_epoch: usize, augmentation: &str, started: Instant) -> TrainingRecord {
+fn record(
+    options: &TrainOptions,
+    split: SplitSizes,
+    best_epoch: usize,
+    augmentation: &str,
+    started: Instant,
+) -> TrainingRecord {
     TrainingRecord {
         manifest: options.manifest.display().to_string(),
         seed: options.seed,

@@ -7,7 +7,7 @@ use image::imageops::{self, FilterType};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
-use super::{TrainOptions, EpochReport, SplitSizes, TrainingRecord, batches, gather, warp};
+use super::{EpochReport, SplitSizes, TrainOptions, TrainingRecord, batches, gather, warp};
 use crate::data::{Manifest, MaskedImage, Split, SplitShares};
 use crate::metrics::Overlap;
 use crate::models::unet::UNetConfig;
@@ -56,21 +56,36 @@ fn load_pair(row: &MaskedImage) -> Result<Pair> {
     Ok(Pair {
         row: row.clone(),
         input: segmenter_input(&xray.gray),
-        target: small.as_raw().iter().map(|&v| f32::from(v == 255)).collect(),
-        weight: small.as_raw().iter().map(|&v| f32::from(v == 255 || v == 0)).collect(),
+        target: small
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v == 255))
+            .collect(),
+        weight: small
+            .as_raw()
+            .iter()
+            .map(|&v| f32::from(v == 255 || v == 0))
+            .collect(),
     })
 }
 
 fn stack(pairs: &[Pair], field: impl Fn(&Pair) -> &[f32]) -> Tensor {
     let side = i64::from(SEGMENTER_SIDE);
-    let flat: Vec<f32> = pairs.iter().flat_map(|p| field(p).iter().copied()).collect();
+    let flat: Vec<f32> = pairs
+        .iter()
+        .flat_map(|p| field(p).iter().copied())
+        .collect();
     Tensor::from_slice(&flat).view([pairs.len() as i64, 1, side, side])
 }
 
 /// Weighted binary cross-entropy plus soft Dice, both ignoring weight-0 pixels.
 fn loss(logits: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
-    let bce = logits.binary_cross_entropy_with_logits::<Tensor>(target, Some(weight.shallow_clone()), None, Reduction::Sum)
-        / weight.sum(Kind::Float).clamp_min(1.0);
+    let bce = logits.binary_cross_entropy_with_logits::<Tensor>(
+        target,
+        Some(weight.shallow_clone()),
+        None,
+        Reduction::Sum,
+    ) / weight.sum(Kind::Float).clamp_min(1.0);
     let p = logits.sigmoid() * weight;
     let dice = (2.0 * (&p * target).sum(Kind::Float) + 1.0)
         / (p.sum(Kind::Float) + (target * weight).sum(Kind::Float) + 1.0);
@@ -78,26 +93,43 @@ fn loss(logits: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
 }
 
 /// Trains a U-Net; returns the best model on the validation patients and its record, with
-/// Dice and IoU measured on the test patients.
+/// Dice and `IoU` measured on the test patients.
 pub fn train(
     options: &TrainOptions,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(UNetSegmenter, SegmenterRecord)> {
     let started = Instant::now();
     let Manifest::Masks(rows) = Manifest::read(&options.manifest)? else {
-        return Err(CoreError::data(&options.manifest, "expected a lung-mask manifest (image,mask,patient)"));
+        return Err(CoreError::data(
+            &options.manifest,
+            "expected a lung-mask manifest (image,mask,patient)",
+        ));
     };
     let mut rng = super::seeded(options.seed);
     let pairs: Vec<Pair> = rows.iter().map(load_pair).collect::<Result<_>>()?;
     let side_of = |p: &Pair| Split::of(&p.row.patient, options.seed, SplitShares::SEGMENTER);
     let split = SplitSizes::count(pairs.iter().map(|p| (side_of(p), p.row.patient.as_str())));
-    let indices = |s: Split| -> Vec<usize> { (0..pairs.len()).filter(|&i| side_of(&pairs[i]) == s).collect() };
-    let (train_ix, val_ix, test_ix) = (indices(Split::Train), indices(Split::Validation), indices(Split::Test));
+    let indices = |s: Split| -> Vec<usize> {
+        (0..pairs.len())
+            .filter(|&i| side_of(&pairs[i]) == s)
+            .collect()
+    };
+    let (train_ix, val_ix, test_ix) = (
+        indices(Split::Train),
+        indices(Split::Validation),
+        indices(Split::Test),
+    );
     if train_ix.is_empty() || val_ix.is_empty() {
-        return Err(CoreError::data(&options.manifest, "too few patients for a train/validation split"));
+        return Err(CoreError::data(
+            &options.manifest,
+            "too few patients for a train/validation split",
+        ));
     }
-    let (inputs, targets, weights) =
-        (stack(&pairs, |p| &p.input), stack(&pairs, |p| &p.target), stack(&pairs, |p| &p.weight));
+    let (inputs, targets, weights) = (
+        stack(&pairs, |p| &p.input),
+        stack(&pairs, |p| &p.target),
+        stack(&pairs, |p| &p.weight),
+    );
 
     let model = UNetSegmenter::new(UNetConfig::small(), options.device);
     let mut best = UNetSegmenter::new(UNetConfig::small(), options.device);
@@ -105,7 +137,11 @@ pub fn train(
     let (mut best_score, mut best_epoch) = (f64::NEG_INFINITY, 0);
     for epoch in 1..=options.epochs {
         let epoch_start = Instant::now();
-        optimizer.set_lr(super::cosine_lr(options.learning_rate, epoch - 1, options.epochs));
+        optimizer.set_lr(super::cosine_lr(
+            options.learning_rate,
+            epoch - 1,
+            options.epochs,
+        ));
         let mut total = 0.0;
         let batch_list = batches(&train_ix, options.batch_size, &mut rng);
         for batch in &batch_list {
@@ -137,8 +173,13 @@ pub fn train(
     let validation = evaluate(&best, val_ix.iter().map(|&i| &pairs[i].row))?;
     let test = evaluate(&best, test_ix.iter().map(|&i| &pairs[i].row))?;
     let training = super::record(options, split, best_epoch, AUGMENTATION, started);
-    let record = SegmenterRecord { training, validation, test };
-    best.meta.record = serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    let record = SegmenterRecord {
+        training,
+        validation,
+        test,
+    };
+    best.meta.record =
+        serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
     Ok((best, record))
 }
 
@@ -154,7 +195,11 @@ fn low_resolution_dice(
     let mut overlap = Overlap::default();
     for chunk in rows.chunks(8) {
         let logits = tch::no_grad(|| model.forward_t(&gather(inputs, chunk, device), false));
-        let predicted = logits.gt(0.0).to_kind(Kind::Uint8).to_device(tch::Device::Cpu) * 255;
+        let predicted = logits
+            .gt(0.0)
+            .to_kind(Kind::Uint8)
+            .to_device(tch::Device::Cpu)
+            * 255;
         let ignored: Tensor = 1 - gather(weights, chunk, tch::Device::Cpu);
         let reference: Tensor = gather(targets, chunk, tch::Device::Cpu) * 255 + ignored * 127;
         let predicted = Vec::<u8>::try_from(predicted.view([-1]))?;
@@ -167,7 +212,7 @@ fn low_resolution_dice(
     Ok(overlap.dice())
 }
 
-/// Dice and IoU at each image's original resolution, through the full `segment` path.
+/// Dice and `IoU` at each image's original resolution, through the full `segment` path.
 pub fn evaluate<'a>(
     model: &dyn Segmenter,
     rows: impl Iterator<Item = &'a MaskedImage>,

@@ -35,7 +35,13 @@ struct SegmenterEval<'a> {
     dice_min: f64,
 }
 
-pub fn run(manifest: &Path, split: SplitArg, seed: u64, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(
+    manifest: &Path,
+    split: SplitArg,
+    seed: u64,
+    models: &Path,
+    device: Device,
+) -> Result<ExitCode> {
     let manifest_rows = Manifest::read(manifest)?;
     // Each kind of manifest is split with the shares its model was trained with.
     let shares = match manifest_rows {
@@ -70,8 +76,14 @@ pub fn run(manifest: &Path, split: SplitArg, seed: u64, models: &Path, device: D
                 bar.inc(1);
             }
             bar.finish_and_clear();
-            let metrics = ClassifierMetrics::measure(&scores, &positive, pipeline.classifier.threshold());
-            super::print_json(&ClassifierEval { manifest, split: split_name, failed, metrics })?;
+            let metrics =
+                ClassifierMetrics::measure(&scores, &positive, pipeline.classifier.threshold());
+            super::print_json(&ClassifierEval {
+                manifest,
+                split: split_name,
+                failed,
+                metrics,
+            })?;
             Ok(super::exit_code(failed))
         }
         Manifest::Masks(rows) => {
@@ -83,7 +95,8 @@ pub fn run(manifest: &Path, split: SplitArg, seed: u64, models: &Path, device: D
                 let measured = (|| -> cxr_core::Result<(f64, f64)> {
                     let xray = Xray::open(&row.image)?;
                     let reference = Xray::open(&row.mask)?.original.to_luma8();
-                    let o = Overlap::of(segmenter.segment(&xray.gray)?.as_raw(), reference.as_raw());
+                    let o =
+                        Overlap::of(segmenter.segment(&xray.gray)?.as_raw(), reference.as_raw());
                     Ok((o.dice(), o.iou()))
                 })();
                 match measured {

@@ -24,8 +24,15 @@ struct ImageReport {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum MethodOutcome {
-    Done { overlay: PathBuf, #[serde(flatten)] report: MethodReport },
-    Failed { method: String, error: String },
+    Done {
+        overlay: PathBuf,
+        #[serde(flatten)]
+        report: MethodReport,
+    },
+    Failed {
+        method: String,
+        error: String,
+    },
 }
 
 /// A registered explainer, built once with its parameters.
@@ -37,19 +44,31 @@ struct Method {
 
 fn build_methods(names: &[String], params: &[String]) -> Result<Vec<Method>> {
     for p in params {
-        let Some((method, _)) = p.split_once(':') else { bail!("--param {p}: expected METHOD:NAME=VALUE") };
+        let Some((method, _)) = p.split_once(':') else {
+            bail!("--param {p}: expected METHOD:NAME=VALUE")
+        };
         if !names.iter().any(|n| n == method) {
-            bail!("--param {p}: {method} is not among the chosen methods ({})", names.join(","));
+            bail!(
+                "--param {p}: {method} is not among the chosen methods ({})",
+                names.join(",")
+            );
         }
     }
     names
         .iter()
         .map(|name| {
             let entry = registry::find(name)?;
-            let own: Vec<&str> = params.iter().filter_map(|p| p.strip_prefix(&format!("{name}:"))).collect();
+            let own: Vec<&str> = params
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("{name}:")))
+                .collect();
             let config = ExplainerConfig::parse(&own.join(","))?;
             let explainer = entry.build(&config)?;
-            Ok(Method { entry, explainer, params: config.canonical() })
+            Ok(Method {
+                entry,
+                explainer,
+                params: config.canonical(),
+            })
         })
         .collect()
 }
@@ -67,16 +86,31 @@ pub struct Request<'a> {
 pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
     let methods = build_methods(request.methods, request.params)?;
     let Some(colormap) = Colormap::parse(&request.render.colormap) else {
-        bail!("--colormap {}: expected viridis or turbo", request.render.colormap)
+        bail!(
+            "--colormap {}: expected viridis or turbo",
+            request.render.colormap
+        )
     };
-    let style = OverlayStyle { colormap, opacity: request.render.opacity.clamp(0.0, 1.0), legend: true };
-    let checks = QualityChecks { faithfulness: !request.checks.no_faithfulness, sanity: request.checks.sanity };
+    let style = OverlayStyle {
+        colormap,
+        opacity: request.render.opacity.clamp(0.0, 1.0),
+        legend: true,
+    };
+    let checks = QualityChecks {
+        faithfulness: !request.checks.no_faithfulness,
+        sanity: request.checks.sanity,
+    };
     let pipeline = Pipeline::load(models, device)?;
     let classes = pipeline.classifier.classes().to_vec();
     if request.target != "predicted" && !classes.iter().any(|c| c == request.target) {
-        bail!("--target {}: expected predicted or one of {}", request.target, classes.join(", "));
+        bail!(
+            "--target {}: expected predicted or one of {}",
+            request.target,
+            classes.join(", ")
+        );
     }
-    std::fs::create_dir_all(request.out).wrap_err_with(|| format!("creating {}", request.out.display()))?;
+    std::fs::create_dir_all(request.out)
+        .wrap_err_with(|| format!("creating {}", request.out.display()))?;
     let bar = super::progress(request.files.len(), "explaining");
     let mut failures = 0;
     for file in request.files {
@@ -89,9 +123,15 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                 continue;
             }
         };
-        let target_name = if request.target == "predicted" { &analysis.prediction.label } else { request.target };
+        let target_name = if request.target == "predicted" {
+            &analysis.prediction.label
+        } else {
+            request.target
+        };
         let target = classes.iter().position(|c| c == target_name).unwrap_or(0);
-        let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy());
+        let stem = file
+            .file_stem()
+            .map_or_else(|| "image".into(), |s| s.to_string_lossy());
         let mut explanations = Vec::new();
         for method in &methods {
             let outcome = report::explain(
@@ -104,19 +144,29 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                 checks,
             )
             .and_then(|(explanation, report)| {
-                let picture = report::overlay(&analysis, &explanation, &style, !request.render.no_outline);
-                let png = render::encode_png(&picture).map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
-                let overlay = request.out.join(format!("{stem}.{}.png", method.entry.name));
+                let picture =
+                    report::overlay(&analysis, &explanation, &style, !request.render.no_outline);
+                let png = render::encode_png(&picture)
+                    .map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
+                let overlay = request
+                    .out
+                    .join(format!("{stem}.{}.png", method.entry.name));
                 cxr_core::fsutil::write_atomic(&overlay, &png)?;
                 Ok(MethodOutcome::Done { overlay, report })
             });
             explanations.push(outcome.unwrap_or_else(|e| {
                 failures += 1;
                 bar.suspend(|| eprintln!("cxr: {}: {}: {e}", file.display(), method.entry.name));
-                MethodOutcome::Failed { method: method.entry.name.to_owned(), error: e.to_string() }
+                MethodOutcome::Failed {
+                    method: method.entry.name.to_owned(),
+                    error: e.to_string(),
+                }
             }));
         }
-        let image_report = ImageReport { classification: analysis.report(), explanations };
+        let image_report = ImageReport {
+            classification: analysis.report(),
+            explanations,
+        };
         let json = serde_json::to_string_pretty(&image_report)?;
         cxr_core::fsutil::write_atomic(&request.out.join(format!("{stem}.json")), json.as_bytes())?;
         bar.suspend(|| super::print_json(&image_report))?;

@@ -19,7 +19,9 @@ pub fn run(json: bool) -> Result<ExitCode> {
             let params = entry
                 .params
                 .iter()
-                .map(|p| serde_json::json!({ "name": p.name, "default": p.default, "help": p.help }))
+                .map(
+                    |p| serde_json::json!({ "name": p.name, "default": p.default, "help": p.help }),
+                )
                 .collect();
             super::print_json(&Listed {
                 name: entry.name,
@@ -28,7 +30,11 @@ pub fn run(json: bool) -> Result<ExitCode> {
                 params,
             })?;
         } else {
-            let gradients = if entry.needs_gradients { "  [needs gradients]" } else { "" };
+            let gradients = if entry.needs_gradients {
+                "  [needs gradients]"
+            } else {
+                ""
+            };
             println!("{}{gradients}\n    {}", entry.name, entry.summary);
             for p in entry.params {
                 println!("    {:<20} {}", format!("{}={}", p.name, p.default), p.help);

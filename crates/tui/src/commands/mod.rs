@@ -23,10 +23,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify { files } => classify::run(&files, &models, device),
         Command::Segment { files, out } => segment::run(&files, &out, &models, device),
-        Command::Eval { manifest, split, seed } => eval::run(&manifest, split, seed, &models, device),
+        Command::Eval {
+            manifest,
+            split,
+            seed,
+        } => eval::run(&manifest, split, seed, &models, device),
         Command::Train { model } => train::run(model, &models, device),
         Command::Explainers { json } => explainers::run(json),
-        Command::Explain { files, method, params, target, out, render, checks } => {
+        Command::Explain {
+            files,
+            method,
+            params,
+            target,
+            out,
+            render,
+            checks,
+        } => {
             let request = explain::Request {
                 files: &files,
                 methods: &method,
@@ -68,13 +80,19 @@ fn data_dir() -> PathBuf {
         return dir.into();
     }
     let local = PathBuf::from("../shared/data");
-    if local.exists() { local } else { repository().join("../shared/data") }
+    if local.exists() {
+        local
+    } else {
+        repository().join("../shared/data")
+    }
 }
 
 /// A progress bar on stderr; indicatif hides it when stderr is not a terminal.
 fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+    {
         bar.set_style(style);
     }
     bar.set_message(what.to_owned());
@@ -100,9 +118,16 @@ struct Failure<'a> {
 /// Reports a per-file failure on stdout (for scripts) and stderr (for people).
 fn report_failure(bar: &ProgressBar, file: &Path, error: &cxr_core::CoreError) -> Result<()> {
     bar.suspend(|| eprintln!("cxr: {error}"));
-    print_json(&Failure { file, error: error.to_string() })
+    print_json(&Failure {
+        file,
+        error: error.to_string(),
+    })
 }
 
 fn exit_code(failures: usize) -> ExitCode {
-    if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

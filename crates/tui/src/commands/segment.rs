@@ -38,17 +38,28 @@ pub fn run(files: &[PathBuf], out: &Path, models: &Path, device: Device) -> Resu
     Ok(super::exit_code(failures))
 }
 
-fn segment_one<'a>(segmenter: &UNetSegmenter, file: &'a Path, out: &Path) -> cxr_core::Result<Written<'a>> {
+fn segment_one<'a>(
+    segmenter: &UNetSegmenter,
+    file: &'a Path,
+    out: &Path,
+) -> cxr_core::Result<Written<'a>> {
     let xray = Xray::open(file)?;
     let start = Instant::now();
     let lungs = segmenter.segment(&xray.gray)?;
     let segment_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let stem = file.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy());
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy());
     let path = out.join(format!("{stem}.mask.png"));
     let mut png = Vec::new();
     lungs
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| CoreError::Invalid(format!("encoding mask: {e}")))?;
     cxr_core::fsutil::write_atomic(&path, &png)?;
-    Ok(Written { file, mask: path, lung_fraction: mask::coverage(&lungs), segment_ms })
+    Ok(Written {
+        file,
+        mask: path,
+        lung_fraction: mask::coverage(&lungs),
+        segment_ms,
+    })
 }

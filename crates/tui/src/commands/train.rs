@@ -32,9 +32,17 @@ fn write_card(path: &Path, text: &str) -> Result<()> {
 
 pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitCode> {
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
-    let manifest_or = |given: Option<PathBuf>, default: &str| given.unwrap_or_else(|| super::data_dir().join(default));
+    let manifest_or = |given: Option<PathBuf>, default: &str| {
+        given.unwrap_or_else(|| super::data_dir().join(default))
+    };
     match command {
-        TrainCommand::Segmenter { manifest, common, epochs, batch_size, learning_rate } => {
+        TrainCommand::Segmenter {
+            manifest,
+            common,
+            epochs,
+            batch_size,
+            learning_rate,
+        } => {
             let options = TrainOptions {
                 manifest: manifest_or(manifest, "lungseg/manifest.csv"),
                 epochs,
@@ -47,10 +55,20 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 .wrap_err("training the segmenter")?;
             let files = ModelFiles::new(&out_dir(&common), SEGMENTER_NAME);
             model.save(&files)?;
-            write_card(&files.card, &card::segmenter_card(&model.meta.architecture, &record))?;
+            write_card(
+                &files.card,
+                &card::segmenter_card(&model.meta.architecture, &record),
+            )?;
             super::print_json(&record)?;
         }
-        TrainCommand::Classifier { manifest, common, positive, epochs, batch_size, learning_rate } => {
+        TrainCommand::Classifier {
+            manifest,
+            common,
+            positive,
+            epochs,
+            batch_size,
+            learning_rate,
+        } => {
             let options = TrainOptions {
                 manifest: manifest_or(manifest, "cxr/manifest.csv"),
                 epochs,
@@ -60,12 +78,19 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 device,
             };
             let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
-            eprintln!("cxr: segmenting and preprocessing every image of {}", options.manifest.display());
-            let (model, record) = train::classifier::train(&options, &segmenter, &positive, &mut print_epoch)
-                .wrap_err("training the classifier")?;
+            eprintln!(
+                "cxr: segmenting and preprocessing every image of {}",
+                options.manifest.display()
+            );
+            let (model, record) =
+                train::classifier::train(&options, &segmenter, &positive, &mut print_epoch)
+                    .wrap_err("training the classifier")?;
             let files = ModelFiles::new(&out_dir(&common), CLASSIFIER_NAME);
             model.save(&files)?;
-            write_card(&files.card, &card::classifier_card(&model.meta.architecture, &record))?;
+            write_card(
+                &files.card,
+                &card::classifier_card(&model.meta.architecture, &record),
+            )?;
             super::print_json(&record)?;
         }
     }
