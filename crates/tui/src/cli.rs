@@ -53,6 +53,16 @@ pub enum Command {
         /// Seed of the patient split.
         #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
         seed: u64,
+        /// Also measure explanation quality for these explainers (comma-separated, or `all`),
+        /// explaining each image's true class: mean deletion/insertion AUC, mass inside the lungs.
+        #[arg(long, value_delimiter = ',')]
+        explainers: Vec<String>,
+        /// Explain at most this many images (the first of the selection).
+        #[arg(long, default_value_t = 20)]
+        explain_limit: usize,
+        /// Add the model-randomisation sanity check to the explanation measures.
+        #[arg(long)]
+        sanity: bool,
     },
     /// List the registered explainers with their summaries and parameters.
     Explainers {

@@ -212,24 +212,44 @@ fn low_resolution_dice(
     Ok(overlap.dice())
 }
 
-/// Dice and `IoU` at each image's original resolution, through the full `segment` path.
-pub fn evaluate<'a>(
+/// Dice and `IoU` at each image's original resolution, through the full `segment` path. Every
+/// row is reported to `on_row` with its error, if any; failed rows are left out of the means.
+pub fn evaluate_each<'a>(
     model: &dyn Segmenter,
     rows: impl Iterator<Item = &'a MaskedImage>,
-) -> Result<SegmenterMetrics> {
+    on_row: &mut dyn FnMut(&MaskedImage, Option<&CoreError>),
+) -> SegmenterMetrics {
     let mut scores = Vec::new();
     for row in rows {
-        let xray = Xray::open(&row.image)?;
-        let reference = Xray::open(&row.mask)?.original.to_luma8();
-        let predicted = model.segment(&xray.gray)?;
-        let o = Overlap::of(predicted.as_raw(), reference.as_raw());
-        scores.push((o.dice(), o.iou()));
+        let measured = (|| -> Result<(f64, f64)> {
+            let xray = Xray::open(&row.image)?;
+            let reference = Xray::open(&row.mask)?.original.to_luma8();
+            let predicted = model.segment(&xray.gray)?;
+            let o = Overlap::of(predicted.as_raw(), reference.as_raw());
+            Ok((o.dice(), o.iou()))
+        })();
+        on_row(row, measured.as_ref().err());
+        scores.extend(measured.ok());
     }
     let n = scores.len().max(1) as f64;
-    Ok(SegmenterMetrics {
+    SegmenterMetrics {
         images: scores.len(),
         dice_mean: scores.iter().map(|s| s.0).sum::<f64>() / n,
         dice_min: scores.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
         iou_mean: scores.iter().map(|s| s.1).sum::<f64>() / n,
-    })
+    }
+}
+
+/// Like [`evaluate_each`], but the first failing row is an error.
+pub fn evaluate<'a>(
+    model: &dyn Segmenter,
+    rows: impl Iterator<Item = &'a MaskedImage>,
+) -> Result<SegmenterMetrics> {
+    let mut first_error = None;
+    let metrics = evaluate_each(model, rows, &mut |_, error| {
+        if let (Some(e), None) = (error, &first_error) {
+            first_error = Some(e.to_string());
+        }
+    });
+    first_error.map_or(Ok(metrics), |e| Err(CoreError::Invalid(e)))
 }

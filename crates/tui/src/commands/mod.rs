@@ -27,7 +27,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifest,
             split,
             seed,
-        } => eval::run(&manifest, split, seed, &models, device),
+            explainers,
+            explain_limit,
+            sanity,
+        } => {
+            let options = eval::Options {
+                split,
+                seed,
+                explainers: &explainers,
+                explain_limit,
+                sanity,
+            };
+            eval::run(&manifest, &options, &models, device)
+        }
         Command::Train { model } => train::run(model, &models, device),
         Command::Explainers { json } => explainers::run(json),
         Command::Explain {
