@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::Result;
@@ -23,6 +24,9 @@ pub struct Pipeline {
     pub segmenter: Box<dyn Segmenter>,
     pub classifier: Box<dyn Classifier>,
     pub device: Device,
+    /// SHA-256 over both models' weights and metadata: part of every cache key, so results of
+    /// another model are never served.
+    pub fingerprint: String,
 }
 
 /// Milliseconds spent in each stage.
@@ -62,12 +66,29 @@ pub struct ClassifyReport {
 impl Pipeline {
     /// Loads `segmenter` and `classifier` from `dir` onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let segmenter = UNetSegmenter::load(&ModelFiles::new(dir, SEGMENTER_NAME), device)?;
-        let classifier = ResNetClassifier::load(&ModelFiles::new(dir, CLASSIFIER_NAME), device)?;
+        let (segmenter_files, classifier_files) = (
+            ModelFiles::new(dir, SEGMENTER_NAME),
+            ModelFiles::new(dir, CLASSIFIER_NAME),
+        );
+        let segmenter = UNetSegmenter::load(&segmenter_files, device)?;
+        let classifier = ResNetClassifier::load(&classifier_files, device)?;
+        let mut hasher = Sha256::new();
+        for path in [
+            &segmenter_files.weights,
+            &segmenter_files.meta,
+            &classifier_files.weights,
+            &classifier_files.meta,
+        ] {
+            hasher.update(std::fs::read(path).map_err(|e| crate::CoreError::Io {
+                path: path.clone(),
+                source: e,
+            })?);
+        }
         Ok(Self {
             segmenter: Box::new(segmenter),
             classifier: Box::new(classifier),
             device,
+            fingerprint: crate::xray::hex(&hasher.finalize()),
         })
     }
 
