@@ -30,13 +30,13 @@ fn explainers(c: &mut Criterion) {
     let mut floor = c.benchmark_group("floor");
     floor.sample_size(30);
     floor.bench_function("forward_1", |b| {
-        b.iter(|| tch_no_grad_logits(model, black_box(&input)))
+        b.iter(|| tch_no_grad_logits(model, black_box(&input)));
     });
     floor.sample_size(10);
     floor.bench_function("forward_1000_batched_100", |b| {
         b.iter(|| {
             for _ in 0..10 {
-                tch_no_grad_logits(model, black_box(&batch_of_100));
+                let _ = black_box(tch_no_grad_logits(model, black_box(&batch_of_100)));
             }
         });
     });

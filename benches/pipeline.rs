@@ -21,16 +21,16 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline_512px");
     group.sample_size(30);
     group.bench_function("decode", |b| {
-        b.iter(|| Xray::decode(black_box(&bytes), &path))
+        b.iter(|| Xray::decode(black_box(&bytes), &path));
     });
     group.bench_function("segment", |b| {
-        b.iter(|| pipeline.segmenter.segment(black_box(&xray.gray)))
+        b.iter(|| pipeline.segmenter.segment(black_box(&xray.gray)));
     });
     group.bench_function("preprocess", |b| {
-        b.iter(|| classifier_input(black_box(&xray.gray), &mask))
+        b.iter(|| classifier_input(black_box(&xray.gray), &mask));
     });
     group.bench_function("classify", |b| {
-        b.iter(|| pipeline.classifier.predict(black_box(&input)))
+        b.iter(|| pipeline.classifier.predict(black_box(&input)));
     });
     group.bench_function("end_to_end", |b| {
         b.iter(|| {

@@ -15,11 +15,12 @@ warm-up run, of:
   lime_overhead_ms = lime_1000_ms - forward_1000_batched_ms (segmentation, building the perturbed
   images, the regression).
 
-Prints one JSON object.
+Prints one JSON object, with the load average before and after: time on an otherwise idle machine.
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -42,15 +43,19 @@ LIME_BATCH = 100
 
 
 def per_image_ms(run, inputs, repeats):
-    """Median milliseconds of `run(x, target)` over every input and repeat, after one warm-up."""
+    """Median milliseconds of `run(x, target)` over every input and repeat, after one warm-up.
+
+    When `run` returns a number, that is its own measure of the time taken (in seconds).
+    """
     x0, t0 = inputs[0]
     run(x0, t0)
     samples = []
     for _ in range(repeats):
         for x, target in inputs:
             start = time.perf_counter()
-            run(x, target)
-            samples.append((time.perf_counter() - start) * 1e3)
+            own = run(x, target)
+            seconds = own if own is not None else time.perf_counter() - start
+            samples.append(seconds * 1e3)
     return statistics.median(samples)
 
 
@@ -107,23 +112,30 @@ def main(argv=None):
         )
         lime_segments.append(int(np.unique(explanation.segments).size))
 
+    # The model's share of LIME: 1000 forwards in batches of 100, timed as 10 batches. It is
+    # timed right after each LIME run, on the same image, so both see the same machine state.
+    batches = LIME_SAMPLES // LIME_BATCH
+    batched_ms = []
+
+    def lime_then_batched(xi, target):
+        start = time.perf_counter()
+        lime_1000(xi, target)
+        elapsed = time.perf_counter() - start
+        batch = xi.expand(LIME_BATCH, -1, -1, -1).contiguous()
+        start = time.perf_counter()
+        for _ in range(batches):
+            forward(batch, None)
+        batched_ms.append((time.perf_counter() - start) * 1e3)
+        return elapsed
+
+    load_before = os.getloadavg()[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         forward_ms = per_image_ms(forward, inputs, args.repeats)
         grad_cam_ms = per_image_ms(grad_cam, inputs, args.repeats)
-        lime_ms = per_image_ms(lime_1000, inputs, args.repeats)
-
-    # The model's share of LIME: 1000 forwards in batches of 100, timed as 10 batches.
-    batch = inputs[0][0].expand(LIME_BATCH, -1, -1, -1).contiguous()
-    batches = LIME_SAMPLES // LIME_BATCH
-    forward(batch, None)
-    runs = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(batches):
-            forward(batch, None)
-        runs.append((time.perf_counter() - start) * 1e3)
-    batched_ms = statistics.median(runs)
+        lime_ms = per_image_ms(lime_then_batched, inputs, args.repeats)
+    batched_ms = statistics.median(batched_ms[1:])  # the first belongs to the warm-up
+    load_after = os.getloadavg()[0]
 
     result = {
         "forward_ms": round(forward_ms, 3),
@@ -135,6 +147,10 @@ def main(argv=None):
         "images": len(inputs),
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
+        # 1-minute load average before and after: above `threads` means something else was
+        # running, and with 2 threads on 2 cores libtorch's timings then degrade badly.
+        "load_before": round(load_before, 2),
+        "load_after": round(load_after, 2),
         "torch": torch.__version__,
     }
     print(json.dumps(result))

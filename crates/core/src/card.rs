@@ -36,6 +36,34 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
         "- {} epochs (best on validation: epoch {}), batch {}, AdamW, learning rate {} with cosine decay",
         t.epochs, t.best_epoch, t.batch_size, t.learning_rate
     );
+    if let Some(extra) = &t.train_only {
+        let used: usize = extra.classes.values().sum();
+        let per_class: Vec<String> = extra
+            .classes
+            .iter()
+            .map(|(class, n)| format!("{n} {class}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- Plus {used} reviewed queue images from `{}` ({}), each its own patient \
+             (`queue-<id>`) and always in the training split: validation and test are the \
+             manifest's patients only",
+            extra.source,
+            if per_class.is_empty() {
+                "none usable".to_owned()
+            } else {
+                per_class.join(", ")
+            }
+        );
+        if extra.other_labels + extra.in_manifest > 0 {
+            let _ = writeln!(
+                out,
+                "  (left out: {} with a label that is not a class here, {} identical to a \
+                 manifest image)",
+                extra.other_labels, extra.in_manifest
+            );
+        }
+    }
     let _ = writeln!(out, "- Augmentation: {}", t.augmentation);
     let _ = writeln!(
         out,

@@ -2,16 +2,20 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{CoreError, Result};
 
-/// A temporary sibling of `path` that keeps its extension (libtorch picks formats by it).
+/// A temporary sibling of `path` that keeps its extension (libtorch picks formats by it). The
+/// process id and a counter keep concurrent writers of one path (threads or processes) apart.
 fn temp_sibling(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".tmp-{}-{n}-{name}", std::process::id()))
 }
 
 /// Replaces `path` with `bytes` atomically.

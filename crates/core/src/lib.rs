@@ -1,16 +1,20 @@
 //! cxr-core: chest radiographs in, lung masks, predictions and (with cxr-explainers) explanations
 //! out. The folder layout follows the data flow:
 //!
-//! - [`xray`]: decoding any PNG/JPEG into a grayscale `f32` image (bad input is a clear error);
+//! - [`xray`]: decoding any PNG/JPEG/DICOM ([`dicom`]) into a grayscale `f32` image (bad input
+//!   is a clear error); [`cache`]: results on disk keyed by image, model and parameters;
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards.
+//! - [`watch`], [`queue`]: the drop folder and the review and training queue it fills.
 
+pub mod cache;
 pub mod card;
 pub mod data;
 pub mod device;
+pub mod dicom;
 mod error;
 pub mod explain;
 pub mod fsutil;
@@ -19,8 +23,10 @@ pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod preprocess;
+pub mod queue;
 pub mod render;
 pub mod train;
+pub mod watch;
 pub mod xray;
 
 pub use error::{CoreError, Result};

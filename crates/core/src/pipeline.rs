@@ -61,6 +61,10 @@ pub struct ClassifyReport {
     /// Share of the image the segmenter marked as lung (near 0 means it found none).
     pub lung_fraction: f32,
     pub timings: Timings,
+    /// DICOM patient and study identifiers, only when asked for
+    /// ([`Analysis::report_with_identifiers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifiers: Option<crate::dicom::DicomIdentifiers>,
 }
 
 impl Pipeline {
@@ -133,8 +137,15 @@ impl Pipeline {
 }
 
 impl Analysis {
+    /// The report without patient or study identifiers.
     #[must_use]
     pub fn report(&self) -> ClassifyReport {
+        self.report_with_identifiers(false)
+    }
+
+    /// The report, with the DICOM identifiers when `identifiers` is set and the input had them.
+    #[must_use]
+    pub fn report_with_identifiers(&self, identifiers: bool) -> ClassifyReport {
         ClassifyReport {
             file: self.xray.path.clone(),
             sha256: self.xray.sha256.clone(),
@@ -145,6 +156,11 @@ impl Analysis {
             threshold: self.prediction.threshold,
             lung_fraction: mask::coverage(&self.mask),
             timings: self.timings,
+            identifiers: if identifiers {
+                self.xray.identifiers.clone()
+            } else {
+                None
+            },
         }
     }
 }

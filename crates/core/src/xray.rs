@@ -1,5 +1,6 @@
-//! Reading radiographs: any PNG or JPEG (8- or 16-bit; gray, RGB or RGBA) becomes one
-//! grayscale `f32` image in [0, 1], with the decoded original kept for display.
+//! Reading radiographs: any PNG or JPEG (8- or 16-bit; gray, RGB or RGBA) or DICOM file (see
+//! [`crate::dicom`]) becomes one grayscale `f32` image in [0, 1], with the decoded original kept
+//! for display.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use image::{DynamicImage, ImageBuffer, ImageReader, Limits, Luma};
 use sha2::{Digest, Sha256};
 
+use crate::dicom::{self, DicomIdentifiers};
 use crate::{CoreError, Result};
 
 /// A grayscale image with `f32` pixels, in [0, 1] for decoded radiographs.
@@ -16,19 +18,23 @@ pub type GrayF32 = ImageBuffer<Luma<f32>, Vec<f32>>;
 /// a mistake or a decompression bomb, refused from the header before any pixel is allocated.
 pub const MAX_SIDE: u32 = 16_384;
 /// Upper bound on what one decode may allocate (a 16k x 16k RGBA16 frame is 2 GiB).
-const MAX_DECODE_BYTES: u64 = 1 << 30;
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 
 /// A decoded chest radiograph.
 #[derive(Debug, Clone)]
 pub struct Xray {
     /// Where it came from, for messages and reports.
     pub path: PathBuf,
-    /// The pixels as decoded, in their own bit depth and colour type, for display.
+    /// The pixels as decoded, in their own bit depth and colour type, for display (DICOM:
+    /// 16-bit gray after windowing and MONOCHROME1 inversion).
     pub original: DynamicImage,
     /// Luma of the original in [0, 1] (alpha is ignored); 16-bit precision is kept.
     pub gray: GrayF32,
     /// SHA-256 of the file's bytes, hex: the cache and queue key.
     pub sha256: String,
+    /// Patient and study identifiers, for DICOM input only. Reports leave them out unless the
+    /// user asks for them.
+    pub identifiers: Option<DicomIdentifiers>,
 }
 
 impl Xray {
@@ -49,16 +55,21 @@ impl Xray {
         if bytes.is_empty() {
             return Err(fail("empty file (0 bytes)".into()));
         }
-        if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-            return Err(fail(
-                "DICOM files are not supported yet; export the image as PNG".into(),
-            ));
+        if dicom::is_dicom(bytes) {
+            let image = dicom::decode(bytes, &path)?;
+            return Ok(Self {
+                path,
+                original: DynamicImage::ImageLuma16(image.original),
+                gray: image.gray,
+                sha256: hex(&Sha256::digest(bytes)),
+                identifiers: Some(image.identifiers),
+            });
         }
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| fail(e.to_string()))?;
         if reader.format().is_none() {
-            return Err(fail("not a PNG or JPEG image".into()));
+            return Err(fail("not a PNG or JPEG image, nor a DICOM file".into()));
         }
         let (width, height) = reader
             .into_dimensions()
@@ -85,13 +96,18 @@ impl Xray {
         let original = reader
             .decode()
             .map_err(|e| fail(describe_decode_error(&e)))?;
-        let gray = original.to_luma32f();
+        let mut gray = original.to_luma32f();
+        // The luma weights of colour images sum to 1 + 1 ulp in f32: white would be 1.0000001.
+        for p in gray.pixels_mut() {
+            p.0[0] = p.0[0].clamp(0.0, 1.0);
+        }
         let sha256 = hex(&Sha256::digest(bytes));
         Ok(Self {
             path,
             original,
             gray,
             sha256,
+            identifiers: None,
         })
     }
 
@@ -114,7 +130,12 @@ fn describe_decode_error(e: &image::ImageError) -> String {
             MAX_DECODE_BYTES >> 20
         );
     }
-    let text = e.to_string();
+    // Some decoders end their messages with a newline: keep the error on one line.
+    let text = e
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let lower = text.to_lowercase();
     if ["eof", "end of file", "not enough bytes", "unexpected end"]
         .iter()

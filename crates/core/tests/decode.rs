@@ -142,9 +142,14 @@ fn corrupt_pixel_data_is_refused() {
 fn non_images_and_empty_files_are_refused() {
     assert!(decode_err(b"path,label\nx.png,covid\n", "notes.csv").contains("not a PNG or JPEG"));
     assert!(decode_err(b"", "empty.png").contains("empty file"));
+    // A DICOM preamble and marker followed by a cut-off meta group: a clear DICOM error.
     let mut dicom = vec![0u8; 128];
     dicom.extend_from_slice(b"DICM\x02\x00");
-    assert!(decode_err(&dicom, "scan.dcm").contains("DICOM"));
+    let text = decode_err(&dicom, "scan.dcm");
+    assert!(
+        text.contains("DICOM") && (text.contains("truncated") || text.contains("corrupt")),
+        "{text}"
+    );
 }
 
 /// A PNG with only a header claiming `width` x `height` (colour type and depth given).

@@ -1,6 +1,6 @@
 //! Side-by-side check against the Python reference implementations: cxr's Grad-CAM and
 //! Integrated Gradients on real radiographs must agree (Pearson >= 0.99) with pytorch-grad-cam's
-//! `GradCAM` and captum's `IntegratedGradients` on the PyTorch twin of the shipped classifier.
+//! `GradCAM` and captum's `IntegratedGradients` on the `PyTorch` twin of the shipped classifier.
 //!
 //! The Rust side writes its inputs and results to a safetensors file; `python/compare_explainers.py`
 //! recomputes them in Python and compares. The reference packages are optional (install them with

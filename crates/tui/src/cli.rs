@@ -1,5 +1,8 @@
 //! The command line.
 
+// Doc comments here are the `--help` text users read, not rustdoc: no Markdown backticks.
+#![allow(clippy::doc_markdown)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -13,8 +16,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
+    /// Without a command, the viewer opens (as `cxr tui`).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Args)]
@@ -22,18 +26,23 @@ pub struct Global {
     /// Where models run: auto (CUDA if available), cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
-    /// Folder holding segmenter.* and classifier.* [default: $`CXR_MODELS`, ./models, or the repository's models/]
+    /// Folder holding segmenter.* and classifier.* [default: $CXR_MODELS, ./models, or the repository's models/]
     #[arg(long, global = true)]
     pub models: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The terminal viewer: review radiographs, their explanations and metrics, and label them.
+    Tui(TuiArgs),
     /// Segment and classify radiographs: one JSON object per image on stdout.
     Classify {
-        /// PNG or JPEG files (8- or 16-bit, gray, RGB or RGBA).
+        /// PNG, JPEG (8- or 16-bit, gray, RGB or RGBA) or DICOM files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Add DICOM patient and study identifiers to the JSON (personal data: off by default).
+        #[arg(long)]
+        identifiers: bool,
     },
     /// Write each image's lung mask as a PNG of the same size (255 lung, 0 background).
     Segment {
@@ -44,7 +53,7 @@ pub enum Command {
         out: PathBuf,
     },
     /// Measure the models on a manifest: classifier metrics for `path,label,patient` rows, Dice
-    /// and `IoU` for `image,mask,patient` rows. One JSON object on stdout.
+    /// and IoU for `image,mask,patient` rows. One JSON object on stdout.
     Eval {
         manifest: PathBuf,
         /// Only the patients on this side of the project's patient split.
@@ -91,12 +100,74 @@ pub enum Command {
         render: RenderArgs,
         #[command(flatten)]
         checks: QualityArgs,
+        /// Add DICOM patient and study identifiers to the reports (personal data: off by default).
+        #[arg(long)]
+        identifiers: bool,
+    },
+    /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir), one
+    /// reply line per request on stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
+    Worker {
+        /// The folder whose files the requests name.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Requests run at once (each worker loads its own models).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Where overlays go [default: DIR/.cxr-worker].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Result cache folder [default: DIR/.cxr-cache].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Neither read nor write the result cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Ignore cached results older than this many hours.
+        #[arg(long)]
+        cache_max_age_hours: Option<f64>,
     },
     /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
     Train {
         #[command(subcommand)]
         model: TrainCommand,
     },
+    /// Watch a drop folder: every radiograph put into DIR/inbox/ is classified and explained
+    /// into a review queue entry DIR/queue/<id>/ (unreadable files go to DIR/rejected/ with the
+    /// reason). One JSON object per event on stdout. Safe to kill at any moment: a restart
+    /// resumes without losing or double-processing a file. Write files under a temporary or
+    /// hidden name and rename them into the inbox when complete (plain copies work too).
+    Watch(WatchArgs),
+    /// The review queue of a watch folder: list it, label entries.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct TuiArgs {
+    /// A folder of radiographs, one file, or a watch folder's queue [default: the watch queue
+    /// if there is one, else the current folder].
+    pub path: Option<PathBuf>,
+    /// How to draw images: auto (ask the terminal), halfblocks (any terminal, also over plain
+    /// SSH), sixel, kitty or iterm2.
+    #[arg(long, default_value = "auto")]
+    pub image_protocol: String,
+    /// The watch folder whose queue receives labels.
+    #[arg(long, default_value = "watch")]
+    pub watch_dir: PathBuf,
+    /// Log file [default: $XDG_STATE_HOME/cxr/cxr.log or ~/.local/state/cxr/cxr.log].
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Cache folder for predictions and explanations [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Ignore cached results older than this many hours.
+    #[arg(long)]
+    pub cache_max_age_hours: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +233,11 @@ pub enum TrainCommand {
         batch_size: usize,
         #[arg(long, default_value_t = 1e-3)]
         learning_rate: f64,
+        /// Also train on this watch folder's reviewed queue items (labelled covid or normal,
+        /// not skip), always in the training split. Needs --out, another folder than the
+        /// models in use: the shipped model is never replaced by a queue-trained one silently.
+        #[arg(long, value_name = "DIR")]
+        include_queue: Option<PathBuf>,
     },
 }
 
@@ -173,4 +249,80 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
     pub seed: u64,
+}
+
+// Independent on/off switches of one command: flags are the natural form.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The watch folder (created if missing): DIR/inbox, DIR/queue, DIR/rejected.
+    #[arg(default_value = "watch")]
+    pub dir: PathBuf,
+    /// Comma-separated explainers to run on every file (see `cxr explainers`), or `none` for
+    /// classification only.
+    #[arg(long, short, value_delimiter = ',', default_value = "grad-cam")]
+    pub method: Vec<String>,
+    /// An explainer parameter, as METHOD:NAME=VALUE (repeatable).
+    #[arg(long = "param", short = 'p')]
+    pub params: Vec<String>,
+    /// Files processed at once, each worker with its own models [default: one per core, up
+    /// to 8].
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Poll the inbox instead of using native file events (network mounts; chosen
+    /// automatically when native events are unavailable).
+    #[arg(long)]
+    pub poll: bool,
+    /// Also take files from sub-folders of the inbox.
+    #[arg(long)]
+    pub recursive: bool,
+    /// Quiet time in milliseconds before a changed file is read.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(300..=5000))]
+    pub debounce_ms: u64,
+    /// Process what is in the inbox, then exit (exit code 1 if any file was rejected or stuck).
+    #[arg(long)]
+    pub once: bool,
+    /// Also compute deletion/insertion AUC for each explanation (34 more forward passes).
+    #[arg(long)]
+    pub faithfulness: bool,
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List the entries: most uncertain first (probability closest to the decision threshold),
+    /// or oldest first.
+    List {
+        /// The watch folder.
+        #[arg(default_value = "watch")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = QueueOrder::Uncertainty)]
+        order: QueueOrder,
+        /// Only entries waiting for review.
+        #[arg(long)]
+        pending: bool,
+        /// One JSON object per entry instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Label an entry (or a file not yet in the queue, which is then added as reviewed).
+    Label {
+        /// Queue id (16 hex digits, or a unique prefix), or the path of a radiograph.
+        id: String,
+        /// covid, normal, skip, or another class name.
+        label: String,
+        /// The watch folder.
+        #[arg(long, default_value = "watch")]
+        dir: PathBuf,
+        /// Who reviewed it [default: $USER].
+        #[arg(long)]
+        reviewer: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueOrder {
+    Uncertainty,
+    Time,
 }

@@ -3,6 +3,9 @@
 
 mod cli;
 mod commands;
+mod labels;
+mod logging;
+mod tui;
 
 use std::process::ExitCode;
 

@@ -1,18 +1,22 @@
 //! Training the classifier on a labelled manifest (`path,label,patient`), on lung-masked inputs
 //! made by the shipped segmenter through the shared preprocessing.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
 
-use super::{EpochReport, SplitSizes, TrainOptions, TrainingRecord, batches, gather, warp};
+use super::{
+    EpochReport, SplitSizes, TrainOnlyRecord, TrainOptions, TrainingRecord, batches, gather, warp,
+};
 use crate::data::{LabelledImage, Manifest, Split, SplitShares};
 use crate::metrics::{Confusion, roc_auc, youden_threshold};
 use crate::models::resnet::ResNetConfig;
 use crate::models::{Classifier, ResNetClassifier, Segmenter};
 use crate::preprocess::{CLASSIFIER_SIDE, classifier_input};
-use crate::xray::Xray;
+use crate::xray::{Xray, hex};
 use crate::{CoreError, Result};
 
 const AUGMENTATION: &str = "random rotation +-10 deg, scale +-10%, shift +-5%; \
@@ -74,16 +78,146 @@ pub fn classes_of(
     Ok(names)
 }
 
+/// Images trained on in addition to the manifest's, never validated or tested on: reviewed
+/// queue items ([`crate::queue::Queue::training_rows`]). Each row's patient id should be its
+/// own (`queue-<id>`); whatever it hashes to, the row goes to the training split, so adding
+/// them never moves a manifest patient and never puts one of them in the test split.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOnly {
+    /// Where the rows come from, for the model card.
+    pub source: String,
+    pub rows: Vec<LabelledImage>,
+}
+
 /// Segments and preprocesses every image exactly as prediction does, as `[N, 1, 224, 224]`.
 pub fn prepare(rows: &[LabelledImage], segmenter: &dyn Segmenter) -> Result<Tensor> {
+    prepare_hashed(rows, segmenter).map(|(inputs, _)| inputs)
+}
+
+/// [`prepare`], with a hash of each image's decoded pixels (so that a copy re-encoded or with
+/// other metadata has the same hash as its original).
+fn prepare_hashed(
+    rows: &[LabelledImage],
+    segmenter: &dyn Segmenter,
+) -> Result<(Tensor, Vec<String>)> {
     let side = i64::from(CLASSIFIER_SIDE);
     let mut flat = Vec::with_capacity(rows.len() * (side * side) as usize);
+    let mut hashes = Vec::with_capacity(rows.len());
     for row in rows {
         let xray = Xray::open(&row.path)?;
         let mask = segmenter.segment(&xray.gray)?;
         flat.extend(classifier_input(&xray.gray, &mask).pixels);
+        let mut hasher = Sha256::new();
+        hasher.update(xray.width().to_le_bytes());
+        hasher.update(xray.height().to_le_bytes());
+        for v in xray.gray.as_raw() {
+            hasher.update(v.to_le_bytes());
+        }
+        hashes.push(hex(&hasher.finalize()));
     }
-    Ok(Tensor::from_slice(&flat).view([rows.len() as i64, 1, side, side]))
+    let inputs = Tensor::from_slice(&flat).view([rows.len() as i64, 1, side, side]);
+    Ok((inputs, hashes))
+}
+
+/// The training data, split: the manifest's rows by patient, the extra rows in training.
+struct Prepared {
+    classes: Vec<String>,
+    inputs: Tensor,
+    /// 0 for the positive class, 1 for the other.
+    labels: Vec<i64>,
+    train_ix: Vec<usize>,
+    val_ix: Vec<usize>,
+    test_ix: Vec<usize>,
+    split: SplitSizes,
+    train_only: Option<TrainOnlyRecord>,
+}
+
+fn assemble(
+    options: &TrainOptions,
+    extra: &TrainOnly,
+    segmenter: &dyn Segmenter,
+    positive: &str,
+) -> Result<Prepared> {
+    let Manifest::Labels(mut rows) = Manifest::read(&options.manifest)? else {
+        return Err(CoreError::data(
+            &options.manifest,
+            "expected a labelled manifest (path,label,patient)",
+        ));
+    };
+    let classes = classes_of(&rows, positive, &options.manifest)?;
+    let from_manifest = rows.len();
+    rows.extend(
+        extra
+            .rows
+            .iter()
+            .filter(|r| classes.contains(&r.label))
+            .cloned(),
+    );
+    let (inputs, hashes) = prepare_hashed(&rows, segmenter)?;
+    // An extra image that is also a manifest image (the same pixels, whatever the file) would
+    // leak into training if the manifest holds it for validation or test: such rows are left
+    // out entirely.
+    let known: HashSet<&str> = hashes[..from_manifest].iter().map(String::as_str).collect();
+    let duplicate: Vec<bool> = hashes[from_manifest..]
+        .iter()
+        .map(|h| known.contains(h.as_str()))
+        .collect();
+    let used = |i: usize| i < from_manifest || !duplicate[i - from_manifest];
+    let side_of = |i: usize| {
+        if i < from_manifest {
+            Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER)
+        } else {
+            Split::Train
+        }
+    };
+    let kept = || (0..rows.len()).filter(|&i| used(i));
+    let indices = |s: Split| -> Vec<usize> { kept().filter(|&i| side_of(i) == s).collect() };
+    let (train_ix, val_ix, test_ix) = (
+        indices(Split::Train),
+        indices(Split::Validation),
+        indices(Split::Test),
+    );
+    if train_ix.is_empty() || val_ix.is_empty() {
+        return Err(CoreError::data(
+            &options.manifest,
+            "too few patients for a train/validation split",
+        ));
+    }
+    Ok(Prepared {
+        labels: rows
+            .iter()
+            .map(|r| i64::from(r.label != classes[0]))
+            .collect(),
+        split: SplitSizes::count(kept().map(|i| (side_of(i), rows[i].patient.as_str()))),
+        train_only: (!extra.rows.is_empty())
+            .then(|| train_only_record(extra, &rows[from_manifest..], &duplicate)),
+        classes,
+        inputs,
+        train_ix,
+        val_ix,
+        test_ix,
+    })
+}
+
+/// What the card says about the extra rows: `added` were trained on unless `duplicate`.
+fn train_only_record(
+    extra: &TrainOnly,
+    added: &[LabelledImage],
+    duplicate: &[bool],
+) -> TrainOnlyRecord {
+    let mut record = TrainOnlyRecord {
+        source: extra.source.clone(),
+        other_labels: extra.rows.len() - added.len(),
+        ..TrainOnlyRecord::default()
+    };
+    for (row, &dup) in added.iter().zip(duplicate) {
+        if dup {
+            record.in_manifest += 1;
+        } else {
+            *record.classes.entry(row.label.clone()).or_default() += 1;
+        }
+    }
+    record
 }
 
 /// Positive-class probabilities of rows `ix`.
@@ -100,44 +234,29 @@ fn scores(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Vec
     Ok(out)
 }
 
-/// Trains the classifier; the model kept is the best on the validation patients (ROC-AUC), its
-/// threshold maximises Youden's J there, and the record holds the test patients' metrics.
+/// Trains the classifier on the manifest's rows plus `extra` (training split only); the model
+/// kept is the best on the validation patients (ROC-AUC), its threshold maximises Youden's J
+/// there, and the record holds the test patients' metrics.
 pub fn train(
     options: &TrainOptions,
+    extra: &TrainOnly,
     segmenter: &dyn Segmenter,
     positive: &str,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(ResNetClassifier, ClassifierRecord)> {
     let started = Instant::now();
-    let Manifest::Labels(rows) = Manifest::read(&options.manifest)? else {
-        return Err(CoreError::data(
-            &options.manifest,
-            "expected a labelled manifest (path,label,patient)",
-        ));
-    };
-    let classes = classes_of(&rows, positive, &options.manifest)?;
-    let mut rng = super::seeded(options.seed);
-    let inputs = prepare(&rows, segmenter)?;
-    let labels: Vec<i64> = rows
-        .iter()
-        .map(|r| i64::from(r.label != classes[0]))
-        .collect();
+    let Prepared {
+        classes,
+        inputs,
+        labels,
+        train_ix,
+        val_ix,
+        test_ix,
+        split,
+        train_only,
+    } = assemble(options, extra, segmenter, positive)?;
     let positive_of = |ix: &[usize]| -> Vec<bool> { ix.iter().map(|&i| labels[i] == 0).collect() };
-    let side_of = |i: usize| Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER);
-    let split = SplitSizes::count((0..rows.len()).map(|i| (side_of(i), rows[i].patient.as_str())));
-    let indices =
-        |s: Split| -> Vec<usize> { (0..rows.len()).filter(|&i| side_of(i) == s).collect() };
-    let (train_ix, val_ix, test_ix) = (
-        indices(Split::Train),
-        indices(Split::Validation),
-        indices(Split::Test),
-    );
-    if train_ix.is_empty() || val_ix.is_empty() {
-        return Err(CoreError::data(
-            &options.manifest,
-            "too few patients for a train/validation split",
-        ));
-    }
+    let mut rng = super::seeded(options.seed);
     let targets = Tensor::from_slice(&labels);
 
     let config = ResNetConfig::resnet18_quarter();
@@ -198,7 +317,8 @@ pub fn train(
         &positive_of(&test_ix),
         threshold,
     );
-    let training = super::record(options, split, best_epoch, AUGMENTATION, started);
+    let mut training = super::record(options, split, best_epoch, AUGMENTATION, started);
+    training.train_only = train_only;
     let record = ClassifierRecord {
         training,
         classes,

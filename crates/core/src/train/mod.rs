@@ -90,6 +90,24 @@ pub struct TrainingRecord {
     pub device: String,
     pub threads: i32,
     pub date: String,
+    /// Images trained on beside the manifest's (reviewed queue items), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_only: Option<TrainOnlyRecord>,
+}
+
+/// What [`classifier::TrainOnly`] images a model was trained with: they are always in the
+/// training split, so validation and test are the manifest's patients alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainOnlyRecord {
+    /// Where they came from (the queue folder).
+    pub source: String,
+    /// Images used, per class.
+    pub classes: std::collections::BTreeMap<String, usize>,
+    /// Left out because their label is not one of the manifest's classes.
+    pub other_labels: usize,
+    /// Left out because the same image (the same decoded pixels) is in the manifest, where it
+    /// may be a validation or test image.
+    pub in_manifest: usize,
 }
 
 /// Random affine warps for a batch: rotation, scale, shift (as `[N, 2, 3]` matrices for
@@ -177,6 +195,7 @@ fn record(
         device: format!("{:?}", options.device),
         threads: tch::get_num_threads(),
         date: today(),
+        train_only: None,
     }
 }
 

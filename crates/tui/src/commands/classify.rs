@@ -1,4 +1,4 @@
-//! `cxr classify FILE...`
+//! `cxr classify FILE... [--identifiers]`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,13 +7,21 @@ use color_eyre::eyre::Result;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::tch::Device;
 
-pub fn run(files: &[PathBuf], models: &Path, device: Device) -> Result<ExitCode> {
+/// `identifiers`: add DICOM patient and study identifiers to the JSON.
+pub fn run(
+    files: &[PathBuf],
+    identifiers: bool,
+    models: &Path,
+    device: Device,
+) -> Result<ExitCode> {
     let pipeline = Pipeline::load(models, device)?;
     let bar = super::progress(files.len(), "classifying");
     let mut failures = 0;
     for file in files {
         match pipeline.analyze_file(file) {
-            Ok(analysis) => bar.suspend(|| super::print_json(&analysis.report()))?,
+            Ok(analysis) => {
+                bar.suspend(|| super::print_json(&analysis.report_with_identifiers(identifiers)))?;
+            }
             Err(e) => {
                 failures += 1;
                 super::report_failure(&bar, file, &e)?;

@@ -1,6 +1,7 @@
 //! `cxr eval MANIFEST`: the models' metrics on a manifest, and with `--explainers`, the
 //! explanation quality measures averaged per explainer.
 
+use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -235,10 +236,11 @@ fn table(quality: &[ExplainerQuality]) -> String {
         let r = q
             .randomisation_correlation
             .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"));
-        out.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {r} | {:.0} |\n",
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {r} | {:.0} |",
             q.method, q.images, q.deletion_auc, q.insertion_auc, q.lung_mass_share, q.explain_ms
-        ));
+        );
     }
     out
 }

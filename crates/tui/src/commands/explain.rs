@@ -81,6 +81,8 @@ pub struct Request<'a> {
     pub out: &'a Path,
     pub render: &'a RenderArgs,
     pub checks: &'a QualityArgs,
+    /// Include DICOM patient and study identifiers in the reports.
+    pub identifiers: bool,
 }
 
 pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
@@ -164,7 +166,7 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
             }));
         }
         let image_report = ImageReport {
-            classification: analysis.report(),
+            classification: analysis.report_with_identifiers(request.identifiers),
             explanations,
         };
         let json = serde_json::to_string_pretty(&image_report)?;

@@ -6,8 +6,11 @@ mod classify;
 mod eval;
 mod explain;
 mod explainers;
+mod queue;
 mod segment;
 mod train;
+mod watch;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,8 +23,41 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let device = cxr_core::device::parse_device(&cli.global.device)?;
     let models = models_dir(cli.global.models.as_deref());
-    match cli.command {
-        Command::Classify { files } => classify::run(&files, &models, device),
+    let Some(command) = cli.command else {
+        return tui(
+            &crate::cli::TuiArgs {
+                image_protocol: "auto".into(),
+                watch_dir: "watch".into(),
+                ..Default::default()
+            },
+            &models,
+            device,
+        );
+    };
+    match command {
+        Command::Tui(args) => tui(&args, &models, device),
+        Command::Classify { files, identifiers } => {
+            classify::run(&files, identifiers, &models, device)
+        }
+        Command::Worker {
+            dir,
+            jobs,
+            out,
+            cache,
+            no_cache,
+            cache_max_age_hours,
+        } => {
+            let options = worker::Options {
+                dir: &dir,
+                jobs,
+                out: out.as_deref(),
+                cache: cache.as_deref(),
+                no_cache,
+                cache_max_age: cache_max_age_hours
+                    .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
+            };
+            worker::run(&options, &models, device)
+        }
         Command::Segment { files, out } => segment::run(&files, &out, &models, device),
         Command::Eval {
             manifest,
@@ -41,6 +77,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             eval::run(&manifest, &options, &models, device)
         }
         Command::Train { model } => train::run(model, &models, device),
+        Command::Watch(args) => watch::run(&args, &models, device),
+        Command::Queue { command } => queue::run(command, &models, device),
         Command::Explainers { json } => explainers::run(json),
         Command::Explain {
             files,
@@ -50,6 +88,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             out,
             render,
             checks,
+            identifiers,
         } => {
             let request = explain::Request {
                 files: &files,
@@ -59,10 +98,67 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 out: &out,
                 render: &render,
                 checks: &checks,
+                identifiers,
             };
             explain::run(&request, &models, device)
         }
     }
+}
+
+/// `cxr tui`: logs go to a file (never to the screen while the viewer is open).
+fn tui(
+    args: &crate::cli::TuiArgs,
+    models: &Path,
+    device: cxr_core::tch::Device,
+) -> Result<ExitCode> {
+    let log = args.log.clone().unwrap_or_else(default_log);
+    let _guard = crate::logging::to_file(&log)?;
+    let path = args.path.clone().unwrap_or_else(|| {
+        let queue = args.watch_dir.join("queue");
+        if queue.is_dir() {
+            queue
+        } else {
+            PathBuf::from(".")
+        }
+    });
+    let cache = if args.no_cache {
+        cxr_core::cache::Cache::disabled()
+    } else {
+        let dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| home_folder("XDG_CACHE_HOME", ".cache").join("cxr"));
+        let cache = cxr_core::cache::Cache::new(dir);
+        match args.cache_max_age_hours {
+            Some(hours) if hours.is_finite() && hours >= 0.0 => {
+                cache.with_max_age(std::time::Duration::from_secs_f64(hours * 3600.0))
+            }
+            Some(hours) => color_eyre::eyre::bail!(
+                "--cache-max-age-hours {hours}: expected a number of hours >= 0"
+            ),
+            None => cache,
+        }
+    };
+    let options = crate::tui::Options {
+        path,
+        image_protocol: args.image_protocol.clone(),
+        watch_dir: args.watch_dir.clone(),
+        cache,
+    };
+    crate::tui::run(&options, models, device)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_log() -> PathBuf {
+    home_folder("XDG_STATE_HOME", ".local/state").join("cxr/cxr.log")
+}
+
+/// `$VAR`, else `$HOME/fallback`, else the temporary folder (XDG base directories).
+fn home_folder(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// The repository this binary was built from (for the shipped models and the shared data).

@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::card;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
+use cxr_core::queue::Queue;
 use cxr_core::tch::Device;
+use cxr_core::train::classifier::TrainOnly;
 use cxr_core::train::{self, EpochReport, TrainOptions};
 
 use crate::cli::{TrainArgs, TrainCommand};
@@ -68,7 +70,12 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             epochs,
             batch_size,
             learning_rate,
+            include_queue,
         } => {
+            let extra = match &include_queue {
+                Some(dir) => reviewed_queue(dir, common.out.as_deref(), models)?,
+                None => TrainOnly::default(),
+            };
             let options = TrainOptions {
                 manifest: manifest_or(manifest, "cxr/manifest.csv"),
                 epochs,
@@ -83,10 +90,14 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 options.manifest.display()
             );
             let (model, record) =
-                train::classifier::train(&options, &segmenter, &positive, &mut print_epoch)
+                train::classifier::train(&options, &extra, &segmenter, &positive, &mut print_epoch)
                     .wrap_err("training the classifier")?;
-            let files = ModelFiles::new(&out_dir(&common), CLASSIFIER_NAME);
+            let out = out_dir(&common);
+            let files = ModelFiles::new(&out, CLASSIFIER_NAME);
             model.save(&files)?;
+            if include_queue.is_some() {
+                copy_segmenter(models, &out)?;
+            }
             write_card(
                 &files.card,
                 &card::classifier_card(&model.meta.architecture, &record),
@@ -95,4 +106,74 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The reviewed items of watch folder `dir` as training rows. A model trained on them never
+/// lands in the models folder in use: `--out` must name another folder.
+fn reviewed_queue(dir: &Path, out: Option<&Path>, models: &Path) -> Result<TrainOnly> {
+    let Some(out) = out else {
+        bail!(
+            "--include-queue needs --out DIR: a model trained on queue items is written to a new \
+             folder, never over the models in use ({})",
+            models.display()
+        )
+    };
+    if same_folder(out, models) {
+        bail!(
+            "--out {}: that is the models folder in use; write the queue-trained model to \
+             another folder and try it with --models",
+            out.display()
+        );
+    }
+    let queue = Queue::open(dir)?;
+    let rows = queue.training_rows()?;
+    if rows.is_empty() {
+        bail!(
+            "{}: no reviewed queue items labelled with a class (label some with `cxr queue label` \
+             or in the viewer)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "cxr: adding {} reviewed queue items from {} to the training split",
+        rows.len(),
+        dir.display()
+    );
+    Ok(TrainOnly {
+        source: dir.display().to_string(),
+        rows,
+    })
+}
+
+/// Whether `a` and `b` name the same folder (a folder that does not exist yet is no other).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Copies the segmenter the classifier was trained with beside it (unless one is there), so
+/// the new folder is a complete models folder for `--models`.
+fn copy_segmenter(models: &Path, out: &Path) -> Result<()> {
+    let (from, to) = (
+        ModelFiles::new(models, SEGMENTER_NAME),
+        ModelFiles::new(out, SEGMENTER_NAME),
+    );
+    if to.weights.exists() {
+        return Ok(());
+    }
+    for (from, to) in [
+        (&from.weights, &to.weights),
+        (&from.meta, &to.meta),
+        (&from.card, &to.card),
+    ] {
+        if from.exists() {
+            let bytes =
+                std::fs::read(from).wrap_err_with(|| format!("reading {}", from.display()))?;
+            cxr_core::fsutil::write_atomic(to, &bytes)?;
+        }
+    }
+    eprintln!("cxr: copied the segmenter into {}", out.display());
+    Ok(())
 }

@@ -1,0 +1,825 @@
+//! `cxr watch`: takes radiographs dropped into `DIR/inbox/`, processes each into a queue entry
+//! ([`crate::queue`]) and rejects what cannot be read, losing nothing across crashes.
+//!
+//! One coordinator thread (the caller's, in [`run`]) owns all bookkeeping: it turns file-system
+//! events ([`filter`]) into pending paths, waits until each file has been quiet, and hands it to
+//! a small pool of workers through a bounded channel; each worker owns its own pipeline. A file
+//! that does not decode is retried with backoff while it keeps changing or until the retries
+//! are spent (a writer may be slow); only then is it rejected. Because every step on disk is an
+//! atomic rename and the inbox file is removed last, the process can be killed at any instant:
+//! the next start cleans staging leftovers, lists the inbox, and carries on.
+//!
+//! Memory stays bounded however many files arrive at once: the coordinator holds paths only,
+//! and at most two files per worker are in flight.
+
+pub mod filter;
+pub mod folder;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify_debouncer_full::DebounceEventResult;
+use serde::Serialize;
+use tch::Device;
+
+use crate::explain::report::QualityChecks;
+use crate::explain::{ExplainerConfig, registry};
+use crate::queue::Queue;
+use crate::render::OverlayStyle;
+use crate::{CoreError, Result};
+use filter::{Action, Ignored};
+pub use folder::{FolderWatcher, WatchMode};
+use worker::{Inbox, Job, Outcome, Processor, Stamp};
+
+/// An explainer to run on every file, with its parameters (`name=value,...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodSpec {
+    pub name: String,
+    pub params: String,
+}
+
+impl MethodSpec {
+    /// Explainers from `--method` names (`none` for none) and `--param METHOD:NAME=VALUE`
+    /// values, checked against the registry now, so a typo fails at start and not per file.
+    pub fn parse(methods: &[String], params: &[String]) -> Result<Vec<Self>> {
+        let names: Vec<&str> = methods
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty() && *m != "none")
+            .collect();
+        for p in params {
+            let Some((method, _)) = p.split_once(':') else {
+                return Err(CoreError::Invalid(format!(
+                    "--param {p}: expected METHOD:NAME=VALUE"
+                )));
+            };
+            if !names.contains(&method) {
+                return Err(CoreError::Invalid(format!(
+                    "--param {p}: {method} is not among the chosen methods ({})",
+                    names.join(",")
+                )));
+            }
+        }
+        names
+            .iter()
+            .map(|name| {
+                let entry = registry::find(name)?;
+                let own: Vec<&str> = params
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&format!("{name}:")))
+                    .collect();
+                let config = ExplainerConfig::parse(&own.join(","))?;
+                config.check_known(entry)?;
+                Ok(Self {
+                    name: entry.name.to_owned(),
+                    params: config.canonical(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// How often and how patiently a file that does not decode is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt; the file is rejected when the last one fails too.
+    pub retries: u32,
+    /// Delay before the first retry; each next one waits twice as long.
+    pub first_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 0.5, 1, 2 and 4 s: a file that stays unreadable is rejected after about 8 s.
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            first_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32) -> Duration {
+        self.first_delay * 2u32.saturating_pow(attempt.saturating_sub(1).min(16))
+    }
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// The watch folder (inbox, queue, rejected), created if missing.
+    pub dir: PathBuf,
+    /// The models folder each worker loads.
+    pub models: PathBuf,
+    pub device: Device,
+    /// Explainers run on every file (none: classification only).
+    pub methods: Vec<MethodSpec>,
+    pub style: OverlayStyle,
+    /// Outline the lungs on overlays.
+    pub outline: bool,
+    pub checks: QualityChecks,
+    /// Worker threads, each with its own pipeline.
+    pub jobs: usize,
+    pub mode: WatchMode,
+    /// Watch sub-folders of the inbox too.
+    pub recursive: bool,
+    /// Quiet time: events are debounced over it, and a file is not read before it has been
+    /// unchanged for that long.
+    pub debounce: Duration,
+    /// Polling period of the polling watcher.
+    pub poll_interval: Duration,
+    pub retry: RetryPolicy,
+    /// Return once the inbox is empty (files that are stuck count as done), instead of
+    /// watching for ever.
+    pub once: bool,
+}
+
+impl WatchOptions {
+    /// Defaults: Grad-CAM, one worker per core ([`default_jobs`]), native events, 400 ms quiet
+    /// time.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>, models: impl Into<PathBuf>, device: Device) -> Self {
+        Self {
+            dir: dir.into(),
+            models: models.into(),
+            device,
+            methods: vec![MethodSpec {
+                name: "grad-cam".into(),
+                params: String::new(),
+            }],
+            style: OverlayStyle::default(),
+            outline: true,
+            checks: QualityChecks {
+                faithfulness: false,
+                sanity: false,
+            },
+            jobs: default_jobs(),
+            mode: WatchMode::Auto,
+            recursive: false,
+            debounce: Duration::from_millis(400),
+            poll_interval: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            once: false,
+        }
+    }
+}
+
+/// One worker per core (at most 8), each running libtorch on one thread. Separate files in
+/// parallel beat one file's operators in parallel for models this small, and single-threaded
+/// workers do not stall when another process holds a core (libtorch's multi-threaded operators
+/// wait for all their threads at every step: on this project's 2-core machine, with a core
+/// busy elsewhere, one two-thread worker ran up to 3 times slower than two one-thread workers).
+#[must_use]
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// What happened, one event per file outcome; `cxr watch` prints them as JSON lines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// Models loaded, leftovers cleaned, the inbox listed: watching from now on.
+    Watching {
+        dir: PathBuf,
+        /// `inotify`, `poll`, ...
+        watcher: String,
+        jobs: usize,
+        methods: Vec<String>,
+        recursive: bool,
+        /// Files found in the inbox at start.
+        waiting: usize,
+        /// Staging leftovers of a previous run, removed.
+        cleaned: usize,
+    },
+    /// Something the user should know that is not an error (e.g. polling instead of events).
+    Notice { message: String },
+    /// The file became queue entry `id`, at `entry`.
+    Queued {
+        file: PathBuf,
+        id: String,
+        entry: PathBuf,
+        label: String,
+        confidence: f32,
+        uncertainty: f32,
+        ms: f64,
+    },
+    /// Same content as entry `id`, which came from a file named `of`: removed from the inbox.
+    Duplicate {
+        file: PathBuf,
+        id: String,
+        entry: PathBuf,
+        of: String,
+    },
+    /// This very file was queued already (before a crash, or while the inbox was read-only):
+    /// removed from the inbox now.
+    AlreadyQueued {
+        file: PathBuf,
+        id: String,
+        entry: PathBuf,
+    },
+    /// Not readable yet; tried again after `delay_ms`.
+    Retrying {
+        file: PathBuf,
+        attempt: u32,
+        reason: String,
+        delay_ms: u64,
+    },
+    /// Moved to `to`, with the reason in `to`.reason.txt.
+    Rejected {
+        file: PathBuf,
+        to: PathBuf,
+        reason: String,
+    },
+    /// A file left in the inbox on purpose (said once per file).
+    Ignored { file: PathBuf, reason: String },
+    /// Something went wrong; the watcher carries on and retries where it makes sense.
+    Error {
+        file: Option<PathBuf>,
+        error: String,
+    },
+    /// With [`WatchOptions::once`]: the inbox is done.
+    Finished(Summary),
+}
+
+/// Counts of outcomes over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub queued: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub errors: usize,
+    /// Files still in the inbox that could not be moved (with `once`).
+    pub stuck: usize,
+}
+
+/// Messages to the coordinator: file events, worker results, worker start-up.
+pub(crate) enum Msg {
+    Events(DebounceEventResult),
+    Done(PathBuf, Outcome),
+    Ready,
+    LoadFailed(CoreError),
+}
+
+/// Bookkeeping of one path the coordinator is responsible for.
+struct Pending {
+    due: Instant,
+    /// Failed decodes of the current content.
+    attempts: u32,
+    /// The file as last seen, and since when it has looked like that.
+    seen: Option<(Stamp, Instant)>,
+    in_flight: bool,
+    /// An event arrived while it was in flight: look again afterwards.
+    recheck: bool,
+    /// Could not be moved out of the inbox; already reported.
+    stuck: bool,
+    /// Failures that were not the file's fault, for backoff.
+    failures: u32,
+}
+
+impl Pending {
+    fn new(due: Instant) -> Self {
+        Self {
+            due,
+            attempts: 0,
+            seen: None,
+            in_flight: false,
+            recheck: false,
+            stuck: false,
+            failures: 0,
+        }
+    }
+}
+
+/// A stuck file (read-only inbox) is tried again this often, and on any change of the inbox's
+/// permissions.
+const STUCK_RETRY: Duration = Duration::from_secs(10);
+/// The whole inbox is listed again this often, in case an event was lost.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// A worker on the same content: try again after this.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+
+/// Watches `options.dir` until `stop` is set (or, with `once`, until the inbox is done),
+/// reporting every outcome to `on_event`. Fatal problems (models that do not load, a folder
+/// that cannot be created or watched) are errors; problems with single files are events.
+pub fn run(
+    options: &WatchOptions,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<Summary> {
+    let queue = Queue::create(&options.dir)?;
+    let inbox = queue.inbox();
+    let jobs = options.jobs.max(1);
+    if jobs > 1 {
+        // Share the cores between the workers instead of each libtorch pool taking them all.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        tch::set_num_threads(((cores / jobs).max(1)) as i32);
+    }
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let claims = Arc::new(Mutex::new(HashSet::new()));
+    let mut workers = Vec::with_capacity(jobs);
+    for index in 0..jobs {
+        let (tx, job_rx, claims) = (tx.clone(), Arc::clone(&job_rx), Arc::clone(&claims));
+        let (worker_options, queue) = (options.clone(), queue.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("cxr-watch-{index}"))
+            .spawn(move || work(&worker_options, queue, claims, &job_rx, &tx))
+            .map_err(|e| CoreError::io(&options.dir, e))?;
+        workers.push(handle);
+    }
+    let mut coordinator = Coordinator {
+        options,
+        inbox: inbox.clone(),
+        pending: HashMap::new(),
+        reported: HashSet::new(),
+        summary: Summary::default(),
+        on_event,
+        job_tx: Some(job_tx),
+        in_flight: 0,
+        max_in_flight: 2 * jobs,
+    };
+    let result = coordinator.run(&queue, &tx, &rx, stop, jobs);
+    // Let the workers finish what they hold, and report it.
+    coordinator.job_tx = None;
+    drop(tx);
+    for handle in workers {
+        let _ = handle.join();
+    }
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Done(path, outcome) = msg {
+            coordinator.finished(path, outcome);
+        }
+    }
+    result.map(|()| coordinator.summary)
+}
+
+/// A worker thread: loads its own pipeline, then processes jobs until the channel closes.
+fn work(
+    options: &WatchOptions,
+    queue: Queue,
+    claims: Arc<Mutex<HashSet<String>>>,
+    jobs: &Mutex<mpsc::Receiver<Job>>,
+    tx: &mpsc::Sender<Msg>,
+) {
+    let processor = match Processor::new(options, queue, claims) {
+        Ok(p) => {
+            let _ = tx.send(Msg::Ready);
+            p
+        }
+        Err(e) => {
+            let _ = tx.send(Msg::LoadFailed(e));
+            return;
+        }
+    };
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => break,
+        };
+        let Ok(job) = job else { break };
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(&job)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default();
+                    Outcome::Failed(format!("internal error while processing it: {what}"))
+                });
+        if tx.send(Msg::Done(job.path, outcome)).is_err() {
+            break;
+        }
+    }
+}
+
+struct Coordinator<'a> {
+    options: &'a WatchOptions,
+    inbox: PathBuf,
+    pending: HashMap<PathBuf, Pending>,
+    /// Ignored files already reported.
+    reported: HashSet<PathBuf>,
+    summary: Summary,
+    on_event: &'a mut dyn FnMut(&WatchEvent),
+    job_tx: Option<mpsc::SyncSender<Job>>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl Coordinator<'_> {
+    fn run(
+        &mut self,
+        queue: &Queue,
+        tx: &mpsc::Sender<Msg>,
+        rx: &mpsc::Receiver<Msg>,
+        stop: &AtomicBool,
+        jobs: usize,
+    ) -> Result<()> {
+        // Fatal problems first: every worker must have its models.
+        let mut ready = 0;
+        while ready < jobs {
+            match rx.recv() {
+                Ok(Msg::Ready) => ready += 1,
+                Ok(Msg::LoadFailed(e)) => return Err(e),
+                Ok(_) => {}
+                Err(_) => return Err(CoreError::Invalid("the workers stopped".into())),
+            }
+        }
+        let cleaned = queue.clean_staging()?;
+        let options = self.options;
+        let watcher = FolderWatcher::new(
+            &self.inbox,
+            options.recursive,
+            options.mode,
+            options.debounce,
+            options.poll_interval,
+            folder::Forward(tx.clone()),
+        )?;
+        if let Some(why) = &watcher.fallback {
+            self.emit(&WatchEvent::Notice {
+                message: why.clone(),
+            });
+        }
+        self.scan(&self.inbox.clone());
+        self.emit(&WatchEvent::Watching {
+            dir: options.dir.clone(),
+            watcher: watcher.kind.clone(),
+            jobs,
+            methods: options.methods.iter().map(|m| m.name.clone()).collect(),
+            recursive: options.recursive,
+            waiting: self.pending.len(),
+            cleaned,
+        });
+        let mut last_scan = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            self.dispatch();
+            if options.once && self.pending.values().all(|p| p.stuck && !p.in_flight) {
+                self.summary.stuck = self.pending.len();
+                let summary = self.summary;
+                self.emit(&WatchEvent::Finished(summary));
+                break;
+            }
+            let now = Instant::now();
+            let wait = self
+                .pending
+                .values()
+                .filter(|p| !p.in_flight)
+                .map(|p| p.due.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_millis(200))
+                .clamp(Duration::from_millis(5), Duration::from_millis(200));
+            match rx.recv_timeout(wait) {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Drain whatever else arrived before deciding what to run next.
+            while let Ok(msg) = rx.try_recv() {
+                self.handle(msg);
+            }
+            if last_scan.elapsed() >= RESCAN_EVERY {
+                last_scan = Instant::now();
+                self.scan(&self.inbox.clone());
+            }
+        }
+        drop(watcher);
+        Ok(())
+    }
+
+    fn emit(&mut self, event: &WatchEvent) {
+        match event {
+            WatchEvent::Error { .. } => self.summary.errors += 1,
+            WatchEvent::Queued { .. } => self.summary.queued += 1,
+            WatchEvent::Duplicate { .. } => self.summary.duplicates += 1,
+            WatchEvent::Rejected { .. } => self.summary.rejected += 1,
+            _ => {}
+        }
+        (self.on_event)(event);
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Events(Ok(events)) => {
+                let events: Vec<notify::Event> = events.into_iter().map(|d| d.event).collect();
+                for action in filter::actions(&self.inbox, self.options.recursive, &events) {
+                    self.act(action);
+                }
+            }
+            Msg::Events(Err(errors)) => {
+                for error in errors {
+                    self.emit(&WatchEvent::Error {
+                        file: error.paths.first().cloned(),
+                        error: folder::describe(&error),
+                    });
+                }
+                // Events may have been lost with them.
+                self.scan(&self.inbox.clone());
+            }
+            Msg::Done(path, outcome) => self.finished(path, outcome),
+            Msg::Ready | Msg::LoadFailed(_) => {}
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Check(path) => self.check(path),
+            Action::Forget(path) => {
+                self.reported.remove(&path);
+                if self.pending.get(&path).is_some_and(|p| !p.in_flight) {
+                    self.pending.remove(&path);
+                }
+            }
+            Action::Scan(dir) => self.scan(&dir),
+            Action::Ignore(path, why) => self.ignore(path, why),
+        }
+    }
+
+    /// Something happened to `path`: look at it (again) once it has been quiet.
+    fn check(&mut self, path: PathBuf) {
+        let now = Instant::now();
+        let pending = self
+            .pending
+            .entry(path)
+            .or_insert_with(|| Pending::new(now));
+        if pending.in_flight {
+            pending.recheck = true;
+        } else {
+            pending.due = pending.due.min(now);
+        }
+    }
+
+    fn ignore(&mut self, path: PathBuf, why: Ignored) {
+        if why.worth_reporting() && self.reported.insert(path.clone()) {
+            self.emit(&WatchEvent::Ignored {
+                file: path,
+                reason: why.describe(),
+            });
+        }
+    }
+
+    /// Lists `dir` (and its sub-folders when recursive): every radiograph name is checked, and
+    /// stuck files are retried now.
+    fn scan(&mut self, dir: &Path) {
+        let listing = match std::fs::read_dir(dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(e) => {
+                self.emit(&WatchEvent::Error {
+                    file: Some(dir.to_path_buf()),
+                    error: format!("cannot list it: {e}"),
+                });
+                return;
+            }
+        };
+        let mut paths: Vec<(PathBuf, bool)> = listing
+            .flatten()
+            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_dir())))
+            .collect();
+        // Oldest names first is as good as any order, and deterministic.
+        paths.sort();
+        for (path, is_dir) in paths {
+            if is_dir {
+                let hidden = path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                if self.options.recursive && !hidden {
+                    self.scan(&path);
+                }
+                continue;
+            }
+            match filter::actions_for_file(&self.inbox, self.options.recursive, &path) {
+                Some(Action::Check(path)) => {
+                    if let Some(p) = self.pending.get_mut(&path).filter(|p| p.stuck) {
+                        p.due = Instant::now();
+                    } else {
+                        self.check(path);
+                    }
+                }
+                Some(Action::Ignore(path, why)) => self.ignore(path, why),
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands due, quiet files to the workers, as long as the bounded channel takes them.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let mut due: Vec<(Instant, PathBuf)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.in_flight && p.due <= now)
+            .map(|(path, p)| (p.due, path.clone()))
+            .collect();
+        due.sort();
+        for (_, path) in due {
+            if self.in_flight >= self.max_in_flight {
+                break;
+            }
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.pending.remove(&path);
+                    continue;
+                }
+                Err(e) => {
+                    self.emit(&WatchEvent::Error {
+                        file: Some(path.clone()),
+                        error: format!("cannot look at it: {e}"),
+                    });
+                    if let Some(p) = self.pending.get_mut(&path) {
+                        p.due = now + STUCK_RETRY;
+                    }
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                self.pending.remove(&path);
+                if self.options.recursive {
+                    self.scan(&path);
+                }
+                continue;
+            }
+            let Some(p) = self.pending.get_mut(&path) else {
+                continue;
+            };
+            let stamp = Stamp::of(&meta);
+            let since = match p.seen {
+                Some((seen, since)) if seen == stamp => since,
+                previous => {
+                    if previous.is_some() {
+                        // It changed: earlier failed decodes were of an incomplete file.
+                        p.attempts = 0;
+                    }
+                    p.seen = Some((stamp, now));
+                    now
+                }
+            };
+            let modified_ago = meta
+                .modified()
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .unwrap_or_default();
+            let quiet_for = modified_ago.max(now - since);
+            if quiet_for < self.options.debounce {
+                p.due = now + self.options.debounce.saturating_sub(quiet_for);
+                continue;
+            }
+            let job = Job {
+                path: path.clone(),
+                stamp,
+                last_try: p.attempts >= self.options.retry.retries,
+                attempts: p.attempts,
+            };
+            let Some(job_tx) = &self.job_tx else { return };
+            match job_tx.try_send(job) {
+                Ok(()) => {
+                    p.in_flight = true;
+                    p.recheck = false;
+                    self.in_flight += 1;
+                }
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// A worker is done with `path`.
+    fn finished(&mut self, path: PathBuf, outcome: Outcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let now = Instant::now();
+        let recheck = match self.pending.get_mut(&path) {
+            Some(p) => {
+                p.in_flight = false;
+                p.recheck
+            }
+            None => false,
+        };
+        // `Some(delay)`: keep the path pending and look again after `delay`.
+        let again: Option<Duration> = match outcome {
+            Outcome::Queued { item, ms, inbox } => {
+                let predicted = item.state.predicted.clone();
+                self.emit(&WatchEvent::Queued {
+                    file: path.clone(),
+                    id: item.id.clone(),
+                    entry: item.dir.clone(),
+                    label: predicted
+                        .as_ref()
+                        .map(|p| p.label.clone())
+                        .unwrap_or_default(),
+                    confidence: predicted.as_ref().map_or(f32::NAN, |p| p.confidence),
+                    uncertainty: item.uncertainty().unwrap_or(f32::NAN),
+                    ms,
+                });
+                self.after_entry(&path, &inbox)
+            }
+            Outcome::Duplicate { item, inbox } => {
+                let same = item.state.source_name == crate::queue::file_name(&path);
+                if inbox == Inbox::Removed {
+                    let (file, id, entry) = (path.clone(), item.id.clone(), item.dir.clone());
+                    self.emit(&if same {
+                        WatchEvent::AlreadyQueued { file, id, entry }
+                    } else {
+                        WatchEvent::Duplicate {
+                            file,
+                            id,
+                            entry,
+                            of: item.state.source_name.clone(),
+                        }
+                    });
+                }
+                self.after_entry(&path, &inbox)
+            }
+            Outcome::Rejected { to, reason } => {
+                self.emit(&WatchEvent::Rejected {
+                    file: path.clone(),
+                    to,
+                    reason,
+                });
+                None
+            }
+            Outcome::Incomplete { reason } => {
+                let p = self
+                    .pending
+                    .entry(path.clone())
+                    .or_insert_with(|| Pending::new(now));
+                p.attempts += 1;
+                let (attempt, delay) = (p.attempts, self.options.retry.delay(p.attempts));
+                self.emit(&WatchEvent::Retrying {
+                    file: path.clone(),
+                    attempt,
+                    reason,
+                    delay_ms: delay.as_millis() as u64,
+                });
+                Some(delay)
+            }
+            Outcome::Changed => Some(Duration::ZERO),
+            Outcome::Vanished => None,
+            Outcome::Busy => Some(BUSY_RETRY),
+            Outcome::Stuck(error) => Some(self.stuck(&path, &error)),
+            Outcome::Failed(error) => {
+                let failures = self.pending.get_mut(&path).map_or(1, |p| {
+                    p.failures += 1;
+                    p.failures
+                });
+                self.emit(&WatchEvent::Error {
+                    file: Some(path.clone()),
+                    error: format!("{error} (retrying)"),
+                });
+                Some(Duration::from_secs(1 << failures.min(6)))
+            }
+        };
+        match again {
+            Some(delay) => {
+                let p = self
+                    .pending
+                    .entry(path)
+                    .or_insert_with(|| Pending::new(now));
+                p.due = now + if recheck { Duration::ZERO } else { delay };
+            }
+            None if recheck && path.exists() => {
+                let mut p = Pending::new(now);
+                p.recheck = false;
+                self.pending.insert(path, p);
+            }
+            None => {
+                self.pending.remove(&path);
+            }
+        }
+    }
+
+    /// After the content is in the queue: done, or look again if the file changed or could not
+    /// be removed.
+    fn after_entry(&mut self, path: &Path, inbox: &Inbox) -> Option<Duration> {
+        match inbox {
+            Inbox::Removed => None,
+            Inbox::Changed => Some(Duration::ZERO),
+            Inbox::Stuck(error) => Some(self.stuck(path, error)),
+        }
+    }
+
+    /// A file that cannot be moved out of the inbox: said once, retried now and then.
+    fn stuck(&mut self, path: &Path, error: &str) -> Duration {
+        let now = Instant::now();
+        let p = self
+            .pending
+            .entry(path.to_path_buf())
+            .or_insert_with(|| Pending::new(now));
+        if !p.stuck {
+            p.stuck = true;
+            self.emit(&WatchEvent::Error {
+                file: Some(path.to_path_buf()),
+                error: format!(
+                    "{error}; it stays in the inbox and is retried (nothing is lost: it is \
+                     queued or will be rejected once the inbox is writable)"
+                ),
+            });
+        }
+        STUCK_RETRY
+    }
+}

@@ -1,0 +1,410 @@
+//! One worker thread: owns its own pipeline and explainers (libtorch modules are `Send`, not
+//! `Sync`) and turns one inbox file into a queue entry, a duplicate, a rejection, or a "not
+//! complete yet, try again later".
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{MethodSpec, WatchOptions};
+use crate::explain::report::{self, MethodReport, QualityChecks};
+use crate::explain::{Explainer, ExplainerConfig, ExplainerEntry, registry};
+use crate::pipeline::{ClassifyReport, Pipeline};
+use crate::queue::{
+    self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
+    SCHEMA, STATE_FILE,
+};
+use crate::render::{self, OverlayStyle};
+use crate::xray::{Xray, hex};
+use crate::{CoreError, Result};
+
+/// What a file looked like when it was examined: any change means "still being written".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
+    }
+}
+
+/// One file to look at.
+pub(crate) struct Job {
+    pub path: PathBuf,
+    /// The file as the coordinator last saw it, quiet.
+    pub stamp: Stamp,
+    /// No retry follows: a file that still does not decode is rejected.
+    pub last_try: bool,
+    /// Attempts so far (for the reason of a rejection).
+    pub attempts: u32,
+}
+
+/// What became of the file in the inbox after its entry was in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbox {
+    Removed,
+    /// It changed after it was read (the writer was not done): look at it again.
+    Changed,
+    /// It could not be removed (read-only inbox): try again later.
+    Stuck(String),
+}
+
+pub(crate) enum Outcome {
+    Queued {
+        item: Box<QueueItem>,
+        ms: f64,
+        inbox: Inbox,
+    },
+    Duplicate {
+        item: Box<QueueItem>,
+        inbox: Inbox,
+    },
+    Rejected {
+        to: PathBuf,
+        reason: String,
+    },
+    /// Did not decode (yet): retry after a delay unless it was the last try.
+    Incomplete {
+        reason: String,
+    },
+    /// Changed while being read.
+    Changed,
+    /// Gone before it could be taken (removed or renamed by someone else).
+    Vanished,
+    /// Another worker is on the same content right now.
+    Busy,
+    /// Could not be moved out of the inbox into `rejected/`.
+    Stuck(String),
+    /// Failed for a reason that is not the file's (disk full, unreadable entry): retry later.
+    Failed(String),
+}
+
+/// An explainer built from its spec.
+struct Method {
+    entry: &'static ExplainerEntry,
+    explainer: Box<dyn Explainer>,
+    params: String,
+}
+
+/// The pipeline, explainers and settings one worker processes files with.
+pub(crate) struct Processor {
+    queue: Queue,
+    pipeline: Pipeline,
+    methods: Vec<Method>,
+    style: OverlayStyle,
+    outline: bool,
+    checks: QualityChecks,
+    /// Ids being built by any worker of this process.
+    claims: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The JSON report of an entry (`report.json`).
+#[derive(Serialize)]
+struct EntryReport {
+    #[serde(flatten)]
+    classification: ClassifyReport,
+    explanations: Vec<MethodOutcome>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MethodOutcome {
+    Done {
+        overlay: String,
+        #[serde(flatten)]
+        report: MethodReport,
+    },
+    Failed {
+        method: String,
+        error: String,
+    },
+}
+
+/// Holds an id in the claim set until dropped.
+struct Claim<'a> {
+    claims: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.claims.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+impl MethodSpec {
+    fn build(&self) -> Result<Method> {
+        let entry = registry::find(&self.name)?;
+        let config = ExplainerConfig::parse(&self.params)?;
+        Ok(Method {
+            entry,
+            explainer: entry.build(&config)?,
+            params: config.canonical(),
+        })
+    }
+}
+
+impl Processor {
+    pub(crate) fn new(
+        options: &WatchOptions,
+        queue: Queue,
+        claims: Arc<Mutex<HashSet<String>>>,
+    ) -> Result<Self> {
+        let pipeline = Pipeline::load(&options.models, options.device)?;
+        let methods = options
+            .methods
+            .iter()
+            .map(MethodSpec::build)
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            queue,
+            pipeline,
+            methods,
+            style: options.style,
+            outline: options.outline,
+            checks: options.checks,
+            claims,
+        })
+    }
+
+    pub(crate) fn process(&self, job: &Job) -> Outcome {
+        let path = &job.path;
+        let before = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
+            Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
+            Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
+        };
+        let stamp = Stamp::of(&before);
+        if stamp != job.stamp {
+            // Written to since it was found quiet: not done yet.
+            return Outcome::Changed;
+        }
+        match std::fs::metadata(path) {
+            Ok(after) if Stamp::of(&after) == stamp && after.len() == bytes.len() as u64 => {}
+            Ok(_) => return Outcome::Changed,
+            Err(_) => return Outcome::Vanished,
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        match self.queue.find(&sha256) {
+            Ok(Some(item)) => return duplicate(path, stamp, item),
+            Ok(None) => {}
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        let xray = match Xray::decode(&bytes, path) {
+            Ok(xray) => xray,
+            Err(e @ CoreError::TooLarge { .. }) => return self.reject(path, &e.to_string()),
+            Err(e) => return self.unreadable(job, &e.to_string()),
+        };
+        let id = sha256[..ID_LEN].to_owned();
+        let Some(_claim) = self.claim(&id) else {
+            return Outcome::Busy;
+        };
+        // Another worker may have committed this content between the check and the claim.
+        if let Ok(Some(item)) = self.queue.find(&sha256) {
+            return duplicate(path, stamp, item);
+        }
+        let start = Instant::now();
+        match self.build(xray, &bytes, path, &id) {
+            Ok(Built::Created(item)) => Outcome::Queued {
+                ms: start.elapsed().as_secs_f64() * 1000.0,
+                inbox: remove_from_inbox(path, stamp),
+                item,
+            },
+            Ok(Built::Exists) => match self.queue.find(&sha256) {
+                Ok(Some(item)) => duplicate(path, stamp, item),
+                Ok(None) => Outcome::Failed(format!("entry {id} vanished while being made")),
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+            Err(BuildError::Analysis(e)) => {
+                self.reject(path, &format!("the models could not analyse it: {e}"))
+            }
+            Err(BuildError::Storage(e)) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    fn claim(&self, id: &str) -> Option<Claim<'_>> {
+        let mut set = self.claims.lock().ok()?;
+        set.insert(id.to_owned()).then(|| Claim {
+            claims: &self.claims,
+            id: id.to_owned(),
+        })
+    }
+
+    /// A file that cannot be read or decoded: maybe still being written, so retried unless
+    /// this was the last try.
+    fn unreadable(&self, job: &Job, reason: &str) -> Outcome {
+        if job.last_try {
+            let reason = format!(
+                "{reason}\n(unchanged and still unreadable after {} attempts)",
+                job.attempts + 1
+            );
+            self.reject(&job.path, &reason)
+        } else {
+            Outcome::Incomplete {
+                reason: reason.to_owned(),
+            }
+        }
+    }
+
+    fn reject(&self, path: &Path, reason: &str) -> Outcome {
+        match self.queue.reject(path, reason) {
+            Ok(Some(to)) => Outcome::Rejected {
+                to,
+                reason: reason.to_owned(),
+            },
+            Ok(None) => Outcome::Vanished,
+            Err(e) => Outcome::Stuck(format!(
+                "cannot move it to {}: {e} (reason for rejecting it: {reason})",
+                self.queue.rejected().display()
+            )),
+        }
+    }
+
+    /// Analyses, explains and writes the entry in staging, then renames it into the queue.
+    fn build(
+        &self,
+        xray: Xray,
+        bytes: &[u8],
+        path: &Path,
+        id: &str,
+    ) -> std::result::Result<Built, BuildError> {
+        let analysis = self.pipeline.analyze(xray).map_err(BuildError::Analysis)?;
+        let classifier = self.pipeline.classifier.as_ref();
+        let classes = classifier.classes();
+        let target = classes
+            .iter()
+            .position(|c| *c == analysis.prediction.label)
+            .unwrap_or(0);
+        let mut staging = self.queue.stage(id).map_err(BuildError::Storage)?;
+        let mut explanations = Vec::with_capacity(self.methods.len());
+        for method in &self.methods {
+            let name = method.entry.name;
+            let outcome = report::explain(
+                classifier,
+                &analysis,
+                method.entry,
+                method.explainer.as_ref(),
+                &method.params,
+                target,
+                self.checks,
+            )
+            .and_then(|(explanation, report)| {
+                let picture = report::overlay(&analysis, &explanation, &self.style, self.outline);
+                let png = render::encode_png(&picture)
+                    .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
+                let overlay = format!("{name}.png");
+                staging.write(&overlay, &png)?;
+                Ok(MethodOutcome::Done { overlay, report })
+            });
+            // One explainer failing does not lose the image: the report says what failed.
+            explanations.push(outcome.unwrap_or_else(|e| MethodOutcome::Failed {
+                method: name.to_owned(),
+                error: e.to_string(),
+            }));
+        }
+        let image = format!("image.{}", queue::image_extension(path, bytes));
+        let mut classification = analysis.report();
+        classification.file = PathBuf::from(&image);
+        let now = queue::rfc3339_utc(SystemTime::now());
+        let state = EntryState {
+            schema: SCHEMA,
+            id: id.to_owned(),
+            sha256: analysis.xray.sha256.clone(),
+            state: ReviewState::PendingReview,
+            image: image.clone(),
+            source_name: queue::file_name(path),
+            created: now,
+            predicted: Some(Predicted::new(&analysis.prediction, &classes[0])),
+            model: Some(self.pipeline.fingerprint.clone()),
+            methods: self
+                .methods
+                .iter()
+                .map(|m| m.entry.name.to_owned())
+                .collect(),
+            review: None,
+            history: Vec::new(),
+        };
+        let report = EntryReport {
+            classification,
+            explanations,
+        };
+        let write = |staging: &mut queue::Staging| -> Result<()> {
+            staging.write(&image, bytes)?;
+            staging.write_json(REPORT_FILE, &report)?;
+            // Last: an entry folder with a state file is complete.
+            staging.write_json(STATE_FILE, &state)
+        };
+        write(&mut staging).map_err(BuildError::Storage)?;
+        match staging.commit().map_err(BuildError::Storage)? {
+            Commit::Created(dir) => Ok(Built::Created(Box::new(QueueItem {
+                id: id.to_owned(),
+                dir,
+                state,
+            }))),
+            Commit::Exists => Ok(Built::Exists),
+        }
+    }
+}
+
+enum Built {
+    Created(Box<QueueItem>),
+    Exists,
+}
+
+enum BuildError {
+    /// The models failed on this image: the file is at fault, as far as we can tell.
+    Analysis(CoreError),
+    /// Writing the entry failed: not the file's fault.
+    Storage(CoreError),
+}
+
+fn duplicate(path: &Path, stamp: Stamp, item: QueueItem) -> Outcome {
+    Outcome::Duplicate {
+        inbox: remove_from_inbox(path, stamp),
+        item: Box::new(item),
+    }
+}
+
+/// Removes the dropped file once its content is safely in the queue, unless it changed after
+/// it was read.
+fn remove_from_inbox(path: &Path, stamp: Stamp) -> Inbox {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Inbox::Removed,
+        Ok(meta) if Stamp::of(&meta) != stamp => return Inbox::Changed,
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                let _ = queue::sync_dir(dir);
+            }
+            Inbox::Removed
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Inbox::Removed,
+        Err(e) => Inbox::Stuck(format!("cannot remove it from the inbox: {e}")),
+    }
+}

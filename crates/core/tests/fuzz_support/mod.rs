@@ -1,0 +1,398 @@
+//! Shared by the fuzz test, the long-running fuzz example and the DICOM tests: the seed inputs
+//! (real files and small files derived from them) and a deterministic mutator.
+
+#![allow(dead_code)] // each includer uses its own part
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use cxr_core::xray::Xray;
+use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn dicom_dir() -> PathBuf {
+    repo().join("../shared/data/dicom")
+}
+
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus")
+}
+
+pub const UNCOMPRESSED: &str = "pydicom-data_RG1_UNCR.dcm";
+pub const JPEG2000: &str = "pydicom-data_RG1_J2KI.dcm";
+pub const JPEG: &str = "torchxrayvision_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm";
+pub const RELABELLED: &str = "torchxrayvision_Fake_MONOHR1.dcm";
+
+/// One seed: a name (with the extension a user's file would have) and its bytes.
+pub struct Seed {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .expect("encoding a test image in memory");
+    bytes
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("element present in the seed file")
+}
+
+/// Sets the explicit-VR little-endian US element `(group,element)` to `value`.
+pub fn set_us(bytes: &mut [u8], group: u16, element: u16, value: u16) {
+    let mut needle = group.to_le_bytes().to_vec();
+    needle.extend_from_slice(&element.to_le_bytes());
+    needle.extend_from_slice(b"US\x02\x00");
+    let at = find(bytes, &needle) + 8;
+    bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Offset of the (last) Pixel Data element's tag.
+fn pixel_data_at(bytes: &[u8]) -> usize {
+    bytes
+        .windows(4)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+        .expect("pixel data present in the seed file")
+}
+
+/// The uncompressed 15-bit MONOCHROME1 CR cut down to its top-left `side` x `side` pixels:
+/// the real header and real stored values, small enough to decode thousands of times.
+pub fn small_uncompressed(side: u16) -> Vec<u8> {
+    let full = std::fs::read(dicom_dir().join(UNCOMPRESSED)).expect("the shared DICOM data");
+    let columns = 1841;
+    let at = pixel_data_at(&full);
+    let pixels = &full[at + 12..];
+    let mut out = full[..at].to_vec();
+    set_us(&mut out, 0x0028, 0x0010, side);
+    set_us(&mut out, 0x0028, 0x0011, side);
+    out.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
+    out.extend_from_slice(&(u32::from(side) * u32::from(side) * 2).to_le_bytes());
+    for row in 0..usize::from(side) {
+        let start = row * columns * 2;
+        out.extend_from_slice(&pixels[start..start + usize::from(side) * 2]);
+    }
+    out
+}
+
+/// An encapsulated Pixel Data element holding one fragment (empty offset table).
+fn encapsulated(fragment: &[u8]) -> Vec<u8> {
+    let mut out = vec![
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    let mut fragment = fragment.to_vec();
+    if fragment.len() % 2 == 1 {
+        fragment.push(0);
+    }
+    out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+    out.extend_from_slice(&(fragment.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fragment);
+    out.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    out
+}
+
+/// `small_uncompressed(side)` re-encoded as RLE Lossless (the transfer syntax UID has the same
+/// length, so the meta group keeps its size).
+pub fn small_rle(side: u16) -> Vec<u8> {
+    let plain = small_uncompressed(side);
+    let at = pixel_data_at(&plain);
+    let pixels = &plain[at + 12..];
+    let mut out = plain[..at].to_vec();
+    let uid = find(&out, b"1.2.840.10008.1.2.1\0");
+    out[uid + 18] = b'5';
+    let msb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[1]).collect();
+    let lsb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[0]).collect();
+    let (msb, lsb) = (pack_bits(&msb), pack_bits(&lsb));
+    let mut fragment = vec![0u8; 64];
+    fragment[0..4].copy_from_slice(&2u32.to_le_bytes());
+    fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
+    fragment[8..12].copy_from_slice(&(64 + msb.len() as u32).to_le_bytes());
+    fragment.extend_from_slice(&msb);
+    fragment.extend_from_slice(&lsb);
+    out.extend_from_slice(&encapsulated(&fragment));
+    out
+}
+
+/// `small_rle(side)` whose second segment stops short: valid DICOM, broken RLE.
+pub fn small_rle_damaged(side: u16) -> Vec<u8> {
+    let plain = small_uncompressed(side);
+    let at = pixel_data_at(&plain);
+    let mut out = small_rle(side)[..at].to_vec();
+    let pixels = &plain[at + 12..];
+    let msb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[1]).collect();
+    let lsb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[0]).collect();
+    let (msb, mut lsb) = (pack_bits(&msb), pack_bits(&lsb));
+    lsb.truncate(lsb.len() / 2);
+    let mut fragment = vec![0u8; 64];
+    fragment[0..4].copy_from_slice(&2u32.to_le_bytes());
+    fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
+    fragment[8..12].copy_from_slice(&(64 + msb.len() as u32).to_le_bytes());
+    fragment.extend_from_slice(&msb);
+    fragment.extend_from_slice(&lsb);
+    out.extend_from_slice(&encapsulated(&fragment));
+    out
+}
+
+/// `PackBits`: runs of 3+ equal bytes as repeats, the rest as literals of at most 128.
+pub fn pack_bits(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut literal: Vec<u8> = Vec::new();
+    let flush = |literal: &mut Vec<u8>, out: &mut Vec<u8>| {
+        for chunk in literal.chunks(128) {
+            out.push((chunk.len() - 1) as u8);
+            out.extend_from_slice(chunk);
+        }
+        literal.clear();
+    };
+    while i < data.len() {
+        let run = data[i..]
+            .iter()
+            .take(128)
+            .take_while(|&&b| b == data[i])
+            .count();
+        if run >= 3 {
+            flush(&mut literal, &mut out);
+            out.push((1i32 - run as i32) as i8 as u8);
+            out.push(data[i]);
+            i += run;
+        } else {
+            literal.push(data[i]);
+            i += 1;
+        }
+    }
+    flush(&mut literal, &mut out);
+    out
+}
+
+/// The 8-bit JPEG-baseline DICOM with its image replaced by a small JPEG of its own pixels.
+pub fn small_jpeg_dicom(side: u16) -> Vec<u8> {
+    let full = std::fs::read(dicom_dir().join(JPEG)).expect("the shared DICOM data");
+    let image = Xray::decode(&full, JPEG).expect("the seed decodes");
+    let small = image::imageops::thumbnail(&image.original.to_luma8(), side.into(), side.into());
+    let jpeg = encode(&DynamicImage::ImageLuma8(small), ImageFormat::Jpeg);
+    let at = pixel_data_at(&full);
+    let mut out = full[..at].to_vec();
+    set_us(&mut out, 0x0028, 0x0010, side);
+    set_us(&mut out, 0x0028, 0x0011, side);
+    out.extend_from_slice(&encapsulated(&jpeg));
+    out
+}
+
+/// Every kind of input the decoder reads, small enough for thousands of decodes, plus (when
+/// `full`) the real DICOM files at full size (slow: up to a second for JPEG 2000).
+pub fn seeds(full: bool) -> Vec<Seed> {
+    let mut seeds = Vec::new();
+    for name in ["nih_00001299_000.png", "hannover_e1446fe8.png"] {
+        seeds.push(Seed {
+            name: name.into(),
+            bytes: std::fs::read(repo().join("samples").join(name)).expect("sample radiograph"),
+        });
+    }
+    let card = ImageBuffer::from_fn(48, 40, |x, y| Rgb([(x * 5) as u8, (y * 6) as u8, 90]));
+    seeds.push(Seed {
+        name: "card.jpg".into(),
+        bytes: encode(&DynamicImage::ImageRgb8(card), ImageFormat::Jpeg),
+    });
+    let ramp = ImageBuffer::from_fn(40, 32, |x, y| Luma([(x * 1500 + y * 13) as u16]));
+    seeds.push(Seed {
+        name: "ramp16.png".into(),
+        bytes: encode(&DynamicImage::ImageLuma16(ramp), ImageFormat::Png),
+    });
+    seeds.push(Seed {
+        name: "small_uncompressed.dcm".into(),
+        bytes: small_uncompressed(48),
+    });
+    seeds.push(Seed {
+        name: "small_rle.dcm".into(),
+        bytes: small_rle(48),
+    });
+    seeds.push(Seed {
+        name: "small_jpeg.dcm".into(),
+        bytes: small_jpeg_dicom(48),
+    });
+    if full {
+        for name in [UNCOMPRESSED, JPEG2000, JPEG, RELABELLED] {
+            seeds.push(Seed {
+                name: name.into(),
+                bytes: std::fs::read(dicom_dir().join(name)).expect("the shared DICOM data"),
+            });
+        }
+    }
+    seeds
+}
+
+/// Small numbers that break parsers: zero, one, sign and width boundaries, the decoder's limit.
+const INTERESTING: [u32; 14] = [
+    0,
+    1,
+    2,
+    7,
+    8,
+    15,
+    16,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0xFFFF,
+    16_385,
+    0xFFFF_FFFF,
+];
+
+/// Offsets of header fields worth rewriting: DICOM image attributes and element lengths, PNG
+/// IHDR, JPEG SOF.
+fn header_fields(bytes: &[u8]) -> Vec<usize> {
+    let mut fields = Vec::new();
+    let scan = &bytes[..bytes.len().min(4096)];
+    for (i, w) in scan.windows(4).enumerate() {
+        // DICOM group 0028 (image pixel module) and 7FE0 (pixel data), items, meta group.
+        if (w[0] == 0x28 && w[1] == 0x00)
+            || (w[0] == 0xE0 && w[1] == 0x7F)
+            || (w[0] == 0xFE && w[1] == 0xFF)
+            || (w[0] == 0x02 && w[1] == 0x00 && i > 128)
+        {
+            fields.extend([i + 6, i + 8]);
+        }
+        if w == b"IHDR" {
+            fields.extend([i + 4, i + 8, i + 12, i + 13]);
+        }
+        if w[0] == 0xFF && (0xC0..=0xC3).contains(&w[1]) {
+            fields.extend([i + 5, i + 7, i + 9]);
+        }
+        if w[0] == 0xFF && w[1] == 0x51 {
+            // JPEG 2000 SIZ: image and offset sizes, component count.
+            fields.extend([i + 6, i + 10, i + 14, i + 38]);
+        }
+    }
+    fields.retain(|&f| f + 4 <= bytes.len());
+    fields
+}
+
+/// One to four stacked mutations of `seed`.
+pub fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
+    let mut bytes = seed.to_vec();
+    let fields = header_fields(seed);
+    for _ in 0..rng.random_range(1..=4) {
+        if bytes.is_empty() {
+            bytes.push(rng.random());
+        }
+        let len = bytes.len();
+        // Headers are where parsers decide what to allocate: aim half the edits at them.
+        let at = if rng.random_bool(0.5) {
+            rng.random_range(0..len.min(2048))
+        } else {
+            rng.random_range(0..len)
+        };
+        match rng.random_range(0..7) {
+            0 => {
+                for _ in 0..rng.random_range(1..=8) {
+                    let i = if rng.random_bool(0.5) {
+                        at
+                    } else {
+                        rng.random_range(0..len)
+                    };
+                    bytes[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            1 => {
+                let n = rng.random_range(1..=16);
+                let insert: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                bytes.splice(at..at, insert);
+            }
+            2 => {
+                let end = (at + rng.random_range(1..=64)).min(len);
+                bytes.drain(at..end);
+            }
+            3 => bytes.truncate(rng.random_range(0..len)),
+            4 | 5 if !fields.is_empty() => {
+                let field = fields[rng.random_range(0..fields.len())];
+                let value = INTERESTING[rng.random_range(0..INTERESTING.len())];
+                let width = if rng.random_bool(0.5) { 2 } else { 4 };
+                let value = if rng.random_bool(0.2) {
+                    value.wrapping_add(rng.random_range(0..3)).wrapping_sub(1)
+                } else {
+                    value
+                };
+                let le = rng.random_bool(0.5);
+                for k in 0..width {
+                    if let Some(b) = bytes.get_mut(field + k) {
+                        let shift = if le { 8 * k } else { 8 * (width - 1 - k) };
+                        *b = (value >> shift) as u8;
+                    }
+                }
+            }
+            _ => {
+                // Splice: a chunk of the file copied over another place.
+                let from = rng.random_range(0..len);
+                let n = rng.random_range(1..=256).min(len - from);
+                let chunk = bytes[from..from + n].to_vec();
+                let to = at.min(len - n);
+                bytes[to..to + n].copy_from_slice(&chunk);
+            }
+        }
+    }
+    bytes
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// What one decode did.
+pub enum Outcome {
+    Decoded,
+    Refused,
+    /// A third-party decoder panicked inside `Xray::decode`, which caught it.
+    DecoderPanicCaught(String),
+    /// The error did not name the file or spanned lines.
+    BadMessage(String),
+    /// A decoded image with values outside [0, 1] or no pixels.
+    BadImage(String),
+    Panicked(String),
+}
+
+/// Decodes `bytes` as `name`, catching any panic.
+pub fn run_one(bytes: &[u8], name: &str) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| Xray::decode(bytes, name))) {
+        Err(panic) => Outcome::Panicked(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-text panic".into()),
+        ),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if !text.contains(name) || text.contains('\n') {
+                Outcome::BadMessage(text)
+            } else if text.contains("decoder crashed") {
+                Outcome::DecoderPanicCaught(text)
+            } else {
+                Outcome::Refused
+            }
+        }
+        Ok(Ok(x)) => {
+            let ok = x.width() > 0
+                && x.height() > 0
+                && x.gray.pixels().all(|p| (0.0..=1.0).contains(&p.0[0]));
+            if ok {
+                Outcome::Decoded
+            } else {
+                Outcome::BadImage(format!("{}x{}", x.width(), x.height()))
+            }
+        }
+    }
+}

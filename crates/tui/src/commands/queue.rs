@@ -1,0 +1,156 @@
+//! `cxr queue list|label`: the review queue of a watch folder, from scripts or a shell.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use color_eyre::eyre::Result;
+use cxr_core::pipeline::Pipeline;
+use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
+use cxr_core::tch::Device;
+use serde::Serialize;
+
+use crate::cli::{QueueCommand, QueueOrder};
+
+/// One entry as `cxr queue list --json` and `cxr queue label` print it: `state.json` plus where
+/// the files are and the uncertainty the order uses.
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    state: &'a EntryState,
+    dir: &'a Path,
+    image_path: PathBuf,
+    uncertainty: Option<f32>,
+}
+
+impl<'a> Listed<'a> {
+    fn new(item: &'a QueueItem) -> Self {
+        Self {
+            state: &item.state,
+            dir: &item.dir,
+            image_path: item.image_path(),
+            uncertainty: item.uncertainty(),
+        }
+    }
+}
+
+pub fn run(command: QueueCommand, models: &Path, device: Device) -> Result<ExitCode> {
+    match command {
+        QueueCommand::List {
+            dir,
+            order,
+            pending,
+            json,
+        } => list(&dir, order, pending, json),
+        QueueCommand::Label {
+            id,
+            label,
+            dir,
+            reviewer,
+        } => {
+            let reviewer = reviewer.unwrap_or_else(default_reviewer);
+            label_one(&dir, &id, &label, &reviewer, models, device)
+        }
+    }
+}
+
+fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<ExitCode> {
+    let queue = Queue::open(dir)?;
+    let order = match order {
+        QueueOrder::Uncertainty => Order::Uncertainty,
+        QueueOrder::Time => Order::Time,
+    };
+    let (items, problems) = queue.list_checked(order)?;
+    for problem in &problems {
+        eprintln!("cxr: {problem}");
+    }
+    let items: Vec<&QueueItem> = items
+        .iter()
+        .filter(|i| !pending || i.state.state == ReviewState::PendingReview)
+        .collect();
+    if json {
+        for item in &items {
+            super::print_json(&Listed::new(item))?;
+        }
+    } else {
+        println!(
+            "{:<16}  {:<14}  {:<9}  {:>6}  {:>5}  {:<8}  {:<10}  source",
+            "id", "state", "predicted", "p", "doubt", "label", "reviewer"
+        );
+        for item in &items {
+            let s = &item.state;
+            let (predicted, p) = s.predicted.as_ref().map_or(("-".into(), "-".into()), |p| {
+                (p.label.clone(), format!("{:.3}", p.confidence))
+            });
+            let doubt = item
+                .uncertainty()
+                .map_or_else(|| "-".into(), |u| format!("{u:.2}"));
+            let (label, reviewer) = s
+                .review
+                .as_ref()
+                .map_or(("-", "-"), |r| (r.label.as_str(), r.reviewer.as_str()));
+            let state = match s.state {
+                ReviewState::PendingReview => "pending_review",
+                ReviewState::Reviewed => "reviewed",
+            };
+            println!(
+                "{:<16}  {state:<14}  {predicted:<9}  {p:>6}  {doubt:>5}  {label:<8}  {reviewer:<10}  {}",
+                item.id, s.source_name
+            );
+        }
+        let reviewed = items.iter().filter(|i| i.is_reviewed()).count();
+        eprintln!(
+            "cxr: {} entries, {} reviewed, {} pending (doubt: 1 = on the decision threshold, \
+             0 = probability 0 or 1)",
+            items.len(),
+            reviewed,
+            items.len() - reviewed
+        );
+    }
+    Ok(super::exit_code(problems.len()))
+}
+
+fn label_one(
+    dir: &Path,
+    id: &str,
+    label: &str,
+    reviewer: &str,
+    models: &Path,
+    device: Device,
+) -> Result<ExitCode> {
+    let queue = Queue::open(dir)?;
+    let label: Label = label.parse()?;
+    let file = Path::new(id);
+    let item = if file.is_file() {
+        // A radiograph not (necessarily) in the queue: record what the models say about it too,
+        // so that it sorts by uncertainty like the others.
+        let pipeline = Pipeline::load(models, device)?;
+        let analysis = pipeline.analyze_file(file)?;
+        let positive = pipeline.classifier.classes()[0].clone();
+        let predicted = Predicted::new(&analysis.prediction, &positive);
+        queue.label_file(file, label, reviewer, Some(predicted))?
+    } else {
+        queue.label(id, label, reviewer)?
+    };
+    let review = item.state.review.as_ref();
+    eprintln!(
+        "cxr: {} labelled {} by {}{}",
+        item.id,
+        review.map_or("", |r| r.label.as_str()),
+        review.map_or("", |r| r.reviewer.as_str()),
+        item.state
+            .predicted
+            .as_ref()
+            .map(|p| format!(" (predicted {} {:.2})", p.label, p.confidence))
+            .unwrap_or_default()
+    );
+    super::print_json(&Listed::new(&item))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `$USER`, else `$LOGNAME`, else `unknown`.
+fn default_reviewer() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,72 @@
+//! The viewer's link to the training queue: labels go where `cxr train --include-queue` reads
+//! them, and a watch folder opens as its queue, most uncertain first.
+
+use std::path::{Path, PathBuf};
+
+use cxr_core::models::Prediction;
+use cxr_core::queue::{Label, Order, Predicted, Queue};
+
+use crate::tui::app::{Item, ItemState};
+
+/// Who is reviewing: `$USER`, else "reviewer".
+fn reviewer() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "reviewer".into())
+}
+
+/// Records `label` for the radiograph at `path` in the queue of `watch_dir` (created if
+/// missing), keeping what the classifier predicted; returns a line for the status bar.
+pub fn record(
+    watch_dir: &Path,
+    path: &Path,
+    label: &str,
+    predicted: Option<&Prediction>,
+) -> cxr_core::Result<String> {
+    let queue = Queue::create(watch_dir)?;
+    let label: Label = label.parse()?;
+    let predicted = predicted.map(|p| Predicted::new(p, "covid"));
+    let item = queue.label_file(path, label.clone(), &reviewer(), predicted)?;
+    Ok(format!(
+        "labelled {} as {} (queue entry {})",
+        path.display(),
+        label.as_str(),
+        item.id
+    ))
+}
+
+/// The watch folder that `path` is, or whose `queue/` folder it is.
+#[must_use]
+pub fn watch_root(path: &Path) -> Option<PathBuf> {
+    if path.join("queue").is_dir() && path.join("inbox").is_dir() {
+        Some(path.to_path_buf())
+    } else if path.file_name().is_some_and(|n| n == "queue") {
+        path.parent()
+            .filter(|p| p.join("inbox").is_dir())
+            .map(Path::to_path_buf)
+    } else {
+        None
+    }
+}
+
+/// The items of a watch folder's queue, most uncertain first, with their predictions and
+/// reviews already filled in.
+pub fn queue_items(root: &Path) -> cxr_core::Result<Vec<Item>> {
+    let queue = Queue::open(root)?;
+    Ok(queue
+        .list(Order::Uncertainty)?
+        .into_iter()
+        .map(|entry| {
+            let mut item = Item::new(entry.image_path());
+            if let Some(p) = &entry.state.predicted {
+                item.state = ItemState::Predicted {
+                    label: p.label.clone(),
+                    probability: p.confidence,
+                };
+            }
+            item.reviewed = entry.label().map(|l| l.as_str().to_owned());
+            item
+        })
+        .collect())
+}

@@ -1,0 +1,493 @@
+//! The viewer's state and its update function: pure, no I/O. `update` turns an event into
+//! state changes and a list of actions for the runner to carry out.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use cxr_core::explain::report::MethodReport;
+use cxr_core::models::Prediction;
+use cxr_core::pipeline::Timings;
+use image::DynamicImage;
+use ratatui::layout::Size;
+use ratatui_image::protocol::Protocol;
+
+use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
+use super::worker::Job;
+
+/// Where an image stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemState {
+    Pending,
+    Processing,
+    Predicted { label: String, probability: f32 },
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub path: PathBuf,
+    pub state: ItemState,
+    /// The label a reviewer gave (covid / normal / skip).
+    pub reviewed: Option<String>,
+}
+
+impl Item {
+    #[must_use]
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            state: ItemState::Pending,
+            reviewed: None,
+        }
+    }
+}
+
+/// What the selected image shows once the worker has answered.
+pub struct Shown {
+    pub prediction: Prediction,
+    pub timings: Timings,
+    pub report: Option<MethodReport>,
+}
+
+/// A line being typed at the bottom of the screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Parameters for the current explainer, `name=value,...`.
+    Params(String),
+    /// A file or folder to open.
+    Open(String),
+}
+
+/// Things the runner must do (everything with side effects).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Analyse and explain (replaces any job still waiting).
+    Run(Job),
+    /// Encode a picture for a pane at a size.
+    Encode {
+        pane: Pane,
+        size: Size,
+    },
+    /// Record a reviewer's label for an image (with the prediction shown, if any).
+    Label {
+        path: PathBuf,
+        label: String,
+        predicted: Option<Prediction>,
+    },
+    /// Replace the image list with this file or folder.
+    Open(PathBuf),
+    Quit,
+}
+
+#[allow(clippy::struct_excessive_bools)] // independent view toggles, not a state machine
+pub struct App {
+    pub items: Vec<Item>,
+    pub selected: usize,
+    /// Registered explainer names, from the registry (the viewer names none itself).
+    pub explainers: Vec<String>,
+    pub explainer: usize,
+    /// Parameters typed for each explainer.
+    pub params: std::collections::HashMap<String, String>,
+    pub outline: bool,
+    pub opacity: f32,
+    /// Original and overlay side by side (else the overlay alone).
+    pub side_by_side: bool,
+    pub help: bool,
+    pub prompt: Option<Prompt>,
+    /// Tag of the newest job; answers to older ones are dropped.
+    pub generation: u64,
+    pub shown: Option<Shown>,
+    /// Decoded pictures of the selection, and their encodings with the size they fit.
+    pub pictures: [Option<DynamicImage>; 2],
+    pub protocols: [Option<(Size, Protocol)>; 2],
+    /// Pane sizes from the last layout, and the encodes asked for (generation, size).
+    pub pane_sizes: [Option<Size>; 2],
+    pub requested: [Option<(u64, Size)>; 2],
+    /// What the background is doing, since when.
+    pub busy: Option<(String, Instant)>,
+    /// The last message for the status bar (errors included).
+    pub status: String,
+    /// Key presses waiting for a redraw, and measured input-to-redraw latencies.
+    pub pending_keys: Vec<Instant>,
+    pub latencies: Vec<Duration>,
+    pub quit: bool,
+}
+
+fn pane_index(pane: Pane) -> usize {
+    match pane {
+        Pane::Original => 0,
+        Pane::Overlay => 1,
+    }
+}
+
+pub const LABELS: [(char, &str); 3] = [('c', "covid"), ('n', "normal"), ('s', "skip")];
+
+impl App {
+    #[must_use]
+    pub fn new(items: Vec<Item>, explainers: Vec<String>) -> Self {
+        Self {
+            items,
+            selected: 0,
+            explainers,
+            explainer: 0,
+            params: std::collections::HashMap::new(),
+            outline: true,
+            opacity: 0.6,
+            side_by_side: true,
+            help: false,
+            prompt: None,
+            generation: 0,
+            shown: None,
+            pictures: [None, None],
+            protocols: [None, None],
+            pane_sizes: [None, None],
+            requested: [None, None],
+            busy: None,
+            status: String::new(),
+            pending_keys: Vec::new(),
+            latencies: Vec::new(),
+            quit: false,
+        }
+    }
+
+    #[must_use]
+    pub fn method(&self) -> &str {
+        self.explainers
+            .get(self.explainer)
+            .map_or("", String::as_str)
+    }
+
+    /// A new job for the selection with the current settings; older answers become stale.
+    pub fn request(&mut self) -> Vec<Action> {
+        let method = self.method().to_owned();
+        let Some(item) = self.items.get_mut(self.selected) else {
+            return Vec::new();
+        };
+        self.generation += 1;
+        // Until the worker picks this job up it may still be busy with an older one.
+        self.busy = Some((format!("waiting to run {method}"), Instant::now()));
+        if matches!(item.state, ItemState::Pending | ItemState::Failed(_)) {
+            item.state = ItemState::Processing;
+        }
+        let job = Job {
+            generation: self.generation,
+            path: item.path.clone(),
+            method: self.method().to_owned(),
+            params: self.params.get(self.method()).cloned().unwrap_or_default(),
+            outline: self.outline,
+            opacity: self.opacity,
+        };
+        vec![Action::Run(job)]
+    }
+
+    /// Selection changed: forget what was shown and ask for the new one.
+    fn select(&mut self, index: usize) -> Vec<Action> {
+        if self.items.is_empty() || index == self.selected && self.shown.is_some() {
+            return Vec::new();
+        }
+        // A job replaced before it ran leaves its image pending, not "processing" for ever.
+        if let Some(item) = self.items.get_mut(self.selected)
+            && item.state == ItemState::Processing
+        {
+            item.state = ItemState::Pending;
+        }
+        self.selected = index.min(self.items.len() - 1);
+        self.shown = None;
+        self.pictures = [None, None];
+        self.protocols = [None, None];
+        self.request()
+    }
+
+    /// Encodings whose pane changed size (or that are missing) must be redone; each is asked
+    /// for once per picture and size.
+    pub fn encodes_needed(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for pane in [Pane::Original, Pane::Overlay] {
+            let i = pane_index(pane);
+            let (Some(size), Some(_)) = (self.pane_sizes[i], &self.pictures[i]) else {
+                continue;
+            };
+            let current = self.protocols[i].as_ref().map(|(s, _)| *s);
+            if current != Some(size) && self.requested[i] != Some((self.generation, size)) {
+                self.requested[i] = Some((self.generation, size));
+                actions.push(Action::Encode { pane, size });
+            }
+        }
+        actions
+    }
+
+    pub fn update(&mut self, event: AppEvent) -> Vec<Action> {
+        match event {
+            AppEvent::Key(key, at) => {
+                self.pending_keys.push(at);
+                self.on_key(key)
+            }
+            AppEvent::Resize => {
+                // Encodings fit the old layout: drop them so the panes re-encode.
+                self.protocols = [None, None];
+                self.requested = [None, None];
+                Vec::new()
+            }
+            AppEvent::Tick => Vec::new(),
+            AppEvent::Worker(event) => self.on_worker(event),
+            AppEvent::Encoded(encoded) => {
+                self.on_encoded(encoded);
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_worker(&mut self, event: WorkerEvent) -> Vec<Action> {
+        match event {
+            WorkerEvent::Started { generation, what } => {
+                if generation == self.generation {
+                    self.busy = Some((what, Instant::now()));
+                }
+                Vec::new()
+            }
+            WorkerEvent::Analysed {
+                generation,
+                path,
+                prediction,
+                timings,
+                original,
+            } => {
+                // The list shows every answer, even a stale one: it is still true of that file.
+                if let Some(item) = self.items.iter_mut().find(|i| i.path == path) {
+                    let probability = prediction
+                        .probabilities
+                        .get(&prediction.label)
+                        .copied()
+                        .unwrap_or(0.0);
+                    item.state = ItemState::Predicted {
+                        label: prediction.label.clone(),
+                        probability,
+                    };
+                }
+                if generation != self.generation {
+                    return Vec::new();
+                }
+                let report = self.shown.take().and_then(|s| s.report);
+                self.shown = Some(Shown {
+                    prediction,
+                    timings,
+                    report,
+                });
+                self.pictures[0] = Some(original);
+                self.protocols[0] = None;
+                self.requested[0] = None;
+                self.encodes_needed()
+            }
+            WorkerEvent::Explained {
+                generation,
+                overlay,
+                report,
+            } => {
+                if generation != self.generation {
+                    return Vec::new();
+                }
+                self.busy = None;
+                if let Some(shown) = &mut self.shown {
+                    shown.report = Some(report);
+                }
+                self.pictures[1] = Some(overlay);
+                self.protocols[1] = None;
+                self.requested[1] = None;
+                self.encodes_needed()
+            }
+            WorkerEvent::Known { path, prediction } => {
+                if let Some(item) = self
+                    .items
+                    .iter_mut()
+                    .find(|i| i.path == path && i.state == ItemState::Pending)
+                {
+                    let probability = prediction
+                        .probabilities
+                        .get(&prediction.label)
+                        .copied()
+                        .unwrap_or(0.0);
+                    item.state = ItemState::Predicted {
+                        label: prediction.label,
+                        probability,
+                    };
+                }
+                Vec::new()
+            }
+            WorkerEvent::Failed {
+                generation,
+                path,
+                message,
+            } => {
+                if let Some(item) = self.items.iter_mut().find(|i| i.path == path) {
+                    item.state = ItemState::Failed(message.clone());
+                }
+                if generation == self.generation {
+                    self.busy = None;
+                    self.status = format!("error: {message}");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_encoded(&mut self, encoded: Encoded) {
+        if encoded.generation != self.generation {
+            return;
+        }
+        let i = pane_index(encoded.pane);
+        match encoded.protocol {
+            Ok(protocol) => self.protocols[i] = Some((encoded.size, protocol)),
+            Err(e) => self.status = format!("error: cannot draw the image: {e}"),
+        }
+    }
+
+    fn on_key(&mut self, key: KeyEvent) -> Vec<Action> {
+        if let Some(prompt) = self.prompt.take() {
+            return self.on_prompt_key(prompt, key);
+        }
+        if self.help {
+            self.help = false;
+            return Vec::new();
+        }
+        let last = self.items.len().saturating_sub(1);
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => {
+                self.quit = true;
+                vec![Action::Quit]
+            }
+            KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.quit = true;
+                vec![Action::Quit]
+            }
+            KeyCode::Char('?') => {
+                self.help = true;
+                Vec::new()
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.select((self.selected + 1).min(last)),
+            KeyCode::Up | KeyCode::Char('k') => self.select(self.selected.saturating_sub(1)),
+            KeyCode::PageDown => self.select((self.selected + 10).min(last)),
+            KeyCode::PageUp => self.select(self.selected.saturating_sub(10)),
+            KeyCode::Home | KeyCode::Char('g') => self.select(0),
+            KeyCode::End | KeyCode::Char('G') => self.select(last),
+            KeyCode::Tab | KeyCode::Char('e') => self.cycle_explainer(1),
+            KeyCode::BackTab | KeyCode::Char('E') => {
+                self.cycle_explainer(self.explainers.len().saturating_sub(1))
+            }
+            KeyCode::Char('m') => {
+                self.outline = !self.outline;
+                self.request()
+            }
+            KeyCode::Char('+' | '=') => self.change_opacity(0.1),
+            KeyCode::Char('-') => self.change_opacity(-0.1),
+            KeyCode::Char('o') => {
+                self.side_by_side = !self.side_by_side;
+                self.protocols = [None, None];
+                self.requested = [None, None];
+                Vec::new()
+            }
+            KeyCode::Char('p') => {
+                self.prompt = Some(Prompt::Params(
+                    self.params.get(self.method()).cloned().unwrap_or_default(),
+                ));
+                Vec::new()
+            }
+            KeyCode::Char('O') => {
+                self.prompt = Some(Prompt::Open(String::new()));
+                Vec::new()
+            }
+            KeyCode::Char('r') => self.request(),
+            KeyCode::Char(c) => match LABELS.iter().find(|(k, _)| *k == c) {
+                Some((_, label)) => self.label(label),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    fn cycle_explainer(&mut self, step: usize) -> Vec<Action> {
+        if self.explainers.is_empty() {
+            return Vec::new();
+        }
+        self.explainer = (self.explainer + step) % self.explainers.len();
+        if let Some(shown) = &mut self.shown {
+            shown.report = None;
+        }
+        self.pictures[1] = None;
+        self.protocols[1] = None;
+        self.request()
+    }
+
+    fn change_opacity(&mut self, delta: f32) -> Vec<Action> {
+        self.opacity = ((self.opacity + delta) * 10.0).round().clamp(0.0, 10.0) / 10.0;
+        self.request()
+    }
+
+    fn label(&mut self, label: &str) -> Vec<Action> {
+        let Some(item) = self.items.get_mut(self.selected) else {
+            return Vec::new();
+        };
+        item.reviewed = Some(label.to_owned());
+        let predicted = self.shown.as_ref().map(|s| s.prediction.clone());
+        let action = Action::Label {
+            path: item.path.clone(),
+            label: label.to_owned(),
+            predicted,
+        };
+        // Labelling moves on to the next image, as reviewers expect.
+        let next = (self.selected + 1).min(self.items.len() - 1);
+        let mut actions = vec![action];
+        actions.extend(self.select(next));
+        actions
+    }
+
+    fn on_prompt_key(&mut self, prompt: Prompt, key: KeyEvent) -> Vec<Action> {
+        let (mut text, is_params) = match prompt {
+            Prompt::Params(t) => (t, true),
+            Prompt::Open(t) => (t, false),
+        };
+        match key.code {
+            KeyCode::Esc => return Vec::new(),
+            KeyCode::Enter => {
+                return if is_params {
+                    self.params
+                        .insert(self.method().to_owned(), text.trim().to_owned());
+                    if let Some(shown) = &mut self.shown {
+                        shown.report = None;
+                    }
+                    self.request()
+                } else {
+                    vec![Action::Open(PathBuf::from(text.trim()))]
+                };
+            }
+            KeyCode::Backspace => {
+                text.pop();
+            }
+            KeyCode::Char(c) => text.push(c),
+            _ => {}
+        }
+        self.prompt = Some(if is_params {
+            Prompt::Params(text)
+        } else {
+            Prompt::Open(text)
+        });
+        Vec::new()
+    }
+
+    /// Replaces the list (after `Action::Open` succeeded).
+    pub fn open(&mut self, items: Vec<Item>) -> Vec<Action> {
+        self.items = items;
+        self.selected = 0;
+        self.shown = None;
+        self.pictures = [None, None];
+        self.protocols = [None, None];
+        self.request()
+    }
+
+    /// Called after each draw: the keys read before it have now been answered on screen.
+    pub fn drawn(&mut self, now: Instant) {
+        for at in self.pending_keys.drain(..) {
+            self.latencies.push(now.duration_since(at));
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Everything that can happen to the viewer arrives as one `AppEvent` on one channel: terminal
+//! input, resizes, ticks, and results from the background workers.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crossterm::event::KeyEvent;
+use cxr_core::explain::report::MethodReport;
+use cxr_core::models::Prediction;
+use cxr_core::pipeline::Timings;
+use image::DynamicImage;
+use ratatui::layout::Size;
+use ratatui_image::protocol::Protocol;
+
+/// Which picture a pane shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pane {
+    Original,
+    Overlay,
+}
+
+/// A worker's answer, tagged with the generation of the request it answers: the app drops
+/// answers to requests it has since replaced.
+pub enum WorkerEvent {
+    /// The job for `generation` has started.
+    Started { generation: u64, what: String },
+    /// Segmentation and classification are done.
+    Analysed {
+        generation: u64,
+        path: PathBuf,
+        prediction: Prediction,
+        timings: Timings,
+        original: DynamicImage,
+    },
+    /// The explanation is done and drawn.
+    Explained {
+        generation: u64,
+        overlay: DynamicImage,
+        report: MethodReport,
+    },
+    /// A file's classification found in the cache (for the list; any generation).
+    Known {
+        path: PathBuf,
+        prediction: Prediction,
+    },
+    /// The job failed; the viewer shows the message and goes on.
+    Failed {
+        generation: u64,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// A picture encoded for the terminal at a given size.
+pub struct Encoded {
+    pub generation: u64,
+    pub pane: Pane,
+    pub size: Size,
+    pub protocol: Result<Protocol, String>,
+}
+
+pub enum AppEvent {
+    /// A key press, with the time it was read (for the input-to-redraw latency).
+    Key(KeyEvent, Instant),
+    Resize,
+    Tick,
+    Worker(WorkerEvent),
+    Encoded(Encoded),
+}

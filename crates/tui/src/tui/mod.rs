@@ -1,0 +1,264 @@
+//! The terminal viewer (`cxr` or `cxr tui [PATH]`). This module owns the terminal and the
+//! threads; `app` holds the state and its pure update, `ui` draws, `worker` does the heavy work.
+
+pub mod app;
+pub mod event;
+#[cfg(test)]
+mod tests;
+pub mod ui;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use color_eyre::eyre::{Result, WrapErr};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossterm::event::{Event, KeyEventKind};
+use cxr_core::cache::Cache;
+use cxr_core::explain::registry;
+use cxr_core::pipeline::Pipeline;
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+use ratatui::layout::Rect;
+use ratatui_image::picker::{Picker, ProtocolType};
+
+use app::{Action, App, Item};
+use event::{AppEvent, Pane};
+use worker::{EncodeJob, Job, Latest};
+
+/// How the viewer was asked to start.
+pub struct Options {
+    /// A folder of radiographs, one file, or a watch queue.
+    pub path: PathBuf,
+    /// `auto` (ask the terminal), `halfblocks`, `sixel`, `kitty` or `iterm2`.
+    pub image_protocol: String,
+    /// Where labels go: the watch folder whose queue feeds retraining.
+    pub watch_dir: PathBuf,
+    /// Where results are cached (a disabled cache for `--no-cache`).
+    pub cache: Cache,
+}
+
+/// The side-effecting half of the viewer: worker slots and label storage.
+pub struct Effects {
+    pub jobs: Arc<Latest<Job>>,
+    pub encoders: [Arc<Latest<EncodeJob>>; 2],
+    pub watch_dir: PathBuf,
+    /// Cache, model fingerprint and event channel, to label opened files from the cache.
+    pub scan: Option<(Cache, String, Sender<AppEvent>)>,
+}
+
+impl Effects {
+    fn apply(&self, app: &mut App, actions: Vec<Action>) {
+        let mut queue = actions;
+        while let Some(action) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            match action {
+                Action::Run(job) => self.jobs.put(job),
+                Action::Encode { pane, size } => {
+                    let i = usize::from(pane == Pane::Overlay);
+                    if let Some(image) = app.pictures[i].clone() {
+                        self.encoders[i].put(EncodeJob {
+                            generation: app.generation,
+                            pane,
+                            size,
+                            image,
+                        });
+                    }
+                }
+                Action::Label {
+                    path,
+                    label,
+                    predicted,
+                } => {
+                    let recorded =
+                        crate::labels::record(&self.watch_dir, &path, &label, predicted.as_ref());
+                    app.status = match recorded {
+                        Ok(message) => message,
+                        Err(e) => format!("error: labelling {}: {e}", path.display()),
+                    };
+                }
+                Action::Open(path) => match open_items(&path) {
+                    Ok(items) => {
+                        if let Some((cache, fingerprint, events)) = &self.scan {
+                            let files = items.iter().map(|i| i.path.clone()).collect();
+                            let (cache, fingerprint) = (cache.clone(), fingerprint.clone());
+                            worker::spawn_cache_scan(files, cache, fingerprint, events.clone());
+                        }
+                        queue.extend(app.open(items));
+                    }
+                    Err(e) => app.status = format!("error: opening {}: {e}", path.display()),
+                },
+                Action::Quit => {}
+            }
+        }
+    }
+}
+
+/// The images at `path`: a watch folder's queue (most uncertain first, with predictions and
+/// reviews), or the radiographs of a folder, or one file.
+fn open_items(path: &Path) -> Result<Vec<Item>> {
+    if let Some(root) = crate::labels::watch_root(path) {
+        return Ok(crate::labels::queue_items(&root)?);
+    }
+    let files =
+        worker::list_images(path).wrap_err_with(|| format!("opening {}", path.display()))?;
+    Ok(files.into_iter().map(Item::new).collect())
+}
+
+/// The main loop, generic over the backend so tests can drive it with `TestBackend`: draw,
+/// then handle every queued event, then draw once more; ticks keep the busy timer moving.
+pub fn main_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    events: &Receiver<AppEvent>,
+    effects: &Effects,
+) -> Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
+    let first = app.request();
+    effects.apply(app, first);
+    loop {
+        terminal.draw(|frame| ui::view(frame, app, Instant::now()))?;
+        app.drawn(Instant::now());
+        if app.quit {
+            break;
+        }
+        let size = terminal.size()?;
+        let areas = ui::areas(Rect::new(0, 0, size.width, size.height), app);
+        app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+        let encodes = app.encodes_needed();
+        effects.apply(app, encodes);
+
+        let tick = if app.busy.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        let first = match events.recv_timeout(tick) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => AppEvent::Tick,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for event in std::iter::once(first).chain(events.try_iter()) {
+            let actions = app.update(event);
+            effects.apply(app, actions);
+        }
+    }
+    Ok(())
+}
+
+/// Reads terminal input on its own thread; only key presses are forwarded.
+fn spawn_input(events: Sender<AppEvent>) {
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            let forwarded = match event {
+                Event::Key(key) if key.kind == KeyEventKind::Press => {
+                    AppEvent::Key(key, Instant::now())
+                }
+                Event::Resize(..) => AppEvent::Resize,
+                _ => continue,
+            };
+            if events.send(forwarded).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Picks the image protocol: asked of the terminal once (after entering the alternate screen,
+/// before the input thread starts), halfblocks when it does not answer, or as overridden.
+fn picker(choice: &str) -> Result<Picker> {
+    let forced = match choice {
+        "auto" => None,
+        "halfblocks" => Some(ProtocolType::Halfblocks),
+        "sixel" => Some(ProtocolType::Sixel),
+        "kitty" => Some(ProtocolType::Kitty),
+        "iterm2" => Some(ProtocolType::Iterm2),
+        other => color_eyre::eyre::bail!(
+            "--image-protocol {other}: expected auto, halfblocks, sixel, kitty or iterm2"
+        ),
+    };
+    if forced == Some(ProtocolType::Halfblocks) {
+        return Ok(Picker::halfblocks());
+    }
+    let mut picker = Picker::from_query_stdio().unwrap_or_else(|e| {
+        tracing::warn!("terminal did not answer the graphics query ({e}); using halfblocks");
+        Picker::halfblocks()
+    });
+    if let Some(protocol) = forced {
+        picker.set_protocol_type(protocol);
+    }
+    tracing::info!(protocol = ?picker.protocol_type(), tmux = picker.tmux_detected(), "image protocol");
+    Ok(picker)
+}
+
+/// Runs the viewer until the user quits. The models load before the terminal is taken over,
+/// so a missing model is a plain error message.
+pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> Result<()> {
+    let pipeline = Pipeline::load(models, device)?;
+    let items = open_items(&options.path)?;
+    let explainers = registry::all()?.iter().map(|e| e.name.to_owned()).collect();
+    let mut app = App::new(items, explainers);
+    if let Some(i) = app.explainers.iter().position(|n| n == "grad-cam") {
+        app.explainer = i;
+    }
+
+    let mut terminal = ratatui::init();
+    let outcome = (|| {
+        let picker = picker(&options.image_protocol)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        spawn_input(tx.clone());
+        // Labels of a queue being reviewed go to that queue.
+        let watch_dir =
+            crate::labels::watch_root(&options.path).unwrap_or_else(|| options.watch_dir.clone());
+        let effects = Effects {
+            jobs: Latest::new(),
+            encoders: [Latest::new(), Latest::new()],
+            watch_dir,
+            scan: Some((
+                options.cache.clone(),
+                pipeline.fingerprint.clone(),
+                tx.clone(),
+            )),
+        };
+        let paths = app.items.iter().map(|i| i.path.clone()).collect();
+        worker::spawn_cache_scan(
+            paths,
+            options.cache.clone(),
+            pipeline.fingerprint.clone(),
+            tx.clone(),
+        );
+        worker::spawn_inference(
+            pipeline,
+            options.cache.clone(),
+            effects.jobs.clone(),
+            tx.clone(),
+        );
+        for slot in &effects.encoders {
+            worker::spawn_encoder(picker.clone(), slot.clone(), tx.clone());
+        }
+        main_loop(&mut terminal, &mut app, &rx, &effects)
+    })();
+    ratatui::restore();
+    log_latencies(&app.latencies);
+    outcome
+}
+
+/// Input-to-redraw latency, written to the log when the viewer closes.
+fn log_latencies(latencies: &[Duration]) {
+    if latencies.is_empty() {
+        return;
+    }
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let p95 = ms[(ms.len() * 95 / 100).min(ms.len() - 1)];
+    tracing::info!(
+        keys = ms.len(),
+        median_ms = median,
+        p95_ms = p95,
+        max_ms = ms[ms.len() - 1],
+        "input-to-redraw latency"
+    );
+}

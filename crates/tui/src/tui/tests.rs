@@ -1,0 +1,354 @@
+//! The viewer without a terminal: update logic as pure functions over events, and rendering
+//! snapshots with `TestBackend` (halfblocks) at 80x24 and 160x48.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use cxr_core::explain::HeatmapSummary;
+use cxr_core::explain::quality::Quality;
+use cxr_core::explain::report::MethodReport;
+use cxr_core::models::Prediction;
+use cxr_core::pipeline::Timings;
+use image::DynamicImage;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::layout::Rect;
+use ratatui_image::Resize;
+use ratatui_image::picker::Picker;
+
+use super::app::{Action, App, Item, ItemState};
+use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
+use super::ui;
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../samples")
+        .join(name)
+}
+
+fn key(c: char) -> AppEvent {
+    AppEvent::Key(
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE),
+        Instant::now(),
+    )
+}
+
+fn app() -> App {
+    let items = [
+        "hannover_e1446fe8.png",
+        "nih_00001299_000.png",
+        "nih_00002013_002.png",
+    ]
+    .iter()
+    .map(|n| Item::new(sample(n)))
+    .collect();
+    App::new(items, vec!["grad-cam".into(), "lime".into()])
+}
+
+fn prediction(covid: f32) -> Prediction {
+    let probabilities = BTreeMap::from([
+        ("covid".to_owned(), covid),
+        ("normal".to_owned(), 1.0 - covid),
+    ]);
+    let label = if covid >= 0.69 { "covid" } else { "normal" };
+    Prediction {
+        probabilities,
+        label: label.into(),
+        threshold: 0.69,
+    }
+}
+
+fn method_report() -> MethodReport {
+    let quality = Quality {
+        deletion_auc: 0.265,
+        insertion_auc: 0.698,
+        lung_mass_share: Some(0.47),
+        randomisation_correlation: None,
+    };
+    MethodReport {
+        method: "grad-cam".into(),
+        params: String::new(),
+        target: "covid".into(),
+        heatmap: HeatmapSummary {
+            mean: 0.2,
+            max: 1.0,
+            above_half: 0.1,
+        },
+        quality,
+        details: serde_json::Map::new(),
+        explain_ms: 4.0,
+        quality_ms: 60.0,
+    }
+}
+
+fn job_of(actions: &[Action]) -> super::worker::Job {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Run(job) => Some(job.clone()),
+            _ => None,
+        })
+        .expect("a job was requested")
+}
+
+#[test]
+fn moving_requests_the_new_selection_and_drops_stale_answers() {
+    let mut app = app();
+    let first = job_of(&app.request());
+    let second = job_of(&app.update(key('j')));
+    assert_eq!(second.path, sample("nih_00001299_000.png"));
+    assert!(second.generation > first.generation);
+    // The answer to the first request arrives late: the list learns from it, the screen does not.
+    let original = DynamicImage::new_luma8(8, 8);
+    let late = WorkerEvent::Analysed {
+        generation: first.generation,
+        path: first.path.clone(),
+        prediction: prediction(0.99),
+        timings: Timings::default(),
+        original: original.clone(),
+    };
+    app.update(AppEvent::Worker(late));
+    assert!(
+        app.shown.is_none(),
+        "a stale result must not replace the newer selection"
+    );
+    assert!(matches!(app.items[0].state, ItemState::Predicted { .. }));
+    let late_overlay = WorkerEvent::Explained {
+        generation: first.generation,
+        overlay: original.clone(),
+        report: method_report(),
+    };
+    app.update(AppEvent::Worker(late_overlay));
+    assert!(app.pictures[1].is_none());
+    // The current answer is shown.
+    let current = WorkerEvent::Analysed {
+        generation: second.generation,
+        path: second.path,
+        prediction: prediction(0.1),
+        timings: Timings::default(),
+        original,
+    };
+    app.update(AppEvent::Worker(current));
+    assert_eq!(app.shown.as_ref().unwrap().prediction.label, "normal");
+}
+
+#[test]
+fn fast_scrolling_keeps_one_pending_job() {
+    let mut app = app();
+    let slot = super::worker::Latest::new();
+    for _ in 0..50 {
+        for action in app.update(key('j')).into_iter().chain(app.update(key('k'))) {
+            if let Action::Run(job) = action {
+                slot.put(job);
+            }
+        }
+    }
+    // Only the newest request is waiting: a worker that wakes up runs one job, not a hundred.
+    let waiting = slot.try_take().unwrap();
+    assert_eq!(waiting.generation, app.generation);
+    assert!(slot.try_take().is_none());
+}
+
+#[test]
+fn labelling_records_and_moves_on() {
+    let mut app = app();
+    app.request();
+    let actions = app.update(key('n'));
+    assert_eq!(
+        actions[0],
+        Action::Label {
+            path: sample("hannover_e1446fe8.png"),
+            label: "normal".into(),
+            predicted: None
+        }
+    );
+    assert_eq!(app.items[0].reviewed.as_deref(), Some("normal"));
+    assert_eq!(app.selected, 1);
+    assert!(matches!(actions[1], Action::Run(_)));
+    let actions = app.update(key('c'));
+    assert!(matches!(&actions[0], Action::Label { path, label, .. }
+        if *path == sample("nih_00001299_000.png") && label == "covid"));
+}
+
+#[test]
+fn explainer_switch_and_parameters_rerun() {
+    let mut app = app();
+    app.request();
+    let job = job_of(&app.update(key('e')));
+    assert_eq!(job.method, "lime");
+    app.update(key('p'));
+    for c in "samples=200".chars() {
+        app.update(key(c));
+    }
+    let job = job_of(&app.update(AppEvent::Key(
+        KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE),
+        Instant::now(),
+    )));
+    assert_eq!(
+        (job.method.as_str(), job.params.as_str()),
+        ("lime", "samples=200")
+    );
+    let job = job_of(&app.update(key('-')));
+    assert!((job.opacity - 0.5).abs() < 1e-6);
+    let job = job_of(&app.update(key('m')));
+    assert!(!job.outline);
+    assert!(app.update(key('q')).contains(&Action::Quit) && app.quit);
+}
+
+#[test]
+fn failures_show_in_the_status_bar_and_the_app_goes_on() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    let failed = WorkerEvent::Failed {
+        generation: job.generation,
+        path: job.path,
+        message: "corrupt image".into(),
+    };
+    app.update(AppEvent::Worker(failed));
+    assert!(app.status.contains("corrupt image"));
+    assert!(matches!(app.items[0].state, ItemState::Failed(_)));
+    assert!(!app.quit);
+    assert!(!app.update(key('j')).is_empty(), "still responds");
+}
+
+#[test]
+fn the_explainer_list_comes_from_the_registry() {
+    cxr_explainers::link();
+    let names: Vec<String> = cxr_core::explain::registry::all()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_owned())
+        .collect();
+    assert!(names.contains(&"grad-cam".to_owned()) && names.contains(&"lime".to_owned()));
+    let mut app = App::new(
+        vec![Item::new(sample("nih_00001299_000.png"))],
+        names.clone(),
+    );
+    app.request();
+    let mut seen = Vec::new();
+    for _ in 0..names.len() {
+        seen.push(job_of(&app.update(key('e'))).method);
+    }
+    seen.sort();
+    let mut expected = names;
+    expected.sort();
+    assert_eq!(seen, expected, "cycling visits every registered explainer");
+}
+
+/// A fully answered screen: prediction, explanation, both pictures encoded with halfblocks.
+fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
+    let mut app = app();
+    let job = job_of(&app.request());
+    let original = image::open(sample("hannover_e1446fe8.png")).unwrap();
+    let overlay = DynamicImage::ImageRgb8(original.to_rgb8());
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path,
+        prediction: prediction(0.999),
+        timings: Timings {
+            decode_ms: 1.0,
+            segment_ms: 50.0,
+            preprocess_ms: 2.0,
+            classify_ms: 4.0,
+            total_ms: 57.0,
+        },
+        original,
+    }));
+    app.update(AppEvent::Worker(WorkerEvent::Explained {
+        generation: job.generation,
+        overlay,
+        report: method_report(),
+    }));
+    let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+    let picker = Picker::halfblocks();
+    for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
+        if let (Some(rect), Some(picture)) = (areas.panes[i], app.pictures[i].clone()) {
+            let size = ui::picture_size(rect);
+            let protocol = picker
+                .new_protocol(picture, size, Resize::Fit(None))
+                .map_err(|e| e.to_string());
+            app.update(AppEvent::Encoded(Encoded {
+                generation: app.generation,
+                pane,
+                size,
+                protocol,
+            }));
+        }
+    }
+    (app, Terminal::new(TestBackend::new(width, height)).unwrap())
+}
+
+#[test]
+fn snapshot_80x24() {
+    let (app, mut terminal) = answered(80, 24);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn snapshot_160x48() {
+    let (app, mut terminal) = answered(160, 48);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn snapshot_help_80x24() {
+    let (mut app, mut terminal) = answered(80, 24);
+    app.update(key('?'));
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn resize_drops_encodings_and_asks_for_new_ones() {
+    let (mut app, _) = answered(160, 48);
+    assert!(app.protocols.iter().all(Option::is_some));
+    app.update(AppEvent::Resize);
+    assert!(app.protocols.iter().all(Option::is_none));
+    let areas = ui::areas(Rect::new(0, 0, 100, 30), &app);
+    app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+    let encodes = app.encodes_needed();
+    assert!(!encodes.is_empty() && encodes.iter().all(|a| matches!(a, Action::Encode { .. })));
+    assert!(
+        app.encodes_needed().is_empty(),
+        "an encode in flight is not asked for twice"
+    );
+}
+
+#[test]
+fn main_loop_runs_on_a_test_backend_and_quits() {
+    let mut app = app();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let effects = super::Effects {
+        jobs: super::worker::Latest::new(),
+        encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
+        watch_dir: std::env::temp_dir().join("cxr-test-unused"),
+        scan: None,
+    };
+    tx.send(key('j')).unwrap();
+    tx.send(key('q')).unwrap();
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    super::main_loop(&mut terminal, &mut app, &rx, &effects).unwrap();
+    assert!(app.quit);
+    assert_eq!(app.selected, 1);
+    assert_eq!(
+        app.latencies.len(),
+        2,
+        "both keys were answered by a redraw"
+    );
+    assert_eq!(
+        effects.jobs.try_take().unwrap().path,
+        sample("nih_00001299_000.png")
+    );
+}

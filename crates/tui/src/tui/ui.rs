@@ -1,0 +1,317 @@
+//! Drawing: pure functions of the app state (and the clock, for the busy timer).
+
+use std::time::Instant;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect, Size};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui_image::Image;
+
+use super::app::{App, ItemState, LABELS, Prompt};
+
+/// Where everything goes on screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Areas {
+    pub list: Rect,
+    /// Picture panes (original, overlay), outer rectangles; `None` when not shown.
+    pub panes: [Option<Rect>; 2],
+    pub panel: Rect,
+    pub status: Rect,
+}
+
+/// Splits the screen; usable from 80x24 up.
+#[must_use]
+pub fn areas(area: Rect, app: &App) -> Areas {
+    let [main, status] = Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
+    let wide = area.width >= 120;
+    let (list_w, panel_w) = if wide { (30, 34) } else { (22, 26) };
+    let [list, pictures, panel] = Layout::horizontal([
+        Constraint::Length(list_w),
+        Constraint::Min(10),
+        Constraint::Length(panel_w),
+    ])
+    .areas(main);
+    let panes = if app.side_by_side && pictures.width >= 56 {
+        let [left, right] =
+            Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(pictures);
+        [Some(left), Some(right)]
+    } else if app.pictures[1].is_some() || app.pictures[0].is_none() {
+        [None, Some(pictures)]
+    } else {
+        [Some(pictures), None]
+    };
+    Areas {
+        list,
+        panes,
+        panel,
+        status,
+    }
+}
+
+/// The size in cells available to a picture inside its pane's border.
+#[must_use]
+pub fn picture_size(pane: Rect) -> Size {
+    Size::new(pane.width.saturating_sub(2), pane.height.saturating_sub(2))
+}
+
+pub fn view(frame: &mut Frame, app: &App, now: Instant) {
+    let a = areas(frame.area(), app);
+    draw_list(frame, app, a.list);
+    for (i, pane) in a.panes.iter().enumerate() {
+        if let Some(rect) = pane {
+            draw_picture(frame, app, i, *rect);
+        }
+    }
+    draw_panel(frame, app, a.panel);
+    draw_status(frame, app, a.status, now);
+    if app.help {
+        draw_help(frame);
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
+    let items: Vec<ListItem> = app
+        .items
+        .iter()
+        .map(|item| {
+            let (mark, style) = match &item.state {
+                ItemState::Pending => ("  ·".to_owned(), Style::new().dark_gray()),
+                ItemState::Processing => ("  …".to_owned(), Style::new().yellow()),
+                ItemState::Predicted { label, probability } => {
+                    let colour = if label == "covid" {
+                        Color::LightRed
+                    } else {
+                        Color::LightGreen
+                    };
+                    (
+                        format!(
+                            " {} {:>3.0}%",
+                            &label[..1.min(label.len())],
+                            probability * 100.0
+                        ),
+                        Style::new().fg(colour),
+                    )
+                }
+                ItemState::Failed(_) => ("  ✗".to_owned(), Style::new().red()),
+            };
+            let reviewed = item
+                .reviewed
+                .as_deref()
+                .map_or_else(String::new, |r| format!(" ✔{r}"));
+            let name_width = usize::from(area.width.saturating_sub(2))
+                .saturating_sub(mark.chars().count() + reviewed.chars().count() + 1);
+            let mut name = file_name(&item.path);
+            if name.chars().count() > name_width {
+                name = name
+                    .chars()
+                    .take(name_width.saturating_sub(1))
+                    .collect::<String>()
+                    + "…";
+            }
+            ListItem::new(Line::from(vec![
+                Span::raw(format!("{name:<name_width$}")),
+                Span::styled(mark, style),
+                Span::styled(reviewed, Style::new().cyan()),
+            ]))
+        })
+        .collect();
+    let title = format!(
+        " images {}/{} ",
+        (app.selected + 1).min(app.items.len()),
+        app.items.len()
+    );
+    let list = List::new(items)
+        .block(Block::bordered().title(title))
+        .highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state =
+        ListState::default().with_selected((!app.items.is_empty()).then_some(app.selected));
+    frame.render_stateful_widget(list, area, &mut state);
+}
+
+fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
+    let title = if pane == 0 {
+        " radiograph ".to_owned()
+    } else {
+        format!(
+            " {} · opacity {:.1}{} ",
+            app.method(),
+            app.opacity,
+            if app.outline { " · lungs" } else { "" }
+        )
+    };
+    let block = Block::bordered().title(title);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if let Some((_, protocol)) = &app.protocols[pane] {
+        frame.render_widget(Image::new(protocol), inner);
+    } else {
+        let text = if app.items.is_empty() {
+            "no images: press O to open a file or folder"
+        } else if app.pictures[pane].is_some() {
+            "drawing…"
+        } else if matches!(
+            app.items.get(app.selected).map(|i| &i.state),
+            Some(ItemState::Failed(_))
+        ) {
+            "could not be analysed (see the status bar)"
+        } else {
+            "working…"
+        };
+        frame.render_widget(
+            Paragraph::new(text).dark_gray().wrap(Wrap { trim: true }),
+            inner,
+        );
+    }
+}
+
+/// A text bar of `width` cells for a value in [0, 1].
+fn bar(value: f32, width: usize) -> String {
+    let filled = ((value.clamp(0.0, 1.0) * width as f32).round() as usize).min(width);
+    "█".repeat(filled) + &"░".repeat(width - filled)
+}
+
+fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
+    let mut lines: Vec<Line> = Vec::new();
+    let bar_width = usize::from(area.width.saturating_sub(16)).max(4);
+    match &app.shown {
+        None => lines.push(Line::from("no result yet").dark_gray()),
+        Some(shown) => {
+            let p = &shown.prediction;
+            lines.push(Line::from(vec![
+                Span::raw("label "),
+                Span::styled(p.label.clone(), Style::new().bold()),
+            ]));
+            for (class, prob) in &p.probabilities {
+                lines.push(Line::from(format!(
+                    "{class:<7}{} {prob:.2}",
+                    bar(*prob, bar_width)
+                )));
+            }
+            lines.push(Line::from(format!("threshold {:.2}", p.threshold)).dark_gray());
+            let t = &shown.timings;
+            lines.push(
+                Line::from(format!(
+                    "seg {:.0} ms  cls {:.0} ms",
+                    t.segment_ms, t.classify_ms
+                ))
+                .dark_gray(),
+            );
+            lines.push(Line::default());
+            match &shown.report {
+                None => lines.push(Line::from(format!("{}: working…", app.method())).dark_gray()),
+                Some(r) => {
+                    lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
+                    let q = &r.quality;
+                    lines.push(Line::from(format!("deletion AUC  {:.3}", q.deletion_auc)));
+                    lines.push(Line::from(format!("insertion AUC {:.3}", q.insertion_auc)));
+                    if let Some(share) = q.lung_mass_share {
+                        let line = Line::from(format!("in lungs      {:.0}%", share * 100.0));
+                        // Little evidence inside the lungs: the model may read something else.
+                        lines.push(if share < 0.5 { line.yellow() } else { line });
+                    }
+                    if let Some(r2) = r.details.get("r2").and_then(serde_json::Value::as_f64) {
+                        lines.push(Line::from(format!("local fit R²  {r2:.3}")));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(item) = app.items.get(app.selected) {
+        lines.push(Line::default());
+        let reviewed = item.reviewed.as_deref().unwrap_or("not reviewed");
+        lines.push(Line::from(format!("review: {reviewed}")).cyan());
+    }
+    let panel = Paragraph::new(lines)
+        .block(Block::bordered().title(" prediction "))
+        .wrap(Wrap { trim: false });
+    frame.render_widget(panel, area);
+}
+
+fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
+    let line = if let Some(prompt) = &app.prompt {
+        let (label, text) = match prompt {
+            Prompt::Params(t) => (format!("{} parameters (name=value,...): ", app.method()), t),
+            Prompt::Open(t) => ("open file or folder: ".to_owned(), t),
+        };
+        Line::from(vec![
+            Span::styled(label, Style::new().bold()),
+            Span::raw(format!("{text}▏")),
+        ])
+    } else {
+        let left = match &app.busy {
+            Some((what, since)) => {
+                let spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
+                let elapsed = now.saturating_duration_since(*since).as_secs_f32();
+                let frame_index = (elapsed * 10.0) as usize % spinner.len();
+                Span::styled(
+                    format!("{} {what} {elapsed:.1}s ", spinner[frame_index]),
+                    Style::new().yellow(),
+                )
+            }
+            None if app.status.starts_with("error") => {
+                Span::styled(format!("{} ", app.status), Style::new().red())
+            }
+            None => Span::raw(format!("{} ", app.status)),
+        };
+        let keys = LABELS
+            .iter()
+            .map(|(k, l)| format!("{k} {l}"))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        Line::from(vec![
+            left,
+            Span::styled(
+                format!("↑↓ move · e explainer · {keys} · ? help · q quit"),
+                Style::new().dark_gray(),
+            ),
+        ])
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_help(frame: &mut Frame) {
+    let rows = [
+        ("↑/↓ j/k, PgUp/PgDn, g/G", "move through the images"),
+        ("e / E (Tab / Shift-Tab)", "next / previous explainer"),
+        ("p", "explainer parameters, then Enter to rerun"),
+        ("r", "rerun the explanation"),
+        ("m", "lung outline on / off"),
+        ("+ / -", "overlay opacity"),
+        ("o", "radiograph beside the overlay / overlay only"),
+        ("c / n / s", "label covid / normal / skip (then next)"),
+        ("O", "open a file or folder"),
+        ("q, Esc", "quit"),
+    ];
+    let lines: Vec<Line> = rows
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<26}"), Style::new().bold()),
+                Span::raw(*what),
+            ])
+        })
+        .collect();
+    let area = frame.area();
+    let width = 72.min(area.width);
+    let height = (rows.len() as u16 + 2).min(area.height);
+    let rect = Rect::new(
+        area.x + (area.width - width) / 2,
+        area.y + (area.height - height) / 2,
+        width,
+        height,
+    );
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys ")),
+        rect,
+    );
+}
