@@ -7,22 +7,7 @@ use serde::{Deserialize, Serialize};
 /// negative, ties counting one half (Mann-Whitney U). `None` without both classes.
 #[must_use]
 pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Average ranks (1-based) over runs of equal scores.
-    let mut rank = vec![0.0f64; scores.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let average = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            rank[k] = average;
-        }
-        i = j + 1;
-    }
+    let rank = average_ranks(scores);
     let n_pos = positive.iter().filter(|&&p| p).count() as f64;
     let n_neg = positive.len() as f64 - n_pos;
     if n_pos == 0.0 || n_neg == 0.0 {
@@ -35,6 +20,27 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
         .map(|(r, _)| r)
         .sum();
     Some((rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg))
+}
+
+/// 1-based ranks of `values` in ascending order; equal values share the average of their ranks.
+#[must_use]
+pub fn average_ranks(values: &[f32]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0f64; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        let average = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = average;
+        }
+        i = j + 1;
+    }
+    ranks
 }
 
 /// Counts of a binary decision at a threshold (score >= threshold means positive).

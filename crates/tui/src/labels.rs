@@ -17,16 +17,17 @@ fn reviewer() -> String {
 }
 
 /// Records `label` for the radiograph at `path` in the queue of `watch_dir` (created if
-/// missing), keeping what the classifier predicted; returns a line for the status bar.
+/// missing), keeping what the classifier predicted (and its positive class); returns a line for
+/// the status bar.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
     label: &str,
-    predicted: Option<&Prediction>,
+    predicted: Option<(&Prediction, &str)>,
 ) -> cxr_core::Result<String> {
     let queue = Queue::create(watch_dir)?;
     let label: Label = label.parse()?;
-    let predicted = predicted.map(|p| Predicted::new(p, "covid"));
+    let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
     let item = queue.label_file(path, label.clone(), &reviewer(), predicted)?;
     Ok(format!(
         "labelled {} as {} (queue entry {})",

@@ -15,13 +15,15 @@ use tch::{Kind, Tensor};
 
 use super::Heatmap;
 use crate::Result;
+use crate::metrics::average_ranks;
 use crate::models::Classifier;
 
 /// The quality measures of one explanation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Quality {
-    pub deletion_auc: f64,
-    pub insertion_auc: f64,
+    /// Deletion and insertion AUC; `None` when not computed (they cost 34 forward passes).
+    pub deletion_auc: Option<f64>,
+    pub insertion_auc: Option<f64>,
     /// Share of heatmap mass inside the lungs; `None` for an all-zero heatmap.
     pub lung_mass_share: Option<f64>,
     /// Spearman correlation with the map for a randomly initialised model; `None` if not run.
@@ -107,25 +109,7 @@ fn trapezoid(ys: &[f32]) -> f64 {
 /// Spearman rank correlation (ties get their average rank); 0 when either side is constant.
 #[must_use]
 pub fn spearman(a: &[f32], b: &[f32]) -> f64 {
-    pearson(&ranks(a), &ranks(b))
-}
-
-fn ranks(values: &[f32]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&x, &y| values[x].total_cmp(&values[y]));
-    let mut ranks = vec![0.0; values.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
-            j += 1;
-        }
-        for &k in &order[i..=j] {
-            ranks[k] = (i + j) as f64 / 2.0;
-        }
-        i = j + 1;
-    }
-    ranks
+    pearson(&average_ranks(a), &average_ranks(b))
 }
 
 /// Pearson correlation; 0 when either side is constant.

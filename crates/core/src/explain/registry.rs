@@ -121,3 +121,58 @@ pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
             ))
         })
 }
+
+/// A registered explainer chosen by name, with its parameters (`name=value,...`), as the
+/// command line and the watcher take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodSpec {
+    pub name: String,
+    pub params: String,
+}
+
+impl MethodSpec {
+    /// Builds the explainer (its parameters were checked by [`MethodSpec::parse`]).
+    pub fn build(&self) -> Result<(&'static ExplainerEntry, Box<dyn Explainer>)> {
+        let entry = find(&self.name)?;
+        Ok((entry, entry.build(&ExplainerConfig::parse(&self.params)?)?))
+    }
+
+    /// Explainers from `--method` names (`none` for none) and `--param METHOD:NAME=VALUE`
+    /// values, checked against the registry now, so a typo fails at start and not per file.
+    pub fn parse(methods: &[String], params: &[String]) -> Result<Vec<Self>> {
+        let names: Vec<&str> = methods
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty() && *m != "none")
+            .collect();
+        for p in params {
+            let Some((method, _)) = p.split_once(':') else {
+                return Err(CoreError::Invalid(format!(
+                    "--param {p}: expected METHOD:NAME=VALUE"
+                )));
+            };
+            if !names.contains(&method) {
+                return Err(CoreError::Invalid(format!(
+                    "--param {p}: {method} is not among the chosen methods ({})",
+                    names.join(",")
+                )));
+            }
+        }
+        names
+            .iter()
+            .map(|name| {
+                let entry = find(name)?;
+                let own: Vec<&str> = params
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&format!("{name}:")))
+                    .collect();
+                let config = ExplainerConfig::parse(&own.join(","))?;
+                config.check_known(entry)?;
+                Ok(Self {
+                    name: entry.name.to_owned(),
+                    params: config.canonical(),
+                })
+            })
+            .collect()
+    }
+}

@@ -69,16 +69,16 @@ pub fn explain(
 
     let start = Instant::now();
     let mut measured = Quality {
-        deletion_auc: f64::NAN,
-        insertion_auc: f64::NAN,
+        deletion_auc: None,
+        insertion_auc: None,
         lung_mass_share: quality::lung_mass_share(&explanation.heatmap, &analysis.input.mask),
         randomisation_correlation: None,
     };
     if checks.faithfulness {
         let (deletion, insertion) =
             quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
-        measured.deletion_auc = deletion;
-        measured.insertion_auc = insertion;
+        measured.deletion_auc = Some(deletion);
+        measured.insertion_auc = Some(insertion);
     }
     if checks.sanity {
         let random = classifier.randomised(SANITY_SEED)?;

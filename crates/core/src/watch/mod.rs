@@ -29,7 +29,6 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::explain::report::QualityChecks;
-use crate::explain::{ExplainerConfig, registry};
 use crate::queue::Queue;
 use crate::render::OverlayStyle;
 use crate::{CoreError, Result};
@@ -37,53 +36,7 @@ use filter::{Action, Ignored};
 pub use folder::{FolderWatcher, WatchMode};
 use worker::{Inbox, Job, Outcome, Processor, Stamp};
 
-/// An explainer to run on every file, with its parameters (`name=value,...`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodSpec {
-    pub name: String,
-    pub params: String,
-}
-
-impl MethodSpec {
-    /// Explainers from `--method` names (`none` for none) and `--param METHOD:NAME=VALUE`
-    /// values, checked against the registry now, so a typo fails at start and not per file.
-    pub fn parse(methods: &[String], params: &[String]) -> Result<Vec<Self>> {
-        let names: Vec<&str> = methods
-            .iter()
-            .map(|m| m.trim())
-            .filter(|m| !m.is_empty() && *m != "none")
-            .collect();
-        for p in params {
-            let Some((method, _)) = p.split_once(':') else {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: expected METHOD:NAME=VALUE"
-                )));
-            };
-            if !names.contains(&method) {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: {method} is not among the chosen methods ({})",
-                    names.join(",")
-                )));
-            }
-        }
-        names
-            .iter()
-            .map(|name| {
-                let entry = registry::find(name)?;
-                let own: Vec<&str> = params
-                    .iter()
-                    .filter_map(|p| p.strip_prefix(&format!("{name}:")))
-                    .collect();
-                let config = ExplainerConfig::parse(&own.join(","))?;
-                config.check_known(entry)?;
-                Ok(Self {
-                    name: entry.name.to_owned(),
-                    params: config.canonical(),
-                })
-            })
-            .collect()
-    }
-}
+pub use crate::explain::MethodSpec;
 
 /// How often and how patiently a file that does not decode is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{MethodSpec, WatchOptions};
+use super::WatchOptions;
 use crate::explain::report::{self, MethodReport, QualityChecks};
-use crate::explain::{Explainer, ExplainerConfig, ExplainerEntry, registry};
+use crate::explain::{Explainer, ExplainerEntry};
 use crate::pipeline::{ClassifyReport, Pipeline};
 use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
@@ -151,18 +151,6 @@ impl Drop for Claim<'_> {
     }
 }
 
-impl MethodSpec {
-    fn build(&self) -> Result<Method> {
-        let entry = registry::find(&self.name)?;
-        let config = ExplainerConfig::parse(&self.params)?;
-        Ok(Method {
-            entry,
-            explainer: entry.build(&config)?,
-            params: config.canonical(),
-        })
-    }
-}
-
 impl Processor {
     pub(crate) fn new(
         options: &WatchOptions,
@@ -173,7 +161,14 @@ impl Processor {
         let methods = options
             .methods
             .iter()
-            .map(MethodSpec::build)
+            .map(|spec| {
+                let (entry, explainer) = spec.build()?;
+                Ok(Method {
+                    entry,
+                    explainer,
+                    params: spec.params.clone(),
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             queue,

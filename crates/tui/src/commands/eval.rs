@@ -212,8 +212,8 @@ fn accumulate(
     match outcome {
         Ok(r) => {
             q.images += 1;
-            q.deletion_auc += r.quality.deletion_auc;
-            q.insertion_auc += r.quality.insertion_auc;
+            q.deletion_auc += r.quality.deletion_auc.unwrap_or(f64::NAN);
+            q.insertion_auc += r.quality.insertion_auc.unwrap_or(f64::NAN);
             q.lung_mass_share += r.quality.lung_mass_share.unwrap_or(0.0);
             q.explain_ms += r.explain_ms;
             if let Some(c) = r.quality.randomisation_correlation {

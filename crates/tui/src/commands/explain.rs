@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::explain::report::{self, MethodReport, QualityChecks};
-use cxr_core::explain::{Explainer, ExplainerConfig, ExplainerEntry, registry};
+use cxr_core::explain::{Explainer, ExplainerEntry, MethodSpec};
 use cxr_core::pipeline::{ClassifyReport, Pipeline};
 use cxr_core::render::{self, Colormap, OverlayStyle};
 use cxr_core::tch::Device;
@@ -43,34 +43,19 @@ struct Method {
 }
 
 fn build_methods(names: &[String], params: &[String]) -> Result<Vec<Method>> {
-    for p in params {
-        let Some((method, _)) = p.split_once(':') else {
-            bail!("--param {p}: expected METHOD:NAME=VALUE")
-        };
-        if !names.iter().any(|n| n == method) {
-            bail!(
-                "--param {p}: {method} is not among the chosen methods ({})",
-                names.join(",")
-            );
-        }
-    }
-    names
-        .iter()
-        .map(|name| {
-            let entry = registry::find(name)?;
-            let own: Vec<&str> = params
-                .iter()
-                .filter_map(|p| p.strip_prefix(&format!("{name}:")))
-                .collect();
-            let config = ExplainerConfig::parse(&own.join(","))?;
-            let explainer = entry.build(&config)?;
-            Ok(Method {
-                entry,
-                explainer,
-                params: config.canonical(),
-            })
+    let specs = MethodSpec::parse(names, params)?;
+    let build = |spec: MethodSpec| -> cxr_core::Result<Method> {
+        let (entry, explainer) = spec.build()?;
+        Ok(Method {
+            entry,
+            explainer,
+            params: spec.params,
         })
-        .collect()
+    };
+    Ok(specs
+        .into_iter()
+        .map(build)
+        .collect::<cxr_core::Result<_>>()?)
 }
 
 pub struct Request<'a> {

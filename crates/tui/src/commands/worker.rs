@@ -374,8 +374,8 @@ struct ExplainResult {
 
 #[derive(Serialize, Deserialize)]
 struct QualitySummary {
-    deletion_auc: f64,
-    insertion_auc: f64,
+    deletion_auc: Option<f64>,
+    insertion_auc: Option<f64>,
     lung_mass_share: Option<f64>,
 }
 

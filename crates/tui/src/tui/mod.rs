@@ -44,6 +44,8 @@ pub struct Effects {
     pub jobs: Arc<Latest<Job>>,
     pub encoders: [Arc<Latest<EncodeJob>>; 2],
     pub watch_dir: PathBuf,
+    /// The classifier's positive class, recorded with each label's prediction.
+    pub positive: String,
     /// Cache, model fingerprint and event channel, to label opened files from the cache.
     pub scan: Option<(Cache, String, Sender<AppEvent>)>,
 }
@@ -70,8 +72,12 @@ impl Effects {
                     label,
                     predicted,
                 } => {
-                    let recorded =
-                        crate::labels::record(&self.watch_dir, &path, &label, predicted.as_ref());
+                    let recorded = crate::labels::record(
+                        &self.watch_dir,
+                        &path,
+                        &label,
+                        predicted.as_ref().map(|p| (p, self.positive.as_str())),
+                    );
                     app.status = match recorded {
                         Ok(message) => message,
                         Err(e) => format!("error: labelling {}: {e}", path.display()),
@@ -216,6 +222,7 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
             jobs: Latest::new(),
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
+            positive: pipeline.classifier.classes()[0].clone(),
             scan: Some((
                 options.cache.clone(),
                 pipeline.fingerprint.clone(),

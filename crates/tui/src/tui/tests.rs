@@ -64,8 +64,8 @@ fn prediction(covid: f32) -> Prediction {
 
 fn method_report() -> MethodReport {
     let quality = Quality {
-        deletion_auc: 0.265,
-        insertion_auc: 0.698,
+        deletion_auc: Some(0.265),
+        insertion_auc: Some(0.698),
         lung_mass_share: Some(0.47),
         randomisation_correlation: None,
     };
@@ -334,6 +334,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         jobs: super::worker::Latest::new(),
         encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
+        positive: "covid".into(),
         scan: None,
     };
     tx.send(key('j')).unwrap();

@@ -211,8 +211,12 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
                 Some(r) => {
                     lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
                     let q = &r.quality;
-                    lines.push(Line::from(format!("deletion AUC  {:.3}", q.deletion_auc)));
-                    lines.push(Line::from(format!("insertion AUC {:.3}", q.insertion_auc)));
+                    for (name, value) in [
+                        ("deletion AUC ", q.deletion_auc),
+                        ("insertion AUC", q.insertion_auc),
+                    ] {
+                        lines.extend(value.map(|v| Line::from(format!("{name} {v:.3}"))));
+                    }
                     if let Some(share) = q.lung_mass_share {
                         let line = Line::from(format!("in lungs      {:.0}%", share * 100.0));
                         // Little evidence inside the lungs: the model may read something else.
