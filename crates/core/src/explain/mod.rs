@@ -16,7 +16,7 @@ use tch::Tensor;
 pub use config::ExplainerConfig;
 #[doc(hidden)]
 pub use inventory;
-pub use registry::{ExplainerEntry, MethodSpec, Param};
+pub use registry::{ExplainerEntry, Method, MethodSpec, Param};
 
 use crate::Result;
 use crate::models::Classifier;

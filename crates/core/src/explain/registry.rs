@@ -122,6 +122,14 @@ pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
         })
 }
 
+/// An explainer built from a [`MethodSpec`], ready to run on many images.
+pub struct Method {
+    pub entry: &'static ExplainerEntry,
+    pub explainer: Box<dyn Explainer>,
+    /// Canonical parameters, for reports and cache keys.
+    pub params: String,
+}
+
 /// A registered explainer chosen by name, with its parameters (`name=value,...`), as the
 /// command line and the watcher take them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,9 +140,14 @@ pub struct MethodSpec {
 
 impl MethodSpec {
     /// Builds the explainer (its parameters were checked by [`MethodSpec::parse`]).
-    pub fn build(&self) -> Result<(&'static ExplainerEntry, Box<dyn Explainer>)> {
+    pub fn build(&self) -> Result<Method> {
         let entry = find(&self.name)?;
-        Ok((entry, entry.build(&ExplainerConfig::parse(&self.params)?)?))
+        let explainer = entry.build(&ExplainerConfig::parse(&self.params)?)?;
+        Ok(Method {
+            entry,
+            explainer,
+            params: self.params.clone(),
+        })
     }
 
     /// Explainers from `--method` names (`none` for none) and `--param METHOD:NAME=VALUE`

@@ -36,6 +36,31 @@ pub struct MethodReport {
     pub quality_ms: f64,
 }
 
+/// The JSON report of one image: its classification and one outcome per explainer. `cxr
+/// explain` writes it beside the overlays, the watcher as a queue entry's `report.json`.
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    #[serde(flatten)]
+    pub classification: crate::pipeline::ClassifyReport,
+    pub explanations: Vec<MethodOutcome>,
+}
+
+/// One explainer's outcome on one image.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum MethodOutcome {
+    Done {
+        /// The overlay PNG (a path, or a name inside the queue entry).
+        overlay: String,
+        #[serde(flatten)]
+        report: MethodReport,
+    },
+    Failed {
+        method: String,
+        error: String,
+    },
+}
+
 /// Seed of the randomly initialised model of the sanity check.
 const SANITY_SEED: u64 = 1234;
 

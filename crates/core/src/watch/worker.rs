@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::WatchOptions;
-use crate::explain::report::{self, MethodReport, QualityChecks};
-use crate::explain::{Explainer, ExplainerEntry};
-use crate::pipeline::{ClassifyReport, Pipeline};
+use crate::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
+use crate::explain::{Method, MethodSpec};
+use crate::pipeline::Pipeline;
 use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
     SCHEMA, STATE_FILE,
@@ -96,13 +95,6 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-/// An explainer built from its spec.
-struct Method {
-    entry: &'static ExplainerEntry,
-    explainer: Box<dyn Explainer>,
-    params: String,
-}
-
 /// The pipeline, explainers and settings one worker processes files with.
 pub(crate) struct Processor {
     queue: Queue,
@@ -113,28 +105,6 @@ pub(crate) struct Processor {
     checks: QualityChecks,
     /// Ids being built by any worker of this process.
     claims: Arc<Mutex<HashSet<String>>>,
-}
-
-/// The JSON report of an entry (`report.json`).
-#[derive(Serialize)]
-struct EntryReport {
-    #[serde(flatten)]
-    classification: ClassifyReport,
-    explanations: Vec<MethodOutcome>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum MethodOutcome {
-    Done {
-        overlay: String,
-        #[serde(flatten)]
-        report: MethodReport,
-    },
-    Failed {
-        method: String,
-        error: String,
-    },
 }
 
 /// Holds an id in the claim set until dropped.
@@ -161,14 +131,7 @@ impl Processor {
         let methods = options
             .methods
             .iter()
-            .map(|spec| {
-                let (entry, explainer) = spec.build()?;
-                Ok(Method {
-                    entry,
-                    explainer,
-                    params: spec.params.clone(),
-                })
-            })
+            .map(MethodSpec::build)
             .collect::<Result<_>>()?;
         Ok(Self {
             queue,
@@ -343,7 +306,7 @@ impl Processor {
             review: None,
             history: Vec::new(),
         };
-        let report = EntryReport {
+        let report = ImageReport {
             classification,
             explanations,
         };

@@ -4,57 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
-use cxr_core::explain::report::{self, MethodReport, QualityChecks};
-use cxr_core::explain::{Explainer, ExplainerEntry, MethodSpec};
-use cxr_core::pipeline::{ClassifyReport, Pipeline};
+use cxr_core::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
+use cxr_core::explain::{Method, MethodSpec};
+use cxr_core::pipeline::Pipeline;
 use cxr_core::render::{self, Colormap, OverlayStyle};
 use cxr_core::tch::Device;
-use serde::Serialize;
 
 use crate::cli::{QualityArgs, RenderArgs};
 
-/// The JSON report of one image.
-#[derive(Serialize)]
-struct ImageReport {
-    #[serde(flatten)]
-    classification: ClassifyReport,
-    explanations: Vec<MethodOutcome>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum MethodOutcome {
-    Done {
-        overlay: PathBuf,
-        #[serde(flatten)]
-        report: MethodReport,
-    },
-    Failed {
-        method: String,
-        error: String,
-    },
-}
-
-/// A registered explainer, built once with its parameters.
-struct Method {
-    entry: &'static ExplainerEntry,
-    explainer: Box<dyn Explainer>,
-    params: String,
-}
-
 fn build_methods(names: &[String], params: &[String]) -> Result<Vec<Method>> {
     let specs = MethodSpec::parse(names, params)?;
-    let build = |spec: MethodSpec| -> cxr_core::Result<Method> {
-        let (entry, explainer) = spec.build()?;
-        Ok(Method {
-            entry,
-            explainer,
-            params: spec.params,
-        })
-    };
     Ok(specs
-        .into_iter()
-        .map(build)
+        .iter()
+        .map(MethodSpec::build)
         .collect::<cxr_core::Result<_>>()?)
 }
 
@@ -139,7 +101,10 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                     .out
                     .join(format!("{stem}.{}.png", method.entry.name));
                 cxr_core::fsutil::write_atomic(&overlay, &png)?;
-                Ok(MethodOutcome::Done { overlay, report })
+                Ok(MethodOutcome::Done {
+                    overlay: overlay.display().to_string(),
+                    report,
+                })
             });
             explanations.push(outcome.unwrap_or_else(|e| {
                 failures += 1;
