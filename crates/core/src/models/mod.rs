@@ -77,6 +77,13 @@ pub trait Classifier: Send {
     }
 }
 
+/// Index of `name` in `classes` (the classifier's logit order); the positive class (0) when it
+/// is not one of them.
+#[must_use]
+pub fn class_index(classes: &[String], name: &str) -> usize {
+    classes.iter().position(|c| c == name).unwrap_or(0)
+}
+
 /// What the classifier says about one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
@@ -87,6 +94,12 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// Index of the predicted label in `classes` (the classifier's logit order).
+    #[must_use]
+    pub fn label_index(&self, classes: &[String]) -> usize {
+        class_index(classes, &self.label)
+    }
+
     #[must_use]
     pub fn from_probabilities(classes: &[String], probs: &[f32], threshold: f32) -> Self {
         let positive = probs.first().copied().unwrap_or(0.0);

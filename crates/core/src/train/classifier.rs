@@ -170,25 +170,18 @@ fn assemble(
             Split::Train
         }
     };
-    let kept = || (0..rows.len()).filter(|&i| used(i));
-    let indices = |s: Split| -> Vec<usize> { kept().filter(|&i| side_of(i) == s).collect() };
-    let (train_ix, val_ix, test_ix) = (
-        indices(Split::Train),
-        indices(Split::Validation),
-        indices(Split::Test),
-    );
-    if train_ix.is_empty() || val_ix.is_empty() {
-        return Err(CoreError::data(
-            &options.manifest,
-            "too few patients for a train/validation split",
-        ));
-    }
+    let sides = (0..rows.len()).map(|i| used(i).then(|| side_of(i)));
+    let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest)?;
     Ok(Prepared {
         labels: rows
             .iter()
             .map(|r| i64::from(r.label != classes[0]))
             .collect(),
-        split: SplitSizes::count(kept().map(|i| (side_of(i), rows[i].patient.as_str()))),
+        split: SplitSizes::count(
+            (0..rows.len())
+                .filter(|&i| used(i))
+                .map(|i| (side_of(i), rows[i].patient.as_str())),
+        ),
         train_only: (!extra.rows.is_empty())
             .then(|| train_only_record(extra, &rows[from_manifest..], &duplicate)),
         classes,

@@ -110,6 +110,30 @@ pub struct TrainOnlyRecord {
     pub in_manifest: usize,
 }
 
+/// Row indices on each side of the split (`None`: a row left out), refusing a split with no
+/// training or no validation rows: model selection needs both.
+fn split_indices(
+    sides: impl Iterator<Item = Option<Split>>,
+    manifest: &std::path::Path,
+) -> Result<[Vec<usize>; 3]> {
+    let mut out: [Vec<usize>; 3] = Default::default();
+    for (i, side) in sides.enumerate() {
+        match side {
+            Some(Split::Train) => out[0].push(i),
+            Some(Split::Validation) => out[1].push(i),
+            Some(Split::Test) => out[2].push(i),
+            None => {}
+        }
+    }
+    if out[0].is_empty() || out[1].is_empty() {
+        return Err(crate::CoreError::data(
+            manifest,
+            "too few patients for a train/validation split",
+        ));
+    }
+    Ok(out)
+}
+
 /// Random affine warps for a batch: rotation, scale, shift (as `[N, 2, 3]` matrices for
 /// `affine_grid_generator`), drawn from `rng` so that a seed fixes them.
 fn random_affines(n: usize, rng: &mut StdRng, degrees: f32, scale: f32, shift: f32) -> Tensor {

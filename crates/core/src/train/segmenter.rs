@@ -109,22 +109,8 @@ pub fn train(
     let pairs: Vec<Pair> = rows.iter().map(load_pair).collect::<Result<_>>()?;
     let side_of = |p: &Pair| Split::of(&p.row.patient, options.seed, SplitShares::SEGMENTER);
     let split = SplitSizes::count(pairs.iter().map(|p| (side_of(p), p.row.patient.as_str())));
-    let indices = |s: Split| -> Vec<usize> {
-        (0..pairs.len())
-            .filter(|&i| side_of(&pairs[i]) == s)
-            .collect()
-    };
-    let (train_ix, val_ix, test_ix) = (
-        indices(Split::Train),
-        indices(Split::Validation),
-        indices(Split::Test),
-    );
-    if train_ix.is_empty() || val_ix.is_empty() {
-        return Err(CoreError::data(
-            &options.manifest,
-            "too few patients for a train/validation split",
-        ));
-    }
+    let sides = pairs.iter().map(|p| Some(side_of(p)));
+    let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest)?;
     let (inputs, targets, weights) = (
         stack(&pairs, |p| &p.input),
         stack(&pairs, |p| &p.target),

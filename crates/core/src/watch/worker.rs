@@ -253,10 +253,7 @@ impl Processor {
         let analysis = self.pipeline.analyze(xray).map_err(BuildError::Analysis)?;
         let classifier = self.pipeline.classifier.as_ref();
         let classes = classifier.classes();
-        let target = classes
-            .iter()
-            .position(|c| *c == analysis.prediction.label)
-            .unwrap_or(0);
+        let target = analysis.prediction.label_index(classes);
         let mut staging = self.queue.stage(id).map_err(BuildError::Storage)?;
         let mut explanations = Vec::with_capacity(self.methods.len());
         for method in &self.methods {

@@ -157,7 +157,7 @@ fn evaluate_classifier(
                 scores.push(analysis.prediction.probabilities[&classes[0]]);
                 positive.push(row.label == classes[0]);
                 if i < options.explain_limit {
-                    let target = classes.iter().position(|c| *c == row.label).unwrap_or(0);
+                    let target = cxr_core::models::class_index(&classes, &row.label);
                     for ((entry, explainer), q) in methods.iter().zip(&mut quality) {
                         let outcome = report::explain(
                             pipeline.classifier.as_ref(),

@@ -77,7 +77,7 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
         } else {
             request.target
         };
-        let target = classes.iter().position(|c| c == target_name).unwrap_or(0);
+        let target = cxr_core::models::class_index(&classes, target_name);
         let stem = file
             .file_stem()
             .map_or_else(|| "image".into(), |s| s.to_string_lossy());

@@ -483,10 +483,7 @@ fn explain(
     let config = ExplainerConfig::default();
     let explainer = entry.build(&config).map_err(|e| e.to_string())?;
     let classes = pipeline.classifier.classes();
-    let target = classes
-        .iter()
-        .position(|c| *c == analysis.prediction.label)
-        .unwrap_or(0);
+    let target = analysis.prediction.label_index(classes);
     let checks = QualityChecks {
         faithfulness: true,
         sanity: false,

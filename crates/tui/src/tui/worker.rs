@@ -325,10 +325,7 @@ fn explain(
     }
     let explainer = &explainers[&key];
     let classes = pipeline.classifier.classes();
-    let target = classes
-        .iter()
-        .position(|c| *c == analysis.prediction.label)
-        .unwrap_or(0);
+    let target = analysis.prediction.label_index(classes);
     let checks = QualityChecks {
         faithfulness: true,
         sanity: false,
