@@ -5,16 +5,23 @@ use std::fmt::Write;
 
 use crate::models::resnet::ResNetConfig;
 use crate::models::unet::UNetConfig;
+use crate::preprocess::InputStyle;
 use crate::train::TrainingRecord;
-use crate::train::classifier::{ClassifierMetrics, ClassifierRecord};
+use crate::train::classifier::{ClassifierMetrics, ClassifierRecord, SourceMetrics, worst_source};
 use crate::train::segmenter::{SegmenterMetrics, SegmenterRecord};
 
 const DATA_SOURCES: &str = "\
 Data is read in place from the project's shared data folder (see its README); nothing is copied.
 - COVID-19: Hannover Medical School COVID-19 image repository (CC BY 3.0) and the ieee8023
   COVID-19 image data collection (per-image CC BY 4.0 or \"authorized for everyone\").
-- No finding: NIH Clinical Center ChestX-ray14 (unrestricted use, attribution requested).
-- Lung masks: V7 Labs COVID-19 X-ray annotations (CC BY 4.0), on ieee8023 images.";
+- No finding: NIH Clinical Center ChestX-ray14 (unrestricted use, attribution requested), and the
+  JSRT database's radiographs without nodules (Shiraishi et al., AJR 2000; research and education
+  use), a second no-finding source from another country and era. JSRT's radiographs with a lung
+  nodule are neither class: they are only reported (how many are called COVID-19).
+- Lung masks: V7 Labs COVID-19 X-ray annotations (CC BY 4.0) on ieee8023 images (source
+  `lungseg`), and the JSRT masks (as redistributed by vfmatzkin/jsrt-segmentation-unet, MIT code).
+- Sources are keyed by the first word of each manifest's `source` column (`hannover`,
+  `ieee8023`, `nih`, `jsrt`), or the manifest's folder when it has none (`lungseg`).";
 
 fn training_section(out: &mut String, t: &TrainingRecord) {
     let s = &t.split;
@@ -64,6 +71,9 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
             );
         }
     }
+    if let Some(init) = &t.initialised_from {
+        let _ = writeln!(out, "- Started from the weights in `{init}` (fine-tuned)");
+    }
     let _ = writeln!(out, "- Augmentation: {}", t.augmentation);
     let _ = writeln!(
         out,
@@ -78,9 +88,16 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
 fn segmenter_row(out: &mut String, split: &str, m: &SegmenterMetrics) {
     let _ = writeln!(
         out,
-        "| {split} | {} | {:.4} | {:.4} | {:.4} |",
+        "| {split} | all | {} | {:.4} | {:.4} | {:.4} |",
         m.images, m.dice_mean, m.dice_min, m.iou_mean
     );
+    for (source, s) in &m.by_source {
+        let _ = writeln!(
+            out,
+            "| {split} | {source} | {} | {:.4} | {:.4} | {:.4} |",
+            s.images, s.dice_mean, s.dice_min, s.iou_mean
+        );
+    }
 }
 
 /// The card of a lung segmenter.
@@ -107,15 +124,17 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
     );
     let _ = writeln!(
         out,
-        "| split | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|"
+        "| split | source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|---|"
     );
     segmenter_row(&mut out, "validation", &record.validation);
     segmenter_row(&mut out, "test", &record.test);
     let _ = writeln!(out, "\n## Data and limits\n\n{DATA_SOURCES}\n");
     let _ = writeln!(
         out,
-        "The reference masks include the lung behind the heart and come from COVID-19 patients \
-         only: accuracy on normal radiographs is not measured here."
+        "The V7 masks include the lung behind the heart and come from COVID-19 patients; the \
+         JSRT masks come from adults with and without a lung nodule, digitised film from Japan. \
+         Radiographs from NIH and Hannover have no reference masks: accuracy there is not \
+         measured, only checked by the classifier's lung-plausibility flag."
     );
     out
 }
@@ -131,6 +150,122 @@ fn classifier_row(out: &mut String, split: &str, m: &ClassifierMetrics) {
     );
 }
 
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+fn auc(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"))
+}
+
+fn source_row(out: &mut String, source: &str, m: &SourceMetrics) {
+    let _ = writeln!(
+        out,
+        "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} |",
+        m.images,
+        m.positives,
+        m.negatives,
+        m.others,
+        auc(m.roc_auc),
+        pct(Some(m.accuracy)),
+        pct(m.sensitivity),
+        pct(m.specificity),
+        pct(m.others_called_positive),
+        m.mean_positive_probability
+    );
+}
+
+/// Per-source test metrics, the held-out source and the leave-one-source-out table.
+fn source_sections(out: &mut String, record: &ClassifierRecord) {
+    let pos = &record.classes[0];
+    let header = format!(
+        "| source | images | {pos} / {} / other | ROC-AUC | accuracy | sensitivity | \
+         specificity | other called {pos} | mean P({pos}) |\n|---|---|---|---|---|---|---|---|---|",
+        record.classes[1]
+    );
+    if !record.test_by_source.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### Per source (test patients, threshold {:.4})\n\nEvery source holds one \
+             class only, so a pooled AUC mostly measures how well the model tells the sources \
+             apart; read each source's sensitivity or specificity.\n\n{header}",
+            record.test.threshold
+        );
+        for (source, m) in &record.test_by_source {
+            source_row(out, source, m);
+        }
+        let _ = writeln!(
+            out,
+            "| **pooled** | {} | | {} | {} | {} | {} | | |",
+            record.test.images,
+            auc(record.test.roc_auc),
+            pct(Some(record.test.accuracy)),
+            pct(Some(record.test.sensitivity)),
+            pct(Some(record.test.specificity))
+        );
+        if let Some((source, accuracy)) = worst_source(&record.test_by_source) {
+            let _ = writeln!(out, "\nWorst source: **{source}**, accuracy {}.", pct(Some(accuracy)));
+        }
+    }
+    if let Some(h) = &record.held_out {
+        let _ = writeln!(
+            out,
+            "\n### Held out of training: {} (every image, threshold {:.4})\n\n{header}",
+            h.source, h.threshold
+        );
+        source_row(out, &h.source, &h.metrics);
+        let _ = writeln!(
+            out,
+            "\nROC-AUC of these images against the test images of the other class: {}.",
+            auc(h.auc_against_other_class)
+        );
+    }
+    if !record.leave_one_source_out.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### Leave one source out\n\nFor each source, a model trained (same recipe and \
+             seed) without any of its images, measured on all of them at its own validation \
+             threshold. \"AUC vs other class\" ranks them against that model's test images of \
+             the class the source lacks.\n\n| held-out source | images | {pos} / {} / other | \
+             threshold | accuracy | sensitivity | specificity | other called {pos} | mean \
+             P({pos}) | AUC vs other class |\n|---|---|---|---|---|---|---|---|---|---|",
+            record.classes[1]
+        );
+        for h in &record.leave_one_source_out {
+            let m = &h.metrics;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} / {} / {} | {:.3} | {} | {} | {} | {} | {:.3} | {} |",
+                h.source,
+                m.images,
+                m.positives,
+                m.negatives,
+                m.others,
+                h.threshold,
+                pct(Some(m.accuracy)),
+                pct(m.sensitivity),
+                pct(m.specificity),
+                pct(m.others_called_positive),
+                m.mean_positive_probability,
+                auc(h.auc_against_other_class)
+            );
+        }
+        if let Some(worst) = record
+            .leave_one_source_out
+            .iter()
+            .filter(|h| h.metrics.positives + h.metrics.negatives > 0)
+            .min_by(|a, b| a.metrics.accuracy.total_cmp(&b.metrics.accuracy))
+        {
+            let _ = writeln!(
+                out,
+                "\nWorst held-out source: **{}**, accuracy {}.",
+                worst.source,
+                pct(Some(worst.metrics.accuracy))
+            );
+        }
+    }
+}
+
 /// The card of a classifier.
 #[must_use]
 pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -> String {
@@ -142,11 +277,19 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
         "ResNet with basic blocks {:?} and widths {:?} (ResNet-18's layout and torchvision's \
          parameter names; `python/cxr_models.py` loads the same file in PyTorch), {} input \
          channel, classes `{pos}` (positive) and `{neg}`. Input: the radiograph cropped to the \
-         lungs found by the segmenter, outside-lung pixels set to the lung mean, standardised, \
-         224x224 (`preprocess::classifier_input`).\n",
-        architecture.blocks, architecture.widths, architecture.in_channels
+         lungs found by the segmenter, 224x224, {} (`preprocess::classifier_input`). Every \
+         prediction carries a familiarity score and flags (`trust.rs`): `unfamiliar` beyond the \
+         validation images' 99th percentile of feature distance, `implausible-lungs` outside \
+         the training lung-share and shape range, and `not-a-chest-radiograph` (refused).\n",
+        architecture.blocks,
+        architecture.widths,
+        architecture.in_channels,
+        record.defences.as_ref().map_or(InputStyle::Masked, |d| d.input).describe()
     );
     training_section(&mut out, &record.training);
+    if let Some(d) = &record.defences {
+        let _ = writeln!(out, "- Shortcut defences: {}\n", d.describe());
+    }
     let _ = writeln!(out, "## Measured\n");
     let _ = writeln!(
         out,
@@ -178,6 +321,7 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
         "| {neg} | {} | {} |",
         c.false_positive, c.true_negative
     );
+    source_sections(&mut out, record);
     let _ = writeln!(out, "\n## Data and limits\n\n{DATA_SOURCES}\n");
     let _ = writeln!(
         out,

@@ -39,6 +39,8 @@ pub struct LabelledImage {
     pub path: PathBuf,
     pub label: String,
     pub patient: String,
+    /// Where the image comes from (see [`source_key`]); metrics are grouped by it.
+    pub source: String,
 }
 
 /// A row of a lung-mask manifest (`image,mask,patient,...`).
@@ -47,13 +49,45 @@ pub struct MaskedImage {
     pub image: PathBuf,
     pub mask: PathBuf,
     pub patient: String,
+    pub source: String,
 }
 
-/// A manifest, recognised by its header.
-#[derive(Debug, Clone)]
-pub enum Manifest {
-    Labels(Vec<LabelledImage>),
-    Masks(Vec<MaskedImage>),
+/// A manifest, read by its header: labelled rows when it has `path,label` (or `image` with a
+/// `finding` column, see [`label_of_finding`]), mask rows when it has `image,mask`. One file may
+/// give both (the JSRT manifest does).
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    pub labels: Vec<LabelledImage>,
+    pub masks: Vec<MaskedImage>,
+}
+
+/// The label a `finding` column stands for: "no nodule" and "no finding" are radiographs
+/// without findings (`normal`); any other finding keeps its own name (`lung nodule`), a label
+/// that is none of the classifier's classes, so training leaves it out and evaluation reports
+/// it apart.
+#[must_use]
+pub fn label_of_finding(finding: &str) -> String {
+    let f = finding.trim().to_lowercase();
+    if f == "no nodule" || f == "no finding" || f == "normal" {
+        "normal".to_owned()
+    } else {
+        f
+    }
+}
+
+/// A short, stable key for a `source` column value: its first word, lowercased, cut at the
+/// first `/` ("Hannover Medical School (...)" -> `hannover`, "ieee8023/covid-chestxray-dataset
+/// (...)" -> `ieee8023`, "NIH Clinical Center ..." -> `nih`, "JSRT (...)" -> `jsrt`). The
+/// ieee8023 rows name a different article in each source value; they are one collection.
+#[must_use]
+pub fn source_key(source: &str) -> String {
+    let first = source.split_whitespace().next().unwrap_or("");
+    let first = first.split('/').next().unwrap_or("");
+    first
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-')
+        .collect::<String>()
+        .to_lowercase()
 }
 
 impl Manifest {
@@ -69,42 +103,68 @@ impl Manifest {
                 _ => here,
             }
         };
+        // Without a source column, the manifest's folder names the source (`lungseg`).
+        let folder_source = base
+            .file_name()
+            .map_or_else(|| "unknown".to_owned(), |n| n.to_string_lossy().to_lowercase());
         let rows: Vec<csv::StringRecord> = reader
             .records()
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| csv_error(path, &e))?;
         let field = |row: &csv::StringRecord, i: usize| row.get(i).unwrap_or("").trim().to_owned();
-        match (
-            column("path"),
-            column("label"),
-            column("image"),
-            column("mask"),
-            column("patient"),
-        ) {
-            (Some(p), Some(l), _, _, patient) => Ok(Self::Labels(
-                rows.iter()
-                    .map(|r| LabelledImage {
-                        path: resolve(&field(r, p)),
-                        label: field(r, l),
-                        // Without a patient column every image is its own patient.
-                        patient: patient.map_or_else(|| field(r, p), |i| field(r, i)),
-                    })
-                    .collect(),
-            )),
-            (_, _, Some(i), Some(m), patient) => Ok(Self::Masks(
-                rows.iter()
-                    .map(|r| MaskedImage {
-                        image: resolve(&field(r, i)),
-                        mask: resolve(&field(r, m)),
-                        patient: patient.map_or_else(|| field(r, i), |c| field(r, c)),
-                    })
-                    .collect(),
-            )),
-            _ => Err(CoreError::data(
+        let source_of = |row: &csv::StringRecord| {
+            column("source").map_or_else(|| folder_source.clone(), |i| source_key(&field(row, i)))
+        };
+        let (image, patient) = (column("path").or(column("image")), column("patient"));
+        let label = column("label").map(|i| (i, false)).or(column("finding").map(|i| (i, true)));
+        let masked = (column("image"), column("mask"));
+        if (image.is_none() || label.is_none()) && (masked.0.is_none() || masked.1.is_none()) {
+            return Err(CoreError::data(
                 path,
-                "unknown manifest: expected columns path,label[,patient] or image,mask[,patient]",
-            )),
+                "unknown manifest: expected columns path,label[,patient,source] or \
+                 image,mask[,patient,source] (or image,finding)",
+            ));
         }
+        let mut manifest = Self::default();
+        if let (Some(p), Some((l, is_finding))) = (image, label) {
+            manifest.labels = rows
+                .iter()
+                .map(|r| LabelledImage {
+                    path: resolve(&field(r, p)),
+                    label: if is_finding {
+                        label_of_finding(&field(r, l))
+                    } else {
+                        field(r, l)
+                    },
+                    // Without a patient column every image is its own patient.
+                    patient: patient.map_or_else(|| field(r, p), |i| field(r, i)),
+                    source: source_of(r),
+                })
+                .collect();
+        }
+        if let (Some(i), Some(m)) = masked {
+            manifest.masks = rows
+                .iter()
+                .map(|r| MaskedImage {
+                    image: resolve(&field(r, i)),
+                    mask: resolve(&field(r, m)),
+                    patient: patient.map_or_else(|| field(r, i), |c| field(r, c)),
+                    source: source_of(r),
+                })
+                .collect();
+        }
+        Ok(manifest)
+    }
+
+    /// Several manifests as one (rows in the order given).
+    pub fn read_all(paths: &[PathBuf]) -> Result<Self> {
+        let mut all = Self::default();
+        for path in paths {
+            let one = Self::read(path)?;
+            all.labels.extend(one.labels);
+            all.masks.extend(one.masks);
+        }
+        Ok(all)
     }
 }
 
@@ -196,6 +256,33 @@ mod tests {
     }
 
     #[test]
+    fn sources_and_findings() {
+        assert_eq!(source_key("Hannover Medical School (ml-workgroup/x)"), "hannover");
+        assert_eq!(source_key("ieee8023/covid-chestxray-dataset (https://a.b/c)"), "ieee8023");
+        assert_eq!(source_key("NIH Clinical Center ChestX-ray14 (via x/y)"), "nih");
+        assert_eq!(source_key("JSRT (Japanese Society), via z"), "jsrt");
+        assert_eq!(label_of_finding("no nodule"), "normal");
+        assert_eq!(label_of_finding("Lung nodule"), "lung nodule");
+
+        // A manifest with masks and findings (the JSRT layout) gives both kinds of rows.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        std::fs::write(
+            &path,
+            "image,mask,patient,finding,view,source,license\n\
+             i/a.png,m/a.png,A,no nodule,PA,JSRT (x),y\n\
+             i/b.png,m/b.png,B,lung nodule,PA,JSRT (x),y\n",
+        )
+        .unwrap();
+        let m = Manifest::read(&path).unwrap();
+        assert_eq!(m.masks.len(), 2);
+        let labels: Vec<(&str, &str)> =
+            m.labels.iter().map(|r| (r.label.as_str(), r.source.as_str())).collect();
+        assert_eq!(labels, [("normal", "jsrt"), ("lung nodule", "jsrt")]);
+        assert_eq!(m.labels[0].path, dir.path().join("i/a.png"));
+    }
+
+    #[test]
     fn reads_both_manifest_formats_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("set/img")).unwrap();
@@ -206,9 +293,7 @@ mod tests {
             "path,label,patient\nimg/a.png,covid,p1\nset/img/b.png,normal,p2\n",
         )
         .unwrap();
-        let Manifest::Labels(rows) = Manifest::read(&labels).unwrap() else {
-            panic!()
-        };
+        let rows = Manifest::read(&labels).unwrap().labels;
         assert_eq!(rows[0].path, dir.path().join("set/img/a.png"));
         assert_eq!(rows[1].path, dir.path().join("set/set/img/b.png"));
         assert_eq!(
@@ -218,10 +303,10 @@ mod tests {
 
         let masks = dir.path().join("masks.csv");
         std::fs::write(&masks, "image,mask\nx.png,y.png\n").unwrap();
-        let Manifest::Masks(rows) = Manifest::read(&masks).unwrap() else {
-            panic!()
-        };
+        let rows = Manifest::read(&masks).unwrap().masks;
         assert_eq!(rows[0].patient, "x.png");
+        // No source column: the manifest's folder is the source.
+        assert_eq!(rows[0].source, dir.path().file_name().unwrap().to_string_lossy().to_lowercase());
 
         let bad = dir.path().join("bad.csv");
         std::fs::write(&bad, "a,b\n1,2\n").unwrap();

@@ -44,6 +44,10 @@ pub enum CoreError {
         second: String,
     },
 
+    /// The input is refused: it is no chest radiograph (see [`crate::trust`]).
+    #[error("{}: not a chest radiograph: {reason}", path.display())]
+    NotARadiograph { path: PathBuf, reason: String },
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 

@@ -7,9 +7,12 @@
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
-//! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards.
+//! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards;
+//!   [`audit`]: linear probes that tell whether the features carry the source;
+//! - [`trust`]: familiarity score and flags that say when a prediction should not be trusted;
 //! - [`watch`], [`queue`]: the drop folder and the review and training queue it fills.
 
+pub mod audit;
 pub mod cache;
 pub mod card;
 pub mod data;
@@ -26,6 +29,7 @@ pub mod preprocess;
 pub mod queue;
 pub mod render;
 pub mod train;
+pub mod trust;
 pub mod watch;
 pub mod xray;
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::Result;
+use crate::trust::{self, Assessment, Flag, LungShape, TrustModel};
+use crate::{CoreError, Result};
 use crate::mask::{self, LungMask};
 use crate::models::{
     Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter,
@@ -45,6 +46,8 @@ pub struct Analysis {
     pub mask: LungMask,
     pub input: ClassifierInput,
     pub prediction: Prediction,
+    /// The classifier's pooled features (what the familiarity score measures), when exposed.
+    pub features: Option<Vec<f32>>,
     pub timings: Timings,
 }
 
@@ -60,6 +63,8 @@ pub struct ClassifyReport {
     pub threshold: f32,
     /// Share of the image the segmenter marked as lung (near 0 means it found none).
     pub lung_fraction: f32,
+    /// Familiarity score and flags (`unfamiliar`, `implausible-lungs`).
+    pub trust: Assessment,
     pub timings: Timings,
     /// DICOM patient and study identifiers, only when asked for
     /// ([`Analysis::report_with_identifiers`]).
@@ -83,7 +88,7 @@ impl Pipeline {
             &classifier_files.weights,
             &classifier_files.meta,
         ] {
-            hasher.update(std::fs::read(path).map_err(|e| crate::CoreError::Io {
+            hasher.update(std::fs::read(path).map_err(|e| CoreError::Io {
                 path: path.clone(),
                 source: e,
             })?);
@@ -113,12 +118,20 @@ impl Pipeline {
         let mask = self.segmenter.segment(&xray.gray)?;
         let segment_ms = ms(start);
         let t = Instant::now();
-        let input = preprocess::classifier_input(&xray.gray, &mask);
+        let input =
+            preprocess::classifier_input(&xray.gray, &mask, self.classifier.input_style());
         let tensor = input.to_tensor(self.device);
         let preprocess_ms = ms(t);
         let t = Instant::now();
-        let prediction = self.classifier.predict(&tensor)?;
+        let (mut prediction, features) = self.classifier.predict_with_features(&tensor)?;
         let classify_ms = ms(t);
+        prediction.trust = assess(self.classifier.trust(), &xray, &mask, features.as_deref());
+        if prediction.trust.has(Flag::NotAChestRadiograph) {
+            return Err(CoreError::NotARadiograph {
+                path: xray.path.clone(),
+                reason: prediction.trust.reasons.join("; "),
+            });
+        }
         let timings = Timings {
             decode_ms: 0.0,
             segment_ms,
@@ -131,6 +144,7 @@ impl Pipeline {
             mask,
             input,
             prediction,
+            features,
             timings,
         })
     }
@@ -155,6 +169,7 @@ impl Analysis {
             probabilities: self.prediction.probabilities.clone(),
             threshold: self.prediction.threshold,
             lung_fraction: mask::coverage(&self.mask),
+            trust: self.prediction.trust.clone(),
             timings: self.timings,
             identifiers: if identifiers {
                 self.xray.identifiers.clone()
@@ -162,6 +177,23 @@ impl Analysis {
                 None
             },
         }
+    }
+}
+
+/// Familiarity and flags of one analysed radiograph: the input checks always, the feature and
+/// lung-range checks when the classifier was trained with a trust model.
+fn assess(
+    model: Option<&TrustModel>,
+    xray: &Xray,
+    mask: &LungMask,
+    features: Option<&[f32]>,
+) -> Assessment {
+    let (lungs, colour) = (LungShape::of(mask), trust::colourfulness(&xray.original));
+    match (model, features) {
+        (Some(model), Some(f)) if f.len() == model.feature_mean.len() => {
+            model.assess(f, lungs, colour)
+        }
+        _ => trust::assess_input(lungs, colour),
     }
 }
 

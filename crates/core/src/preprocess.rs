@@ -43,11 +43,48 @@ impl CropBox {
     }
 }
 
+/// How the classifier's input is made from the lung crop; stored with each classifier, so a
+/// model is always fed the way it was trained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputStyle {
+    /// Lungs standardised (zero mean, unit variance over the lung pixels), everything outside
+    /// them 0. The lung outline is a hard edge the model can read (the first shipped models).
+    #[default]
+    Masked,
+    /// Every pixel replaced by its rank among the lung pixels (the lungs' histogram
+    /// equalised, scaled to unit variance), which erases exposure, gamma and processing curves
+    /// that differ between hospitals and scanners; then faded to 0 outside the lungs through a
+    /// feathered mask, so the outline is a soft ramp rather than an edge.
+    EqualisedFeathered,
+}
+
+impl InputStyle {
+    /// One line for model cards.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Masked => {
+                "lungs standardised to zero mean and unit variance, outside-lung pixels 0"
+            }
+            Self::EqualisedFeathered => {
+                "lung histogram equalised (each pixel's rank among the lung pixels, unit \
+                 variance), faded to 0 outside the lungs through a 9-pixel feathered mask"
+            }
+        }
+    }
+}
+
+/// Width of the box filter that feathers the lung mask, in 224-grid pixels.
+pub const FEATHER: usize = 9;
+
 /// The classifier's view of a radiograph.
 #[derive(Debug, Clone)]
 pub struct ClassifierInput {
-    /// 224x224 values, row-major: lung pixels standardised, everything else 0 (the lung mean).
+    /// 224x224 values, row-major, what the classifier sees (see [`InputStyle`]).
     pub pixels: Vec<f32>,
+    /// The same crop before the mask is applied (training jitters the mask, then applies it).
+    pub unmasked: Vec<f32>,
     /// The lung mask resampled to the same 224x224 grid (1 lung, 0 not).
     pub mask: Vec<f32>,
     pub crop: CropBox,
@@ -64,11 +101,11 @@ impl ClassifierInput {
 }
 
 /// Classifier input: a square crop around the lungs (bounding box of the mask plus a margin; the
-/// whole image when the mask is empty), resampled to 224x224, with everything outside the lungs
-/// set to the lung mean so that text markers, devices outside the chest and the image border
-/// carry no signal, and the lungs standardised to zero mean and unit variance.
+/// whole image when the mask is empty), resampled to 224x224, normalised over the lung pixels
+/// and masked as `style` says, so that text markers, devices outside the chest and the image
+/// border carry no signal.
 #[must_use]
-pub fn classifier_input(gray: &GrayF32, mask: &LungMask) -> ClassifierInput {
+pub fn classifier_input(gray: &GrayF32, mask: &LungMask, style: InputStyle) -> ClassifierInput {
     let crop = lung_crop(mask);
     let side = CLASSIFIER_SIDE as usize;
     let mut pixels = Vec::with_capacity(side * side);
@@ -82,17 +119,64 @@ pub fn classifier_input(gray: &GrayF32, mask: &LungMask) -> ClassifierInput {
         }
     }
     let has_lungs = inside.iter().any(|&m| m > 0.0);
-    let pixels = standardise(&pixels, has_lungs.then_some(&inside[..]));
+    let lungs = has_lungs.then_some(&inside[..]);
+    let (unmasked, weights) = match style {
+        InputStyle::Masked => (standardise(&pixels, lungs), inside.clone()),
+        InputStyle::EqualisedFeathered => (equalise(&pixels, lungs), feather(&inside, side)),
+    };
     let pixels = if has_lungs {
-        pixels.iter().zip(&inside).map(|(p, m)| p * m).collect()
+        unmasked.iter().zip(&weights).map(|(p, m)| p * m).collect()
     } else {
-        pixels
+        unmasked.clone()
     };
     ClassifierInput {
         pixels,
+        unmasked,
         mask: inside,
         crop,
     }
+}
+
+/// Each pixel's rank among the pixels where `weights` > 0 (all when `None`), as a value in
+/// (0, 1) centred and scaled to unit variance: a histogram equalisation over the lungs.
+fn equalise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
+    let mut reference: Vec<f32> = match weights {
+        Some(w) => pixels.iter().zip(w).filter(|(_, w)| **w > 0.0).map(|(p, _)| *p).collect(),
+        None => pixels.to_vec(),
+    };
+    reference.sort_by(f32::total_cmp);
+    let n = reference.len().max(1) as f32;
+    // A uniform variable on (0, 1) has variance 1/12.
+    let scale = 12f32.sqrt();
+    pixels
+        .iter()
+        .map(|p| {
+            let below = reference.partition_point(|r| r < p);
+            let not_above = reference.partition_point(|r| r <= p);
+            let rank = (below + not_above) as f32 / 2.0 / n;
+            (rank - 0.5) * scale
+        })
+        .collect()
+}
+
+/// The mask smoothed by a `FEATHER`-wide box filter (edges averaged over the pixels inside the
+/// grid): 1 deep inside the lungs, a linear ramp across the outline, 0 far outside.
+#[must_use]
+pub fn feather(mask: &[f32], side: usize) -> Vec<f32> {
+    let r = FEATHER / 2;
+    let pass = |data: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0.0; data.len()];
+        for a in 0..side {
+            for b in 0..side {
+                let (lo, hi) = (b.saturating_sub(r), (b + r).min(side - 1));
+                let at = |k: usize| if horizontal { a * side + k } else { k * side + a };
+                let sum: f32 = (lo..=hi).map(|k| data[at(k)]).sum();
+                out[at(b)] = sum / (hi - lo + 1) as f32;
+            }
+        }
+        out
+    };
+    pass(&pass(mask, true), false)
 }
 
 /// The square crop around the lungs.
@@ -190,7 +274,7 @@ mod tests {
                 mask.put_pixel(x, y, Luma([255]));
             }
         }
-        let input = classifier_input(&gray, &mask);
+        let input = classifier_input(&gray, &mask, InputStyle::Masked);
         // The box is 100x40: the square side is 100 plus 8% margins, centred on it.
         assert!((input.crop.side - 116.0).abs() < 1e-3);
         assert!((input.crop.x0 - 42.0).abs() < 1e-3 && (input.crop.y0 - -18.0).abs() < 1e-3);
@@ -220,8 +304,44 @@ mod tests {
 
     #[test]
     fn empty_mask_uses_the_whole_image() {
-        let input = classifier_input(&gradient(64, 32), &GrayImage::new(64, 32));
+        let input = classifier_input(&gradient(64, 32), &GrayImage::new(64, 32), InputStyle::Masked);
         assert!((input.crop.side - 64.0 * 1.16).abs() < 1e-3);
         assert!(input.pixels.iter().any(|&p| p != 0.0));
+    }
+
+    #[test]
+    fn equalised_input_ignores_monotone_intensity_changes() {
+        let gray = gradient(120, 100);
+        let mut mask = GrayImage::new(120, 100);
+        for y in 10..90 {
+            for x in 20..100 {
+                mask.put_pixel(x, y, Luma([255]));
+            }
+        }
+        // A gamma curve and a contrast change, as another scanner's processing might apply.
+        let mut other = gray.clone();
+        for p in other.pixels_mut() {
+            p.0[0] = 0.1 + 0.7 * p.0[0].powf(0.6);
+        }
+        let a = classifier_input(&gray, &mask, InputStyle::EqualisedFeathered);
+        let b = classifier_input(&other, &mask, InputStyle::EqualisedFeathered);
+        let diff = a.pixels.iter().zip(&b.pixels).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        // Not exactly 0: the crop is resampled (bilinear) before it is equalised, and
+        // resampling does not commute with a non-linear curve.
+        assert!(diff < 0.03, "max difference {diff}");
+        // The masked style does see the change.
+        let c = classifier_input(&gray, &mask, InputStyle::Masked);
+        let d = classifier_input(&other, &mask, InputStyle::Masked);
+        let diff = c.pixels.iter().zip(&d.pixels).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(diff > 0.3, "max difference {diff}");
+        // Lung values have unit variance; the outline is a ramp, not a step.
+        let lung: Vec<f32> =
+            a.unmasked.iter().zip(&a.mask).filter(|(_, m)| **m > 0.0).map(|(p, _)| *p).collect();
+        let mean = lung.iter().sum::<f32>() / lung.len() as f32;
+        let var = lung.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / lung.len() as f32;
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
+        let soft = feather(&a.mask, CLASSIFIER_SIDE as usize);
+        let ramp = soft.iter().filter(|&&v| v > 0.05 && v < 0.95).count();
+        assert!(ramp > 500, "{ramp} pixels on the ramp");
     }
 }

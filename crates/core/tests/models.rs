@@ -102,10 +102,7 @@ fn missing_or_broken_models_are_clear_errors() {
 }
 
 fn samples() -> Vec<LabelledImage> {
-    match Manifest::read(&repo().join("samples/manifest.csv")).unwrap() {
-        Manifest::Labels(rows) => rows,
-        Manifest::Masks(_) => panic!("samples/manifest.csv is a labelled manifest"),
-    }
+    Manifest::read(&repo().join("samples/manifest.csv")).unwrap().labels
 }
 
 #[test]
@@ -115,7 +112,8 @@ fn training_and_prediction_preprocess_identically() {
     let segmenter =
         UNetSegmenter::load(&ModelFiles::new(&models, SEGMENTER_NAME), Device::Cpu).unwrap();
     let rows = samples();
-    let trained_on = cxr_core::train::classifier::prepare(&rows, &segmenter).unwrap();
+    let style = pipeline.classifier.input_style();
+    let trained_on = cxr_core::train::classifier::prepare(&rows, &segmenter, style).unwrap();
     for (i, row) in rows.iter().enumerate() {
         let predicted_on = pipeline
             .analyze_file(&row.path)
@@ -156,9 +154,7 @@ fn shipped_segmenter_matches_reference_masks() {
         eprintln!("skipped: {} not found", manifest.display());
         return;
     }
-    let Manifest::Masks(rows) = Manifest::read(&manifest).unwrap() else {
-        panic!()
-    };
+    let rows = Manifest::read(&manifest).unwrap().masks;
     let segmenter = UNetSegmenter::load(
         &ModelFiles::new(&repo().join("models"), SEGMENTER_NAME),
         Device::Cpu,

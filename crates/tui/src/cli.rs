@@ -52,10 +52,17 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Measure the models on a manifest: classifier metrics for `path,label,patient` rows, Dice
-    /// and IoU for `image,mask,patient` rows. One JSON object on stdout.
+    /// Measure the models on manifests: classifier metrics for `path,label,patient,source`
+    /// rows (pooled and per source), Dice and IoU for `image,mask,patient` rows (pooled and per
+    /// source). One JSON object per kind on stdout, tables on stderr.
     Eval {
-        manifest: PathBuf,
+        /// Manifest CSV files, read as one (e.g. cxr/manifest.csv jsrt/manifest.csv).
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// Write one CSV row per image (file, source, truth, probability, label, familiarity,
+        /// flags) to this file, to find the false positives.
+        #[arg(long, value_name = "FILE.csv")]
+        per_image: Option<PathBuf>,
         /// Only the patients on this side of the project's patient split.
         #[arg(long, value_enum, default_value_t = SplitArg::All)]
         split: SplitArg,
@@ -72,6 +79,20 @@ pub enum Command {
         /// Add the model-randomisation sanity check to the explanation measures.
         #[arg(long)]
         sanity: bool,
+    },
+    /// Shortcut audit: linear probes on the classifier's frozen features (source, class, and
+    /// source within each class; test patients) and the share of Grad-CAM mass inside the lungs
+    /// per source. One JSON object on stdout, tables on stderr.
+    Audit {
+        /// Labelled manifest CSV files, read as one (e.g. cxr/manifest.csv jsrt/manifest.csv).
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// Seed of the patient split (probes train on train+validation, test on test patients).
+        #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
+        seed: u64,
+        /// Run Grad-CAM on at most this many test images per source.
+        #[arg(long, default_value_t = 30)]
+        gradcam_per_source: usize,
     },
     /// List the registered explainers with their summaries and parameters.
     Explainers {
@@ -203,11 +224,12 @@ pub enum SplitArg {
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
-    /// The U-Net lung segmenter, on a lung-mask manifest.
+    /// The U-Net lung segmenter, on lung-mask manifests.
     Segmenter {
-        /// [default: ../shared/data/lungseg/manifest.csv]
-        #[arg(long)]
-        manifest: Option<PathBuf>,
+        /// Lung-mask manifests, read as one (repeatable) [default: lungseg/manifest.csv and
+        /// jsrt/manifest.csv in the data folder: $CXR_DATA or ../shared/data]
+        #[arg(long = "manifest")]
+        manifests: Vec<PathBuf>,
         #[command(flatten)]
         common: TrainArgs,
         #[arg(long, default_value_t = 40)]
@@ -217,16 +239,29 @@ pub enum TrainCommand {
         #[arg(long, default_value_t = 2e-3)]
         learning_rate: f64,
     },
-    /// The classifier, on a labelled manifest, using the segmenter in --models for lung masks.
+    /// The classifier, on labelled manifests, using the segmenter in --models for lung masks.
     Classifier {
-        /// [default: ../shared/data/cxr/manifest.csv]
-        #[arg(long)]
-        manifest: Option<PathBuf>,
+        /// Labelled manifests, read as one (repeatable) [default: cxr/manifest.csv and
+        /// jsrt/manifest.csv in the data folder: $CXR_DATA or ../shared/data]
+        #[arg(long = "manifest")]
+        manifests: Vec<PathBuf>,
         #[command(flatten)]
         common: TrainArgs,
         /// The positive class (listed first; the threshold applies to its probability).
         #[arg(long, default_value = "covid")]
         positive: String,
+        /// The negative class; rows with any other label (lung nodule) are only reported.
+        #[arg(long, default_value = "normal")]
+        negative: String,
+        #[command(flatten)]
+        defences: DefenceArgs,
+        /// Leave this source (e.g. jsrt) out of training and validation, and report on it.
+        #[arg(long, value_name = "SOURCE")]
+        hold_out_source: Option<String>,
+        /// Also train one model per source without it and put the leave-one-source-out table
+        /// into the card (one more training per source).
+        #[arg(long)]
+        leave_one_source_out: bool,
         #[arg(long, default_value_t = 30)]
         epochs: usize,
         #[arg(long, default_value_t = 32)]
@@ -241,6 +276,36 @@ pub enum TrainCommand {
     },
 }
 
+/// How the classifier resists learning the source instead of the disease.
+#[derive(Debug, Args)]
+pub struct DefenceArgs {
+    /// How the input is made: equalised-feathered (lung histogram equalised, soft mask edge)
+    /// or masked (the first models' hard-edged standardised lungs).
+    #[arg(long, value_enum, default_value_t = InputArg::EqualisedFeathered)]
+    pub input: InputArg,
+    /// Turn off the scanner-style augmentation (blur, noise, mask dilation/erosion).
+    #[arg(long)]
+    pub no_style_augmentation: bool,
+    /// Turn off source balancing within each class.
+    #[arg(long)]
+    pub no_balance_sources: bool,
+    /// Weight of the domain-adversarial source head (0 turns it off).
+    #[arg(long, default_value_t = 0.3)]
+    pub adversarial: f64,
+    /// Weight of the penalty on class-activation mass outside the lungs (0 turns it off).
+    #[arg(long, default_value_t = 1.0)]
+    pub lung_focus: f64,
+    /// No defence at all: the first shipped models' recipe, for comparison.
+    #[arg(long, conflicts_with_all = ["no_style_augmentation", "no_balance_sources"])]
+    pub no_defences: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputArg {
+    Masked,
+    EqualisedFeathered,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Folder to write the model into [default: the models folder]. Writing into the shipped
@@ -249,6 +314,9 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
     pub seed: u64,
+    /// Start from these weights (a .safetensors file of the same architecture) and fine-tune.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
 }
 
 // Independent on/off switches of one command: flags are the natural form.

@@ -202,6 +202,79 @@ fn eval_reports_metrics_on_a_manifest() {
 }
 
 #[test]
+fn eval_groups_by_source_and_writes_per_image_rows() {
+    // The samples come from two sources, three images each; a second manifest adds one more
+    // source (the same files under another name), which must get its own row.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.csv");
+    std::fs::write(
+        &other,
+        format!(
+            "path,label,patient,source\n{},normal,x1,Elsewhere Hospital (test)\n",
+            sample("nih_00001385_000.png").display()
+        ),
+    )
+    .unwrap();
+    let per_image = dir.path().join("images.csv");
+    let out = cxr(&[
+        "eval".as_ref(),
+        repo().join("samples/manifest.csv").as_os_str(),
+        other.as_os_str(),
+        "--per-image".as_ref(),
+        per_image.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report = &json_lines(&out)[0];
+    let by_source = report["by_source"].as_object().unwrap();
+    let keys: Vec<&str> = by_source.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["elsewhere", "hannover", "nih"]);
+    assert_eq!(by_source["hannover"]["positives"], 3);
+    assert_eq!(by_source["hannover"]["negatives"], 0);
+    assert_eq!(by_source["nih"]["negatives"], 3);
+    assert_eq!(by_source["elsewhere"]["images"], 1);
+    // One class per source: sensitivity for one, specificity for the other, no AUC.
+    assert!(by_source["hannover"]["specificity"].is_null());
+    assert!(by_source["nih"]["sensitivity"].is_null());
+    assert!(by_source["nih"]["roc_auc"].is_null());
+    assert!(report["worst_source"][0].is_string());
+    assert!(stderr.contains("| hannover |"), "{stderr}");
+    // One CSV row per image, with its source.
+    let text = std::fs::read_to_string(&per_image).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "file,source,truth,probability,label,familiarity,flags"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 7);
+    assert!(rows.iter().filter(|r| r.contains(",hannover,covid,")).count() == 3);
+}
+
+#[test]
+fn photographs_and_drawings_are_refused_not_classified() {
+    let fixtures = repo().join("crates/core/tests/fixtures");
+    let out = cxr(&[
+        "classify".as_ref(),
+        fixtures.join("picture.png").as_os_str(),
+        fixtures.join("gradient.png").as_os_str(),
+        sample("nih_00001299_000.png").as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Two inputs refused, the radiograph classified.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines[..2] {
+        let error = line["error"].as_str().unwrap();
+        assert!(error.contains("not a chest radiograph"), "{error}");
+        assert!(line.get("label").is_none(), "{line}");
+    }
+    assert_eq!(lines[2]["label"], "normal");
+    assert!(lines[2]["trust"]["familiarity"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn eval_refuses_an_unknown_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.csv");

@@ -12,7 +12,8 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::mask::{self, LungMask};
-use crate::preprocess::{self, SEGMENTER_SIDE};
+use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::trust::{Assessment, TrustModel};
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
 use resnet::{ResNet, ResNetConfig};
@@ -62,9 +63,39 @@ pub trait Classifier: Send {
         ))
     }
 
+    /// How this classifier's input is made (see [`preprocess::classifier_input`]).
+    fn input_style(&self) -> InputStyle {
+        InputStyle::Masked
+    }
+
+    /// What training saw, to judge new inputs by; `None` for models trained without it.
+    fn trust(&self) -> Option<&TrustModel> {
+        None
+    }
+
+    /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`, with the
+    /// features the familiarity score is computed on (mean of the last feature map), when the
+    /// model exposes them; one forward pass either way.
+    fn predict_with_features(&self, input: &Tensor) -> Result<(Prediction, Option<Vec<f32>>)> {
+        let Some(pair) = tch::no_grad(|| self.features_and_logits(input)) else {
+            return Ok((self.predict(input)?, None));
+        };
+        let (features, logits) = pair?;
+        let pooled = features
+            .f_mean_dim([2, 3].as_slice(), false, Kind::Float)?
+            .f_to_device(Device::Cpu)?
+            .f_view([-1])?;
+        Ok((self.prediction_of(&logits)?, Some(Vec::<f32>::try_from(pooled)?)))
+    }
+
     /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`.
     fn predict(&self, input: &Tensor) -> Result<Prediction> {
         let logits = tch::no_grad(|| self.logits(input))?;
+        self.prediction_of(&logits)
+    }
+
+    /// The prediction from one image's logits.
+    fn prediction_of(&self, logits: &Tensor) -> Result<Prediction> {
         let probs = logits
             .f_softmax(-1, Kind::Float)?
             .f_to_device(Device::Cpu)?;
@@ -91,6 +122,9 @@ pub struct Prediction {
     pub label: String,
     /// Probability of the positive class at which the label switches to it.
     pub threshold: f32,
+    /// Familiarity score and flags: when this prediction should not be trusted.
+    #[serde(default)]
+    pub trust: Assessment,
 }
 
 impl Prediction {
@@ -112,6 +146,7 @@ impl Prediction {
             probabilities: classes.iter().cloned().zip(probs.iter().copied()).collect(),
             label: label.clone(),
             threshold,
+            trust: Assessment::default(),
         }
     }
 }
@@ -129,6 +164,16 @@ pub struct ModelMeta<A> {
     /// Training record and held-out metrics, as written by `cxr train`.
     #[serde(default)]
     pub record: serde_json::Value,
+    /// How the classifier's input is made (classifiers only; older files: `masked`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub input: InputStyle,
+    /// Familiarity model and lung ranges fitted at training (classifiers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustModel>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn half() -> f32 {
@@ -205,6 +250,8 @@ impl UNetSegmenter {
             classes: vec!["lung".into()],
             threshold: 0.5,
             record: serde_json::Value::Null,
+            input: InputStyle::default(),
+            trust: None,
         };
         Self { vs, net, meta }
     }
@@ -289,6 +336,8 @@ impl ResNetClassifier {
             classes,
             threshold: 0.5,
             record: serde_json::Value::Null,
+            input: InputStyle::default(),
+            trust: None,
         };
         Self { vs, net, meta }
     }
@@ -340,6 +389,14 @@ impl Classifier for ResNetClassifier {
         self.meta.threshold
     }
 
+    fn input_style(&self) -> InputStyle {
+        self.meta.input
+    }
+
+    fn trust(&self) -> Option<&TrustModel> {
+        self.meta.trust.as_ref()
+    }
+
     fn device(&self) -> Device {
         self.vs.device()
     }
@@ -379,6 +436,7 @@ impl Classifier for ResNetClassifier {
             self.vs.device(),
         );
         model.meta.threshold = self.meta.threshold;
+        model.meta.input = self.meta.input;
         Ok(Box::new(model))
     }
 }

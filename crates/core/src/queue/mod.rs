@@ -155,6 +155,10 @@ pub struct Predicted {
     pub positive: String,
     pub probabilities: BTreeMap<String, f32>,
     pub threshold: f32,
+    /// Why the prediction should not be trusted, if anything (see [`crate::trust`]); flagged
+    /// entries come first in the review order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<crate::trust::Flag>,
 }
 
 impl Predicted {
@@ -171,6 +175,7 @@ impl Predicted {
             positive: positive.to_owned(),
             probabilities: prediction.probabilities.clone(),
             threshold: prediction.threshold,
+            flags: prediction.trust.flags.clone(),
         }
     }
 
@@ -547,6 +552,7 @@ impl Queue {
                     path: item.image_path(),
                     label: class,
                     patient: format!("queue-{}", item.id),
+                    source: "queue".to_owned(),
                 })
             })
             .collect())
@@ -781,9 +787,16 @@ fn sort(items: &mut [QueueItem], order: Order) {
     match order {
         Order::Time => items.sort_by(by_time),
         Order::Uncertainty => items.sort_by(|a, b| {
-            // Highest uncertainty first, `None` last.
+            // Flagged predictions first (they most need a reviewer), then highest uncertainty,
+            // `None` last.
+            let flagged = |i: &QueueItem| {
+                i.state.predicted.as_ref().is_some_and(|p| !p.flags.is_empty())
+            };
             let key = |i: &QueueItem| i.uncertainty().map_or(f32::NEG_INFINITY, |u| u);
-            key(b).total_cmp(&key(a)).then_with(|| by_time(a, b))
+            flagged(b)
+                .cmp(&flagged(a))
+                .then_with(|| key(b).total_cmp(&key(a)))
+                .then_with(|| by_time(a, b))
         }),
     }
 }

@@ -19,6 +19,7 @@ fn predicted(p_covid: f32) -> Predicted {
         positive: "covid".into(),
         probabilities: [("covid".into(), p_covid), ("normal".into(), 1.0 - p_covid)].into(),
         threshold: 0.7,
+        flags: Vec::new(),
     }
 }
 
@@ -154,6 +155,15 @@ fn list_orders_by_uncertainty_or_time_and_training_rows_skip_skips() {
         by_doubt,
         vec![ids[1].clone(), ids[2].clone(), ids[0].clone()]
     );
+
+    // A flagged prediction comes first, however certain it is.
+    let mut flagged = predicted(0.999);
+    flagged.flags = vec![crate::trust::Flag::Unfamiliar];
+    let odd = queue
+        .label_file(&sample("nih_00002013_002.png"), Label::Skip, "alice", Some(flagged))
+        .unwrap();
+    let first = &queue.list(Order::Uncertainty).unwrap()[0];
+    assert_eq!(first.id, odd.id);
 
     let rows = queue.training_rows().unwrap();
     assert_eq!(rows.len(), 2);

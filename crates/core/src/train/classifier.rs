@@ -1,26 +1,30 @@
-//! Training the classifier on a labelled manifest (`path,label,patient`), on lung-masked inputs
-//! made by the shipped segmenter through the shared preprocessing.
+//! Training the classifier on labelled manifests (`path,label,patient,source`), on lung crops
+//! made by the shipped segmenter through the shared preprocessing, with defences against
+//! learning the source instead of the disease ([`Defences`]), and measured per source.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
+use rand::Rng;
+use rand::distr::Distribution;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
 
-use super::{
-    EpochReport, SplitSizes, TrainOnlyRecord, TrainOptions, TrainingRecord, batches, gather, warp,
-};
+use super::{EpochReport, SplitSizes, TrainOnlyRecord, TrainOptions, TrainingRecord};
+use super::{batches, gather, warp};
 use crate::data::{LabelledImage, Manifest, Split, SplitShares};
+use crate::trust::{Flag, LungShape, TrustModel};
 use crate::metrics::{Confusion, roc_auc, youden_threshold};
 use crate::models::resnet::ResNetConfig;
 use crate::models::{Classifier, ResNetClassifier, Segmenter};
-use crate::preprocess::{CLASSIFIER_SIDE, classifier_input};
+use crate::preprocess::{CLASSIFIER_SIDE, InputStyle, classifier_input};
 use crate::xray::{Xray, hex};
 use crate::{CoreError, Result};
 
-const AUGMENTATION: &str = "random rotation +-10 deg, scale +-10%, shift +-5%; \
-contrast and brightness +-10% (on the preprocessed, lung-masked input)";
+const AUGMENTATION: &str = "random rotation +-10 deg, scale +-10%, shift +-10%; \
+contrast and brightness +-10% (on the preprocessed input); the shortcut defences below add more";
 
 /// Held-out measurements of a classifier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,31 +55,226 @@ impl ClassifierMetrics {
     }
 }
 
+/// The shortcut defences a classifier is trained with; each is a switch of `cxr train
+/// classifier`, recorded in the model's JSON and card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Defences {
+    /// How the input is made (see [`InputStyle`]).
+    pub input: InputStyle,
+    /// Scanner-style augmentation: random blur by down- and up-sampling, noise, and a lung mask
+    /// dilated or eroded by up to 3 pixels before it is applied.
+    pub style_augmentation: bool,
+    /// Each source of a class weighs the same in every epoch (sampling with replacement).
+    pub balance_sources: bool,
+    /// Weight of a domain-adversarial head that predicts the source from the pooled features
+    /// and the true class, through gradient reversal: features are pushed to carry no
+    /// within-class source information (0: off).
+    pub adversarial: f64,
+    /// Weight of a penalty on the share of the true class's class-activation map outside the
+    /// lungs (right for the right reasons; 0: off).
+    pub lung_focus: f64,
+}
+
+impl Default for Defences {
+    /// What `cxr train classifier` uses unless told otherwise: the combination measured best
+    /// by leave-one-source-out (see the model card).
+    fn default() -> Self {
+        Self {
+            input: InputStyle::EqualisedFeathered,
+            style_augmentation: true,
+            balance_sources: true,
+            adversarial: 0.3,
+            lung_focus: 1.0,
+        }
+    }
+}
+
+impl Defences {
+    /// The first shipped models' recipe, for comparison.
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            input: InputStyle::Masked,
+            style_augmentation: false,
+            balance_sources: false,
+            adversarial: 0.0,
+            lung_focus: 0.0,
+        }
+    }
+
+    /// One line for model cards.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("input: {}", self.input.describe())];
+        if self.style_augmentation {
+            parts.push(
+                "scanner-style augmentation (down/up-sampling to 40-100%, Gaussian noise up to \
+                 0.2, lung mask dilated or eroded by up to 3 px)"
+                    .into(),
+            );
+        }
+        if self.balance_sources {
+            parts.push("sources balanced within each class".into());
+        }
+        if self.adversarial > 0.0 {
+            parts.push(format!(
+                "domain-adversarial source head (gradient reversal, conditioned on the class), \
+                 weight {}",
+                self.adversarial
+            ));
+        }
+        if self.lung_focus > 0.0 {
+            parts.push(format!(
+                "penalty on class-activation mass outside the lungs, weight {}",
+                self.lung_focus
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// What a classifier is trained on and how.
+#[derive(Debug, Clone)]
+pub struct ClassifierPlan {
+    /// Positive class first, then the negative class; rows with other labels (`lung nodule`)
+    /// are never trained on, only reported.
+    pub classes: [String; 2],
+    pub defences: Defences,
+    /// Leave this source out of training and validation entirely, and report on it.
+    pub hold_out: Option<String>,
+    /// Also train one model per source without it, and report each on its held-out source.
+    pub leave_one_source_out: bool,
+}
+
+/// Measures of a classifier on the images of one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceMetrics {
+    pub images: usize,
+    pub positives: usize,
+    pub negatives: usize,
+    /// Images whose label is neither class (e.g. `lung nodule`).
+    #[serde(default)]
+    pub others: usize,
+    /// Accuracy over the images of the two classes at the threshold.
+    pub accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specificity: Option<f64>,
+    /// Only when the source has images of both classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roc_auc: Option<f64>,
+    /// Mean probability of the positive class.
+    pub mean_positive_probability: f64,
+    /// Share of the other-label images called positive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_called_positive: Option<f64>,
+    /// How many images carried each flag.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flags: BTreeMap<String, usize>,
+}
+
+/// One scored image, for [`by_source`].
+pub struct Scored<'a> {
+    pub source: &'a str,
+    pub label: &'a str,
+    pub score: f32,
+    pub flags: &'a [Flag],
+}
+
+/// Metrics per source at `threshold`: the table that tells a hospital from a disease.
+#[must_use]
+pub fn by_source(
+    scored: &[Scored<'_>],
+    classes: &[String],
+    threshold: f32,
+) -> BTreeMap<String, SourceMetrics> {
+    let mut groups: BTreeMap<&str, Vec<&Scored<'_>>> = BTreeMap::new();
+    for s in scored {
+        groups.entry(s.source).or_default().push(s);
+    }
+    groups
+        .into_iter()
+        .map(|(source, rows)| {
+            let of = |class: usize| -> Vec<f32> {
+                rows.iter().filter(|r| r.label == classes[class]).map(|r| r.score).collect()
+            };
+            let (pos, neg) = (of(0), of(1));
+            let others: Vec<f32> = rows
+                .iter()
+                .filter(|r| !classes.iter().any(|c| c == r.label))
+                .map(|r| r.score)
+                .collect();
+            let called = |v: &[f32]| v.iter().filter(|&&s| s >= threshold).count();
+            let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
+            let correct = called(&pos) + neg.len() - called(&neg);
+            let mut flags = BTreeMap::new();
+            for flag in rows.iter().flat_map(|r| r.flags) {
+                *flags.entry(flag.name().to_owned()).or_default() += 1;
+            }
+            let scores: Vec<f32> = pos.iter().chain(&neg).copied().collect();
+            let truth: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
+            let metrics = SourceMetrics {
+                images: rows.len(),
+                positives: pos.len(),
+                negatives: neg.len(),
+                others: others.len(),
+                accuracy: share(correct, pos.len() + neg.len()).unwrap_or(0.0),
+                sensitivity: share(called(&pos), pos.len()),
+                specificity: share(neg.len() - called(&neg), neg.len()),
+                roc_auc: roc_auc(&scores, &truth),
+                mean_positive_probability: rows.iter().map(|r| f64::from(r.score)).sum::<f64>()
+                    / rows.len().max(1) as f64,
+                others_called_positive: share(called(&others), others.len()),
+                flags,
+            };
+            (source.to_owned(), metrics)
+        })
+        .collect()
+}
+
+/// The source whose images the classifier gets most wrong (lowest accuracy over the two
+/// classes), with that accuracy.
+#[must_use]
+pub fn worst_source(table: &BTreeMap<String, SourceMetrics>) -> Option<(&str, f64)> {
+    table
+        .iter()
+        .filter(|(_, m)| m.positives + m.negatives > 0)
+        .map(|(s, m)| (s.as_str(), m.accuracy))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// A model trained without one source, measured on that source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldOutSource {
+    pub source: String,
+    /// Its threshold, chosen on its own validation patients (other sources).
+    pub threshold: f32,
+    #[serde(flatten)]
+    pub metrics: SourceMetrics,
+    /// ROC-AUC of the held-out source's images against the fold's test images of the class
+    /// the source lacks (from the other sources): how well unseen-source images rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auc_against_other_class: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassifierRecord {
     pub training: TrainingRecord,
     pub classes: Vec<String>,
+    #[serde(default)]
+    pub defences: Option<Defences>,
     pub validation: ClassifierMetrics,
     pub test: ClassifierMetrics,
-}
-
-/// The class names of a manifest, `positive` first; exactly two are required.
-pub fn classes_of(
-    rows: &[LabelledImage],
-    positive: &str,
-    manifest: &std::path::Path,
-) -> Result<Vec<String>> {
-    let mut names: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
-    names.sort();
-    names.dedup();
-    if names.len() != 2 || !names.iter().any(|n| n == positive) {
-        return Err(CoreError::data(
-            manifest,
-            format!("expected exactly two labels including {positive:?}, found {names:?}"),
-        ));
-    }
-    names.sort_by_key(|n| n != positive);
-    Ok(names)
+    /// The test patients' metrics per source, at the model's threshold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub test_by_source: BTreeMap<String, SourceMetrics>,
+    /// The source held out of this model's training (`--hold-out-source`), measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<HeldOutSource>,
+    /// Leave-one-source-out: one model per source, trained without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leave_one_source_out: Vec<HeldOutSource>,
 }
 
 /// Images trained on in addition to the manifest's, never validated or tested on: reviewed
@@ -90,106 +289,164 @@ pub struct TrainOnly {
 }
 
 /// Segments and preprocesses every image exactly as prediction does, as `[N, 1, 224, 224]`.
-pub fn prepare(rows: &[LabelledImage], segmenter: &dyn Segmenter) -> Result<Tensor> {
-    prepare_hashed(rows, segmenter).map(|(inputs, _)| inputs)
-}
-
-/// [`prepare`], with a hash of each image's decoded pixels (so that a copy re-encoded or with
-/// other metadata has the same hash as its original).
-fn prepare_hashed(
+pub fn prepare(
     rows: &[LabelledImage],
     segmenter: &dyn Segmenter,
-) -> Result<(Tensor, Vec<String>)> {
-    let side = i64::from(CLASSIFIER_SIDE);
-    let mut flat = Vec::with_capacity(rows.len() * (side * side) as usize);
-    let mut hashes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let xray = Xray::open(&row.path)?;
-        let mask = segmenter.segment(&xray.gray)?;
-        flat.extend(classifier_input(&xray.gray, &mask).pixels);
-        let mut hasher = Sha256::new();
-        hasher.update(xray.width().to_le_bytes());
-        hasher.update(xray.height().to_le_bytes());
-        for v in xray.gray.as_raw() {
-            hasher.update(v.to_le_bytes());
-        }
-        hashes.push(hex(&hasher.finalize()));
-    }
-    let inputs = Tensor::from_slice(&flat).view([rows.len() as i64, 1, side, side]);
-    Ok((inputs, hashes))
+    style: InputStyle,
+) -> Result<Tensor> {
+    Ok(Prepared::of(rows, segmenter, style)?.inputs)
 }
 
-/// The training data, split: the manifest's rows by patient, the extra rows in training.
+/// Every image, segmented and preprocessed once; folds and epochs index into it.
 struct Prepared {
-    classes: Vec<String>,
+    /// What the classifier sees, `[N, 1, 224, 224]`.
     inputs: Tensor,
-    /// 0 for the positive class, 1 for the other.
-    labels: Vec<i64>,
-    train_ix: Vec<usize>,
-    val_ix: Vec<usize>,
-    test_ix: Vec<usize>,
-    split: SplitSizes,
+    /// The crop before masking, and the binary lung mask, for augmentation.
+    unmasked: Tensor,
+    masks: Tensor,
+    shapes: Vec<LungShape>,
+    /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
+    hashes: Vec<String>,
+}
+
+impl Prepared {
+    fn of(rows: &[LabelledImage], segmenter: &dyn Segmenter, style: InputStyle) -> Result<Self> {
+        let side = i64::from(CLASSIFIER_SIDE);
+        let n = (side * side) as usize;
+        let (mut inputs, mut unmasked, mut masks) = (
+            Vec::with_capacity(rows.len() * n),
+            Vec::with_capacity(rows.len() * n),
+            Vec::with_capacity(rows.len() * n),
+        );
+        let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
+        for row in rows {
+            let xray = Xray::open(&row.path)?;
+            let mask = segmenter.segment(&xray.gray)?;
+            shapes.push(LungShape::of(&mask));
+            let input = classifier_input(&xray.gray, &mask, style);
+            inputs.extend(input.pixels);
+            unmasked.extend(input.unmasked);
+            masks.extend(input.mask);
+            let mut hasher = Sha256::new();
+            hasher.update(xray.width().to_le_bytes());
+            hasher.update(xray.height().to_le_bytes());
+            for v in xray.gray.as_raw() {
+                hasher.update(v.to_le_bytes());
+            }
+            hashes.push(hex(&hasher.finalize()));
+        }
+        let shape = [rows.len() as i64, 1, side, side];
+        Ok(Self {
+            inputs: Tensor::from_slice(&inputs).view(shape),
+            unmasked: Tensor::from_slice(&unmasked).view(shape),
+            masks: Tensor::from_slice(&masks).view(shape),
+            shapes,
+            hashes,
+        })
+    }
+}
+
+/// The rows of a training run and what each is for.
+struct Dataset {
+    rows: Vec<LabelledImage>,
+    prepared: Prepared,
+    /// 0 positive, 1 negative, 2 any other label (never trained on).
+    class: Vec<i64>,
+    /// Index of each row's source in `sources`.
+    source: Vec<usize>,
+    sources: Vec<String>,
+    /// Split side; `None` for a row left out (a queue image identical to a manifest image).
+    side: Vec<Option<Split>>,
+    from_manifest: usize,
     train_only: Option<TrainOnlyRecord>,
 }
 
-fn assemble(
-    options: &TrainOptions,
-    extra: &TrainOnly,
-    segmenter: &dyn Segmenter,
-    positive: &str,
-) -> Result<Prepared> {
-    let Manifest::Labels(mut rows) = Manifest::read(&options.manifest)? else {
-        return Err(CoreError::data(
-            &options.manifest,
-            "expected a labelled manifest (path,label,patient)",
-        ));
-    };
-    let classes = classes_of(&rows, positive, &options.manifest)?;
-    let from_manifest = rows.len();
-    rows.extend(
-        extra
-            .rows
-            .iter()
-            .filter(|r| classes.contains(&r.label))
-            .cloned(),
-    );
-    let (inputs, hashes) = prepare_hashed(&rows, segmenter)?;
-    // An extra image that is also a manifest image (the same pixels, whatever the file) would
-    // leak into training if the manifest holds it for validation or test: such rows are left
-    // out entirely.
-    let known: HashSet<&str> = hashes[..from_manifest].iter().map(String::as_str).collect();
-    let duplicate: Vec<bool> = hashes[from_manifest..]
-        .iter()
-        .map(|h| known.contains(h.as_str()))
-        .collect();
-    let used = |i: usize| i < from_manifest || !duplicate[i - from_manifest];
-    let side_of = |i: usize| {
-        if i < from_manifest {
-            Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER)
-        } else {
-            Split::Train
+impl Dataset {
+    fn assemble(
+        options: &TrainOptions,
+        plan: &ClassifierPlan,
+        extra: &TrainOnly,
+        segmenter: &dyn Segmenter,
+    ) -> Result<Self> {
+        let mut rows = Manifest::read_all(&options.manifests)?.labels;
+        let list = options.manifest_list();
+        for class in &plan.classes {
+            if !rows.iter().any(|r| &r.label == class) {
+                return Err(CoreError::data(
+                    &list,
+                    format!("no image labelled {class:?} (classes: {:?})", plan.classes),
+                ));
+            }
         }
-    };
-    let sides = (0..rows.len()).map(|i| used(i).then(|| side_of(i)));
-    let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest)?;
-    Ok(Prepared {
-        labels: rows
+        let from_manifest = rows.len();
+        let is_class = |r: &LabelledImage| plan.classes.contains(&r.label);
+        rows.extend(extra.rows.iter().filter(|r| is_class(r)).cloned());
+        let prepared = Prepared::of(&rows, segmenter, plan.defences.input)?;
+        // A queue image that is also a manifest image (the same pixels, whatever the file)
+        // would leak into training if the manifest holds it for validation or test: such rows
+        // are left out entirely.
+        let known: HashSet<&str> =
+            prepared.hashes[..from_manifest].iter().map(String::as_str).collect();
+        let duplicate: Vec<bool> = prepared.hashes[from_manifest..]
             .iter()
-            .map(|r| i64::from(r.label != classes[0]))
-            .collect(),
-        split: SplitSizes::count(
-            (0..rows.len())
-                .filter(|&i| used(i))
-                .map(|i| (side_of(i), rows[i].patient.as_str())),
-        ),
-        train_only: (!extra.rows.is_empty())
-            .then(|| train_only_record(extra, &rows[from_manifest..], &duplicate)),
-        classes,
-        inputs,
-        train_ix,
-        val_ix,
-        test_ix,
-    })
+            .map(|h| known.contains(h.as_str()))
+            .collect();
+        let side = (0..rows.len())
+            .map(|i| {
+                if i < from_manifest {
+                    Some(Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER))
+                } else {
+                    (!duplicate[i - from_manifest]).then_some(Split::Train)
+                }
+            })
+            .collect();
+        let mut sources: Vec<String> = rows.iter().map(|r| r.source.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        let train_only = (!extra.rows.is_empty())
+            .then(|| train_only_record(extra, &rows[from_manifest..], &duplicate));
+        Ok(Self {
+            class: rows
+                .iter()
+                .map(|r| plan.classes.iter().position(|c| c == &r.label).map_or(2, |i| i as i64))
+                .collect(),
+            source: rows
+                .iter()
+                .map(|r| sources.iter().position(|s| s == &r.source).unwrap_or(0))
+                .collect(),
+            sources,
+            side,
+            from_manifest,
+            train_only,
+            rows,
+            prepared,
+        })
+    }
+
+    /// Train, validation and test rows of the two classes, leaving `held_out` out entirely.
+    fn split(&self, held_out: Option<&str>, list: &std::path::Path) -> Result<[Vec<usize>; 3]> {
+        super::split_indices(
+            (0..self.rows.len()).map(|i| {
+                let excluded = self.class[i] == 2 || held_out == Some(self.rows[i].source.as_str());
+                if excluded { None } else { self.side[i] }
+            }),
+            list,
+        )
+    }
+
+    fn split_sizes(&self, ix: &[Vec<usize>; 3]) -> SplitSizes {
+        let sides = [Split::Train, Split::Validation, Split::Test];
+        SplitSizes::count(
+            ix.iter()
+                .zip(sides)
+                .flat_map(|(ix, side)| ix.iter().map(move |&i| (side, i)))
+                .map(|(side, i)| (side, self.rows[i].patient.as_str())),
+        )
+    }
+
+    fn positive(&self, ix: &[usize]) -> Vec<bool> {
+        ix.iter().map(|&i| self.class[i] == 0).collect()
+    }
 }
 
 /// What the card says about the extra rows: `added` were trained on unless `duplicate`.
@@ -215,69 +472,207 @@ fn train_only_record(
 
 /// Positive-class probabilities of rows `ix`.
 fn scores(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(ix.len());
-    for chunk in ix.chunks(64) {
-        let logits = tch::no_grad(|| model.logits(&gather(inputs, chunk, model.device())))?;
-        let p = logits
-            .softmax(-1, Kind::Float)
-            .select(1, 0)
-            .to_device(tch::Device::Cpu);
-        out.extend(Vec::<f32>::try_from(p)?);
-    }
-    Ok(out)
+    Ok(features_and_scores(model, inputs, ix)?.1)
 }
 
-/// Trains the classifier on the manifest's rows plus `extra` (training split only); the model
-/// kept is the best on the validation patients (ROC-AUC), its threshold maximises Youden's J
-/// there, and the record holds the test patients' metrics.
-pub fn train(
-    options: &TrainOptions,
-    extra: &TrainOnly,
-    segmenter: &dyn Segmenter,
-    positive: &str,
-    progress: &mut dyn FnMut(&EpochReport),
-) -> Result<(ResNetClassifier, ClassifierRecord)> {
-    let started = Instant::now();
-    let Prepared {
-        classes,
-        inputs,
-        labels,
-        train_ix,
-        val_ix,
-        test_ix,
-        split,
-        train_only,
-    } = assemble(options, extra, segmenter, positive)?;
-    let positive_of = |ix: &[usize]| -> Vec<bool> { ix.iter().map(|&i| labels[i] == 0).collect() };
-    let mut rng = super::seeded(options.seed);
-    let targets = Tensor::from_slice(&labels);
+/// Pooled features `[len(ix) * C]` (row-major) and positive-class probabilities of rows `ix`.
+fn features_and_scores(
+    model: &ResNetClassifier,
+    inputs: &Tensor,
+    ix: &[usize],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (mut features, mut out) = (Vec::new(), Vec::with_capacity(ix.len()));
+    for chunk in ix.chunks(64) {
+        let (f, logits) = tch::no_grad(|| {
+            let f = model.network().features(&gather(inputs, chunk, model.device()), false);
+            let logits = model.network().head(&f);
+            (f.mean_dim([2i64, 3].as_slice(), false, Kind::Float), logits)
+        });
+        let p = logits.softmax(-1, Kind::Float).select(1, 0).to_device(tch::Device::Cpu);
+        out.extend(Vec::<f32>::try_from(p)?);
+        features.extend(Vec::<f32>::try_from(f.to_device(tch::Device::Cpu).view([-1]))?);
+    }
+    Ok((features, out))
+}
 
+/// `x` in the forward pass, `-weight` times the gradient in the backward pass.
+fn reverse_gradient(x: &Tensor, weight: f64) -> Tensor {
+    x * (-weight) + (x * (1.0 + weight)).detach()
+}
+
+/// Binary masks dilated (`r` > 0) or eroded (`r` < 0) by `|r|` pixels.
+fn morph(masks: &Tensor, r: i64) -> Tensor {
+    let k = 2 * r.abs() + 1;
+    let pool = |m: &Tensor| m.max_pool2d([k, k], [1, 1], [r.abs(), r.abs()], [1, 1], false);
+    match r.signum() {
+        1 => pool(masks),
+        -1 => 1.0 - pool(&(1.0 - masks)),
+        _ => masks.shallow_clone(),
+    }
+}
+
+/// The tensor twin of [`crate::preprocess::feather`], for augmented masks.
+fn feather_t(masks: &Tensor) -> Tensor {
+    let k = crate::preprocess::FEATHER as i64;
+    masks
+        .avg_pool2d([1, k], [1, 1], [0, k / 2], false, false, None)
+        .avg_pool2d([k, 1], [1, 1], [k / 2, 0], false, false, None)
+}
+
+/// The input of one training batch: augmented as `defences` say, then warped; also returns
+/// the warped lung mask (for the lung-focus penalty).
+fn training_batch(
+    data: &Prepared,
+    batch: &[usize],
+    defences: &Defences,
+    rng: &mut StdRng,
+    device: tch::Device,
+) -> Result<(Tensor, Tensor)> {
+    let mut masks = gather(&data.masks, batch, device);
+    let mut unmasked = gather(&data.unmasked, batch, device);
+    if defences.style_augmentation {
+        masks = morph(&masks, rng.random_range(-3..=3));
+        let side = i64::from(CLASSIFIER_SIDE);
+        let small = (side as f64 * rng.random_range(0.4..=1.0)).round() as i64;
+        if small < side {
+            unmasked = unmasked
+                .upsample_bilinear2d([small, small], false, None, None)
+                .upsample_bilinear2d([side, side], false, None, None);
+        }
+        let sigma = rng.random_range(0.0..=0.2);
+        unmasked = &unmasked + unmasked.randn_like() * sigma;
+    }
+    let weights = match defences.input {
+        InputStyle::Masked => masks.shallow_clone(),
+        InputStyle::EqualisedFeathered => feather_t(&masks),
+    };
+    let theta = super::random_affines(batch.len(), rng, 10.0, 0.10, 0.10);
+    let x = warp(&(unmasked * weights), &theta, false)?;
+    let x = super::jitter_intensity(&x, rng, 0.10);
+    Ok((x, warp(&masks, &theta, true)?))
+}
+
+/// Share of each image's positive class-activation map (true class) outside the lungs.
+fn outside_share(features: &Tensor, fc: &Tensor, y: &Tensor, lungs: &Tensor) -> Tensor {
+    let (h, w) = (features.size()[2], features.size()[3]);
+    let weights = fc.index_select(0, y).unsqueeze(-1).unsqueeze(-1); // [N, C, 1, 1]
+    let cam = (features * weights).sum_dim_intlist(1, false, Kind::Float).relu(); // [N, h, w]
+    let inside = lungs.adaptive_avg_pool2d([h, w]).squeeze_dim(1);
+    let total = cam.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) + 1e-6;
+    let outside: Tensor = 1.0 - inside;
+    let out = (&cam * outside).sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
+    (out / total).mean(Kind::Float)
+}
+
+/// The order of one epoch's training rows: shuffled, or with sources balanced within each
+/// class (drawn with replacement, as many as there are rows).
+fn epoch_order(data: &Dataset, train: &[usize], balance: bool, rng: &mut StdRng) -> Vec<usize> {
+    if !balance {
+        return train.to_vec();
+    }
+    let mut groups: BTreeMap<(i64, usize), usize> = BTreeMap::new();
+    let mut per_class: BTreeMap<i64, usize> = BTreeMap::new();
+    for &i in train {
+        *groups.entry((data.class[i], data.source[i])).or_default() += 1;
+        *per_class.entry(data.class[i]).or_default() += 1;
+    }
+    // Every row of a class-source group weighs 1 / (group size x sources in the class), so
+    // each class keeps its share and each of its sources an equal part of it.
+    let sources_in = |class: i64| groups.keys().filter(|(c, _)| *c == class).count() as f64;
+    let weights: Vec<f64> = train
+        .iter()
+        .map(|&i| {
+            let (c, s) = (data.class[i], data.source[i]);
+            per_class[&c] as f64 / (groups[&(c, s)] as f64 * sources_in(c))
+        })
+        .collect();
+    let Ok(dist) = rand::distr::weighted::WeightedIndex::new(&weights) else {
+        return train.to_vec();
+    };
+    (0..train.len()).map(|_| train[dist.sample(rng)]).collect()
+}
+
+/// One trained model and what it measured.
+struct Fit {
+    model: ResNetClassifier,
+    best_epoch: usize,
+    validation: ClassifierMetrics,
+}
+
+/// Trains one model on rows `train`, selecting the epoch by ROC-AUC on `val` (ties to the
+/// more confident model) and choosing the threshold there (Youden's J).
+fn fit(
+    data: &Dataset,
+    [train, val]: [&[usize]; 2],
+    options: &TrainOptions,
+    defences: &Defences,
+    progress: &mut dyn FnMut(&EpochReport),
+) -> Result<Fit> {
+    let mut rng = super::seeded(options.seed);
+    let classes: Vec<String> = vec![data.rows_class_name(0), data.rows_class_name(1)];
     let config = ResNetConfig::resnet18_quarter();
-    let model = ResNetClassifier::new(config.clone(), classes.clone(), options.device);
-    let mut best = ResNetClassifier::new(config, classes.clone(), options.device);
+    let mut model = ResNetClassifier::new(config.clone(), classes.clone(), options.device);
+    let mut best = ResNetClassifier::new(config, classes, options.device);
+    model.meta.input = defences.input;
+    best.meta.input = defences.input;
+    if let Some(init) = &options.init {
+        model.var_store_mut().load(init).map_err(|e| CoreError::ModelLoad {
+            path: init.clone(),
+            source: Box::new(e),
+        })?;
+    }
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     optimizer.set_weight_decay(1e-4);
+    // The adversary: pooled features and the one-hot class in, the source out.
+    let adversary_vs = nn::VarStore::new(options.device);
+    let width = *model.meta.architecture.widths.last().unwrap_or(&128);
+    let adversary = nn::seq()
+        .add(nn::linear(adversary_vs.root() / "a1", width + 2, 64, Default::default()))
+        .add_fn(Tensor::relu)
+        .add(nn::linear(
+            adversary_vs.root() / "a2",
+            64,
+            data.sources.len() as i64,
+            Default::default(),
+        ));
+    let mut adversary_opt = nn::Adam::default().build(&adversary_vs, options.learning_rate)?;
+    let labels = Tensor::from_slice(&data.class);
+    let source_ix = Tensor::from_slice(&data.source.iter().map(|&s| s as i64).collect::<Vec<_>>());
+    let val_positive = data.positive(val);
     let (mut best_score, mut best_epoch) = ((f64::NEG_INFINITY, f64::NEG_INFINITY), 0);
-    let val_positive = positive_of(&val_ix);
     for epoch in 1..=options.epochs {
         let epoch_start = Instant::now();
-        optimizer.set_lr(super::cosine_lr(
-            options.learning_rate,
-            epoch - 1,
-            options.epochs,
-        ));
+        let lr = super::cosine_lr(options.learning_rate, epoch - 1, options.epochs);
+        optimizer.set_lr(lr);
+        adversary_opt.set_lr(lr);
         let mut total = 0.0;
-        let batch_list = batches(&train_ix, options.batch_size, &mut rng);
+        let order = epoch_order(data, train, defences.balance_sources, &mut rng);
+        let batch_list = batches(&order, options.batch_size, &mut rng);
         for batch in &batch_list {
-            let theta = super::random_affines(batch.len(), &mut rng, 10.0, 0.10, 0.10);
-            let x = warp(&gather(&inputs, batch, options.device), &theta, false)?;
-            let x = super::jitter_intensity(&x, &mut rng, 0.10);
-            let y = gather(&targets, batch, options.device);
-            let l = model.forward_t(&x, true).cross_entropy_for_logits(&y);
-            optimizer.backward_step(&l);
-            total += super::scalar(&l);
+            let (x, lungs) = training_batch(&data.prepared, batch, defences, &mut rng, options.device)?;
+            let y = gather(&labels, batch, options.device);
+            let features = model.network().features(&x, true);
+            let logits = model.network().head(&features);
+            let mut loss = logits.cross_entropy_for_logits(&y);
+            if defences.lung_focus > 0.0 {
+                let fc = model.network().fc_weight();
+                loss = loss + outside_share(&features, fc, &y, &lungs) * defences.lung_focus;
+            }
+            if defences.adversarial > 0.0 {
+                let pooled = features.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+                let onehot = y.one_hot(2).to_kind(Kind::Float);
+                let input = Tensor::cat(&[reverse_gradient(&pooled, defences.adversarial), onehot], 1);
+                let s = gather(&source_ix, batch, options.device);
+                loss = loss + input.apply(&adversary).cross_entropy_for_logits(&s);
+                adversary_opt.zero_grad();
+            }
+            optimizer.backward_step(&loss);
+            if defences.adversarial > 0.0 {
+                adversary_opt.step();
+            }
+            total += super::scalar(&loss);
         }
-        let val_scores = scores(&model, &inputs, &val_ix)?;
+        let val_scores = scores(&model, &data.prepared.inputs, val)?;
         let auc = roc_auc(&val_scores, &val_positive).unwrap_or(0.5);
         // Ties in AUC (frequent when validation is easy) go to the more confident model.
         let margin = val_scores
@@ -301,24 +696,148 @@ pub fn train(
             seconds: epoch_start.elapsed().as_secs_f64(),
         });
     }
-    let val_scores = scores(&best, &inputs, &val_ix)?;
+    let val_scores = scores(&best, &data.prepared.inputs, val)?;
     let threshold = youden_threshold(&val_scores, &val_positive);
     best.meta.threshold = threshold;
-    let validation = ClassifierMetrics::measure(&val_scores, &val_positive, threshold);
+    Ok(Fit {
+        model: best,
+        best_epoch,
+        validation: ClassifierMetrics::measure(&val_scores, &val_positive, threshold),
+    })
+}
+
+impl Dataset {
+    fn rows_class_name(&self, class: i64) -> String {
+        self.rows
+            .iter()
+            .zip(&self.class)
+            .find(|(_, c)| **c == class)
+            .map(|(r, _)| r.label.clone())
+            .unwrap_or_default()
+    }
+
+    /// Per-source metrics of `model` on rows `ix`.
+    fn table(
+        &self,
+        model: &ResNetClassifier,
+        ix: &[usize],
+    ) -> Result<BTreeMap<String, SourceMetrics>> {
+        let s = scores(model, &self.prepared.inputs, ix)?;
+        let scored: Vec<Scored<'_>> = ix
+            .iter()
+            .zip(&s)
+            .map(|(&i, &score)| Scored {
+                source: &self.rows[i].source,
+                label: &self.rows[i].label,
+                score,
+                flags: &[],
+            })
+            .collect();
+        Ok(by_source(&scored, &model.meta.classes, model.meta.threshold))
+    }
+
+    /// `model` (trained without `source`) on every image of `source`, and those images ranked
+    /// against the test images of the class the source lacks.
+    fn held_out(
+        &self,
+        model: &ResNetClassifier,
+        source: &str,
+        test: &[usize],
+    ) -> Result<HeldOutSource> {
+        let own: Vec<usize> = (0..self.from_manifest)
+            .filter(|&i| self.rows[i].source == source)
+            .collect();
+        let metrics = self
+            .table(model, &own)?
+            .remove(source)
+            .unwrap_or_default();
+        let lacking: Option<i64> = match (metrics.positives > 0, metrics.negatives > 0) {
+            (true, false) => Some(1),
+            (false, true) => Some(0),
+            _ => None,
+        };
+        let auc_against_other_class = match lacking {
+            Some(class) => {
+                let mine: Vec<usize> =
+                    own.iter().copied().filter(|&i| self.class[i] != 2).collect();
+                let theirs: Vec<usize> =
+                    test.iter().copied().filter(|&i| self.class[i] == class).collect();
+                let ix: Vec<usize> = mine.iter().chain(&theirs).copied().collect();
+                let s = scores(model, &self.prepared.inputs, &ix)?;
+                roc_auc(&s, &self.positive(&ix))
+            }
+            None => None,
+        };
+        Ok(HeldOutSource {
+            source: source.to_owned(),
+            threshold: model.meta.threshold,
+            metrics,
+            auc_against_other_class,
+        })
+    }
+}
+
+/// Trains the classifier as `plan` says on the manifests' rows plus `extra` (training split
+/// only); the model kept is the best on the validation patients, and the record holds the test
+/// patients' metrics, pooled and per source, the held-out source's and, when asked, a
+/// leave-one-source-out table (one more model per source).
+pub fn train(
+    options: &TrainOptions,
+    plan: &ClassifierPlan,
+    extra: &TrainOnly,
+    segmenter: &dyn Segmenter,
+    progress: &mut dyn FnMut(&str, &EpochReport),
+) -> Result<(ResNetClassifier, ClassifierRecord)> {
+    let started = Instant::now();
+    let list = options.manifest_list();
+    let data = Dataset::assemble(options, plan, extra, segmenter)?;
+    let ix = data.split(plan.hold_out.as_deref(), &list)?;
+    let [train_ix, val_ix, test_ix] = &ix;
+    let Fit {
+        mut model,
+        best_epoch,
+        validation,
+    } = fit(&data, [train_ix, val_ix], options, &plan.defences, &mut |e| progress("", e))?;
     let test = ClassifierMetrics::measure(
-        &scores(&best, &inputs, &test_ix)?,
-        &positive_of(&test_ix),
-        threshold,
+        &scores(&model, &data.prepared.inputs, test_ix)?,
+        &data.positive(test_ix),
+        model.meta.threshold,
     );
-    let mut training = super::record(options, split, best_epoch, AUGMENTATION, started);
-    training.train_only = train_only;
+    let test_by_source = data.table(&model, test_ix)?;
+    let held_out = plan
+        .hold_out
+        .as_deref()
+        .map(|s| data.held_out(&model, s, test_ix))
+        .transpose()?;
+    let (train_features, _) = features_and_scores(&model, &data.prepared.inputs, train_ix)?;
+    let (val_features, _) = features_and_scores(&model, &data.prepared.inputs, val_ix)?;
+    let shapes: Vec<LungShape> = train_ix.iter().map(|&i| data.prepared.shapes[i]).collect();
+    let width = *model.meta.architecture.widths.last().unwrap_or(&128) as usize;
+    model.meta.trust = Some(TrustModel::fit(&train_features, &val_features, width, &shapes)?);
+
+    let mut leave_one_source_out = Vec::new();
+    if plan.leave_one_source_out {
+        for source in data.sources.clone() {
+            let fold = data.split(Some(&source), &list)?;
+            let fitted = fit(&data, [&fold[0], &fold[1]], options, &plan.defences, &mut |e| {
+                progress(&source, e);
+            })?;
+            leave_one_source_out.push(data.held_out(&fitted.model, &source, &fold[2])?);
+        }
+    }
+    let mut training = super::record(options, data.split_sizes(&ix), best_epoch, AUGMENTATION, started);
+    training.train_only = data.train_only.clone();
     let record = ClassifierRecord {
         training,
-        classes,
+        classes: model.meta.classes.clone(),
+        defences: Some(plan.defences.clone()),
         validation,
         test,
+        test_by_source,
+        held_out,
+        leave_one_source_out,
     };
-    best.meta.record =
+    model.meta.record =
         serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
-    Ok((best, record))
+    Ok((model, record))
 }

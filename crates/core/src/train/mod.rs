@@ -19,13 +19,29 @@ use crate::data::Split;
 /// Settings common to both trainings.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// The manifest to train on.
-    pub manifest: PathBuf,
+    /// The manifests to train on, read as one (their rows carry their sources).
+    pub manifests: Vec<PathBuf>,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     pub seed: u64,
     pub device: Device,
+    /// Start from these weights (a model of the same architecture) instead of random ones.
+    pub init: Option<PathBuf>,
+}
+
+impl TrainOptions {
+    /// The manifests as one path-like name for messages and records (`a.csv + b.csv`).
+    #[must_use]
+    pub fn manifest_list(&self) -> PathBuf {
+        PathBuf::from(
+            self.manifests
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" + "),
+        )
+    }
 }
 
 /// One line of training progress.
@@ -93,6 +109,9 @@ pub struct TrainingRecord {
     /// Images trained on beside the manifest's (reviewed queue items), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_only: Option<TrainOnlyRecord>,
+    /// The weights training started from, when not random (fine-tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialised_from: Option<String>,
 }
 
 /// What [`classifier::TrainOnly`] images a model was trained with: they are always in the
@@ -207,7 +226,7 @@ fn record(
     started: Instant,
 ) -> TrainingRecord {
     TrainingRecord {
-        manifest: options.manifest.display().to_string(),
+        manifest: options.manifest_list().display().to_string(),
         seed: options.seed,
         split,
         epochs: options.epochs,
@@ -220,6 +239,7 @@ fn record(
         threads: tch::get_num_threads(),
         date: today(),
         train_only: None,
+        initialised_from: options.init.as_ref().map(|p| p.display().to_string()),
     }
 }
 

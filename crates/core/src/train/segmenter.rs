@@ -1,6 +1,7 @@
 //! Training the U-Net on a lung-mask manifest (`image,mask,patient`; mask 255 lung, 0
 //! background, anything else ignored).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use image::imageops::{self, FilterType};
@@ -27,6 +28,23 @@ pub struct SegmenterMetrics {
     pub dice_mean: f64,
     pub dice_min: f64,
     pub iou_mean: f64,
+    /// The same measures for each source's images (see [`crate::data::source_key`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_source: BTreeMap<String, SegmenterMetrics>,
+}
+
+impl SegmenterMetrics {
+    /// Means over per-image `(dice, iou)` scores.
+    fn of(scores: &[(f64, f64)]) -> Self {
+        let n = scores.len().max(1) as f64;
+        Self {
+            images: scores.len(),
+            dice_mean: scores.iter().map(|s| s.0).sum::<f64>() / n,
+            dice_min: scores.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
+            iou_mean: scores.iter().map(|s| s.1).sum::<f64>() / n,
+            by_source: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,25 +117,32 @@ pub fn train(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(UNetSegmenter, SegmenterRecord)> {
     let started = Instant::now();
-    let Manifest::Masks(rows) = Manifest::read(&options.manifest)? else {
+    let rows = Manifest::read_all(&options.manifests)?.masks;
+    if rows.is_empty() {
         return Err(CoreError::data(
-            &options.manifest,
+            options.manifest_list(),
             "expected a lung-mask manifest (image,mask,patient)",
         ));
-    };
+    }
     let mut rng = super::seeded(options.seed);
     let pairs: Vec<Pair> = rows.iter().map(load_pair).collect::<Result<_>>()?;
     let side_of = |p: &Pair| Split::of(&p.row.patient, options.seed, SplitShares::SEGMENTER);
     let split = SplitSizes::count(pairs.iter().map(|p| (side_of(p), p.row.patient.as_str())));
     let sides = pairs.iter().map(|p| Some(side_of(p)));
-    let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest)?;
+    let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest_list())?;
     let (inputs, targets, weights) = (
         stack(&pairs, |p| &p.input),
         stack(&pairs, |p| &p.target),
         stack(&pairs, |p| &p.weight),
     );
 
-    let model = UNetSegmenter::new(UNetConfig::small(), options.device);
+    let mut model = UNetSegmenter::new(UNetConfig::small(), options.device);
+    if let Some(init) = &options.init {
+        model.var_store_mut().load(init).map_err(|e| CoreError::ModelLoad {
+            path: init.clone(),
+            source: Box::new(e),
+        })?;
+    }
     let mut best = UNetSegmenter::new(UNetConfig::small(), options.device);
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     let (mut best_score, mut best_epoch) = (f64::NEG_INFINITY, 0);
@@ -205,7 +230,7 @@ pub fn evaluate_each<'a>(
     rows: impl Iterator<Item = &'a MaskedImage>,
     on_row: &mut dyn FnMut(&MaskedImage, Option<&CoreError>),
 ) -> SegmenterMetrics {
-    let mut scores = Vec::new();
+    let mut scores: Vec<(String, (f64, f64))> = Vec::new();
     for row in rows {
         let measured = (|| -> Result<(f64, f64)> {
             let xray = Xray::open(&row.image)?;
@@ -215,15 +240,17 @@ pub fn evaluate_each<'a>(
             Ok((o.dice(), o.iou()))
         })();
         on_row(row, measured.as_ref().err());
-        scores.extend(measured.ok());
+        scores.extend(measured.ok().map(|s| (row.source.clone(), s)));
     }
-    let n = scores.len().max(1) as f64;
-    SegmenterMetrics {
-        images: scores.len(),
-        dice_mean: scores.iter().map(|s| s.0).sum::<f64>() / n,
-        dice_min: scores.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
-        iou_mean: scores.iter().map(|s| s.1).sum::<f64>() / n,
+    let mut metrics = SegmenterMetrics::of(&scores.iter().map(|s| s.1).collect::<Vec<_>>());
+    let mut sources: Vec<&str> = scores.iter().map(|s| s.0.as_str()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    for source in sources {
+        let own: Vec<(f64, f64)> = scores.iter().filter(|s| s.0 == source).map(|s| s.1).collect();
+        metrics.by_source.insert(source.to_owned(), SegmenterMetrics::of(&own));
     }
+    metrics
 }
 
 /// Like [`evaluate_each`], but the first failing row is an error.

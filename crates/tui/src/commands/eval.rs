@@ -1,18 +1,23 @@
 //! `cxr eval MANIFEST`: the models' metrics on a manifest, and with `--explainers`, the
 //! explanation quality measures averaged per explainer.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::Result;
+use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{ExplainerConfig, registry};
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{Analysis, Pipeline, SEGMENTER_NAME};
 use cxr_core::tch::Device;
-use cxr_core::train::classifier::ClassifierMetrics;
+use cxr_core::CoreError;
+use cxr_core::train::classifier::{
+    ClassifierMetrics, Scored, SourceMetrics, by_source, worst_source,
+};
+use cxr_core::trust::Flag;
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
 use serde::Serialize;
 
@@ -27,22 +32,28 @@ pub struct Options<'a> {
     /// At most this many images get explanations (explaining is far slower than classifying).
     pub explain_limit: usize,
     pub sanity: bool,
+    /// Write one CSV row per image here.
+    pub per_image: Option<&'a Path>,
 }
 
 #[derive(Serialize)]
 struct ClassifierEval<'a> {
-    manifest: &'a Path,
+    manifests: &'a [PathBuf],
     split: String,
     failed: usize,
     #[serde(flatten)]
     metrics: ClassifierMetrics,
+    /// The same measures per source, at the same threshold.
+    by_source: BTreeMap<String, SourceMetrics>,
+    /// The source with the lowest accuracy, and that accuracy.
+    worst_source: Option<(String, f64)>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     explainers: Vec<ExplainerQuality>,
 }
 
 #[derive(Serialize)]
 struct SegmenterEval<'a> {
-    manifest: &'a Path,
+    manifests: &'a [PathBuf],
     split: String,
     failed: usize,
     #[serde(flatten)]
@@ -58,24 +69,24 @@ struct ExplainerQuality {
     deletion_auc: f64,
     insertion_auc: f64,
     lung_mass_share: f64,
+    /// Mean share of heatmap mass inside the lungs, per source: where the evidence lies.
+    lung_mass_share_by_source: BTreeMap<String, f64>,
+    #[serde(skip)]
+    images_by_source: BTreeMap<String, usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     randomisation_correlation: Option<f64>,
     explain_ms: f64,
 }
 
 pub fn run(
-    manifest: &Path,
+    manifests: &[PathBuf],
     options: &Options<'_>,
     models: &Path,
     device: Device,
 ) -> Result<ExitCode> {
-    let rows = Manifest::read(manifest)?;
-    // Each kind of manifest is split with the shares its model was trained with.
-    let shares = match rows {
-        Manifest::Labels(_) => SplitShares::CLASSIFIER,
-        Manifest::Masks(_) => SplitShares::SEGMENTER,
-    };
-    let wanted = |patient: &str| {
+    let all = Manifest::read_all(manifests)?;
+    // Each kind of row is split with the shares its model was trained with.
+    let wanted = |patient: &str, shares: SplitShares| {
         let side = Split::of(patient, options.seed, shares);
         match options.split {
             SplitArg::All => true,
@@ -85,44 +96,64 @@ pub fn run(
         }
     };
     let split = format!("{:?}", options.split).to_lowercase();
-    match rows {
-        Manifest::Labels(rows) => {
-            let rows: Vec<LabelledImage> =
-                rows.into_iter().filter(|r| wanted(&r.patient)).collect();
-            evaluate_classifier(manifest, &rows, split, options, models, device)
-        }
-        Manifest::Masks(rows) => {
-            let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
-            let rows: Vec<_> = rows.into_iter().filter(|r| wanted(&r.patient)).collect();
-            let bar = super::progress(rows.len(), "evaluating");
-            let mut failed = 0;
-            let metrics = evaluate_each(&segmenter, rows.iter(), &mut |_, error| {
-                if let Some(e) = error {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("cxr: {e}"));
-                }
-                bar.inc(1);
-            });
-            bar.finish_and_clear();
-            super::print_json(&SegmenterEval {
-                manifest,
-                split,
-                failed,
-                metrics,
-            })?;
-            Ok(super::exit_code(failed))
-        }
+    let mut failed = 0;
+    if !all.labels.is_empty() {
+        let rows: Vec<LabelledImage> = all
+            .labels
+            .into_iter()
+            .filter(|r| wanted(&r.patient, SplitShares::CLASSIFIER))
+            .collect();
+        failed += evaluate_classifier(manifests, &rows, split.clone(), options, models, device)?;
     }
+    if !all.masks.is_empty() {
+        let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+        let rows: Vec<_> = all
+            .masks
+            .into_iter()
+            .filter(|r| wanted(&r.patient, SplitShares::SEGMENTER))
+            .collect();
+        let bar = super::progress(rows.len(), "evaluating the segmenter");
+        let mut seg_failed = 0;
+        let metrics = evaluate_each(&segmenter, rows.iter(), &mut |_, error| {
+            if let Some(e) = error {
+                seg_failed += 1;
+                bar.suspend(|| eprintln!("cxr: {e}"));
+            }
+            bar.inc(1);
+        });
+        bar.finish_and_clear();
+        eprintln!("{}", segmenter_table(&metrics));
+        super::print_json(&SegmenterEval {
+            manifests,
+            split,
+            failed: seg_failed,
+            metrics,
+        })?;
+        failed += seg_failed;
+    }
+    Ok(super::exit_code(failed))
+}
+
+/// One image's line of `--per-image`.
+#[derive(Serialize)]
+struct ImageRow<'a> {
+    file: String,
+    source: &'a str,
+    truth: &'a str,
+    probability: Option<f32>,
+    label: String,
+    familiarity: Option<f32>,
+    flags: String,
 }
 
 fn evaluate_classifier(
-    manifest: &Path,
+    manifests: &[PathBuf],
     rows: &[LabelledImage],
     split: String,
     options: &Options<'_>,
     models: &Path,
     device: Device,
-) -> Result<ExitCode> {
+) -> Result<usize> {
     let pipeline = Pipeline::load(models, device)?;
     let classes = pipeline.classifier.classes().to_vec();
     let names: Vec<&str> = if options.explainers.iter().any(|n| n == "all") {
@@ -148,15 +179,38 @@ fn evaluate_classifier(
         faithfulness: true,
         sanity: options.sanity,
     };
+    let mut per_image = match options.per_image {
+        Some(path) => Some(
+            csv::Writer::from_path(path).wrap_err_with(|| format!("writing {}", path.display()))?,
+        ),
+        None => None,
+    };
+    // Explained images are spread evenly over the selection, so every source is represented.
+    let every = rows.len().div_ceil(options.explain_limit.max(1)).max(1);
 
     let bar = super::progress(rows.len(), "evaluating");
-    let (mut scores, mut positive, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (mut scored, mut failed) = (Vec::new(), 0);
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
-        match pipeline.analyze_file(&row.path) {
+        let outcome = pipeline.analyze_file(&row.path);
+        let mut line = ImageRow {
+            file: row.path.display().to_string(),
+            source: &row.source,
+            truth: &row.label,
+            probability: None,
+            label: String::new(),
+            familiarity: None,
+            flags: String::new(),
+        };
+        match outcome {
             Ok(analysis) => {
-                scores.push(analysis.prediction.probabilities[&classes[0]]);
-                positive.push(row.label == classes[0]);
-                if i < options.explain_limit {
+                let p = &analysis.prediction;
+                line.probability = Some(p.probabilities[&classes[0]]);
+                line.label.clone_from(&p.label);
+                line.familiarity = p.trust.familiarity;
+                line.flags = p.trust.flags.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ");
+                scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
+                if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
                     let target = cxr_core::models::class_index(&classes, &row.label);
                     for ((entry, explainer), q) in methods.iter().zip(&mut quality) {
                         let outcome = report::explain(
@@ -168,18 +222,30 @@ fn evaluate_classifier(
                             target,
                             checks,
                         );
-                        accumulate(q, outcome.map(|(_, r)| r), &analysis, &bar);
+                        accumulate(q, outcome.map(|(_, r)| r), &row.source, &analysis, &bar);
                     }
                 }
+            }
+            Err(CoreError::NotARadiograph { reason, .. }) => {
+                *refused.entry(row.source.clone()).or_default() += 1;
+                line.label = "refused".into();
+                line.flags = Flag::NotAChestRadiograph.name().into();
+                bar.suspend(|| eprintln!("cxr: {}: refused: {reason}", row.path.display()));
             }
             Err(e) => {
                 failed += 1;
                 bar.suspend(|| eprintln!("cxr: {e}"));
             }
         }
+        if let Some(w) = &mut per_image {
+            w.serialize(&line)?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(w) = &mut per_image {
+        w.flush()?;
+    }
     for q in &mut quality {
         let n = q.images.max(1) as f64;
         q.deletion_auc /= n;
@@ -187,25 +253,112 @@ fn evaluate_classifier(
         q.lung_mass_share /= n;
         q.explain_ms /= n;
         q.randomisation_correlation = q.randomisation_correlation.map(|r| r / n);
+        for (source, share) in &mut q.lung_mass_share_by_source {
+            *share /= q.images_by_source[source].max(1) as f64;
+        }
     }
     if !quality.is_empty() {
         eprintln!("{}", table(&quality));
     }
-    let metrics = ClassifierMetrics::measure(&scores, &positive, pipeline.classifier.threshold());
+    let threshold = pipeline.classifier.threshold();
+    let in_classes: Vec<&(&LabelledImage, f32, Vec<Flag>)> =
+        scored.iter().filter(|(r, _, _)| classes.contains(&r.label)).collect();
+    let metrics = ClassifierMetrics::measure(
+        &in_classes.iter().map(|s| s.1).collect::<Vec<_>>(),
+        &in_classes.iter().map(|s| s.0.label == classes[0]).collect::<Vec<_>>(),
+        threshold,
+    );
+    let mut by_source = by_source(
+        &scored
+            .iter()
+            .map(|(r, score, flags)| Scored {
+                source: &r.source,
+                label: &r.label,
+                score: *score,
+                flags,
+            })
+            .collect::<Vec<_>>(),
+        &classes,
+        threshold,
+    );
+    for (source, n) in refused {
+        let m = by_source.entry(source).or_default();
+        m.images += n;
+        *m.flags.entry(Flag::NotAChestRadiograph.name().to_owned()).or_default() += n;
+    }
+    eprintln!("{}", source_table(&metrics, &by_source, &classes));
     super::print_json(&ClassifierEval {
-        manifest,
+        manifests,
         split,
         failed,
         metrics,
+        worst_source: worst_source(&by_source).map(|(s, a)| (s.to_owned(), a)),
+        by_source,
         explainers: quality,
     })?;
-    Ok(super::exit_code(failed))
+    Ok(failed)
+}
+
+/// The per-source table (and the pooled row) as Markdown.
+fn source_table(
+    pooled: &ClassifierMetrics,
+    by_source: &BTreeMap<String, SourceMetrics>,
+    classes: &[String],
+) -> String {
+    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+    let mut out = format!(
+        "| source | images | {} / {} / other | ROC-AUC | accuracy | sensitivity | specificity | other called {} | mean P({}) | flags |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        classes[0], classes[1], classes[0], classes[0]
+    );
+    for (source, m) in by_source {
+        let flags: Vec<String> = m.flags.iter().map(|(f, n)| format!("{f} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} |",
+            m.images,
+            m.positives,
+            m.negatives,
+            m.others,
+            m.roc_auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+            pct(Some(m.accuracy)),
+            pct(m.sensitivity),
+            pct(m.specificity),
+            pct(m.others_called_positive),
+            m.mean_positive_probability,
+            if flags.is_empty() { "-".to_owned() } else { flags.join(", ") }
+        );
+    }
+    let _ = write!(
+        out,
+        "| pooled | {} | | {} | {} | {} | {} | | | |",
+        pooled.images,
+        pooled.roc_auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+        pct(Some(pooled.accuracy)),
+        pct(Some(pooled.sensitivity)),
+        pct(Some(pooled.specificity)),
+    );
+    out
+}
+
+/// Dice per source as Markdown.
+fn segmenter_table(m: &SegmenterMetrics) -> String {
+    let mut out =
+        String::from("| source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|\n");
+    for (source, s) in m.by_source.iter().chain([(&"pooled".to_owned(), m)]) {
+        let _ = writeln!(
+            out,
+            "| {source} | {} | {:.4} | {:.4} | {:.4} |",
+            s.images, s.dice_mean, s.dice_min, s.iou_mean
+        );
+    }
+    out
 }
 
 /// Adds one image's measures (for the true class) to the running sums.
 fn accumulate(
     q: &mut ExplainerQuality,
     outcome: cxr_core::Result<report::MethodReport>,
+    source: &str,
     analysis: &Analysis,
     bar: &indicatif::ProgressBar,
 ) {
@@ -215,6 +368,9 @@ fn accumulate(
             q.deletion_auc += r.quality.deletion_auc.unwrap_or(f64::NAN);
             q.insertion_auc += r.quality.insertion_auc.unwrap_or(f64::NAN);
             q.lung_mass_share += r.quality.lung_mass_share.unwrap_or(0.0);
+            *q.lung_mass_share_by_source.entry(source.to_owned()).or_default() +=
+                r.quality.lung_mass_share.unwrap_or(0.0);
+            *q.images_by_source.entry(source.to_owned()).or_default() += 1;
             q.explain_ms += r.explain_ms;
             if let Some(c) = r.quality.randomisation_correlation {
                 q.randomisation_correlation = Some(q.randomisation_correlation.unwrap_or(0.0) + c);

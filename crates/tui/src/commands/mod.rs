@@ -2,6 +2,7 @@
 //! messages on stderr, exit 0 when everything succeeded, 1 when some input failed (the others
 //! are still processed), 2 when nothing could run (bad arguments, missing models).
 
+mod audit;
 mod classify;
 mod eval;
 mod explain;
@@ -60,7 +61,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Segment { files, out } => segment::run(&files, &out, &models, device),
         Command::Eval {
-            manifest,
+            manifests,
+            per_image,
             split,
             seed,
             explainers,
@@ -73,13 +75,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 explainers: &explainers,
                 explain_limit,
                 sanity,
+                per_image: per_image.as_deref(),
             };
-            eval::run(&manifest, &options, &models, device)
+            eval::run(&manifests, &options, &models, device)
         }
         Command::Train { model } => train::run(model, &models, device),
         Command::Watch(args) => watch::run(&args, &models, device),
         Command::Queue { command } => queue::run(command, &models, device),
         Command::Explainers { json } => explainers::run(json),
+        Command::Audit {
+            manifests,
+            seed,
+            gradcam_per_source,
+        } => {
+            let options = audit::Options {
+                seed,
+                gradcam_per_source,
+            };
+            audit::run(&manifests, &options, &models, device)
+        }
         Command::Explain {
             files,
             method,

@@ -9,10 +9,11 @@ use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
 use cxr_core::queue::Queue;
 use cxr_core::tch::Device;
-use cxr_core::train::classifier::TrainOnly;
+use cxr_core::preprocess::InputStyle;
+use cxr_core::train::classifier::{ClassifierPlan, Defences, TrainOnly};
 use cxr_core::train::{self, EpochReport, TrainOptions};
 
-use crate::cli::{TrainArgs, TrainCommand};
+use crate::cli::{DefenceArgs, InputArg, TrainArgs, TrainCommand};
 
 fn print_epoch(report: &EpochReport) {
     eprintln!(
@@ -32,26 +33,50 @@ fn write_card(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The classifier's defences as the command line sets them.
+fn defences(args: &DefenceArgs) -> Defences {
+    if args.no_defences {
+        return Defences::none();
+    }
+    Defences {
+        input: match args.input {
+            InputArg::Masked => InputStyle::Masked,
+            InputArg::EqualisedFeathered => InputStyle::EqualisedFeathered,
+        },
+        style_augmentation: !args.no_style_augmentation,
+        balance_sources: !args.no_balance_sources,
+        adversarial: args.adversarial.max(0.0),
+        lung_focus: args.lung_focus.max(0.0),
+    }
+}
+
 pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitCode> {
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
-    let manifest_or = |given: Option<PathBuf>, default: &str| {
-        given.unwrap_or_else(|| super::data_dir().join(default))
+    // Both kinds of model train on the project's data and JSRT by default.
+    let manifests_or = |given: Vec<PathBuf>, default: &str| {
+        if given.is_empty() {
+            let data = super::data_dir();
+            vec![data.join(default), data.join("jsrt/manifest.csv")]
+        } else {
+            given
+        }
     };
     match command {
         TrainCommand::Segmenter {
-            manifest,
+            manifests,
             common,
             epochs,
             batch_size,
             learning_rate,
         } => {
             let options = TrainOptions {
-                manifest: manifest_or(manifest, "lungseg/manifest.csv"),
+                manifests: manifests_or(manifests, "lungseg/manifest.csv"),
                 epochs,
                 batch_size,
                 learning_rate,
                 seed: common.seed,
                 device,
+                init: common.init.clone(),
             };
             let (model, record) = train::segmenter::train(&options, &mut print_epoch)
                 .wrap_err("training the segmenter")?;
@@ -64,9 +89,13 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             super::print_json(&record)?;
         }
         TrainCommand::Classifier {
-            manifest,
+            manifests,
             common,
             positive,
+            negative,
+            defences: defence_args,
+            hold_out_source,
+            leave_one_source_out,
             epochs,
             batch_size,
             learning_rate,
@@ -77,20 +106,33 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 None => TrainOnly::default(),
             };
             let options = TrainOptions {
-                manifest: manifest_or(manifest, "cxr/manifest.csv"),
+                manifests: manifests_or(manifests, "cxr/manifest.csv"),
                 epochs,
                 batch_size,
                 learning_rate,
                 seed: common.seed,
                 device,
+                init: common.init.clone(),
             };
             let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
             eprintln!(
                 "cxr: segmenting and preprocessing every image of {}",
-                options.manifest.display()
+                options.manifest_list().display()
             );
+            let plan = ClassifierPlan {
+                classes: [positive, negative],
+                defences: defences(&defence_args),
+                hold_out: hold_out_source,
+                leave_one_source_out,
+            };
+            let mut progress = |fold: &str, report: &EpochReport| {
+                if !fold.is_empty() {
+                    eprint!("[without {fold}] ");
+                }
+                print_epoch(report);
+            };
             let (model, record) =
-                train::classifier::train(&options, &extra, &segmenter, &positive, &mut print_epoch)
+                train::classifier::train(&options, &plan, &extra, &segmenter, &mut progress)
                     .wrap_err("training the classifier")?;
             let out = out_dir(&common);
             let files = ModelFiles::new(&out, CLASSIFIER_NAME);

@@ -1,0 +1,352 @@
+//! When not to trust a prediction. A classifier trained here answers for any input, so every
+//! prediction carries a familiarity score and flags, fitted when the classifier is trained and
+//! stored with it:
+//!
+//! - **familiarity**: the Mahalanobis distance of the image's pooled features (the input of
+//!   the classifier's last layer) from the training images' features, with a shrunk covariance;
+//!   `unfamiliar` when it is beyond the 99th percentile of the validation images' distances;
+//! - **implausible lungs**: the lung mask covers a share of the image, or has a shape (its
+//!   bounding box's width over height), outside what the training images showed;
+//! - **not a chest radiograph**: a colour picture, no lungs found, or features so far from
+//!   anything seen in training that the image is no radiograph at all. Such an input is refused:
+//!   it gets no label.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mask::LungMask;
+
+/// Something about an input that makes its prediction less trustworthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flag {
+    /// Features beyond the 99th percentile of validation images' distance to training.
+    Unfamiliar,
+    /// Lung share or shape outside the range seen in training.
+    ImplausibleLungs,
+    /// A colour picture, no lungs, or features far beyond any radiograph seen: refused.
+    NotAChestRadiograph,
+}
+
+impl Flag {
+    /// The name used in JSON, tables and the viewer.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unfamiliar => "unfamiliar",
+            Self::ImplausibleLungs => "implausible-lungs",
+            Self::NotAChestRadiograph => "not-a-chest-radiograph",
+        }
+    }
+}
+
+/// Mean colour saturation above which an image is a colour picture, not a radiograph (mean of
+/// max(R,G,B) - min(R,G,B) over the image, in [0, 1]). Radiographs saved as RGB have 0 up to
+/// compression noise.
+pub const COLOUR_LIMIT: f32 = 0.06;
+/// Lung share under which the segmenter found no lungs.
+pub const NO_LUNGS: f32 = 0.02;
+/// Distance beyond which an image is too unlike any radiograph seen to be classified: this
+/// many times the largest distance among the training and validation images.
+pub const FAR_BEYOND: f32 = 2.0;
+
+/// The lung-mask measures the plausibility check uses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LungShape {
+    /// Share of the image marked lung.
+    pub fraction: f32,
+    /// Width over height of the lungs' bounding box (0 without lungs).
+    pub aspect: f32,
+}
+
+impl LungShape {
+    #[must_use]
+    pub fn of(mask: &LungMask) -> Self {
+        let mut bounds: Option<(u32, u32, u32, u32)> = None;
+        for (x, y, p) in mask.enumerate_pixels() {
+            if p.0[0] >= 128 {
+                let b = bounds.get_or_insert((x, y, x, y));
+                *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+            }
+        }
+        Self {
+            fraction: crate::mask::coverage(mask),
+            aspect: bounds.map_or(0.0, |(x0, y0, x1, y1)| {
+                (x1 - x0 + 1) as f32 / (y1 - y0 + 1) as f32
+            }),
+        }
+    }
+}
+
+/// What training saw, to judge new inputs by. Stored in the classifier's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustModel {
+    /// Mean of the training images' pooled features.
+    pub feature_mean: Vec<f32>,
+    /// Inverse of their shrunk covariance, row-major `d x d`.
+    pub precision: Vec<f32>,
+    /// 99th percentile of the validation images' distances: beyond it, `unfamiliar`.
+    pub unfamiliar_above: f32,
+    /// [`FAR_BEYOND`] times the largest training or validation distance: beyond it, not a
+    /// chest radiograph.
+    pub refuse_above: f32,
+    /// Lung fraction and aspect ranges (0.5th to 99.5th percentile of training, widened by a
+    /// tenth of their width on each side).
+    pub lung_fraction: [f32; 2],
+    pub lung_aspect: [f32; 2],
+}
+
+/// The verdict on one input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Assessment {
+    /// Mahalanobis distance to the training features (higher is less familiar); `None` when
+    /// the classifier has no trust model.
+    pub familiarity: Option<f32>,
+    pub flags: Vec<Flag>,
+    /// Why each flag was raised, in words, in the same order.
+    pub reasons: Vec<String>,
+}
+
+impl Assessment {
+    #[must_use]
+    pub fn has(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    fn raise(&mut self, flag: Flag, reason: String) {
+        if !self.has(flag) {
+            self.flags.push(flag);
+        }
+        self.reasons.push(reason);
+    }
+}
+
+/// Mean saturation of a decoded image (0 for gray images).
+#[must_use]
+pub fn colourfulness(image: &image::DynamicImage) -> f32 {
+    if !image.color().has_color() {
+        return 0.0;
+    }
+    let rgb = image.to_rgb8();
+    let n = rgb.pixels().len().max(1) as f64;
+    let total: f64 = rgb
+        .pixels()
+        .map(|p| {
+            let [r, g, b] = p.0;
+            f64::from(r.max(g).max(b) - r.min(g).min(b))
+        })
+        .sum();
+    (total / n / 255.0) as f32
+}
+
+impl TrustModel {
+    /// Fits the model on training features `[n, d]` (row-major), with validation features for
+    /// the percentile, and the training images' lung shapes.
+    pub fn fit(
+        train: &[f32],
+        validation: &[f32],
+        dim: usize,
+        shapes: &[LungShape],
+    ) -> crate::Result<Self> {
+        let n = train.len() / dim;
+        if n < 2 || dim == 0 {
+            return Err(crate::CoreError::Invalid(
+                "too few training images to fit the familiarity model".into(),
+            ));
+        }
+        let t = tch::Tensor::from_slice(train)
+            .f_view([n as i64, dim as i64])?
+            .f_to_kind(tch::Kind::Double)?;
+        let mean = t.f_mean_dim(0, false, tch::Kind::Double)?;
+        let centred = t.f_sub(&mean)?;
+        let cov = centred.f_transpose(0, 1)?.f_matmul(&centred)?.f_div_scalar((n - 1) as f64)?;
+        // Shrink towards a scaled identity: with ~400 images and 128 features the sample
+        // covariance is ill-conditioned.
+        let trace = cov.f_trace()?.f_double_value(&[])?;
+        let eye = tch::Tensor::f_eye(dim as i64, (tch::Kind::Double, tch::Device::Cpu))?;
+        let shrunk = cov.f_mul_scalar(0.8)?.f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
+        let precision = tch::Tensor::f_linalg_inv(&shrunk)?.f_to_kind(tch::Kind::Float)?;
+        let mut model = Self {
+            feature_mean: Vec::<f32>::try_from(mean.f_to_kind(tch::Kind::Float)?)?,
+            precision: Vec::<f32>::try_from(precision.f_contiguous()?.f_view([-1])?)?,
+            unfamiliar_above: 0.0,
+            refuse_above: 0.0,
+            lung_fraction: range(shapes.iter().map(|s| s.fraction)),
+            lung_aspect: range(shapes.iter().map(|s| s.aspect)),
+        };
+        let distances = |flat: &[f32]| -> Vec<f32> {
+            flat.chunks(dim).map(|f| model.distance(f)).collect()
+        };
+        let (d_train, mut d_val) = (distances(train), distances(validation));
+        d_val.sort_by(f32::total_cmp);
+        model.unfamiliar_above = percentile(&d_val, 0.99);
+        let largest = d_train.iter().chain(&d_val).copied().fold(0.0, f32::max);
+        model.refuse_above = FAR_BEYOND * largest;
+        Ok(model)
+    }
+
+    /// Mahalanobis distance of pooled features `f` to the training mean.
+    #[must_use]
+    pub fn distance(&self, f: &[f32]) -> f32 {
+        let d = self.feature_mean.len();
+        let diff: Vec<f64> = f
+            .iter()
+            .zip(&self.feature_mean)
+            .map(|(a, m)| f64::from(a - m))
+            .collect();
+        let mut total = 0.0;
+        for (i, row) in self.precision.chunks(d).enumerate() {
+            let row_dot: f64 = row.iter().zip(&diff).map(|(p, x)| f64::from(*p) * x).sum();
+            total += diff[i] * row_dot;
+        }
+        total.max(0.0).sqrt() as f32
+    }
+
+    /// Judges one input from its pooled features, lung shape and colourfulness.
+    #[must_use]
+    pub fn assess(&self, features: &[f32], lungs: LungShape, colour: f32) -> Assessment {
+        let distance = self.distance(features);
+        let mut a = assess_input(lungs, colour);
+        a.familiarity = Some(distance);
+        if !distance.is_finite() || distance > self.refuse_above {
+            a.raise(
+                Flag::NotAChestRadiograph,
+                format!(
+                    "features at distance {distance:.1} from the training radiographs, beyond \
+                     {:.1}",
+                    self.refuse_above
+                ),
+            );
+        }
+        if distance > self.unfamiliar_above {
+            a.raise(
+                Flag::Unfamiliar,
+                format!(
+                    "familiarity distance {distance:.1} above the validation images' 99th \
+                     percentile {:.1}",
+                    self.unfamiliar_above
+                ),
+            );
+        }
+        let outside = |v: f32, [lo, hi]: [f32; 2]| v < lo || v > hi;
+        if lungs.fraction >= NO_LUNGS
+            && (outside(lungs.fraction, self.lung_fraction) || outside(lungs.aspect, self.lung_aspect))
+        {
+            a.raise(
+                Flag::ImplausibleLungs,
+                format!(
+                    "lungs cover {:.1}% of the image with a width/height of {:.2}; training \
+                     showed {:.1}-{:.1}% and {:.2}-{:.2}",
+                    100.0 * lungs.fraction,
+                    lungs.aspect,
+                    100.0 * self.lung_fraction[0],
+                    100.0 * self.lung_fraction[1],
+                    self.lung_aspect[0],
+                    self.lung_aspect[1]
+                ),
+            );
+        }
+        a
+    }
+}
+
+/// The checks that need no trust model: colour and the presence of lungs.
+#[must_use]
+pub fn assess_input(lungs: LungShape, colour: f32) -> Assessment {
+    let mut a = Assessment::default();
+    if colour > COLOUR_LIMIT {
+        a.raise(
+            Flag::NotAChestRadiograph,
+            format!("a colour picture (mean saturation {colour:.2}); radiographs are gray"),
+        );
+    }
+    if lungs.fraction < NO_LUNGS {
+        a.raise(
+            Flag::NotAChestRadiograph,
+            format!("no lungs found ({:.1}% of the image)", 100.0 * lungs.fraction),
+        );
+    }
+    a
+}
+
+/// The 0.5th to 99.5th percentile range of `values`, widened by a tenth of its width each side.
+fn range(values: impl Iterator<Item = f32>) -> [f32; 2] {
+    let mut v: Vec<f32> = values.filter(|x| x.is_finite()).collect();
+    v.sort_by(f32::total_cmp);
+    let (lo, hi) = (percentile(&v, 0.005), percentile(&v, 0.995));
+    let margin = 0.1 * (hi - lo);
+    [lo - margin, hi + margin]
+}
+
+/// Linear-interpolated percentile `q` of sorted values (0 when empty).
+fn percentile(sorted: &[f32], q: f64) -> f32 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, (pos - pos.floor()) as f32);
+    let next = sorted[(i + 1).min(sorted.len() - 1)];
+    sorted[i] + frac * (next - sorted[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn gaussian(rng: &mut rand::rngs::StdRng, n: usize, d: usize, scale: f32) -> Vec<f32> {
+        (0..n * d)
+            .map(|_| {
+                // Sum of uniforms: near-Gaussian, enough for a test.
+                let s: f32 = (0..6).map(|_| rng.random_range(-1.0f32..1.0)).sum();
+                s * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn distance_flags_outliers_and_refuses_far_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let d = 8;
+        let train = gaussian(&mut rng, 400, d, 1.0);
+        let val = gaussian(&mut rng, 100, d, 1.0);
+        let shapes: Vec<LungShape> = (0..100)
+            .map(|i| LungShape { fraction: 0.2 + 0.001 * i as f32, aspect: 1.0 + 0.002 * i as f32 })
+            .collect();
+        let model = TrustModel::fit(&train, &val, d, &shapes).unwrap();
+        let usual = LungShape { fraction: 0.25, aspect: 1.1 };
+        // A typical point: no flags.
+        let typical = model.assess(&val[..d], usual, 0.0);
+        assert!(typical.flags.is_empty(), "{typical:?}");
+        // A point a few times beyond the validation spread: unfamiliar, not refused.
+        let edge: Vec<f32> = vec![model.unfamiliar_above * 0.8; d];
+        let a = model.assess(&edge, usual, 0.0);
+        assert!(a.has(Flag::Unfamiliar) && !a.has(Flag::NotAChestRadiograph), "{a:?}");
+        // Far away: refused.
+        let far: Vec<f32> = vec![100.0; d];
+        assert!(model.assess(&far, usual, 0.0).has(Flag::NotAChestRadiograph));
+        // Lungs outside the training range.
+        let odd = model.assess(&val[..d], LungShape { fraction: 0.6, aspect: 1.1 }, 0.0);
+        assert_eq!(odd.flags, [Flag::ImplausibleLungs]);
+        // Colour and missing lungs, whatever the features.
+        assert!(model.assess(&val[..d], usual, 0.3).has(Flag::NotAChestRadiograph));
+        let none = LungShape { fraction: 0.0, aspect: 0.0 };
+        let a = model.assess(&val[..d], none, 0.0);
+        assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
+        // About 1% of validation points are beyond the 99th percentile.
+        let beyond = val.chunks(d).filter(|f| model.distance(f) > model.unfamiliar_above).count();
+        assert!(beyond <= 2, "{beyond}");
+    }
+
+    #[test]
+    fn colourfulness_tells_gray_from_colour() {
+        let gray = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 16, |x, _| {
+            let v = (x * 10) as u8;
+            image::Rgb([v, v, v])
+        }));
+        assert!(colourfulness(&gray) < 1e-6);
+        let colour = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, 128])
+        }));
+        assert!(colourfulness(&colour) > COLOUR_LIMIT);
+    }
+}

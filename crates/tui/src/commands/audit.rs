@@ -1,0 +1,169 @@
+//! `cxr audit MANIFEST...`: does the classifier see the disease or the hospital? Linear probes
+//! on its frozen pooled features (source, class, and source within each class, trained on the
+//! training and validation patients, measured on the test patients), and the share of Grad-CAM
+//! mass inside the lungs per source.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use color_eyre::eyre::{Result, bail};
+use cxr_core::audit::{ProbeResult, probe};
+use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
+use cxr_core::explain::report::{self, QualityChecks};
+use cxr_core::explain::{ExplainerConfig, registry};
+use cxr_core::pipeline::Pipeline;
+use cxr_core::tch::Device;
+use serde::Serialize;
+
+pub struct Options {
+    pub seed: u64,
+    /// Grad-CAM on at most this many test images per source.
+    pub gradcam_per_source: usize,
+}
+
+#[derive(Serialize)]
+struct Audit<'a> {
+    manifests: &'a [PathBuf],
+    images: usize,
+    refused: usize,
+    failed: usize,
+    probes: Vec<ProbeResult>,
+    /// Mean share of Grad-CAM mass (true class) inside the lungs, per source, test patients.
+    gradcam_lung_share: BTreeMap<String, f64>,
+    gradcam_lung_share_mean: f64,
+    gradcam_images: usize,
+}
+
+pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Device) -> Result<ExitCode> {
+    let rows = Manifest::read_all(manifests)?.labels;
+    if rows.is_empty() {
+        bail!("no labelled rows in {manifests:?} (expected path,label,patient,source columns)");
+    }
+    let pipeline = Pipeline::load(models, device)?;
+    let classes = pipeline.classifier.classes().to_vec();
+    let gradcam = registry::find("grad-cam")?;
+    let explainer = gradcam.build(&ExplainerConfig::default())?;
+    let checks = QualityChecks {
+        faithfulness: false,
+        sanity: false,
+    };
+    let bar = super::progress(rows.len(), "auditing");
+    let (mut features, mut kept): (Vec<f32>, Vec<&LabelledImage>) = (Vec::new(), Vec::new());
+    let (mut refused, mut failed, mut dim) = (0, 0, 0);
+    let mut shares: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for row in &rows {
+        match pipeline.analyze_file(&row.path) {
+            Ok(analysis) => {
+                let Some(f) = &analysis.features else {
+                    bail!("this classifier does not expose its features; the audit needs them");
+                };
+                dim = f.len();
+                features.extend_from_slice(f);
+                kept.push(row);
+                let test = Split::of(&row.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
+                let done = shares.get(&row.source).map_or(0, Vec::len);
+                if test && done < options.gradcam_per_source {
+                    let target = cxr_core::models::class_index(&classes, &row.label);
+                    let explained = report::explain(
+                        pipeline.classifier.as_ref(),
+                        &analysis,
+                        gradcam,
+                        explainer.as_ref(),
+                        "",
+                        target,
+                        checks,
+                    );
+                    match explained {
+                        Ok((_, r)) => shares
+                            .entry(row.source.clone())
+                            .or_default()
+                            .push(r.quality.lung_mass_share.unwrap_or(0.0)),
+                        Err(e) => bar.suspend(|| eprintln!("cxr: {}: grad-cam: {e}", row.path.display())),
+                    }
+                }
+            }
+            Err(cxr_core::CoreError::NotARadiograph { .. }) => refused += 1,
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("cxr: {e}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let is_test = |r: &LabelledImage| Split::of(&r.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
+    let mut probes = Vec::new();
+    // One probe over the rows `subset` (indices into `kept`) predicting `value` of each row.
+    let mut run_probe = |target: String, subset: Vec<usize>, value: &dyn Fn(&LabelledImage) -> String| -> Result<()> {
+        let mut values: Vec<String> = subset.iter().map(|&i| value(kept[i])).collect();
+        values.sort();
+        values.dedup();
+        if values.len() < 2 {
+            return Ok(());
+        }
+        let labels: Vec<usize> = (0..kept.len())
+            .map(|i| values.iter().position(|v| *v == value(kept[i])).unwrap_or(0))
+            .collect();
+        let (test, train): (Vec<usize>, Vec<usize>) = subset.iter().partition(|&&i| is_test(kept[i]));
+        if train.is_empty() || test.is_empty() {
+            return Ok(());
+        }
+        probes.push(probe(&target, &features, dim, &labels, &values, (&train, &test), options.seed)?);
+        Ok(())
+    };
+    let all: Vec<usize> = (0..kept.len()).collect();
+    run_probe("source".into(), all.clone(), &|r| r.source.clone())?;
+    let in_classes: Vec<usize> = all.iter().copied().filter(|&i| classes.contains(&kept[i].label)).collect();
+    run_probe("class".into(), in_classes, &|r| r.label.clone())?;
+    for class in &classes {
+        let of_class: Vec<usize> = all.iter().copied().filter(|&i| &kept[i].label == class).collect();
+        run_probe(format!("source among {class}"), of_class, &|r| r.source.clone())?;
+    }
+
+    let gradcam_images: usize = shares.values().map(Vec::len).sum();
+    let gradcam_lung_share: BTreeMap<String, f64> = shares
+        .iter()
+        .map(|(s, v)| (s.clone(), v.iter().sum::<f64>() / v.len().max(1) as f64))
+        .collect();
+    let gradcam_lung_share_mean =
+        shares.values().flatten().sum::<f64>() / gradcam_images.max(1) as f64;
+    eprintln!("{}", table(&probes, &gradcam_lung_share, gradcam_lung_share_mean));
+    super::print_json(&Audit {
+        manifests,
+        images: kept.len(),
+        refused,
+        failed,
+        probes,
+        gradcam_lung_share,
+        gradcam_lung_share_mean,
+        gradcam_images,
+    })?;
+    Ok(super::exit_code(failed))
+}
+
+fn table(probes: &[ProbeResult], shares: &BTreeMap<String, f64>, mean: f64) -> String {
+    let mut out = String::from(
+        "| linear probe on frozen features | values | test images | accuracy | balanced accuracy | majority baseline |\n|---|---|---|---|---|---|\n",
+    );
+    for p in probes {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            p.target,
+            p.classes.join(", "),
+            p.test_images,
+            p.accuracy,
+            p.balanced_accuracy,
+            p.majority_baseline
+        );
+    }
+    let _ = writeln!(out, "\n| source | Grad-CAM mass inside the lungs |\n|---|---|");
+    for (source, share) in shares {
+        let _ = writeln!(out, "| {source} | {share:.3} |");
+    }
+    let _ = write!(out, "| **mean over images** | {mean:.3} |");
+    out
+}
