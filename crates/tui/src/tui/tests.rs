@@ -336,6 +336,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         positive: "covid".into(),
         scan: None,
+        workers: super::worker::Workers::new(),
     };
     tx.send(key('j')).unwrap();
     tx.send(key('q')).unwrap();
@@ -352,4 +353,39 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         effects.jobs.try_take().unwrap().path,
         sample("nih_00001299_000.png")
     );
+}
+
+#[test]
+fn shutdown_wakes_waiting_threads_refuses_new_jobs_and_joins() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = super::worker::Workers::new();
+    let slot = super::worker::Latest::<u32>::new();
+    workers.closes(&slot);
+    let ran = std::sync::Arc::new(AtomicUsize::new(0));
+    let (thread_slot, thread_ran) = (slot.clone(), ran.clone());
+    workers.spawn("test", move || {
+        while thread_slot.take().is_some() {
+            thread_ran.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    slot.put(1);
+    let start = Instant::now();
+    while ran.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed().as_secs() < 10, "the job never ran");
+        std::thread::yield_now();
+    }
+    // The thread now waits on an empty slot: shutdown must wake it and join it.
+    workers.shutdown();
+    assert!(workers.stopping());
+    slot.put(2);
+    assert!(slot.take().is_none(), "a closed slot hands out nothing");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    // Nothing starts once shut down.
+    let late = std::sync::Arc::new(AtomicUsize::new(0));
+    let late_thread = late.clone();
+    workers.spawn("late", move || {
+        late_thread.fetch_add(1, Ordering::SeqCst);
+    });
+    workers.shutdown();
+    assert_eq!(late.load(Ordering::SeqCst), 0);
 }

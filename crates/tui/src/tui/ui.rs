@@ -252,6 +252,10 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
         ])
     } else {
         let left = match &app.busy {
+            _ if app.quit => Span::styled(
+                "closing: stopping background work… ".to_owned(),
+                Style::new().yellow(),
+            ),
             Some((what, since)) => {
                 let spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
                 let elapsed = now.saturating_duration_since(*since).as_secs_f32();
