@@ -112,6 +112,8 @@ pub struct App {
     pub pending_keys: Vec<Instant>,
     pub latencies: Vec<Duration>,
     pub quit: bool,
+    /// Pixels per terminal cell (width, height), from the image picker; 10x20 for half blocks.
+    pub font: (u16, u16),
 }
 
 fn pane_index(pane: Pane) -> usize {
@@ -148,6 +150,7 @@ impl App {
             pending_keys: Vec::new(),
             latencies: Vec::new(),
             quit: false,
+            font: (10, 20),
         }
     }
 

@@ -235,6 +235,8 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
     let mut terminal = ratatui::init();
     let outcome = (|| {
         let picker = picker(&options.image_protocol)?;
+        let font = picker.font_size();
+        app.font = (font.width, font.height);
         let (tx, rx) = crossbeam_channel::unbounded();
         spawn_input(&workers, tx.clone());
         // Labels of a queue being reviewed go to that queue.

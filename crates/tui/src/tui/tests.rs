@@ -17,7 +17,6 @@ use image::DynamicImage;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
-use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
 
 use super::app::{Action, App, Item, ItemState};
@@ -268,9 +267,7 @@ fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
     for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
         if let (Some(rect), Some(picture)) = (areas.panes[i], app.pictures[i].clone()) {
             let size = ui::picture_size(rect);
-            let protocol = picker
-                .new_protocol(picture, size, Resize::Fit(None))
-                .map_err(|e| e.to_string());
+            let protocol = super::worker::encode(&picker, picture, size);
             app.update(AppEvent::Encoded(Encoded {
                 generation: app.generation,
                 pane,
@@ -388,4 +385,59 @@ fn shutdown_wakes_waiting_threads_refuses_new_jobs_and_joins() {
     });
     workers.shutdown();
     assert_eq!(late.load(Ordering::SeqCst), 0);
+}
+
+/// Every drawn picture fills its pane along one side, the aspect ratio kept, whether the
+/// picture is larger than the pane (shrunk) or smaller (enlarged).
+#[test]
+fn pictures_fill_their_pane_scaled_up_or_down() {
+    let picker = Picker::halfblocks();
+    for (width, height) in [(80, 24), (160, 48), (120, 40)] {
+        let (app, _) = answered(width, height);
+        let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+        for (i, pane) in areas.panes.iter().enumerate() {
+            let Some(pane) = pane else { continue };
+            let inner = ui::picture_size(*pane);
+            let drawn = app.protocols[i].as_ref().unwrap().1.size();
+            assert!(
+                drawn.width <= inner.width && drawn.height <= inner.height,
+                "{width}x{height}: {drawn:?} overflows {inner:?}"
+            );
+            assert!(
+                drawn.width == inner.width || drawn.height == inner.height,
+                "{width}x{height}: {drawn:?} does not fill {inner:?} along either side"
+            );
+        }
+    }
+    // A picture far smaller than the pane (64 px; 7x4 cells at its natural size) is enlarged.
+    let small = DynamicImage::new_luma8(64, 64);
+    let inner = ratatui::layout::Size::new(61, 45);
+    let drawn = super::worker::encode(&picker, small, inner).unwrap().size();
+    assert_eq!((drawn.width, drawn.height), (61, 31));
+    // One much larger than the pane is shrunk to the same size.
+    let large = DynamicImage::new_luma8(2048, 2048);
+    let drawn = super::worker::encode(&picker, large, inner).unwrap().size();
+    assert_eq!((drawn.width, drawn.height), (61, 31));
+}
+
+/// The layout gives the pictures the larger share: at 80x24 and 160x48 the list sits above the
+/// panel, and a square radiograph gets at least 40 columns at 80x24 and 60 at 160x48.
+#[test]
+fn layout_gives_the_pictures_the_room() {
+    for (width, height, min_columns) in [(80, 24, 40), (160, 48, 60)] {
+        let (app, _) = answered(width, height);
+        let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+        assert_eq!(areas.list.x, areas.panel.x, "{width}x{height}: one column");
+        assert!(areas.list.y < areas.panel.y);
+        let drawn: Vec<u16> = app
+            .protocols
+            .iter()
+            .flatten()
+            .map(|(_, p)| p.size().width)
+            .collect();
+        assert!(
+            !drawn.is_empty() && drawn.iter().all(|w| *w >= min_columns),
+            "{width}x{height}: pictures {drawn:?} columns wide"
+        );
+    }
 }

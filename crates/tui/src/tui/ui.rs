@@ -21,7 +21,14 @@ pub struct Areas {
     pub status: Rect,
 }
 
-/// Splits the screen; usable from 80x24 up.
+/// Rows of the prediction panel when it sits under the list.
+const PANEL_ROWS: u16 = 16;
+
+/// Splits the screen; usable from 80x24 up. Two arrangements are measured and the one giving
+/// the radiographs more cells wins: list, pictures and panel side by side, or the list above
+/// the panel in one column, which gives the pictures the panel's width (at 80x24 and 160x48
+/// that column roughly doubles the picture area). The choice depends only on the terminal's
+/// size and the font, never on the picture, so the layout does not jump when one arrives.
 #[must_use]
 pub fn areas(area: Rect, app: &App) -> Areas {
     let [main, status] = Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
@@ -33,7 +40,36 @@ pub fn areas(area: Rect, app: &App) -> Areas {
         Constraint::Length(panel_w),
     ])
     .areas(main);
-    let panes = if app.side_by_side && pictures.width >= 56 {
+    let beside = Areas {
+        list,
+        panes: panes(pictures, app),
+        panel,
+        status,
+    };
+    if main.height < PANEL_ROWS + 6 {
+        return beside;
+    }
+    let [column, pictures] =
+        Layout::horizontal([Constraint::Length(list_w.max(panel_w)), Constraint::Min(10)])
+            .areas(main);
+    let [list, panel] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(PANEL_ROWS)]).areas(column);
+    let stacked = Areas {
+        list,
+        panes: panes(pictures, app),
+        panel,
+        status,
+    };
+    if square_cells(&stacked, app.font) > square_cells(&beside, app.font) {
+        stacked
+    } else {
+        beside
+    }
+}
+
+/// The picture panes inside `pictures`: side by side when there is room, else one.
+fn panes(pictures: Rect, app: &App) -> [Option<Rect>; 2] {
+    if app.side_by_side && pictures.width >= 56 {
         let [left, right] =
             Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(pictures);
         [Some(left), Some(right)]
@@ -41,13 +77,24 @@ pub fn areas(area: Rect, app: &App) -> Areas {
         [None, Some(pictures)]
     } else {
         [Some(pictures), None]
-    };
-    Areas {
-        list,
-        panes,
-        panel,
-        status,
     }
+}
+
+/// Cells a square picture covers in the smallest pane of `areas`, scaled to fit (font in
+/// pixels per cell).
+fn square_cells(areas: &Areas, font: (u16, u16)) -> u32 {
+    let (fw, fh) = (u32::from(font.0.max(1)), u32::from(font.1.max(1)));
+    areas
+        .panes
+        .iter()
+        .flatten()
+        .map(|pane| {
+            let cells = picture_size(*pane);
+            let side = (u32::from(cells.width) * fw).min(u32::from(cells.height) * fh);
+            (side / fw) * (side / fh)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// The size in cells available to a picture inside its pane's border.
@@ -152,7 +199,16 @@ fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if let Some((_, protocol)) = &app.protocols[pane] {
-        frame.render_widget(Image::new(protocol), inner);
+        // Scaled to fill one side of the pane; centred along the other.
+        let size = protocol.size();
+        let (width, height) = (size.width.min(inner.width), size.height.min(inner.height));
+        let centred = Rect::new(
+            inner.x + (inner.width - width) / 2,
+            inner.y + (inner.height - height) / 2,
+            width,
+            height,
+        );
+        frame.render_widget(Image::new(protocol), centred);
     } else {
         let text = if app.items.is_empty() {
             "no images: press O to open a file or folder"

@@ -19,8 +19,9 @@ use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::tch::{Device, Tensor};
 use image::DynamicImage;
 use ratatui::layout::Size;
-use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
+use ratatui_image::protocol::Protocol;
+use ratatui_image::{FilterType, Resize};
 
 use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
 
@@ -540,9 +541,7 @@ pub fn spawn_encoder(
     workers.closes(&jobs);
     workers.spawn("encoder", move || {
         while let Some(job) = jobs.take() {
-            let protocol = picker
-                .new_protocol(job.image, job.size, Resize::Fit(None))
-                .map_err(|e| e.to_string());
+            let protocol = encode(&picker, job.image, job.size);
             let encoded = Encoded {
                 generation: job.generation,
                 pane: job.pane,
@@ -554,6 +553,16 @@ pub fn spawn_encoder(
             }
         }
     });
+}
+
+/// Scales `image` up or down, aspect ratio kept, to the largest size that fits `size` cells
+/// (pixels per cell from the picker's font size: 10x20 for half blocks, one pixel per half
+/// cell), then encodes it. Fitting without scaling up would leave a small radiograph, or any
+/// radiograph on a large terminal with a small font, at its natural size in a corner.
+pub fn encode(picker: &Picker, image: DynamicImage, size: Size) -> Result<Protocol, String> {
+    picker
+        .new_protocol(image, size, Resize::Scale(Some(FilterType::Triangle)))
+        .map_err(|e| e.to_string())
 }
 
 /// The images a folder holds (PNG, JPEG, DICOM), sorted by name; a file is a folder of one.
