@@ -223,8 +223,13 @@ fn picker(choice: &str) -> Result<Picker> {
 pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> Result<()> {
     let pipeline = Pipeline::load(models, device)?;
     let items = open_items(&options.path)?;
-    let explainers = registry::all()?.iter().map(|e| e.name.to_owned()).collect();
+    let entries = registry::all()?;
+    let explainers = entries.iter().map(|e| e.name.to_owned()).collect();
     let mut app = App::new(items, explainers);
+    app.param_specs = entries
+        .iter()
+        .map(|e| (e.name.to_owned(), e.params))
+        .collect();
     if let Some(i) = app.explainers.iter().position(|n| n == "grad-cam") {
         app.explainer = i;
     }

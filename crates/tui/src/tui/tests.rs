@@ -205,6 +205,7 @@ fn failures_show_in_the_status_bar_and_the_app_goes_on() {
     let failed = WorkerEvent::Failed {
         generation: job.generation,
         path: job.path,
+        stage: super::event::Stage::Analysis,
         message: "corrupt image".into(),
     };
     app.update(AppEvent::Worker(failed));
@@ -439,5 +440,247 @@ fn layout_gives_the_pictures_the_room() {
             !drawn.is_empty() && drawn.iter().all(|w| *w >= min_columns),
             "{width}x{height}: pictures {drawn:?} columns wide"
         );
+    }
+}
+
+fn press(code: KeyCode, modifiers: KeyModifiers) -> AppEvent {
+    AppEvent::Key(KeyEvent::new(code, modifiers), Instant::now())
+}
+
+fn ctrl(c: char) -> AppEvent {
+    press(KeyCode::Char(c), KeyModifiers::CONTROL)
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        app.update(key(c));
+    }
+}
+
+/// The screen as text, drawn at `width`x`height`.
+fn screen(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| ui::view(f, app, Instant::now())).unwrap();
+    terminal.backend().to_string()
+}
+
+fn analysed(app: &mut App, job: &super::worker::Job) {
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path.clone(),
+        prediction: prediction(0.9),
+        timings: Timings::default(),
+        original: DynamicImage::new_luma8(8, 8),
+    }));
+}
+
+fn explanation_failed(job: &super::worker::Job, message: &str) -> AppEvent {
+    AppEvent::Worker(WorkerEvent::Failed {
+        generation: job.generation,
+        path: job.path.clone(),
+        stage: super::event::Stage::Explanation,
+        message: message.into(),
+    })
+}
+
+fn explained(job: &super::worker::Job) -> AppEvent {
+    AppEvent::Worker(WorkerEvent::Explained {
+        generation: job.generation,
+        overlay: DynamicImage::new_rgb8(8, 8),
+        report: method_report(),
+    })
+}
+
+fn prompt_text(app: &App) -> (String, usize) {
+    let prompt = app.prompt.as_ref().expect("the prompt is open");
+    (prompt.text.clone(), prompt.cursor)
+}
+
+#[test]
+fn a_failed_explanation_shows_in_the_panel_and_r_retries() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    analysed(&mut app, &job);
+    app.update(explanation_failed(
+        &job,
+        "lime: needs samples >= 2, batch >= 1",
+    ));
+    assert_eq!(
+        app.explain_error.as_deref(),
+        Some("lime: needs samples >= 2, batch >= 1")
+    );
+    assert!(app.busy.is_none());
+    assert!(
+        matches!(app.items[0].state, ItemState::Predicted { .. }),
+        "a failed explanation leaves the prediction standing: {:?}",
+        app.items[0].state
+    );
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("grad-cam failed:"), "{text}");
+    assert!(text.contains("needs samples"), "{text}");
+    assert!(!text.contains("working…"), "no endless 'working…':\n{text}");
+    assert!(text.contains("r retry"), "{text}");
+
+    // r runs the same job again; the error stays visible while it runs.
+    let retry = job_of(&app.update(key('r')));
+    assert_eq!(
+        (&retry.method, &retry.params, &retry.path),
+        (&job.method, &job.params, &job.path)
+    );
+    assert!(retry.generation > job.generation);
+    assert!(screen(&app, 80, 24).contains("retrying…"));
+
+    // A good run clears the error, in the panel and the status bar.
+    analysed(&mut app, &retry);
+    app.update(explained(&retry));
+    assert!(app.explain_error.is_none());
+    assert!(app.status.is_empty(), "status: {}", app.status);
+    let text = screen(&app, 80, 24);
+    assert!(!text.contains("failed"), "{text}");
+    assert!(text.contains("deletion AUC"), "{text}");
+}
+
+#[test]
+fn bad_parameters_fail_visibly_and_fixing_them_clears_the_error() {
+    let mut app = app();
+    app.request();
+    let job = job_of(&app.update(key('e')));
+    assert_eq!(job.method, "lime");
+    analysed(&mut app, &job);
+    app.update(explained(&job));
+    assert!(app.pictures[1].is_some());
+    app.update(key('p'));
+    type_text(&mut app, "samples=1");
+    let bad = job_of(&app.update(press(KeyCode::Enter, KeyModifiers::NONE)));
+    assert_eq!(bad.params, "samples=1");
+    analysed(&mut app, &bad);
+    app.update(explanation_failed(&bad, "lime: needs samples >= 2"));
+    let text = screen(&app, 160, 48);
+    assert!(text.contains("lime failed:"), "{text}");
+    // The overlay of the earlier parameters is not left standing beside the error.
+    assert!(app.pictures[1].is_none());
+    assert!(text.contains("no explanation: it failed"), "{text}");
+
+    // The prompt reopens with the bad text; Ctrl-U clears it.
+    app.update(key('p'));
+    assert_eq!(prompt_text(&app), ("samples=1".to_owned(), 9));
+    app.update(ctrl('u'));
+    assert_eq!(prompt_text(&app), (String::new(), 0));
+    type_text(&mut app, "samples=200");
+    let good = job_of(&app.update(press(KeyCode::Enter, KeyModifiers::NONE)));
+    assert_eq!(good.params, "samples=200");
+    analysed(&mut app, &good);
+    app.update(explained(&good));
+    assert!(app.explain_error.is_none());
+    assert!(!screen(&app, 160, 48).contains("failed"));
+}
+
+#[test]
+fn stale_or_unrelated_failures_do_not_stick() {
+    let mut app = app();
+    let first = job_of(&app.request());
+    let second = job_of(&app.update(key('j')));
+    // The first image's explanation fails after the selection moved on: not shown.
+    app.update(explanation_failed(&first, "old failure"));
+    assert!(app.explain_error.is_none());
+    assert!(app.status.is_empty());
+    assert_ne!(
+        app.items[0].state,
+        ItemState::Failed("old failure".into()),
+        "an explanation failure never marks the image as failed"
+    );
+    // A current failure, then moving to another explainer: the error belonged to the old one.
+    analysed(&mut app, &second);
+    app.update(explanation_failed(&second, "grad-cam broke"));
+    assert!(app.explain_error.is_some());
+    app.update(key('e'));
+    assert!(app.explain_error.is_none());
+    // And moving to another image clears it too.
+    let job = job_of(&app.update(key('r')));
+    app.update(explanation_failed(&job, "lime broke"));
+    assert!(app.explain_error.is_some());
+    app.update(key('k'));
+    assert!(app.explain_error.is_none());
+}
+
+#[test]
+fn the_parameter_prompt_edits_like_a_shell_line() {
+    let mut app = app();
+    app.request();
+    app.update(key('p'));
+    type_text(&mut app, "samples=200,batch=10");
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("samples=200,batch=".to_owned(), 18));
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("samples=200,".to_owned(), 12));
+    // Left, then insert in the middle.
+    app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    app.update(key('0'));
+    assert_eq!(prompt_text(&app), ("samples=2000,".to_owned(), 12));
+    // Home, Delete, retype; Right moves on; End goes back to the end.
+    app.update(press(KeyCode::Home, KeyModifiers::NONE));
+    app.update(press(KeyCode::Delete, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app), ("amples=2000,".to_owned(), 0));
+    app.update(key('S'));
+    app.update(press(KeyCode::Right, KeyModifiers::NONE));
+    app.update(press(KeyCode::Backspace, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app), ("Smples=2000,".to_owned(), 1));
+    app.update(press(KeyCode::End, KeyModifiers::NONE));
+    type_text(&mut app, "seed=3");
+    assert_eq!(prompt_text(&app), ("Smples=2000,seed=3".to_owned(), 18));
+    // Right at the end and Left at the start stay put; Ctrl-U deletes before the cursor.
+    app.update(press(KeyCode::Right, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app).1, 18);
+    for _ in 0..5 {
+        app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    }
+    app.update(ctrl('u'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 0));
+    app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    app.update(press(KeyCode::Backspace, KeyModifiers::NONE));
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 0));
+    // Control keys never type letters; the cursor shows where typing goes.
+    app.update(ctrl('e'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 5));
+    app.update(ctrl('a'));
+    app.update(key('s'));
+    assert!(screen(&app, 80, 24).contains("s▏eed=3"));
+    // Esc cancels without running anything; the parameters stay as they were.
+    assert!(
+        app.update(press(KeyCode::Esc, KeyModifiers::NONE))
+            .is_empty()
+    );
+    assert!(app.prompt.is_none());
+    assert!(app.params.is_empty());
+}
+
+#[test]
+fn the_parameter_prompt_lists_names_types_and_defaults() {
+    cxr_explainers::link();
+    let entries = cxr_core::explain::registry::all().unwrap();
+    let mut app = app();
+    app.param_specs = entries
+        .iter()
+        .map(|e| (e.name.to_owned(), e.params))
+        .collect();
+    app.request();
+    app.update(key('p'));
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("grad-cam parameters"), "{text}");
+    assert!(text.contains("gradients    text    auto"), "{text}");
+    app.update(press(KeyCode::Esc, KeyModifiers::NONE));
+    app.update(key('e'));
+    app.update(key('p'));
+    for size in [(80, 24), (160, 48)] {
+        let text = screen(&app, size.0, size.1);
+        for row in [
+            "samples      integer 1000",
+            "kernel_width number  0.25",
+            "seed         integer 0",
+            "Ctrl-U clear",
+        ] {
+            assert!(text.contains(row), "{size:?}: no {row:?} in\n{text}");
+        }
     }
 }

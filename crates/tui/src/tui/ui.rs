@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui_image::Image;
 
-use super::app::{App, ItemState, LABELS, Prompt};
+use super::app::{App, ItemState, LABELS, PromptKind};
 
 /// Where everything goes on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,13 @@ pub fn view(frame: &mut Frame, app: &App, now: Instant) {
     }
     draw_panel(frame, app, a.panel);
     draw_status(frame, app, a.status, now);
+    if app
+        .prompt
+        .as_ref()
+        .is_some_and(|p| p.kind == PromptKind::Params)
+    {
+        draw_params(frame, app, a.status);
+    }
     if app.help {
         draw_help(frame);
     }
@@ -219,6 +226,8 @@ fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
             Some(ItemState::Failed(_))
         ) {
             "could not be analysed (see the status bar)"
+        } else if pane == 1 && app.explain_error.is_some() {
+            "no explanation: it failed (see the panel)"
         } else {
             "working…"
         };
@@ -263,6 +272,19 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
             );
             lines.push(Line::default());
             match &shown.report {
+                None if app.explain_error.is_some() => {
+                    let error = app.explain_error.as_deref().unwrap_or_default();
+                    lines.push(Line::from(format!("{} failed:", app.method())).red().bold());
+                    lines.push(Line::from(error.to_owned()).red());
+                    lines.push(
+                        Line::from(if app.busy.is_some() {
+                            "retrying…"
+                        } else {
+                            "p parameters · r retry"
+                        })
+                        .dark_gray(),
+                    );
+                }
                 None => lines.push(Line::from(format!("{}: working…", app.method())).dark_gray()),
                 Some(r) => {
                     lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
@@ -298,13 +320,16 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
 
 fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
     let line = if let Some(prompt) = &app.prompt {
-        let (label, text) = match prompt {
-            Prompt::Params(t) => (format!("{} parameters (name=value,...): ", app.method()), t),
-            Prompt::Open(t) => ("open file or folder: ".to_owned(), t),
+        let label = match prompt.kind {
+            PromptKind::Params => format!("{} parameters (name=value,...): ", app.method()),
+            PromptKind::Open => "open file or folder: ".to_owned(),
         };
+        let (before, after) = prompt.split();
         Line::from(vec![
             Span::styled(label, Style::new().bold()),
-            Span::raw(format!("{text}▏")),
+            Span::raw(before.to_owned()),
+            Span::raw("▏"),
+            Span::raw(after.to_owned()),
         ])
     } else {
         let left = match &app.busy {
@@ -340,6 +365,55 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
         ])
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// The type of a parameter, read from its default value.
+#[must_use]
+pub fn param_type(default: &str) -> &'static str {
+    if default.parse::<i64>().is_ok() {
+        "integer"
+    } else if default.parse::<f64>().is_ok() {
+        "number"
+    } else {
+        "text"
+    }
+}
+
+/// Above the parameter prompt: what the current explainer accepts, with types and defaults.
+fn draw_params(frame: &mut Frame, app: &App, status: Rect) {
+    let specs = app
+        .param_specs
+        .get(app.method())
+        .copied()
+        .unwrap_or_default();
+    let mut lines: Vec<Line> = specs
+        .iter()
+        .map(|p| {
+            Line::from(vec![
+                Span::styled(format!("{:<13}", p.name), Style::new().bold()),
+                Span::raw(format!("{:<8}", param_type(p.default))),
+                Span::styled(format!("{:<6} ", p.default), Style::new().cyan()),
+                Span::styled(p.help, Style::new().dark_gray()),
+            ])
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(Line::from(format!("{} takes no parameters", app.method())).dark_gray());
+    }
+    lines.push(
+        Line::from("Enter run · Esc cancel · ←/→ move · Ctrl-U clear · Ctrl-W delete word")
+            .dark_gray(),
+    );
+    let area = frame.area();
+    let height = (lines.len() as u16 + 2).min(status.y);
+    let rect = Rect::new(area.x, status.y - height, area.width, height);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered().title(format!(" {} parameters (name type default) ", app.method())),
+        ),
+        rect,
+    );
 }
 
 fn draw_help(frame: &mut Frame) {

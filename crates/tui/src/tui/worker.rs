@@ -23,7 +23,7 @@ use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, Resize};
 
-use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
+use super::event::{AppEvent, Encoded, Pane, Stage, WorkerEvent};
 
 /// A slot that keeps only the newest request. Closing it (the viewer is going down) drops what
 /// waits, refuses new requests and wakes the thread waiting on it.
@@ -389,10 +389,11 @@ impl Inference {
     /// Runs one job; false when the app has gone (its channel is closed).
     fn run(&mut self, job: &Job, events: &Sender<AppEvent>) -> bool {
         let send = |event: WorkerEvent| events.send(AppEvent::Worker(event)).is_ok();
-        let fail = |message: String| {
+        let fail = |stage: Stage, message: String| {
             send(WorkerEvent::Failed {
                 generation: job.generation,
                 path: job.path.clone(),
+                stage,
                 message,
             })
         };
@@ -429,7 +430,7 @@ impl Inference {
                 }
                 Err(e) => {
                     self.analysis = None;
-                    return fail(e.to_string());
+                    return fail(Stage::Analysis, e.to_string());
                 }
             }
         }
@@ -459,7 +460,7 @@ impl Inference {
                 Ok(done) => {
                     self.explanations.insert(key.clone(), done);
                 }
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Stage::Explanation, e.to_string()),
             }
         }
         let Some((explanation, report)) = self.explanations.get(&key) else {
