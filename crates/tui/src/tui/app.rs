@@ -414,6 +414,17 @@ impl App {
                 }
                 Vec::new()
             }
+            WorkerEvent::Reviewed { path, label } => {
+                // A label given in this session is newer than the queue's.
+                if let Some(item) = self
+                    .items
+                    .iter_mut()
+                    .find(|i| i.path == path && i.reviewed.is_none())
+                {
+                    item.reviewed = Some(label);
+                }
+                Vec::new()
+            }
             WorkerEvent::Failed {
                 generation,
                 path,

@@ -52,6 +52,8 @@ pub enum WorkerEvent {
         path: PathBuf,
         prediction: Prediction,
     },
+    /// A file's review found in the queue (for the list; any generation).
+    Reviewed { path: PathBuf, label: String },
     /// The job failed; the viewer shows the message and goes on.
     Failed {
         generation: u64,

@@ -96,6 +96,7 @@ impl Effects {
                                 files,
                                 cache,
                                 fingerprint,
+                                Some(self.watch_dir.clone()),
                                 events.clone(),
                             );
                         }
@@ -265,6 +266,7 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
             paths,
             options.cache.clone(),
             pipeline.fingerprint.clone(),
+            Some(effects.watch_dir.clone()),
             tx.clone(),
         );
         worker::spawn_inference(

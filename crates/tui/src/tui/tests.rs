@@ -684,3 +684,97 @@ fn the_parameter_prompt_lists_names_types_and_defaults() {
         }
     }
 }
+
+/// Each image's mark is its predicted label with that label's own probability. With this
+/// model's threshold (0.69 on covid) an image at covid 0.53 is labelled normal, at normal 0.47:
+/// the list says "n 47%", the panel's bars say the same.
+#[test]
+fn the_list_shows_each_label_with_its_own_probability() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path,
+        prediction: prediction(0.53),
+        timings: Timings::default(),
+        original: DynamicImage::new_luma8(8, 8),
+    }));
+    for (item, covid) in [(1, 0.2), (2, 0.9)] {
+        app.update(AppEvent::Worker(WorkerEvent::Known {
+            path: app.items[item].path.clone(),
+            prediction: prediction(covid),
+        }));
+    }
+    let text = screen(&app, 160, 48);
+    let rows: Vec<&str> = text.lines().skip(1).take(3).collect();
+    assert!(
+        rows[0].contains("hannover_e1446fe8.png    n  47%"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].contains("nih_00001299_000.png     n  80%"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].contains("nih_00002013_002.png     c  90%"),
+        "{rows:?}"
+    );
+    assert!(text.contains("label normal"));
+}
+
+/// Labels given in the viewer go to the queue; reopening the folder later shows them again
+/// (matched by content), without overriding a label given in this session.
+#[test]
+fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    std::fs::create_dir(&folder).unwrap();
+    let names = [
+        "hannover_e1446fe8.png",
+        "nih_00001299_000.png",
+        "nih_00002013_002.png",
+    ];
+    for name in names {
+        std::fs::copy(sample(name), folder.join(name)).unwrap();
+    }
+    let files: Vec<PathBuf> = names.iter().map(|n| folder.join(n)).collect();
+    let watch = dir.path().join("watch");
+    // A first session labels two of them, as the viewer does.
+    crate::labels::record(
+        &watch,
+        &files[0],
+        "normal",
+        Some((&prediction(0.3), "covid")),
+    )
+    .unwrap();
+    crate::labels::record(&watch, &files[2], "skip", None).unwrap();
+
+    // The folder is reopened: nothing reviewed until the scan has looked in the queue.
+    let mut app = App::new(
+        files.iter().cloned().map(Item::new).collect(),
+        vec!["grad-cam".into()],
+    );
+    app.items[2].reviewed = Some("covid".into()); // labelled again in this session
+    let workers = super::worker::Workers::new();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    super::worker::spawn_cache_scan(
+        &workers,
+        files.clone(),
+        cxr_core::cache::Cache::disabled(),
+        "fingerprint".into(),
+        Some(watch),
+        tx,
+    );
+    // The scan ends when it has seen every file; its sender goes with it.
+    for event in &rx {
+        app.update(event);
+    }
+    let reviewed: Vec<Option<&str>> = app.items.iter().map(|i| i.reviewed.as_deref()).collect();
+    assert_eq!(reviewed, [Some("normal"), None, Some("covid")]);
+    let text = screen(&app, 160, 48);
+    let first = text.lines().nth(1).unwrap();
+    assert!(
+        first.contains("hannover_e1446fe8.p… ") && first.contains("✔normal"),
+        "{first}"
+    );
+}

@@ -15,6 +15,7 @@ use cxr_core::explain::report::{self, MethodReport, QualityChecks};
 use cxr_core::explain::{Explainer, ExplainerConfig, Explanation, registry};
 use cxr_core::models::{Classifier, Prediction};
 use cxr_core::pipeline::{Analysis, Pipeline, Timings};
+use cxr_core::queue::Queue;
 use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::tch::{Device, Tensor};
 use image::DynamicImage;
@@ -303,17 +304,21 @@ pub fn spawn_inference(
     });
 }
 
-/// Fills the list from the cache, off the UI thread: every file whose classification is cached
-/// shows its label at once.
+/// Fills the list off the UI thread: every file whose classification is cached shows its label
+/// at once, and every file already reviewed in the queue of `watch_dir` (where the viewer
+/// records labels) shows its review mark again when the folder is reopened. Files are matched
+/// by content (SHA-256), as the queue keeps them.
 pub fn spawn_cache_scan(
     workers: &Workers,
     files: Vec<PathBuf>,
     cache: Cache,
     fingerprint: String,
+    watch_dir: Option<PathBuf>,
     events: Sender<AppEvent>,
 ) {
     let stop = workers.stop_flag();
     workers.spawn("cache-scan", move || {
+        let queue = watch_dir.and_then(|dir| Queue::open(dir).ok());
         for path in files {
             if stop.load(Ordering::Acquire) {
                 break;
@@ -322,14 +327,28 @@ pub fn spawn_cache_scan(
                 continue;
             };
             let sha = cxr_core::xray::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let mut found = Vec::new();
             if let Some(cached) =
                 cache.get_json::<CachedPrediction>(&prediction_key(&sha, &fingerprint))
-                && events
-                    .send(AppEvent::Worker(WorkerEvent::Known {
-                        path,
-                        prediction: cached.prediction,
-                    }))
-                    .is_err()
+            {
+                found.push(WorkerEvent::Known {
+                    path: path.clone(),
+                    prediction: cached.prediction,
+                });
+            }
+            let reviewed = queue.as_ref().and_then(|q| match q.find(&sha) {
+                Ok(entry) => entry?.label().map(|l| l.as_str().to_owned()),
+                Err(e) => {
+                    tracing::warn!("queue: {e}");
+                    None
+                }
+            });
+            if let Some(label) = reviewed {
+                found.push(WorkerEvent::Reviewed { path, label });
+            }
+            if found
+                .into_iter()
+                .any(|event| events.send(AppEvent::Worker(event)).is_err())
             {
                 break;
             }
