@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use cxr_core::explain::registry::Param;
 use cxr_core::explain::report::MethodReport;
 use cxr_core::models::Prediction;
 use cxr_core::pipeline::Timings;
@@ -12,7 +13,7 @@ use image::DynamicImage;
 use ratatui::layout::Size;
 use ratatui_image::protocol::Protocol;
 
-use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
+use super::event::{AppEvent, Encoded, Pane, Stage, WorkerEvent};
 use super::worker::Job;
 
 /// Where an image stands.
@@ -50,13 +51,95 @@ pub struct Shown {
     pub report: Option<MethodReport>,
 }
 
-/// A line being typed at the bottom of the screen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prompt {
+/// What a prompt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
     /// Parameters for the current explainer, `name=value,...`.
-    Params(String),
+    Params,
     /// A file or folder to open.
-    Open(String),
+    Open,
+}
+
+/// A line being typed at the bottom of the screen, with a cursor (a char index) for editing:
+/// Left/Right, Home/End (Ctrl-A/E), Backspace/Delete, Ctrl-U (delete before the cursor: the
+/// whole line when it is at the end) and Ctrl-W (delete the word before the cursor; `,`, `=`
+/// and spaces separate words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub kind: PromptKind,
+    pub text: String,
+    pub cursor: usize,
+}
+
+impl Prompt {
+    #[must_use]
+    pub fn new(kind: PromptKind, text: String) -> Self {
+        let cursor = text.chars().count();
+        Self { kind, text, cursor }
+    }
+
+    /// The text before and after the cursor.
+    #[must_use]
+    pub fn split(&self) -> (&str, &str) {
+        self.text.split_at(self.byte(self.cursor))
+    }
+
+    fn byte(&self, char_index: usize) -> usize {
+        self.text
+            .char_indices()
+            .nth(char_index)
+            .map_or(self.text.len(), |(i, _)| i)
+    }
+
+    fn len(&self) -> usize {
+        self.text.chars().count()
+    }
+
+    /// Deletes the chars in `from..to` (char indices) and leaves the cursor at `from`.
+    fn delete(&mut self, from: usize, to: usize) {
+        let (a, b) = (self.byte(from), self.byte(to));
+        self.text.replace_range(a..b, "");
+        self.cursor = from;
+    }
+
+    /// Applies an editing key; false if the key is not an editing key.
+    fn edit(&mut self, key: KeyEvent) -> bool {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('u') if ctrl => self.delete(0, self.cursor),
+            KeyCode::Char('w') if ctrl => {
+                let chars: Vec<char> = self.text.chars().collect();
+                let separator = |c: char| c == ',' || c == '=' || c.is_whitespace();
+                let mut start = self.cursor;
+                while start > 0 && separator(chars[start - 1]) {
+                    start -= 1;
+                }
+                while start > 0 && !separator(chars[start - 1]) {
+                    start -= 1;
+                }
+                self.delete(start, self.cursor);
+            }
+            KeyCode::Char('a') if ctrl => self.cursor = 0,
+            KeyCode::Char('e') if ctrl => self.cursor = self.len(),
+            KeyCode::Char(_) if ctrl => {}
+            KeyCode::Char(c) => {
+                let at = self.byte(self.cursor);
+                self.text.insert(at, c);
+                self.cursor += 1;
+            }
+            KeyCode::Backspace if self.cursor > 0 => self.delete(self.cursor - 1, self.cursor),
+            KeyCode::Delete if self.cursor < self.len() => {
+                self.delete(self.cursor, self.cursor + 1);
+            }
+            KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
+            KeyCode::Right => self.cursor = (self.cursor + 1).min(self.len()),
+            KeyCode::Home => self.cursor = 0,
+            KeyCode::End => self.cursor = self.len(),
+            KeyCode::Backspace | KeyCode::Delete => {}
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// Things the runner must do (everything with side effects).
@@ -89,6 +172,11 @@ pub struct App {
     pub explainer: usize,
     /// Parameters typed for each explainer.
     pub params: std::collections::HashMap<String, String>,
+    /// The parameters each explainer accepts (from the registry), listed by the `p` prompt.
+    pub param_specs: std::collections::HashMap<String, &'static [Param]>,
+    /// Why the current explanation failed; shown in the panel until a run succeeds or the
+    /// image or explainer changes.
+    pub explain_error: Option<String>,
     pub outline: bool,
     pub opacity: f32,
     /// Original and overlay side by side (else the overlay alone).
@@ -112,6 +200,8 @@ pub struct App {
     pub pending_keys: Vec<Instant>,
     pub latencies: Vec<Duration>,
     pub quit: bool,
+    /// Pixels per terminal cell (width, height), from the image picker; 10x20 for half blocks.
+    pub font: (u16, u16),
 }
 
 fn pane_index(pane: Pane) -> usize {
@@ -132,6 +222,8 @@ impl App {
             explainers,
             explainer: 0,
             params: std::collections::HashMap::new(),
+            param_specs: std::collections::HashMap::new(),
+            explain_error: None,
             outline: true,
             opacity: 0.6,
             side_by_side: true,
@@ -148,6 +240,7 @@ impl App {
             pending_keys: Vec::new(),
             latencies: Vec::new(),
             quit: false,
+            font: (10, 20),
         }
     }
 
@@ -194,6 +287,7 @@ impl App {
         }
         self.selected = index.min(self.items.len() - 1);
         self.shown = None;
+        self.explain_error = None;
         self.pictures = [None, None];
         self.protocols = [None, None];
         self.request()
@@ -288,6 +382,12 @@ impl App {
                     return Vec::new();
                 }
                 self.busy = None;
+                // A good run clears the error it answers, in the panel and the status bar.
+                if let Some(error) = self.explain_error.take()
+                    && self.status == format!("error: {error}")
+                {
+                    self.status.clear();
+                }
                 if let Some(shown) = &mut self.shown {
                     shown.report = Some(report);
                 }
@@ -314,20 +414,58 @@ impl App {
                 }
                 Vec::new()
             }
-            WorkerEvent::Failed {
-                generation,
-                path,
-                message,
-            } => {
-                if let Some(item) = self.items.iter_mut().find(|i| i.path == path) {
-                    item.state = ItemState::Failed(message.clone());
-                }
-                if generation == self.generation {
-                    self.busy = None;
-                    self.status = format!("error: {message}");
+            WorkerEvent::Reviewed { path, label } => {
+                // A label given in this session is newer than the queue's.
+                if let Some(item) = self
+                    .items
+                    .iter_mut()
+                    .find(|i| i.path == path && i.reviewed.is_none())
+                {
+                    item.reviewed = Some(label);
                 }
                 Vec::new()
             }
+            WorkerEvent::Failed {
+                generation,
+                path,
+                stage,
+                message,
+            } => {
+                self.on_failed(generation, &path, stage, message);
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_failed(
+        &mut self,
+        generation: u64,
+        path: &std::path::Path,
+        stage: Stage,
+        message: String,
+    ) {
+        // An explanation that failed leaves the image's prediction standing.
+        if stage == Stage::Analysis
+            && let Some(item) = self.items.iter_mut().find(|i| i.path == path)
+        {
+            item.state = ItemState::Failed(message.clone());
+        }
+        if generation != self.generation {
+            return;
+        }
+        self.busy = None;
+        if stage == Stage::Explanation {
+            // A result left from other parameters would pass for this run's.
+            if let Some(shown) = &mut self.shown {
+                shown.report = None;
+            }
+            self.pictures[1] = None;
+            self.protocols[1] = None;
+            self.requested[1] = None;
+            self.status = format!("error: {message}");
+            self.explain_error = Some(message);
+        } else {
+            self.status = format!("error: {message}");
         }
     }
 
@@ -387,13 +525,14 @@ impl App {
                 Vec::new()
             }
             KeyCode::Char('p') => {
-                self.prompt = Some(Prompt::Params(
+                self.prompt = Some(Prompt::new(
+                    PromptKind::Params,
                     self.params.get(self.method()).cloned().unwrap_or_default(),
                 ));
                 Vec::new()
             }
             KeyCode::Char('O') => {
-                self.prompt = Some(Prompt::Open(String::new()));
+                self.prompt = Some(Prompt::new(PromptKind::Open, String::new()));
                 Vec::new()
             }
             KeyCode::Char('r') => self.request(),
@@ -410,6 +549,7 @@ impl App {
             return Vec::new();
         }
         self.explainer = (self.explainer + step) % self.explainers.len();
+        self.explain_error = None;
         if let Some(shown) = &mut self.shown {
             shown.report = None;
         }
@@ -441,37 +581,28 @@ impl App {
         actions
     }
 
-    fn on_prompt_key(&mut self, prompt: Prompt, key: KeyEvent) -> Vec<Action> {
-        let (mut text, is_params) = match prompt {
-            Prompt::Params(t) => (t, true),
-            Prompt::Open(t) => (t, false),
-        };
+    fn on_prompt_key(&mut self, mut prompt: Prompt, key: KeyEvent) -> Vec<Action> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         match key.code {
-            KeyCode::Esc => return Vec::new(),
-            KeyCode::Enter => {
-                return if is_params {
+            KeyCode::Esc => Vec::new(),
+            KeyCode::Char('c') if ctrl => Vec::new(),
+            KeyCode::Enter => match prompt.kind {
+                PromptKind::Params => {
                     self.params
-                        .insert(self.method().to_owned(), text.trim().to_owned());
+                        .insert(self.method().to_owned(), prompt.text.trim().to_owned());
                     if let Some(shown) = &mut self.shown {
                         shown.report = None;
                     }
                     self.request()
-                } else {
-                    vec![Action::Open(PathBuf::from(text.trim()))]
-                };
+                }
+                PromptKind::Open => vec![Action::Open(PathBuf::from(prompt.text.trim()))],
+            },
+            _ => {
+                prompt.edit(key);
+                self.prompt = Some(prompt);
+                Vec::new()
             }
-            KeyCode::Backspace => {
-                text.pop();
-            }
-            KeyCode::Char(c) => text.push(c),
-            _ => {}
         }
-        self.prompt = Some(if is_params {
-            Prompt::Params(text)
-        } else {
-            Prompt::Open(text)
-        });
-        Vec::new()
     }
 
     /// Replaces the list (after `Action::Open` succeeded).
@@ -479,6 +610,7 @@ impl App {
         self.items = items;
         self.selected = 0;
         self.shown = None;
+        self.explain_error = None;
         self.pictures = [None, None];
         self.protocols = [None, None];
         self.request()

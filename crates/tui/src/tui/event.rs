@@ -19,6 +19,15 @@ pub enum Pane {
     Overlay,
 }
 
+/// Which part of a job failed: the image itself (decoding, segmentation, classification), or
+/// only its explanation (bad parameters, an explainer error), which leaves the image's
+/// prediction standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Analysis,
+    Explanation,
+}
+
 /// A worker's answer, tagged with the generation of the request it answers: the app drops
 /// answers to requests it has since replaced.
 pub enum WorkerEvent {
@@ -43,10 +52,13 @@ pub enum WorkerEvent {
         path: PathBuf,
         prediction: Prediction,
     },
+    /// A file's review found in the queue (for the list; any generation).
+    Reviewed { path: PathBuf, label: String },
     /// The job failed; the viewer shows the message and goes on.
     Failed {
         generation: u64,
         path: PathBuf,
+        stage: Stage,
         message: String,
     },
 }

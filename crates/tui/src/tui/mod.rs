@@ -10,6 +10,7 @@ pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{Result, WrapErr};
@@ -25,7 +26,7 @@ use ratatui_image::picker::{Picker, ProtocolType};
 
 use app::{Action, App, Item};
 use event::{AppEvent, Pane};
-use worker::{EncodeJob, Job, Latest};
+use worker::{EncodeJob, Job, Latest, Workers};
 
 /// How the viewer was asked to start.
 pub struct Options {
@@ -48,6 +49,8 @@ pub struct Effects {
     pub positive: String,
     /// Cache, model fingerprint and event channel, to label opened files from the cache.
     pub scan: Option<(Cache, String, Sender<AppEvent>)>,
+    /// The background threads (cache scans of opened folders join them).
+    pub workers: Arc<Workers>,
 }
 
 impl Effects {
@@ -88,7 +91,14 @@ impl Effects {
                         if let Some((cache, fingerprint, events)) = &self.scan {
                             let files = items.iter().map(|i| i.path.clone()).collect();
                             let (cache, fingerprint) = (cache.clone(), fingerprint.clone());
-                            worker::spawn_cache_scan(files, cache, fingerprint, events.clone());
+                            worker::spawn_cache_scan(
+                                &self.workers,
+                                files,
+                                cache,
+                                fingerprint,
+                                Some(self.watch_dir.clone()),
+                                events.clone(),
+                            );
                         }
                         queue.extend(app.open(items));
                     }
@@ -154,10 +164,20 @@ where
     Ok(())
 }
 
-/// Reads terminal input on its own thread; only key presses are forwarded.
-fn spawn_input(events: Sender<AppEvent>) {
-    std::thread::spawn(move || {
-        while let Ok(event) = crossterm::event::read() {
+/// Reads terminal input on its own thread; only key presses are forwarded. It polls, so it
+/// sees the stop flag and ends (and is joined) when the viewer closes.
+fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
+    let stop = workers.stop_flag();
+    workers.spawn("input", move || {
+        while !stop.load(Ordering::Acquire) {
+            match crossterm::event::poll(Duration::from_millis(50)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => break,
+            }
+            let Ok(event) = crossterm::event::read() else {
+                break;
+            };
             let forwarded = match event {
                 Event::Key(key) if key.kind == KeyEventKind::Press => {
                     AppEvent::Key(key, Instant::now())
@@ -204,17 +224,27 @@ fn picker(choice: &str) -> Result<Picker> {
 pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> Result<()> {
     let pipeline = Pipeline::load(models, device)?;
     let items = open_items(&options.path)?;
-    let explainers = registry::all()?.iter().map(|e| e.name.to_owned()).collect();
+    let entries = registry::all()?;
+    let explainers = entries.iter().map(|e| e.name.to_owned()).collect();
     let mut app = App::new(items, explainers);
+    app.param_specs = entries
+        .iter()
+        .map(|e| (e.name.to_owned(), e.params))
+        .collect();
     if let Some(i) = app.explainers.iter().position(|n| n == "grad-cam") {
         app.explainer = i;
     }
 
+    // Declared before the terminal: on any way out (quit, error, panic) the threads are stopped
+    // and joined, the models dropped on their own thread, before `main` returns.
+    let workers = Workers::new();
     let mut terminal = ratatui::init();
     let outcome = (|| {
         let picker = picker(&options.image_protocol)?;
+        let font = picker.font_size();
+        app.font = (font.width, font.height);
         let (tx, rx) = crossbeam_channel::unbounded();
-        spawn_input(tx.clone());
+        spawn_input(&workers, tx.clone());
         // Labels of a queue being reviewed go to that queue.
         let watch_dir =
             crate::labels::watch_root(&options.path).unwrap_or_else(|| options.watch_dir.clone());
@@ -228,25 +258,36 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
                 pipeline.fingerprint.clone(),
                 tx.clone(),
             )),
+            workers: workers.clone(),
         };
         let paths = app.items.iter().map(|i| i.path.clone()).collect();
         worker::spawn_cache_scan(
+            &workers,
             paths,
             options.cache.clone(),
             pipeline.fingerprint.clone(),
+            Some(effects.watch_dir.clone()),
             tx.clone(),
         );
         worker::spawn_inference(
+            &workers,
             pipeline,
             options.cache.clone(),
             effects.jobs.clone(),
             tx.clone(),
         );
         for slot in &effects.encoders {
-            worker::spawn_encoder(picker.clone(), slot.clone(), tx.clone());
+            worker::spawn_encoder(&workers, picker.clone(), slot.clone(), tx.clone());
         }
         main_loop(&mut terminal, &mut app, &rx, &effects)
     })();
+    // The last frame says "closing"; a running explainer stops at its next batch.
+    let started = Instant::now();
+    workers.shutdown();
+    tracing::info!(
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "background threads stopped"
+    );
     ratatui::restore();
     log_latencies(&app.latencies);
     outcome

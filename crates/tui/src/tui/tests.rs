@@ -17,7 +17,6 @@ use image::DynamicImage;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
-use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
 
 use super::app::{Action, App, Item, ItemState};
@@ -206,6 +205,7 @@ fn failures_show_in_the_status_bar_and_the_app_goes_on() {
     let failed = WorkerEvent::Failed {
         generation: job.generation,
         path: job.path,
+        stage: super::event::Stage::Analysis,
         message: "corrupt image".into(),
     };
     app.update(AppEvent::Worker(failed));
@@ -268,9 +268,7 @@ fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
     for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
         if let (Some(rect), Some(picture)) = (areas.panes[i], app.pictures[i].clone()) {
             let size = ui::picture_size(rect);
-            let protocol = picker
-                .new_protocol(picture, size, Resize::Fit(None))
-                .map_err(|e| e.to_string());
+            let protocol = super::worker::encode(&picker, picture, size);
             app.update(AppEvent::Encoded(Encoded {
                 generation: app.generation,
                 pane,
@@ -336,6 +334,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         positive: "covid".into(),
         scan: None,
+        workers: super::worker::Workers::new(),
     };
     tx.send(key('j')).unwrap();
     tx.send(key('q')).unwrap();
@@ -351,5 +350,431 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
     assert_eq!(
         effects.jobs.try_take().unwrap().path,
         sample("nih_00001299_000.png")
+    );
+}
+
+#[test]
+fn shutdown_wakes_waiting_threads_refuses_new_jobs_and_joins() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = super::worker::Workers::new();
+    let slot = super::worker::Latest::<u32>::new();
+    workers.closes(&slot);
+    let ran = std::sync::Arc::new(AtomicUsize::new(0));
+    let (thread_slot, thread_ran) = (slot.clone(), ran.clone());
+    workers.spawn("test", move || {
+        while thread_slot.take().is_some() {
+            thread_ran.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    slot.put(1);
+    let start = Instant::now();
+    while ran.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed().as_secs() < 10, "the job never ran");
+        std::thread::yield_now();
+    }
+    // The thread now waits on an empty slot: shutdown must wake it and join it.
+    workers.shutdown();
+    assert!(workers.stopping());
+    slot.put(2);
+    assert!(slot.take().is_none(), "a closed slot hands out nothing");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    // Nothing starts once shut down.
+    let late = std::sync::Arc::new(AtomicUsize::new(0));
+    let late_thread = late.clone();
+    workers.spawn("late", move || {
+        late_thread.fetch_add(1, Ordering::SeqCst);
+    });
+    workers.shutdown();
+    assert_eq!(late.load(Ordering::SeqCst), 0);
+}
+
+/// Every drawn picture fills its pane along one side, the aspect ratio kept, whether the
+/// picture is larger than the pane (shrunk) or smaller (enlarged).
+#[test]
+fn pictures_fill_their_pane_scaled_up_or_down() {
+    let picker = Picker::halfblocks();
+    for (width, height) in [(80, 24), (160, 48), (120, 40)] {
+        let (app, _) = answered(width, height);
+        let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+        for (i, pane) in areas.panes.iter().enumerate() {
+            let Some(pane) = pane else { continue };
+            let inner = ui::picture_size(*pane);
+            let drawn = app.protocols[i].as_ref().unwrap().1.size();
+            assert!(
+                drawn.width <= inner.width && drawn.height <= inner.height,
+                "{width}x{height}: {drawn:?} overflows {inner:?}"
+            );
+            assert!(
+                drawn.width == inner.width || drawn.height == inner.height,
+                "{width}x{height}: {drawn:?} does not fill {inner:?} along either side"
+            );
+        }
+    }
+    // A picture far smaller than the pane (64 px; 7x4 cells at its natural size) is enlarged.
+    let small = DynamicImage::new_luma8(64, 64);
+    let inner = ratatui::layout::Size::new(61, 45);
+    let drawn = super::worker::encode(&picker, small, inner).unwrap().size();
+    assert_eq!((drawn.width, drawn.height), (61, 31));
+    // One much larger than the pane is shrunk to the same size.
+    let large = DynamicImage::new_luma8(2048, 2048);
+    let drawn = super::worker::encode(&picker, large, inner).unwrap().size();
+    assert_eq!((drawn.width, drawn.height), (61, 31));
+}
+
+/// The layout gives the pictures the larger share: at 80x24 and 160x48 the list sits above the
+/// panel, and a square radiograph gets at least 40 columns at 80x24 and 60 at 160x48.
+#[test]
+fn layout_gives_the_pictures_the_room() {
+    for (width, height, min_columns) in [(80, 24, 40), (160, 48, 60)] {
+        let (app, _) = answered(width, height);
+        let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+        assert_eq!(areas.list.x, areas.panel.x, "{width}x{height}: one column");
+        assert!(areas.list.y < areas.panel.y);
+        let drawn: Vec<u16> = app
+            .protocols
+            .iter()
+            .flatten()
+            .map(|(_, p)| p.size().width)
+            .collect();
+        assert!(
+            !drawn.is_empty() && drawn.iter().all(|w| *w >= min_columns),
+            "{width}x{height}: pictures {drawn:?} columns wide"
+        );
+    }
+}
+
+fn press(code: KeyCode, modifiers: KeyModifiers) -> AppEvent {
+    AppEvent::Key(KeyEvent::new(code, modifiers), Instant::now())
+}
+
+fn ctrl(c: char) -> AppEvent {
+    press(KeyCode::Char(c), KeyModifiers::CONTROL)
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        app.update(key(c));
+    }
+}
+
+/// The screen as text, drawn at `width`x`height`.
+fn screen(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| ui::view(f, app, Instant::now())).unwrap();
+    terminal.backend().to_string()
+}
+
+fn analysed(app: &mut App, job: &super::worker::Job) {
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path.clone(),
+        prediction: prediction(0.9),
+        timings: Timings::default(),
+        original: DynamicImage::new_luma8(8, 8),
+    }));
+}
+
+fn explanation_failed(job: &super::worker::Job, message: &str) -> AppEvent {
+    AppEvent::Worker(WorkerEvent::Failed {
+        generation: job.generation,
+        path: job.path.clone(),
+        stage: super::event::Stage::Explanation,
+        message: message.into(),
+    })
+}
+
+fn explained(job: &super::worker::Job) -> AppEvent {
+    AppEvent::Worker(WorkerEvent::Explained {
+        generation: job.generation,
+        overlay: DynamicImage::new_rgb8(8, 8),
+        report: method_report(),
+    })
+}
+
+fn prompt_text(app: &App) -> (String, usize) {
+    let prompt = app.prompt.as_ref().expect("the prompt is open");
+    (prompt.text.clone(), prompt.cursor)
+}
+
+#[test]
+fn a_failed_explanation_shows_in_the_panel_and_r_retries() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    analysed(&mut app, &job);
+    app.update(explanation_failed(
+        &job,
+        "lime: needs samples >= 2, batch >= 1",
+    ));
+    assert_eq!(
+        app.explain_error.as_deref(),
+        Some("lime: needs samples >= 2, batch >= 1")
+    );
+    assert!(app.busy.is_none());
+    assert!(
+        matches!(app.items[0].state, ItemState::Predicted { .. }),
+        "a failed explanation leaves the prediction standing: {:?}",
+        app.items[0].state
+    );
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("grad-cam failed:"), "{text}");
+    assert!(text.contains("needs samples"), "{text}");
+    assert!(!text.contains("working…"), "no endless 'working…':\n{text}");
+    assert!(text.contains("r retry"), "{text}");
+
+    // r runs the same job again; the error stays visible while it runs.
+    let retry = job_of(&app.update(key('r')));
+    assert_eq!(
+        (&retry.method, &retry.params, &retry.path),
+        (&job.method, &job.params, &job.path)
+    );
+    assert!(retry.generation > job.generation);
+    assert!(screen(&app, 80, 24).contains("retrying…"));
+
+    // A good run clears the error, in the panel and the status bar.
+    analysed(&mut app, &retry);
+    app.update(explained(&retry));
+    assert!(app.explain_error.is_none());
+    assert!(app.status.is_empty(), "status: {}", app.status);
+    let text = screen(&app, 80, 24);
+    assert!(!text.contains("failed"), "{text}");
+    assert!(text.contains("deletion AUC"), "{text}");
+}
+
+#[test]
+fn bad_parameters_fail_visibly_and_fixing_them_clears_the_error() {
+    let mut app = app();
+    app.request();
+    let job = job_of(&app.update(key('e')));
+    assert_eq!(job.method, "lime");
+    analysed(&mut app, &job);
+    app.update(explained(&job));
+    assert!(app.pictures[1].is_some());
+    app.update(key('p'));
+    type_text(&mut app, "samples=1");
+    let bad = job_of(&app.update(press(KeyCode::Enter, KeyModifiers::NONE)));
+    assert_eq!(bad.params, "samples=1");
+    analysed(&mut app, &bad);
+    app.update(explanation_failed(&bad, "lime: needs samples >= 2"));
+    let text = screen(&app, 160, 48);
+    assert!(text.contains("lime failed:"), "{text}");
+    // The overlay of the earlier parameters is not left standing beside the error.
+    assert!(app.pictures[1].is_none());
+    assert!(text.contains("no explanation: it failed"), "{text}");
+
+    // The prompt reopens with the bad text; Ctrl-U clears it.
+    app.update(key('p'));
+    assert_eq!(prompt_text(&app), ("samples=1".to_owned(), 9));
+    app.update(ctrl('u'));
+    assert_eq!(prompt_text(&app), (String::new(), 0));
+    type_text(&mut app, "samples=200");
+    let good = job_of(&app.update(press(KeyCode::Enter, KeyModifiers::NONE)));
+    assert_eq!(good.params, "samples=200");
+    analysed(&mut app, &good);
+    app.update(explained(&good));
+    assert!(app.explain_error.is_none());
+    assert!(!screen(&app, 160, 48).contains("failed"));
+}
+
+#[test]
+fn stale_or_unrelated_failures_do_not_stick() {
+    let mut app = app();
+    let first = job_of(&app.request());
+    let second = job_of(&app.update(key('j')));
+    // The first image's explanation fails after the selection moved on: not shown.
+    app.update(explanation_failed(&first, "old failure"));
+    assert!(app.explain_error.is_none());
+    assert!(app.status.is_empty());
+    assert_ne!(
+        app.items[0].state,
+        ItemState::Failed("old failure".into()),
+        "an explanation failure never marks the image as failed"
+    );
+    // A current failure, then moving to another explainer: the error belonged to the old one.
+    analysed(&mut app, &second);
+    app.update(explanation_failed(&second, "grad-cam broke"));
+    assert!(app.explain_error.is_some());
+    app.update(key('e'));
+    assert!(app.explain_error.is_none());
+    // And moving to another image clears it too.
+    let job = job_of(&app.update(key('r')));
+    app.update(explanation_failed(&job, "lime broke"));
+    assert!(app.explain_error.is_some());
+    app.update(key('k'));
+    assert!(app.explain_error.is_none());
+}
+
+#[test]
+fn the_parameter_prompt_edits_like_a_shell_line() {
+    let mut app = app();
+    app.request();
+    app.update(key('p'));
+    type_text(&mut app, "samples=200,batch=10");
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("samples=200,batch=".to_owned(), 18));
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("samples=200,".to_owned(), 12));
+    // Left, then insert in the middle.
+    app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    app.update(key('0'));
+    assert_eq!(prompt_text(&app), ("samples=2000,".to_owned(), 12));
+    // Home, Delete, retype; Right moves on; End goes back to the end.
+    app.update(press(KeyCode::Home, KeyModifiers::NONE));
+    app.update(press(KeyCode::Delete, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app), ("amples=2000,".to_owned(), 0));
+    app.update(key('S'));
+    app.update(press(KeyCode::Right, KeyModifiers::NONE));
+    app.update(press(KeyCode::Backspace, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app), ("Smples=2000,".to_owned(), 1));
+    app.update(press(KeyCode::End, KeyModifiers::NONE));
+    type_text(&mut app, "seed=3");
+    assert_eq!(prompt_text(&app), ("Smples=2000,seed=3".to_owned(), 18));
+    // Right at the end and Left at the start stay put; Ctrl-U deletes before the cursor.
+    app.update(press(KeyCode::Right, KeyModifiers::NONE));
+    assert_eq!(prompt_text(&app).1, 18);
+    for _ in 0..5 {
+        app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    }
+    app.update(ctrl('u'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 0));
+    app.update(press(KeyCode::Left, KeyModifiers::NONE));
+    app.update(press(KeyCode::Backspace, KeyModifiers::NONE));
+    app.update(ctrl('w'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 0));
+    // Control keys never type letters; the cursor shows where typing goes.
+    app.update(ctrl('e'));
+    assert_eq!(prompt_text(&app), ("eed=3".to_owned(), 5));
+    app.update(ctrl('a'));
+    app.update(key('s'));
+    assert!(screen(&app, 80, 24).contains("s▏eed=3"));
+    // Esc cancels without running anything; the parameters stay as they were.
+    assert!(
+        app.update(press(KeyCode::Esc, KeyModifiers::NONE))
+            .is_empty()
+    );
+    assert!(app.prompt.is_none());
+    assert!(app.params.is_empty());
+}
+
+#[test]
+fn the_parameter_prompt_lists_names_types_and_defaults() {
+    cxr_explainers::link();
+    let entries = cxr_core::explain::registry::all().unwrap();
+    let mut app = app();
+    app.param_specs = entries
+        .iter()
+        .map(|e| (e.name.to_owned(), e.params))
+        .collect();
+    app.request();
+    app.update(key('p'));
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("grad-cam parameters"), "{text}");
+    assert!(text.contains("gradients    text    auto"), "{text}");
+    app.update(press(KeyCode::Esc, KeyModifiers::NONE));
+    app.update(key('e'));
+    app.update(key('p'));
+    for size in [(80, 24), (160, 48)] {
+        let text = screen(&app, size.0, size.1);
+        for row in [
+            "samples      integer 1000",
+            "kernel_width number  0.25",
+            "seed         integer 0",
+            "Ctrl-U clear",
+        ] {
+            assert!(text.contains(row), "{size:?}: no {row:?} in\n{text}");
+        }
+    }
+}
+
+/// Each image's mark is its predicted label with that label's own probability. With this
+/// model's threshold (0.69 on covid) an image at covid 0.53 is labelled normal, at normal 0.47:
+/// the list says "n 47%", the panel's bars say the same.
+#[test]
+fn the_list_shows_each_label_with_its_own_probability() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path,
+        prediction: prediction(0.53),
+        timings: Timings::default(),
+        original: DynamicImage::new_luma8(8, 8),
+    }));
+    for (item, covid) in [(1, 0.2), (2, 0.9)] {
+        app.update(AppEvent::Worker(WorkerEvent::Known {
+            path: app.items[item].path.clone(),
+            prediction: prediction(covid),
+        }));
+    }
+    let text = screen(&app, 160, 48);
+    let rows: Vec<&str> = text.lines().skip(1).take(3).collect();
+    assert!(
+        rows[0].contains("hannover_e1446fe8.png    n  47%"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].contains("nih_00001299_000.png     n  80%"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].contains("nih_00002013_002.png     c  90%"),
+        "{rows:?}"
+    );
+    assert!(text.contains("label normal"));
+}
+
+/// Labels given in the viewer go to the queue; reopening the folder later shows them again
+/// (matched by content), without overriding a label given in this session.
+#[test]
+fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    std::fs::create_dir(&folder).unwrap();
+    let names = [
+        "hannover_e1446fe8.png",
+        "nih_00001299_000.png",
+        "nih_00002013_002.png",
+    ];
+    for name in names {
+        std::fs::copy(sample(name), folder.join(name)).unwrap();
+    }
+    let files: Vec<PathBuf> = names.iter().map(|n| folder.join(n)).collect();
+    let watch = dir.path().join("watch");
+    // A first session labels two of them, as the viewer does.
+    crate::labels::record(
+        &watch,
+        &files[0],
+        "normal",
+        Some((&prediction(0.3), "covid")),
+    )
+    .unwrap();
+    crate::labels::record(&watch, &files[2], "skip", None).unwrap();
+
+    // The folder is reopened: nothing reviewed until the scan has looked in the queue.
+    let mut app = App::new(
+        files.iter().cloned().map(Item::new).collect(),
+        vec!["grad-cam".into()],
+    );
+    app.items[2].reviewed = Some("covid".into()); // labelled again in this session
+    let workers = super::worker::Workers::new();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    super::worker::spawn_cache_scan(
+        &workers,
+        files.clone(),
+        cxr_core::cache::Cache::disabled(),
+        "fingerprint".into(),
+        Some(watch),
+        tx,
+    );
+    // The scan ends when it has seen every file; its sender goes with it.
+    for event in &rx {
+        app.update(event);
+    }
+    let reviewed: Vec<Option<&str>> = app.items.iter().map(|i| i.reviewed.as_deref()).collect();
+    assert_eq!(reviewed, [Some("normal"), None, Some("covid")]);
+    let text = screen(&app, 160, 48);
+    let first = text.lines().nth(1).unwrap();
+    assert!(
+        first.contains("hannover_e1446fe8.p… ") && first.contains("✔normal"),
+        "{first}"
     );
 }

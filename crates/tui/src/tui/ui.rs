@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui_image::Image;
 
-use super::app::{App, ItemState, LABELS, Prompt};
+use super::app::{App, ItemState, LABELS, PromptKind};
 
 /// Where everything goes on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,14 @@ pub struct Areas {
     pub status: Rect,
 }
 
-/// Splits the screen; usable from 80x24 up.
+/// Rows of the prediction panel when it sits under the list.
+const PANEL_ROWS: u16 = 16;
+
+/// Splits the screen; usable from 80x24 up. Two arrangements are measured and the one giving
+/// the radiographs more cells wins: list, pictures and panel side by side, or the list above
+/// the panel in one column, which gives the pictures the panel's width (at 80x24 and 160x48
+/// that column roughly doubles the picture area). The choice depends only on the terminal's
+/// size and the font, never on the picture, so the layout does not jump when one arrives.
 #[must_use]
 pub fn areas(area: Rect, app: &App) -> Areas {
     let [main, status] = Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
@@ -33,7 +40,36 @@ pub fn areas(area: Rect, app: &App) -> Areas {
         Constraint::Length(panel_w),
     ])
     .areas(main);
-    let panes = if app.side_by_side && pictures.width >= 56 {
+    let beside = Areas {
+        list,
+        panes: panes(pictures, app),
+        panel,
+        status,
+    };
+    if main.height < PANEL_ROWS + 6 {
+        return beside;
+    }
+    let [column, pictures] =
+        Layout::horizontal([Constraint::Length(list_w.max(panel_w)), Constraint::Min(10)])
+            .areas(main);
+    let [list, panel] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(PANEL_ROWS)]).areas(column);
+    let stacked = Areas {
+        list,
+        panes: panes(pictures, app),
+        panel,
+        status,
+    };
+    if square_cells(&stacked, app.font) > square_cells(&beside, app.font) {
+        stacked
+    } else {
+        beside
+    }
+}
+
+/// The picture panes inside `pictures`: side by side when there is room, else one.
+fn panes(pictures: Rect, app: &App) -> [Option<Rect>; 2] {
+    if app.side_by_side && pictures.width >= 56 {
         let [left, right] =
             Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(pictures);
         [Some(left), Some(right)]
@@ -41,13 +77,24 @@ pub fn areas(area: Rect, app: &App) -> Areas {
         [None, Some(pictures)]
     } else {
         [Some(pictures), None]
-    };
-    Areas {
-        list,
-        panes,
-        panel,
-        status,
     }
+}
+
+/// Cells a square picture covers in the smallest pane of `areas`, scaled to fit (font in
+/// pixels per cell).
+fn square_cells(areas: &Areas, font: (u16, u16)) -> u32 {
+    let (fw, fh) = (u32::from(font.0.max(1)), u32::from(font.1.max(1)));
+    areas
+        .panes
+        .iter()
+        .flatten()
+        .map(|pane| {
+            let cells = picture_size(*pane);
+            let side = (u32::from(cells.width) * fw).min(u32::from(cells.height) * fh);
+            (side / fw) * (side / fh)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// The size in cells available to a picture inside its pane's border.
@@ -66,6 +113,13 @@ pub fn view(frame: &mut Frame, app: &App, now: Instant) {
     }
     draw_panel(frame, app, a.panel);
     draw_status(frame, app, a.status, now);
+    if app
+        .prompt
+        .as_ref()
+        .is_some_and(|p| p.kind == PromptKind::Params)
+    {
+        draw_params(frame, app, a.status);
+    }
     if app.help {
         draw_help(frame);
     }
@@ -152,7 +206,16 @@ fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if let Some((_, protocol)) = &app.protocols[pane] {
-        frame.render_widget(Image::new(protocol), inner);
+        // Scaled to fill one side of the pane; centred along the other.
+        let size = protocol.size();
+        let (width, height) = (size.width.min(inner.width), size.height.min(inner.height));
+        let centred = Rect::new(
+            inner.x + (inner.width - width) / 2,
+            inner.y + (inner.height - height) / 2,
+            width,
+            height,
+        );
+        frame.render_widget(Image::new(protocol), centred);
     } else {
         let text = if app.items.is_empty() {
             "no images: press O to open a file or folder"
@@ -163,6 +226,8 @@ fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
             Some(ItemState::Failed(_))
         ) {
             "could not be analysed (see the status bar)"
+        } else if pane == 1 && app.explain_error.is_some() {
+            "no explanation: it failed (see the panel)"
         } else {
             "working…"
         };
@@ -207,6 +272,19 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
             );
             lines.push(Line::default());
             match &shown.report {
+                None if app.explain_error.is_some() => {
+                    let error = app.explain_error.as_deref().unwrap_or_default();
+                    lines.push(Line::from(format!("{} failed:", app.method())).red().bold());
+                    lines.push(Line::from(error.to_owned()).red());
+                    lines.push(
+                        Line::from(if app.busy.is_some() {
+                            "retrying…"
+                        } else {
+                            "p parameters · r retry"
+                        })
+                        .dark_gray(),
+                    );
+                }
                 None => lines.push(Line::from(format!("{}: working…", app.method())).dark_gray()),
                 Some(r) => {
                     lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
@@ -242,16 +320,23 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
 
 fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
     let line = if let Some(prompt) = &app.prompt {
-        let (label, text) = match prompt {
-            Prompt::Params(t) => (format!("{} parameters (name=value,...): ", app.method()), t),
-            Prompt::Open(t) => ("open file or folder: ".to_owned(), t),
+        let label = match prompt.kind {
+            PromptKind::Params => format!("{} parameters (name=value,...): ", app.method()),
+            PromptKind::Open => "open file or folder: ".to_owned(),
         };
+        let (before, after) = prompt.split();
         Line::from(vec![
             Span::styled(label, Style::new().bold()),
-            Span::raw(format!("{text}▏")),
+            Span::raw(before.to_owned()),
+            Span::raw("▏"),
+            Span::raw(after.to_owned()),
         ])
     } else {
         let left = match &app.busy {
+            _ if app.quit => Span::styled(
+                "closing: stopping background work… ".to_owned(),
+                Style::new().yellow(),
+            ),
             Some((what, since)) => {
                 let spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
                 let elapsed = now.saturating_duration_since(*since).as_secs_f32();
@@ -280,6 +365,55 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
         ])
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// The type of a parameter, read from its default value.
+#[must_use]
+pub fn param_type(default: &str) -> &'static str {
+    if default.parse::<i64>().is_ok() {
+        "integer"
+    } else if default.parse::<f64>().is_ok() {
+        "number"
+    } else {
+        "text"
+    }
+}
+
+/// Above the parameter prompt: what the current explainer accepts, with types and defaults.
+fn draw_params(frame: &mut Frame, app: &App, status: Rect) {
+    let specs = app
+        .param_specs
+        .get(app.method())
+        .copied()
+        .unwrap_or_default();
+    let mut lines: Vec<Line> = specs
+        .iter()
+        .map(|p| {
+            Line::from(vec![
+                Span::styled(format!("{:<13}", p.name), Style::new().bold()),
+                Span::raw(format!("{:<8}", param_type(p.default))),
+                Span::styled(format!("{:<6} ", p.default), Style::new().cyan()),
+                Span::styled(p.help, Style::new().dark_gray()),
+            ])
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(Line::from(format!("{} takes no parameters", app.method())).dark_gray());
+    }
+    lines.push(
+        Line::from("Enter run · Esc cancel · ←/→ move · Ctrl-U clear · Ctrl-W delete word")
+            .dark_gray(),
+    );
+    let area = frame.area();
+    let height = (lines.len() as u16 + 2).min(status.y);
+    let rect = Rect::new(area.x, status.y - height, area.width, height);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered().title(format!(" {} parameters (name type default) ", app.method())),
+        ),
+        rect,
+    );
 }
 
 fn draw_help(frame: &mut Frame) {

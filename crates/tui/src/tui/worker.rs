@@ -5,61 +5,226 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Sender;
 use cxr_core::cache::{Cache, CacheKey};
 use cxr_core::explain::report::{self, MethodReport, QualityChecks};
 use cxr_core::explain::{Explainer, ExplainerConfig, Explanation, registry};
-use cxr_core::models::Prediction;
+use cxr_core::models::{Classifier, Prediction};
 use cxr_core::pipeline::{Analysis, Pipeline, Timings};
+use cxr_core::queue::Queue;
 use cxr_core::render::{Colormap, OverlayStyle};
+use cxr_core::tch::{Device, Tensor};
 use image::DynamicImage;
 use ratatui::layout::Size;
-use ratatui_image::Resize;
 use ratatui_image::picker::Picker;
+use ratatui_image::protocol::Protocol;
+use ratatui_image::{FilterType, Resize};
 
-use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
+use super::event::{AppEvent, Encoded, Pane, Stage, WorkerEvent};
 
-/// A slot that keeps only the newest request.
+/// A slot that keeps only the newest request. Closing it (the viewer is going down) drops what
+/// waits, refuses new requests and wakes the thread waiting on it.
 pub struct Latest<T> {
-    slot: Mutex<Option<T>>,
+    slot: Mutex<Slot<T>>,
     ready: Condvar,
+}
+
+struct Slot<T> {
+    value: Option<T>,
+    closed: bool,
 }
 
 impl<T> Latest<T> {
     #[must_use]
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            slot: Mutex::new(None),
+            slot: Mutex::new(Slot {
+                value: None,
+                closed: false,
+            }),
             ready: Condvar::new(),
         })
     }
 
-    /// Replaces whatever was waiting.
+    /// Replaces whatever was waiting; ignored once the slot is closed.
     pub fn put(&self, value: T) {
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = Some(value);
+        if let Ok(mut slot) = self.slot.lock()
+            && !slot.closed
+        {
+            slot.value = Some(value);
             self.ready.notify_one();
         }
+    }
+
+    /// Drops the waiting request and makes every `take`, now and later, return `None`.
+    pub fn close(&self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            slot.closed = true;
+            slot.value = None;
+        }
+        self.ready.notify_all();
     }
 
     /// The waiting request, if any, without blocking.
     #[cfg(test)]
     pub fn try_take(&self) -> Option<T> {
-        self.slot.lock().ok()?.take()
+        self.slot.lock().ok()?.value.take()
     }
 
-    /// Waits for a request; `None` when the lock is poisoned (the app is going down).
-    fn take(&self) -> Option<T> {
+    /// Waits for a request; `None` once the slot is closed (or its lock poisoned).
+    pub fn take(&self) -> Option<T> {
         let mut slot = self.slot.lock().ok()?;
         loop {
-            if let Some(value) = slot.take() {
+            if slot.closed {
+                return None;
+            }
+            if let Some(value) = slot.value.take() {
                 return Some(value);
             }
             slot = self.ready.wait(slot).ok()?;
         }
+    }
+}
+
+/// The viewer's background threads. `shutdown` (also run on drop, so an early return or a
+/// panic unwinding through the viewer does it too) raises the stop flag, closes the job slots
+/// and joins every thread. The inference thread owns libtorch objects: they must be finished
+/// and dropped before `main` returns, or libtorch's static destructors run under a forward
+/// pass still in flight (a segfault at exit).
+#[derive(Default)]
+pub struct Workers {
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    slots: Mutex<Vec<Box<dyn Fn() + Send>>>,
+}
+
+impl Workers {
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The flag that tells threads (and a running explainer, between batches) to stop.
+    #[must_use]
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    #[must_use]
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Starts a named thread that `shutdown` will join. Once shutting down, nothing starts.
+    pub fn spawn(&self, name: &'static str, work: impl FnOnce() + Send + 'static) {
+        if self.stopping() {
+            return;
+        }
+        let spawned = thread::Builder::new()
+            .name(format!("cxr-{name}"))
+            .spawn(work);
+        match spawned {
+            Ok(handle) => {
+                if let Ok(mut threads) = self.threads.lock() {
+                    threads.push((name, handle));
+                }
+            }
+            Err(e) => tracing::error!("cannot start the {name} thread: {e}"),
+        }
+    }
+
+    /// Closes `slot` on shutdown, so the thread waiting on it wakes up and ends.
+    pub fn closes<T: Send + 'static>(&self, slot: &Arc<Latest<T>>) {
+        let slot = slot.clone();
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.push(Box::new(move || slot.close()));
+        }
+    }
+
+    /// Stops and joins every thread; a thread that panicked is logged. Idempotent.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Ok(slots) = self.slots.lock() {
+            for close in slots.iter() {
+                close();
+            }
+        }
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for (name, handle) in threads {
+            let started = std::time::Instant::now();
+            if handle.join().is_err() {
+                tracing::error!("the {name} thread panicked");
+            }
+            tracing::debug!(
+                "{name} thread joined in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The classifier as the viewer runs it: every forward pass first checks the stop flag, so an
+/// explainer that runs hundreds of batches (LIME, RISE, occlusion) and the quality metrics
+/// after it end within one batch when the viewer closes.
+struct Stoppable {
+    inner: Box<dyn Classifier>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Stoppable {
+    fn check(&self) -> cxr_core::Result<()> {
+        if self.stop.load(Ordering::Acquire) {
+            Err(cxr_core::CoreError::Invalid(
+                "stopped: the viewer is closing".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Classifier for Stoppable {
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn threshold(&self) -> f32 {
+        self.inner.threshold()
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+    fn logits(&self, batch: &Tensor) -> cxr_core::Result<Tensor> {
+        self.check()?;
+        self.inner.logits(batch)
+    }
+    fn features_and_logits(&self, batch: &Tensor) -> Option<cxr_core::Result<(Tensor, Tensor)>> {
+        if let Err(e) = self.check() {
+            return Some(Err(e));
+        }
+        self.inner.features_and_logits(batch)
+    }
+    fn supports_gradients(&self) -> bool {
+        self.inner.supports_gradients()
+    }
+    fn linear_head(&self) -> Option<Tensor> {
+        self.inner.linear_head()
+    }
+    fn randomised(&self, seed: u64) -> cxr_core::Result<Box<dyn Classifier>> {
+        self.inner.randomised(seed)
     }
 }
 
@@ -107,12 +272,22 @@ fn explanation_keys(sha256: &str, fingerprint: &str, job: &Job) -> (CacheKey, Ca
 /// changing only the opacity or the outline just redraws; finished results also go to the
 /// on-disk cache, so reopening a reviewed folder needs no model at all.
 pub fn spawn_inference(
+    workers: &Workers,
     pipeline: Pipeline,
     cache: Cache,
     jobs: Arc<Latest<Job>>,
     events: Sender<AppEvent>,
 ) {
-    thread::spawn(move || {
+    workers.closes(&jobs);
+    let stop = workers.stop_flag();
+    let pipeline = Pipeline {
+        classifier: Box::new(Stoppable {
+            inner: pipeline.classifier,
+            stop: stop.clone(),
+        }),
+        ..pipeline
+    };
+    workers.spawn("inference", move || {
         let mut state = Inference {
             pipeline,
             cache,
@@ -121,35 +296,59 @@ pub fn spawn_inference(
             explainers: HashMap::new(),
         };
         while let Some(job) = jobs.take() {
-            if !state.run(&job, &events) {
+            if !state.run(&job, &events) || stop.load(Ordering::Acquire) {
                 break;
             }
         }
+        // The models (libtorch) are dropped here, on this thread, before it is joined.
     });
 }
 
-/// Fills the list from the cache, off the UI thread: every file whose classification is cached
-/// shows its label at once.
+/// Fills the list off the UI thread: every file whose classification is cached shows its label
+/// at once, and every file already reviewed in the queue of `watch_dir` (where the viewer
+/// records labels) shows its review mark again when the folder is reopened. Files are matched
+/// by content (SHA-256), as the queue keeps them.
 pub fn spawn_cache_scan(
+    workers: &Workers,
     files: Vec<PathBuf>,
     cache: Cache,
     fingerprint: String,
+    watch_dir: Option<PathBuf>,
     events: Sender<AppEvent>,
 ) {
-    thread::spawn(move || {
+    let stop = workers.stop_flag();
+    workers.spawn("cache-scan", move || {
+        let queue = watch_dir.and_then(|dir| Queue::open(dir).ok());
         for path in files {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
             let sha = cxr_core::xray::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let mut found = Vec::new();
             if let Some(cached) =
                 cache.get_json::<CachedPrediction>(&prediction_key(&sha, &fingerprint))
-                && events
-                    .send(AppEvent::Worker(WorkerEvent::Known {
-                        path,
-                        prediction: cached.prediction,
-                    }))
-                    .is_err()
+            {
+                found.push(WorkerEvent::Known {
+                    path: path.clone(),
+                    prediction: cached.prediction,
+                });
+            }
+            let reviewed = queue.as_ref().and_then(|q| match q.find(&sha) {
+                Ok(entry) => entry?.label().map(|l| l.as_str().to_owned()),
+                Err(e) => {
+                    tracing::warn!("queue: {e}");
+                    None
+                }
+            });
+            if let Some(label) = reviewed {
+                found.push(WorkerEvent::Reviewed { path, label });
+            }
+            if found
+                .into_iter()
+                .any(|event| events.send(AppEvent::Worker(event)).is_err())
             {
                 break;
             }
@@ -209,10 +408,11 @@ impl Inference {
     /// Runs one job; false when the app has gone (its channel is closed).
     fn run(&mut self, job: &Job, events: &Sender<AppEvent>) -> bool {
         let send = |event: WorkerEvent| events.send(AppEvent::Worker(event)).is_ok();
-        let fail = |message: String| {
+        let fail = |stage: Stage, message: String| {
             send(WorkerEvent::Failed {
                 generation: job.generation,
                 path: job.path.clone(),
+                stage,
                 message,
             })
         };
@@ -249,7 +449,7 @@ impl Inference {
                 }
                 Err(e) => {
                     self.analysis = None;
-                    return fail(e.to_string());
+                    return fail(Stage::Analysis, e.to_string());
                 }
             }
         }
@@ -274,11 +474,12 @@ impl Inference {
             }) {
                 return false;
             }
+            tracing::info!(method = %job.method, params = %job.params, image = %job.path.display(), "explaining");
             match explain(&self.pipeline, &mut self.explainers, analysis, job) {
                 Ok(done) => {
                     self.explanations.insert(key.clone(), done);
                 }
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Stage::Explanation, e.to_string()),
             }
         }
         let Some((explanation, report)) = self.explanations.get(&key) else {
@@ -351,12 +552,16 @@ pub struct EncodeJob {
 
 /// Starts the encoder thread: resizing and encoding (sixel, kitty, halfblocks...) happen here,
 /// never on the UI thread. Each pane has its own slot.
-pub fn spawn_encoder(picker: Picker, jobs: Arc<Latest<EncodeJob>>, events: Sender<AppEvent>) {
-    thread::spawn(move || {
+pub fn spawn_encoder(
+    workers: &Workers,
+    picker: Picker,
+    jobs: Arc<Latest<EncodeJob>>,
+    events: Sender<AppEvent>,
+) {
+    workers.closes(&jobs);
+    workers.spawn("encoder", move || {
         while let Some(job) = jobs.take() {
-            let protocol = picker
-                .new_protocol(job.image, job.size, Resize::Fit(None))
-                .map_err(|e| e.to_string());
+            let protocol = encode(&picker, job.image, job.size);
             let encoded = Encoded {
                 generation: job.generation,
                 pane: job.pane,
@@ -368,6 +573,16 @@ pub fn spawn_encoder(picker: Picker, jobs: Arc<Latest<EncodeJob>>, events: Sende
             }
         }
     });
+}
+
+/// Scales `image` up or down, aspect ratio kept, to the largest size that fits `size` cells
+/// (pixels per cell from the picker's font size: 10x20 for half blocks, one pixel per half
+/// cell), then encodes it. Fitting without scaling up would leave a small radiograph, or any
+/// radiograph on a large terminal with a small font, at its natural size in a corner.
+pub fn encode(picker: &Picker, image: DynamicImage, size: Size) -> Result<Protocol, String> {
+    picker
+        .new_protocol(image, size, Resize::Scale(Some(FilterType::Triangle)))
+        .map_err(|e| e.to_string())
 }
 
 /// The images a folder holds (PNG, JPEG, DICOM), sorted by name; a file is a folder of one.
