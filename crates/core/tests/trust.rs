@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use cxr_core::CoreError;
-use cxr_core::models::Classifier;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::tch::Device;
 use cxr_core::trust::Flag;

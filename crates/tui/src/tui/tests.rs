@@ -58,6 +58,7 @@ fn prediction(covid: f32) -> Prediction {
         probabilities,
         label: label.into(),
         threshold: 0.69,
+        trust: cxr_core::trust::Assessment::default(),
     }
 }
 
