@@ -102,7 +102,7 @@ pub struct Assessment {
     /// the classifier has no trust model.
     pub familiarity: Option<f32>,
     pub flags: Vec<Flag>,
-    /// Why each flag was raised, in words, in the same order.
+    /// Why each flag was raised, in words: `reasons[i]` explains `flags[i]`.
     pub reasons: Vec<String>,
 }
 
@@ -112,11 +112,19 @@ impl Assessment {
         self.flags.contains(&flag)
     }
 
+    /// Adds `flag` with its reason; a flag raised again gets the new reason appended, so
+    /// `reasons[i]` always explains `flags[i]`.
     fn raise(&mut self, flag: Flag, reason: String) {
-        if !self.has(flag) {
-            self.flags.push(flag);
+        match self.flags.iter().position(|&f| f == flag) {
+            Some(i) => {
+                self.reasons[i].push_str("; ");
+                self.reasons[i].push_str(&reason);
+            }
+            None => {
+                self.flags.push(flag);
+                self.reasons.push(reason);
+            }
         }
-        self.reasons.push(reason);
     }
 }
 
@@ -330,8 +338,11 @@ mod tests {
         // Colour and missing lungs, whatever the features.
         assert!(model.assess(&val[..d], usual, 0.3).has(Flag::NotAChestRadiograph));
         let none = LungShape { fraction: 0.0, aspect: 0.0 };
-        let a = model.assess(&val[..d], none, 0.0);
+        let a = model.assess(&val[..d], none, 0.3);
         assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
+        // Raised twice (colour and no lungs): one flag, both reasons.
+        assert_eq!(a.reasons.len(), 1);
+        assert!(a.reasons[0].contains("colour") && a.reasons[0].contains("no lungs"), "{a:?}");
         // About 1% of validation points are beyond the 99th percentile.
         let beyond = val.chunks(d).filter(|f| model.distance(f) > model.unfamiliar_above).count();
         assert!(beyond <= 2, "{beyond}");

@@ -242,6 +242,10 @@ fn the_explainer_list_comes_from_the_registry() {
 
 /// A fully answered screen: prediction, explanation, both pictures encoded with halfblocks.
 fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
+    answered_with(width, height, prediction(0.999))
+}
+
+fn answered_with(width: u16, height: u16, prediction: Prediction) -> (App, Terminal<TestBackend>) {
     let mut app = app();
     let job = job_of(&app.request());
     let original = image::open(sample("hannover_e1446fe8.png")).unwrap();
@@ -249,7 +253,7 @@ fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
     app.update(AppEvent::Worker(WorkerEvent::Analysed {
         generation: job.generation,
         path: job.path,
-        prediction: prediction(0.999),
+        prediction,
         timings: Timings {
             decode_ms: 1.0,
             segment_ms: 50.0,
@@ -279,6 +283,29 @@ fn answered(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
         }
     }
     (app, Terminal::new(TestBackend::new(width, height)).unwrap())
+}
+
+#[test]
+fn trust_flags_and_familiarity_show_in_the_panel() {
+    let mut flagged = prediction(0.999);
+    flagged.trust = cxr_core::trust::Assessment {
+        familiarity: Some(41.2),
+        flags: vec![cxr_core::trust::Flag::Unfamiliar],
+        reasons: vec!["familiarity distance 41.2 above the 99th percentile 30.0".into()],
+    };
+    let (app, mut terminal) = answered_with(160, 48, flagged);
+    terminal.draw(|f| ui::view(f, &app, Instant::now())).unwrap();
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("familiarity 41.2"), "{screen}");
+    assert!(screen.contains("unfamiliar") && screen.contains('⚠'), "{screen}");
+    assert!(screen.contains("percentile 30.0"), "{screen}");
+    // A familiar prediction says so.
+    let mut fine = prediction(0.999);
+    fine.trust.familiarity = Some(9.5);
+    let (app, mut terminal) = answered_with(160, 48, fine);
+    terminal.draw(|f| ui::view(f, &app, Instant::now())).unwrap();
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("no trust flags") && !screen.contains('⚠'), "{screen}");
 }
 
 #[test]

@@ -244,6 +244,24 @@ fn bar(value: f32, width: usize) -> String {
     "█".repeat(filled) + &"░".repeat(width - filled)
 }
 
+/// The familiarity score, and each flag with its reason in yellow: when not to trust the label.
+fn trust_lines(trust: &cxr_core::trust::Assessment) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if let Some(distance) = trust.familiarity {
+        lines.push(Line::from(format!("familiarity {distance:.1} (distance)")).dark_gray());
+    }
+    if trust.flags.is_empty() && trust.familiarity.is_some() {
+        lines.push(Line::from("no trust flags").green());
+    }
+    for (i, flag) in trust.flags.iter().enumerate() {
+        lines.push(Line::from(format!("⚠ {}", flag.name())).yellow().bold());
+        if let Some(reason) = trust.reasons.get(i) {
+            lines.push(Line::from(reason.clone()).yellow());
+        }
+    }
+    lines
+}
+
 fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
     let mut lines: Vec<Line> = Vec::new();
     let bar_width = usize::from(area.width.saturating_sub(16)).max(4);
@@ -262,6 +280,7 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
                 )));
             }
             lines.push(Line::from(format!("threshold {:.2}", p.threshold)).dark_gray());
+            lines.extend(trust_lines(&p.trust));
             let t = &shown.timings;
             lines.push(
                 Line::from(format!(
