@@ -16,7 +16,8 @@ fn pipeline(c: &mut Criterion) {
     let bytes = std::fs::read(&path).expect("sample");
     let xray = Xray::decode(&bytes, &path).expect("decodes");
     let mask = pipeline.segmenter.segment(&xray.gray).expect("segments");
-    let input = classifier_input(&xray.gray, &mask, pipeline.classifier.input_style()).to_tensor(Device::Cpu);
+    let input = classifier_input(&xray.gray, &mask, pipeline.classifier.input_style())
+        .to_tensor(Device::Cpu);
 
     let mut group = c.benchmark_group("pipeline_512px");
     group.sample_size(30);
@@ -27,7 +28,13 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| pipeline.segmenter.segment(black_box(&xray.gray)));
     });
     group.bench_function("preprocess", |b| {
-        b.iter(|| classifier_input(black_box(&xray.gray), &mask, pipeline.classifier.input_style()));
+        b.iter(|| {
+            classifier_input(
+                black_box(&xray.gray),
+                &mask,
+                pipeline.classifier.input_style(),
+            )
+        });
     });
     group.bench_function("classify", |b| {
         b.iter(|| pipeline.classifier.predict(black_box(&input)));

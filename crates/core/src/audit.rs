@@ -54,7 +54,12 @@ pub fn probe(
     let (xt, xs) = ((&xt - &mean) / &std, (&xs - &mean) / &std);
     let (yt, ys) = (targets(train), targets(test));
     let vs = nn::VarStore::new(Device::Cpu);
-    let linear = nn::linear(vs.root(), dim as i64, classes.len() as i64, Default::default());
+    let linear = nn::linear(
+        vs.root(),
+        dim as i64,
+        classes.len() as i64,
+        nn::LinearConfig::default(),
+    );
     let mut opt = nn::Adam::default().build(&vs, 0.05)?;
     opt.set_weight_decay(1e-3);
     for _ in 0..300 {
@@ -103,7 +108,11 @@ mod tests {
         let features: Vec<f32> = (0..n * dim)
             .map(|k| {
                 let noise = rng.random_range(-1.0f32..1.0);
-                if k % dim == 0 { noise + 2.0 * labels[k / dim] as f32 } else { noise }
+                if k % dim == 0 {
+                    noise + 2.0 * labels[k / dim] as f32
+                } else {
+                    noise
+                }
             })
             .collect();
         let classes = vec!["a".to_owned(), "b".to_owned()];

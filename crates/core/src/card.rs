@@ -150,8 +150,10 @@ fn classifier_row(out: &mut String, split: &str, m: &ClassifierMetrics) {
     );
 }
 
+/// A share as a percentage; `-` when there is none (no images of that kind).
 fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))
+    v.filter(|v| v.is_finite())
+        .map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))
 }
 
 fn auc(v: Option<f64>) -> String {
@@ -204,7 +206,11 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
             pct(Some(record.test.specificity))
         );
         if let Some((source, accuracy)) = worst_source(&record.test_by_source) {
-            let _ = writeln!(out, "\nWorst source: **{source}**, accuracy {}.", pct(Some(accuracy)));
+            let _ = writeln!(
+                out,
+                "\nWorst source: **{source}**, accuracy {}.",
+                pct(Some(accuracy))
+            );
         }
     }
     if let Some(h) = &record.held_out {
@@ -284,7 +290,11 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
         architecture.blocks,
         architecture.widths,
         architecture.in_channels,
-        record.defences.as_ref().map_or(InputStyle::Masked, |d| d.input).describe()
+        record
+            .defences
+            .as_ref()
+            .map_or(InputStyle::Masked, |d| d.input)
+            .describe()
     );
     training_section(&mut out, &record.training);
     if let Some(d) = &record.defences {

@@ -104,9 +104,10 @@ impl Manifest {
             }
         };
         // Without a source column, the manifest's folder names the source (`lungseg`).
-        let folder_source = base
-            .file_name()
-            .map_or_else(|| "unknown".to_owned(), |n| n.to_string_lossy().to_lowercase());
+        let folder_source = base.file_name().map_or_else(
+            || "unknown".to_owned(),
+            |n| n.to_string_lossy().to_lowercase(),
+        );
         let rows: Vec<csv::StringRecord> = reader
             .records()
             .collect::<std::result::Result<_, _>>()
@@ -116,7 +117,9 @@ impl Manifest {
             column("source").map_or_else(|| folder_source.clone(), |i| source_key(&field(row, i)))
         };
         let (image, patient) = (column("path").or(column("image")), column("patient"));
-        let label = column("label").map(|i| (i, false)).or(column("finding").map(|i| (i, true)));
+        let label = column("label")
+            .map(|i| (i, false))
+            .or(column("finding").map(|i| (i, true)));
         let masked = (column("image"), column("mask"));
         if (image.is_none() || label.is_none()) && (masked.0.is_none() || masked.1.is_none()) {
             return Err(CoreError::data(
@@ -257,9 +260,18 @@ mod tests {
 
     #[test]
     fn sources_and_findings() {
-        assert_eq!(source_key("Hannover Medical School (ml-workgroup/x)"), "hannover");
-        assert_eq!(source_key("ieee8023/covid-chestxray-dataset (https://a.b/c)"), "ieee8023");
-        assert_eq!(source_key("NIH Clinical Center ChestX-ray14 (via x/y)"), "nih");
+        assert_eq!(
+            source_key("Hannover Medical School (ml-workgroup/x)"),
+            "hannover"
+        );
+        assert_eq!(
+            source_key("ieee8023/covid-chestxray-dataset (https://a.b/c)"),
+            "ieee8023"
+        );
+        assert_eq!(
+            source_key("NIH Clinical Center ChestX-ray14 (via x/y)"),
+            "nih"
+        );
         assert_eq!(source_key("JSRT (Japanese Society), via z"), "jsrt");
         assert_eq!(label_of_finding("no nodule"), "normal");
         assert_eq!(label_of_finding("Lung nodule"), "lung nodule");
@@ -276,8 +288,11 @@ mod tests {
         .unwrap();
         let m = Manifest::read(&path).unwrap();
         assert_eq!(m.masks.len(), 2);
-        let labels: Vec<(&str, &str)> =
-            m.labels.iter().map(|r| (r.label.as_str(), r.source.as_str())).collect();
+        let labels: Vec<(&str, &str)> = m
+            .labels
+            .iter()
+            .map(|r| (r.label.as_str(), r.source.as_str()))
+            .collect();
         assert_eq!(labels, [("normal", "jsrt"), ("lung nodule", "jsrt")]);
         assert_eq!(m.labels[0].path, dir.path().join("i/a.png"));
     }
@@ -306,7 +321,14 @@ mod tests {
         let rows = Manifest::read(&masks).unwrap().masks;
         assert_eq!(rows[0].patient, "x.png");
         // No source column: the manifest's folder is the source.
-        assert_eq!(rows[0].source, dir.path().file_name().unwrap().to_string_lossy().to_lowercase());
+        assert_eq!(
+            rows[0].source,
+            dir.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_lowercase()
+        );
 
         let bad = dir.path().join("bad.csv");
         std::fs::write(&bad, "a,b\n1,2\n").unwrap();

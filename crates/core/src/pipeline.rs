@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::trust::{self, Assessment, Flag, LungShape, TrustModel};
-use crate::{CoreError, Result};
 use crate::mask::{self, LungMask};
 use crate::models::{
     Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter,
 };
 use crate::preprocess::{self, ClassifierInput};
+use crate::trust::{self, Assessment, Flag, LungShape, TrustModel};
 use crate::xray::Xray;
+use crate::{CoreError, Result};
 
 /// File names of the shipped models inside a models directory.
 pub const SEGMENTER_NAME: &str = "segmenter";
@@ -118,8 +118,7 @@ impl Pipeline {
         let mask = self.segmenter.segment(&xray.gray)?;
         let segment_ms = ms(start);
         let t = Instant::now();
-        let input =
-            preprocess::classifier_input(&xray.gray, &mask, self.classifier.input_style());
+        let input = preprocess::classifier_input(&xray.gray, &mask, self.classifier.input_style());
         let tensor = input.to_tensor(self.device);
         let preprocess_ms = ms(t);
         let t = Instant::now();

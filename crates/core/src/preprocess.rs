@@ -141,7 +141,12 @@ pub fn classifier_input(gray: &GrayF32, mask: &LungMask, style: InputStyle) -> C
 /// (0, 1) centred and scaled to unit variance: a histogram equalisation over the lungs.
 fn equalise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
     let mut reference: Vec<f32> = match weights {
-        Some(w) => pixels.iter().zip(w).filter(|(_, w)| **w > 0.0).map(|(p, _)| *p).collect(),
+        Some(w) => pixels
+            .iter()
+            .zip(w)
+            .filter(|(_, w)| **w > 0.0)
+            .map(|(p, _)| *p)
+            .collect(),
         None => pixels.to_vec(),
     };
     reference.sort_by(f32::total_cmp);
@@ -169,7 +174,13 @@ pub fn feather(mask: &[f32], side: usize) -> Vec<f32> {
         for a in 0..side {
             for b in 0..side {
                 let (lo, hi) = (b.saturating_sub(r), (b + r).min(side - 1));
-                let at = |k: usize| if horizontal { a * side + k } else { k * side + a };
+                let at = |k: usize| {
+                    if horizontal {
+                        a * side + k
+                    } else {
+                        k * side + a
+                    }
+                };
                 let sum: f32 = (lo..=hi).map(|k| data[at(k)]).sum();
                 out[at(b)] = sum / (hi - lo + 1) as f32;
             }
@@ -304,7 +315,11 @@ mod tests {
 
     #[test]
     fn empty_mask_uses_the_whole_image() {
-        let input = classifier_input(&gradient(64, 32), &GrayImage::new(64, 32), InputStyle::Masked);
+        let input = classifier_input(
+            &gradient(64, 32),
+            &GrayImage::new(64, 32),
+            InputStyle::Masked,
+        );
         assert!((input.crop.side - 64.0 * 1.16).abs() < 1e-3);
         assert!(input.pixels.iter().any(|&p| p != 0.0));
     }
@@ -325,21 +340,39 @@ mod tests {
         }
         let a = classifier_input(&gray, &mask, InputStyle::EqualisedFeathered);
         let b = classifier_input(&other, &mask, InputStyle::EqualisedFeathered);
-        let diff = a.pixels.iter().zip(&b.pixels).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let diff = a
+            .pixels
+            .iter()
+            .zip(&b.pixels)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         // Not exactly 0: the crop is resampled (bilinear) before it is equalised, and
         // resampling does not commute with a non-linear curve.
         assert!(diff < 0.03, "max difference {diff}");
         // The masked style does see the change.
         let c = classifier_input(&gray, &mask, InputStyle::Masked);
         let d = classifier_input(&other, &mask, InputStyle::Masked);
-        let diff = c.pixels.iter().zip(&d.pixels).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let diff = c
+            .pixels
+            .iter()
+            .zip(&d.pixels)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(diff > 0.3, "max difference {diff}");
         // Lung values have unit variance; the outline is a ramp, not a step.
-        let lung: Vec<f32> =
-            a.unmasked.iter().zip(&a.mask).filter(|(_, m)| **m > 0.0).map(|(p, _)| *p).collect();
+        let lung: Vec<f32> = a
+            .unmasked
+            .iter()
+            .zip(&a.mask)
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(p, _)| *p)
+            .collect();
         let mean = lung.iter().sum::<f32>() / lung.len() as f32;
         let var = lung.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / lung.len() as f32;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "mean {mean} var {var}"
+        );
         let soft = feather(&a.mask, CLASSIFIER_SIDE as usize);
         let ramp = soft.iter().filter(|&&v| v > 0.05 && v < 0.95).count();
         assert!(ramp > 500, "{ramp} pixels on the ramp");

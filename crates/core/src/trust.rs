@@ -115,15 +115,12 @@ impl Assessment {
     /// Adds `flag` with its reason; a flag raised again gets the new reason appended, so
     /// `reasons[i]` always explains `flags[i]`.
     fn raise(&mut self, flag: Flag, reason: String) {
-        match self.flags.iter().position(|&f| f == flag) {
-            Some(i) => {
-                self.reasons[i].push_str("; ");
-                self.reasons[i].push_str(&reason);
-            }
-            None => {
-                self.flags.push(flag);
-                self.reasons.push(reason);
-            }
+        if let Some(i) = self.flags.iter().position(|&f| f == flag) {
+            self.reasons[i].push_str("; ");
+            self.reasons[i].push_str(&reason);
+        } else {
+            self.flags.push(flag);
+            self.reasons.push(reason);
         }
     }
 }
@@ -166,12 +163,17 @@ impl TrustModel {
             .f_to_kind(tch::Kind::Double)?;
         let mean = t.f_mean_dim(0, false, tch::Kind::Double)?;
         let centred = t.f_sub(&mean)?;
-        let cov = centred.f_transpose(0, 1)?.f_matmul(&centred)?.f_div_scalar((n - 1) as f64)?;
+        let cov = centred
+            .f_transpose(0, 1)?
+            .f_matmul(&centred)?
+            .f_div_scalar((n - 1) as f64)?;
         // Shrink towards a scaled identity: with ~400 images and 128 features the sample
         // covariance is ill-conditioned.
         let trace = cov.f_trace()?.f_double_value(&[])?;
         let eye = tch::Tensor::f_eye(dim as i64, (tch::Kind::Double, tch::Device::Cpu))?;
-        let shrunk = cov.f_mul_scalar(0.8)?.f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
+        let shrunk = cov
+            .f_mul_scalar(0.8)?
+            .f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
         let precision = tch::Tensor::f_linalg_inv(&shrunk)?.f_to_kind(tch::Kind::Float)?;
         let mut model = Self {
             feature_mean: Vec::<f32>::try_from(mean.f_to_kind(tch::Kind::Float)?)?,
@@ -181,9 +183,8 @@ impl TrustModel {
             lung_fraction: range(shapes.iter().map(|s| s.fraction)),
             lung_aspect: range(shapes.iter().map(|s| s.aspect)),
         };
-        let distances = |flat: &[f32]| -> Vec<f32> {
-            flat.chunks(dim).map(|f| model.distance(f)).collect()
-        };
+        let distances =
+            |flat: &[f32]| -> Vec<f32> { flat.chunks(dim).map(|f| model.distance(f)).collect() };
         let (d_train, mut d_val) = (distances(train), distances(validation));
         d_val.sort_by(f32::total_cmp);
         model.unfamiliar_above = percentile(&d_val, 0.99);
@@ -237,7 +238,8 @@ impl TrustModel {
         }
         let outside = |v: f32, [lo, hi]: [f32; 2]| v < lo || v > hi;
         if lungs.fraction >= NO_LUNGS
-            && (outside(lungs.fraction, self.lung_fraction) || outside(lungs.aspect, self.lung_aspect))
+            && (outside(lungs.fraction, self.lung_fraction)
+                || outside(lungs.aspect, self.lung_aspect))
         {
             a.raise(
                 Flag::ImplausibleLungs,
@@ -270,7 +272,10 @@ pub fn assess_input(lungs: LungShape, colour: f32) -> Assessment {
     if lungs.fraction < NO_LUNGS {
         a.raise(
             Flag::NotAChestRadiograph,
-            format!("no lungs found ({:.1}% of the image)", 100.0 * lungs.fraction),
+            format!(
+                "no lungs found ({:.1}% of the image)",
+                100.0 * lungs.fraction
+            ),
         );
     }
     a
@@ -318,33 +323,66 @@ mod tests {
         let train = gaussian(&mut rng, 400, d, 1.0);
         let val = gaussian(&mut rng, 100, d, 1.0);
         let shapes: Vec<LungShape> = (0..100)
-            .map(|i| LungShape { fraction: 0.2 + 0.001 * i as f32, aspect: 1.0 + 0.002 * i as f32 })
+            .map(|i| LungShape {
+                fraction: 0.2 + 0.001 * i as f32,
+                aspect: 1.0 + 0.002 * i as f32,
+            })
             .collect();
         let model = TrustModel::fit(&train, &val, d, &shapes).unwrap();
-        let usual = LungShape { fraction: 0.25, aspect: 1.1 };
+        let usual = LungShape {
+            fraction: 0.25,
+            aspect: 1.1,
+        };
         // A typical point: no flags.
         let typical = model.assess(&val[..d], usual, 0.0);
         assert!(typical.flags.is_empty(), "{typical:?}");
         // A point a few times beyond the validation spread: unfamiliar, not refused.
         let edge: Vec<f32> = vec![model.unfamiliar_above * 0.8; d];
         let a = model.assess(&edge, usual, 0.0);
-        assert!(a.has(Flag::Unfamiliar) && !a.has(Flag::NotAChestRadiograph), "{a:?}");
+        assert!(
+            a.has(Flag::Unfamiliar) && !a.has(Flag::NotAChestRadiograph),
+            "{a:?}"
+        );
         // Far away: refused.
         let far: Vec<f32> = vec![100.0; d];
-        assert!(model.assess(&far, usual, 0.0).has(Flag::NotAChestRadiograph));
+        assert!(
+            model
+                .assess(&far, usual, 0.0)
+                .has(Flag::NotAChestRadiograph)
+        );
         // Lungs outside the training range.
-        let odd = model.assess(&val[..d], LungShape { fraction: 0.6, aspect: 1.1 }, 0.0);
+        let odd = model.assess(
+            &val[..d],
+            LungShape {
+                fraction: 0.6,
+                aspect: 1.1,
+            },
+            0.0,
+        );
         assert_eq!(odd.flags, [Flag::ImplausibleLungs]);
         // Colour and missing lungs, whatever the features.
-        assert!(model.assess(&val[..d], usual, 0.3).has(Flag::NotAChestRadiograph));
-        let none = LungShape { fraction: 0.0, aspect: 0.0 };
+        assert!(
+            model
+                .assess(&val[..d], usual, 0.3)
+                .has(Flag::NotAChestRadiograph)
+        );
+        let none = LungShape {
+            fraction: 0.0,
+            aspect: 0.0,
+        };
         let a = model.assess(&val[..d], none, 0.3);
         assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
         // Raised twice (colour and no lungs): one flag, both reasons.
         assert_eq!(a.reasons.len(), 1);
-        assert!(a.reasons[0].contains("colour") && a.reasons[0].contains("no lungs"), "{a:?}");
+        assert!(
+            a.reasons[0].contains("colour") && a.reasons[0].contains("no lungs"),
+            "{a:?}"
+        );
         // About 1% of validation points are beyond the 99th percentile.
-        let beyond = val.chunks(d).filter(|f| model.distance(f) > model.unfamiliar_above).count();
+        let beyond = val
+            .chunks(d)
+            .filter(|f| model.distance(f) > model.unfamiliar_above)
+            .count();
         assert!(beyond <= 2, "{beyond}");
     }
 

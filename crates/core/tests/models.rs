@@ -102,7 +102,9 @@ fn missing_or_broken_models_are_clear_errors() {
 }
 
 fn samples() -> Vec<LabelledImage> {
-    Manifest::read(&repo().join("samples/manifest.csv")).unwrap().labels
+    Manifest::read(&repo().join("samples/manifest.csv"))
+        .unwrap()
+        .labels
 }
 
 #[test]

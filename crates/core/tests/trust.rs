@@ -21,7 +21,10 @@ fn pipeline() -> Pipeline {
 #[test]
 fn the_shipped_classifier_has_a_trust_model() {
     let p = pipeline();
-    let trust = p.classifier.trust().expect("trained with a familiarity model");
+    let trust = p
+        .classifier
+        .trust()
+        .expect("trained with a familiarity model");
     let d = trust.feature_mean.len();
     assert_eq!(trust.precision.len(), d * d);
     assert!(trust.unfamiliar_above > 0.0 && trust.refuse_above > trust.unfamiliar_above);
@@ -58,7 +61,11 @@ fn sample_radiographs_are_familiar_enough_to_classify() {
         let trust = &a.prediction.trust;
         let distance = trust.familiarity.unwrap();
         assert!(distance.is_finite() && distance > 0.0, "{}", path.display());
-        assert!(!trust.has(Flag::NotAChestRadiograph), "{}: {trust:?}", path.display());
+        assert!(
+            !trust.has(Flag::NotAChestRadiograph),
+            "{}: {trust:?}",
+            path.display()
+        );
         assert_eq!(trust.flags.len(), trust.reasons.len());
     }
 }

@@ -248,7 +248,12 @@ fn eval_groups_by_source_and_writes_per_image_rows() {
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 7);
-    assert!(rows.iter().filter(|r| r.contains(",hannover,covid,")).count() == 3);
+    assert!(
+        rows.iter()
+            .filter(|r| r.contains(",hannover,covid,"))
+            .count()
+            == 3
+    );
 }
 
 #[test]

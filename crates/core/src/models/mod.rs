@@ -85,7 +85,10 @@ pub trait Classifier: Send {
             .f_mean_dim([2, 3].as_slice(), false, Kind::Float)?
             .f_to_device(Device::Cpu)?
             .f_view([-1])?;
-        Ok((self.prediction_of(&logits)?, Some(Vec::<f32>::try_from(pooled)?)))
+        Ok((
+            self.prediction_of(&logits)?,
+            Some(Vec::<f32>::try_from(pooled)?),
+        ))
     }
 
     /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`.

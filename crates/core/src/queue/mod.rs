@@ -790,7 +790,10 @@ fn sort(items: &mut [QueueItem], order: Order) {
             // Flagged predictions first (they most need a reviewer), then highest uncertainty,
             // `None` last.
             let flagged = |i: &QueueItem| {
-                i.state.predicted.as_ref().is_some_and(|p| !p.flags.is_empty())
+                i.state
+                    .predicted
+                    .as_ref()
+                    .is_some_and(|p| !p.flags.is_empty())
             };
             let key = |i: &QueueItem| i.uncertainty().map_or(f32::NEG_INFINITY, |u| u);
             flagged(b)

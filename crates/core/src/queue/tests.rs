@@ -160,7 +160,12 @@ fn list_orders_by_uncertainty_or_time_and_training_rows_skip_skips() {
     let mut flagged = predicted(0.999);
     flagged.flags = vec![crate::trust::Flag::Unfamiliar];
     let odd = queue
-        .label_file(&sample("nih_00002013_002.png"), Label::Skip, "alice", Some(flagged))
+        .label_file(
+            &sample("nih_00002013_002.png"),
+            Label::Skip,
+            "alice",
+            Some(flagged),
+        )
         .unwrap();
     let first = &queue.list(Order::Uncertainty).unwrap()[0];
     assert_eq!(first.id, odd.id);

@@ -15,11 +15,11 @@ use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
 use super::{EpochReport, SplitSizes, TrainOnlyRecord, TrainOptions, TrainingRecord};
 use super::{batches, gather, warp};
 use crate::data::{LabelledImage, Manifest, Split, SplitShares};
-use crate::trust::{Flag, LungShape, TrustModel};
 use crate::metrics::{Confusion, roc_auc, youden_threshold};
 use crate::models::resnet::ResNetConfig;
 use crate::models::{Classifier, ResNetClassifier, Segmenter};
 use crate::preprocess::{CLASSIFIER_SIDE, InputStyle, classifier_input};
+use crate::trust::{Flag, LungShape, TrustModel};
 use crate::xray::{Xray, hex};
 use crate::{CoreError, Result};
 
@@ -197,7 +197,10 @@ pub fn by_source(
         .into_iter()
         .map(|(source, rows)| {
             let of = |class: usize| -> Vec<f32> {
-                rows.iter().filter(|r| r.label == classes[class]).map(|r| r.score).collect()
+                rows.iter()
+                    .filter(|r| r.label == classes[class])
+                    .map(|r| r.score)
+                    .collect()
             };
             let (pos, neg) = (of(0), of(1));
             let others: Vec<f32> = rows
@@ -385,8 +388,10 @@ impl Dataset {
         // A queue image that is also a manifest image (the same pixels, whatever the file)
         // would leak into training if the manifest holds it for validation or test: such rows
         // are left out entirely.
-        let known: HashSet<&str> =
-            prepared.hashes[..from_manifest].iter().map(String::as_str).collect();
+        let known: HashSet<&str> = prepared.hashes[..from_manifest]
+            .iter()
+            .map(String::as_str)
+            .collect();
         let duplicate: Vec<bool> = prepared.hashes[from_manifest..]
             .iter()
             .map(|h| known.contains(h.as_str()))
@@ -394,7 +399,11 @@ impl Dataset {
         let side = (0..rows.len())
             .map(|i| {
                 if i < from_manifest {
-                    Some(Split::of(&rows[i].patient, options.seed, SplitShares::CLASSIFIER))
+                    Some(Split::of(
+                        &rows[i].patient,
+                        options.seed,
+                        SplitShares::CLASSIFIER,
+                    ))
                 } else {
                     (!duplicate[i - from_manifest]).then_some(Split::Train)
                 }
@@ -408,7 +417,12 @@ impl Dataset {
         Ok(Self {
             class: rows
                 .iter()
-                .map(|r| plan.classes.iter().position(|c| c == &r.label).map_or(2, |i| i as i64))
+                .map(|r| {
+                    plan.classes
+                        .iter()
+                        .position(|c| c == &r.label)
+                        .map_or(2, |i| i as i64)
+                })
                 .collect(),
             source: rows
                 .iter()
@@ -484,13 +498,20 @@ fn features_and_scores(
     let (mut features, mut out) = (Vec::new(), Vec::with_capacity(ix.len()));
     for chunk in ix.chunks(64) {
         let (f, logits) = tch::no_grad(|| {
-            let f = model.network().features(&gather(inputs, chunk, model.device()), false);
+            let f = model
+                .network()
+                .features(&gather(inputs, chunk, model.device()), false);
             let logits = model.network().head(&f);
             (f.mean_dim([2i64, 3].as_slice(), false, Kind::Float), logits)
         });
-        let p = logits.softmax(-1, Kind::Float).select(1, 0).to_device(tch::Device::Cpu);
+        let p = logits
+            .softmax(-1, Kind::Float)
+            .select(1, 0)
+            .to_device(tch::Device::Cpu);
         out.extend(Vec::<f32>::try_from(p)?);
-        features.extend(Vec::<f32>::try_from(f.to_device(tch::Device::Cpu).view([-1]))?);
+        features.extend(Vec::<f32>::try_from(
+            f.to_device(tch::Device::Cpu).view([-1]),
+        )?);
     }
     Ok((features, out))
 }
@@ -556,7 +577,9 @@ fn training_batch(
 fn outside_share(features: &Tensor, fc: &Tensor, y: &Tensor, lungs: &Tensor) -> Tensor {
     let (h, w) = (features.size()[2], features.size()[3]);
     let weights = fc.index_select(0, y).unsqueeze(-1).unsqueeze(-1); // [N, C, 1, 1]
-    let cam = (features * weights).sum_dim_intlist(1, false, Kind::Float).relu(); // [N, h, w]
+    let cam = (features * weights)
+        .sum_dim_intlist(1, false, Kind::Float)
+        .relu(); // [N, h, w]
     let inside = lungs.adaptive_avg_pool2d([h, w]).squeeze_dim(1);
     let total = cam.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float) + 1e-6;
     let outside: Tensor = 1.0 - inside;
@@ -592,6 +615,42 @@ fn epoch_order(data: &Dataset, train: &[usize], balance: bool, rng: &mut StdRng)
     (0..train.len()).map(|_| train[dist.sample(rng)]).collect()
 }
 
+/// A small head that predicts an image's source from the classifier's pooled features and the
+/// true class; its gradient reaches the features reversed, so they lose what tells the sources
+/// of one class apart (conditioning on the class leaves the class information alone).
+struct SourceAdversary {
+    _vs: nn::VarStore,
+    net: nn::Sequential,
+    optimizer: nn::Optimizer,
+}
+
+impl SourceAdversary {
+    fn new(width: i64, sources: usize, options: &TrainOptions) -> Result<Self> {
+        let vs = nn::VarStore::new(options.device);
+        let linear = nn::LinearConfig::default();
+        let net = nn::seq()
+            .add(nn::linear(vs.root() / "a1", width + 2, 64, linear))
+            .add_fn(Tensor::relu)
+            .add(nn::linear(vs.root() / "a2", 64, sources as i64, linear));
+        let optimizer = nn::Adam::default().build(&vs, options.learning_rate)?;
+        Ok(Self {
+            _vs: vs,
+            net,
+            optimizer,
+        })
+    }
+
+    /// The source loss of one batch (its gradients zeroed first, so that the caller's backward
+    /// pass fills them for [`nn::Optimizer::step`]).
+    fn loss(&mut self, features: &Tensor, y: &Tensor, sources: &Tensor, weight: f64) -> Tensor {
+        let pooled = features.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let onehot = y.one_hot(2).to_kind(Kind::Float);
+        let input = Tensor::cat(&[reverse_gradient(&pooled, weight), onehot], 1);
+        self.optimizer.zero_grad();
+        input.apply(&self.net).cross_entropy_for_logits(sources)
+    }
+}
+
 /// One trained model and what it measured.
 struct Fit {
     model: ResNetClassifier,
@@ -616,26 +675,18 @@ fn fit(
     model.meta.input = defences.input;
     best.meta.input = defences.input;
     if let Some(init) = &options.init {
-        model.var_store_mut().load(init).map_err(|e| CoreError::ModelLoad {
-            path: init.clone(),
-            source: Box::new(e),
-        })?;
+        model
+            .var_store_mut()
+            .load(init)
+            .map_err(|e| CoreError::ModelLoad {
+                path: init.clone(),
+                source: Box::new(e),
+            })?;
     }
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     optimizer.set_weight_decay(1e-4);
-    // The adversary: pooled features and the one-hot class in, the source out.
-    let adversary_vs = nn::VarStore::new(options.device);
     let width = *model.meta.architecture.widths.last().unwrap_or(&128);
-    let adversary = nn::seq()
-        .add(nn::linear(adversary_vs.root() / "a1", width + 2, 64, Default::default()))
-        .add_fn(Tensor::relu)
-        .add(nn::linear(
-            adversary_vs.root() / "a2",
-            64,
-            data.sources.len() as i64,
-            Default::default(),
-        ));
-    let mut adversary_opt = nn::Adam::default().build(&adversary_vs, options.learning_rate)?;
+    let mut adversary = SourceAdversary::new(width, data.sources.len(), options)?;
     let labels = Tensor::from_slice(&data.class);
     let source_ix = Tensor::from_slice(&data.source.iter().map(|&s| s as i64).collect::<Vec<_>>());
     let val_positive = data.positive(val);
@@ -644,31 +695,28 @@ fn fit(
         let epoch_start = Instant::now();
         let lr = super::cosine_lr(options.learning_rate, epoch - 1, options.epochs);
         optimizer.set_lr(lr);
-        adversary_opt.set_lr(lr);
+        adversary.optimizer.set_lr(lr);
         let mut total = 0.0;
         let order = epoch_order(data, train, defences.balance_sources, &mut rng);
         let batch_list = batches(&order, options.batch_size, &mut rng);
         for batch in &batch_list {
-            let (x, lungs) = training_batch(&data.prepared, batch, defences, &mut rng, options.device)?;
+            let (x, lungs) =
+                training_batch(&data.prepared, batch, defences, &mut rng, options.device)?;
             let y = gather(&labels, batch, options.device);
             let features = model.network().features(&x, true);
             let logits = model.network().head(&features);
             let mut loss = logits.cross_entropy_for_logits(&y);
             if defences.lung_focus > 0.0 {
                 let fc = model.network().fc_weight();
-                loss = loss + outside_share(&features, fc, &y, &lungs) * defences.lung_focus;
+                loss += outside_share(&features, fc, &y, &lungs) * defences.lung_focus;
             }
             if defences.adversarial > 0.0 {
-                let pooled = features.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-                let onehot = y.one_hot(2).to_kind(Kind::Float);
-                let input = Tensor::cat(&[reverse_gradient(&pooled, defences.adversarial), onehot], 1);
                 let s = gather(&source_ix, batch, options.device);
-                loss = loss + input.apply(&adversary).cross_entropy_for_logits(&s);
-                adversary_opt.zero_grad();
+                loss += adversary.loss(&features, &y, &s, defences.adversarial);
             }
             optimizer.backward_step(&loss);
             if defences.adversarial > 0.0 {
-                adversary_opt.step();
+                adversary.optimizer.step();
             }
             total += super::scalar(&loss);
         }
@@ -733,7 +781,11 @@ impl Dataset {
                 flags: &[],
             })
             .collect();
-        Ok(by_source(&scored, &model.meta.classes, model.meta.threshold))
+        Ok(by_source(
+            &scored,
+            &model.meta.classes,
+            model.meta.threshold,
+        ))
     }
 
     /// `model` (trained without `source`) on every image of `source`, and those images ranked
@@ -747,10 +799,7 @@ impl Dataset {
         let own: Vec<usize> = (0..self.from_manifest)
             .filter(|&i| self.rows[i].source == source)
             .collect();
-        let metrics = self
-            .table(model, &own)?
-            .remove(source)
-            .unwrap_or_default();
+        let metrics = self.table(model, &own)?.remove(source).unwrap_or_default();
         let lacking: Option<i64> = match (metrics.positives > 0, metrics.negatives > 0) {
             (true, false) => Some(1),
             (false, true) => Some(0),
@@ -758,10 +807,16 @@ impl Dataset {
         };
         let auc_against_other_class = match lacking {
             Some(class) => {
-                let mine: Vec<usize> =
-                    own.iter().copied().filter(|&i| self.class[i] != 2).collect();
-                let theirs: Vec<usize> =
-                    test.iter().copied().filter(|&i| self.class[i] == class).collect();
+                let mine: Vec<usize> = own
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.class[i] != 2)
+                    .collect();
+                let theirs: Vec<usize> = test
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.class[i] == class)
+                    .collect();
                 let ix: Vec<usize> = mine.iter().chain(&theirs).copied().collect();
                 let s = scores(model, &self.prepared.inputs, &ix)?;
                 roc_auc(&s, &self.positive(&ix))
@@ -797,7 +852,13 @@ pub fn train(
         mut model,
         best_epoch,
         validation,
-    } = fit(&data, [train_ix, val_ix], options, &plan.defences, &mut |e| progress("", e))?;
+    } = fit(
+        &data,
+        [train_ix, val_ix],
+        options,
+        &plan.defences,
+        &mut |e| progress("", e),
+    )?;
     let test = ClassifierMetrics::measure(
         &scores(&model, &data.prepared.inputs, test_ix)?,
         &data.positive(test_ix),
@@ -813,20 +874,37 @@ pub fn train(
     let (val_features, _) = features_and_scores(&model, &data.prepared.inputs, val_ix)?;
     let shapes: Vec<LungShape> = train_ix.iter().map(|&i| data.prepared.shapes[i]).collect();
     let width = *model.meta.architecture.widths.last().unwrap_or(&128) as usize;
-    model.meta.trust = Some(TrustModel::fit(&train_features, &val_features, width, &shapes)?);
+    model.meta.trust = Some(TrustModel::fit(
+        &train_features,
+        &val_features,
+        width,
+        &shapes,
+    )?);
 
     let mut leave_one_source_out = Vec::new();
     if plan.leave_one_source_out {
         for source in data.sources.clone() {
             let fold = data.split(Some(&source), &list)?;
-            let fitted = fit(&data, [&fold[0], &fold[1]], options, &plan.defences, &mut |e| {
-                progress(&source, e);
-            })?;
+            let fitted = fit(
+                &data,
+                [&fold[0], &fold[1]],
+                options,
+                &plan.defences,
+                &mut |e| {
+                    progress(&source, e);
+                },
+            )?;
             leave_one_source_out.push(data.held_out(&fitted.model, &source, &fold[2])?);
         }
     }
-    let mut training = super::record(options, data.split_sizes(&ix), best_epoch, AUGMENTATION, started);
-    training.train_only = data.train_only.clone();
+    let mut training = super::record(
+        options,
+        data.split_sizes(&ix),
+        best_epoch,
+        AUGMENTATION,
+        started,
+    );
+    training.train_only.clone_from(&data.train_only);
     let record = ClassifierRecord {
         training,
         classes: model.meta.classes.clone(),

@@ -138,10 +138,13 @@ pub fn train(
 
     let mut model = UNetSegmenter::new(UNetConfig::small(), options.device);
     if let Some(init) = &options.init {
-        model.var_store_mut().load(init).map_err(|e| CoreError::ModelLoad {
-            path: init.clone(),
-            source: Box::new(e),
-        })?;
+        model
+            .var_store_mut()
+            .load(init)
+            .map_err(|e| CoreError::ModelLoad {
+                path: init.clone(),
+                source: Box::new(e),
+            })?;
     }
     let mut best = UNetSegmenter::new(UNetConfig::small(), options.device);
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
@@ -247,8 +250,14 @@ pub fn evaluate_each<'a>(
     sources.sort_unstable();
     sources.dedup();
     for source in sources {
-        let own: Vec<(f64, f64)> = scores.iter().filter(|s| s.0 == source).map(|s| s.1).collect();
-        metrics.by_source.insert(source.to_owned(), SegmenterMetrics::of(&own));
+        let own: Vec<(f64, f64)> = scores
+            .iter()
+            .filter(|s| s.0 == source)
+            .map(|s| s.1)
+            .collect();
+        metrics
+            .by_source
+            .insert(source.to_owned(), SegmenterMetrics::of(&own));
     }
     metrics
 }

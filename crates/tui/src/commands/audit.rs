@@ -36,7 +36,12 @@ struct Audit<'a> {
     gradcam_images: usize,
 }
 
-pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(
+    manifests: &[PathBuf],
+    options: &Options,
+    models: &Path,
+    device: Device,
+) -> Result<ExitCode> {
     let rows = Manifest::read_all(manifests)?.labels;
     if rows.is_empty() {
         bail!("no labelled rows in {manifests:?} (expected path,label,patient,source columns)");
@@ -62,7 +67,8 @@ pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Devi
                 dim = f.len();
                 features.extend_from_slice(f);
                 kept.push(row);
-                let test = Split::of(&row.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
+                let test =
+                    Split::of(&row.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
                 let done = shares.get(&row.source).map_or(0, Vec::len);
                 if test && done < options.gradcam_per_source {
                     let target = cxr_core::models::class_index(&classes, &row.label);
@@ -80,7 +86,9 @@ pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Devi
                             .entry(row.source.clone())
                             .or_default()
                             .push(r.quality.lung_mass_share.unwrap_or(0.0)),
-                        Err(e) => bar.suspend(|| eprintln!("cxr: {}: grad-cam: {e}", row.path.display())),
+                        Err(e) => {
+                            bar.suspend(|| eprintln!("cxr: {}: grad-cam: {e}", row.path.display()));
+                        }
                     }
                 }
             }
@@ -94,35 +102,7 @@ pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Devi
     }
     bar.finish_and_clear();
 
-    let is_test = |r: &LabelledImage| Split::of(&r.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
-    let mut probes = Vec::new();
-    // One probe over the rows `subset` (indices into `kept`) predicting `value` of each row.
-    let mut run_probe = |target: String, subset: Vec<usize>, value: &dyn Fn(&LabelledImage) -> String| -> Result<()> {
-        let mut values: Vec<String> = subset.iter().map(|&i| value(kept[i])).collect();
-        values.sort();
-        values.dedup();
-        if values.len() < 2 {
-            return Ok(());
-        }
-        let labels: Vec<usize> = (0..kept.len())
-            .map(|i| values.iter().position(|v| *v == value(kept[i])).unwrap_or(0))
-            .collect();
-        let (test, train): (Vec<usize>, Vec<usize>) = subset.iter().partition(|&&i| is_test(kept[i]));
-        if train.is_empty() || test.is_empty() {
-            return Ok(());
-        }
-        probes.push(probe(&target, &features, dim, &labels, &values, (&train, &test), options.seed)?);
-        Ok(())
-    };
-    let all: Vec<usize> = (0..kept.len()).collect();
-    run_probe("source".into(), all.clone(), &|r| r.source.clone())?;
-    let in_classes: Vec<usize> = all.iter().copied().filter(|&i| classes.contains(&kept[i].label)).collect();
-    run_probe("class".into(), in_classes, &|r| r.label.clone())?;
-    for class in &classes {
-        let of_class: Vec<usize> = all.iter().copied().filter(|&i| &kept[i].label == class).collect();
-        run_probe(format!("source among {class}"), of_class, &|r| r.source.clone())?;
-    }
-
+    let probes = probes(&kept, &features, dim, &classes, options.seed)?;
     let gradcam_images: usize = shares.values().map(Vec::len).sum();
     let gradcam_lung_share: BTreeMap<String, f64> = shares
         .iter()
@@ -130,7 +110,10 @@ pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Devi
         .collect();
     let gradcam_lung_share_mean =
         shares.values().flatten().sum::<f64>() / gradcam_images.max(1) as f64;
-    eprintln!("{}", table(&probes, &gradcam_lung_share, gradcam_lung_share_mean));
+    eprintln!(
+        "{}",
+        table(&probes, &gradcam_lung_share, gradcam_lung_share_mean)
+    );
     super::print_json(&Audit {
         manifests,
         images: kept.len(),
@@ -142,6 +125,76 @@ pub fn run(manifests: &[PathBuf], options: &Options, models: &Path, device: Devi
         gradcam_images,
     })?;
     Ok(super::exit_code(failed))
+}
+
+/// The linear probes over the analysed rows `kept` and their pooled `features`: source, class,
+/// and source among each class. Probes train on the training and validation patients and are
+/// measured on the test patients.
+fn probes(
+    kept: &[&LabelledImage],
+    features: &[f32],
+    dim: usize,
+    classes: &[String],
+    seed: u64,
+) -> Result<Vec<ProbeResult>> {
+    let is_test =
+        |r: &LabelledImage| Split::of(&r.patient, seed, SplitShares::CLASSIFIER) == Split::Test;
+    let mut probes = Vec::new();
+    // One probe over the rows `subset` (indices into `kept`) predicting `value` of each row.
+    let mut run_probe = |target: String,
+                         subset: Vec<usize>,
+                         value: &dyn Fn(&LabelledImage) -> String|
+     -> Result<()> {
+        let mut values: Vec<String> = subset.iter().map(|&i| value(kept[i])).collect();
+        values.sort();
+        values.dedup();
+        if values.len() < 2 {
+            return Ok(());
+        }
+        let labels: Vec<usize> = (0..kept.len())
+            .map(|i| {
+                values
+                    .iter()
+                    .position(|v| *v == value(kept[i]))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let (test, train): (Vec<usize>, Vec<usize>) =
+            subset.iter().partition(|&&i| is_test(kept[i]));
+        if train.is_empty() || test.is_empty() {
+            return Ok(());
+        }
+        probes.push(probe(
+            &target,
+            features,
+            dim,
+            &labels,
+            &values,
+            (&train, &test),
+            seed,
+        )?);
+        Ok(())
+    };
+    let all: Vec<usize> = (0..kept.len()).collect();
+    run_probe("source".into(), all.clone(), &|r| r.source.clone())?;
+    let in_classes: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| classes.contains(&kept[i].label))
+        .collect();
+    run_probe("class".into(), in_classes, &|r| r.label.clone())?;
+    for class in classes {
+        let of_class: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| &kept[i].label == class)
+            .collect();
+        run_probe(format!("source among {class}"), of_class, &|r| {
+            r.source.clone()
+        })?;
+    }
+
+    Ok(probes)
 }
 
 fn table(probes: &[ProbeResult], shares: &BTreeMap<String, f64>, mean: f64) -> String {
@@ -160,7 +213,10 @@ fn table(probes: &[ProbeResult], shares: &BTreeMap<String, f64>, mean: f64) -> S
             p.majority_baseline
         );
     }
-    let _ = writeln!(out, "\n| source | Grad-CAM mass inside the lungs |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "\n| source | Grad-CAM mass inside the lungs |\n|---|---|"
+    );
     for (source, share) in shares {
         let _ = writeln!(out, "| {source} | {share:.3} |");
     }

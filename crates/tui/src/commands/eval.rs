@@ -7,18 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr};
+use cxr_core::CoreError;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
+use cxr_core::explain::registry::ExplainerEntry;
 use cxr_core::explain::report::{self, QualityChecks};
-use cxr_core::explain::{ExplainerConfig, registry};
+use cxr_core::explain::{Explainer, ExplainerConfig, registry};
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{Analysis, Pipeline, SEGMENTER_NAME};
 use cxr_core::tch::Device;
-use cxr_core::CoreError;
 use cxr_core::train::classifier::{
     ClassifierMetrics, Scored, SourceMetrics, by_source, worst_source,
 };
-use cxr_core::trust::Flag;
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
+use cxr_core::trust::Flag;
 use serde::Serialize;
 
 use crate::cli::SplitArg;
@@ -156,25 +157,7 @@ fn evaluate_classifier(
 ) -> Result<usize> {
     let pipeline = Pipeline::load(models, device)?;
     let classes = pipeline.classifier.classes().to_vec();
-    let names: Vec<&str> = if options.explainers.iter().any(|n| n == "all") {
-        registry::all()?.iter().map(|e| e.name).collect()
-    } else {
-        options.explainers.iter().map(String::as_str).collect()
-    };
-    let methods = names
-        .iter()
-        .map(|name| {
-            let entry = registry::find(name)?;
-            Ok((entry, entry.build(&ExplainerConfig::default())?))
-        })
-        .collect::<cxr_core::Result<Vec<_>>>()?;
-    let mut quality: Vec<ExplainerQuality> = names
-        .iter()
-        .map(|n| ExplainerQuality {
-            method: (*n).to_owned(),
-            ..Default::default()
-        })
-        .collect();
+    let (methods, mut quality) = explainers(options.explainers)?;
     let checks = QualityChecks {
         faithfulness: true,
         sanity: options.sanity,
@@ -208,7 +191,13 @@ fn evaluate_classifier(
                 line.probability = Some(p.probabilities[&classes[0]]);
                 line.label.clone_from(&p.label);
                 line.familiarity = p.trust.familiarity;
-                line.flags = p.trust.flags.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ");
+                line.flags = p
+                    .trust
+                    .flags
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
                 if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
                     let target = cxr_core::models::class_index(&classes, &row.label);
@@ -247,45 +236,13 @@ fn evaluate_classifier(
         w.flush()?;
     }
     for q in &mut quality {
-        let n = q.images.max(1) as f64;
-        q.deletion_auc /= n;
-        q.insertion_auc /= n;
-        q.lung_mass_share /= n;
-        q.explain_ms /= n;
-        q.randomisation_correlation = q.randomisation_correlation.map(|r| r / n);
-        for (source, share) in &mut q.lung_mass_share_by_source {
-            *share /= q.images_by_source[source].max(1) as f64;
-        }
+        q.finish();
     }
     if !quality.is_empty() {
         eprintln!("{}", table(&quality));
     }
-    let threshold = pipeline.classifier.threshold();
-    let in_classes: Vec<&(&LabelledImage, f32, Vec<Flag>)> =
-        scored.iter().filter(|(r, _, _)| classes.contains(&r.label)).collect();
-    let metrics = ClassifierMetrics::measure(
-        &in_classes.iter().map(|s| s.1).collect::<Vec<_>>(),
-        &in_classes.iter().map(|s| s.0.label == classes[0]).collect::<Vec<_>>(),
-        threshold,
-    );
-    let mut by_source = by_source(
-        &scored
-            .iter()
-            .map(|(r, score, flags)| Scored {
-                source: &r.source,
-                label: &r.label,
-                score: *score,
-                flags,
-            })
-            .collect::<Vec<_>>(),
-        &classes,
-        threshold,
-    );
-    for (source, n) in refused {
-        let m = by_source.entry(source).or_default();
-        m.images += n;
-        *m.flags.entry(Flag::NotAChestRadiograph.name().to_owned()).or_default() += n;
-    }
+    let (metrics, by_source) =
+        summarise(&scored, refused, &classes, pipeline.classifier.threshold());
     eprintln!("{}", source_table(&metrics, &by_source, &classes));
     super::print_json(&ClassifierEval {
         manifests,
@@ -299,13 +256,56 @@ fn evaluate_classifier(
     Ok(failed)
 }
 
+/// Pooled metrics over the images of the two classes, and the per-source table, with the
+/// refused images counted as flagged `not-a-chest-radiograph`.
+fn summarise(
+    scored: &[(&LabelledImage, f32, Vec<Flag>)],
+    refused: BTreeMap<String, usize>,
+    classes: &[String],
+    threshold: f32,
+) -> (ClassifierMetrics, BTreeMap<String, SourceMetrics>) {
+    let in_classes: Vec<&(&LabelledImage, f32, Vec<Flag>)> = scored
+        .iter()
+        .filter(|(r, _, _)| classes.contains(&r.label))
+        .collect();
+    let metrics = ClassifierMetrics::measure(
+        &in_classes.iter().map(|s| s.1).collect::<Vec<_>>(),
+        &in_classes
+            .iter()
+            .map(|s| s.0.label == classes[0])
+            .collect::<Vec<_>>(),
+        threshold,
+    );
+    let rows: Vec<Scored<'_>> = scored
+        .iter()
+        .map(|(r, score, flags)| Scored {
+            source: &r.source,
+            label: &r.label,
+            score: *score,
+            flags,
+        })
+        .collect();
+    let mut table = by_source(&rows, classes, threshold);
+    for (source, n) in refused {
+        let m = table.entry(source).or_default();
+        m.images += n;
+        *m.flags
+            .entry(Flag::NotAChestRadiograph.name().to_owned())
+            .or_default() += n;
+    }
+    (metrics, table)
+}
+
 /// The per-source table (and the pooled row) as Markdown.
 fn source_table(
     pooled: &ClassifierMetrics,
     by_source: &BTreeMap<String, SourceMetrics>,
     classes: &[String],
 ) -> String {
-    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v));
+    let pct = |v: Option<f64>| {
+        v.filter(|v| v.is_finite())
+            .map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))
+    };
     let mut out = format!(
         "| source | images | {} / {} / other | ROC-AUC | accuracy | sensitivity | specificity | other called {} | mean P({}) | flags |\n|---|---|---|---|---|---|---|---|---|---|\n",
         classes[0], classes[1], classes[0], classes[0]
@@ -319,20 +319,27 @@ fn source_table(
             m.positives,
             m.negatives,
             m.others,
-            m.roc_auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+            m.roc_auc
+                .map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
             pct(Some(m.accuracy)),
             pct(m.sensitivity),
             pct(m.specificity),
             pct(m.others_called_positive),
             m.mean_positive_probability,
-            if flags.is_empty() { "-".to_owned() } else { flags.join(", ") }
+            if flags.is_empty() {
+                "-".to_owned()
+            } else {
+                flags.join(", ")
+            }
         );
     }
     let _ = write!(
         out,
         "| pooled | {} | | {} | {} | {} | {} | | | |",
         pooled.images,
-        pooled.roc_auc.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+        pooled
+            .roc_auc
+            .map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
         pct(Some(pooled.accuracy)),
         pct(Some(pooled.sensitivity)),
         pct(Some(pooled.specificity)),
@@ -342,8 +349,9 @@ fn source_table(
 
 /// Dice per source as Markdown.
 fn segmenter_table(m: &SegmenterMetrics) -> String {
-    let mut out =
-        String::from("| source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|\n",
+    );
     for (source, s) in m.by_source.iter().chain([(&"pooled".to_owned(), m)]) {
         let _ = writeln!(
             out,
@@ -352,6 +360,47 @@ fn segmenter_table(m: &SegmenterMetrics) -> String {
         );
     }
     out
+}
+
+/// The explainers named (`all` for every registered one), built with their defaults, and an
+/// empty quality record for each.
+type Built = (&'static ExplainerEntry, Box<dyn Explainer>);
+fn explainers(names: &[String]) -> Result<(Vec<Built>, Vec<ExplainerQuality>)> {
+    let names: Vec<&str> = if names.iter().any(|n| n == "all") {
+        registry::all()?.iter().map(|e| e.name).collect()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    let methods = names
+        .iter()
+        .map(|name| {
+            let entry = registry::find(name)?;
+            Ok((entry, entry.build(&ExplainerConfig::default())?))
+        })
+        .collect::<cxr_core::Result<Vec<_>>>()?;
+    let quality = names
+        .iter()
+        .map(|n| ExplainerQuality {
+            method: (*n).to_owned(),
+            ..Default::default()
+        })
+        .collect();
+    Ok((methods, quality))
+}
+
+impl ExplainerQuality {
+    /// Sums to means, once every image is in.
+    fn finish(&mut self) {
+        let n = self.images.max(1) as f64;
+        self.deletion_auc /= n;
+        self.insertion_auc /= n;
+        self.lung_mass_share /= n;
+        self.explain_ms /= n;
+        self.randomisation_correlation = self.randomisation_correlation.map(|r| r / n);
+        for (source, share) in &mut self.lung_mass_share_by_source {
+            *share /= self.images_by_source[source].max(1) as f64;
+        }
+    }
 }
 
 /// Adds one image's measures (for the true class) to the running sums.
@@ -368,8 +417,9 @@ fn accumulate(
             q.deletion_auc += r.quality.deletion_auc.unwrap_or(f64::NAN);
             q.insertion_auc += r.quality.insertion_auc.unwrap_or(f64::NAN);
             q.lung_mass_share += r.quality.lung_mass_share.unwrap_or(0.0);
-            *q.lung_mass_share_by_source.entry(source.to_owned()).or_default() +=
-                r.quality.lung_mass_share.unwrap_or(0.0);
+            *q.lung_mass_share_by_source
+                .entry(source.to_owned())
+                .or_default() += r.quality.lung_mass_share.unwrap_or(0.0);
             *q.images_by_source.entry(source.to_owned()).or_default() += 1;
             q.explain_ms += r.explain_ms;
             if let Some(c) = r.quality.randomisation_correlation {

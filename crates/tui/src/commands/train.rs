@@ -7,9 +7,9 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::card;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
+use cxr_core::preprocess::InputStyle;
 use cxr_core::queue::Queue;
 use cxr_core::tch::Device;
-use cxr_core::preprocess::InputStyle;
 use cxr_core::train::classifier::{ClassifierPlan, Defences, TrainOnly};
 use cxr_core::train::{self, EpochReport, TrainOptions};
 

@@ -294,18 +294,28 @@ fn trust_flags_and_familiarity_show_in_the_panel() {
         reasons: vec!["familiarity distance 41.2 above the 99th percentile 30.0".into()],
     };
     let (app, mut terminal) = answered_with(160, 48, flagged);
-    terminal.draw(|f| ui::view(f, &app, Instant::now())).unwrap();
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
     let screen = terminal.backend().to_string();
     assert!(screen.contains("familiarity 41.2"), "{screen}");
-    assert!(screen.contains("unfamiliar") && screen.contains('⚠'), "{screen}");
+    assert!(
+        screen.contains("unfamiliar") && screen.contains('⚠'),
+        "{screen}"
+    );
     assert!(screen.contains("percentile 30.0"), "{screen}");
     // A familiar prediction says so.
     let mut fine = prediction(0.999);
     fine.trust.familiarity = Some(9.5);
     let (app, mut terminal) = answered_with(160, 48, fine);
-    terminal.draw(|f| ui::view(f, &app, Instant::now())).unwrap();
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
     let screen = terminal.backend().to_string();
-    assert!(screen.contains("no trust flags") && !screen.contains('⚠'), "{screen}");
+    assert!(
+        screen.contains("no trust flags") && !screen.contains('⚠'),
+        "{screen}"
+    );
 }
 
 #[test]
