@@ -92,8 +92,19 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
                 ReviewState::PendingReview => "pending_review",
                 ReviewState::Reviewed => "reviewed",
             };
+            // Trust flags (flagged entries are listed first in the uncertainty order).
+            let flags: Vec<&str> = s
+                .predicted
+                .iter()
+                .flat_map(|p| p.flags.iter().map(|f| f.name()))
+                .collect();
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", flags.join(", "))
+            };
             println!(
-                "{:<16}  {state:<14}  {predicted:<9}  {p:>6}  {doubt:>5}  {label:<8}  {reviewer:<10}  {}",
+                "{:<16}  {state:<14}  {predicted:<9}  {p:>6}  {doubt:>5}  {label:<8}  {reviewer:<10}  {}{flags}",
                 item.id, s.source_name
             );
         }
