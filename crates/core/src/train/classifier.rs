@@ -674,15 +674,7 @@ fn fit(
     let mut best = ResNetClassifier::new(config, classes, options.device);
     model.meta.input = defences.input;
     best.meta.input = defences.input;
-    if let Some(init) = &options.init {
-        model
-            .var_store_mut()
-            .load(init)
-            .map_err(|e| CoreError::ModelLoad {
-                path: init.clone(),
-                source: Box::new(e),
-            })?;
-    }
+    super::initialise(model.var_store_mut(), options)?;
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     optimizer.set_weight_decay(1e-4);
     let width = *model.meta.architecture.widths.last().unwrap_or(&128);

@@ -248,6 +248,17 @@ fn today() -> String {
     crate::queue::rfc3339_utc(std::time::SystemTime::now())[..10].to_owned()
 }
 
+/// Loads `options.init` into `vs` when fine-tuning (the model then starts from those weights).
+fn initialise(vs: &mut tch::nn::VarStore, options: &TrainOptions) -> Result<()> {
+    if let Some(init) = &options.init {
+        vs.load(init).map_err(|e| crate::CoreError::ModelLoad {
+            path: init.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
 fn seeded(seed: u64) -> StdRng {
     tch::manual_seed(seed as i64);
     StdRng::seed_from_u64(seed)

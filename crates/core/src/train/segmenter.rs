@@ -137,15 +137,7 @@ pub fn train(
     );
 
     let mut model = UNetSegmenter::new(UNetConfig::small(), options.device);
-    if let Some(init) = &options.init {
-        model
-            .var_store_mut()
-            .load(init)
-            .map_err(|e| CoreError::ModelLoad {
-                path: init.clone(),
-                source: Box::new(e),
-            })?;
-    }
+    super::initialise(model.var_store_mut(), options)?;
     let mut best = UNetSegmenter::new(UNetConfig::small(), options.device);
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     let (mut best_score, mut best_epoch) = (f64::NEG_INFINITY, 0);
