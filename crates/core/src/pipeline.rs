@@ -190,7 +190,7 @@ fn assess(
     let (lungs, colour) = (LungShape::of(mask), trust::colourfulness(&xray.original));
     match (model, features) {
         (Some(model), Some(f)) if f.len() == model.feature_mean.len() => {
-            model.assess(f, lungs, colour)
+            model.assess(f, &trust::layout(&xray.gray), lungs, colour)
         }
         _ => trust::assess_input(lungs, colour),
     }

@@ -7,9 +7,11 @@
 //!   `unfamiliar` when it is beyond the 99th percentile of the validation images' distances;
 //! - **implausible lungs**: the lung mask covers a share of the image, or has a shape (its
 //!   bounding box's width over height), outside what the training images showed;
-//! - **not a chest radiograph**: a colour picture, no lungs found, or features so far from
-//!   anything seen in training that the image is no radiograph at all. Such an input is refused:
-//!   it gets no label.
+//! - **not a chest radiograph**: a colour picture, no lungs found, features far beyond anything
+//!   seen in training, or a whole-image layout (the radiograph shrunk to 8x8 and standardised:
+//!   where it is dark and bright) far beyond every training radiograph's. The classifier's
+//!   features see only the lungs, equalised, so a gray drawing can look ordinary to them; the
+//!   layout sees the whole picture. Such an input is refused: it gets no label.
 
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +95,91 @@ pub struct TrustModel {
     /// tenth of their width on each side).
     pub lung_fraction: [f32; 2],
     pub lung_aspect: [f32; 2],
+    /// The training radiographs' whole-image layouts ([`layout`]), and the distance beyond
+    /// which an image is no chest radiograph ([`FAR_BEYOND`] times the largest training or
+    /// validation distance). Absent in models fitted before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutModel>,
+}
+
+/// A Gaussian over whole-image layouts, with its refusal distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayoutModel {
+    pub mean: Vec<f32>,
+    pub precision: Vec<f32>,
+    pub refuse_above: f32,
+}
+
+/// Side of the layout grid.
+pub const LAYOUT_SIDE: u32 = 8;
+
+/// The image shrunk to 8x8 (area average) and standardised: where a picture is dark and bright,
+/// which is much the same for every frontal chest radiograph (dark lungs either side of a
+/// bright mediastinum, shoulders above, abdomen below).
+#[must_use]
+pub fn layout(gray: &crate::xray::GrayF32) -> Vec<f32> {
+    let small = image::imageops::thumbnail(gray, LAYOUT_SIDE, LAYOUT_SIDE);
+    let v = small.as_raw();
+    let n = v.len().max(1) as f32;
+    let mean = v.iter().sum::<f32>() / n;
+    let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n)
+        .sqrt()
+        .max(1e-3);
+    v.iter().map(|x| (x - mean) / std).collect()
+}
+
+/// Mean and inverse shrunk covariance of `rows` (`[n, dim]`, row-major).
+fn gaussian(rows: &[f32], dim: usize) -> crate::Result<(Vec<f32>, Vec<f32>)> {
+    let n = rows.len() / dim.max(1);
+    if n < 2 || dim == 0 {
+        return Err(crate::CoreError::Invalid(
+            "too few training images to fit the familiarity model".into(),
+        ));
+    }
+    let t = tch::Tensor::from_slice(rows)
+        .f_view([n as i64, dim as i64])?
+        .f_to_kind(tch::Kind::Double)?;
+    let mean = t.f_mean_dim(0, false, tch::Kind::Double)?;
+    let centred = t.f_sub(&mean)?;
+    let cov = centred
+        .f_transpose(0, 1)?
+        .f_matmul(&centred)?
+        .f_div_scalar((n - 1) as f64)?;
+    // Shrink towards a scaled identity: with a few hundred images and 64-128 dimensions the
+    // sample covariance is ill-conditioned.
+    let trace = cov.f_trace()?.f_double_value(&[])?;
+    let eye = tch::Tensor::f_eye(dim as i64, (tch::Kind::Double, tch::Device::Cpu))?;
+    let shrunk = cov
+        .f_mul_scalar(0.8)?
+        .f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
+    let precision = tch::Tensor::f_linalg_inv(&shrunk)?.f_to_kind(tch::Kind::Float)?;
+    Ok((
+        Vec::<f32>::try_from(mean.f_to_kind(tch::Kind::Float)?)?,
+        Vec::<f32>::try_from(precision.f_contiguous()?.f_view([-1])?)?,
+    ))
+}
+
+/// Mahalanobis distance of `x` from `mean` under `precision`.
+fn mahalanobis(x: &[f32], mean: &[f32], precision: &[f32]) -> f32 {
+    let d = mean.len();
+    let diff: Vec<f64> = x.iter().zip(mean).map(|(a, m)| f64::from(a - m)).collect();
+    let mut total = 0.0;
+    for (i, row) in precision.chunks(d).enumerate() {
+        let row_dot: f64 = row.iter().zip(&diff).map(|(p, x)| f64::from(*p) * x).sum();
+        total += diff[i] * row_dot;
+    }
+    total.max(0.0).sqrt() as f32
+}
+
+/// What [`TrustModel::fit`] learns from: the training and validation images' pooled features
+/// (`[n, dim]`, row-major) and layouts (`[n, 64]`), and the training images' lung shapes.
+pub struct TrustData<'a> {
+    pub train_features: &'a [f32],
+    pub validation_features: &'a [f32],
+    pub dim: usize,
+    pub train_layouts: &'a [f32],
+    pub validation_layouts: &'a [f32],
+    pub shapes: &'a [LungShape],
 }
 
 /// The verdict on one input.
@@ -144,78 +231,83 @@ pub fn colourfulness(image: &image::DynamicImage) -> f32 {
 }
 
 impl TrustModel {
-    /// Fits the model on training features `[n, d]` (row-major), with validation features for
-    /// the percentile, and the training images' lung shapes.
-    pub fn fit(
-        train: &[f32],
-        validation: &[f32],
-        dim: usize,
-        shapes: &[LungShape],
-    ) -> crate::Result<Self> {
-        let n = train.len() / dim;
-        if n < 2 || dim == 0 {
-            return Err(crate::CoreError::Invalid(
-                "too few training images to fit the familiarity model".into(),
-            ));
-        }
-        let t = tch::Tensor::from_slice(train)
-            .f_view([n as i64, dim as i64])?
-            .f_to_kind(tch::Kind::Double)?;
-        let mean = t.f_mean_dim(0, false, tch::Kind::Double)?;
-        let centred = t.f_sub(&mean)?;
-        let cov = centred
-            .f_transpose(0, 1)?
-            .f_matmul(&centred)?
-            .f_div_scalar((n - 1) as f64)?;
-        // Shrink towards a scaled identity: with ~400 images and 128 features the sample
-        // covariance is ill-conditioned.
-        let trace = cov.f_trace()?.f_double_value(&[])?;
-        let eye = tch::Tensor::f_eye(dim as i64, (tch::Kind::Double, tch::Device::Cpu))?;
-        let shrunk = cov
-            .f_mul_scalar(0.8)?
-            .f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
-        let precision = tch::Tensor::f_linalg_inv(&shrunk)?.f_to_kind(tch::Kind::Float)?;
+    /// Fits the model on what training saw.
+    pub fn fit(data: &TrustData<'_>) -> crate::Result<Self> {
+        let dim = data.dim;
+        let (feature_mean, precision) = gaussian(data.train_features, dim)?;
         let mut model = Self {
-            feature_mean: Vec::<f32>::try_from(mean.f_to_kind(tch::Kind::Float)?)?,
-            precision: Vec::<f32>::try_from(precision.f_contiguous()?.f_view([-1])?)?,
+            feature_mean,
+            precision,
             unfamiliar_above: 0.0,
             refuse_above: 0.0,
-            lung_fraction: range(shapes.iter().map(|s| s.fraction)),
-            lung_aspect: range(shapes.iter().map(|s| s.aspect)),
+            lung_fraction: range(data.shapes.iter().map(|s| s.fraction)),
+            lung_aspect: range(data.shapes.iter().map(|s| s.aspect)),
+            layout: None,
         };
         let distances =
             |flat: &[f32]| -> Vec<f32> { flat.chunks(dim).map(|f| model.distance(f)).collect() };
-        let (d_train, mut d_val) = (distances(train), distances(validation));
+        let (d_train, mut d_val) = (
+            distances(data.train_features),
+            distances(data.validation_features),
+        );
         d_val.sort_by(f32::total_cmp);
         model.unfamiliar_above = percentile(&d_val, 0.99);
         let largest = d_train.iter().chain(&d_val).copied().fold(0.0, f32::max);
         model.refuse_above = FAR_BEYOND * largest;
+        if !data.train_layouts.is_empty() {
+            let side = (LAYOUT_SIDE * LAYOUT_SIDE) as usize;
+            let (mean, precision) = gaussian(data.train_layouts, side)?;
+            let largest = data
+                .train_layouts
+                .chunks(side)
+                .chain(data.validation_layouts.chunks(side))
+                .map(|l| mahalanobis(l, &mean, &precision))
+                .fold(0.0, f32::max);
+            model.layout = Some(LayoutModel {
+                mean,
+                precision,
+                refuse_above: FAR_BEYOND * largest,
+            });
+        }
         Ok(model)
     }
 
     /// Mahalanobis distance of pooled features `f` to the training mean.
     #[must_use]
     pub fn distance(&self, f: &[f32]) -> f32 {
-        let d = self.feature_mean.len();
-        let diff: Vec<f64> = f
-            .iter()
-            .zip(&self.feature_mean)
-            .map(|(a, m)| f64::from(a - m))
-            .collect();
-        let mut total = 0.0;
-        for (i, row) in self.precision.chunks(d).enumerate() {
-            let row_dot: f64 = row.iter().zip(&diff).map(|(p, x)| f64::from(*p) * x).sum();
-            total += diff[i] * row_dot;
-        }
-        total.max(0.0).sqrt() as f32
+        mahalanobis(f, &self.feature_mean, &self.precision)
     }
 
-    /// Judges one input from its pooled features, lung shape and colourfulness.
+    /// Judges one input from its pooled features, whole-image layout, lung shape and
+    /// colourfulness.
     #[must_use]
-    pub fn assess(&self, features: &[f32], lungs: LungShape, colour: f32) -> Assessment {
+    pub fn assess(
+        &self,
+        features: &[f32],
+        layout: &[f32],
+        lungs: LungShape,
+        colour: f32,
+    ) -> Assessment {
         let distance = self.distance(features);
         let mut a = assess_input(lungs, colour);
         a.familiarity = Some(distance);
+        if let Some(model) = self
+            .layout
+            .as_ref()
+            .filter(|m| m.mean.len() == layout.len())
+        {
+            let far = mahalanobis(layout, &model.mean, &model.precision);
+            if !far.is_finite() || far > model.refuse_above {
+                a.raise(
+                    Flag::NotAChestRadiograph,
+                    format!(
+                        "its layout (where it is dark and bright) is at distance {far:.1} from \
+                         the training radiographs', beyond {:.1}",
+                        model.refuse_above
+                    ),
+                );
+            }
+        }
         if !distance.is_finite() || distance > self.refuse_above {
             a.raise(
                 Flag::NotAChestRadiograph,
@@ -306,7 +398,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn gaussian(rng: &mut rand::rngs::StdRng, n: usize, d: usize, scale: f32) -> Vec<f32> {
+    fn noise(rng: &mut rand::rngs::StdRng, n: usize, d: usize, scale: f32) -> Vec<f32> {
         (0..n * d)
             .map(|_| {
                 // Sum of uniforms: near-Gaussian, enough for a test.
@@ -320,25 +412,39 @@ mod tests {
     fn distance_flags_outliers_and_refuses_far_ones() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let d = 8;
-        let train = gaussian(&mut rng, 400, d, 1.0);
-        let val = gaussian(&mut rng, 100, d, 1.0);
+        let train = noise(&mut rng, 400, d, 1.0);
+        let val = noise(&mut rng, 100, d, 1.0);
+        let side = (LAYOUT_SIDE * LAYOUT_SIDE) as usize;
+        let (train_layouts, validation_layouts) = (
+            noise(&mut rng, 400, side, 1.0),
+            noise(&mut rng, 100, side, 1.0),
+        );
         let shapes: Vec<LungShape> = (0..100)
             .map(|i| LungShape {
                 fraction: 0.2 + 0.001 * i as f32,
                 aspect: 1.0 + 0.002 * i as f32,
             })
             .collect();
-        let model = TrustModel::fit(&train, &val, d, &shapes).unwrap();
+        let model = TrustModel::fit(&TrustData {
+            train_features: &train,
+            validation_features: &val,
+            dim: d,
+            train_layouts: &train_layouts,
+            validation_layouts: &validation_layouts,
+            shapes: &shapes,
+        })
+        .unwrap();
+        let layout = &validation_layouts[..side];
         let usual = LungShape {
             fraction: 0.25,
             aspect: 1.1,
         };
         // A typical point: no flags.
-        let typical = model.assess(&val[..d], usual, 0.0);
+        let typical = model.assess(&val[..d], layout, usual, 0.0);
         assert!(typical.flags.is_empty(), "{typical:?}");
         // A point a few times beyond the validation spread: unfamiliar, not refused.
         let edge: Vec<f32> = vec![model.unfamiliar_above * 0.8; d];
-        let a = model.assess(&edge, usual, 0.0);
+        let a = model.assess(&edge, layout, usual, 0.0);
         assert!(
             a.has(Flag::Unfamiliar) && !a.has(Flag::NotAChestRadiograph),
             "{a:?}"
@@ -347,12 +453,13 @@ mod tests {
         let far: Vec<f32> = vec![100.0; d];
         assert!(
             model
-                .assess(&far, usual, 0.0)
+                .assess(&far, layout, usual, 0.0)
                 .has(Flag::NotAChestRadiograph)
         );
         // Lungs outside the training range.
         let odd = model.assess(
             &val[..d],
+            layout,
             LungShape {
                 fraction: 0.6,
                 aspect: 1.1,
@@ -363,14 +470,14 @@ mod tests {
         // Colour and missing lungs, whatever the features.
         assert!(
             model
-                .assess(&val[..d], usual, 0.3)
+                .assess(&val[..d], layout, usual, 0.3)
                 .has(Flag::NotAChestRadiograph)
         );
         let none = LungShape {
             fraction: 0.0,
             aspect: 0.0,
         };
-        let a = model.assess(&val[..d], none, 0.3);
+        let a = model.assess(&val[..d], layout, none, 0.3);
         assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
         // Raised twice (colour and no lungs): one flag, both reasons.
         assert_eq!(a.reasons.len(), 1);
@@ -378,6 +485,13 @@ mod tests {
             a.reasons[0].contains("colour") && a.reasons[0].contains("no lungs"),
             "{a:?}"
         );
+        // A layout far from every training layout: refused, whatever the features.
+        let odd_layout: Vec<f32> = (0..side)
+            .map(|i| if i < side / 2 { 10.0 } else { -10.0 })
+            .collect();
+        let a = model.assess(&val[..d], &odd_layout, usual, 0.0);
+        assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
+        assert!(a.reasons[0].contains("layout"), "{a:?}");
         // About 1% of validation points are beyond the 99th percentile.
         let beyond = val
             .chunks(d)

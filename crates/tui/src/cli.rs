@@ -274,6 +274,16 @@ pub enum TrainCommand {
         #[arg(long, value_name = "DIR")]
         include_queue: Option<PathBuf>,
     },
+    /// Fit the classifier's familiarity model (trust flags) again on labelled manifests,
+    /// without touching its weights, and write it into the classifier's JSON in --out.
+    Trust {
+        /// Labelled manifests (repeatable) [default: cxr/manifest.csv and jsrt/manifest.csv in
+        /// the data folder]
+        #[arg(long = "manifest")]
+        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
 }
 
 /// How the classifier resists learning the source instead of the disease.

@@ -19,7 +19,7 @@ use crate::metrics::{Confusion, roc_auc, youden_threshold};
 use crate::models::resnet::ResNetConfig;
 use crate::models::{Classifier, ResNetClassifier, Segmenter};
 use crate::preprocess::{CLASSIFIER_SIDE, InputStyle, classifier_input};
-use crate::trust::{Flag, LungShape, TrustModel};
+use crate::trust::{Flag, LungShape, TrustData, TrustModel};
 use crate::xray::{Xray, hex};
 use crate::{CoreError, Result};
 
@@ -308,6 +308,8 @@ struct Prepared {
     unmasked: Tensor,
     masks: Tensor,
     shapes: Vec<LungShape>,
+    /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`.
+    layouts: Vec<f32>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
 }
@@ -321,11 +323,12 @@ impl Prepared {
             Vec::with_capacity(rows.len() * n),
             Vec::with_capacity(rows.len() * n),
         );
-        let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
+        let (mut shapes, mut hashes, mut layouts) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
+            layouts.extend(crate::trust::layout(&xray.gray));
             let input = classifier_input(&xray.gray, &mask, style);
             inputs.extend(input.pixels);
             unmasked.extend(input.unmasked);
@@ -344,6 +347,7 @@ impl Prepared {
             unmasked: Tensor::from_slice(&unmasked).view(shape),
             masks: Tensor::from_slice(&masks).view(shape),
             shapes,
+            layouts,
             hashes,
         })
     }
@@ -824,6 +828,61 @@ impl Dataset {
     }
 }
 
+/// The familiarity model of `model`, from the training rows' features, layouts and lung shapes
+/// and the validation rows' features and layouts.
+fn fit_trust(
+    model: &ResNetClassifier,
+    data: &Dataset,
+    train_ix: &[usize],
+    val_ix: &[usize],
+) -> Result<TrustModel> {
+    let (train_features, _) = features_and_scores(model, &data.prepared.inputs, train_ix)?;
+    let (val_features, _) = features_and_scores(model, &data.prepared.inputs, val_ix)?;
+    let side = (crate::trust::LAYOUT_SIDE * crate::trust::LAYOUT_SIDE) as usize;
+    let layouts = |ix: &[usize]| -> Vec<f32> {
+        ix.iter()
+            .flat_map(|&i| {
+                data.prepared.layouts[i * side..(i + 1) * side]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    let shapes: Vec<LungShape> = train_ix.iter().map(|&i| data.prepared.shapes[i]).collect();
+    TrustModel::fit(&TrustData {
+        train_features: &train_features,
+        validation_features: &val_features,
+        dim: *model.meta.architecture.widths.last().unwrap_or(&128) as usize,
+        train_layouts: &layouts(train_ix),
+        validation_layouts: &layouts(val_ix),
+        shapes: &shapes,
+    })
+}
+
+/// Fits `model`'s familiarity model again on the manifests' training and validation patients
+/// (`cxr train trust`), as training does at its end: for a model trained before the model
+/// existed, or after its checks changed. The weights are not touched.
+pub fn refit_trust(
+    options: &TrainOptions,
+    model: &mut ResNetClassifier,
+    segmenter: &dyn Segmenter,
+) -> Result<()> {
+    let [positive, negative] = [&model.meta.classes[0], &model.meta.classes[1]];
+    let plan = ClassifierPlan {
+        classes: [positive.clone(), negative.clone()],
+        defences: Defences {
+            input: model.meta.input,
+            ..Defences::none()
+        },
+        hold_out: None,
+        leave_one_source_out: false,
+    };
+    let data = Dataset::assemble(options, &plan, &TrainOnly::default(), segmenter)?;
+    let [train_ix, val_ix, _] = data.split(None, &options.manifest_list())?;
+    model.meta.trust = Some(fit_trust(model, &data, &train_ix, &val_ix)?);
+    Ok(())
+}
+
 /// Trains the classifier as `plan` says on the manifests' rows plus `extra` (training split
 /// only); the model kept is the best on the validation patients, and the record holds the test
 /// patients' metrics, pooled and per source, the held-out source's and, when asked, a
@@ -862,16 +921,7 @@ pub fn train(
         .as_deref()
         .map(|s| data.held_out(&model, s, test_ix))
         .transpose()?;
-    let (train_features, _) = features_and_scores(&model, &data.prepared.inputs, train_ix)?;
-    let (val_features, _) = features_and_scores(&model, &data.prepared.inputs, val_ix)?;
-    let shapes: Vec<LungShape> = train_ix.iter().map(|&i| data.prepared.shapes[i]).collect();
-    let width = *model.meta.architecture.widths.last().unwrap_or(&128) as usize;
-    model.meta.trust = Some(TrustModel::fit(
-        &train_features,
-        &val_features,
-        width,
-        &shapes,
-    )?);
+    model.meta.trust = Some(fit_trust(&model, &data, train_ix, val_ix)?);
 
     let mut leave_one_source_out = Vec::new();
     if plan.leave_one_source_out {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::card;
-use cxr_core::models::{ModelFiles, UNetSegmenter};
+use cxr_core::models::{ModelFiles, ResNetClassifier, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
 use cxr_core::preprocess::InputStyle;
 use cxr_core::queue::Queue;
@@ -138,13 +138,17 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             let files = ModelFiles::new(&out, CLASSIFIER_NAME);
             model.save(&files)?;
             if include_queue.is_some() {
-                copy_segmenter(models, &out)?;
+                copy_model(models, &out, SEGMENTER_NAME)?;
             }
             write_card(
                 &files.card,
                 &card::classifier_card(&model.meta.architecture, &record),
             )?;
             super::print_json(&record)?;
+        }
+        TrainCommand::Trust { manifests, common } => {
+            let manifests = manifests_or(manifests, "cxr/manifest.csv");
+            refit_trust(manifests, common.seed, device, models, &out_dir(&common))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -195,13 +199,46 @@ fn same_folder(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Copies the segmenter the classifier was trained with beside it (unless one is there), so
-/// the new folder is a complete models folder for `--models`.
-fn copy_segmenter(models: &Path, out: &Path) -> Result<()> {
-    let (from, to) = (
-        ModelFiles::new(models, SEGMENTER_NAME),
-        ModelFiles::new(out, SEGMENTER_NAME),
+/// `cxr train trust`: the classifier in `models` with its familiarity model fitted again,
+/// written into `out` (with copies of both models when `out` is another folder).
+fn refit_trust(
+    manifests: Vec<PathBuf>,
+    seed: u64,
+    device: Device,
+    models: &Path,
+    out: &Path,
+) -> Result<()> {
+    let options = &TrainOptions {
+        manifests,
+        epochs: 0,
+        batch_size: 64,
+        learning_rate: 0.0,
+        seed,
+        device,
+        init: None,
+    };
+    let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+    let mut model = ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), device)?;
+    eprintln!(
+        "cxr: fitting the familiarity model on {}",
+        options.manifest_list().display()
     );
+    train::classifier::refit_trust(options, &mut model, &segmenter)
+        .wrap_err("fitting the familiarity model")?;
+    if !same_folder(out, models) {
+        copy_model(models, out, SEGMENTER_NAME)?;
+        copy_model(models, out, CLASSIFIER_NAME)?;
+    }
+    let files = ModelFiles::new(out, CLASSIFIER_NAME);
+    files.write_meta(&model.meta)?;
+    eprintln!("cxr: wrote {}", files.meta.display());
+    Ok(())
+}
+
+/// Copies model `name` from `models` into `out` (unless one is there), so the new folder is a
+/// complete models folder for `--models`.
+fn copy_model(models: &Path, out: &Path, name: &str) -> Result<()> {
+    let (from, to) = (ModelFiles::new(models, name), ModelFiles::new(out, name));
     if to.weights.exists() {
         return Ok(());
     }
@@ -216,6 +253,6 @@ fn copy_segmenter(models: &Path, out: &Path) -> Result<()> {
             cxr_core::fsutil::write_atomic(to, &bytes)?;
         }
     }
-    eprintln!("cxr: copied the segmenter into {}", out.display());
+    eprintln!("cxr: copied the {name} into {}", out.display());
     Ok(())
 }
