@@ -12,7 +12,7 @@ use crate::models::{
     Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter,
 };
 use crate::preprocess::{self, ClassifierInput};
-use crate::trust::{self, Assessment, Flag, LungShape, TrustModel};
+use crate::trust::{self, Assessment, Flag, ImageChecks, LungShape, TrustModel};
 use crate::xray::Xray;
 use crate::{CoreError, Result};
 
@@ -187,12 +187,12 @@ fn assess(
     mask: &LungMask,
     features: Option<&[f32]>,
 ) -> Assessment {
-    let (lungs, colour) = (LungShape::of(mask), trust::colourfulness(&xray.original));
+    let lungs = LungShape::of(mask);
     match (model, features) {
         (Some(model), Some(f)) if f.len() == model.feature_mean.len() => {
-            model.assess(f, &trust::layout(&xray.gray), lungs, colour)
+            model.assess(f, &ImageChecks::of(xray), lungs)
         }
-        _ => trust::assess_input(lungs, colour),
+        _ => trust::assess_input(lungs, trust::colourfulness(&xray.original)),
     }
 }
 

@@ -11,7 +11,9 @@
 //!   seen in training, or a whole-image layout (the radiograph shrunk to 8x8 and standardised:
 //!   where it is dark and bright) far beyond every training radiograph's. The classifier's
 //!   features see only the lungs, equalised, so a gray drawing can look ordinary to them; the
-//!   layout sees the whole picture. Such an input is refused: it gets no label.
+//!   layout sees the whole picture; or an image far smoother than any radiograph (no fine
+//!   structure: ribs, vessels, noise), as a rendered gradient or a flat drawing is. Such an
+//!   input is refused: it gets no label.
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +102,10 @@ pub struct TrustModel {
     /// validation distance). Absent in models fitted before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutModel>,
+    /// The 0.5th to 99.5th percentile of the training radiographs' [`detail`]; an image with
+    /// less than half the low end is too smooth to be a radiograph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<[f32; 2]>,
 }
 
 /// A Gaussian over whole-image layouts, with its refusal distance.
@@ -126,6 +132,28 @@ pub fn layout(gray: &crate::xray::GrayF32) -> Vec<f32> {
         .sqrt()
         .max(1e-3);
     v.iter().map(|x| (x - mean) / std).collect()
+}
+
+/// Fine structure: the mean absolute 4-neighbour Laplacian of the image resized to 256x256 and
+/// standardised. Ribs, vessels and film or detector noise give every radiograph some; a
+/// rendered gradient or a flat drawing has almost none.
+#[must_use]
+pub fn detail(gray: &crate::xray::GrayF32) -> f32 {
+    let side = crate::preprocess::SEGMENTER_SIDE as usize;
+    let v = crate::preprocess::segmenter_input(gray);
+    let mut total = 0.0f64;
+    for y in 1..side - 1 {
+        for x in 1..side - 1 {
+            let c = v[y * side + x];
+            let lap = v[y * side + x - 1]
+                + v[y * side + x + 1]
+                + v[(y - 1) * side + x]
+                + v[(y + 1) * side + x]
+                - 4.0 * c;
+            total += f64::from(lap.abs());
+        }
+    }
+    (total / ((side - 2) * (side - 2)) as f64) as f32
 }
 
 /// Mean and inverse shrunk covariance of `rows` (`[n, dim]`, row-major).
@@ -171,6 +199,25 @@ fn mahalanobis(x: &[f32], mean: &[f32], precision: &[f32]) -> f32 {
     total.max(0.0).sqrt() as f32
 }
 
+/// The whole-image measures of one input: [`colourfulness`], [`layout`] and [`detail`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageChecks {
+    pub colour: f32,
+    pub layout: Vec<f32>,
+    pub detail: f32,
+}
+
+impl ImageChecks {
+    #[must_use]
+    pub fn of(xray: &crate::xray::Xray) -> Self {
+        Self {
+            colour: colourfulness(&xray.original),
+            layout: layout(&xray.gray),
+            detail: detail(&xray.gray),
+        }
+    }
+}
+
 /// What [`TrustModel::fit`] learns from: the training and validation images' pooled features
 /// (`[n, dim]`, row-major) and layouts (`[n, 64]`), and the training images' lung shapes.
 pub struct TrustData<'a> {
@@ -180,6 +227,8 @@ pub struct TrustData<'a> {
     pub train_layouts: &'a [f32],
     pub validation_layouts: &'a [f32],
     pub shapes: &'a [LungShape],
+    /// The training images' [`detail`].
+    pub details: &'a [f32],
 }
 
 /// The verdict on one input.
@@ -243,6 +292,11 @@ impl TrustModel {
             lung_fraction: range(data.shapes.iter().map(|s| s.fraction)),
             lung_aspect: range(data.shapes.iter().map(|s| s.aspect)),
             layout: None,
+            detail: (!data.details.is_empty()).then(|| {
+                let mut d = data.details.to_vec();
+                d.sort_by(f32::total_cmp);
+                [percentile(&d, 0.005), percentile(&d, 0.995)]
+            }),
         };
         let distances =
             |flat: &[f32]| -> Vec<f32> { flat.chunks(dim).map(|f| model.distance(f)).collect() };
@@ -281,31 +335,44 @@ impl TrustModel {
     /// Judges one input from its pooled features, whole-image layout, lung shape and
     /// colourfulness.
     #[must_use]
-    pub fn assess(
-        &self,
-        features: &[f32],
-        layout: &[f32],
-        lungs: LungShape,
-        colour: f32,
-    ) -> Assessment {
+    pub fn assess(&self, features: &[f32], image: &ImageChecks, lungs: LungShape) -> Assessment {
+        let (layout, colour) = (&image.layout[..], image.colour);
         let distance = self.distance(features);
         let mut a = assess_input(lungs, colour);
         a.familiarity = Some(distance);
+        // Each whole-image measure alone refuses an image far beyond every radiograph seen;
+        // two of them, or one with unfamiliar features, beyond the farthest radiograph seen
+        // refuse it too: a real radiograph is rarely odd in two independent ways at once.
+        let mut odd: Vec<String> = Vec::new();
+        if let Some([low, _]) = self.detail
+            && image.detail < low
+        {
+            let reason = format!(
+                "smoother than any training radiograph (fine structure {:.4}, training {low:.4} \
+                 or more)",
+                image.detail
+            );
+            if image.detail < low / 2.0 {
+                a.raise(Flag::NotAChestRadiograph, reason.clone());
+            }
+            odd.push(reason);
+        }
         if let Some(model) = self
             .layout
             .as_ref()
             .filter(|m| m.mean.len() == layout.len())
         {
             let far = mahalanobis(layout, &model.mean, &model.precision);
-            if !far.is_finite() || far > model.refuse_above {
-                a.raise(
-                    Flag::NotAChestRadiograph,
-                    format!(
-                        "its layout (where it is dark and bright) is at distance {far:.1} from \
-                         the training radiographs', beyond {:.1}",
-                        model.refuse_above
-                    ),
+            let largest = model.refuse_above / FAR_BEYOND;
+            if !far.is_finite() || far > largest {
+                let reason = format!(
+                    "its layout (where it is dark and bright) is at distance {far:.1} from the \
+                     training radiographs', the farthest of which is at {largest:.1}"
                 );
+                if !far.is_finite() || far > model.refuse_above {
+                    a.raise(Flag::NotAChestRadiograph, reason.clone());
+                }
+                odd.push(reason);
             }
         }
         if !distance.is_finite() || distance > self.refuse_above {
@@ -317,6 +384,12 @@ impl TrustModel {
                     self.refuse_above
                 ),
             );
+        }
+        if distance > self.unfamiliar_above {
+            odd.push(format!("unfamiliar features (distance {distance:.1})"));
+        }
+        if odd.len() >= 2 {
+            a.raise(Flag::NotAChestRadiograph, odd.join(", and "));
         }
         if distance > self.unfamiliar_above {
             a.raise(
@@ -432,19 +505,25 @@ mod tests {
             train_layouts: &train_layouts,
             validation_layouts: &validation_layouts,
             shapes: &shapes,
+            details: &[0.1, 0.2, 0.3],
         })
         .unwrap();
+        let checks = |layout: &[f32], colour: f32| ImageChecks {
+            colour,
+            layout: layout.to_vec(),
+            detail: 0.2,
+        };
         let layout = &validation_layouts[..side];
         let usual = LungShape {
             fraction: 0.25,
             aspect: 1.1,
         };
         // A typical point: no flags.
-        let typical = model.assess(&val[..d], layout, usual, 0.0);
+        let typical = model.assess(&val[..d], &checks(layout, 0.0), usual);
         assert!(typical.flags.is_empty(), "{typical:?}");
         // A point a few times beyond the validation spread: unfamiliar, not refused.
         let edge: Vec<f32> = vec![model.unfamiliar_above * 0.8; d];
-        let a = model.assess(&edge, layout, usual, 0.0);
+        let a = model.assess(&edge, &checks(layout, 0.0), usual);
         assert!(
             a.has(Flag::Unfamiliar) && !a.has(Flag::NotAChestRadiograph),
             "{a:?}"
@@ -453,31 +532,27 @@ mod tests {
         let far: Vec<f32> = vec![100.0; d];
         assert!(
             model
-                .assess(&far, layout, usual, 0.0)
+                .assess(&far, &checks(layout, 0.0), usual)
                 .has(Flag::NotAChestRadiograph)
         );
         // Lungs outside the training range.
-        let odd = model.assess(
-            &val[..d],
-            layout,
-            LungShape {
-                fraction: 0.6,
-                aspect: 1.1,
-            },
-            0.0,
-        );
+        let big = LungShape {
+            fraction: 0.6,
+            aspect: 1.1,
+        };
+        let odd = model.assess(&val[..d], &checks(layout, 0.0), big);
         assert_eq!(odd.flags, [Flag::ImplausibleLungs]);
         // Colour and missing lungs, whatever the features.
         assert!(
             model
-                .assess(&val[..d], layout, usual, 0.3)
+                .assess(&val[..d], &checks(layout, 0.3), usual)
                 .has(Flag::NotAChestRadiograph)
         );
         let none = LungShape {
             fraction: 0.0,
             aspect: 0.0,
         };
-        let a = model.assess(&val[..d], layout, none, 0.3);
+        let a = model.assess(&val[..d], &checks(layout, 0.3), none);
         assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
         // Raised twice (colour and no lungs): one flag, both reasons.
         assert_eq!(a.reasons.len(), 1);
@@ -489,9 +564,25 @@ mod tests {
         let odd_layout: Vec<f32> = (0..side)
             .map(|i| if i < side / 2 { 10.0 } else { -10.0 })
             .collect();
-        let a = model.assess(&val[..d], &odd_layout, usual, 0.0);
+        let a = model.assess(&val[..d], &checks(&odd_layout, 0.0), usual);
         assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
         assert!(a.reasons[0].contains("layout"), "{a:?}");
+        // Smoother than any training radiograph and with unfamiliar features: refused; only
+        // smoother, not refused.
+        let mut smoother = checks(layout, 0.0);
+        smoother.detail = 0.08;
+        assert!(model.assess(&val[..d], &smoother, usual).flags.is_empty());
+        let a = model.assess(&edge, &smoother, usual);
+        assert!(
+            a.has(Flag::NotAChestRadiograph) && a.has(Flag::Unfamiliar),
+            "{a:?}"
+        );
+        // Far smoother than any training radiograph: refused.
+        let mut smooth = checks(layout, 0.0);
+        smooth.detail = 0.01;
+        let a = model.assess(&val[..d], &smooth, usual);
+        assert_eq!(a.flags, [Flag::NotAChestRadiograph], "{a:?}");
+        assert!(a.reasons[0].contains("smooth"), "{a:?}");
         // About 1% of validation points are beyond the 99th percentile.
         let beyond = val
             .chunks(d)

@@ -308,8 +308,9 @@ struct Prepared {
     unmasked: Tensor,
     masks: Tensor,
     shapes: Vec<LungShape>,
-    /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`.
+    /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`, and detail.
     layouts: Vec<f32>,
+    details: Vec<f32>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
 }
@@ -323,12 +324,14 @@ impl Prepared {
             Vec::with_capacity(rows.len() * n),
             Vec::with_capacity(rows.len() * n),
         );
-        let (mut shapes, mut hashes, mut layouts) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
+        let (mut layouts, mut details) = (Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
             layouts.extend(crate::trust::layout(&xray.gray));
+            details.push(crate::trust::detail(&xray.gray));
             let input = classifier_input(&xray.gray, &mask, style);
             inputs.extend(input.pixels);
             unmasked.extend(input.unmasked);
@@ -348,6 +351,7 @@ impl Prepared {
             masks: Tensor::from_slice(&masks).view(shape),
             shapes,
             layouts,
+            details,
             hashes,
         })
     }
@@ -856,6 +860,10 @@ fn fit_trust(
         train_layouts: &layouts(train_ix),
         validation_layouts: &layouts(val_ix),
         shapes: &shapes,
+        details: &train_ix
+            .iter()
+            .map(|&i| data.prepared.details[i])
+            .collect::<Vec<_>>(),
     })
 }
 
