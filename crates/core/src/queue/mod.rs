@@ -34,8 +34,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::data::LabelledImage;
+use crate::input::Gate;
 use crate::models::Prediction;
-use crate::xray::Xray;
 use crate::{CoreError, Result};
 
 pub use durable::reason_path;
@@ -505,8 +505,8 @@ impl Queue {
         predicted: Option<Predicted>,
     ) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
-        let bytes = std::fs::read(file).map_err(|e| CoreError::io(file, e))?;
-        let xray = Xray::decode(&bytes, file)?;
+        let bytes = Gate::TRUSTED.read(file)?;
+        let xray = Gate::TRUSTED.decode(&bytes, file)?;
         if let Some(item) = self.find(&xray.sha256)? {
             return self.label(&item.id, label, &reviewer);
         }
@@ -790,7 +790,10 @@ fn sort(items: &mut [QueueItem], order: Order) {
             // Flagged predictions first (they most need a reviewer), then highest uncertainty,
             // `None` last.
             let flagged = |i: &QueueItem| {
-                i.state.predicted.as_ref().is_some_and(|p| !p.flags.is_empty())
+                i.state
+                    .predicted
+                    .as_ref()
+                    .is_some_and(|p| !p.flags.is_empty())
             };
             let key = |i: &QueueItem| i.uncertainty().map_or(f32::NEG_INFINITY, |u| u);
             flagged(b)

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::WatchOptions;
 use crate::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
 use crate::explain::{Method, MethodSpec};
+use crate::input::Gate;
 use crate::pipeline::Pipeline;
 use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
@@ -151,9 +152,13 @@ impl Processor {
             Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
         };
-        let bytes = match std::fs::read(path) {
+        // The inbox is written by others: no links followed, no FIFO opened blocking, bounded.
+        let bytes = match Gate::UNTRUSTED.read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
+            Err(CoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Outcome::Vanished;
+            }
+            Err(e @ CoreError::Refused { .. }) => return self.reject(path, &e.to_string()),
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
         };
         let stamp = Stamp::of(&before);
@@ -172,9 +177,11 @@ impl Processor {
             Ok(None) => {}
             Err(e) => return Outcome::Failed(e.to_string()),
         }
-        let xray = match Xray::decode(&bytes, path) {
+        let xray = match Gate::UNTRUSTED.decode(&bytes, path) {
             Ok(xray) => xray,
-            Err(e @ CoreError::TooLarge { .. }) => return self.reject(path, &e.to_string()),
+            Err(e @ (CoreError::TooLarge { .. } | CoreError::Refused { .. })) => {
+                return self.reject(path, &e.to_string());
+            }
             Err(e) => return self.unreadable(job, &e.to_string()),
         };
         let id = sha256[..ID_LEN].to_owned();

@@ -44,17 +44,15 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use cxr_core::cache::{Cache, CacheKey};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{ExplainerConfig, registry};
+use cxr_core::input::Gate;
 use cxr_core::pipeline::{Analysis, Pipeline};
 use cxr_core::render::{self, OverlayStyle};
 use cxr_core::tch::Device;
-use cxr_core::xray::Xray;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 4096;
-/// Largest input file read (the decoder's own allocation limit).
-const MAX_FILE: u64 = cxr_core::xray::MAX_DECODE_BYTES;
 
 /// `cxr worker` options.
 pub struct Options<'a> {
@@ -379,20 +377,10 @@ struct QualitySummary {
     lung_mass_share: Option<f64>,
 }
 
-/// Reads the file (bounded) and hashes it: the cache key needs the hash before any decoding.
+/// Reads the file through the input gate and hashes it: the cache key needs the hash before
+/// any decoding. The folder is written by others: links are refused, not followed.
 fn read_input(path: &Path) -> std::result::Result<(Vec<u8>, String), String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    if size > MAX_FILE {
-        return Err(format!(
-            "{}: file of {} MiB is larger than the {} MiB this tool reads",
-            path.display(),
-            size >> 20,
-            MAX_FILE >> 20
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = Gate::UNTRUSTED.read(path).map_err(|e| e.to_string())?;
     let sha = cxr_core::xray::hex(&Sha256::digest(&bytes));
     Ok((bytes, sha))
 }
@@ -402,7 +390,9 @@ fn analyse(
     bytes: &[u8],
     path: &Path,
 ) -> std::result::Result<Analysis, String> {
-    let xray = Xray::decode(bytes, path).map_err(|e| e.to_string())?;
+    let xray = Gate::UNTRUSTED
+        .decode(bytes, path)
+        .map_err(|e| e.to_string())?;
     pipeline.analyze(xray).map_err(|e| e.to_string())
 }
 
