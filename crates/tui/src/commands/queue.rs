@@ -72,10 +72,10 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
             super::print_json(&Listed::new(item))?;
         }
     } else {
-        println!(
+        super::print_line(&format!(
             "{:<16}  {:<14}  {:<9}  {:>6}  {:>5}  {:<8}  {:<10}  source",
             "id", "state", "predicted", "p", "doubt", "label", "reviewer"
-        );
+        ))?;
         for item in &items {
             let s = &item.state;
             let (predicted, p) = s.predicted.as_ref().map_or(("-".into(), "-".into()), |p| {
@@ -92,10 +92,10 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
                 ReviewState::PendingReview => "pending_review",
                 ReviewState::Reviewed => "reviewed",
             };
-            println!(
+            super::print_line(&format!(
                 "{:<16}  {state:<14}  {predicted:<9}  {p:>6}  {doubt:>5}  {label:<8}  {reviewer:<10}  {}",
                 item.id, s.source_name
-            );
+            ))?;
         }
         let reviewed = items.iter().filter(|i| i.is_reviewed()).count();
         eprintln!(
