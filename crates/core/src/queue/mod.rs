@@ -126,6 +126,21 @@ impl FromStr for Label {
     }
 }
 
+impl Label {
+    /// Accepts `skip` and any of `classes`; anything else (`nromal`) is an error listing them.
+    pub fn check<'a>(&self, classes: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        let classes: Vec<&str> = classes.into_iter().map(String::as_str).collect();
+        match self.class() {
+            None => Ok(()),
+            Some(class) if classes.contains(&class) => Ok(()),
+            Some(class) => Err(CoreError::Invalid(format!(
+                "label {class:?} is not one of the model's classes; expected one of: {}, skip",
+                classes.join(", ")
+            ))),
+        }
+    }
+}
+
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -477,9 +492,19 @@ impl Queue {
     /// Labels entry `id` (or a unique prefix): `state.json` becomes `reviewed` with `label`,
     /// `reviewer` and the time, keeping the prediction; an earlier review moves to `history`.
     /// The file is replaced atomically, so a reader never sees half of it.
+    ///
+    /// Concurrent labellers (processes or threads) are serialised by an exclusive lock on the
+    /// entry's folder: the state is read, changed and replaced under the lock, so every
+    /// accepted review is kept (the latest in `review`, the others in `history`). A label must
+    /// be one of the classes the entry was predicted with, or `skip`.
     pub fn label(&self, id: &str, label: Label, reviewer: &str) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
-        let mut item = self.get(id)?;
+        let id = self.get(id)?.id;
+        let _lock = self.lock_entry(&id)?;
+        let mut item = self.read_item(&id)?;
+        if let Some(predicted) = &item.state.predicted {
+            label.check(predicted.probabilities.keys())?;
+        }
         if let Some(previous) = item.state.review.take() {
             item.state.history.push(previous);
         }
@@ -603,6 +628,20 @@ impl Queue {
         Ok(removed)
     }
 
+    /// Holds an exclusive lock on entry `id`'s folder until dropped (`flock`: released by the
+    /// kernel when the process dies, so a killed labeller never leaves a stale lock).
+    fn lock_entry(&self, id: &str) -> Result<std::fs::File> {
+        let dir = self.entry_dir(id);
+        let handle = std::fs::File::open(&dir).map_err(|e| CoreError::io(&dir, e))?;
+        loop {
+            match rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(handle),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(CoreError::io(&dir, e.into())),
+            }
+        }
+    }
+
     fn read_item(&self, id: &str) -> Result<QueueItem> {
         let dir = self.entry_dir(id);
         let path = dir.join(STATE_FILE);
@@ -613,6 +652,26 @@ impl Queue {
             return Err(CoreError::data(
                 &path,
                 format!("says it is entry {} but lies in {id}", state.id),
+            ));
+        }
+        // The image must be a plain file inside the entry: never a path that leaves it, nor a
+        // link to somewhere else (training and the viewer would read it).
+        let image = Path::new(&state.image);
+        let plain = image.file_name().is_some_and(|n| n == image.as_os_str())
+            && !state.image.starts_with('.');
+        if !plain {
+            return Err(CoreError::data(
+                &path,
+                format!(
+                    "its image {:?} is not a file name inside the entry; refused",
+                    state.image
+                ),
+            ));
+        }
+        if std::fs::symlink_metadata(dir.join(image)).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(CoreError::data(
+                &path,
+                format!("its image {:?} is a symbolic link; refused", state.image),
             ));
         }
         Ok(QueueItem {
