@@ -697,17 +697,40 @@ impl Queue {
     /// Moves `file` out of the inbox into `rejected/`, with `reason` written beside it first (a
     /// crash in between leaves the file in the inbox, to be rejected again). Returns where it
     /// went; `Ok(None)` when the file was gone already.
+    ///
+    /// Names never collide (two `a.png` from different sub-folders become `a.png` and
+    /// `a-2.png`): the workers of a watcher choose and take names one at a time, the move never
+    /// replaces an existing file (`RENAME_NOREPLACE`), and one watcher per folder is enforced
+    /// by its lock. A symbolic link is moved as the link, never followed.
     pub(crate) fn reject(&self, file: &Path, reason: &str) -> std::io::Result<Option<PathBuf>> {
+        static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let rejected = self.rejected();
         std::fs::create_dir_all(&rejected)?;
-        let target = free_name(&rejected, &file_name(file));
+        let _naming = NAMING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let text = format!(
             "{reason}\n\nfile: {}\nrejected: {}\n",
             file.display(),
             rfc3339_utc(SystemTime::now())
         );
-        replace(&reason_path(&target), text.as_bytes()).map_err(std::io::Error::other)?;
-        match std::fs::rename(file, &target) {
+        let mut target = free_name(&rejected, &file_name(file));
+        let moved = loop {
+            replace(&reason_path(&target), text.as_bytes()).map_err(std::io::Error::other)?;
+            match move_no_replace(file, &target) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // Taken since it was chosen (not by this watcher): the next free name.
+                    let _ = std::fs::remove_file(reason_path(&target));
+                    let next = free_name(&rejected, &file_name(file));
+                    if next == target {
+                        break Err(e);
+                    }
+                    target = next;
+                }
+                other => break other,
+            }
+        };
+        match moved {
             Ok(()) => {
                 let _ = sync_dir(&rejected);
                 if let Some(parent) = file.parent() {
@@ -725,6 +748,18 @@ impl Queue {
             }
         }
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
+fn move_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// An entry being built in `.staging/`; dropped without [`Staging::commit`], it is removed.

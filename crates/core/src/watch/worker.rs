@@ -147,7 +147,7 @@ impl Processor {
 
     pub(crate) fn process(&self, job: &Job) -> Outcome {
         let path = &job.path;
-        let before = match std::fs::metadata(path) {
+        let before = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
@@ -166,7 +166,7 @@ impl Processor {
             // Written to since it was found quiet: not done yet.
             return Outcome::Changed;
         }
-        match std::fs::metadata(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(after) if Stamp::of(&after) == stamp && after.len() == bytes.len() as u64 => {}
             Ok(_) => return Outcome::Changed,
             Err(_) => return Outcome::Vanished,
@@ -354,7 +354,7 @@ fn duplicate(path: &Path, stamp: Stamp, item: QueueItem) -> Outcome {
 /// Removes the dropped file once its content is safely in the queue, unless it changed after
 /// it was read.
 fn remove_from_inbox(path: &Path, stamp: Stamp) -> Inbox {
-    match std::fs::metadata(path) {
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Inbox::Removed,
         Ok(meta) if Stamp::of(&meta) != stamp => return Inbox::Changed,
         _ => {}
