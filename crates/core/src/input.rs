@@ -111,11 +111,11 @@ impl Gate {
     /// claims or turns out to be.
     pub fn read(&self, path: &Path) -> Result<Vec<u8>> {
         let file = self.open_file(path)?;
-        self.read_file(file, path)
+        self.read_file(&file, path)
     }
 
     /// Reads an already opened (and checked) file, bounded by [`Gate::max_bytes`].
-    pub fn read_file(&self, file: File, path: &Path) -> Result<Vec<u8>> {
+    pub fn read_file(&self, file: &File, path: &Path) -> Result<Vec<u8>> {
         let hint = file.metadata().map_or(0, |m| m.len()).min(self.max_bytes);
         let mut bytes = Vec::with_capacity(hint as usize);
         let mut limited = file.take(self.max_bytes + 1);

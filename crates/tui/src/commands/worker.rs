@@ -33,6 +33,7 @@
 //! any request is read. Results are cached in `DIR/.cxr-cache` (`--cache`, `--no-cache`).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,13 +72,22 @@ enum Task {
     Explain(&'static str),
 }
 
-/// A validated request.
+/// A validated request, with its file already opened: what is read is what was checked, even
+/// if the name is replaced (by a link, say) before the request runs.
 struct Job {
     command: String,
     id: String,
     path: PathBuf,
+    file: File,
     task: Task,
 }
+
+/// Requests read but not yet finished, per worker thread: once this many wait, stdin is not
+/// read until one finishes (a fast client cannot make the worker hold an unbounded list).
+const PENDING_PER_JOB: usize = 4;
+
+/// Longest id: the overlay `ID.EXPLAINER.png` must still fit a 255-byte file name.
+const MAX_ID: usize = 200;
 
 /// Everything a worker thread shares with the others.
 struct Shared {
@@ -94,6 +104,18 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
         bail!("--dir {}: not a folder", options.dir.display());
     }
     let jobs = options.jobs.max(1);
+    // The default output folders lie in DIR, which others may write: a link there could send
+    // overlays and cache entries anywhere.
+    for name in [".cxr-worker", ".cxr-cache"] {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{}: is a symbolic link; refusing to write through it (remove it, or choose \
+                 the folder with --out/--cache)",
+                path.display()
+            );
+        }
+    }
     let out = options
         .out
         .map_or_else(|| dir.join(".cxr-worker"), Path::to_path_buf);
@@ -116,7 +138,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
     cxr_core::tch::set_num_threads((cores / jobs).max(1) as i32);
 
     let shared = Arc::new(Shared { out, cache });
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs * PENDING_PER_JOB);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut workers = Vec::new();
@@ -179,7 +201,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
 }
 
 /// Reads requests until end of input, answering bad ones at once and queueing the others.
-fn serve(dir: &Path, jobs: &mpsc::Sender<Job>) -> Result<()> {
+fn serve(dir: &Path, jobs: &mpsc::SyncSender<Job>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -269,10 +291,15 @@ fn parse_request(line: &[u8], dir: &Path) -> std::result::Result<Option<Job>, St
     let echo_id = if echoable(id) { id } else { "-" };
     let task = parse_command(command).map_err(|e| error_line(echo_command, echo_id, &e))?;
     let path = resolve_id(dir, id).map_err(|e| error_line(echo_command, echo_id, &e))?;
+    // Opened now, without following a link, and read later from this handle.
+    let file = Gate::UNTRUSTED
+        .open_file(&path)
+        .map_err(|e| error_line(echo_command, echo_id, &e.to_string()))?;
     Ok(Some(Job {
         command: command.to_owned(),
         id: id.to_owned(),
         path,
+        file,
         task,
     }))
 }
@@ -321,8 +348,11 @@ fn resolve_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
     if id.is_empty() {
         return refuse("empty");
     }
-    if id.len() > 255 {
-        return refuse("longer than 255 bytes");
+    if id.len() > MAX_ID {
+        return Err(format!(
+            "invalid id: {} bytes, longer than the {MAX_ID} bytes ids may have",
+            id.len()
+        ));
     }
     if id.contains(['/', '\\']) {
         return refuse("contains a path separator");
@@ -377,10 +407,12 @@ struct QualitySummary {
     lung_mass_share: Option<f64>,
 }
 
-/// Reads the file through the input gate and hashes it: the cache key needs the hash before
-/// any decoding. The folder is written by others: links are refused, not followed.
-fn read_input(path: &Path) -> std::result::Result<(Vec<u8>, String), String> {
-    let bytes = Gate::UNTRUSTED.read(path).map_err(|e| e.to_string())?;
+/// Reads the request's opened file through the input gate (bounded) and hashes it: the cache
+/// key needs the hash before any decoding.
+fn read_input(job: &Job) -> std::result::Result<(Vec<u8>, String), String> {
+    let bytes = Gate::UNTRUSTED
+        .read_file(&job.file, &job.path)
+        .map_err(|e| e.to_string())?;
     let sha = cxr_core::xray::hex(&Sha256::digest(&bytes));
     Ok((bytes, sha))
 }
@@ -420,7 +452,7 @@ fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>)
 
 /// Runs one request: the RESULT JSON, or the error MESSAGE.
 fn run_job(pipeline: &Pipeline, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
-    let (bytes, sha) = read_input(&job.path)?;
+    let (bytes, sha) = read_input(job)?;
     match job.task {
         Task::Classify => {
             let key = CacheKey::new(&sha, &pipeline.fingerprint, "classify", "");
