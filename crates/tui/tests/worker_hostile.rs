@@ -143,3 +143,105 @@ fn a_fast_client_is_held_back() {
         start.elapsed()
     );
 }
+
+/// The one cache entry under `dir/.cxr-cache`.
+fn cache_entry(dir: &Path) -> PathBuf {
+    let mut found = Vec::new();
+    for sub in std::fs::read_dir(dir.join(".cxr-cache")).unwrap() {
+        for entry in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            found.push(entry.unwrap().path());
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+/// Rewrites an entry with `payload` and the `written` time, checksum and length recomputed:
+/// what a forger with write access to the folder can do.
+fn forge(entry: &Path, edit: impl Fn(&str) -> String, written: u64) {
+    let bytes = std::fs::read(entry).unwrap();
+    let end = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let header = std::str::from_utf8(&bytes[..end]).unwrap();
+    let fields: Vec<&str> = header.split(' ').collect();
+    let payload = edit(std::str::from_utf8(&bytes[end + 1..]).unwrap());
+    let sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(payload.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let sha = String::from_utf8(sha.stdout).unwrap();
+    let sha = sha.split_whitespace().next().unwrap();
+    let forged = format!(
+        "{} {} {} {} {sha} {written}\n{payload}",
+        fields[0],
+        fields[1],
+        fields[2],
+        payload.len()
+    );
+    std::fs::remove_file(entry).unwrap();
+    std::fs::write(entry, forged).unwrap();
+}
+
+fn reply(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut child = worker(dir)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"classify x.png\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let json = line
+        .strip_prefix("classify x.png ")
+        .unwrap_or_else(|| panic!("{line}"));
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn forged_and_future_cache_entries_are_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(sample("nih_00001299_000.png"), tmp.path().join("x.png")).unwrap();
+    let first = reply(tmp.path(), &[]);
+    assert_eq!(first["cached"], false);
+    let label = first["label"].as_str().unwrap().to_owned();
+    let wrong = if label == "covid" { "normal" } else { "covid" };
+    let entry = cache_entry(tmp.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // Written "in ten years": with a one-hour lifetime, it must count as expired.
+    forge(&entry, str::to_owned, now + 10 * 365 * 24 * 3600);
+    let again = reply(tmp.path(), &["--cache-max-age-hours", "1"]);
+    assert_eq!(again["cached"], false, "{again}");
+
+    // Another user's entry with the label changed and the checksum recomputed. Only root can
+    // give a file away; elsewhere the forger's entry is simulated by one others can write.
+    let entry = cache_entry(tmp.path());
+    forge(&entry, |p| p.replace(&label, wrong), now);
+    let given_away = std::os::unix::fs::chown(&entry, Some(65_534), Some(65_534)).is_ok();
+    if !given_away {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let served = reply(tmp.path(), &[]);
+    assert_eq!(served["cached"], false, "{served}");
+    assert_eq!(served["label"], label.as_str(), "{served}");
+    // The cache folder is private.
+    let mode = std::os::unix::fs::MetadataExt::mode(
+        &std::fs::metadata(tmp.path().join(".cxr-cache")).unwrap(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+}
