@@ -159,7 +159,10 @@ fn rejected_names_from_sub_folders_never_collide() {
     let rejected = events.iter().filter(|e| e["event"] == "rejected").count();
     assert_eq!(rejected, usize::from(count), "{events:#?}\n{stderr}");
     let names = names_in(&dir.join("rejected"));
-    let images: BTreeSet<&String> = names.iter().filter(|n| !n.ends_with(".reason.txt")).collect();
+    let images: BTreeSet<&String> = names
+        .iter()
+        .filter(|n| !n.ends_with(".reason.txt"))
+        .collect();
     assert_eq!(images.len(), usize::from(count), "{names:?}");
     // Every file is there, each with its own reason naming where it came from.
     let mut tags = BTreeSet::new();
@@ -218,4 +221,77 @@ fn a_second_watcher_on_the_same_folder_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A JPEG written in two parts with a pause longer than the quiet time: the first part is
+/// truncated (no end-of-image marker), so it is retried, not queued padded with gray; the
+/// complete file is what ends up in the queue.
+#[test]
+fn a_jpeg_written_in_two_parts_is_queued_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let jpeg = {
+        let picture = image::open(sample("nih_00001299_000.png"))
+            .unwrap()
+            .to_luma8();
+        let mut out = std::io::Cursor::new(Vec::new());
+        picture
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    };
+    let mut child = watch(&dir, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+    };
+    while next("watching")["event"] != "watching" {}
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(inbox.join("film.jpg")).unwrap();
+        file.write_all(&jpeg[..jpeg.len() / 2]).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        file.write_all(&jpeg[jpeg.len() / 2..]).unwrap();
+    }
+    let outcome = loop {
+        let event = next("the JPEG's outcome");
+        if ["queued", "rejected", "duplicate"].contains(&event["event"].as_str().unwrap()) {
+            break event;
+        }
+    };
+    // Anything else within a few seconds (a second entry, a rejection) is wrong too.
+    let later: Vec<Value> = rx
+        .recv_timeout(Duration::from_secs(3))
+        .into_iter()
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(outcome["event"], "queued", "{outcome}");
+    assert!(later.is_empty(), "{later:?}");
+    let entries = names_in(&dir.join("queue"));
+    assert_eq!(entries.len(), 1);
+    let stored = std::fs::read(
+        dir.join("queue")
+            .join(entries.iter().next().unwrap())
+            .join("image.jpg"),
+    )
+    .unwrap();
+    assert!(stored == jpeg, "the queued file is not the complete JPEG");
 }
