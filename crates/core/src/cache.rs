@@ -13,10 +13,17 @@
 //!
 //! A read checks all of it: an entry that is truncated, corrupt, of another format version or
 //! filed under the wrong key is removed and reported as a miss, so the caller recomputes it;
-//! an entry older than the cache's lifetime is a miss too. A disabled cache
+//! an entry older than the cache's lifetime is a miss too, and so is one written in the future
+//! (more than [`CLOCK_SKEW`] ahead: a forged time must not make an entry live for ever).
+//!
+//! Entries are trusted only if this user wrote them: the folders are created with mode 700, and
+//! an entry that is a symbolic link, not a regular file, owned by another user, or writable by
+//! group or others is a miss (not removed: it is not ours), so a forged entry with a
+//! recomputed checksum in a shared folder is never served. A disabled cache
 //! ([`Cache::disabled`], for `--no-cache`) misses every read and stores nothing.
 
 use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +36,10 @@ use crate::{CoreError, Result};
 
 /// Version of the entry layout and of what is cached in it; bumping it retires every entry.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// How far in the future a `written` time may be (clocks of one machine) before the entry
+/// counts as expired.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 const MAGIC: &str = "cxr-cache";
 /// Longest header line: magic, version, key, length, checksum, time and separators.
@@ -133,9 +144,13 @@ impl Cache {
     /// removed.
     pub fn lookup(&self, key: &CacheKey) -> std::result::Result<Vec<u8>, Miss> {
         let path = self.entry_path(key).ok_or(Miss::Disabled)?;
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_own(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(Miss::Absent),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                tracing::warn!("cache entry {}: {e}: ignored", path.display());
+                return Err(Miss::Invalid);
+            }
             Err(e) => {
                 tracing::warn!("cache entry {}: {e}", path.display());
                 return Err(Miss::Absent);
@@ -146,11 +161,12 @@ impl Cache {
             let _ = std::fs::remove_file(&path);
             return Err(Miss::Invalid);
         };
-        let age = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_sub(Duration::from_secs(written));
-        if self.max_age.is_some_and(|max| age > max) {
+            .unwrap_or_default();
+        let written = Duration::from_secs(written);
+        let age = now.saturating_sub(written);
+        if written > now + CLOCK_SKEW || self.max_age.is_some_and(|max| age > max) {
             let _ = std::fs::remove_file(&path);
             return Err(Miss::Expired);
         }
@@ -168,6 +184,14 @@ impl Cache {
         let Some(path) = self.entry_path(key) else {
             return Ok(());
         };
+        if let Some(parent) = path.parent() {
+            // Private to this user from the start: mode 700, the root included.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| CoreError::io(parent, e))?;
+        }
         let written = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -228,6 +252,47 @@ impl Cache {
         }
         Ok((value, false))
     }
+}
+
+/// Reads an entry this user wrote: opened without following a link, and refused
+/// (`PermissionDenied`) unless it is a regular file owned by this user that group and others
+/// cannot write.
+fn read_own(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(ErrorKind::PermissionDenied, "a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if !meta.file_type().is_file() {
+        Some("not a regular file".to_owned())
+    } else if meta.uid() != me {
+        Some(format!(
+            "owned by user {}, not by this user ({me})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(std::io::Error::new(ErrorKind::PermissionDenied, why));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The write time and payload of a valid entry for `key`.

@@ -129,6 +129,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             limit: MAX_SIDE,
         });
     }
+    crate::xray::check_pixels(
+        path,
+        u64::from(header.rows) * u64::from(header.columns) * u64::from(header.frames),
+        u64::from(header.samples) * u64::from(header.bits_allocated / 8),
+    )?;
     let payload = u64::from(header.rows)
         * u64::from(header.columns)
         * u64::from(header.frames)
@@ -146,6 +151,30 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
         )));
     }
     let samples = frame_samples(&object, &header).map_err(fail)?;
+    if header.samples == 1 {
+        // The modality LUT is linear: its extremes are at the extreme stored values.
+        let (lo, hi) = samples
+            .iter()
+            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let finite = [lo, hi]
+            .iter()
+            .all(|&v| (f64::from(v) * header.slope + header.intercept).is_finite());
+        if !finite || !header.slope.is_finite() || !header.intercept.is_finite() {
+            let show = |v: f64| {
+                if v.abs() < 1e6 {
+                    v.to_string()
+                } else {
+                    format!("{v:e}")
+                }
+            };
+            return Err(fail(format!(
+                "DICOM Rescale Slope ({}) and Rescale Intercept ({}) make pixel values \
+                 non-finite (NaN or infinite)",
+                show(header.slope),
+                show(header.intercept)
+            )));
+        }
+    }
     let identifiers = identifiers(&object);
     let (values, voi) = to_display(&object, &header, &samples);
     let (width, height) = (header.columns, header.rows);

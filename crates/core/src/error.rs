@@ -27,6 +27,11 @@ pub enum CoreError {
         limit: u32,
     },
 
+    /// Refused by the input gate (see [`crate::input`]): not a regular file, a symbolic link
+    /// where none are followed, or over a size limit. Retrying does not help.
+    #[error("{}: refused: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
+
     #[error("{}: cannot load model: {source}", path.display())]
     ModelLoad {
         path: PathBuf,

@@ -21,6 +21,7 @@ pub mod dicom;
 mod error;
 pub mod explain;
 pub mod fsutil;
+pub mod input;
 pub mod mask;
 pub mod metrics;
 pub mod models;

@@ -5,10 +5,11 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageBuffer, ImageReader, Limits, Luma};
+use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
 use sha2::{Digest, Sha256};
 
 use crate::dicom::{self, DicomIdentifiers};
+use crate::input::{Gate, MAX_PIXELS, Structure, jpeg_structure, png_structure};
 use crate::{CoreError, Result};
 
 /// A grayscale image with `f32` pixels, in [0, 1] for decoded radiographs.
@@ -38,16 +39,47 @@ pub struct Xray {
 }
 
 impl Xray {
-    /// Reads and decodes a file.
+    /// Reads and decodes a file through the input gate ([`Gate::TRUSTED`]: regular files
+    /// only, bounded reads, at least [`crate::input::MIN_SIDE`] pixels per side).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
-        Self::decode(&bytes, path)
+        Gate::TRUSTED.open(path.as_ref())
     }
 
-    /// Decodes bytes already in memory; `path` only names them in errors and reports.
+    /// Decodes bytes already in memory; `path` only names them in errors and reports. The pixel
+    /// budget, strict decoding and finite values are checked here; the minimum size only by
+    /// the gate ([`Gate::decode`]).
     pub fn decode(bytes: &[u8], path: impl Into<PathBuf>) -> Result<Self> {
+        Self::decode_min(bytes, path, 1)
+    }
+
+    /// [`Xray::decode`], refusing images with a side shorter than `min_side`.
+    pub(crate) fn decode_min(
+        bytes: &[u8],
+        path: impl Into<PathBuf>,
+        min_side: u32,
+    ) -> Result<Self> {
         let path = path.into();
+        let xray = Self::decode_unchecked(bytes, path)?;
+        let (width, height) = (xray.width(), xray.height());
+        if width < min_side || height < min_side {
+            return Err(CoreError::Refused {
+                path: xray.path,
+                reason: format!(
+                    "image is {width}x{height} pixels, smaller than the {min_side}x{min_side} \
+                     this tool needs"
+                ),
+            });
+        }
+        if xray.gray.iter().any(|v| !v.is_finite()) {
+            return Err(CoreError::Decode {
+                path: xray.path,
+                reason: "pixel values are not finite (NaN or infinite) after decoding".into(),
+            });
+        }
+        Ok(xray)
+    }
+
+    fn decode_unchecked(bytes: &[u8], path: PathBuf) -> Result<Self> {
         let fail = |reason: String| CoreError::Decode {
             path: path.clone(),
             reason,
@@ -85,6 +117,7 @@ impl Xray {
                 limit: MAX_SIDE,
             });
         }
+        check_pixels(&path, u64::from(width) * u64::from(height), 8)?;
         let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| fail(e.to_string()))?;
@@ -93,9 +126,23 @@ impl Xray {
         limits.max_image_height = Some(MAX_SIDE);
         limits.max_alloc = Some(MAX_DECODE_BYTES);
         reader.limits(limits);
+        let reader_format = reader.format();
         let original = reader
             .decode()
             .map_err(|e| fail(describe_decode_error(&e)))?;
+        // The decoders pad missing data (JPEG) or stop at the last row (PNG): a file that ends
+        // before its end marker is truncated even when they succeed.
+        let structure = match reader_format {
+            Some(ImageFormat::Png) => png_structure(bytes),
+            Some(ImageFormat::Jpeg) => jpeg_structure(bytes),
+            _ => Structure::Unknown,
+        };
+        if structure == Structure::Truncated {
+            return Err(fail(
+                "truncated or incomplete image (the data ends before the image's end marker)"
+                    .into(),
+            ));
+        }
         let mut gray = original.to_luma32f();
         // The luma weights of colour images sum to 1 + 1 ulp in f32: white would be 1.0000001.
         for p in gray.pixels_mut() {
@@ -120,6 +167,24 @@ impl Xray {
     pub fn height(&self) -> u32 {
         self.gray.height()
     }
+}
+
+/// Refuses an image of `pixels` pixels over [`MAX_PIXELS`]; `bytes_per_pixel` only sizes the
+/// message.
+pub(crate) fn check_pixels(path: &Path, pixels: u64, bytes_per_pixel: u64) -> Result<()> {
+    if pixels > MAX_PIXELS {
+        return Err(CoreError::Refused {
+            path: path.to_path_buf(),
+            reason: format!(
+                "image would decode to {:.1} megapixels (up to {} MiB), more than the {} \
+                 megapixels this tool decodes",
+                pixels as f64 / 1e6,
+                (pixels * bytes_per_pixel) >> 20,
+                MAX_PIXELS / 1_000_000
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Turns the decoder's error into a sentence a user can act on.

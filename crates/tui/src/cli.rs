@@ -388,7 +388,7 @@ pub enum QueueCommand {
     Label {
         /// Queue id (16 hex digits, or a unique prefix), or the path of a radiograph.
         id: String,
-        /// covid, normal, skip, or another class name.
+        /// One of the model's classes (covid, normal), or skip.
         label: String,
         /// The watch folder.
         #[arg(long, default_value = "watch")]

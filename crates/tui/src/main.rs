@@ -14,6 +14,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     // Keep the explainer crate linked: its explainers register themselves at link time.
     cxr_explainers::link();
+    quiet_on_broken_pipe();
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
@@ -22,4 +23,24 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Rust ignores SIGPIPE, so a `println!` or `eprintln!` into a closed pipe panics (status 101
+/// and a backtrace). Output goes through `commands::print_line`, which ends quietly; this hook
+/// is the safety net for any other print: the same quiet exit, with the status a broken pipe
+/// gives C programs. Other panics keep the default report.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if commands::is_broken_pipe_panic(message) {
+            std::process::exit(commands::BROKEN_PIPE_STATUS);
+        }
+        default(info);
+    }));
 }

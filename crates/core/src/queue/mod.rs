@@ -34,8 +34,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::data::LabelledImage;
+use crate::input::Gate;
 use crate::models::Prediction;
-use crate::xray::Xray;
 use crate::{CoreError, Result};
 
 pub use durable::reason_path;
@@ -123,6 +123,21 @@ impl FromStr for Label {
                 )));
             }
         })
+    }
+}
+
+impl Label {
+    /// Accepts `skip` and any of `classes`; anything else (`nromal`) is an error listing them.
+    pub fn check<'a>(&self, classes: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        let classes: Vec<&str> = classes.into_iter().map(String::as_str).collect();
+        match self.class() {
+            None => Ok(()),
+            Some(class) if classes.contains(&class) => Ok(()),
+            Some(class) => Err(CoreError::Invalid(format!(
+                "label {class:?} is not one of the model's classes; expected one of: {}, skip",
+                classes.join(", ")
+            ))),
+        }
     }
 }
 
@@ -477,9 +492,19 @@ impl Queue {
     /// Labels entry `id` (or a unique prefix): `state.json` becomes `reviewed` with `label`,
     /// `reviewer` and the time, keeping the prediction; an earlier review moves to `history`.
     /// The file is replaced atomically, so a reader never sees half of it.
+    ///
+    /// Concurrent labellers (processes or threads) are serialised by an exclusive lock on the
+    /// entry's folder: the state is read, changed and replaced under the lock, so every
+    /// accepted review is kept (the latest in `review`, the others in `history`). A label must
+    /// be one of the classes the entry was predicted with, or `skip`.
     pub fn label(&self, id: &str, label: Label, reviewer: &str) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
-        let mut item = self.get(id)?;
+        let id = self.get(id)?.id;
+        let _lock = self.lock_entry(&id)?;
+        let mut item = self.read_item(&id)?;
+        if let Some(predicted) = &item.state.predicted {
+            label.check(predicted.probabilities.keys())?;
+        }
         if let Some(previous) = item.state.review.take() {
             item.state.history.push(previous);
         }
@@ -505,8 +530,8 @@ impl Queue {
         predicted: Option<Predicted>,
     ) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
-        let bytes = std::fs::read(file).map_err(|e| CoreError::io(file, e))?;
-        let xray = Xray::decode(&bytes, file)?;
+        let bytes = Gate::TRUSTED.read(file)?;
+        let xray = Gate::TRUSTED.decode(&bytes, file)?;
         if let Some(item) = self.find(&xray.sha256)? {
             return self.label(&item.id, label, &reviewer);
         }
@@ -603,6 +628,20 @@ impl Queue {
         Ok(removed)
     }
 
+    /// Holds an exclusive lock on entry `id`'s folder until dropped (`flock`: released by the
+    /// kernel when the process dies, so a killed labeller never leaves a stale lock).
+    fn lock_entry(&self, id: &str) -> Result<std::fs::File> {
+        let dir = self.entry_dir(id);
+        let handle = std::fs::File::open(&dir).map_err(|e| CoreError::io(&dir, e))?;
+        loop {
+            match rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(handle),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(CoreError::io(&dir, e.into())),
+            }
+        }
+    }
+
     fn read_item(&self, id: &str) -> Result<QueueItem> {
         let dir = self.entry_dir(id);
         let path = dir.join(STATE_FILE);
@@ -613,6 +652,26 @@ impl Queue {
             return Err(CoreError::data(
                 &path,
                 format!("says it is entry {} but lies in {id}", state.id),
+            ));
+        }
+        // The image must be a plain file inside the entry: never a path that leaves it, nor a
+        // link to somewhere else (training and the viewer would read it).
+        let image = Path::new(&state.image);
+        let plain = image.file_name().is_some_and(|n| n == image.as_os_str())
+            && !state.image.starts_with('.');
+        if !plain {
+            return Err(CoreError::data(
+                &path,
+                format!(
+                    "its image {:?} is not a file name inside the entry; refused",
+                    state.image
+                ),
+            ));
+        }
+        if std::fs::symlink_metadata(dir.join(image)).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(CoreError::data(
+                &path,
+                format!("its image {:?} is a symbolic link; refused", state.image),
             ));
         }
         Ok(QueueItem {
@@ -638,17 +697,40 @@ impl Queue {
     /// Moves `file` out of the inbox into `rejected/`, with `reason` written beside it first (a
     /// crash in between leaves the file in the inbox, to be rejected again). Returns where it
     /// went; `Ok(None)` when the file was gone already.
+    ///
+    /// Names never collide (two `a.png` from different sub-folders become `a.png` and
+    /// `a-2.png`): the workers of a watcher choose and take names one at a time, the move never
+    /// replaces an existing file (`RENAME_NOREPLACE`), and one watcher per folder is enforced
+    /// by its lock. A symbolic link is moved as the link, never followed.
     pub(crate) fn reject(&self, file: &Path, reason: &str) -> std::io::Result<Option<PathBuf>> {
+        static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let rejected = self.rejected();
         std::fs::create_dir_all(&rejected)?;
-        let target = free_name(&rejected, &file_name(file));
+        let _naming = NAMING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let text = format!(
             "{reason}\n\nfile: {}\nrejected: {}\n",
             file.display(),
             rfc3339_utc(SystemTime::now())
         );
-        replace(&reason_path(&target), text.as_bytes()).map_err(std::io::Error::other)?;
-        match std::fs::rename(file, &target) {
+        let mut target = free_name(&rejected, &file_name(file));
+        let moved = loop {
+            replace(&reason_path(&target), text.as_bytes()).map_err(std::io::Error::other)?;
+            match move_no_replace(file, &target) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // Taken since it was chosen (not by this watcher): the next free name.
+                    let _ = std::fs::remove_file(reason_path(&target));
+                    let next = free_name(&rejected, &file_name(file));
+                    if next == target {
+                        break Err(e);
+                    }
+                    target = next;
+                }
+                other => break other,
+            }
+        };
+        match moved {
             Ok(()) => {
                 let _ = sync_dir(&rejected);
                 if let Some(parent) = file.parent() {
@@ -666,6 +748,18 @@ impl Queue {
             }
         }
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
+fn move_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// An entry being built in `.staging/`; dropped without [`Staging::commit`], it is removed.

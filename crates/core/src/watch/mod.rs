@@ -266,6 +266,8 @@ pub fn run(
     on_event: &mut dyn FnMut(&WatchEvent),
 ) -> Result<Summary> {
     let queue = Queue::create(&options.dir)?;
+    // One watcher per folder: two would take each other's files and rejection reasons.
+    let _lock = lock_folder(&options.dir)?;
     let inbox = queue.inbox();
     let jobs = options.jobs.max(1);
     if jobs > 1 {
@@ -311,6 +313,54 @@ pub fn run(
         }
     }
     result.map(|()| coordinator.summary)
+}
+
+/// The lock file that keeps a second `cxr watch` off a folder.
+pub const LOCK_FILE: &str = ".watch.lock";
+
+/// Takes the folder's single-instance lock (`flock` on `DIR/.watch.lock`, released by the
+/// kernel when the process ends, however it ends) and writes this process id into it; a folder
+/// already locked is an error naming the holder.
+fn lock_folder(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| CoreError::io(&path, e))?;
+    let flags = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+    match rustix::fs::flock(&file, flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(CoreError::Invalid(format!(
+                "{}: another `cxr watch`{} is already watching this folder (lock {}); one \
+                 watcher per folder",
+                dir.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+                path.display()
+            )));
+        }
+        Err(e) => return Err(CoreError::io(&path, e.into())),
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| CoreError::io(&path, e))?;
+    Ok(file)
 }
 
 /// A worker thread: loads its own pipeline, then processes jobs until the channel closes.
@@ -575,7 +625,8 @@ impl Coordinator<'_> {
             if self.in_flight >= self.max_in_flight {
                 break;
             }
-            let meta = match std::fs::metadata(&path) {
+            // The link itself, never what it points to: a link is handed on to be rejected.
+            let meta = match std::fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     self.pending.remove(&path);

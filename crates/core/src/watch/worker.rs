@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::WatchOptions;
 use crate::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
 use crate::explain::{Method, MethodSpec};
+use crate::input::Gate;
 use crate::pipeline::Pipeline;
 use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
@@ -146,14 +147,18 @@ impl Processor {
 
     pub(crate) fn process(&self, job: &Job) -> Outcome {
         let path = &job.path;
-        let before = match std::fs::metadata(path) {
+        let before = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
         };
-        let bytes = match std::fs::read(path) {
+        // The inbox is written by others: no links followed, no FIFO opened blocking, bounded.
+        let bytes = match Gate::UNTRUSTED.read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Outcome::Vanished,
+            Err(CoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Outcome::Vanished;
+            }
+            Err(e @ CoreError::Refused { .. }) => return self.reject(path, &e.to_string()),
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
         };
         let stamp = Stamp::of(&before);
@@ -161,7 +166,7 @@ impl Processor {
             // Written to since it was found quiet: not done yet.
             return Outcome::Changed;
         }
-        match std::fs::metadata(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(after) if Stamp::of(&after) == stamp && after.len() == bytes.len() as u64 => {}
             Ok(_) => return Outcome::Changed,
             Err(_) => return Outcome::Vanished,
@@ -172,9 +177,11 @@ impl Processor {
             Ok(None) => {}
             Err(e) => return Outcome::Failed(e.to_string()),
         }
-        let xray = match Xray::decode(&bytes, path) {
+        let xray = match Gate::UNTRUSTED.decode(&bytes, path) {
             Ok(xray) => xray,
-            Err(e @ CoreError::TooLarge { .. }) => return self.reject(path, &e.to_string()),
+            Err(e @ (CoreError::TooLarge { .. } | CoreError::Refused { .. })) => {
+                return self.reject(path, &e.to_string());
+            }
             Err(e) => return self.unreadable(job, &e.to_string()),
         };
         let id = sha256[..ID_LEN].to_owned();
@@ -347,7 +354,7 @@ fn duplicate(path: &Path, stamp: Stamp, item: QueueItem) -> Outcome {
 /// Removes the dropped file once its content is safely in the queue, unless it changed after
 /// it was read.
 fn remove_from_inbox(path: &Path, stamp: Stamp) -> Inbox {
-    match std::fs::metadata(path) {
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Inbox::Removed,
         Ok(meta) if Stamp::of(&meta) != stamp => return Inbox::Changed,
         _ => {}

@@ -35,9 +35,13 @@ pub fn run(json: bool) -> Result<ExitCode> {
             } else {
                 ""
             };
-            println!("{}{gradients}\n    {}", entry.name, entry.summary);
+            super::print_line(&format!("{}{gradients}\n    {}", entry.name, entry.summary))?;
             for p in entry.params {
-                println!("    {:<20} {}", format!("{}={}", p.name, p.default), p.help);
+                super::print_line(&format!(
+                    "    {:<20} {}",
+                    format!("{}={}", p.name, p.default),
+                    p.help
+                ))?;
             }
         }
     }

@@ -226,8 +226,31 @@ fn progress(len: usize, what: &str) -> ProgressBar {
 
 /// Prints one JSON value as a line on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    print_line(&serde_json::to_string(value)?)
+}
+
+/// Status of a command whose reader went away (`cxr classify ... | head -1`): 128 + SIGPIPE, what
+/// shells report for a program ended by a broken pipe.
+pub const BROKEN_PIPE_STATUS: i32 = 141;
+
+/// Writes one line to stdout. A reader that went away ends the command quietly with
+/// [`BROKEN_PIPE_STATUS`]: there is nobody left to tell, and no reason to go on.
+pub fn print_line(line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(BROKEN_PIPE_STATUS)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// True for the panic `println!`/`eprintln!` raise on a closed pipe: the safety net in `main`
+/// turns it into a quiet exit instead of a backtrace and status 101.
+pub fn is_broken_pipe_panic(message: &str) -> bool {
+    message.starts_with("failed printing to std")
+        && (message.contains("Broken pipe") || message.contains("os error 32"))
 }
 
 /// The JSON line printed for an input that failed.
@@ -239,7 +262,11 @@ struct Failure<'a> {
 
 /// Reports a per-file failure on stdout (for scripts) and stderr (for people).
 fn report_failure(bar: &ProgressBar, file: &Path, error: &cxr_core::CoreError) -> Result<()> {
-    bar.suspend(|| eprintln!("cxr: {error}"));
+    // For people, best effort: a closed stderr must not lose the line for scripts.
+    bar.suspend(|| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "cxr: {error}");
+    });
     print_json(&Failure {
         file,
         error: error.to_string(),

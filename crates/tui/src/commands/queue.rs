@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
-use cxr_core::pipeline::Pipeline;
+use cxr_core::models::ModelFiles;
+use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline};
 use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
 use cxr_core::tch::Device;
 use serde::Serialize;
@@ -72,10 +73,10 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
             super::print_json(&Listed::new(item))?;
         }
     } else {
-        println!(
+        super::print_line(&format!(
             "{:<16}  {:<14}  {:<9}  {:>6}  {:>5}  {:<8}  {:<10}  source",
             "id", "state", "predicted", "p", "doubt", "label", "reviewer"
-        );
+        ))?;
         for item in &items {
             let s = &item.state;
             let (predicted, p) = s.predicted.as_ref().map_or(("-".into(), "-".into()), |p| {
@@ -103,10 +104,10 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
             } else {
                 format!("  [{}]", flags.join(", "))
             };
-            println!(
+            super::print_line(&format!(
                 "{:<16}  {state:<14}  {predicted:<9}  {p:>6}  {doubt:>5}  {label:<8}  {reviewer:<10}  {}{flags}",
                 item.id, s.source_name
-            );
+            ))?;
         }
         let reviewed = items.iter().filter(|i| i.is_reviewed()).count();
         eprintln!(
@@ -135,11 +136,16 @@ fn label_one(
         // A radiograph not (necessarily) in the queue: record what the models say about it too,
         // so that it sorts by uncertainty like the others.
         let pipeline = Pipeline::load(models, device)?;
+        label.check(pipeline.classifier.classes())?;
         let analysis = pipeline.analyze_file(file)?;
         let positive = pipeline.classifier.classes()[0].clone();
         let predicted = Predicted::new(&analysis.prediction, &positive);
         queue.label_file(file, label, reviewer, Some(predicted))?
     } else {
+        // The model's classes from its metadata alone (no weights loaded); the entry's own
+        // prediction is checked again under the entry's lock.
+        let meta = ModelFiles::new(models, CLASSIFIER_NAME).read_meta::<serde_json::Value>()?;
+        label.check(&meta.classes)?;
         queue.label(id, label, reviewer)?
     };
     let review = item.state.review.as_ref();

@@ -33,6 +33,7 @@
 //! any request is read. Results are cached in `DIR/.cxr-cache` (`--cache`, `--no-cache`).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,17 +45,15 @@ use color_eyre::eyre::{Result, WrapErr, bail, eyre};
 use cxr_core::cache::{Cache, CacheKey};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{ExplainerConfig, registry};
+use cxr_core::input::Gate;
 use cxr_core::pipeline::{Analysis, Pipeline};
 use cxr_core::render::{self, OverlayStyle};
 use cxr_core::tch::Device;
-use cxr_core::xray::Xray;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 4096;
-/// Largest input file read (the decoder's own allocation limit).
-const MAX_FILE: u64 = cxr_core::xray::MAX_DECODE_BYTES;
 
 /// `cxr worker` options.
 pub struct Options<'a> {
@@ -73,13 +72,22 @@ enum Task {
     Explain(&'static str),
 }
 
-/// A validated request.
+/// A validated request, with its file already opened: what is read is what was checked, even
+/// if the name is replaced (by a link, say) before the request runs.
 struct Job {
     command: String,
     id: String,
     path: PathBuf,
+    file: File,
     task: Task,
 }
+
+/// Requests read but not yet finished, per worker thread: once this many wait, stdin is not
+/// read until one finishes (a fast client cannot make the worker hold an unbounded list).
+const PENDING_PER_JOB: usize = 4;
+
+/// Longest id: the overlay `ID.EXPLAINER.png` must still fit a 255-byte file name.
+const MAX_ID: usize = 200;
 
 /// Everything a worker thread shares with the others.
 struct Shared {
@@ -96,6 +104,18 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
         bail!("--dir {}: not a folder", options.dir.display());
     }
     let jobs = options.jobs.max(1);
+    // The default output folders lie in DIR, which others may write: a link there could send
+    // overlays and cache entries anywhere.
+    for name in [".cxr-worker", ".cxr-cache"] {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{}: is a symbolic link; refusing to write through it (remove it, or choose \
+                 the folder with --out/--cache)",
+                path.display()
+            );
+        }
+    }
     let out = options
         .out
         .map_or_else(|| dir.join(".cxr-worker"), Path::to_path_buf);
@@ -118,7 +138,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
     cxr_core::tch::set_num_threads((cores / jobs).max(1) as i32);
 
     let shared = Arc::new(Shared { out, cache });
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs * PENDING_PER_JOB);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut workers = Vec::new();
@@ -181,7 +201,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
 }
 
 /// Reads requests until end of input, answering bad ones at once and queueing the others.
-fn serve(dir: &Path, jobs: &mpsc::Sender<Job>) -> Result<()> {
+fn serve(dir: &Path, jobs: &mpsc::SyncSender<Job>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -271,10 +291,15 @@ fn parse_request(line: &[u8], dir: &Path) -> std::result::Result<Option<Job>, St
     let echo_id = if echoable(id) { id } else { "-" };
     let task = parse_command(command).map_err(|e| error_line(echo_command, echo_id, &e))?;
     let path = resolve_id(dir, id).map_err(|e| error_line(echo_command, echo_id, &e))?;
+    // Opened now, without following a link, and read later from this handle.
+    let file = Gate::UNTRUSTED
+        .open_file(&path)
+        .map_err(|e| error_line(echo_command, echo_id, &e.to_string()))?;
     Ok(Some(Job {
         command: command.to_owned(),
         id: id.to_owned(),
         path,
+        file,
         task,
     }))
 }
@@ -323,8 +348,11 @@ fn resolve_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
     if id.is_empty() {
         return refuse("empty");
     }
-    if id.len() > 255 {
-        return refuse("longer than 255 bytes");
+    if id.len() > MAX_ID {
+        return Err(format!(
+            "invalid id: {} bytes, longer than the {MAX_ID} bytes ids may have",
+            id.len()
+        ));
     }
     if id.contains(['/', '\\']) {
         return refuse("contains a path separator");
@@ -379,20 +407,12 @@ struct QualitySummary {
     lung_mass_share: Option<f64>,
 }
 
-/// Reads the file (bounded) and hashes it: the cache key needs the hash before any decoding.
-fn read_input(path: &Path) -> std::result::Result<(Vec<u8>, String), String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    if size > MAX_FILE {
-        return Err(format!(
-            "{}: file of {} MiB is larger than the {} MiB this tool reads",
-            path.display(),
-            size >> 20,
-            MAX_FILE >> 20
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Reads the request's opened file through the input gate (bounded) and hashes it: the cache
+/// key needs the hash before any decoding.
+fn read_input(job: &Job) -> std::result::Result<(Vec<u8>, String), String> {
+    let bytes = Gate::UNTRUSTED
+        .read_file(&job.file, &job.path)
+        .map_err(|e| e.to_string())?;
     let sha = cxr_core::xray::hex(&Sha256::digest(&bytes));
     Ok((bytes, sha))
 }
@@ -402,7 +422,9 @@ fn analyse(
     bytes: &[u8],
     path: &Path,
 ) -> std::result::Result<Analysis, String> {
-    let xray = Xray::decode(bytes, path).map_err(|e| e.to_string())?;
+    let xray = Gate::UNTRUSTED
+        .decode(bytes, path)
+        .map_err(|e| e.to_string())?;
     pipeline.analyze(xray).map_err(|e| e.to_string())
 }
 
@@ -430,7 +452,7 @@ fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>)
 
 /// Runs one request: the RESULT JSON, or the error MESSAGE.
 fn run_job(pipeline: &Pipeline, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
-    let (bytes, sha) = read_input(&job.path)?;
+    let (bytes, sha) = read_input(job)?;
     match job.task {
         Task::Classify => {
             let key = CacheKey::new(&sha, &pipeline.fingerprint, "classify", "");

@@ -323,7 +323,7 @@ pub fn spawn_cache_scan(
             if stop.load(Ordering::Acquire) {
                 break;
             }
-            let Ok(bytes) = std::fs::read(&path) else {
+            let Ok(bytes) = cxr_core::input::Gate::TRUSTED.read(&path) else {
                 continue;
             };
             let sha = cxr_core::xray::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));

@@ -1,0 +1,167 @@
+//! `cxr queue label` under contention and against bad input (issue 10): concurrent labellers
+//! of one entry keep every review, labels must be the model's classes or `skip`, and a
+//! `state.json` whose image leaves its entry is refused.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../samples")
+        .join(name)
+}
+
+fn cxr(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
+    command
+        .args(["--device", "cpu"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env_remove("CXR_MODELS");
+    command
+}
+
+/// A watch folder with one entry (a sample labelled `normal` by `setup`); returns its id.
+fn one_entry(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = sample("nih_00001299_000.png");
+    let out = cxr(
+        dir,
+        &[
+            "queue",
+            "label",
+            file.to_str().unwrap(),
+            "normal",
+            "--reviewer",
+            "setup",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    listed["id"].as_str().unwrap().to_owned()
+}
+
+fn state(dir: &Path, id: &str) -> Value {
+    let text = std::fs::read(dir.join("queue").join(id).join("state.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn twenty_concurrent_labellers_keep_every_review() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let id = one_entry(&dir);
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let label = if i % 2 == 0 { "covid" } else { "normal" };
+            let reviewer = format!("r{i:02}");
+            cxr(
+                &dir,
+                &["queue", "label", &id, label, "--reviewer", &reviewer],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let state = state(&dir, &id);
+    let mut reviewers: Vec<String> = state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&state["review"]))
+        .map(|r| r["reviewer"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reviewers.len(), 21, "{state}");
+    reviewers.sort();
+    let expected: BTreeSet<String> = (0..20)
+        .map(|i| format!("r{i:02}"))
+        .chain(["setup".to_owned()])
+        .collect();
+    assert_eq!(reviewers.into_iter().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(state["state"], "reviewed");
+}
+
+#[test]
+fn a_misspelt_label_is_an_error_listing_the_valid_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let id = one_entry(&dir);
+    let before = state(&dir, &id);
+    let out = cxr(&dir, &["queue", "label", &id, "nromal", "--reviewer", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("nromal") && text.contains("covid, normal, skip"),
+        "{text}"
+    );
+    assert_eq!(state(&dir, &id), before, "the entry changed");
+    // `skip` and the real classes are accepted.
+    for label in ["skip", "covid"] {
+        let out = cxr(&dir, &["queue", "label", &id, label, "--reviewer", "x"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{label}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_state_whose_image_leaves_its_entry_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let id = one_entry(&dir);
+    let state_file = dir.join("queue").join(&id).join("state.json");
+    let secret = tmp.path().join("secret.png");
+    std::fs::copy(sample("nih_00002013_002.png"), &secret).unwrap();
+    for image in ["../../../secret.png", "/etc/passwd", "link.png"] {
+        if image == "link.png" {
+            std::os::unix::fs::symlink(&secret, dir.join("queue").join(&id).join(image)).unwrap();
+        }
+        let mut state = state(&dir, &id);
+        state["image"] = Value::from(image);
+        std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+
+        let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args(["queue", "list", "--json"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{image}: listed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            stderr(&out).contains("refused"),
+            "{image}: {}",
+            stderr(&out)
+        );
+        let out = cxr(&dir, &["queue", "label", &id, "normal", "--reviewer", "x"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{image}: labelled");
+    }
+}
