@@ -202,7 +202,11 @@ fn integrated_gradients_complete() {
     // The explainer reports its own gap (default 32 steps) as the check above computes it.
     let reported = run("integrated-gradients", &ExplainerConfig::default(), 0);
     let gap = reported.details["completeness_gap"].as_f64().unwrap();
-    assert!((gap - gaps[1]).abs() < 1e-3, "reported {gap}, computed {}", gaps[1]);
+    assert!(
+        (gap - gaps[1]).abs() < 1e-3,
+        "reported {gap}, computed {}",
+        gaps[1]
+    );
 }
 
 #[test]
