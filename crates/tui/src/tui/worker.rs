@@ -207,6 +207,14 @@ impl Classifier for Stoppable {
     fn device(&self) -> Device {
         self.inner.device()
     }
+    // The input style and the trust model must pass through: with the trait's defaults the
+    // viewer would feed the model another input than it was trained on, and show no flags.
+    fn input_style(&self) -> cxr_core::preprocess::InputStyle {
+        self.inner.input_style()
+    }
+    fn trust(&self) -> Option<&cxr_core::trust::TrustModel> {
+        self.inner.trust()
+    }
     fn logits(&self, batch: &Tensor) -> cxr_core::Result<Tensor> {
         self.check()?;
         self.inner.logits(batch)
@@ -268,6 +276,17 @@ fn explanation_keys(sha256: &str, fingerprint: &str, job: &Job) -> (CacheKey, Ca
     )
 }
 
+/// `pipeline` with its classifier wrapped in [`Stoppable`].
+fn stoppable(pipeline: Pipeline, stop: Arc<AtomicBool>) -> Pipeline {
+    Pipeline {
+        classifier: Box::new(Stoppable {
+            inner: pipeline.classifier,
+            stop,
+        }),
+        ..pipeline
+    }
+}
+
 /// Starts the inference thread. Analyses and explanations are kept per image and method, so
 /// changing only the opacity or the outline just redraws; finished results also go to the
 /// on-disk cache, so reopening a reviewed folder needs no model at all.
@@ -280,13 +299,7 @@ pub fn spawn_inference(
 ) {
     workers.closes(&jobs);
     let stop = workers.stop_flag();
-    let pipeline = Pipeline {
-        classifier: Box::new(Stoppable {
-            inner: pipeline.classifier,
-            stop: stop.clone(),
-        }),
-        ..pipeline
-    };
+    let pipeline = stoppable(pipeline, stop.clone());
     workers.spawn("inference", move || {
         let mut state = Inference {
             pipeline,
@@ -606,4 +619,31 @@ pub fn list_images(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod stoppable_tests {
+    use super::*;
+
+    /// The viewer's wrapped classifier predicts exactly as the plain one: same input style,
+    /// same probabilities, same familiarity and flags.
+    #[test]
+    fn the_viewer_classifier_predicts_like_the_plain_one() {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let sample = models.join("../samples/nih_00001299_000.png");
+        let plain = Pipeline::load(&models, Device::Cpu).unwrap();
+        let expected = plain.analyze_file(&sample).unwrap();
+        let wrapped = stoppable(
+            Pipeline::load(&models, Device::Cpu).unwrap(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(
+            wrapped.classifier.input_style(),
+            plain.classifier.input_style()
+        );
+        assert!(wrapped.classifier.trust().is_some());
+        let got = wrapped.analyze_file(&sample).unwrap();
+        assert_eq!(got.prediction, expected.prediction);
+        assert!(got.prediction.trust.familiarity.is_some());
+    }
 }
