@@ -362,6 +362,8 @@ impl Prepared {
 struct Dataset {
     rows: Vec<LabelledImage>,
     prepared: Prepared,
+    /// The positive and the negative class (the plan's).
+    classes: [String; 2],
     /// 0 positive, 1 negative, 2 any other label (never trained on).
     class: Vec<i64>,
     /// Index of each row's source in `sources`.
@@ -441,6 +443,7 @@ impl Dataset {
             side,
             from_manifest,
             train_only,
+            classes: plan.classes.clone(),
             rows,
             prepared,
         })
@@ -677,7 +680,7 @@ fn fit(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<Fit> {
     let mut rng = super::seeded(options.seed);
-    let classes: Vec<String> = vec![data.rows_class_name(0), data.rows_class_name(1)];
+    let classes = data.classes.to_vec();
     let config = ResNetConfig::resnet18_quarter();
     let mut model = ResNetClassifier::new(config.clone(), classes.clone(), options.device);
     let mut best = ResNetClassifier::new(config, classes, options.device);
@@ -756,15 +759,6 @@ fn fit(
 }
 
 impl Dataset {
-    fn rows_class_name(&self, class: i64) -> String {
-        self.rows
-            .iter()
-            .zip(&self.class)
-            .find(|(_, c)| **c == class)
-            .map(|(r, _)| r.label.clone())
-            .unwrap_or_default()
-    }
-
     /// Per-source metrics of `model` on rows `ix`.
     fn table(
         &self,
