@@ -6,6 +6,7 @@
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
+//! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards;
 //!   [`audit`]: linear probes that tell whether the features carry the source;
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod queue;
 pub mod render;
+pub mod service;
 pub mod train;
 pub mod trust;
 pub mod watch;

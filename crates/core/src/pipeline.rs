@@ -149,6 +149,19 @@ impl Pipeline {
     }
 }
 
+impl ClassifyReport {
+    /// The prediction this report was made from.
+    #[must_use]
+    pub fn prediction(&self) -> Prediction {
+        Prediction {
+            probabilities: self.probabilities.clone(),
+            label: self.label.clone(),
+            threshold: self.threshold,
+            trust: self.trust.clone(),
+        }
+    }
+}
+
 impl Analysis {
     /// The report without patient or study identifiers.
     #[must_use]

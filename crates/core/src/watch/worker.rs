@@ -11,7 +11,8 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::WatchOptions;
-use crate::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
+use crate::cache::Cache;
+use crate::explain::report::{ImageReport, MethodOutcome};
 use crate::explain::{Method, MethodSpec};
 use crate::input::Gate;
 use crate::pipeline::Pipeline;
@@ -19,7 +20,7 @@ use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
     SCHEMA, STATE_FILE,
 };
-use crate::render::{self, OverlayStyle};
+use crate::service::{Image, Service, Settings, Target};
 use crate::xray::{Xray, hex};
 use crate::{CoreError, Result};
 
@@ -99,11 +100,9 @@ pub(crate) enum Outcome {
 /// The pipeline, explainers and settings one worker processes files with.
 pub(crate) struct Processor {
     queue: Queue,
-    pipeline: Pipeline,
+    service: Service,
     methods: Vec<Method>,
-    style: OverlayStyle,
-    outline: bool,
-    checks: QualityChecks,
+    settings: Settings,
     /// Ids being built by any worker of this process.
     claims: Arc<Mutex<HashSet<String>>>,
 }
@@ -136,11 +135,15 @@ impl Processor {
             .collect::<Result<_>>()?;
         Ok(Self {
             queue,
-            pipeline,
+            // Each entry is made once: nothing to gain from a result cache.
+            service: Service::new(pipeline, Cache::disabled()),
             methods,
-            style: options.style,
-            outline: options.outline,
-            checks: options.checks,
+            settings: Settings {
+                target: Target::Predicted,
+                checks: options.checks,
+                style: options.style,
+                outline: options.outline,
+            },
             claims,
         })
     }
@@ -257,51 +260,51 @@ impl Processor {
         path: &Path,
         id: &str,
     ) -> std::result::Result<Built, BuildError> {
-        let analysis = self.pipeline.analyze(xray).map_err(BuildError::Analysis)?;
-        let classifier = self.pipeline.classifier.as_ref();
-        let classes = classifier.classes();
-        let target = analysis.prediction.label_index(classes);
+        let image = Image::with_decoded(bytes.to_vec(), xray, Gate::UNTRUSTED);
+        let analysis = self
+            .service
+            .analysis(&image)
+            .map_err(BuildError::Analysis)?;
+        let report = self
+            .service
+            .analyse(&image, &self.methods, &self.settings)
+            .map_err(BuildError::Analysis)?;
         let mut staging = self.queue.stage(id).map_err(BuildError::Storage)?;
-        let mut explanations = Vec::with_capacity(self.methods.len());
-        for method in &self.methods {
-            let name = method.entry.name;
-            let outcome = report::explain(
-                classifier,
-                &analysis,
-                method.entry,
-                method.explainer.as_ref(),
-                &method.params,
-                target,
-                self.checks,
-            )
-            .and_then(|(explanation, report)| {
-                let picture = report::overlay(&analysis, &explanation, &self.style, self.outline);
-                let png = render::encode_png(&picture)
-                    .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
-                let overlay = format!("{name}.png");
-                staging.write(&overlay, &png)?;
-                Ok(MethodOutcome::Done { overlay, report })
-            });
+        let mut explanations = Vec::with_capacity(report.methods.len());
+        for outcome in report.methods {
             // One explainer failing does not lose the image: the report says what failed.
-            explanations.push(outcome.unwrap_or_else(|e| MethodOutcome::Failed {
-                method: name.to_owned(),
-                error: e.to_string(),
-            }));
+            explanations.push(match outcome {
+                Ok(rendered) => {
+                    let overlay = format!("{}.png", rendered.report.method);
+                    staging
+                        .write(&overlay, &rendered.overlay_png)
+                        .map_err(BuildError::Storage)?;
+                    MethodOutcome::Done {
+                        overlay,
+                        report: rendered.report,
+                    }
+                }
+                Err(failure) => MethodOutcome::Failed {
+                    method: failure.method,
+                    error: failure.error,
+                },
+            });
         }
-        let image = format!("image.{}", queue::image_extension(path, bytes));
-        let mut classification = analysis.report();
-        classification.file = PathBuf::from(&image);
+        let image_name = format!("image.{}", queue::image_extension(path, bytes));
+        let mut classification = report.classification.report;
+        classification.file = PathBuf::from(&image_name);
+        let classes = self.service.pipeline().classifier.classes();
         let now = queue::rfc3339_utc(SystemTime::now());
         let state = EntryState {
             schema: SCHEMA,
             id: id.to_owned(),
             sha256: analysis.xray.sha256.clone(),
             state: ReviewState::PendingReview,
-            image: image.clone(),
+            image: image_name.clone(),
             source_name: queue::file_name(path),
             created: now,
             predicted: Some(Predicted::new(&analysis.prediction, &classes[0])),
-            model: Some(self.pipeline.fingerprint.clone()),
+            model: Some(self.service.fingerprint().to_owned()),
             methods: self
                 .methods
                 .iter()
@@ -315,7 +318,7 @@ impl Processor {
             explanations,
         };
         let write = |staging: &mut queue::Staging| -> Result<()> {
-            staging.write(&image, bytes)?;
+            staging.write(&image_name, bytes)?;
             staging.write_json(REPORT_FILE, &report)?;
             // Last: an entry folder with a state file is complete.
             staging.write_json(STATE_FILE, &state)

@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
-use cxr_core::explain::report::{self, ImageReport, MethodOutcome, QualityChecks};
+use cxr_core::cache::Cache;
+use cxr_core::explain::report::{ImageReport, MethodOutcome, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec};
+use cxr_core::input::Gate;
 use cxr_core::pipeline::Pipeline;
-use cxr_core::render::{self, Colormap, OverlayStyle};
+use cxr_core::render::{Colormap, OverlayStyle};
+use cxr_core::service::{Image, MethodFailure, Rendered, Service, Settings, Target};
 use cxr_core::tch::Device;
 
 use crate::cli::{QualityArgs, RenderArgs};
@@ -58,13 +61,22 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
             classes.join(", ")
         );
     }
+    let settings = Settings {
+        target: Target::parse(request.target),
+        checks,
+        style,
+        outline: !request.render.no_outline,
+    };
+    let service = Service::new(pipeline, Cache::disabled());
     std::fs::create_dir_all(request.out)
         .wrap_err_with(|| format!("creating {}", request.out.display()))?;
     let bar = super::progress(request.files.len(), "explaining");
     let mut failures = 0;
     for file in request.files {
-        let analysis = match pipeline.analyze_file(file) {
-            Ok(a) => a,
+        let analysed = Image::read(file, Gate::TRUSTED)
+            .and_then(|image| Ok((service.analyse(&image, &methods, &settings)?, image)));
+        let (report, image) = match analysed {
+            Ok(done) => done,
             Err(e) => {
                 failures += 1;
                 super::report_failure(&bar, file, &e)?;
@@ -72,51 +84,28 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                 continue;
             }
         };
-        let target_name = if request.target == "predicted" {
-            &analysis.prediction.label
-        } else {
-            request.target
-        };
-        let target = cxr_core::models::class_index(&classes, target_name);
         let stem = file
             .file_stem()
             .map_or_else(|| "image".into(), |s| s.to_string_lossy());
-        let mut explanations = Vec::new();
-        for method in &methods {
-            let outcome = report::explain(
-                pipeline.classifier.as_ref(),
-                &analysis,
-                method.entry,
-                method.explainer.as_ref(),
-                &method.params,
-                target,
-                checks,
-            )
-            .and_then(|(explanation, report)| {
-                let picture =
-                    report::overlay(&analysis, &explanation, &style, !request.render.no_outline);
-                let png = render::encode_png(&picture)
-                    .map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
-                let overlay = request
-                    .out
-                    .join(format!("{stem}.{}.png", method.entry.name));
-                cxr_core::fsutil::write_atomic(&overlay, &png)?;
-                Ok(MethodOutcome::Done {
-                    overlay: overlay.display().to_string(),
-                    report,
-                })
+        let explanations = write_overlays(report.methods, request.out, &stem, |failure| {
+            failures += 1;
+            bar.suspend(|| {
+                eprintln!(
+                    "cxr: {}: {}: {}",
+                    file.display(),
+                    failure.method,
+                    failure.error
+                );
             });
-            explanations.push(outcome.unwrap_or_else(|e| {
-                failures += 1;
-                bar.suspend(|| eprintln!("cxr: {}: {}: {e}", file.display(), method.entry.name));
-                MethodOutcome::Failed {
-                    method: method.entry.name.to_owned(),
-                    error: e.to_string(),
-                }
-            }));
+        });
+        let mut classification = report.classification.report;
+        if request.identifiers {
+            classification.identifiers = image
+                .analysed()
+                .and_then(|analysis| analysis.xray.identifiers.clone());
         }
         let image_report = ImageReport {
-            classification: analysis.report_with_identifiers(request.identifiers),
+            classification,
             explanations,
         };
         let json = serde_json::to_string_pretty(&image_report)?;
@@ -126,4 +115,39 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
     }
     bar.finish_and_clear();
     Ok(super::exit_code(failures))
+}
+
+/// Writes each explained method's overlay to `OUT/STEM.METHOD.png`; a failed method (or a
+/// failed write) is reported to `on_failure` and recorded as failed in the outcomes.
+fn write_overlays(
+    methods: Vec<std::result::Result<Rendered, MethodFailure>>,
+    out: &Path,
+    stem: &str,
+    mut on_failure: impl FnMut(&MethodFailure),
+) -> Vec<MethodOutcome> {
+    methods
+        .into_iter()
+        .map(|outcome| {
+            let written = outcome.and_then(|rendered| {
+                let overlay = out.join(format!("{stem}.{}.png", rendered.report.method));
+                cxr_core::fsutil::write_atomic(&overlay, &rendered.overlay_png).map_err(|e| {
+                    MethodFailure {
+                        method: rendered.report.method.clone(),
+                        error: e.to_string(),
+                    }
+                })?;
+                Ok(MethodOutcome::Done {
+                    overlay: overlay.display().to_string(),
+                    report: rendered.report,
+                })
+            });
+            written.unwrap_or_else(|failure| {
+                on_failure(&failure);
+                MethodOutcome::Failed {
+                    method: failure.method,
+                    error: failure.error,
+                }
+            })
+        })
+        .collect()
 }

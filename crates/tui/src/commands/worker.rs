@@ -42,15 +42,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail, eyre};
-use cxr_core::cache::{Cache, CacheKey};
-use cxr_core::explain::report::{self, QualityChecks};
-use cxr_core::explain::{ExplainerConfig, registry};
+use cxr_core::cache::Cache;
+use cxr_core::explain::{MethodSpec, registry};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::{Analysis, Pipeline};
-use cxr_core::render::{self, OverlayStyle};
+use cxr_core::pipeline::{ClassifyReport, Pipeline};
+use cxr_core::service::{Image, Service, Settings};
 use cxr_core::tch::Device;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 4096;
@@ -92,7 +90,6 @@ const MAX_ID: usize = 200;
 /// Everything a worker thread shares with the others.
 struct Shared {
     out: PathBuf,
-    cache: Cache,
 }
 
 pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitCode> {
@@ -137,7 +134,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     cxr_core::tch::set_num_threads((cores / jobs).max(1) as i32);
 
-    let shared = Arc::new(Shared { out, cache });
+    let shared = Arc::new(Shared { out });
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs * PENDING_PER_JOB);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -145,13 +142,13 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
     for _ in 0..jobs {
         let (job_rx, ready_tx, shared) =
             (Arc::clone(&job_rx), ready_tx.clone(), Arc::clone(&shared));
-        let models = models.to_path_buf();
+        let (models, cache) = (models.to_path_buf(), cache.clone());
         workers.push(std::thread::spawn(move || {
             // libtorch modules are not Sync: every thread loads its own.
-            let pipeline = match Pipeline::load(&models, device) {
+            let service = match Pipeline::load(&models, device) {
                 Ok(p) => {
                     let _ = ready_tx.send(Ok(()));
-                    p
+                    Service::new(p, cache)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -168,7 +165,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
                 let Ok(job) = next else { break };
                 // A panic inside libtorch or a decoder must still answer the request.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_job(&pipeline, &shared, &job)
+                    run_job(&service, &shared, &job)
                 }))
                 .unwrap_or_else(|_| Err("internal error while processing the request".into()));
                 let reply = match outcome {
@@ -381,7 +378,7 @@ fn resolve_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
 }
 
 /// The classification part of every result.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct ClassifyResult {
     label: String,
     probabilities: BTreeMap<String, f32>,
@@ -389,8 +386,19 @@ struct ClassifyResult {
     lung_fraction: f32,
 }
 
-/// An explanation's result, as cached (the overlay PNG is a second entry).
-#[derive(Serialize, Deserialize)]
+impl ClassifyResult {
+    fn of(report: ClassifyReport) -> Self {
+        Self {
+            label: report.label,
+            probabilities: report.probabilities,
+            threshold: report.threshold,
+            lung_fraction: report.lung_fraction,
+        }
+    }
+}
+
+/// An explanation's result.
+#[derive(Serialize)]
 struct ExplainResult {
     method: String,
     target: String,
@@ -400,45 +408,14 @@ struct ExplainResult {
     quality: QualitySummary,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct QualitySummary {
     deletion_auc: Option<f64>,
     insertion_auc: Option<f64>,
     lung_mass_share: Option<f64>,
 }
 
-/// Reads the request's opened file through the input gate (bounded) and hashes it: the cache
-/// key needs the hash before any decoding.
-fn read_input(job: &Job) -> std::result::Result<(Vec<u8>, String), String> {
-    let bytes = Gate::UNTRUSTED
-        .read_file(&job.file, &job.path)
-        .map_err(|e| e.to_string())?;
-    let sha = cxr_core::xray::hex(&Sha256::digest(&bytes));
-    Ok((bytes, sha))
-}
-
-fn analyse(
-    pipeline: &Pipeline,
-    bytes: &[u8],
-    path: &Path,
-) -> std::result::Result<Analysis, String> {
-    let xray = Gate::UNTRUSTED
-        .decode(bytes, path)
-        .map_err(|e| e.to_string())?;
-    pipeline.analyze(xray).map_err(|e| e.to_string())
-}
-
-fn classify_result(analysis: &Analysis) -> ClassifyResult {
-    let report = analysis.report();
-    ClassifyResult {
-        label: report.label,
-        probabilities: report.probabilities,
-        threshold: report.threshold,
-        lung_fraction: report.lung_fraction,
-    }
-}
-
-/// Adds `"cached": hit` to a result object.
+/// Adds `"cached": hit` (and `extra`) to a result object.
 fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>) -> String {
     let mut json = serde_json::to_value(value).unwrap_or_default();
     if let Some(object) = json.as_object_mut() {
@@ -451,100 +428,54 @@ fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>)
 }
 
 /// Runs one request: the RESULT JSON, or the error MESSAGE.
-fn run_job(pipeline: &Pipeline, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
-    let (bytes, sha) = read_input(job)?;
-    match job.task {
+fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
+    // Read from the handle opened when the request was checked, through the input gate.
+    let bytes = Gate::UNTRUSTED
+        .read_file(&job.file, &job.path)
+        .map_err(|e| e.to_string())?;
+    let image = Image::from_bytes(bytes, &job.path, Gate::UNTRUSTED);
+    let classified = service.classify(&image).map_err(|e| e.to_string())?;
+    let name = match job.task {
         Task::Classify => {
-            let key = CacheKey::new(&sha, &pipeline.fingerprint, "classify", "");
-            if let Some(hit) = shared.cache.get_json::<ClassifyResult>(&key) {
-                return Ok(with_cached(&hit, true, None));
-            }
-            let result = classify_result(&analyse(pipeline, &bytes, &job.path)?);
-            if let Err(e) = shared.cache.put_json(&key, &result) {
-                tracing::warn!("{e}");
-            }
-            Ok(with_cached(&result, false, None))
+            return Ok(with_cached(
+                &ClassifyResult::of(classified.report),
+                classified.cached,
+                None,
+            ));
         }
-        Task::Explain(name) => explain(pipeline, shared, job, name, &bytes, &sha),
-    }
-}
-
-fn explain(
-    pipeline: &Pipeline,
-    shared: &Shared,
-    job: &Job,
-    name: &'static str,
-    bytes: &[u8],
-    sha: &str,
-) -> std::result::Result<String, String> {
-    let overlay_path = shared.out.join(format!("{}.{name}.png", job.id));
-    let overlay_text = overlay_path.display().to_string();
-    let style = OverlayStyle::default();
-    // Everything that shapes the result: parameters, target, quality checks, overlay style.
-    let params = format!(
-        "params=;target=predicted;checks=faithfulness;overlay={},{},outline",
-        style.colormap.name(),
-        style.opacity
-    );
-    let key = CacheKey::new(sha, &pipeline.fingerprint, name, &params);
-    let overlay_key = CacheKey::new(
-        sha,
-        &pipeline.fingerprint,
-        &format!("{name}:overlay"),
-        &params,
-    );
-    if let (Some(result), Some(png)) = (
-        shared.cache.get_json::<ExplainResult>(&key),
-        shared.cache.get(&overlay_key),
-    ) {
-        cxr_core::fsutil::write_atomic(&overlay_path, &png).map_err(|e| e.to_string())?;
-        return Ok(with_cached(&result, true, Some(("overlay", overlay_text))));
-    }
-    let analysis = analyse(pipeline, bytes, &job.path)?;
-    let entry = registry::find(name).map_err(|e| e.to_string())?;
-    let config = ExplainerConfig::default();
-    let explainer = entry.build(&config).map_err(|e| e.to_string())?;
-    let classes = pipeline.classifier.classes();
-    let target = analysis.prediction.label_index(classes);
-    let checks = QualityChecks {
-        faithfulness: true,
-        sanity: false,
+        Task::Explain(name) => name,
     };
-    let (explanation, method_report) = report::explain(
-        pipeline.classifier.as_ref(),
-        &analysis,
-        entry,
-        explainer.as_ref(),
-        &config.canonical(),
-        target,
-        checks,
-    )
-    .map_err(|e| format!("{}: {name}: {e}", job.path.display()))?;
-    let picture = report::overlay(&analysis, &explanation, &style, true);
-    let png = render::encode_png(&picture).map_err(|e| e.to_string())?;
-    cxr_core::fsutil::write_atomic(&overlay_path, &png).map_err(|e| e.to_string())?;
-    let classification = classify_result(&analysis);
+    let method = MethodSpec {
+        name: name.to_owned(),
+        params: String::new(),
+    }
+    .build()
+    .map_err(|e| e.to_string())?;
+    let rendered = service
+        .explain(&image, &method, &Settings::default())
+        .map_err(|e| format!("{}: {name}: {e}", job.path.display()))?;
+    let overlay_path = shared.out.join(format!("{}.{name}.png", job.id));
+    cxr_core::fsutil::write_atomic(&overlay_path, &rendered.overlay_png)
+        .map_err(|e| e.to_string())?;
+    let classification = ClassifyResult::of(classified.report);
+    let report = rendered.report;
     let result = ExplainResult {
         method: name.to_owned(),
-        target: method_report.target.clone(),
+        target: report.target,
         label: classification.label,
         probabilities: classification.probabilities,
-        heatmap: method_report.heatmap,
+        heatmap: report.heatmap,
         quality: QualitySummary {
-            deletion_auc: method_report.quality.deletion_auc,
-            insertion_auc: method_report.quality.insertion_auc,
-            lung_mass_share: method_report.quality.lung_mass_share,
+            deletion_auc: report.quality.deletion_auc,
+            insertion_auc: report.quality.insertion_auc,
+            lung_mass_share: report.quality.lung_mass_share,
         },
     };
-    for stored in [
-        shared.cache.put_json(&key, &result),
-        shared.cache.put(&overlay_key, &png),
-    ] {
-        if let Err(e) = stored {
-            tracing::warn!("{e}");
-        }
-    }
-    Ok(with_cached(&result, false, Some(("overlay", overlay_text))))
+    Ok(with_cached(
+        &result,
+        rendered.cached,
+        Some(("overlay", overlay_path.display().to_string())),
+    ))
 }
 
 #[cfg(test)]

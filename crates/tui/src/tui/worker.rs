@@ -4,19 +4,22 @@
 //! hundred explanations: whatever was waiting is replaced.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Sender;
-use cxr_core::cache::{Cache, CacheKey};
-use cxr_core::explain::report::{self, MethodReport, QualityChecks};
-use cxr_core::explain::{Explainer, ExplainerConfig, Explanation, registry};
-use cxr_core::models::{Classifier, Prediction};
-use cxr_core::pipeline::{Analysis, Pipeline, Timings};
+use cxr_core::cache::Cache;
+use cxr_core::explain::report::{MethodReport, QualityChecks};
+use cxr_core::explain::{Explanation, Method, MethodSpec};
+use cxr_core::input::Gate;
+use cxr_core::models::Classifier;
+use cxr_core::pipeline::{ClassifyReport, Pipeline};
 use cxr_core::queue::Queue;
 use cxr_core::render::{Colormap, OverlayStyle};
+use cxr_core::service::{Image, Service, Settings, Target, keys};
 use cxr_core::tch::{Device, Tensor};
 use image::DynamicImage;
 use ratatui::layout::Size;
@@ -247,35 +250,6 @@ pub struct Job {
     pub opacity: f32,
 }
 
-/// What the cache keeps of a classification.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct CachedPrediction {
-    pub prediction: Prediction,
-    pub timings: Timings,
-}
-
-/// Cache key of a file's classification.
-fn prediction_key(sha256: &str, fingerprint: &str) -> CacheKey {
-    CacheKey::new(sha256, fingerprint, "classify", "")
-}
-
-/// Cache keys of an explanation's report and of its overlay drawn in the job's style.
-fn explanation_keys(sha256: &str, fingerprint: &str, job: &Job) -> (CacheKey, CacheKey) {
-    let style = format!(
-        "{}|opacity={:.1}|outline={}",
-        job.params, job.opacity, job.outline
-    );
-    (
-        CacheKey::new(sha256, fingerprint, &job.method, &job.params),
-        CacheKey::new(
-            sha256,
-            fingerprint,
-            &format!("{}-overlay", job.method),
-            &style,
-        ),
-    )
-}
-
 /// `pipeline` with its classifier wrapped in [`Stoppable`].
 fn stoppable(pipeline: Pipeline, stop: Arc<AtomicBool>) -> Pipeline {
     Pipeline {
@@ -302,11 +276,10 @@ pub fn spawn_inference(
     let pipeline = stoppable(pipeline, stop.clone());
     workers.spawn("inference", move || {
         let mut state = Inference {
-            pipeline,
-            cache,
-            analysis: None,
+            service: Service::new(pipeline, cache),
+            image: None,
             explanations: HashMap::new(),
-            explainers: HashMap::new(),
+            methods: HashMap::new(),
         };
         while let Some(job) = jobs.take() {
             if !state.run(&job, &events) || stop.load(Ordering::Acquire) {
@@ -342,11 +315,11 @@ pub fn spawn_cache_scan(
             let sha = cxr_core::xray::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             let mut found = Vec::new();
             if let Some(cached) =
-                cache.get_json::<CachedPrediction>(&prediction_key(&sha, &fingerprint))
+                cache.get_json::<ClassifyReport>(&keys::classification(&sha, &fingerprint))
             {
                 found.push(WorkerEvent::Known {
                     path: path.clone(),
-                    prediction: cached.prediction,
+                    prediction: cached.prediction(),
                 });
             }
             let reviewed = queue.as_ref().and_then(|q| match q.find(&sha) {
@@ -370,52 +343,60 @@ pub fn spawn_cache_scan(
 }
 
 struct Inference {
-    pipeline: Pipeline,
-    cache: Cache,
-    analysis: Option<Analysis>,
+    service: Service,
+    /// The image shown, with its analysis once made, and its decoded original.
+    image: Option<(Image, DynamicImage)>,
+    /// Explanations of that image made in this session, by method and parameters, so a change
+    /// of opacity or outline only redraws.
     explanations: HashMap<(String, String), (Explanation, MethodReport)>,
-    explainers: HashMap<(String, String), Box<dyn Explainer>>,
+    methods: HashMap<(String, String), Method>,
 }
 
 impl Inference {
-    /// Answers from the cache alone when both the classification and the overlay in this style
-    /// are there; true if it did.
-    fn answer_from_cache(&self, job: &Job, send: &dyn Fn(WorkerEvent) -> bool) -> bool {
-        let Ok(xray) = cxr_core::xray::Xray::open(&job.path) else {
-            return false;
+    /// The job's explanation drawn in `settings`: redrawn when this session already made it,
+    /// else from the service (the cache, or computed). None when the app has gone.
+    fn explanation(
+        &mut self,
+        job: &Job,
+        settings: &Settings,
+        send: &dyn Fn(WorkerEvent) -> bool,
+    ) -> Option<cxr_core::Result<(Vec<u8>, MethodReport)>> {
+        let (image, _) = self.image.as_ref()?;
+        let key = (job.method.clone(), job.params.clone());
+        if let Some((explanation, report)) = self.explanations.get(&key) {
+            return Some(
+                self.service
+                    .redraw(image, &job.method, &job.params, explanation, settings)
+                    .map(|png| (png, report.clone())),
+            );
+        }
+        if !send(WorkerEvent::Started {
+            generation: job.generation,
+            what: format!("explaining with {}", job.method),
+        }) {
+            return None;
+        }
+        tracing::info!(method = %job.method, params = %job.params, image = %job.path.display(), "explaining");
+        let method = match self.methods.entry(key.clone()) {
+            Entry::Occupied(built) => Ok(&*built.into_mut()),
+            Entry::Vacant(slot) => MethodSpec {
+                name: job.method.clone(),
+                params: job.params.clone(),
+            }
+            .build()
+            .map(|method| &*slot.insert(method)),
         };
-        let fingerprint = &self.pipeline.fingerprint;
-        let Some(cached) = self
-            .cache
-            .get_json::<CachedPrediction>(&prediction_key(&xray.sha256, fingerprint))
-        else {
-            return false;
-        };
-        let (report_key, overlay_key) = explanation_keys(&xray.sha256, fingerprint, job);
-        let Some(report) = self.cache.get_json::<MethodReport>(&report_key) else {
-            return false;
-        };
-        let Some(overlay) = self
-            .cache
-            .get(&overlay_key)
-            .and_then(|png| image::load_from_memory(&png).ok())
-        else {
-            return false;
-        };
-        let generation = job.generation;
-        send(WorkerEvent::Analysed {
-            generation,
-            path: job.path.clone(),
-            prediction: cached.prediction,
-            timings: cached.timings,
-            original: xray.original,
-        });
-        send(WorkerEvent::Explained {
-            generation,
-            overlay,
-            report,
-        });
-        true
+        Some(
+            method
+                .and_then(|method| self.service.explain(image, method, settings))
+                .map(|rendered| {
+                    if let Some(explanation) = rendered.explanation {
+                        self.explanations
+                            .insert(key, (explanation, rendered.report.clone()));
+                    }
+                    (rendered.overlay_png, rendered.report)
+                }),
+        )
     }
 
     /// Runs one job; false when the app has gone (its channel is closed).
@@ -429,130 +410,77 @@ impl Inference {
                 message,
             })
         };
-        let fresh = self
-            .analysis
-            .as_ref()
-            .is_none_or(|a| a.xray.path != job.path);
-        if fresh && self.answer_from_cache(job, &send) {
-            return true;
-        }
         if self
-            .analysis
+            .image
             .as_ref()
-            .is_none_or(|a| a.xray.path != job.path)
+            .is_none_or(|(image, _)| image.path() != job.path)
         {
-            if !send(WorkerEvent::Started {
+            self.image = None;
+            self.explanations.clear();
+            let opened = Image::read(&job.path, Gate::TRUSTED).and_then(|image| {
+                let original = image.decode()?.original;
+                Ok((image, original))
+            });
+            match opened {
+                Ok(opened) => self.image = Some(opened),
+                Err(e) => return fail(Stage::Analysis, e.to_string()),
+            }
+        }
+        let Some((image, original)) = &self.image else {
+            return true;
+        };
+        if image.analysed().is_none()
+            && !send(WorkerEvent::Started {
                 generation: job.generation,
                 what: "segmenting and classifying".into(),
-            }) {
-                return false;
-            }
-            self.explanations.clear();
-            match self.pipeline.analyze_file(&job.path) {
-                Ok(analysis) => {
-                    let cached = CachedPrediction {
-                        prediction: analysis.prediction.clone(),
-                        timings: analysis.timings,
-                    };
-                    let key = prediction_key(&analysis.xray.sha256, &self.pipeline.fingerprint);
-                    if let Err(e) = self.cache.put_json(&key, &cached) {
-                        tracing::warn!("cache: {e}");
-                    }
-                    self.analysis = Some(analysis);
-                }
-                Err(e) => {
-                    self.analysis = None;
-                    return fail(Stage::Analysis, e.to_string());
-                }
-            }
+            })
+        {
+            return false;
         }
-        let Some(analysis) = &self.analysis else {
-            return true;
+        let classified = match self.service.classify(image) {
+            Ok(classified) => classified,
+            Err(e) => return fail(Stage::Analysis, e.to_string()),
         };
         let analysed = WorkerEvent::Analysed {
             generation: job.generation,
             path: job.path.clone(),
-            prediction: analysis.prediction.clone(),
-            timings: analysis.timings,
-            original: analysis.xray.original.clone(),
+            prediction: classified.report.prediction(),
+            timings: classified.report.timings,
+            original: original.clone(),
         };
         if !send(analysed) {
             return false;
         }
-        let key = (job.method.clone(), job.params.clone());
-        if !self.explanations.contains_key(&key) {
-            if !send(WorkerEvent::Started {
-                generation: job.generation,
-                what: format!("explaining with {}", job.method),
-            }) {
-                return false;
-            }
-            tracing::info!(method = %job.method, params = %job.params, image = %job.path.display(), "explaining");
-            match explain(&self.pipeline, &mut self.explainers, analysis, job) {
-                Ok(done) => {
-                    self.explanations.insert(key.clone(), done);
-                }
-                Err(e) => return fail(Stage::Explanation, e.to_string()),
-            }
-        }
-        let Some((explanation, report)) = self.explanations.get(&key) else {
-            return true;
+        let settings = Settings {
+            target: Target::Predicted,
+            checks: QualityChecks {
+                faithfulness: true,
+                sanity: false,
+            },
+            style: OverlayStyle {
+                colormap: Colormap::Viridis,
+                opacity: job.opacity,
+                legend: true,
+            },
+            outline: job.outline,
         };
-        let style = OverlayStyle {
-            colormap: Colormap::Viridis,
-            opacity: job.opacity,
-            legend: true,
+        let Some(drawn) = self.explanation(job, &settings, &send) else {
+            return false;
         };
-        let overlay = report::overlay(analysis, explanation, &style, job.outline);
-        let (report_key, overlay_key) =
-            explanation_keys(&analysis.xray.sha256, &self.pipeline.fingerprint, job);
-        let stored = self.cache.put_json(&report_key, report).and_then(|()| {
-            let png = cxr_core::render::encode_png(&overlay)
-                .map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
-            self.cache.put(&overlay_key, &png)
+        let overlay = drawn.and_then(|(png, report)| {
+            let overlay = image::load_from_memory(&png)
+                .map_err(|e| cxr_core::CoreError::Invalid(format!("reading the overlay: {e}")))?;
+            Ok((overlay, report))
         });
-        if let Err(e) = stored {
-            tracing::warn!("cache: {e}");
+        match overlay {
+            Ok((overlay, report)) => send(WorkerEvent::Explained {
+                generation: job.generation,
+                overlay,
+                report,
+            }),
+            Err(e) => fail(Stage::Explanation, e.to_string()),
         }
-        send(WorkerEvent::Explained {
-            generation: job.generation,
-            overlay: DynamicImage::ImageRgb8(overlay),
-            report: report.clone(),
-        })
     }
-}
-
-/// Explains the predicted class with the job's method, building each explainer once.
-fn explain(
-    pipeline: &Pipeline,
-    explainers: &mut HashMap<(String, String), Box<dyn Explainer>>,
-    analysis: &Analysis,
-    job: &Job,
-) -> cxr_core::Result<(Explanation, MethodReport)> {
-    let entry = registry::find(&job.method)?;
-    let key = (job.method.clone(), job.params.clone());
-    if !explainers.contains_key(&key) {
-        explainers.insert(
-            key.clone(),
-            entry.build(&ExplainerConfig::parse(&job.params)?)?,
-        );
-    }
-    let explainer = &explainers[&key];
-    let classes = pipeline.classifier.classes();
-    let target = analysis.prediction.label_index(classes);
-    let checks = QualityChecks {
-        faithfulness: true,
-        sanity: false,
-    };
-    report::explain(
-        pipeline.classifier.as_ref(),
-        analysis,
-        entry,
-        explainer.as_ref(),
-        &job.params,
-        target,
-        checks,
-    )
 }
 
 /// A picture to encode for one pane.

@@ -1,0 +1,434 @@
+//! The one analysis service: a radiograph's bytes in; its classification, and per explainer the
+//! report (heatmap summary, quality measures) and the overlay PNG out, each looked up in the
+//! result cache first and stored there after. Every surface (`cxr explain`, the watch folder,
+//! `cxr worker`, the viewer, `cxr serve`) goes through it and only presents what it returns, so
+//! there is one way to explain, render and cache, and one way to build cache keys ([`keys`]).
+//!
+//! An [`Image`] decodes and analyses (segment, classify) lazily and at most once: a request
+//! answered wholly from the cache runs no model at all.
+
+use std::cell::{OnceCell, RefCell};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::Cache;
+use crate::explain::Method;
+use crate::explain::report::{self, MethodReport, QualityChecks};
+use crate::input::Gate;
+use crate::models::class_index;
+use crate::pipeline::{Analysis, ClassifyReport, Pipeline};
+use crate::render::{self, OverlayStyle};
+use crate::xray::{Xray, hex};
+use crate::{CoreError, Result};
+
+/// Which class an explanation is for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Target {
+    /// The class the classifier predicted for this image.
+    #[default]
+    Predicted,
+    /// A class by name (one of the classifier's classes).
+    Class(String),
+}
+
+impl Target {
+    /// `predicted`, or a class name.
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        if text == "predicted" {
+            Self::Predicted
+        } else {
+            Self::Class(text.to_owned())
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Predicted => "predicted",
+            Self::Class(name) => name,
+        }
+    }
+}
+
+/// How explanations are made and drawn: everything besides the image, the models and the
+/// explainer that shapes a result (and so is part of its cache key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub target: Target,
+    pub checks: QualityChecks,
+    pub style: OverlayStyle,
+    /// Draw the lung outline on the overlay.
+    pub outline: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            target: Target::Predicted,
+            checks: QualityChecks {
+                faithfulness: true,
+                sanity: false,
+            },
+            style: OverlayStyle::default(),
+            outline: true,
+        }
+    }
+}
+
+/// The cache keys of the service's results; nothing else builds keys.
+pub mod keys {
+    use super::Settings;
+    use crate::cache::CacheKey;
+
+    /// An image's classification report.
+    #[must_use]
+    pub fn classification(sha256: &str, fingerprint: &str) -> CacheKey {
+        CacheKey::new(sha256, fingerprint, "classify", "report")
+    }
+
+    /// An explainer's report (`params`: its canonical parameters).
+    #[must_use]
+    pub fn explanation(
+        sha256: &str,
+        fingerprint: &str,
+        method: &str,
+        params: &str,
+        settings: &Settings,
+    ) -> CacheKey {
+        CacheKey::new(
+            sha256,
+            fingerprint,
+            &format!("explain:{method}"),
+            &explanation_params(params, settings),
+        )
+    }
+
+    /// The overlay of that explanation drawn in `settings`' style.
+    #[must_use]
+    pub fn overlay(
+        sha256: &str,
+        fingerprint: &str,
+        method: &str,
+        params: &str,
+        settings: &Settings,
+    ) -> CacheKey {
+        let style = &settings.style;
+        CacheKey::new(
+            sha256,
+            fingerprint,
+            &format!("overlay:{method}"),
+            &format!(
+                "{};colormap={};opacity={:.3};legend={};outline={}",
+                explanation_params(params, settings),
+                style.colormap.name(),
+                style.opacity,
+                style.legend,
+                settings.outline
+            ),
+        )
+    }
+
+    fn explanation_params(params: &str, settings: &Settings) -> String {
+        format!(
+            "params={params};target={};faithfulness={};sanity={}",
+            settings.target.name(),
+            settings.checks.faithfulness,
+            settings.checks.sanity
+        )
+    }
+}
+
+/// One radiograph to analyse: its bytes (read through the input gate) and, once needed, its
+/// decoded pixels and analysis. Not shared between threads: each request makes its own.
+pub struct Image {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: String,
+    gate: Gate,
+    /// Decoded ahead of the analysis by a caller that had to look at the pixels first.
+    decoded: RefCell<Option<Xray>>,
+    analysis: OnceCell<Analysis>,
+}
+
+impl Image {
+    /// Reads `path` through `gate` (bounded, regular files only; see [`crate::input`]).
+    pub fn read(path: &Path, gate: Gate) -> Result<Self> {
+        let bytes = gate.read(path)?;
+        Ok(Self::from_bytes(bytes, path, gate))
+    }
+
+    /// Bytes already read (an upload, an opened handle); `path` names them in errors.
+    #[must_use]
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path, gate: Gate) -> Self {
+        let sha256 = hex(&Sha256::digest(&bytes));
+        Self {
+            path: path.to_path_buf(),
+            bytes,
+            sha256,
+            gate,
+            decoded: RefCell::new(None),
+            analysis: OnceCell::new(),
+        }
+    }
+
+    /// Bytes whose pixels the caller already decoded (through the same gate).
+    #[must_use]
+    pub fn with_decoded(bytes: Vec<u8>, xray: Xray, gate: Gate) -> Self {
+        let image = Self::from_bytes(bytes, &xray.path.clone(), gate);
+        *image.decoded.borrow_mut() = Some(xray);
+        image
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// SHA-256 of the bytes, 64 hex digits: the image's part of every cache key.
+    #[must_use]
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The decoded radiograph (decoded again on each call unless already analysed).
+    pub fn decode(&self) -> Result<Xray> {
+        if let Some(analysis) = self.analysis.get() {
+            return Ok(analysis.xray.clone());
+        }
+        if let Some(xray) = self.decoded.borrow().as_ref() {
+            return Ok(xray.clone());
+        }
+        self.gate.decode(&self.bytes, &self.path)
+    }
+
+    /// The analysis, if it was already made.
+    #[must_use]
+    pub fn analysed(&self) -> Option<&Analysis> {
+        self.analysis.get()
+    }
+}
+
+/// An image's classification.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub report: ClassifyReport,
+    /// Served from the cache (no model ran).
+    pub cached: bool,
+}
+
+/// One explainer's result on one image.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub report: MethodReport,
+    /// The overlay drawn on the radiograph at its own size, PNG-encoded.
+    pub overlay_png: Vec<u8>,
+    /// The explanation itself (heatmap on the classifier's grid, superpixels) when it was
+    /// computed now; `None` when the report came from the cache.
+    pub explanation: Option<crate::explain::Explanation>,
+    /// Report and overlay both served from the cache.
+    pub cached: bool,
+}
+
+/// An explainer that failed on an image: the others still ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodFailure {
+    pub method: String,
+    pub error: String,
+}
+
+/// Everything [`Service::analyse`] makes of one image.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub classification: Classified,
+    /// One per requested method, in order.
+    pub methods: Vec<std::result::Result<Rendered, MethodFailure>>,
+}
+
+/// The analysis service over one set of loaded models and a result cache. Models are not
+/// `Sync` (libtorch modules): each thread owns its service ([`crate::pool::ModelPool`] keeps
+/// one per worker thread).
+pub struct Service {
+    pipeline: Pipeline,
+    cache: Cache,
+}
+
+impl Service {
+    #[must_use]
+    pub fn new(pipeline: Pipeline, cache: Cache) -> Self {
+        Self { pipeline, cache }
+    }
+
+    #[must_use]
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    #[must_use]
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The models' fingerprint (part of every cache key).
+    #[must_use]
+    pub fn fingerprint(&self) -> &str {
+        &self.pipeline.fingerprint
+    }
+
+    /// Decodes (unless done) and analyses `image`, once; later calls return the same analysis.
+    pub fn analysis<'i>(&self, image: &'i Image) -> Result<&'i Analysis> {
+        if let Some(analysis) = image.analysis.get() {
+            return Ok(analysis);
+        }
+        let start = std::time::Instant::now();
+        let xray = match image.decoded.borrow_mut().take() {
+            Some(xray) => xray,
+            None => image.gate.decode(&image.bytes, &image.path)?,
+        };
+        let decode_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let mut analysis = self.pipeline.analyze(xray)?;
+        analysis.timings.decode_ms = decode_ms;
+        analysis.timings.total_ms += decode_ms;
+        Ok(image.analysis.get_or_init(|| analysis))
+    }
+
+    /// The classification, from the cache when there (no decoding, no model), else computed
+    /// and stored. The report names `image`'s path and carries no DICOM identifiers.
+    pub fn classify(&self, image: &Image) -> Result<Classified> {
+        let key = keys::classification(&image.sha256, self.fingerprint());
+        if image.analysis.get().is_none()
+            && let Some(mut report) = self.cache.get_json::<ClassifyReport>(&key)
+        {
+            report.file.clone_from(&image.path);
+            return Ok(Classified {
+                report,
+                cached: true,
+            });
+        }
+        let report = self.analysis(image)?.report();
+        store(self.cache.put_json(&key, &report));
+        Ok(Classified {
+            report,
+            cached: false,
+        })
+    }
+
+    /// `method`'s explanation of `image` in `settings`: the report and the overlay, from the
+    /// cache when both are there, else computed (the analysis at most once per image) and
+    /// stored.
+    pub fn explain(&self, image: &Image, method: &Method, settings: &Settings) -> Result<Rendered> {
+        let name = method.entry.name;
+        let fingerprint = self.fingerprint();
+        let report_key =
+            keys::explanation(&image.sha256, fingerprint, name, &method.params, settings);
+        let overlay_key = keys::overlay(&image.sha256, fingerprint, name, &method.params, settings);
+        if let Some(report) = self.cache.get_json::<MethodReport>(&report_key)
+            && let Some(png) = self.cache.get(&overlay_key)
+        {
+            return Ok(Rendered {
+                report,
+                overlay_png: png,
+                explanation: None,
+                cached: true,
+            });
+        }
+        let analysis = self.analysis(image)?;
+        let classes = self.pipeline.classifier.classes();
+        let target = match &settings.target {
+            Target::Predicted => analysis.prediction.label_index(classes),
+            Target::Class(name) if classes.contains(name) => class_index(classes, name),
+            Target::Class(name) => {
+                return Err(CoreError::Invalid(format!(
+                    "target {name}: expected predicted or one of {}",
+                    classes.join(", ")
+                )));
+            }
+        };
+        let (explanation, report) = report::explain(
+            self.pipeline.classifier.as_ref(),
+            analysis,
+            method.entry,
+            method.explainer.as_ref(),
+            &method.params,
+            target,
+            settings.checks,
+        )?;
+        store(self.cache.put_json(&report_key, &report));
+        let overlay_png = self.draw(analysis, &explanation, settings, &overlay_key)?;
+        Ok(Rendered {
+            report,
+            overlay_png,
+            explanation: Some(explanation),
+            cached: false,
+        })
+    }
+
+    /// An explanation already at hand (the viewer keeps them) drawn again in another style:
+    /// from the cache when drawn before, else drawn and stored.
+    pub fn redraw(
+        &self,
+        image: &Image,
+        method: &str,
+        params: &str,
+        explanation: &crate::explain::Explanation,
+        settings: &Settings,
+    ) -> Result<Vec<u8>> {
+        let key = keys::overlay(&image.sha256, self.fingerprint(), method, params, settings);
+        if let Some(png) = self.cache.get(&key) {
+            return Ok(png);
+        }
+        self.draw(self.analysis(image)?, explanation, settings, &key)
+    }
+
+    /// The classification and every method's explanation; a method that fails is reported
+    /// as failed and the others still run. Fails only when the image cannot be analysed.
+    pub fn analyse(
+        &self,
+        image: &Image,
+        methods: &[Method],
+        settings: &Settings,
+    ) -> Result<Report> {
+        let classification = self.classify(image)?;
+        let methods = methods
+            .iter()
+            .map(|method| {
+                self.explain(image, method, settings)
+                    .map_err(|e| MethodFailure {
+                        method: method.entry.name.to_owned(),
+                        error: e.to_string(),
+                    })
+            })
+            .collect();
+        Ok(Report {
+            classification,
+            methods,
+        })
+    }
+
+    fn draw(
+        &self,
+        analysis: &Analysis,
+        explanation: &crate::explain::Explanation,
+        settings: &Settings,
+        key: &crate::cache::CacheKey,
+    ) -> Result<Vec<u8>> {
+        let picture = report::overlay(analysis, explanation, &settings.style, settings.outline);
+        let png = render::encode_png(&picture)
+            .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
+        store(self.cache.put(key, &png));
+        Ok(png)
+    }
+}
+
+/// A result that cannot be cached (disk full, read-only folder) is still returned.
+fn store(stored: Result<()>) {
+    if let Err(e) = stored {
+        tracing::warn!("cache: {e}");
+    }
+}
