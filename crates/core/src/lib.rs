@@ -7,6 +7,7 @@
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses;
+//!   [`pool`]: worker threads that each own a service, behind one bounded queue;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards;
 //!   [`audit`]: linear probes that tell whether the features carry the source;
@@ -27,6 +28,7 @@ pub mod mask;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
+pub mod pool;
 pub mod preprocess;
 pub mod queue;
 pub mod render;

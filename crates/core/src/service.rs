@@ -88,46 +88,41 @@ pub mod keys {
         CacheKey::new(sha256, fingerprint, "classify", "report")
     }
 
-    /// An explainer's report (`params`: its canonical parameters).
-    #[must_use]
-    pub fn explanation(
-        sha256: &str,
-        fingerprint: &str,
-        method: &str,
-        params: &str,
-        settings: &Settings,
-    ) -> CacheKey {
-        CacheKey::new(
-            sha256,
-            fingerprint,
-            &format!("explain:{method}"),
-            &explanation_params(params, settings),
-        )
+    /// The keys of one explainer's result (`params`: its canonical parameters).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MethodKeys {
+        /// Its report: depends on the image, models, method, parameters, target and checks.
+        pub report: CacheKey,
+        /// Its overlay: the same, drawn in one style.
+        pub overlay: CacheKey,
     }
 
-    /// The overlay of that explanation drawn in `settings`' style.
     #[must_use]
-    pub fn overlay(
+    pub fn method(
         sha256: &str,
         fingerprint: &str,
         method: &str,
         params: &str,
         settings: &Settings,
-    ) -> CacheKey {
+    ) -> MethodKeys {
+        let shaped_by = explanation_params(params, settings);
         let style = &settings.style;
-        CacheKey::new(
-            sha256,
-            fingerprint,
-            &format!("overlay:{method}"),
-            &format!(
-                "{};colormap={};opacity={:.3};legend={};outline={}",
-                explanation_params(params, settings),
-                style.colormap.name(),
-                style.opacity,
-                style.legend,
-                settings.outline
+        let drawn = format!(
+            "{shaped_by};colormap={};opacity={:.3};legend={};outline={}",
+            style.colormap.name(),
+            style.opacity,
+            style.legend,
+            settings.outline
+        );
+        MethodKeys {
+            report: CacheKey::new(
+                sha256,
+                fingerprint,
+                &format!("explain:{method}"),
+                &shaped_by,
             ),
-        )
+            overlay: CacheKey::new(sha256, fingerprint, &format!("overlay:{method}"), &drawn),
+        }
     }
 
     fn explanation_params(params: &str, settings: &Settings) -> String {
@@ -324,10 +319,16 @@ impl Service {
     /// stored.
     pub fn explain(&self, image: &Image, method: &Method, settings: &Settings) -> Result<Rendered> {
         let name = method.entry.name;
-        let fingerprint = self.fingerprint();
-        let report_key =
-            keys::explanation(&image.sha256, fingerprint, name, &method.params, settings);
-        let overlay_key = keys::overlay(&image.sha256, fingerprint, name, &method.params, settings);
+        let keys::MethodKeys {
+            report: report_key,
+            overlay: overlay_key,
+        } = keys::method(
+            &image.sha256,
+            self.fingerprint(),
+            name,
+            &method.params,
+            settings,
+        );
         if let Some(report) = self.cache.get_json::<MethodReport>(&report_key)
             && let Some(png) = self.cache.get(&overlay_key)
         {
@@ -379,7 +380,7 @@ impl Service {
         explanation: &crate::explain::Explanation,
         settings: &Settings,
     ) -> Result<Vec<u8>> {
-        let key = keys::overlay(&image.sha256, self.fingerprint(), method, params, settings);
+        let key = keys::method(&image.sha256, self.fingerprint(), method, params, settings).overlay;
         if let Some(png) = self.cache.get(&key) {
             return Ok(png);
         }

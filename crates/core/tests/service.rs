@@ -125,8 +125,8 @@ fn a_second_request_is_served_from_the_cache_without_running_anything() {
 #[test]
 fn every_setting_that_shapes_a_result_is_part_of_its_key() {
     let base = quick();
-    let key = |s: &Settings| keys::explanation("sha", "model", "lime", "samples=1000", s);
-    let overlay = |s: &Settings| keys::overlay("sha", "model", "lime", "samples=1000", s);
+    let key = |s: &Settings| keys::method("sha", "model", "lime", "samples=1000", s).report;
+    let overlay = |s: &Settings| keys::method("sha", "model", "lime", "samples=1000", s).overlay;
     let mut target = base.clone();
     target.target = Target::Class("normal".into());
     let mut checks = base.clone();
@@ -146,11 +146,11 @@ fn every_setting_that_shapes_a_result_is_part_of_its_key() {
     assert_ne!(overlay(&base), overlay(&outline));
     assert_ne!(
         key(&base),
-        keys::explanation("sha", "model", "lime", "samples=500", &base)
+        keys::method("sha", "model", "lime", "samples=500", &base).report
     );
     assert_ne!(
         key(&base),
-        keys::explanation("sha", "other model", "lime", "samples=1000", &base)
+        keys::method("sha", "other model", "lime", "samples=1000", &base).report
     );
     assert_ne!(
         keys::classification("a", "m"),

@@ -37,15 +37,15 @@ use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use color_eyre::eyre::{Result, WrapErr, bail, eyre};
+use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::cache::Cache;
 use cxr_core::explain::{MethodSpec, registry};
 use cxr_core::input::Gate;
 use cxr_core::pipeline::{ClassifyReport, Pipeline};
+use cxr_core::pool::ModelPool;
 use cxr_core::service::{Image, Service, Settings};
 use cxr_core::tch::Device;
 use serde::Serialize;
@@ -130,75 +130,22 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
             None => cache,
         }
     };
-    // Each worker owns a pipeline; split the cores between them rather than oversubscribe.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    cxr_core::tch::set_num_threads((cores / jobs).max(1) as i32);
-
     let shared = Arc::new(Shared { out });
-    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs * PENDING_PER_JOB);
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let mut workers = Vec::new();
-    for _ in 0..jobs {
-        let (job_rx, ready_tx, shared) =
-            (Arc::clone(&job_rx), ready_tx.clone(), Arc::clone(&shared));
-        let (models, cache) = (models.to_path_buf(), cache.clone());
-        workers.push(std::thread::spawn(move || {
-            // libtorch modules are not Sync: every thread loads its own.
-            let service = match Pipeline::load(&models, device) {
-                Ok(p) => {
-                    let _ = ready_tx.send(Ok(()));
-                    Service::new(p, cache)
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            drop(ready_tx);
-            loop {
-                // The lock is held only while taking a job, not while running it.
-                let next = job_rx
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|rx| rx.recv().map_err(|_| ()));
-                let Ok(job) = next else { break };
-                // A panic inside libtorch or a decoder must still answer the request.
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_job(&service, &shared, &job)
-                }))
-                .unwrap_or_else(|_| Err("internal error while processing the request".into()));
-                let reply = match outcome {
-                    Ok(result) => format!("{} {} {result}", job.command, job.id),
-                    Err(message) => error_line(&job.command, &job.id, &message),
-                };
-                emit(&reply);
-            }
-        }));
-    }
-    drop(ready_tx);
-    for ready in ready_rx {
-        if let Err(e) = ready {
-            drop(job_tx);
-            for w in workers {
-                let _ = w.join();
-            }
-            return Err(eyre!("{e}"));
-        }
-    }
-
-    serve(&dir, &job_tx)?;
-    drop(job_tx);
-    for w in workers {
-        if w.join().is_err() {
-            bail!("a worker thread panicked");
-        }
-    }
+    // Each worker thread loads its own models (libtorch modules are not Sync).
+    let models = models.to_path_buf();
+    let pool = ModelPool::start(jobs, jobs * PENDING_PER_JOB, "cxr-worker", move |_| {
+        Ok(Service::new(
+            Pipeline::load(&models, device)?,
+            cache.clone(),
+        ))
+    })?;
+    serve(&dir, &pool, &shared)?;
+    drop(pool); // the pending requests finish and are answered first
     Ok(ExitCode::SUCCESS)
 }
 
 /// Reads requests until end of input, answering bad ones at once and queueing the others.
-fn serve(dir: &Path, jobs: &mpsc::SyncSender<Job>) -> Result<()> {
+fn serve(dir: &Path, pool: &ModelPool<Service>, shared: &Arc<Shared>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -214,9 +161,23 @@ fn serve(dir: &Path, jobs: &mpsc::SyncSender<Job>) -> Result<()> {
             Line::Whole => match parse_request(&line, dir) {
                 Ok(None) => {}
                 Ok(Some(job)) => {
-                    if jobs.send(job).is_err() {
-                        bail!("every worker thread stopped");
-                    }
+                    let shared = Arc::clone(shared);
+                    // Waits while `--jobs` x 4 requests are pending: stdin is not read meanwhile.
+                    pool.submit(move |service: &Service| {
+                        // A panic inside libtorch or a decoder must still answer the request.
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                run_job(service, &shared, &job)
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err("internal error while processing the request".into())
+                            });
+                        let reply = match outcome {
+                            Ok(result) => format!("{} {} {result}", job.command, job.id),
+                            Err(message) => error_line(&job.command, &job.id, &message),
+                        };
+                        emit(&reply);
+                    });
                 }
                 Err(reply) => emit(&reply),
             },
