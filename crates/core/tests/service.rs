@@ -43,7 +43,7 @@ impl Explainer for Counting {
 cxr_core::register_explainer! {
     name: "test-counting",
     summary: "Relevance equal to brightness, counting its runs (test plugin)",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[Param { name: "gain", default: "1", help: "unused" }],
     ctor: counting,
 }

@@ -135,7 +135,7 @@ impl Explainer for IntegratedGradients {
 cxr_core::register_explainer! {
     name: "integrated-gradients",
     summary: "Integrated Gradients from an all-lung-mean baseline, with its completeness check",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::Input,
     params: &[
         Param { name: "steps", default: "32", help: "points on the path (midpoint Riemann sum)" },
         Param { name: "batch", default: "16", help: "path points per forward/backward pass" },

@@ -278,7 +278,7 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
 cxr_core::register_explainer! {
     name: "lime",
     summary: "LIME: weighted ridge regression of the class probability on hidden superpixels",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "samples", default: "1000", help: "perturbed images (the first is the original)" },
         Param { name: "segments", default: "64", help: "SLIC superpixels wanted" },

@@ -105,7 +105,7 @@ impl Explainer for Occlusion {
 cxr_core::register_explainer! {
     name: "occlusion",
     summary: "Drop in the class probability when a sliding square window is hidden",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "window", default: "24", help: "side of the hidden square, in input pixels" },
         Param { name: "stride", default: "12", help: "step between windows" },

@@ -104,7 +104,7 @@ impl Explainer for Rise {
 cxr_core::register_explainer! {
     name: "rise",
     summary: "RISE: class probability under random smooth masks, averaged per pixel",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "masks", default: "1000", help: "random masks" },
         Param { name: "cells", default: "7", help: "grid cells per side of each mask" },

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::{Explainer, ExplainerConfig};
+use crate::models::{Classifier, Gradients};
 use crate::{CoreError, Result};
 
 /// A parameter an explainer accepts, for `cxr explainers` and the viewer.
@@ -22,8 +23,9 @@ pub struct ExplainerEntry {
     /// Kebab-case, unique: `grad-cam`, `lime`.
     pub name: &'static str,
     pub summary: &'static str,
-    /// Needs the classifier's feature map and gradients (not every model exposes them).
-    pub needs_gradients: bool,
+    /// How far the classifier's gradients must reach (compared with
+    /// [`crate::models::Classifier::gradients`] before the explainer runs).
+    pub needs: Gradients,
     pub params: &'static [Param],
     pub ctor: fn(&ExplainerConfig) -> Result<Box<dyn Explainer>>,
     /// Where it was registered, for duplicate-name errors.
@@ -35,6 +37,20 @@ impl ExplainerEntry {
     #[must_use]
     pub fn location(&self) -> String {
         format!("{}:{}", self.file, self.line)
+    }
+
+    /// Whether it can run on `classifier`; the error says what the model lacks.
+    pub fn check_runs_on(&self, classifier: &dyn Classifier) -> Result<()> {
+        if classifier.gradients() >= self.needs {
+            return Ok(());
+        }
+        Err(CoreError::Invalid(format!(
+            "{} needs {}, which this model does not expose (it offers {}); choose an explainer \
+             that needs less (`cxr explainers`), or export the model with features/head methods",
+            self.name,
+            self.needs.describe(),
+            classifier.gradients().describe()
+        )))
     }
 
     /// Builds the explainer; unknown or malformed parameters are errors.
@@ -52,7 +68,7 @@ inventory::collect!(ExplainerEntry);
 /// cxr_core::register_explainer! {
 ///     name: "grad-cam",
 ///     summary: "Gradient-weighted class activation map of the last convolutional layer",
-///     needs_gradients: true,
+///     needs: Gradients::FeatureMap,
 ///     params: &[],
 ///     ctor: GradCam::from_config,
 /// }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::{self, Quality};
 use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary};
+use crate::Result;
 use crate::models::Classifier;
 use crate::pipeline::Analysis;
 use crate::render::{self, Lines, OverlayStyle};
-use crate::{CoreError, Result};
 
 /// Which quality measures to compute (each costs forward passes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +75,7 @@ pub fn explain(
     target: usize,
     checks: QualityChecks,
 ) -> Result<(Explanation, MethodReport)> {
-    if entry.needs_gradients && !classifier.supports_gradients() {
-        return Err(CoreError::Invalid(format!(
-            "{} needs the classifier's feature map and gradients, which this model does not expose",
-            entry.name
-        )));
-    }
+    entry.check_runs_on(classifier)?;
     let device = classifier.device();
     let tensor = analysis.input.to_tensor(device);
     let input = ExplainInput {
