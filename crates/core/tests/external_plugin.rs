@@ -16,7 +16,7 @@ struct Brightness {
 impl Brightness {
     fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         Ok(Box::new(Self {
-            gain: config.get("gain", 1.0)?,
+            gain: config.get("gain")?,
         }))
     }
 }

@@ -1,8 +1,8 @@
 //! Integrated Gradients (Sundararajan et al. 2017).
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
-use cxr_core::{CoreError, Result};
 use tch::{Kind, Tensor};
 
 /// Integrated Gradients: (input - baseline) times the gradient of the target logit averaged
@@ -32,12 +32,12 @@ impl IntegratedGradients {
     }
 
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        let steps = config.get("steps", 32usize)?;
-        let batch = config.get("batch", 16usize)?;
-        let clip = config.get("clip", 99.5f32)?;
+        let steps = config.get("steps")?;
+        let batch = config.get("batch")?;
+        let clip = config.get("clip")?;
         if steps == 0 || batch == 0 || !(50.0..=100.0).contains(&clip) {
-            return Err(CoreError::Invalid(
-                "integrated-gradients: steps and batch must be positive, clip in 50..=100".into(),
+            return Err(config.error(
+                "integrated-gradients: steps and batch must be positive, clip in 50..=100",
             ));
         }
         Ok(Box::new(Self { steps, batch, clip }))

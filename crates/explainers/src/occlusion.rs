@@ -1,8 +1,8 @@
 //! Occlusion (Zeiler and Fergus 2014).
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
-use cxr_core::{CoreError, Result};
 use tch::{Kind, Tensor};
 
 /// Occlusion: slide a square window over the input, hide it (set to 0, the lung mean), and
@@ -16,13 +16,11 @@ pub struct Occlusion {
 
 impl Occlusion {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        let window = config.get("window", 24usize)?;
-        let stride = config.get("stride", 12usize)?;
-        let batch = config.get("batch", 64usize)?;
+        let window = config.get("window")?;
+        let stride = config.get("stride")?;
+        let batch = config.get("batch")?;
         if window == 0 || stride == 0 || batch == 0 {
-            return Err(CoreError::Invalid(
-                "occlusion: window, stride and batch must be positive".into(),
-            ));
+            return Err(config.error("occlusion: window, stride and batch must be positive"));
         }
         Ok(Box::new(Self {
             window,

@@ -44,19 +44,22 @@ impl ExplainerEntry {
         if classifier.gradients() >= self.needs {
             return Ok(());
         }
-        Err(CoreError::Invalid(format!(
-            "{} needs {}, which this model does not expose (it offers {}); choose an explainer \
-             that needs less (`cxr explainers`), or export the model with features/head methods",
-            self.name,
-            self.needs.describe(),
-            classifier.gradients().describe()
-        )))
+        Err(CoreError::Unsupported {
+            reason: format!(
+                "{} needs {}, which this model does not expose (it offers {}); choose an \
+                 explainer that needs less (`cxr explainers`), or export the model with \
+                 features/head methods",
+                self.name,
+                self.needs.describe(),
+                classifier.gradients().describe()
+            ),
+        })
     }
 
     /// Builds the explainer; unknown or malformed parameters are errors.
     pub fn build(&self, config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         config.check_known(self)?;
-        (self.ctor)(config)
+        (self.ctor)(&config.for_entry(self))
     }
 }
 
@@ -129,12 +132,9 @@ pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
         .iter()
         .copied()
         .find(|e| e.name == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
-            CoreError::Invalid(format!(
-                "no explainer called {name:?}; registered: {}",
-                known.join(", ")
-            ))
+        .ok_or_else(|| CoreError::UnknownExplainer {
+            name: name.to_owned(),
+            known: entries.iter().map(|e| e.name.to_owned()).collect(),
         })
 }
 
@@ -176,15 +176,19 @@ impl MethodSpec {
             .collect();
         for p in params {
             let Some((method, _)) = p.split_once(':') else {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: expected METHOD:NAME=VALUE"
-                )));
+                return Err(CoreError::BadParameter {
+                    method: String::new(),
+                    reason: format!("--param {p}: expected METHOD:NAME=VALUE"),
+                });
             };
             if !names.contains(&method) {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: {method} is not among the chosen methods ({})",
-                    names.join(",")
-                )));
+                return Err(CoreError::BadParameter {
+                    method: method.to_owned(),
+                    reason: format!(
+                        "--param {p}: {method} is not among the chosen methods ({})",
+                        names.join(",")
+                    ),
+                });
             }
         }
         names
