@@ -50,6 +50,7 @@ impl Processing for Scripted {
     }
 }
 
+#[allow(clippy::unnecessary_wraps)] // a script entry, like the `None`s beside it
 fn incomplete() -> Answer {
     Some(Box::new(|_| Outcome::Incomplete {
         reason: "truncated".into(),
@@ -57,6 +58,7 @@ fn incomplete() -> Answer {
 }
 
 /// Rejects the file as a worker would: moved out of the inbox, with its reason.
+#[allow(clippy::unnecessary_wraps)]
 fn reject() -> Answer {
     Some(Box::new(|job| {
         let to = job.path.with_extension("rejected");
