@@ -275,7 +275,8 @@ impl Processor {
                 self.checks,
             )
             .and_then(|(explanation, report)| {
-                let picture = report::overlay(&analysis, &explanation, &self.style, self.outline);
+                let picture =
+                    report::overlay(&analysis, &explanation, &report, &self.style, self.outline);
                 let png = render::encode_png(&picture)
                     .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
                 let overlay = format!("{name}.png");

@@ -93,8 +93,13 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                 checks,
             )
             .and_then(|(explanation, report)| {
-                let picture =
-                    report::overlay(&analysis, &explanation, &style, !request.render.no_outline);
+                let picture = report::overlay(
+                    &analysis,
+                    &explanation,
+                    &report,
+                    &style,
+                    !request.render.no_outline,
+                );
                 let png = render::encode_png(&picture)
                     .map_err(|e| cxr_core::CoreError::Invalid(e.to_string()))?;
                 let overlay = request

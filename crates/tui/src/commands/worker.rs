@@ -520,7 +520,7 @@ fn explain(
         checks,
     )
     .map_err(|e| format!("{}: {name}: {e}", job.path.display()))?;
-    let picture = report::overlay(&analysis, &explanation, &style, true);
+    let picture = report::overlay(&analysis, &explanation, &method_report, &style, true);
     let png = render::encode_png(&picture).map_err(|e| e.to_string())?;
     cxr_core::fsutil::write_atomic(&overlay_path, &png).map_err(|e| e.to_string())?;
     let classification = classify_result(&analysis);

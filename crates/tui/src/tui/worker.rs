@@ -503,7 +503,7 @@ impl Inference {
             opacity: job.opacity,
             legend: true,
         };
-        let overlay = report::overlay(analysis, explanation, &style, job.outline);
+        let overlay = report::overlay(analysis, explanation, report, &style, job.outline);
         let (report_key, overlay_key) =
             explanation_keys(&analysis.xray.sha256, &self.pipeline.fingerprint, job);
         let stored = self.cache.put_json(&report_key, report).and_then(|()| {
