@@ -34,12 +34,7 @@ pub struct Request<'a> {
 
 pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
     let methods = build_methods(request.methods, request.params)?;
-    let Some(colormap) = Colormap::parse(&request.render.colormap) else {
-        bail!(
-            "--colormap {}: expected viridis or turbo",
-            request.render.colormap
-        )
-    };
+    let colormap = Colormap::from(request.render.colormap);
     let style = OverlayStyle {
         colormap,
         opacity: request.render.opacity.clamp(0.0, 1.0),
@@ -83,7 +78,9 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
             .map_or_else(|| "image".into(), |s| s.to_string_lossy());
         let mut explanations = Vec::new();
         for method in &methods {
-            let outcome = report::explain(
+            let name = method.entry.name;
+            let samples = |done, total| bar.detail(name, done, total);
+            let outcome = report::explain_reporting(
                 pipeline.classifier.as_ref(),
                 &analysis,
                 method.entry,
@@ -91,6 +88,7 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
                 &method.params,
                 target,
                 checks,
+                Some(&samples),
             )
             .and_then(|(explanation, report)| {
                 let picture = report::overlay(
