@@ -690,8 +690,6 @@ mod tests {
     /// The watch folder is `--watch-dir` on every command that uses it, and only there.
     #[test]
     fn one_spelling_for_the_watch_folder() {
-        let cli = Cli::command();
-        let mut with = Vec::new();
         fn walk(command: &clap::Command, path: &str, with: &mut Vec<String>) {
             for sub in command.get_subcommands() {
                 let path = format!("{path} {}", sub.get_name());
@@ -704,6 +702,8 @@ mod tests {
                 walk(sub, &path, with);
             }
         }
+        let cli = Cli::command();
+        let mut with = Vec::new();
         walk(&cli, "cxr", &mut with);
         assert_eq!(
             with,

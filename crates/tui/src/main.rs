@@ -47,7 +47,7 @@ fn one_line(error: &color_eyre::eyre::Report) -> String {
         )
     });
     if model_load && !line.contains("hint:") {
-        line.push_str(&format!(" ({})", commands::MODELS_HINT));
+        line = format!("{line} ({})", commands::MODELS_HINT);
     }
     line
 }

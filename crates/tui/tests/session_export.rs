@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine as _;
+
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../samples")
@@ -151,7 +153,7 @@ fn html_report_embeds_each_entry_with_its_pictures_and_review() {
     assert_eq!(pictures.len(), 6);
     for src in pictures {
         let b64 = src.strip_prefix("data:image/png;base64,").unwrap();
-        use base64::Engine as _;
+
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap();

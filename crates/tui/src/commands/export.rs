@@ -107,7 +107,9 @@ fn csv(items: &[&QueueItem]) -> Result<Vec<u8>> {
     for item in items {
         writer.write_record(row(item))?;
     }
-    Ok(writer.into_inner().map_err(|e| e.into_error())?)
+    Ok(writer
+        .into_inner()
+        .map_err(csv::IntoInnerError::into_error)?)
 }
 
 /// `<`, `>`, `&` and quotes escaped for HTML text and attribute values.

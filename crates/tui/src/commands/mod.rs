@@ -54,6 +54,7 @@ fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
 pub const MODELS_HINT: &str =
     "hint: run from the project folder, pass --models DIR or set CXR_MODELS";
 
+#[allow(clippy::too_many_lines)] // one arm per command, each only unpacking its arguments
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;
     set_output(global.progress, global.quiet);

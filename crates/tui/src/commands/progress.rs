@@ -6,6 +6,7 @@
 //! of the time left is shown only once enough work is done to make it (see [`eta`]), and is
 //! simply the time so far per item times the items left.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -226,10 +227,11 @@ impl Progress {
             timing(state.done, self.total, now - state.start)
         );
         if let Some((label, start, done, total)) = &state.detail {
-            line.push_str(&format!(
+            let _ = write!(
+                line,
                 "; {label} {done}/{total} ({})",
                 timing(*done, *total, now - *start)
-            ));
+            );
         }
         Some(line)
     }

@@ -62,6 +62,7 @@ fn defences(args: &DefenceArgs) -> Defences {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one arm per kind of model, each a short recipe
 pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitCode> {
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
     // Both kinds of model train on the project's data and JSRT by default.
