@@ -757,4 +757,72 @@ mod tests {
             assert!(!has(path), "{path:?} has --device");
         }
     }
+
+    /// README's command table and `--help` agree: every command (and queue/train subcommand)
+    /// is in the README, and every long option the README names exists.
+    #[test]
+    fn the_readme_names_every_command_and_only_real_options() {
+        fn collect(command: &clap::Command, longs: &mut std::collections::BTreeSet<String>) {
+            for arg in command.get_arguments() {
+                longs.extend(arg.get_long().map(str::to_owned));
+                longs.extend(
+                    arg.get_all_aliases()
+                        .into_iter()
+                        .flatten()
+                        .map(str::to_owned),
+                );
+            }
+            for sub in command.get_subcommands() {
+                collect(sub, longs);
+            }
+        }
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+        )
+        .expect("README.md");
+        let cli = Cli::command();
+        let mut longs = std::collections::BTreeSet::new();
+        collect(&cli, &mut longs);
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name();
+            assert!(
+                readme.contains(&format!("cxr {name}")),
+                "README lacks `cxr {name}`"
+            );
+            for inner in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+                let both = format!("{name} {}", inner.get_name());
+                let listed = readme.contains(&format!("cxr {both}"))
+                    || readme.contains(&format!("{name} list\\|label"))
+                        && ["list", "label"].contains(&inner.get_name());
+                assert!(listed, "README lacks `cxr {both}`");
+            }
+        }
+        // Options the README mentions in code spans, like `--watch-dir DIR`.
+        for word in readme.split(|c: char| c.is_whitespace() || "`()[],|;".contains(c)) {
+            let Some(option) = word.strip_prefix("--") else {
+                continue;
+            };
+            let option = option.split('=').next().unwrap_or_default();
+            let word_like = option.starts_with(|c: char| c.is_ascii_lowercase())
+                && option.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+            if !word_like {
+                continue;
+            }
+            // Options of cargo and of the example programs the README also shows.
+            let elsewhere = [
+                "all",
+                "all-targets",
+                "bench",
+                "example",
+                "release",
+                "seconds",
+                "test",
+                "workspace",
+            ];
+            assert!(
+                longs.contains(option) || elsewhere.contains(&option),
+                "README names --{option}, which cxr lacks"
+            );
+        }
+    }
 }
