@@ -112,6 +112,7 @@ fn a_second_request_is_served_from_the_cache_without_running_anything() {
             "test-counting",
             &method.params,
             rendered.explanation.as_ref().unwrap(),
+            &rendered.report,
             &faint,
         )
         .unwrap();

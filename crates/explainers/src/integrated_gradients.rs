@@ -50,6 +50,17 @@ impl IntegratedGradients {
         input: &Tensor,
         target: usize,
     ) -> Result<(Tensor, f64, f64)> {
+        self.attributions_reporting(model, input, target, &|_, _| {})
+    }
+
+    /// [`IntegratedGradients::attributions`], telling `progress` the steps done.
+    fn attributions_reporting(
+        &self,
+        model: &dyn Classifier,
+        input: &Tensor,
+        target: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<(Tensor, f64, f64)> {
         let device = model.device();
         let x = input.f_to_device(device)?.f_detach()?;
         let baseline = x.f_zeros_like()?;
@@ -57,6 +68,7 @@ impl IntegratedGradients {
         let alphas: Vec<f32> = (0..self.steps)
             .map(|i| (i as f32 + 0.5) / self.steps as f32)
             .collect();
+        let mut done = 0;
         for chunk in alphas.chunks(self.batch) {
             let a = Tensor::from_slice(chunk)
                 .to_device(device)
@@ -70,6 +82,8 @@ impl IntegratedGradients {
                 .f_sum(Kind::Float)?;
             let grads = Tensor::f_run_backward(&[&score], &[&points], false, false)?;
             gradient_sum += grads[0].f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?;
+            done += chunk.len();
+            progress(done, self.steps);
         }
         let attributions = (&x - &baseline) * gradient_sum / self.steps as f64;
         let logit = |t: &Tensor| -> Result<f64> {
@@ -84,7 +98,9 @@ impl IntegratedGradients {
 impl Explainer for IntegratedGradients {
     fn explain(&self, model: &dyn Classifier, input: &ExplainInput<'_>) -> Result<Explanation> {
         let (attributions, at_input, at_baseline) =
-            self.attributions(model, input.input, input.target)?;
+            self.attributions_reporting(model, input.input, input.target, &|done, total| {
+                input.report_progress(done, total);
+            })?;
         let total = attributions.sum(Kind::Double).double_value(&[]);
         let negative = attributions
             .clamp_max(0.0)

@@ -104,6 +104,7 @@ impl Explainer for Lime {
                 .f_select(1, input.target as i64)?
                 .f_to_device(tch::Device::Cpu)?;
             target.extend(Vec::<f32>::try_from(probs)?.into_iter().map(f64::from));
+            input.report_progress(target.len(), rows.len());
         }
 
         let kernel: Vec<f64> = rows

@@ -62,6 +62,7 @@ impl Explainer for Occlusion {
         let reference = probability(&x)?.double_value(&[0]) as f32;
         let mut drop = vec![0.0f32; h * w];
         let mut covered = vec![0.0f32; h * w];
+        let mut done = 0;
         for chunk in windows.chunks(self.batch) {
             let mut keep = vec![1.0f32; chunk.len() * h * w];
             for (k, &(y0, x0)) in chunk.iter().enumerate() {
@@ -82,6 +83,8 @@ impl Explainer for Occlusion {
                     }
                 }
             }
+            done += chunk.len();
+            input.report_progress(done, windows.len());
         }
         let relevance = drop
             .iter()

@@ -75,6 +75,7 @@ fn grad_cam_and_integrated_gradients_match_the_python_references() {
             input: &input,
             lung_mask: &analysis.input.mask,
             target,
+            progress: None,
         };
         let heatmap = grad_cam
             .explain(classifier, &explain_input)

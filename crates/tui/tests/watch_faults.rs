@@ -77,7 +77,7 @@ struct Watcher {
 impl Watcher {
     fn start(dir: &Path, args: &[&str], log: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-            .args(["--device", "cpu", "watch"])
+            .args(["watch", "--device", "cpu", "--watch-dir"])
             .arg(dir)
             .args(args)
             .env_remove("CXR_MODELS")
@@ -326,7 +326,7 @@ fn killed_and_restarted_at_random_moments_loses_nothing_and_duplicates_nothing()
         drop_file(&inbox, name, bytes, true);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "watch"])
+        .args(["watch", "--device", "cpu", "--watch-dir"])
         .arg(&dir)
         .args(args)
         .arg("--once")
@@ -683,7 +683,7 @@ fn polling_takes_files_too() {
 /// Runs `cxr watch DIR --once --method none` and returns its events.
 fn watch_once(dir: &Path) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "watch"])
+        .args(["watch", "--device", "cpu", "--watch-dir"])
         .arg(dir)
         .args(["--method", "none", "--once"])
         .env_remove("CXR_MODELS")

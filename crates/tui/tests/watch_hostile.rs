@@ -20,7 +20,7 @@ fn sample(name: &str) -> PathBuf {
 fn watch(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
     command
-        .args(["--device", "cpu", "watch"])
+        .args(["watch", "--device", "cpu", "--watch-dir"])
         .arg(dir)
         .args(["--method", "none"])
         .args(args)

@@ -46,7 +46,7 @@ struct Run {
 /// Runs `cxr worker` on `dir` with `input` on stdin (then end of input), at most 5 minutes.
 fn worker(dir: &Path, extra: &[&str], input: &[u8]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "worker", "--dir"])
+        .args(["worker", "--device", "cpu", "--dir"])
         .arg(dir)
         .args(extra)
         .env_remove("CXR_MODELS")

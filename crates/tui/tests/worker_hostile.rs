@@ -20,7 +20,7 @@ fn sample(name: &str) -> PathBuf {
 fn worker(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
     command
-        .args(["--device", "cpu", "worker", "--dir"])
+        .args(["worker", "--device", "cpu", "--dir"])
         .arg(dir)
         .env_remove("CXR_MODELS");
     command

@@ -6,6 +6,7 @@ pub mod event;
 #[cfg(test)]
 mod tests;
 pub mod ui;
+pub mod view;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use cxr_core::pipeline::Pipeline;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use app::{Action, App, Item};
@@ -61,7 +63,7 @@ impl Effects {
                 Action::Run(job) => self.jobs.put(job),
                 Action::Encode { pane, size } => {
                     let i = usize::from(pane == Pane::Overlay);
-                    if let Some(image) = app.pictures[i].clone() {
+                    if let Some(image) = app.picture_for(i) {
                         self.encoders[i].put(EncodeJob {
                             generation: app.generation,
                             pane,
@@ -194,6 +196,16 @@ fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
 
 /// Picks the image protocol: asked of the terminal once (after entering the alternate screen,
 /// before the input thread starts), halfblocks when it does not answer, or as overridden.
+/// How long the terminal has to answer the graphics query.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Whether asking the terminal about graphics makes sense: not on the Linux console or a dumb
+/// terminal, which draw no pictures and may never answer (their keys would go to the query).
+fn may_answer_graphics_query() -> bool {
+    let term = std::env::var("TERM").unwrap_or_default();
+    !(term.is_empty() || term == "dumb" || term == "linux")
+}
+
 fn picker(choice: &str) -> Result<Picker> {
     let forced = match choice {
         "auto" => None,
@@ -205,10 +217,16 @@ fn picker(choice: &str) -> Result<Picker> {
             "--image-protocol {other}: expected auto, halfblocks, sixel, kitty or iterm2"
         ),
     };
-    if forced == Some(ProtocolType::Halfblocks) {
+    if forced == Some(ProtocolType::Halfblocks) || !may_answer_graphics_query() {
         return Ok(Picker::halfblocks());
     }
-    let mut picker = Picker::from_query_stdio().unwrap_or_else(|e| {
+    // Terminals answer within a few milliseconds; one that does not is not waited for long
+    // (ratatui-image's default is 2 s, during which the screen stayed blank).
+    let options = QueryStdioOptions {
+        timeout: QUERY_TIMEOUT,
+        ..QueryStdioOptions::default()
+    };
+    let mut picker = Picker::from_query_stdio_with_options(options).unwrap_or_else(|e| {
         tracing::warn!("terminal did not answer the graphics query ({e}); using halfblocks");
         Picker::halfblocks()
     });
@@ -234,13 +252,21 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
     if let Some(i) = app.explainers.iter().position(|n| n == "grad-cam") {
         app.explainer = i;
     }
+    let card = cxr_core::models::ModelFiles::new(models, cxr_core::pipeline::CLASSIFIER_NAME).card;
+    app.card = std::fs::read_to_string(&card)
+        .ok()
+        .and_then(|text| cxr_core::card::headline(&text));
 
     // Declared before the terminal: on any way out (quit, error, panic) the threads are stopped
     // and joined, the models dropped on their own thread, before `main` returns.
     let workers = Workers::new();
     let mut terminal = ratatui::init();
     let outcome = (|| {
+        // A first frame before the terminal is asked about graphics: never a blank screen.
+        app.status = "asking the terminal how to draw pictures…".into();
+        terminal.draw(|frame| ui::view(frame, &app, Instant::now()))?;
         let picker = picker(&options.image_protocol)?;
+        app.status.clear();
         let font = picker.font_size();
         app.font = (font.width, font.height);
         let (tx, rx) = crossbeam_channel::unbounded();

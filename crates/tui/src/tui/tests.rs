@@ -271,7 +271,7 @@ fn answered_with(width: u16, height: u16, prediction: Prediction) -> (App, Termi
     let areas = ui::areas(Rect::new(0, 0, width, height), &app);
     let picker = Picker::halfblocks();
     for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
-        if let (Some(rect), Some(picture)) = (areas.panes[i], app.pictures[i].clone()) {
+        if let (Some(rect), Some(picture)) = (areas.panes[i], app.picture_for(i)) {
             let size = ui::picture_size(rect);
             let protocol = super::worker::encode(&picker, picture, size);
             app.update(AppEvent::Encoded(Encoded {
@@ -333,6 +333,98 @@ fn snapshot_160x48() {
     terminal
         .draw(|f| ui::view(f, &app, Instant::now()))
         .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+/// Zoom 2x and the lung window, the model card's headline in the panel, re-encoded as the
+/// effects would after `z` and `w`.
+fn zoomed_and_windowed(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
+    let (mut app, terminal) = answered(width, height);
+    app.card = Some("test AUC 0.998, accuracy 0.985, 130 images; known source bias".into());
+    let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+    app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+    let mut encodes = app.update(key('z'));
+    encodes.extend(app.update(key('w')));
+    encodes.extend(app.update(key('w')));
+    assert_eq!(app.view.zoom, 2);
+    assert_eq!(app.view.window, super::view::Window::Lung);
+    let picker = Picker::halfblocks();
+    for action in encodes {
+        let Action::Encode { pane, size } = action else {
+            continue;
+        };
+        let i = usize::from(pane == Pane::Overlay);
+        let protocol = super::worker::encode(&picker, app.picture_for(i).unwrap(), size);
+        app.update(AppEvent::Encoded(Encoded {
+            generation: app.generation,
+            pane,
+            size,
+            protocol,
+        }));
+    }
+    for (i, pane) in areas.panes.iter().enumerate() {
+        assert_eq!(pane.is_some(), app.protocols[i].is_some(), "pane {i}");
+    }
+    (app, terminal)
+}
+
+#[test]
+fn zoom_and_window_change_only_the_pictures() {
+    let (mut app, _) = answered(160, 48);
+    let areas = ui::areas(Rect::new(0, 0, 160, 48), &app);
+    app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+    let generation = app.generation;
+    let actions = app.update(key('z'));
+    // Both panes are encoded again, nothing is rerun.
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(actions.iter().all(|a| matches!(a, Action::Encode { .. })));
+    assert_eq!(app.generation, generation);
+    let full = app.pictures[0].clone().unwrap();
+    let zoomed = app.picture_for(0).unwrap();
+    assert_eq!(zoomed.width(), full.width() / 2);
+    // The window changes the radiograph only.
+    let actions = app.update(key('w'));
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Encode {
+            pane: Pane::Original,
+            ..
+        }]
+    ));
+    assert_ne!(app.picture_for(0).unwrap().to_luma8(), zoomed.to_luma8());
+    assert_eq!(
+        app.picture_for(1).unwrap().to_rgb8(),
+        super::view::View {
+            zoom: 2,
+            ..Default::default()
+        }
+        .zoomed(app.pictures[1].as_ref().unwrap())
+        .to_rgb8()
+    );
+    // z cycles back to the whole picture.
+    app.update(key('z'));
+    app.update(key('z'));
+    assert_eq!(app.view.zoom, 1);
+}
+
+#[test]
+fn snapshot_zoom_window_card_80x24() {
+    let (app, mut terminal) = zoomed_and_windowed(80, 24);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn snapshot_zoom_window_card_160x48() {
+    let (app, mut terminal) = zoomed_and_windowed(160, 48);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("radiograph · 2x · lung window"), "{screen}");
+    assert!(screen.contains("model: test AUC 0.998"), "{screen}");
     insta::assert_snapshot!(terminal.backend());
 }
 

@@ -366,7 +366,14 @@ impl Inference {
         if let Some((explanation, report)) = self.explanations.get(&key) {
             return Some(
                 self.service
-                    .redraw(image, &job.method, &job.params, explanation, settings)
+                    .redraw(
+                        image,
+                        &job.method,
+                        &job.params,
+                        explanation,
+                        report,
+                        settings,
+                    )
                     .map(|png| (png, report.clone())),
             );
         }
