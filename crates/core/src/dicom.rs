@@ -168,30 +168,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
     )?;
     drop(order);
     let samples = frame_samples(&object, &header).map_err(fail)?;
-    if header.samples == 1 {
-        // The modality LUT is linear: its extremes are at the extreme stored values.
-        let (lo, hi) = samples
-            .iter()
-            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let finite = [lo, hi]
-            .iter()
-            .all(|&v| (f64::from(v) * header.slope + header.intercept).is_finite());
-        if !finite || !header.slope.is_finite() || !header.intercept.is_finite() {
-            let show = |v: f64| {
-                if v.abs() < 1e6 {
-                    v.to_string()
-                } else {
-                    format!("{v:e}")
-                }
-            };
-            return Err(fail(format!(
-                "DICOM Rescale Slope ({}) and Rescale Intercept ({}) make pixel values \
-                 non-finite (NaN or infinite)",
-                show(header.slope),
-                show(header.intercept)
-            )));
-        }
-    }
+    check_rescale(&header, &samples).map_err(fail)?;
     let identifiers = identifiers(&object);
     let (values, voi) = to_display(&object, &header, &samples);
     let (width, height) = (header.columns, header.rows);
@@ -226,6 +203,36 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             voi,
         },
     })
+}
+
+/// Refuses a modality LUT (Rescale Slope and Intercept) that makes any pixel non-finite.
+fn check_rescale(header: &Header, samples: &[i32]) -> std::result::Result<(), String> {
+    if header.samples != 1 {
+        return Ok(());
+    }
+    // The modality LUT is linear: its extremes are at the extreme stored values.
+    let (lo, hi) = samples
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let finite = [lo, hi]
+        .iter()
+        .all(|&v| (f64::from(v) * header.slope + header.intercept).is_finite());
+    if !finite || !header.slope.is_finite() || !header.intercept.is_finite() {
+        let show = |v: f64| {
+            if v.abs() < 1e6 {
+                v.to_string()
+            } else {
+                format!("{v:e}")
+            }
+        };
+        return Err(format!(
+            "DICOM Rescale Slope ({}) and Rescale Intercept ({}) make pixel values \
+             non-finite (NaN or infinite)",
+            show(header.slope),
+            show(header.intercept)
+        ));
+    }
+    Ok(())
 }
 
 /// A library error on one line, without its backtrace or source chain noise.
