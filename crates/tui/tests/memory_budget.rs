@@ -72,7 +72,7 @@ fn dicom_bomb() -> Vec<u8> {
         &mut meta,
         0x0002,
         0x0002,
-        b"UI",
+        *b"UI",
         b"1.2.840.10008.5.1.4.1.1.1\0",
     );
     element(&mut meta, 0x0002, 0x0003, *b"UI", b"1.2.3.4\0");
@@ -82,7 +82,7 @@ fn dicom_bomb() -> Vec<u8> {
         &mut group_length,
         0x0002,
         0x0000,
-        b"UL",
+        *b"UL",
         &(meta.len() as u32).to_le_bytes(),
     );
 
@@ -93,14 +93,14 @@ fn dicom_bomb() -> Vec<u8> {
         &mut data,
         0x0028,
         0x0010,
-        b"US",
+        *b"US",
         &(HEIGHT as u16).to_le_bytes(),
     );
     element(
         &mut data,
         0x0028,
         0x0011,
-        b"US",
+        *b"US",
         &(WIDTH as u16).to_le_bytes(),
     );
     element(&mut data, 0x0028, 0x0100, *b"US", &16u16.to_le_bytes());
