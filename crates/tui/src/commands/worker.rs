@@ -30,7 +30,9 @@
 //!
 //! Every request gets exactly one reply. At end of input the pending requests finish, then the
 //! worker exits 0. Models that cannot be loaded, or a DIR that is not a folder, exit 2 before
-//! any request is read. Results are cached in `DIR/.cxr-cache` (`--cache`, `--no-cache`).
+//! any request is read. Results are cached in the user's own cache folder
+//! (`$XDG_CACHE_HOME/cxr` or `~/.cache/cxr`, not in DIR, which others may write; `--cache`,
+//! `--no-cache`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -126,7 +128,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
         let cache = Cache::new(
             options
                 .cache
-                .map_or_else(|| dir.join(".cxr-cache"), Path::to_path_buf),
+                .map_or_else(cxr_core::cache::default_dir, Path::to_path_buf),
         );
         match options.cache_max_age {
             Some(age) => cache.with_max_age(age),
