@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::io::{BufRead, BufReader, Write};
+
+use hmac::Mac;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -197,7 +199,6 @@ fn forge(entry: &Path, edit: impl Fn(&str) -> String, written: u64, key: &[u8]) 
         fields[2],
         payload.len()
     );
-    use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(forged.as_bytes());
     let code: String = mac
