@@ -32,6 +32,11 @@ pub enum CoreError {
     #[error("{}: refused: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
 
+    /// The process-wide memory budget for decoded images (see [`crate::input::MemoryBudget`])
+    /// cannot hold this image now. Unlike [`CoreError::Refused`], retrying later may help.
+    #[error("{}: {reason}", path.display())]
+    MemoryBudget { path: PathBuf, reason: String },
+
     #[error("{}: cannot load model: {source}", path.display())]
     ModelLoad {
         path: PathBuf,

@@ -308,8 +308,8 @@ pub enum Command {
         /// Where overlays go [default: DIR/.cxr-worker].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Result cache folder [default: DIR/.cxr-cache].
-        #[arg(long)]
+        /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr, this user's].
+        #[arg(long, alias = "cache-dir")]
         cache: Option<PathBuf>,
         /// Neither read nor write the result cache.
         #[arg(long)]

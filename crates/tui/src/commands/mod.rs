@@ -229,7 +229,7 @@ fn tui(
         let dir = args
             .cache_dir
             .clone()
-            .unwrap_or_else(|| home_folder("XDG_CACHE_HOME", ".cache").join("cxr"));
+            .unwrap_or_else(cxr_core::cache::default_dir);
         let cache = cxr_core::cache::Cache::new(dir);
         match args.cache_max_age_hours {
             Some(hours) if hours.is_finite() && hours >= 0.0 => {

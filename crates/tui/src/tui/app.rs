@@ -157,6 +157,8 @@ pub enum Action {
         path: PathBuf,
         label: String,
         predicted: Option<Prediction>,
+        /// The review mark shown before, put back if the label is refused.
+        previous: Option<String>,
     },
     /// Replace the image list with this file or folder.
     Open(PathBuf),
@@ -602,12 +604,13 @@ impl App {
         let Some(item) = self.items.get_mut(self.selected) else {
             return Vec::new();
         };
-        item.reviewed = Some(label.to_owned());
+        let previous = item.reviewed.replace(label.to_owned());
         let predicted = self.shown.as_ref().map(|s| s.prediction.clone());
         let action = Action::Label {
             path: item.path.clone(),
             label: label.to_owned(),
             predicted,
+            previous,
         };
         // Labelling moves on to the next image, as reviewers expect.
         let next = (self.selected + 1).min(self.items.len() - 1);

@@ -49,6 +49,9 @@ pub struct Effects {
     pub watch_dir: PathBuf,
     /// The classifier's positive class, recorded with each label's prediction.
     pub positive: String,
+    /// The classifier's classes: the only labels recorded (besides `skip`), as for
+    /// `cxr queue label`.
+    pub classes: Vec<String>,
     /// Cache, model fingerprint and event channel, to label opened files from the cache.
     pub scan: Option<(Cache, String, Sender<AppEvent>)>,
     /// The background threads (cache scans of opened folders join them).
@@ -76,16 +79,24 @@ impl Effects {
                     path,
                     label,
                     predicted,
+                    previous,
                 } => {
                     let recorded = crate::labels::record(
                         &self.watch_dir,
                         &path,
                         &label,
                         predicted.as_ref().map(|p| (p, self.positive.as_str())),
+                        &self.classes,
                     );
                     app.status = match recorded {
                         Ok(message) => message,
-                        Err(e) => format!("error: labelling {}: {e}", path.display()),
+                        Err(e) => {
+                            // Nothing was recorded: the list shows what the queue holds.
+                            if let Some(item) = app.items.iter_mut().find(|i| i.path == path) {
+                                item.reviewed = previous;
+                            }
+                            format!("error: labelling {}: {e}", path.display())
+                        }
                     };
                 }
                 Action::Open(path) => match open_items(&path) {
@@ -279,6 +290,7 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
             positive: pipeline.classifier.classes()[0].clone(),
+            classes: pipeline.classifier.classes().to_vec(),
             scan: Some((
                 options.cache.clone(),
                 pipeline.fingerprint.clone(),

@@ -163,7 +163,8 @@ fn labelling_records_and_moves_on() {
         Action::Label {
             path: sample("hannover_e1446fe8.png"),
             label: "normal".into(),
-            predicted: None
+            predicted: None,
+            previous: None,
         }
     );
     assert_eq!(app.items[0].reviewed.as_deref(), Some("normal"));
@@ -172,6 +173,78 @@ fn labelling_records_and_moves_on() {
     let actions = app.update(key('c'));
     assert!(matches!(&actions[0], Action::Label { path, label, .. }
         if *path == sample("nih_00001299_000.png") && label == "covid"));
+}
+
+/// The viewer's labels are checked against the model's classes like `cxr queue label`'s: a key
+/// whose label the model does not have records nothing, says why, and the mark goes back.
+#[test]
+fn the_viewer_records_only_the_models_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("watch");
+    let effects = super::Effects {
+        jobs: super::worker::Latest::new(),
+        encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
+        watch_dir: watch.clone(),
+        positive: "covid".into(),
+        // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
+        classes: vec!["covid".into(), "no_finding".into()],
+        scan: None,
+        workers: super::worker::Workers::new(),
+    };
+    let mut app = app();
+    app.items[0].reviewed = Some("covid".into());
+    let actions = app.update(key('n'));
+    effects.apply(&mut app, actions);
+    assert!(
+        app.status
+            .contains("label \"normal\" is not one of the model's classes")
+            && app
+                .status
+                .contains("expected one of: covid, no_finding, skip"),
+        "{}",
+        app.status
+    );
+    assert_eq!(
+        app.items[0].reviewed.as_deref(),
+        Some("covid"),
+        "mark put back"
+    );
+    assert!(
+        !watch.join("queue").exists()
+            || std::fs::read_dir(watch.join("queue")).unwrap().count() == 0,
+        "nothing recorded"
+    );
+    // A class of the model, and skip, are recorded.
+    app.selected = 0;
+    let actions = app.update(key('c'));
+    effects.apply(&mut app, actions);
+    assert!(app.status.starts_with("labelled "), "{}", app.status);
+    let actions = app.update(key('s'));
+    effects.apply(&mut app, actions);
+    assert!(app.status.starts_with("labelled "), "{}", app.status);
+    let queue = cxr_core::queue::Queue::open(&watch).unwrap();
+    let labels: Vec<String> = queue
+        .list(cxr_core::queue::Order::Uncertainty)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.label().map(|l| l.as_str().to_owned()))
+        .collect();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    assert!(labels.contains(&"covid".to_owned()) && labels.contains(&"skip".to_owned()));
+    // Misspelt labels are refused by the same check.
+    let e = crate::labels::record(
+        &watch,
+        &sample("nih_00001299_000.png"),
+        "nromal",
+        None,
+        &effects.classes,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"nromal\" is not one of the model's classes"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -463,6 +536,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         positive: "covid".into(),
+        classes: vec!["covid".into(), "normal".into()],
         scan: None,
         workers: super::worker::Workers::new(),
     };
@@ -870,14 +944,16 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
     let files: Vec<PathBuf> = names.iter().map(|n| folder.join(n)).collect();
     let watch = dir.path().join("watch");
     // A first session labels two of them, as the viewer does.
+    let classes = ["covid".to_owned(), "normal".to_owned()];
     crate::labels::record(
         &watch,
         &files[0],
         "normal",
         Some((&prediction(0.3), "covid")),
+        &classes,
     )
     .unwrap();
-    crate::labels::record(&watch, &files[2], "skip", None).unwrap();
+    crate::labels::record(&watch, &files[2], "skip", None, &classes).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(
