@@ -163,6 +163,51 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// The HTTP API and web page (the seed's routes: /v1/classifier, /v1/explainer/NAME/ID,
+    /// /v1/training/queue; see docs/http-api.md). Prints `cxr serve: listening on
+    /// http://ADDR` on stdout once bound; /readyz answers 200 once the models are loaded.
+    Serve(ServeArgs),
+}
+
+/// `cxr serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port. Anything but a loopback address exposes
+    /// an unauthenticated API: put it behind a proxy that authenticates.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3005")]
+    pub addr: std::net::SocketAddr,
+    /// The watch folder whose review queue receives labels (DIR/queue, as `cxr watch` and the
+    /// viewer use it; created on the first label).
+    #[arg(
+        long = "watch-dir",
+        value_name = "DIR",
+        env = "CXR_WATCH_DIR",
+        default_value = "watch"
+    )]
+    pub watch_dir: PathBuf,
+    /// Model workers, each with its own models (requests run at once).
+    #[arg(long, short, default_value_t = 2)]
+    pub jobs: usize,
+    /// Requests that may wait for a worker; more are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub backlog: usize,
+    /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the result cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+    /// Where uploads are kept, by content hash, in DIR/uploads (mode 700) [default:
+    /// $XDG_DATA_HOME/cxr/serve or ~/.local/share/cxr/serve].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds a request waits for its result before it is answered 503 (the work goes on and
+    /// its result is cached).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+    /// Largest request body, in MiB; larger uploads are refused with 413 before they are read.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_upload_mib: usize,
 }
 
 #[derive(Debug, Args, Default)]

@@ -9,6 +9,7 @@ mod explain;
 mod explainers;
 mod queue;
 mod segment;
+mod serve;
 mod train;
 mod watch;
 mod worker;
@@ -82,6 +83,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train { model } => train::run(model, &models, device),
         Command::Watch(args) => watch::run(&args, &models, device),
         Command::Queue { command } => queue::run(command, &models, device),
+        Command::Serve(args) => serve::run(&args, &models, device),
         Command::Explainers { json } => explainers::run(json),
         Command::Audit {
             manifests,
