@@ -125,8 +125,9 @@ pub enum Command {
         #[arg(long)]
         identifiers: bool,
     },
-    /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir), one
-    /// reply line per request on stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
+    /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir; ID may
+    /// leave out the extension: ID.png, else the one ID.*), one reply line per request on
+    /// stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
     Worker {
         /// The folder whose files the requests name.
         #[arg(long)]
@@ -146,6 +147,11 @@ pub enum Command {
         /// Ignore cached results older than this many hours.
         #[arg(long)]
         cache_max_age_hours: Option<f64>,
+        /// Reply shape: native (label, probabilities, threshold, heatmap, quality) or seed (the
+        /// old system's: classify gives {"COVID-19": p, "NO FINDING": q}, explain_NAME the
+        /// overlay PNG's path).
+        #[arg(long, value_enum, default_value_t = CompatArg::Native)]
+        compat: CompatArg,
     },
     /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
     Train {
@@ -257,6 +263,12 @@ pub struct QualityArgs {
     /// Also run the model-randomisation sanity check (runs each explainer twice).
     #[arg(long)]
     pub sanity: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompatArg {
+    Native,
+    Seed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

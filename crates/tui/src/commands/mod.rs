@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             cache,
             no_cache,
             cache_max_age_hours,
+            compat,
         } => {
             let options = worker::Options {
                 dir: &dir,
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 no_cache,
                 cache_max_age: cache_max_age_hours
                     .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
+                compat: compat.into(),
             };
             worker::run(&options, &models, device)
         }

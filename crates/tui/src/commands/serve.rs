@@ -17,6 +17,7 @@ pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .try_init();
     let cache = if args.no_cache {
