@@ -24,6 +24,7 @@ fn explainers(c: &mut Criterion) {
         input: &input,
         lung_mask: &analysis.input.mask,
         target: 0,
+        progress: None,
     };
     let batch_of_100 = input.repeat([100, 1, 1, 1]);
 

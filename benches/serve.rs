@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cxr_benches::{repo, sample};
+use cxr_benches::{repo, sample, with_text};
 use cxr_core::cache::Cache;
 use cxr_core::tch::Device;
 
@@ -23,20 +23,6 @@ const SAMPLES: [&str; 6] = [
     "nih_00001385_000.png",
     "nih_00002013_002.png",
 ];
-
-/// The same PNG with a `tEXt` chunk after its header: same picture, other bytes (a cache miss).
-fn with_text(png: &[u8], text: &str) -> Vec<u8> {
-    const AFTER_IHDR: usize = 8 + 4 + 4 + 13 + 4;
-    let mut chunk = b"tEXt".to_vec();
-    chunk.extend_from_slice(b"cxr-bench\0");
-    chunk.extend_from_slice(text.as_bytes());
-    let mut out = png[..AFTER_IHDR].to_vec();
-    out.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
-    out.extend_from_slice(&chunk);
-    out.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
-    out.extend_from_slice(&png[AFTER_IHDR..]);
-    out
-}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -4,9 +4,11 @@
 //! a different image, model, method or parameter is a different entry and never served for
 //! another.
 //!
-//! Each entry is one file written atomically, a one-line header then the payload:
+//! Each entry is one file written atomically: a line with its authentication code, a one-line
+//! header, then the payload:
 //!
 //! ```text
+//! cxr-mac <HMAC-SHA-256 of everything after this line under the user's key, 64 hex>\n
 //! cxr-cache 1 <key, 64 hex> <payload bytes> <payload SHA-256, 64 hex> <written, unix seconds>\n
 //! <payload>
 //! ```
@@ -16,15 +18,21 @@
 //! an entry older than the cache's lifetime is a miss too, and so is one written in the future
 //! (more than [`CLOCK_SKEW`] ahead: a forged time must not make an entry live for ever).
 //!
-//! Entries are trusted only if this user wrote them: the folders are created with mode 700, and
-//! an entry that is a symbolic link, not a regular file, owned by another user, or writable by
-//! group or others is a miss (not removed: it is not ours), so a forged entry with a
-//! recomputed checksum in a shared folder is never served. A disabled cache
-//! ([`Cache::disabled`], for `--no-cache`) misses every read and stores nothing.
+//! Entries are trusted only if this user wrote them. The default folder is per user
+//! ([`default_dir`]: `$XDG_CACHE_HOME/cxr`, else `~/.cache/cxr`), never beside the images;
+//! folders are created with mode 700, and a cache folder that is a symbolic link or owned by
+//! another user is not used. An entry that is a symbolic link, not a regular file, owned by
+//! another user, or writable by group or others is a miss (not removed: it is not ours). And
+//! every entry carries an HMAC under a random per-user key kept in the cache folder (`key`,
+//! mode 600, owner-checked), so an entry written by anyone without that key (a recomputed
+//! checksum, a changed label, a `written` time moved) fails authentication, is removed and
+//! recomputed. A disabled cache ([`Cache::disabled`], for `--no-cache`) misses every read and
+//! stores nothing.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -85,6 +93,8 @@ pub struct Cache {
     /// None: disabled.
     dir: Option<PathBuf>,
     max_age: Option<Duration>,
+    /// The user's entry key, once read or created.
+    secret: Arc<Secret>,
 }
 
 /// Why an entry was not served.
@@ -104,6 +114,7 @@ impl Cache {
         Self {
             dir: Some(dir.into()),
             max_age: None,
+            secret: Arc::default(),
         }
     }
 
@@ -113,6 +124,7 @@ impl Cache {
         Self {
             dir: None,
             max_age: None,
+            secret: Arc::default(),
         }
     }
 
@@ -144,7 +156,7 @@ impl Cache {
     /// removed.
     pub fn lookup(&self, key: &CacheKey) -> std::result::Result<Vec<u8>, Miss> {
         let path = self.entry_path(key).ok_or(Miss::Disabled)?;
-        let bytes = match read_own(&path) {
+        let signed = match read_own(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(Miss::Absent),
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
@@ -156,7 +168,19 @@ impl Cache {
                 return Err(Miss::Absent);
             }
         };
-        let Some((written, payload)) = parse_entry(&bytes, key) else {
+        let Some(secret) = self.secret_for_reading() else {
+            // No key of this user's to check with: not served, and left alone.
+            return Err(Miss::Invalid);
+        };
+        let Some(bytes) = open_sealed(&secret, &signed) else {
+            tracing::warn!(
+                "cache entry {} fails authentication (not written by this user): removed",
+                path.display()
+            );
+            let _ = std::fs::remove_file(&path);
+            return Err(Miss::Invalid);
+        };
+        let Some((written, payload)) = parse_entry(bytes, key) else {
             tracing::warn!("cache entry {} is corrupt: removed", path.display());
             let _ = std::fs::remove_file(&path);
             return Err(Miss::Invalid);
@@ -184,6 +208,7 @@ impl Cache {
         let Some(path) = self.entry_path(key) else {
             return Ok(());
         };
+        let secret = self.secret_for_writing()?;
         if let Some(parent) = path.parent() {
             // Private to this user from the start: mode 700, the root included.
             std::fs::DirBuilder::new()
@@ -204,7 +229,7 @@ impl Cache {
         )
         .into_bytes();
         bytes.extend_from_slice(payload);
-        crate::fsutil::write_atomic(&path, &bytes)
+        crate::fsutil::write_atomic(&path, &seal(&secret, &bytes))
     }
 
     /// Removes `key`'s entry, if any.
@@ -251,6 +276,206 @@ impl Cache {
             tracing::warn!("cache: {e}");
         }
         Ok((value, false))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Location, permissions and entry authentication (separate from the key scheme above)
+// ---------------------------------------------------------------------------------------------
+
+/// The per-user cache folder: `$XDG_CACHE_HOME/cxr`, else `$HOME/.cache/cxr`, else a folder
+/// named after the user id in the temporary folder. Never a folder beside the images: those
+/// are often shared, and whoever can write there could plant entries.
+#[must_use]
+pub fn default_dir() -> PathBuf {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .map(|d| d.join("cxr"))
+        .or_else(|| absolute("HOME").map(|h| h.join(".cache/cxr")))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("cxr-cache-{}", rustix::process::geteuid().as_raw()))
+        })
+}
+
+/// The file in a cache folder holding its owner's entry key.
+pub const KEY_FILE: &str = "key";
+const KEY_LEN: usize = 32;
+const MAC_TAG: &str = "cxr-mac";
+
+/// The user's entry key; never printed.
+#[derive(Default)]
+struct Secret(Mutex<Option<[u8; KEY_LEN]>>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+fn mac(secret: &[u8; KEY_LEN], body: &[u8]) -> HmacSha256 {
+    use hmac::Mac;
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac
+}
+
+/// `body` with its authentication line in front.
+fn seal(secret: &[u8; KEY_LEN], body: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let code = mac(secret, body).finalize().into_bytes();
+    let mut out = format!("{MAC_TAG} {}\n", hex(&code)).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of a sealed entry whose code matches `secret` (compared in constant time).
+fn open_sealed<'a>(secret: &[u8; KEY_LEN], sealed: &'a [u8]) -> Option<&'a [u8]> {
+    use hmac::Mac;
+    let end = sealed.iter().take(MAX_HEADER).position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&sealed[..end]).ok()?;
+    let code = line.strip_prefix(MAC_TAG)?.strip_prefix(' ')?;
+    if code.len() != 2 * 32 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let code: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&code[2 * i..2 * i + 2], 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    let body = &sealed[end + 1..];
+    mac(secret, body).verify_slice(&code).ok()?;
+    Some(body)
+}
+
+/// Checks that `dir`, if it exists, is a real folder owned by this user.
+fn check_own_folder(dir: &Path) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.file_type().is_symlink() {
+        "is a symbolic link".to_owned()
+    } else if !meta.is_dir() {
+        "is not a folder".to_owned()
+    } else if meta.uid() != me {
+        format!("is owned by user {}, not by this user ({me})", meta.uid())
+    } else {
+        return Ok(());
+    };
+    Err(std::io::Error::new(ErrorKind::PermissionDenied, why))
+}
+
+/// Reads the key file: this user's, regular, readable and writable by no one else, 32 bytes.
+fn read_key(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
+    let bytes = read_own(path)?;
+    let mode = std::fs::symlink_metadata(path)?.mode();
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            ErrorKind::PermissionDenied,
+            format!("readable by others (mode {:o})", mode & 0o777),
+        ));
+    }
+    bytes
+        .try_into()
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "not a cache key (wrong length)"))
+}
+
+/// Creates a fresh random key file, mode 600, without replacing one another process created
+/// first (link, which never overwrites), and returns the key in the file.
+fn create_key(dir: &Path) -> std::io::Result<[u8; KEY_LEN]> {
+    use rand::Rng;
+    use std::io::Write;
+    let path = dir.join(KEY_FILE);
+    let mut secret = [0u8; KEY_LEN];
+    rand::rng().fill(&mut secret[..]);
+    let temp = dir.join(format!(
+        ".key.{}.{}",
+        std::process::id(),
+        hex(&rand::rng().random::<[u8; 8]>())
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temp)?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    drop(file);
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_key(&path),
+        Err(e) => Err(e),
+    }
+}
+
+impl Cache {
+    /// The key for checking entries: None when the folder or its key file is missing or not
+    /// this user's (then nothing in it can be trusted).
+    fn secret_for_reading(&self) -> Option<[u8; KEY_LEN]> {
+        let mut slot = self.secret.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(secret) = *slot {
+            return Some(secret);
+        }
+        let dir = self.dir.as_ref()?;
+        let checked = check_own_folder(dir).and_then(|()| read_key(&dir.join(KEY_FILE)));
+        match checked {
+            Ok(secret) => {
+                *slot = Some(secret);
+                Some(secret)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!("cache {}: {e}: nothing in it is trusted", dir.display());
+                None
+            }
+        }
+    }
+
+    /// The key for new entries, created (with the folder, mode 700) on the first write.
+    fn secret_for_writing(&self) -> Result<[u8; KEY_LEN]> {
+        if let Some(secret) = self.secret_for_reading() {
+            return Ok(secret);
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or_else(|| CoreError::Invalid("the cache is disabled".into()))?;
+        let refuse = |e: std::io::Error| CoreError::Refused {
+            path: dir.clone(),
+            reason: format!("not used as a cache folder: {e}"),
+        };
+        check_own_folder(dir).map_err(refuse)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CoreError::io(dir, e))?;
+        check_own_folder(dir).map_err(refuse)?;
+        let key_path = dir.join(KEY_FILE);
+        let secret = match read_key(&key_path) {
+            Ok(secret) => secret,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                create_key(dir).map_err(|e| CoreError::io(&key_path, e))?
+            }
+            Err(e) => {
+                return Err(CoreError::Refused {
+                    path: key_path,
+                    reason: format!("cache key not usable: {e}"),
+                });
+            }
+        };
+        *self.secret.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(secret);
+        Ok(secret)
     }
 }
 

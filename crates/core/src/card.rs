@@ -346,3 +346,82 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
     );
     out
 }
+
+/// A model card (`classifier.md`) in one line for the viewer's panel: the test patients'
+/// measures from the first table of "## Measured", and the card's stated limit ("known source
+/// bias", "not a medical device"). `None` when the card has no test row.
+#[must_use]
+pub fn headline(card: &str) -> Option<String> {
+    let measured = &card[card.find("## Measured")?..];
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let mut lines = measured.lines().filter(|l| l.trim_start().starts_with('|'));
+    let header = cells(lines.next()?);
+    let test = lines
+        .map(cells)
+        .find(|row| row.first().is_some_and(|c| c == "test"))?;
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| test.get(i))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let mut parts = Vec::new();
+    if let Some(auc) = column("ROC-AUC") {
+        parts.push(format!("test AUC {auc:.3}"));
+    }
+    if let Some(accuracy) = column("accuracy") {
+        parts.push(format!("accuracy {accuracy:.3}"));
+    }
+    if let Some(images) = column("images") {
+        parts.push(format!("{images} images"));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut line = parts.join(", ");
+    if card.contains("Known source bias") {
+        line.push_str("; known source bias");
+    }
+    if card.contains("not a medical device") {
+        line.push_str("; research tool, not a medical device");
+    }
+    Some(line)
+}
+
+#[cfg(test)]
+mod headline_tests {
+    use super::headline;
+
+    #[test]
+    fn the_shipped_card_in_one_line() {
+        let card = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/classifier.md"),
+        )
+        .expect("the shipped model card");
+        let line = headline(&card).expect("a test row");
+        assert!(line.starts_with("test AUC 0."), "{line}");
+        assert!(
+            line.contains("accuracy 0.") && line.contains("images"),
+            "{line}"
+        );
+        assert!(line.contains("known source bias"), "{line}");
+    }
+
+    #[test]
+    fn a_card_without_measures_has_no_headline() {
+        assert_eq!(headline("# Model card\n\nno table"), None);
+        let card = "## Measured\n\n| split | images | ROC-AUC | accuracy |\n|---|---|---|---|\n\
+                    | validation | 10 | 0.5 | 0.5 |\n| test | 12 | 0.91234 | 0.875 |\n";
+        assert_eq!(
+            headline(card).as_deref(),
+            Some("test AUC 0.912, accuracy 0.875, 12 images")
+        );
+    }
+}

@@ -18,6 +18,7 @@
 use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
@@ -26,6 +27,7 @@ use dicom_pixeldata::PixelDecoder;
 use image::{ImageBuffer, Luma};
 use serde::{Deserialize, Serialize};
 
+use crate::input::{MemoryBudget, Reservation};
 use crate::xray::{GrayF32, MAX_DECODE_BYTES, MAX_SIDE};
 use crate::{CoreError, Result};
 
@@ -94,6 +96,8 @@ pub struct DicomImage {
     pub gray: GrayF32,
     pub identifiers: DicomIdentifiers,
     pub info: DicomInfo,
+    /// This image's share of the process-wide memory budget.
+    pub(crate) memory: Option<Arc<Reservation>>,
 }
 
 /// Whether `bytes` start like a DICOM file (Part 10: 128-byte preamble, then `DICM`).
@@ -116,6 +120,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
     if !is_dicom(bytes) {
         return Err(fail("not a DICOM file (no DICM marker at byte 128)".into()));
     }
+    // Memory: the data set as parsed (the file, or what a deflated one inflates to, twice:
+    // the structure check's copy and the parser's), then the pixels once their size is known.
+    // Two steps, so the second is taken under `staged` (see `Reservation::grow`).
+    let order = crate::input::staged();
+    let mut memory =
+        MemoryBudget::global()?.reserve(2 * bytes.len() as u64 + 2 * inflated_len(bytes), path)?;
     check_structure(bytes).map_err(|e| fail(format!("DICOM file is {e}")))?;
     let object = OpenFileOptions::new()
         .from_reader(&bytes[128..])
@@ -150,31 +160,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             MAX_DECODE_BYTES >> 20
         )));
     }
+    // The frame as decoded and copied (up to 2 x 2 bytes a sample), its i32 samples (and a
+    // copy for planar colour), the f32 values and their copy, the 16-bit original.
+    memory.grow(
+        u64::from(header.rows) * u64::from(header.columns) * (12 * u64::from(header.samples) + 10),
+        path,
+    )?;
+    drop(order);
     let samples = frame_samples(&object, &header).map_err(fail)?;
-    if header.samples == 1 {
-        // The modality LUT is linear: its extremes are at the extreme stored values.
-        let (lo, hi) = samples
-            .iter()
-            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let finite = [lo, hi]
-            .iter()
-            .all(|&v| (f64::from(v) * header.slope + header.intercept).is_finite());
-        if !finite || !header.slope.is_finite() || !header.intercept.is_finite() {
-            let show = |v: f64| {
-                if v.abs() < 1e6 {
-                    v.to_string()
-                } else {
-                    format!("{v:e}")
-                }
-            };
-            return Err(fail(format!(
-                "DICOM Rescale Slope ({}) and Rescale Intercept ({}) make pixel values \
-                 non-finite (NaN or infinite)",
-                show(header.slope),
-                show(header.intercept)
-            )));
-        }
-    }
+    check_rescale(&header, &samples).map_err(fail)?;
     let identifiers = identifiers(&object);
     let (values, voi) = to_display(&object, &header, &samples);
     let (width, height) = (header.columns, header.rows);
@@ -189,9 +183,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             .collect(),
     )
     .ok_or_else(|| fail("pixel count does not match Rows x Columns".into()))?;
+    drop(object);
+    memory.retain(u64::from(width) * u64::from(height) * (2 + 4));
     Ok(DicomImage {
         original,
         gray,
+        memory: Some(Arc::new(memory)),
         identifiers,
         info: DicomInfo {
             transfer_syntax: header.transfer_syntax,
@@ -206,6 +203,36 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             voi,
         },
     })
+}
+
+/// Refuses a modality LUT (Rescale Slope and Intercept) that makes any pixel non-finite.
+fn check_rescale(header: &Header, samples: &[i32]) -> std::result::Result<(), String> {
+    if header.samples != 1 {
+        return Ok(());
+    }
+    // The modality LUT is linear: its extremes are at the extreme stored values.
+    let (lo, hi) = samples
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let finite = [lo, hi]
+        .iter()
+        .all(|&v| (f64::from(v) * header.slope + header.intercept).is_finite());
+    if !finite || !header.slope.is_finite() || !header.intercept.is_finite() {
+        let show = |v: f64| {
+            if v.abs() < 1e6 {
+                v.to_string()
+            } else {
+                format!("{v:e}")
+            }
+        };
+        return Err(format!(
+            "DICOM Rescale Slope ({}) and Rescale Intercept ({}) make pixel values \
+             non-finite (NaN or infinite)",
+            show(header.slope),
+            show(header.intercept)
+        ));
+    }
+    Ok(())
 }
 
 /// A library error on one line, without its backtrace or source chain noise.
@@ -232,6 +259,43 @@ fn one_line(e: &dyn std::error::Error) -> String {
 /// (a flipped bit in a length would otherwise cost up to 4 GiB). The deflated transfer syntax is
 /// inflated here first, at most 1 GiB.
 fn check_structure(bytes: &[u8]) -> std::result::Result<(), String> {
+    let (syntax, data) = split_meta(bytes)?;
+    match syntax.as_str() {
+        DEFLATED => {
+            let mut inflated = Vec::new();
+            flate2::read::DeflateDecoder::new(data)
+                .take(MAX_DECODE_BYTES + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("corrupt: deflated data set ({e})"))?;
+            if inflated.len() as u64 > MAX_DECODE_BYTES {
+                return Err(format!(
+                    "too large: the deflated data set inflates past {} MiB",
+                    MAX_DECODE_BYTES >> 20
+                ));
+            }
+            check_data_set(&inflated, true, false)
+        }
+        IMPLICIT_VR_LE => check_data_set(data, false, false),
+        EXPLICIT_VR_BE => check_data_set(data, true, true),
+        _ => check_data_set(data, true, false),
+    }
+}
+
+/// How many bytes a deflated data set inflates to (at most one more than the limit), counted
+/// without keeping them; 0 for other transfer syntaxes or a broken file meta group.
+fn inflated_len(bytes: &[u8]) -> u64 {
+    match split_meta(bytes) {
+        Ok((syntax, data)) if syntax == DEFLATED => std::io::copy(
+            &mut flate2::read::DeflateDecoder::new(data).take(MAX_DECODE_BYTES + 1),
+            &mut std::io::sink(),
+        )
+        .unwrap_or(MAX_DECODE_BYTES + 1),
+        _ => 0,
+    }
+}
+
+/// The transfer syntax from the file meta group, and the data set after it.
+fn split_meta(bytes: &[u8]) -> std::result::Result<(String, &[u8]), String> {
     let meta = &bytes[132..];
     let mut pos = 0;
     let mut syntax = None;
@@ -256,26 +320,7 @@ fn check_structure(bytes: &[u8]) -> std::result::Result<(), String> {
         pos = start + len;
     }
     let syntax = syntax.ok_or("corrupt: no transfer syntax in the file meta group")?;
-    let data = &meta[pos..];
-    match syntax.as_str() {
-        DEFLATED => {
-            let mut inflated = Vec::new();
-            flate2::read::DeflateDecoder::new(data)
-                .take(MAX_DECODE_BYTES + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|e| format!("corrupt: deflated data set ({e})"))?;
-            if inflated.len() as u64 > MAX_DECODE_BYTES {
-                return Err(format!(
-                    "too large: the deflated data set inflates past {} MiB",
-                    MAX_DECODE_BYTES >> 20
-                ));
-            }
-            check_data_set(&inflated, true, false)
-        }
-        IMPLICIT_VR_LE => check_data_set(data, false, false),
-        EXPLICIT_VR_BE => check_data_set(data, true, true),
-        _ => check_data_set(data, true, false),
-    }
+    Ok((syntax, &meta[pos..]))
 }
 
 /// Header size and length (None: undefined) of the element at the start of `b`.

@@ -32,6 +32,11 @@ pub enum CoreError {
     #[error("{}: refused: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
 
+    /// The process-wide memory budget for decoded images (see [`crate::input::MemoryBudget`])
+    /// cannot hold this image now. Unlike [`CoreError::Refused`], retrying later may help.
+    #[error("{}: {reason}", path.display())]
+    MemoryBudget { path: PathBuf, reason: String },
+
     #[error("{}: cannot load model: {source}", path.display())]
     ModelLoad {
         path: PathBuf,
@@ -52,6 +57,20 @@ pub enum CoreError {
     /// The input is refused: it is no chest radiograph (see [`crate::trust`]).
     #[error("{}: not a chest radiograph: {reason}", path.display())]
     NotARadiograph { path: PathBuf, reason: String },
+
+    /// No explainer of that name is registered.
+    #[error("no explainer called {name:?}; registered: {}", known.join(", "))]
+    UnknownExplainer { name: String, known: Vec<String> },
+
+    /// An explainer parameter that is unknown, malformed or out of range; `reason` says which
+    /// and what is expected.
+    #[error("{reason}")]
+    BadParameter { method: String, reason: String },
+
+    /// The model cannot do what was asked (an explainer needing a feature map on a model that
+    /// exposes none, re-initialising a model cxr did not define).
+    #[error("{reason}")]
+    Unsupported { reason: String },
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

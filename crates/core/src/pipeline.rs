@@ -8,9 +8,7 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::mask::{self, LungMask};
-use crate::models::{
-    Classifier, ModelFiles, Prediction, ResNetClassifier, Segmenter, UNetSegmenter,
-};
+use crate::models::{self, Classifier, ModelFiles, Prediction, Segmenter};
 use crate::preprocess::{self, ClassifierInput};
 use crate::trust::{self, Assessment, Flag, ImageChecks, LungShape, TrustModel};
 use crate::xray::Xray;
@@ -79,23 +77,22 @@ impl Pipeline {
             ModelFiles::new(dir, SEGMENTER_NAME),
             ModelFiles::new(dir, CLASSIFIER_NAME),
         );
-        let segmenter = UNetSegmenter::load(&segmenter_files, device)?;
-        let classifier = ResNetClassifier::load(&classifier_files, device)?;
+        let segmenter = models::load_segmenter(&segmenter_files, device)?;
+        let classifier = models::load_classifier(&classifier_files, device)?;
         let mut hasher = Sha256::new();
-        for path in [
-            &segmenter_files.weights,
-            &segmenter_files.meta,
-            &classifier_files.weights,
-            &classifier_files.meta,
-        ] {
+        for path in segmenter_files
+            .parts()?
+            .iter()
+            .chain(&classifier_files.parts()?)
+        {
             hasher.update(std::fs::read(path).map_err(|e| CoreError::Io {
                 path: path.clone(),
                 source: e,
             })?);
         }
         Ok(Self {
-            segmenter: Box::new(segmenter),
-            classifier: Box::new(classifier),
+            segmenter,
+            classifier,
             device,
             fingerprint: crate::xray::hex(&hasher.finalize()),
         })

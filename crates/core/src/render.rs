@@ -330,6 +330,189 @@ fn draw_legend(image: &mut RgbImage, colormap: Colormap) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Text: header band and colour-bar caption
+// ---------------------------------------------------------------------------------------------
+
+/// Background of the header band and of the caption.
+const HEADER_BACKING: [u8; 3] = [16, 16, 16];
+/// Largest integer scale of the 8x8 font (64 px tall letters read well on any screen).
+const MAX_TEXT_SCALE: u32 = 8;
+
+/// The words written on an overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// One line across the top: method, target class, probability.
+    pub header: String,
+    /// What the colour bar means, written above it ("relative evidence for COVID-19").
+    pub caption: String,
+}
+
+/// How people name a class: `covid` is "COVID-19", `normal` "no finding", others as they are.
+#[must_use]
+pub fn class_display_name(class: &str) -> &str {
+    match class {
+        "covid" => "COVID-19",
+        "normal" => "no finding",
+        other => other,
+    }
+}
+
+/// Width in pixels of `text` in the 8x8 font at `scale`.
+fn text_width(text: &str, scale: u32) -> u32 {
+    text.chars().count() as u32 * 8 * scale
+}
+
+/// `text` shortened with "..." until it is at most `width` pixels wide at scale 1.
+fn fit_text(text: &str, width: u32) -> String {
+    let max = (width / 8) as usize;
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    if max < 4 {
+        return text.chars().take(max).collect();
+    }
+    let mut out: String = text.chars().take(max - 3).collect();
+    out.push_str("...");
+    out
+}
+
+/// Draws `text` (ASCII; other characters as `?`) with its top-left corner at (x, y).
+fn draw_text(image: &mut RgbImage, text: &str, (x, y): (u32, u32), scale: u32, colour: [u8; 3]) {
+    for (i, c) in (0u32..).zip(text.chars()) {
+        let code = if c.is_ascii() {
+            c as usize
+        } else {
+            '?' as usize
+        };
+        let glyph = font8x8::legacy::BASIC_LEGACY[code];
+        for (row, bits) in (0u32..).zip(glyph) {
+            for col in 0..8u32 {
+                if bits & (1 << col) == 0 {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        put(
+                            image,
+                            x + (i * 8 + col) * scale + dx,
+                            y + row * scale + dy,
+                            colour,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Height of the header band for an image this size: the text is about 1/32 of the height
+/// (at least 8 px) plus padding. Kept small so the band covers only the neck above the lungs.
+#[must_use]
+pub fn header_height(width: u32, height: u32, header: &str) -> u32 {
+    let scale = header_scale(width, height, header);
+    8 * scale + 2 * scale.max(2)
+}
+
+fn header_scale(width: u32, height: u32, header: &str) -> u32 {
+    let by_height = (height / 256).max(1);
+    let by_width = (width.saturating_sub(8) / text_width(header, 1).max(1)).max(1);
+    by_height.min(by_width).min(MAX_TEXT_SCALE)
+}
+
+/// Writes `annotation` on an overlay: a dark band across the top with the header (the picture
+/// keeps its size; the band covers the top rows, above the lungs), and the caption on a dark
+/// backing just above the colour bar when the image has a legend.
+pub fn annotate(image: &mut RgbImage, annotation: &Annotation, legend: bool) {
+    let (width, height) = image.dimensions();
+    if width < LEGEND_MIN_SIDE || height < LEGEND_MIN_SIDE {
+        return;
+    }
+    let scale = header_scale(width, height, &annotation.header);
+    let pad = scale.max(2);
+    let band = header_height(width, height, &annotation.header);
+    fill_rect(image, (0, 0, width, band), HEADER_BACKING);
+    let header = fit_text(&annotation.header, (width - 2 * pad) / scale);
+    draw_text(image, &header, (pad, pad), scale, LEGEND_TEXT);
+
+    if !legend {
+        return;
+    }
+    let Some(layout) = legend_layout(width, height) else {
+        return;
+    };
+    let (_, y0, x1, _) = layout.backing;
+    let scale = (layout.scale / 2).max(1);
+    let pad = scale.max(2);
+    // Right-aligned with the legend, as wide as the words need (up to the image's left edge).
+    let caption = fit_text(&annotation.caption, x1.saturating_sub(3 * pad) / scale);
+    let caption_w = text_width(&caption, scale) + 2 * pad;
+    let caption_h = 8 * scale + pad;
+    let top = y0.saturating_sub(caption_h);
+    fill_rect(image, (x1 - caption_w, top, x1, y0), LEGEND_BACKING);
+    draw_text(
+        image,
+        &caption,
+        (x1 - caption_w + pad, top + pad),
+        scale,
+        LEGEND_TEXT,
+    );
+}
+
+/// Heat faded to zero outside the box `(x0, y0, x1, y1)` (half-open, image pixels): 1 inside,
+/// falling linearly to 0 over `margin` pixels outside, exactly 0 beyond. An explainer's map
+/// covers the classifier's whole square crop; without this its low values would show the crop
+/// as a pale rectangle around the lungs.
+pub fn fade_outside(
+    heat: &mut [f32],
+    width: u32,
+    height: u32,
+    (x0, y0, x1, y1): (u32, u32, u32, u32),
+    margin: u32,
+) {
+    assert_eq!(heat.len(), width as usize * height as usize, "heat size");
+    let margin = margin.max(1) as f32;
+    for y in 0..height {
+        let dy = if y < y0 {
+            y0 - y
+        } else if y >= y1 {
+            y + 1 - y1
+        } else {
+            0
+        };
+        for x in 0..width {
+            let dx = if x < x0 {
+                x0 - x
+            } else if x >= x1 {
+                x + 1 - x1
+            } else {
+                0
+            };
+            if dx == 0 && dy == 0 {
+                continue;
+            }
+            let d = (dx as f32).hypot(dy as f32);
+            let weight = (1.0 - d / margin).max(0.0);
+            heat[y as usize * width as usize + x as usize] *= weight;
+        }
+    }
+}
+
+/// Bounding box (half-open) of the pixels >= 128 of a mask, or `None` when there are none.
+#[must_use]
+pub fn mask_box(mask: &GrayImage) -> Option<(u32, u32, u32, u32)> {
+    let mut bounds: Option<(u32, u32, u32, u32)> = None;
+    for (x, y, p) in mask.enumerate_pixels() {
+        if p.0[0] >= 128 {
+            bounds = Some(match bounds {
+                None => (x, y, x + 1, y + 1),
+                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)),
+            });
+        }
+    }
+    bounds
+}
+
+// ---------------------------------------------------------------------------------------------
 // Line layers
 // ---------------------------------------------------------------------------------------------
 
@@ -895,5 +1078,88 @@ mod tests {
             (0, 0)
         );
         assert!(mask_edges(&empty).is_empty());
+    }
+
+    #[test]
+    fn fade_outside_keeps_the_box_and_zeroes_beyond_the_margin() {
+        let (w, h) = (40u32, 30u32);
+        let mut heat = vec![1.0f32; (w * h) as usize];
+        fade_outside(&mut heat, w, h, (10, 10, 20, 20), 4);
+        let at = |x: u32, y: u32| heat[(y * w + x) as usize];
+        assert_eq!(at(10, 10), 1.0);
+        assert_eq!(at(19, 19), 1.0);
+        assert!(
+            at(21, 15) > 0.0 && at(21, 15) < 1.0,
+            "fading: {}",
+            at(21, 15)
+        );
+        assert!(at(22, 15) < at(21, 15));
+        assert_eq!(at(24, 15), 0.0);
+        assert_eq!(at(0, 0), 0.0);
+        assert_eq!(at(39, 29), 0.0);
+    }
+
+    #[test]
+    fn mask_box_is_the_bounding_box_of_the_lungs() {
+        let mut mask = GrayImage::new(20, 10);
+        assert_eq!(mask_box(&mask), None);
+        mask.put_pixel(3, 4, Luma([255]));
+        mask.put_pixel(12, 7, Luma([200]));
+        mask.put_pixel(15, 1, Luma([100])); // below one half: not lung
+        assert_eq!(mask_box(&mask), Some((3, 4, 13, 8)));
+    }
+
+    #[test]
+    fn annotation_writes_a_header_band_and_a_caption_over_the_bar() {
+        let (w, h) = (512u32, 512u32);
+        let base = gradient(w, h);
+        let mut out = overlay(
+            &base,
+            &vec![0.0; (w * h) as usize],
+            &OverlayStyle::default(),
+            &[],
+        );
+        let before = out.clone();
+        let words = Annotation {
+            header: "grad-cam  target COVID-19  p=0.91".into(),
+            caption: "relative evidence for COVID-19".into(),
+        };
+        annotate(&mut out, &words, true);
+        assert_eq!(out.dimensions(), (w, h));
+        let band = header_height(w, h, &words.header);
+        assert!((10..=40).contains(&band), "band {band}");
+        let row_colours = |y: u32| (0..w).map(|x| out.get_pixel(x, y).0).collect::<Vec<_>>();
+        // Text pixels inside the band, backing around them; the first row is all backing.
+        assert!(row_colours(0).iter().all(|&p| p == HEADER_BACKING));
+        let text: usize = (0..band)
+            .map(|y| row_colours(y).iter().filter(|&&p| p == LEGEND_TEXT).count())
+            .sum();
+        assert!(text > 100, "{text} text pixels");
+        // Below the band and above the legend, nothing changed.
+        let layout = legend_layout(w, h).unwrap();
+        let caption_top = layout.backing.1 - (8 + 2);
+        for y in band..caption_top {
+            assert_eq!(
+                row_colours(y),
+                (0..w).map(|x| before.get_pixel(x, y).0).collect::<Vec<_>>(),
+                "row {y}"
+            );
+        }
+        // The caption: light pixels just above the legend's backing, inside its columns.
+        let caption_text = (caption_top..layout.backing.1)
+            .flat_map(|y| (0..layout.backing.2).map(move |x| (x, y)))
+            .filter(|&(x, y)| out.get_pixel(x, y).0 == LEGEND_TEXT)
+            .count();
+        assert!(caption_text > 50, "{caption_text} caption pixels");
+    }
+
+    #[test]
+    fn long_text_is_cut_with_an_ellipsis() {
+        assert_eq!(fit_text("short", 80), "short");
+        assert_eq!(fit_text("a much longer header", 80), "a much ...");
+        assert_eq!(fit_text("abc", 16), "ab");
+        assert_eq!(class_display_name("covid"), "COVID-19");
+        assert_eq!(class_display_name("normal"), "no finding");
+        assert_eq!(class_display_name("nodule"), "nodule");
     }
 }

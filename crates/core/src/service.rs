@@ -238,6 +238,9 @@ pub struct MethodFailure {
     pub error: String,
 }
 
+/// Hears `(method, done, total)` model evaluations while an explainer runs.
+pub type MethodProgress<'a> = &'a dyn Fn(&str, usize, usize);
+
 /// Everything [`Service::analyse`] makes of one image.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -318,6 +321,18 @@ impl Service {
     /// cache when both are there, else computed (the analysis at most once per image) and
     /// stored.
     pub fn explain(&self, image: &Image, method: &Method, settings: &Settings) -> Result<Rendered> {
+        self.explain_reporting(image, method, settings, None)
+    }
+
+    /// [`Service::explain`], telling `progress` `(done, total)` model evaluations while a long
+    /// explainer (LIME, RISE, occlusion, IG) runs; not called when served from the cache.
+    pub fn explain_reporting(
+        &self,
+        image: &Image,
+        method: &Method,
+        settings: &Settings,
+        progress: Option<&dyn Fn(usize, usize)>,
+    ) -> Result<Rendered> {
         let name = method.entry.name;
         let keys::MethodKeys {
             report: report_key,
@@ -351,7 +366,7 @@ impl Service {
                 )));
             }
         };
-        let (explanation, report) = report::explain(
+        let (explanation, report) = report::explain_reporting(
             self.pipeline.classifier.as_ref(),
             analysis,
             method.entry,
@@ -359,9 +374,10 @@ impl Service {
             &method.params,
             target,
             settings.checks,
+            progress,
         )?;
         store(self.cache.put_json(&report_key, &report));
-        let overlay_png = self.draw(analysis, &explanation, settings, &overlay_key)?;
+        let overlay_png = self.draw(analysis, &explanation, &report, settings, &overlay_key)?;
         Ok(Rendered {
             report,
             overlay_png,
@@ -378,28 +394,34 @@ impl Service {
         method: &str,
         params: &str,
         explanation: &crate::explain::Explanation,
+        report: &MethodReport,
         settings: &Settings,
     ) -> Result<Vec<u8>> {
         let key = keys::method(&image.sha256, self.fingerprint(), method, params, settings).overlay;
         if let Some(png) = self.cache.get(&key) {
             return Ok(png);
         }
-        self.draw(self.analysis(image)?, explanation, settings, &key)
+        self.draw(self.analysis(image)?, explanation, report, settings, &key)
     }
 
     /// The classification and every method's explanation; a method that fails is reported
     /// as failed and the others still run. Fails only when the image cannot be analysed.
+    /// `progress`, when given, hears `(method, done, total)` while each explainer runs.
     pub fn analyse(
         &self,
         image: &Image,
         methods: &[Method],
         settings: &Settings,
+        progress: Option<MethodProgress<'_>>,
     ) -> Result<Report> {
         let classification = self.classify(image)?;
         let methods = methods
             .iter()
             .map(|method| {
-                self.explain(image, method, settings)
+                let name = method.entry.name;
+                let samples = progress.map(|p| move |done, total| p(name, done, total));
+                let samples = samples.as_ref().map(|f| f as &dyn Fn(usize, usize));
+                self.explain_reporting(image, method, settings, samples)
                     .map_err(|e| MethodFailure {
                         method: method.entry.name.to_owned(),
                         error: e.to_string(),
@@ -416,10 +438,17 @@ impl Service {
         &self,
         analysis: &Analysis,
         explanation: &crate::explain::Explanation,
+        report: &MethodReport,
         settings: &Settings,
         key: &crate::cache::CacheKey,
     ) -> Result<Vec<u8>> {
-        let picture = report::overlay(analysis, explanation, &settings.style, settings.outline);
+        let picture = report::overlay(
+            analysis,
+            explanation,
+            report,
+            &settings.style,
+            settings.outline,
+        );
         let png = render::encode_png(&picture)
             .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
         store(self.cache.put(key, &png));

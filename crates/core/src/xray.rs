@@ -4,12 +4,15 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Limits, Luma};
 use sha2::{Digest, Sha256};
 
 use crate::dicom::{self, DicomIdentifiers};
-use crate::input::{Gate, MAX_PIXELS, Structure, jpeg_structure, png_structure};
+use crate::input::{
+    Gate, MAX_PIXELS, MemoryBudget, Reservation, Structure, jpeg_structure, png_structure,
+};
 use crate::{CoreError, Result};
 
 /// A grayscale image with `f32` pixels, in [0, 1] for decoded radiographs.
@@ -36,6 +39,9 @@ pub struct Xray {
     /// Patient and study identifiers, for DICOM input only. Reports leave them out unless the
     /// user asks for them.
     pub identifiers: Option<DicomIdentifiers>,
+    /// This image's share of the process-wide [`MemoryBudget`], released when the last clone
+    /// is dropped.
+    memory: Option<Arc<Reservation>>,
 }
 
 impl Xray {
@@ -88,13 +94,15 @@ impl Xray {
             return Err(fail("empty file (0 bytes)".into()));
         }
         if dicom::is_dicom(bytes) {
-            let image = dicom::decode(bytes, &path)?;
+            let mut image = dicom::decode(bytes, &path)?;
+            let memory = image.memory.take();
             return Ok(Self {
                 path,
                 original: DynamicImage::ImageLuma16(image.original),
                 gray: image.gray,
                 sha256: hex(&Sha256::digest(bytes)),
                 identifiers: Some(image.identifiers),
+                memory,
             });
         }
         let reader = ImageReader::new(Cursor::new(bytes))
@@ -127,9 +135,19 @@ impl Xray {
         limits.max_alloc = Some(MAX_DECODE_BYTES);
         reader.limits(limits);
         let reader_format = reader.format();
-        let original = reader
-            .decode()
+        let decoder = reader
+            .into_decoder()
             .map_err(|e| fail(describe_decode_error(&e)))?;
+        let pixels = u64::from(width) * u64::from(height);
+        let bytes_per_pixel = u64::from(decoder.color_type().bytes_per_pixel());
+        // Peak: the decoder's output and its own working rows or planes, the luma copy, and
+        // the file itself; kept: the original and its luma.
+        let mut memory = MemoryBudget::global()?.reserve(
+            bytes.len() as u64 + pixels * (2 * bytes_per_pixel + 4),
+            &path,
+        )?;
+        let original =
+            DynamicImage::from_decoder(decoder).map_err(|e| fail(describe_decode_error(&e)))?;
         // The decoders pad missing data (JPEG) or stop at the last row (PNG): a file that ends
         // before its end marker is truncated even when they succeed.
         let structure = match reader_format {
@@ -149,13 +167,21 @@ impl Xray {
             p.0[0] = p.0[0].clamp(0.0, 1.0);
         }
         let sha256 = hex(&Sha256::digest(bytes));
+        memory.retain(pixels * (bytes_per_pixel + 4));
         Ok(Self {
             path,
             original,
             gray,
             sha256,
             identifiers: None,
+            memory: Some(Arc::new(memory)),
         })
+    }
+
+    /// Bytes of the process-wide [`MemoryBudget`] this image holds (0 if none).
+    #[must_use]
+    pub fn reserved_bytes(&self) -> u64 {
+        self.memory.as_ref().map_or(0, |m| m.bytes())
     }
 
     #[must_use]

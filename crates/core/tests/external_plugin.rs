@@ -16,7 +16,7 @@ struct Brightness {
 impl Brightness {
     fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         Ok(Box::new(Self {
-            gain: config.get("gain", 1.0)?,
+            gain: config.get("gain")?,
         }))
     }
 }
@@ -39,7 +39,7 @@ impl Explainer for Brightness {
 cxr_core::register_explainer! {
     name: "test-brightness",
     summary: "Relevance equal to brightness (test plugin)",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[Param { name: "gain", default: "1", help: "multiplier" }],
     ctor: Brightness::from_config,
 }
@@ -89,7 +89,7 @@ fn never(_: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
 static FIRST: ExplainerEntry = ExplainerEntry {
     name: "twin",
     summary: "one",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[],
     ctor: never,
     file: "a.rs",
@@ -98,7 +98,7 @@ static FIRST: ExplainerEntry = ExplainerEntry {
 static SECOND: ExplainerEntry = ExplainerEntry {
     name: "twin",
     summary: "two",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[],
     ctor: never,
     file: "b.rs",
@@ -107,7 +107,7 @@ static SECOND: ExplainerEntry = ExplainerEntry {
 static OTHER: ExplainerEntry = ExplainerEntry {
     name: "alpha",
     summary: "three",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[],
     ctor: never,
     file: "c.rs",

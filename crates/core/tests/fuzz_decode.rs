@@ -9,11 +9,13 @@
 
 mod fuzz_support;
 
-use fuzz_support::{Outcome, corpus_dir, mutate, rng, run_one, seeds};
+use fuzz_support::{Outcome, corpus_dir, dicom_synthesized, mutate, rng, run_one, seeds};
 
 /// Cases per small seed, and per full-size DICOM file (JPEG 2000 takes ~1 s a decode).
 const CASES_PER_SEED: usize = 500;
 const CASES_PER_FULL_DICOM: usize = 12;
+/// Cases per synthesised hostile DICOM seed (they are many; the example runs more).
+const CASES_PER_SYNTHESIZED: usize = 40;
 
 fn check(outcome: Outcome, what: &str, failures: &mut Vec<String>) {
     match outcome {
@@ -52,8 +54,11 @@ fn mutated_inputs_never_panic() {
             && std::path::Path::new(&seed.name)
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
+        let synthesized = i >= 7 && !full;
         let cases = if full {
             CASES_PER_FULL_DICOM
+        } else if synthesized {
+            CASES_PER_SYNTHESIZED
         } else {
             CASES_PER_SEED
         };
@@ -77,4 +82,39 @@ fn mutated_inputs_never_panic() {
         decoded > 0 && refused > 0,
         "the mutator should produce both"
     );
+}
+
+/// The synthesised hostile DICOM files themselves (they are also mutation seeds above): each is
+/// decoded or refused with a one-line error naming the file, never a panic, and extreme
+/// rescale values are refused as non-finite rather than decoded to NaN.
+#[test]
+fn synthesized_dicom_files_are_decoded_or_refused_cleanly() {
+    let mut failures = Vec::new();
+    let mut refused = 0;
+    for (name, bytes, expect) in dicom_synthesized() {
+        let result = std::panic::catch_unwind(|| cxr_core::xray::Xray::decode(&bytes, &name));
+        match (result, expect) {
+            (Err(_), _) => failures.push(format!("{name}: PANIC")),
+            (Ok(Ok(x)), None) => {
+                if !x.gray.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])) {
+                    failures.push(format!("{name}: values outside [0, 1]"));
+                }
+            }
+            (Ok(Ok(_)), Some(why)) => failures.push(format!("{name}: decoded, expected {why}")),
+            (Ok(Err(e)), expect) => {
+                refused += 1;
+                let text = e.to_string();
+                if !text.contains(&name) || text.contains('\n') {
+                    failures.push(format!("{name}: bad message {text}"));
+                }
+                if let Some(why) = expect
+                    && !text.contains(why)
+                {
+                    failures.push(format!("{name}: {text}, expected {why}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(refused >= 5, "huge sizes and extreme rescales are refused");
 }

@@ -150,12 +150,9 @@ fn shipped_models_classify_the_samples() {
 }
 
 #[test]
+#[ignore = "needs the shared data beside the clone (../shared/data/lungseg); scripts/test.sh runs it when present"]
 fn shipped_segmenter_matches_reference_masks() {
     let manifest = repo().join("../shared/data/lungseg/manifest.csv");
-    if !manifest.exists() {
-        eprintln!("skipped: {} not found", manifest.display());
-        return;
-    }
     let rows = Manifest::read(&manifest).unwrap().masks;
     let segmenter = UNetSegmenter::load(
         &ModelFiles::new(&repo().join("models"), SEGMENTER_NAME),
@@ -175,15 +172,9 @@ fn shipped_segmenter_matches_reference_masks() {
 }
 
 #[test]
+#[ignore = "needs the project's .venv with torch (scripts/env.sh makes it); scripts/test.sh runs it"]
 fn classifier_loads_in_pytorch_to_the_same_logits() {
     let python = repo().join(".venv/bin/python");
-    if !python.exists() {
-        eprintln!(
-            "skipped: no project virtualenv with torch at {}",
-            python.display()
-        );
-        return;
-    }
     let models = repo().join("models");
     let classifier =
         ResNetClassifier::load(&ModelFiles::new(&models, CLASSIFIER_NAME), Device::Cpu).unwrap();

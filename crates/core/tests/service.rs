@@ -43,7 +43,7 @@ impl Explainer for Counting {
 cxr_core::register_explainer! {
     name: "test-counting",
     summary: "Relevance equal to brightness, counting its runs (test plugin)",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[Param { name: "gain", default: "1", help: "unused" }],
     ctor: counting,
 }
@@ -112,6 +112,7 @@ fn a_second_request_is_served_from_the_cache_without_running_anything() {
             "test-counting",
             &method.params,
             rendered.explanation.as_ref().unwrap(),
+            &rendered.report,
             &faint,
         )
         .unwrap();

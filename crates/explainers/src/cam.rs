@@ -16,12 +16,10 @@ pub enum Gradients {
 
 impl Gradients {
     pub fn from_config(config: &ExplainerConfig) -> Result<Self> {
-        match config.get("gradients", "auto".to_owned())?.as_str() {
+        match config.get::<String>("gradients")?.as_str() {
             "auto" => Ok(Self::Auto),
             "autograd" => Ok(Self::Autograd),
-            other => Err(CoreError::Invalid(format!(
-                "gradients={other}: expected auto or autograd"
-            ))),
+            other => Err(config.error(format!("gradients={other}: expected auto or autograd"))),
         }
     }
 }
@@ -34,7 +32,9 @@ pub fn features_and_gradients(
     target: usize,
     how: Gradients,
 ) -> Result<(Tensor, Tensor)> {
-    let no_features = || CoreError::Invalid("this classifier exposes no feature map".into());
+    let no_features = || CoreError::Unsupported {
+        reason: "this classifier exposes no feature map".into(),
+    };
     if how == Gradients::Auto
         && let Some(weight) = model.linear_head()
     {

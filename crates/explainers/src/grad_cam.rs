@@ -42,7 +42,7 @@ impl Explainer for GradCam {
 cxr_core::register_explainer! {
     name: "grad-cam",
     summary: "Gradient-weighted class activation map of the last convolutional layer",
-    needs_gradients: true,
+    needs: cxr_core::models::Gradients::FeatureMap,
     params: &[Param { name: "gradients", default: "auto", help: "auto (closed form for a GAP+linear head) or autograd" }],
     ctor: GradCam::from_config,
 }

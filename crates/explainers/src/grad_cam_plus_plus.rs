@@ -44,7 +44,7 @@ impl Explainer for GradCamPlusPlus {
 cxr_core::register_explainer! {
     name: "grad-cam-plus-plus",
     summary: "Grad-CAM++: position-weighted gradients, better when evidence lies in several regions",
-    needs_gradients: true,
+    needs: cxr_core::models::Gradients::FeatureMap,
     params: &[Param { name: "gradients", default: "auto", help: "auto (closed form for a GAP+linear head) or autograd" }],
     ctor: GradCamPlusPlus::from_config,
 }

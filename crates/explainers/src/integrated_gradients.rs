@@ -1,8 +1,8 @@
 //! Integrated Gradients (Sundararajan et al. 2017).
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
-use cxr_core::{CoreError, Result};
 use tch::{Kind, Tensor};
 
 /// Integrated Gradients: (input - baseline) times the gradient of the target logit averaged
@@ -32,12 +32,12 @@ impl IntegratedGradients {
     }
 
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        let steps = config.get("steps", 32usize)?;
-        let batch = config.get("batch", 16usize)?;
-        let clip = config.get("clip", 99.5f32)?;
+        let steps = config.get("steps")?;
+        let batch = config.get("batch")?;
+        let clip = config.get("clip")?;
         if steps == 0 || batch == 0 || !(50.0..=100.0).contains(&clip) {
-            return Err(CoreError::Invalid(
-                "integrated-gradients: steps and batch must be positive, clip in 50..=100".into(),
+            return Err(config.error(
+                "integrated-gradients: steps and batch must be positive, clip in 50..=100",
             ));
         }
         Ok(Box::new(Self { steps, batch, clip }))
@@ -50,6 +50,17 @@ impl IntegratedGradients {
         input: &Tensor,
         target: usize,
     ) -> Result<(Tensor, f64, f64)> {
+        self.attributions_reporting(model, input, target, &|_, _| {})
+    }
+
+    /// [`IntegratedGradients::attributions`], telling `progress` the steps done.
+    fn attributions_reporting(
+        &self,
+        model: &dyn Classifier,
+        input: &Tensor,
+        target: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<(Tensor, f64, f64)> {
         let device = model.device();
         let x = input.f_to_device(device)?.f_detach()?;
         let baseline = x.f_zeros_like()?;
@@ -57,6 +68,7 @@ impl IntegratedGradients {
         let alphas: Vec<f32> = (0..self.steps)
             .map(|i| (i as f32 + 0.5) / self.steps as f32)
             .collect();
+        let mut done = 0;
         for chunk in alphas.chunks(self.batch) {
             let a = Tensor::from_slice(chunk)
                 .to_device(device)
@@ -70,6 +82,8 @@ impl IntegratedGradients {
                 .f_sum(Kind::Float)?;
             let grads = Tensor::f_run_backward(&[&score], &[&points], false, false)?;
             gradient_sum += grads[0].f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?;
+            done += chunk.len();
+            progress(done, self.steps);
         }
         let attributions = (&x - &baseline) * gradient_sum / self.steps as f64;
         let logit = |t: &Tensor| -> Result<f64> {
@@ -84,7 +98,9 @@ impl IntegratedGradients {
 impl Explainer for IntegratedGradients {
     fn explain(&self, model: &dyn Classifier, input: &ExplainInput<'_>) -> Result<Explanation> {
         let (attributions, at_input, at_baseline) =
-            self.attributions(model, input.input, input.target)?;
+            self.attributions_reporting(model, input.input, input.target, &|done, total| {
+                input.report_progress(done, total);
+            })?;
         let total = attributions.sum(Kind::Double).double_value(&[]);
         let negative = attributions
             .clamp_max(0.0)
@@ -135,7 +151,7 @@ impl Explainer for IntegratedGradients {
 cxr_core::register_explainer! {
     name: "integrated-gradients",
     summary: "Integrated Gradients from an all-lung-mean baseline, with its completeness check",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::Input,
     params: &[
         Param { name: "steps", default: "32", help: "points on the path (midpoint Riemann sum)" },
         Param { name: "batch", default: "16", help: "path points per forward/backward pass" },

@@ -39,19 +39,17 @@ pub struct Lime {
 impl Lime {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         let lime = Self {
-            samples: config.get("samples", 1000usize)?,
-            segments: config.get("segments", 64usize)?,
-            compactness: config.get("compactness", 0.5f32)?,
-            kernel_width: config.get("kernel_width", 0.25f64)?,
-            alpha: config.get("alpha", 1.0f64)?,
-            top: config.get("top", 5usize)?,
-            batch: config.get("batch", 100usize)?,
-            seed: config.get("seed", 0u64)?,
+            samples: config.get("samples")?,
+            segments: config.get("segments")?,
+            compactness: config.get("compactness")?,
+            kernel_width: config.get("kernel_width")?,
+            alpha: config.get("alpha")?,
+            top: config.get("top")?,
+            batch: config.get("batch")?,
+            seed: config.get("seed")?,
         };
         if lime.samples < 2 || lime.batch == 0 || lime.kernel_width <= 0.0 {
-            return Err(CoreError::Invalid(
-                "lime: needs samples >= 2, batch >= 1, kernel_width > 0".into(),
-            ));
+            return Err(config.error("lime: needs samples >= 2, batch >= 1, kernel_width > 0"));
         }
         Ok(Box::new(lime))
     }
@@ -106,6 +104,7 @@ impl Explainer for Lime {
                 .f_select(1, input.target as i64)?
                 .f_to_device(tch::Device::Cpu)?;
             target.extend(Vec::<f32>::try_from(probs)?.into_iter().map(f64::from));
+            input.report_progress(target.len(), rows.len());
         }
 
         let kernel: Vec<f64> = rows
@@ -278,7 +277,7 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
 cxr_core::register_explainer! {
     name: "lime",
     summary: "LIME: weighted ridge regression of the class probability on hidden superpixels",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "samples", default: "1000", help: "perturbed images (the first is the original)" },
         Param { name: "segments", default: "64", help: "SLIC superpixels wanted" },

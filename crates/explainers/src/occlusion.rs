@@ -1,8 +1,8 @@
 //! Occlusion (Zeiler and Fergus 2014).
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
-use cxr_core::{CoreError, Result};
 use tch::{Kind, Tensor};
 
 /// Occlusion: slide a square window over the input, hide it (set to 0, the lung mean), and
@@ -16,13 +16,11 @@ pub struct Occlusion {
 
 impl Occlusion {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
-        let window = config.get("window", 24usize)?;
-        let stride = config.get("stride", 12usize)?;
-        let batch = config.get("batch", 64usize)?;
+        let window = config.get("window")?;
+        let stride = config.get("stride")?;
+        let batch = config.get("batch")?;
         if window == 0 || stride == 0 || batch == 0 {
-            return Err(CoreError::Invalid(
-                "occlusion: window, stride and batch must be positive".into(),
-            ));
+            return Err(config.error("occlusion: window, stride and batch must be positive"));
         }
         Ok(Box::new(Self {
             window,
@@ -64,6 +62,7 @@ impl Explainer for Occlusion {
         let reference = probability(&x)?.double_value(&[0]) as f32;
         let mut drop = vec![0.0f32; h * w];
         let mut covered = vec![0.0f32; h * w];
+        let mut done = 0;
         for chunk in windows.chunks(self.batch) {
             let mut keep = vec![1.0f32; chunk.len() * h * w];
             for (k, &(y0, x0)) in chunk.iter().enumerate() {
@@ -84,6 +83,8 @@ impl Explainer for Occlusion {
                     }
                 }
             }
+            done += chunk.len();
+            input.report_progress(done, windows.len());
         }
         let relevance = drop
             .iter()
@@ -105,7 +106,7 @@ impl Explainer for Occlusion {
 cxr_core::register_explainer! {
     name: "occlusion",
     summary: "Drop in the class probability when a sliding square window is hidden",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "window", default: "24", help: "side of the hidden square, in input pixels" },
         Param { name: "stride", default: "12", help: "step between windows" },

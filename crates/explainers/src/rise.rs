@@ -1,8 +1,8 @@
 //! RISE (Petsiuk et al. 2018): randomised input sampling.
 
+use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
 use cxr_core::models::Classifier;
-use cxr_core::{CoreError, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
@@ -24,20 +24,18 @@ pub struct Rise {
 impl Rise {
     pub fn from_config(config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         let rise = Self {
-            masks: config.get("masks", 1000usize)?,
-            cells: config.get("cells", 7usize)?,
-            keep: config.get("keep", 0.5f64)?,
-            batch: config.get("batch", 100usize)?,
-            seed: config.get("seed", 0u64)?,
+            masks: config.get("masks")?,
+            cells: config.get("cells")?,
+            keep: config.get("keep")?,
+            batch: config.get("batch")?,
+            seed: config.get("seed")?,
         };
         if rise.masks == 0
             || rise.cells == 0
             || rise.batch == 0
             || !(0.0 < rise.keep && rise.keep <= 1.0)
         {
-            return Err(CoreError::Invalid(
-                "rise: needs masks, cells, batch >= 1 and 0 < keep <= 1".into(),
-            ));
+            return Err(config.error("rise: needs masks, cells, batch >= 1 and 0 < keep <= 1"));
         }
         Ok(Box::new(rise))
     }
@@ -83,6 +81,7 @@ impl Explainer for Rise {
                 Kind::Float,
             )?;
             done += n;
+            input.report_progress(done, self.masks);
         }
         let saliency = saliency / (self.masks as f64 * self.keep);
         // RISE values are all positive (expected probability under masking); subtract the
@@ -104,7 +103,7 @@ impl Explainer for Rise {
 cxr_core::register_explainer! {
     name: "rise",
     summary: "RISE: class probability under random smooth masks, averaged per pixel",
-    needs_gradients: false,
+    needs: cxr_core::models::Gradients::None,
     params: &[
         Param { name: "masks", default: "1000", help: "random masks" },
         Param { name: "cells", default: "7", help: "grid cells per side of each mask" },

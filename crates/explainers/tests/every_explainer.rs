@@ -57,10 +57,150 @@ fn run(name: &str, config: &ExplainerConfig, target: usize) -> Explanation {
         input: &f.input,
         lung_mask: &f.analysis.input.mask,
         target,
+        progress: None,
     };
     explainer
         .explain(f.pipeline.classifier.as_ref(), &input)
         .unwrap()
+}
+
+/// A report for `explanation` as `report::explain` makes it (target: the positive class).
+fn method_report(name: &str, explanation: &Explanation) -> report::MethodReport {
+    report::MethodReport {
+        method: name.to_owned(),
+        params: String::new(),
+        target: "covid".into(),
+        heatmap: explanation.heatmap.summary(),
+        quality: cxr_core::explain::quality::Quality {
+            deletion_auc: None,
+            insertion_auc: None,
+            lung_mass_share: None,
+            randomisation_correlation: None,
+        },
+        details: explanation.details.clone(),
+        explain_ms: 0.0,
+        quality_ms: 0.0,
+    }
+}
+
+/// The overlay's header band is dark with light text, its heat stays near the lungs: every
+/// pixel outside the lungs' bounding box plus the fade margin (and outside the header and the
+/// legend) is the radiograph's own grey, so the classifier's square crop leaves no pale wash.
+#[test]
+fn overlays_have_a_header_and_no_crop_wash() {
+    let f = fixture();
+    let explanation = run("occlusion", &ExplainerConfig::default(), 0);
+    let style = OverlayStyle::default();
+    let report = method_report("occlusion", &explanation);
+    let picture = report::overlay(&f.analysis, &explanation, &report, &style, false);
+    let (w, h) = picture.dimensions();
+    let base = f.analysis.xray.original.to_luma8();
+    let header = report::annotation(&f.analysis, &report);
+    assert_eq!(
+        header.header,
+        "occlusion  target COVID-19  p=".to_owned()
+            + &format!("{:.2}", f.analysis.prediction.probabilities["covid"])
+    );
+    assert_eq!(header.caption, "relative evidence for COVID-19");
+    let band = cxr_core::render::header_height(w, h, &header.header);
+    // The header band: dark backing with light text pixels.
+    let band_pixels: Vec<[u8; 3]> = (0..band)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| picture.get_pixel(x, y).0)
+        .collect();
+    let light = band_pixels.iter().filter(|p| p[0] > 200).count();
+    let dark = band_pixels.iter().filter(|p| p[0] < 32).count();
+    assert!(
+        light > 50 && dark > band_pixels.len() / 2,
+        "{light} light, {dark} dark"
+    );
+    // Outside the lung box (plus the fade margin): the radiograph, untouched.
+    let (x0, y0, x1, y1) = cxr_core::render::mask_box(&f.analysis.mask).unwrap();
+    let margin = report::fade_margin(w, h);
+    let crop = f.analysis.input.crop;
+    let (mut outside, mut differ, mut in_crop) = (0, 0, 0);
+    // The bottom fifth holds the legend; the header band is checked above.
+    for y in band..h * 4 / 5 {
+        for x in 0..w {
+            let far = x + margin < x0 || x >= x1 + margin || y + margin < y0 || y >= y1 + margin;
+            if !far {
+                continue;
+            }
+            outside += 1;
+            let grey = base.get_pixel(x, y).0[0];
+            if picture.get_pixel(x, y).0 != [grey; 3] {
+                differ += 1;
+            }
+            let (fx, fy) = (x as f32, y as f32);
+            if fx >= crop.x0
+                && fx < crop.x0 + crop.side
+                && fy >= crop.y0
+                && fy < crop.y0 + crop.side
+            {
+                in_crop += 1;
+            }
+        }
+    }
+    assert!(
+        outside > 1000 && in_crop > 100,
+        "{outside} pixels outside, {in_crop} in the crop"
+    );
+    assert_eq!(
+        differ, 0,
+        "{differ} of {outside} pixels outside the lungs are tinted"
+    );
+}
+
+/// Explainers that run many evaluations report them as they go, ending at the total.
+#[test]
+fn long_explainers_report_their_progress() {
+    cxr_explainers::link();
+    let f = fixture();
+    for (name, params, total) in [
+        ("lime", "samples=50,batch=20", 50),
+        ("rise", "masks=40,batch=16", 40),
+        ("integrated-gradients", "steps=8,batch=4", 8),
+    ] {
+        let explainer = registry::find(name)
+            .unwrap()
+            .build(&ExplainerConfig::parse(params).unwrap())
+            .unwrap();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |done: usize, total: usize| seen.borrow_mut().push((done, total));
+        let input = ExplainInput {
+            input: &f.input,
+            lung_mask: &f.analysis.input.mask,
+            target: 0,
+            progress: Some(&record),
+        };
+        explainer
+            .explain(f.pipeline.classifier.as_ref(), &input)
+            .unwrap();
+        let seen = seen.into_inner();
+        assert!(seen.len() >= 2, "{name}: {seen:?}");
+        assert!(seen.windows(2).all(|p| p[0].0 < p[1].0), "{name}: {seen:?}");
+        assert!(seen.iter().all(|&(_, t)| t == total), "{name}: {seen:?}");
+        assert_eq!(seen.last().unwrap().0, total, "{name}");
+    }
+    // Occlusion: windows depend on the input; the last report is the total.
+    let explainer = registry::find("occlusion")
+        .unwrap()
+        .build(&ExplainerConfig::default())
+        .unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let record = |done: usize, total: usize| seen.borrow_mut().push((done, total));
+    let input = ExplainInput {
+        input: &f.input,
+        lung_mask: &f.analysis.input.mask,
+        target: 0,
+        progress: Some(&record),
+    };
+    explainer
+        .explain(f.pipeline.classifier.as_ref(), &input)
+        .unwrap();
+    let seen = seen.into_inner();
+    let (done, total) = *seen.last().unwrap();
+    assert!(done == total && total > 1 && seen.len() > 1, "{seen:?}");
 }
 
 #[test]
@@ -121,7 +261,13 @@ fn every_explainer_gives_a_valid_deterministic_heatmap() {
         assert!(diff < 1e-4, "{}: two runs differ by {diff}", entry.name);
         // The overlay is drawn at the radiograph's own size.
         let f = fixture();
-        let picture = report::overlay(&f.analysis, &first, &OverlayStyle::default(), true);
+        let picture = report::overlay(
+            &f.analysis,
+            &first,
+            &method_report(entry.name, &first),
+            &OverlayStyle::default(),
+            true,
+        );
         assert_eq!(
             picture.dimensions(),
             (f.analysis.xray.width(), f.analysis.xray.height())

@@ -54,16 +54,20 @@ impl ApiError {
     }
 
     /// The status a core error deserves: the input's fault (cannot be decoded, refused by the
-    /// input gate, no chest radiograph) is 422, a bad parameter 400, anything else 500.
+    /// input gate or the memory budget, no chest radiograph) or an explainer this model cannot
+    /// run is 422, an unknown explainer 404, a bad parameter 400, anything else 500.
     #[must_use]
     pub fn from_core(error: &CoreError) -> Self {
         let status = match error {
             CoreError::Decode { .. }
             | CoreError::TooLarge { .. }
             | CoreError::Refused { .. }
+            | CoreError::MemoryBudget { .. }
             | CoreError::NotARadiograph { .. }
+            | CoreError::Unsupported { .. }
             | CoreError::Data { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CoreError::UnknownExplainer { .. } => StatusCode::NOT_FOUND,
+            CoreError::Invalid(_) | CoreError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             CoreError::Io { .. }
             | CoreError::ModelLoad { .. }
             | CoreError::DuplicateExplainer { .. }

@@ -363,36 +363,23 @@ fn known_upload(state: &AppState, id: &str) -> ApiResult<String> {
     Ok(id)
 }
 
-/// Other names the seed and people use for registered explainers.
-const ALIASES: &[(&str, &str)] = &[("gradcam", "grad-cam")];
-
-/// The registered explainer a URL names: its own name, `_` for `-`, or an alias.
+/// The registered explainer a URL names (see [`registry::lookup`]); 404 when there is none.
 fn find_explainer(name: &str) -> ApiResult<&'static ExplainerEntry> {
-    let wanted = name.to_ascii_lowercase().replace('_', "-");
-    let wanted = ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == wanted)
-        .map_or(wanted.as_str(), |(_, real)| real);
-    let entries = registry::all()?;
-    entries
-        .iter()
-        .copied()
-        .find(|e| e.name == wanted)
-        .ok_or_else(|| {
-            let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
-            ApiError::not_found(format!(
-                "no explainer {:?}; registered: {} (see /v1/explainers)",
-                name.chars().take(60).collect::<String>(),
-                known.join(", ")
-            ))
-        })
+    registry::lookup(name).map_err(|e| match e {
+        cxr_core::CoreError::UnknownExplainer { known, .. } => ApiError::not_found(format!(
+            "no explainer {:?}; registered: {} (see /v1/explainers)",
+            name.chars().take(60).collect::<String>(),
+            known.join(", ")
+        )),
+        other => ApiError::from_core(&other),
+    })
 }
 
 async fn explainers() -> ApiResult<Response> {
     let list: Vec<Value> = registry::all()?
         .iter()
         .map(|e| {
-            let aliases: Vec<&str> = ALIASES
+            let aliases: Vec<&str> = registry::ALIASES
                 .iter()
                 .filter(|(_, real)| *real == e.name)
                 .map(|(alias, _)| *alias)
@@ -400,7 +387,7 @@ async fn explainers() -> ApiResult<Response> {
             json!({
                 "name": e.name,
                 "summary": e.summary,
-                "needs_gradients": e.needs_gradients,
+                "needs": e.needs,
                 "params": e.params.iter().map(|p| json!({
                     "name": p.name, "default": p.default, "help": p.help,
                 })).collect::<Vec<_>>(),

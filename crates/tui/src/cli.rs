@@ -11,7 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cxr",
     version,
-    about = "Explainable chest X-ray review: lung segmentation, COVID-19 vs no-finding classification"
+    about = "Explainable chest X-ray review: lung segmentation, COVID-19 vs no-finding classification",
+    after_help = "Without a command, the viewer opens on the watch queue or the current folder \
+                  (as `cxr tui`). Environment: CXR_MODELS (models folder), CXR_DATA (data folder \
+                  of `train`), CXR_WATCH_DIR (watch folder), CXR_DEVICE (device)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -21,14 +24,167 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Where models run: auto (CUDA if available), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto")]
-    pub device: String,
-    /// Folder holding segmenter.* and classifier.* [default: $CXR_MODELS, ./models, or the repository's models/]
-    #[arg(long, global = true)]
+    /// When to show progress on stderr: auto (bars on a terminal only), always (plain lines
+    /// when stderr is not a terminal), never.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+    /// Print only results (stdout) and errors (stderr): no progress, notes or tables.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// The old spelling, before the command (`cxr --device cpu classify`); see the command's
+    /// own --device.
+    #[arg(long, hide = true, value_parser = DeviceParser)]
+    pub device: Option<DeviceArg>,
+    /// The old spelling, before the command; see the command's own --models.
+    #[arg(long, hide = true)]
     pub models: Option<PathBuf>,
+}
+
+/// Where progress goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ProgressArg {
+    /// Progress bars when stderr is a terminal, nothing otherwise.
+    #[default]
+    Auto,
+    /// Bars on a terminal, plain lines (at most one a second) otherwise.
+    Always,
+    /// No progress at all.
+    Never,
+}
+
+/// The models and where they run: on the commands that load models.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelArgs {
+    /// Where models run: auto (CUDA if available), cpu, cuda or cuda:N [default: auto].
+    #[arg(long, value_name = "DEVICE", env = "CXR_DEVICE", value_parser = DeviceParser)]
+    pub device: Option<DeviceArg>,
+    /// Folder holding segmenter.* and classifier.* [default: ./models when it holds a
+    /// classifier, else the models/ folder of the project the cxr binary was built in].
+    #[arg(long, value_name = "DIR", env = "CXR_MODELS")]
+    pub models: Option<PathBuf>,
+}
+
+/// A `--device` value, checked for its form (whether CUDA is there is checked when models load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceArg(pub String);
+
+/// Parses `--device`: auto, cpu, cuda or cuda:N (listed for help and shell completion).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceParser;
+
+impl clap::builder::TypedValueParser for DeviceParser {
+    type Value = DeviceArg;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DeviceArg, clap::Error> {
+        let text = value.to_string_lossy();
+        let valid = matches!(text.as_ref(), "auto" | "cpu" | "cuda")
+            || text
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if valid {
+            return Ok(DeviceArg(text.into_owned()));
+        }
+        let name = arg.map_or_else(|| "--device".to_owned(), ToString::to_string);
+        Err(clap::Error::raw(
+            clap::error::ErrorKind::InvalidValue,
+            format!("invalid value '{text}' for '{name}': expected auto, cpu, cuda or cuda:N\n"),
+        )
+        .with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        use clap::builder::PossibleValue;
+        Some(Box::new(
+            [
+                PossibleValue::new("auto").help("CUDA when libtorch sees a GPU, else the CPU"),
+                PossibleValue::new("cpu").help("The CPU"),
+                PossibleValue::new("cuda").help("The first GPU (cuda:N for another)"),
+            ]
+            .into_iter(),
+        ))
+    }
+}
+
+/// The watch folder, one spelling on every command that uses it.
+#[derive(Debug, Clone, Args)]
+pub struct WatchDirArg {
+    /// The watch folder: DIR/inbox (drop radiographs there), DIR/queue (review entries),
+    /// DIR/rejected.
+    #[arg(
+        long = "watch-dir",
+        value_name = "DIR",
+        env = "CXR_WATCH_DIR",
+        default_value = "watch",
+        alias = "dir"
+    )]
+    pub watch_dir: PathBuf,
+}
+
+impl Default for WatchDirArg {
+    fn default() -> Self {
+        Self {
+            watch_dir: std::env::var_os("CXR_WATCH_DIR").map_or_else(|| "watch".into(), Into::into),
+        }
+    }
+}
+
+/// How the viewer draws images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ImageProtocolArg {
+    /// Ask the terminal (briefly; halfblocks if it does not answer).
+    #[default]
+    Auto,
+    /// Coloured half blocks: any terminal, also over plain SSH.
+    Halfblocks,
+    /// Sixel graphics (xterm -ti vt340, foot, WezTerm, mlterm...).
+    Sixel,
+    /// The kitty graphics protocol (kitty, Ghostty, WezTerm).
+    Kitty,
+    /// iTerm2's inline images (iTerm2, WezTerm).
+    Iterm2,
+}
+
+impl ImageProtocolArg {
+    /// The name the viewer takes.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Halfblocks => "halfblocks",
+            Self::Sixel => "sixel",
+            Self::Kitty => "kitty",
+            Self::Iterm2 => "iterm2",
+        }
+    }
+}
+
+/// Colormap of the overlays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ColormapArg {
+    /// Perceptually uniform, dark blue to yellow; readable in grey and by colour-blind people.
+    #[default]
+    Viridis,
+    /// Rainbow-like, more contrast in the middle.
+    Turbo,
+}
+
+impl From<ColormapArg> for cxr_core::render::Colormap {
+    fn from(arg: ColormapArg) -> Self {
+        match arg {
+            ColormapArg::Viridis => Self::Viridis,
+            ColormapArg::Turbo => Self::Turbo,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,14 +196,19 @@ pub enum Command {
         /// PNG, JPEG (8- or 16-bit, gray, RGB or RGBA) or DICOM files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Add DICOM patient and study identifiers to the JSON (personal data: off by default).
         #[arg(long)]
         identifiers: bool,
     },
     /// Write each image's lung mask as a PNG of the same size (255 lung, 0 background).
     Segment {
+        /// Radiographs (PNG, JPEG or DICOM).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Output folder (created if missing); masks are named STEM.mask.png.
         #[arg(long)]
         out: PathBuf,
@@ -59,6 +220,8 @@ pub enum Command {
         /// Manifest CSV files, read as one (e.g. cxr/manifest.csv jsrt/manifest.csv).
         #[arg(required = true)]
         manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Write one CSV row per image (file, source, truth, probability, label, familiarity,
         /// flags) to this file, to find the false positives.
         #[arg(long, value_name = "FILE.csv")]
@@ -87,6 +250,8 @@ pub enum Command {
         /// Labelled manifest CSV files, read as one (e.g. cxr/manifest.csv jsrt/manifest.csv).
         #[arg(required = true)]
         manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Seed of the patient split (probes train on train+validation, test on test patients).
         #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
         seed: u64,
@@ -103,8 +268,11 @@ pub enum Command {
     /// Explain the classifier's decision on each image with one or more explainers: writes an
     /// overlay PNG per method and a JSON report per image into --out, and prints the reports.
     Explain {
+        /// Radiographs (PNG, JPEG or DICOM).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Comma-separated explainer names (see `cxr explainers`).
         #[arg(long, short, value_delimiter = ',', default_value = "grad-cam")]
         method: Vec<String>,
@@ -129,17 +297,20 @@ pub enum Command {
     /// leave out the extension: ID.png, else the one ID.*), one reply line per request on
     /// stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
     Worker {
-        /// The folder whose files the requests name.
-        #[arg(long)]
+        /// The folder whose files the requests name (any folder of radiographs; not a watch
+        /// folder).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Requests run at once (each worker loads its own models).
         #[arg(long, default_value_t = 2)]
         jobs: usize,
         /// Where overlays go [default: DIR/.cxr-worker].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Result cache folder [default: DIR/.cxr-cache].
-        #[arg(long)]
+        /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr, this user's].
+        #[arg(long, alias = "cache-dir")]
         cache: Option<PathBuf>,
         /// Neither read nor write the result cache.
         #[arg(long)]
@@ -164,10 +335,23 @@ pub enum Command {
     /// resumes without losing or double-processing a file. Write files under a temporary or
     /// hidden name and rename them into the inbox when complete (plain copies work too).
     Watch(WatchArgs),
-    /// The review queue of a watch folder: list it, label entries.
+    /// The review queue of a watch folder: list it, label entries, export the session.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Print a shell completion script: e.g. `cxr completions bash > ~/.local/share/bash-completion/completions/cxr`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, or write cxr.1 and one page per command
+    /// (cxr-tui.1, ...) into a folder: `cxr man | man -l -`.
+    Man {
+        /// Folder to write the pages into (created if missing) instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// The HTTP API and web page (the seed's routes: /v1/classifier, /v1/explainer/NAME/ID,
     /// /v1/training/queue; see docs/http-api.md). Prints `cxr serve: listening on
@@ -182,15 +366,11 @@ pub struct ServeArgs {
     /// an unauthenticated API: put it behind a proxy that authenticates.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3005")]
     pub addr: std::net::SocketAddr,
-    /// The watch folder whose review queue receives labels (DIR/queue, as `cxr watch` and the
-    /// viewer use it; created on the first label).
-    #[arg(
-        long = "watch-dir",
-        value_name = "DIR",
-        env = "CXR_WATCH_DIR",
-        default_value = "watch"
-    )]
-    pub watch_dir: PathBuf,
+    /// The watch folder whose review queue receives labels (created on the first label).
+    #[command(flatten)]
+    pub watch: WatchDirArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Model workers, each with its own models (requests run at once).
     #[arg(long, short, default_value_t = 2)]
     pub jobs: usize,
@@ -221,13 +401,14 @@ pub struct TuiArgs {
     /// A folder of radiographs, one file, or a watch folder's queue [default: the watch queue
     /// if there is one, else the current folder].
     pub path: Option<PathBuf>,
-    /// How to draw images: auto (ask the terminal), halfblocks (any terminal, also over plain
-    /// SSH), sixel, kitty or iterm2.
-    #[arg(long, default_value = "auto")]
-    pub image_protocol: String,
-    /// The watch folder whose queue receives labels.
-    #[arg(long, default_value = "watch")]
-    pub watch_dir: PathBuf,
+    /// How to draw images.
+    #[arg(long, value_enum, default_value_t = ImageProtocolArg::Auto)]
+    pub image_protocol: ImageProtocolArg,
+    /// The watch folder whose queue the viewer opens by default and where labels go.
+    #[command(flatten)]
+    pub watch: WatchDirArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Log file [default: $XDG_STATE_HOME/cxr/cxr.log or ~/.local/state/cxr/cxr.log].
     #[arg(long)]
     pub log: Option<PathBuf>,
@@ -244,9 +425,9 @@ pub struct TuiArgs {
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// Colormap of the overlays: viridis or turbo.
-    #[arg(long, default_value = "viridis")]
-    pub colormap: String,
+    /// Colormap of the overlays.
+    #[arg(long, value_enum, default_value_t = ColormapArg::Viridis)]
+    pub colormap: ColormapArg,
     /// Opacity of the heatmap where it is hottest (0..1).
     #[arg(long, default_value_t = 0.6)]
     pub opacity: f32,
@@ -273,9 +454,13 @@ pub enum CompatArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SplitArg {
+    /// Every row.
     All,
+    /// The training patients.
     Train,
+    /// The validation patients.
     Validation,
+    /// The test patients.
     Test,
 }
 
@@ -289,10 +474,13 @@ pub enum TrainCommand {
         manifests: Vec<PathBuf>,
         #[command(flatten)]
         common: TrainArgs,
+        /// Passes over the training images.
         #[arg(long, default_value_t = 40)]
         epochs: usize,
+        /// Images per optimisation step.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
+        /// Adam's learning rate.
         #[arg(long, default_value_t = 2e-3)]
         learning_rate: f64,
     },
@@ -319,17 +507,23 @@ pub enum TrainCommand {
         /// into the card (one more training per source).
         #[arg(long)]
         leave_one_source_out: bool,
+        /// Passes over the training images.
         #[arg(long, default_value_t = 30)]
         epochs: usize,
+        /// Images per optimisation step.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// Adam's learning rate.
         #[arg(long, default_value_t = 1e-3)]
         learning_rate: f64,
-        /// Also train on this watch folder's reviewed queue items (labelled covid or normal,
+        /// Also train on the reviewed queue items of --watch-dir (labelled covid or normal,
         /// not skip), always in the training split. Needs --out, another folder than the
         /// models in use: the shipped model is never replaced by a queue-trained one silently.
-        #[arg(long, value_name = "DIR")]
-        include_queue: Option<PathBuf>,
+        #[arg(long)]
+        include_queue: bool,
+        /// The watch folder whose queue --include-queue reads.
+        #[command(flatten)]
+        watch: WatchDirArg,
     },
     /// Fit the classifier's familiarity model (trust flags) again on labelled manifests,
     /// without touching its weights, and write it into the classifier's JSON in --out.
@@ -369,7 +563,9 @@ pub struct DefenceArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputArg {
+    /// The lungs standardised, hard mask edge (the first models).
     Masked,
+    /// Lung histogram equalised, soft mask edge.
     EqualisedFeathered,
 }
 
@@ -377,22 +573,28 @@ pub enum InputArg {
 pub struct TrainArgs {
     /// Folder to write the model into [default: the models folder]. Writing into the shipped
     /// models folder replaces the shipped model: pass another folder to keep it.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Seed of the patient split, the initial weights and the batch order.
     #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
     pub seed: u64,
     /// Start from these weights (a .safetensors file of the same architecture) and fine-tune.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 // Independent on/off switches of one command: flags are the natural form.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// The watch folder (created if missing): DIR/inbox, DIR/queue, DIR/rejected.
-    #[arg(default_value = "watch")]
-    pub dir: PathBuf,
+    /// The watch folder (created if missing).
+    #[command(flatten)]
+    pub watch: WatchDirArg,
+    /// The old spelling of --watch-dir (`cxr watch DIR`).
+    #[arg(hide = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Comma-separated explainers to run on every file (see `cxr explainers`), or `none` for
     /// classification only.
     #[arg(long, short, value_delimiter = ',', default_value = "grad-cam")]
@@ -422,6 +624,8 @@ pub struct WatchArgs {
     pub faithfulness: bool,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -429,9 +633,12 @@ pub enum QueueCommand {
     /// List the entries: most uncertain first (probability closest to the decision threshold),
     /// or oldest first.
     List {
-        /// The watch folder.
-        #[arg(default_value = "watch")]
-        dir: PathBuf,
+        #[command(flatten)]
+        watch: WatchDirArg,
+        /// The old spelling of --watch-dir (`cxr queue list DIR`).
+        #[arg(hide = true, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Order of the entries.
         #[arg(long, value_enum, default_value_t = QueueOrder::Uncertainty)]
         order: QueueOrder,
         /// Only entries waiting for review.
@@ -447,17 +654,228 @@ pub enum QueueCommand {
         id: String,
         /// One of the model's classes (covid, normal), or skip.
         label: String,
-        /// The watch folder.
-        #[arg(long, default_value = "watch")]
-        dir: PathBuf,
+        #[command(flatten)]
+        watch: WatchDirArg,
         /// Who reviewed it [default: $USER].
         #[arg(long)]
         reviewer: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Export the review session: every entry with its prediction, flags, label and reviewer,
+    /// as CSV or as one self-contained HTML report (thumbnails and overlays embedded).
+    Export {
+        #[command(flatten)]
+        watch: WatchDirArg,
+        /// csv: one row per entry; html: a report to open in a browser.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Only reviewed entries.
+        #[arg(long)]
+        reviewed: bool,
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum QueueOrder {
+    /// Most uncertain first (probability closest to the threshold; flagged entries first).
     Uncertainty,
+    /// Oldest first.
     Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Comma-separated values, one row per entry.
+    Csv,
+    /// A self-contained HTML report.
+    Html,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every argument and subcommand a user can see, with what is missing: help text.
+    fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if arg.is_hide_set() || builtin {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_name() != "help" && sub.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            undocumented(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "cxr", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_help_check_finds_an_undocumented_argument() {
+        let command = clap::Command::new("x")
+            .about("x")
+            .arg(clap::Arg::new("documented").long("a").help("yes"))
+            .subcommand(clap::Command::new("sub").arg(clap::Arg::new("bare").long("b")));
+        let mut missing = Vec::new();
+        undocumented(&command, "x", &mut missing);
+        assert_eq!(missing, ["x sub", "x sub bare"]);
+    }
+
+    /// The watch folder is `--watch-dir` on every command that uses it, and only there.
+    #[test]
+    fn one_spelling_for_the_watch_folder() {
+        fn walk(command: &clap::Command, path: &str, with: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some("watch-dir"))
+                {
+                    with.push(path.clone());
+                }
+                walk(sub, &path, with);
+            }
+        }
+        let cli = Cli::command();
+        let mut with = Vec::new();
+        walk(&cli, "cxr", &mut with);
+        assert_eq!(
+            with,
+            [
+                "cxr tui",
+                "cxr train classifier",
+                "cxr watch",
+                "cxr queue list",
+                "cxr queue label",
+                "cxr queue export"
+            ]
+        );
+    }
+
+    /// `--device` and `--models` only where models are loaded.
+    #[test]
+    fn model_options_only_where_models_load() {
+        let cli = Cli::command();
+        let has = |path: &[&str]| {
+            let mut command = &cli;
+            for name in path {
+                command = command
+                    .find_subcommand(name)
+                    .unwrap_or_else(|| panic!("{name}"));
+            }
+            command
+                .get_arguments()
+                .any(|a| a.get_long() == Some("device") && !a.is_hide_set())
+        };
+        for path in [
+            &["classify"][..],
+            &["tui"],
+            &["explain"],
+            &["eval"],
+            &["audit"],
+            &["segment"],
+            &["worker"],
+            &["watch"],
+            &["queue", "label"],
+            &["train", "classifier"],
+        ] {
+            assert!(has(path), "{path:?} lacks --device");
+        }
+        for path in [
+            &["explainers"][..],
+            &["queue", "list"],
+            &["queue", "export"],
+            &["completions"],
+            &["man"],
+        ] {
+            assert!(!has(path), "{path:?} has --device");
+        }
+    }
+
+    /// README's command table and `--help` agree: every command (and queue/train subcommand)
+    /// is in the README, and every long option the README names exists.
+    #[test]
+    fn the_readme_names_every_command_and_only_real_options() {
+        fn collect(command: &clap::Command, longs: &mut std::collections::BTreeSet<String>) {
+            for arg in command.get_arguments() {
+                longs.extend(arg.get_long().map(str::to_owned));
+                longs.extend(
+                    arg.get_all_aliases()
+                        .into_iter()
+                        .flatten()
+                        .map(str::to_owned),
+                );
+            }
+            for sub in command.get_subcommands() {
+                collect(sub, longs);
+            }
+        }
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+        )
+        .expect("README.md");
+        let cli = Cli::command();
+        let mut longs = std::collections::BTreeSet::new();
+        collect(&cli, &mut longs);
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name();
+            assert!(
+                readme.contains(&format!("cxr {name}")),
+                "README lacks `cxr {name}`"
+            );
+            for inner in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+                let both = format!("{name} {}", inner.get_name());
+                let listed = readme.contains(&format!("cxr {both}"))
+                    || readme.contains(&format!("{name} list\\|label"))
+                        && ["list", "label"].contains(&inner.get_name());
+                assert!(listed, "README lacks `cxr {both}`");
+            }
+        }
+        // Options the README mentions in code spans, like `--watch-dir DIR`.
+        for word in readme.split(|c: char| c.is_whitespace() || "`()[],|;".contains(c)) {
+            let Some(option) = word.strip_prefix("--") else {
+                continue;
+            };
+            let option = option.split('=').next().unwrap_or_default();
+            let word_like = option.starts_with(|c: char| c.is_ascii_lowercase())
+                && option.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+            if !word_like {
+                continue;
+            }
+            // Options of cargo and of the example programs the README also shows.
+            let elsewhere = [
+                "all",
+                "all-targets",
+                "bench",
+                "example",
+                "release",
+                "seconds",
+                "test",
+                "workspace",
+            ];
+            assert!(
+                longs.contains(option) || elsewhere.contains(&option),
+                "README names --{option}, which cxr lacks"
+            );
+        }
+    }
 }

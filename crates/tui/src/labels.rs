@@ -18,15 +18,18 @@ fn reviewer() -> String {
 
 /// Records `label` for the radiograph at `path` in the queue of `watch_dir` (created if
 /// missing), keeping what the classifier predicted (and its positive class); returns a line for
-/// the status bar.
+/// the status bar. The label must be one of the model's `classes` (or `skip`), as
+/// `cxr queue label` requires: nothing is written otherwise.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
     label: &str,
     predicted: Option<(&Prediction, &str)>,
+    classes: &[String],
 ) -> cxr_core::Result<String> {
-    let queue = Queue::create(watch_dir)?;
     let label: Label = label.parse()?;
+    label.check(classes)?;
+    let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
     let item = queue.label_file(path, label.clone(), &reviewer(), predicted)?;
     Ok(format!(

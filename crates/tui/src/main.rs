@@ -19,10 +19,37 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cxr: {e:#}");
+            eprintln!("cxr: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: `CoreError`s already name their
+/// source in their own message, so eyre's `{:#}` would print the OS error twice. A model that
+/// cannot be loaded gets a hint on where models are looked for.
+fn one_line(error: &color_eyre::eyre::Report) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let model_load = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<cxr_core::CoreError>(),
+            Some(cxr_core::CoreError::ModelLoad { .. })
+        )
+    });
+    if model_load && !line.contains("hint:") {
+        line = format!("{line} ({})", commands::MODELS_HINT);
+    }
+    line
 }
 
 /// Rust ignores SIGPIPE, so a `println!` or `eprintln!` into a closed pipe panics (status 101

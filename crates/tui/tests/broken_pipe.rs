@@ -16,7 +16,6 @@ fn sample(name: &str) -> PathBuf {
 
 fn spawn(args: &[&std::ffi::OsStr]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu"])
         .args(args)
         .env_remove("CXR_MODELS")
         .stdin(Stdio::null())

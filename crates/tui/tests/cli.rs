@@ -16,10 +16,12 @@ fn sample(name: &str) -> PathBuf {
     repo().join("samples").join(name)
 }
 
+/// `cxr COMMAND --device cpu ARGS...` (`args[0]` is the command).
 fn cxr(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(&args[..1])
         .args(["--device", "cpu"])
-        .args(args)
+        .args(&args[1..])
         .env_remove("CXR_MODELS")
         .output()
         .unwrap()
@@ -110,9 +112,9 @@ fn missing_models_exit_2_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let good = sample("nih_00002013_002.png");
     let out = cxr(&[
+        "classify".as_ref(),
         "--models".as_ref(),
         dir.path().as_os_str(),
-        "classify".as_ref(),
         good.as_os_str(),
     ]);
     assert_eq!(out.status.code(), Some(2));
@@ -121,7 +123,274 @@ fn missing_models_exit_2_with_a_message() {
         stderr.contains("cannot load model") && stderr.contains("segmenter.json"),
         "{stderr}"
     );
+    // One line, the OS error once, and where to look.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("hint:") && stderr.contains("CXR_MODELS"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_missing_models_folder_is_one_line_with_a_hint() {
+    let out = cxr(&[
+        "classify".as_ref(),
+        "--models".as_ref(),
+        "/nonexistent".as_ref(),
+        sample("nih_00002013_002.png").as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "cxr: cannot load models from /nonexistent: no such folder (hint: run from the project \
+         folder, pass --models DIR or set CXR_MODELS)\n"
+    );
+}
+
+#[test]
+fn the_old_spellings_still_work() {
+    // `--device` before the command, and `queue list DIR`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queue")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["--device", "cpu", "queue", "list"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("id "));
+    // Options that do nothing on a command are refused there.
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["explainers", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--device'"));
+}
+
+#[test]
+fn the_watch_folder_comes_from_cxr_watch_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["queue", "list", "--json"])
+        .env("CXR_WATCH_DIR", dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nowhere") && stderr.contains("no watch folder"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn defaults_resolve_from_any_folder() {
+    // Models: found beside the binary's project when ./models has none.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["classify", "--device", "cpu"])
+        .arg(sample("nih_00002013_002.png"))
+        .current_dir(elsewhere.path())
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Training data: `$CXR_DATA` or ../shared/data or ./data from the current folder, never the
+    // source tree the binary was built from. (Two levels down: /tmp/shared/data may exist.)
+    let deep = elsewhere.path().join("a/b");
+    std::fs::create_dir_all(&deep).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["train", "segmenter", "--device", "cpu", "--epochs", "1"])
+        .arg("--out")
+        .arg(elsewhere.path().join("new"))
+        .current_dir(&deep)
+        .env_remove("CXR_DATA")
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no data folder") && stderr.contains("CXR_DATA"),
+        "{stderr}"
+    );
+    // With CXR_DATA naming a folder without manifests, the manifest under it is what is missing.
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["train", "segmenter", "--device", "cpu", "--epochs", "1"])
+        .arg("--out")
+        .arg(elsewhere.path().join("new"))
+        .current_dir(elsewhere.path())
+        .env("CXR_DATA", elsewhere.path())
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = elsewhere.path().join("lungseg/manifest.csv");
+    assert!(stderr.contains(&*expected.to_string_lossy()), "{stderr}");
+}
+
+#[test]
+fn quiet_prints_only_results_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.png");
+    let good = sample("nih_00002013_002.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args([
+            "--quiet",
+            "--progress",
+            "always",
+            "classify",
+            "--device",
+            "cpu",
+        ])
+        .arg(&good)
+        .arg(&missing)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_lines(&out).len(), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "only the error: {stderr}");
+    assert!(stderr.contains("missing.png"), "{stderr}");
+}
+
+#[test]
+fn progress_always_reports_explanation_samples_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sample("nih_00002013_002.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["--progress", "always", "explain", "--device", "cpu"])
+        .args([
+            "-m",
+            "lime",
+            "-p",
+            "lime:samples=120",
+            "-p",
+            "lime:batch=20",
+        ])
+        .arg("--no-faithfulness")
+        .arg("--out")
+        .arg(dir.path())
+        .arg(&good)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    // The first sample batch is reported at once, and the end.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("explaining 0/1") && l.contains("lime 20/120")),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("explaining 1/1")),
+        "{stderr}"
+    );
+    // No estimate from the first batch alone (a sixth of the work is enough, one batch is not).
+    let first = lines.iter().find(|l| l.contains("lime 20/120")).unwrap();
+    assert!(!first.contains("left"), "{first}");
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "no terminal codes: {stderr}"
+    );
+    // Without --progress always, nothing: stderr is not a terminal.
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args([
+            "explain",
+            "--device",
+            "cpu",
+            "-m",
+            "grad-cam",
+            "--no-faithfulness",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .arg(&good)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["classify", "watch-dir", "image-protocol", "export"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        if ["bash", "zsh", "fish"].contains(&shell) {
+            assert!(script.contains("halfblocks"), "{shell}: no protocol values");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_manual_page() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH cxr 1"),
+        "{page}"
+    );
+    for word in ["cxr\\-tui", "cxr\\-queue", "\\-\\-progress", "\\-\\-quiet"] {
+        assert!(page.contains(word), "no {word} in the page");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    for page in [
+        "cxr.1",
+        "cxr-tui.1",
+        "cxr-queue-export.1",
+        "cxr-train-classifier.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let export = std::fs::read_to_string(dir.path().join("cxr-queue-export.1")).unwrap();
+    assert!(export.contains("watch\\-dir") && export.contains("CXR_WATCH_DIR"));
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn sample(name: &str) -> PathBuf {
 /// stuck test run.
 fn classify_within(file: &Path, limit: Duration) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "classify"])
+        .args(["classify", "--device", "cpu"])
         .arg(file)
         .env_remove("CXR_MODELS")
         .stdin(Stdio::null())
@@ -196,7 +196,7 @@ fn peak_rss_kib(file: &Path) -> Option<(u64, Output)> {
     let out = Command::new("/usr/bin/time")
         .args(["-f", "peak-rss-kib=%M"])
         .arg(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "classify"])
+        .args(["classify", "--device", "cpu"])
         .arg(file)
         .env_remove("CXR_MODELS")
         .output()

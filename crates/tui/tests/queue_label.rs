@@ -19,9 +19,8 @@ fn sample(name: &str) -> PathBuf {
 fn cxr(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
     command
-        .args(["--device", "cpu"])
         .args(args)
-        .arg("--dir")
+        .args(["--device", "cpu", "--watch-dir"])
         .arg(dir)
         .env_remove("CXR_MODELS");
     command

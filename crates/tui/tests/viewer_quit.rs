@@ -73,7 +73,7 @@ fn quit_during_lime(round: u32) {
     let log = dir.path().join("cxr.log");
     // A 160x48 terminal; the viewer's exit status is `script`'s (-e), 128 + n for signal n.
     let viewer = format!(
-        "stty rows 48 cols 160 && exec {} --device cpu --models {} tui {} \
+        "stty rows 48 cols 160 && exec {} tui --device cpu --models {} {} \
          --image-protocol halfblocks --no-cache --watch-dir {} --log {}",
         quoted(Path::new(env!("CARGO_BIN_EXE_cxr"))),
         quoted(&repo().join("models")),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,7 +21,7 @@ fn sample(name: &str) -> PathBuf {
 fn watch(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
     command
-        .args(["--device", "cpu", "watch"])
+        .args(["watch", "--device", "cpu", "--watch-dir"])
         .arg(dir)
         .args(["--method", "none"])
         .args(args)
@@ -283,4 +284,74 @@ fn a_jpeg_written_in_two_parts_is_queued_whole() {
     )
     .unwrap();
     assert!(stored == jpeg, "the queued file is not the complete JPEG");
+}
+
+/// A 2.5 GB sparse file and a DICOM whose Rescale Slope is 1e308 dropped into the inbox: the
+/// first is refused from its size without being read, the second as non-finite, each rejected
+/// once with its reason (never queued with `"confidence": null`, never retried for ever), and
+/// the queue stays readable.
+#[test]
+fn a_sparse_file_and_a_nan_dicom_are_rejected_once_and_the_queue_stays_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let sparse = File::create(inbox.join("sparse.png")).unwrap();
+    sparse.set_len(2_500_000_000).unwrap();
+    drop(sparse);
+    let original = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/dicom/pydicom-data_RG1_UNCR.dcm"),
+    )
+    .unwrap();
+    let width = original
+        .windows(6)
+        .position(|w| w == b"\x28\x00\x51\x10DS")
+        .unwrap();
+    let at = width
+        + 8
+        + usize::from(u16::from_le_bytes([
+            original[width + 6],
+            original[width + 7],
+        ]));
+    let mut patched = original[..at].to_vec();
+    patched.extend_from_slice(b"\x28\x00\x53\x10DS\x06\x001e308 ");
+    patched.extend_from_slice(&original[at..]);
+    std::fs::write(inbox.join("slope.dcm"), patched).unwrap();
+    std::fs::copy(sample("nih_00001299_000.png"), inbox.join("good.png")).unwrap();
+
+    let (out, events) = watch_once(&dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let of = |name: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind && e["file"].as_str().is_some_and(|f| f.ends_with(name)))
+            .count()
+    };
+    assert_eq!(of("sparse.png", "rejected"), 1, "{events:#?}\n{stderr}");
+    assert_eq!(of("slope.dcm", "rejected"), 1, "{events:#?}\n{stderr}");
+    assert_eq!(of("slope.dcm", "queued"), 0);
+    assert_eq!(of("good.png", "queued"), 1, "{events:#?}");
+    assert!(reason(&dir, "sparse.png").contains("larger than the 256 MiB this tool reads"));
+    let slope = reason(&dir, "slope.dcm");
+    assert!(
+        slope.contains("Rescale Slope (1e308)") && slope.contains("non-finite"),
+        "{slope}"
+    );
+    assert_eq!(names_in(&inbox), BTreeSet::new());
+    // The queue lists and labels as usual.
+    let list = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["queue", "list", "--json"])
+        .arg(&dir)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(!listed.contains("\"confidence\":null"), "{listed}");
 }

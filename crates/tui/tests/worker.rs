@@ -46,10 +46,12 @@ struct Run {
 /// Runs `cxr worker` on `dir` with `input` on stdin (then end of input), at most 5 minutes.
 fn worker(dir: &Path, extra: &[&str], input: &[u8]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--device", "cpu", "worker", "--dir"])
+        .args(["worker", "--device", "cpu", "--dir"])
         .arg(dir)
         .args(extra)
         .env_remove("CXR_MODELS")
+        // The user's cache folder, private to this test.
+        .env("XDG_CACHE_HOME", dir.join(".xdg"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -274,10 +276,14 @@ fn repeated_requests_come_from_the_cache_and_corrupt_entries_are_recomputed() {
     );
     std::fs::remove_file(&overlay).unwrap();
     // Damage every cache entry: nothing corrupt may be served.
-    let cache = dir.path().join(".cxr-cache");
+    let cache = dir.path().join(".xdg/cxr");
     let mut damaged = 0;
     for shard in std::fs::read_dir(&cache).unwrap() {
-        for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+        let shard = shard.unwrap().path();
+        if !shard.is_dir() {
+            continue; // the key file
+        }
+        for entry in std::fs::read_dir(shard).unwrap() {
             let path = entry.unwrap().path();
             let mut bytes = std::fs::read(&path).unwrap();
             let last = bytes.len() - 1;

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::io::{BufRead, BufReader, Write};
+
+use hmac::Mac;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -20,9 +22,11 @@ fn sample(name: &str) -> PathBuf {
 fn worker(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
     command
-        .args(["--device", "cpu", "worker", "--dir"])
+        .args(["worker", "--device", "cpu", "--dir"])
         .arg(dir)
-        .env_remove("CXR_MODELS");
+        .env_remove("CXR_MODELS")
+        // The user's cache folder, private to this test.
+        .env("XDG_CACHE_HOME", dir.join(".xdg"));
     command
 }
 
@@ -144,11 +148,20 @@ fn a_fast_client_is_held_back() {
     );
 }
 
-/// The one cache entry under `dir/.cxr-cache`.
+/// The user's cache folder the worker on `dir` uses in these tests.
+fn cache_dir(dir: &Path) -> PathBuf {
+    dir.join(".xdg/cxr")
+}
+
+/// The one cache entry in the cache folder.
 fn cache_entry(dir: &Path) -> PathBuf {
     let mut found = Vec::new();
-    for sub in std::fs::read_dir(dir.join(".cxr-cache")).unwrap() {
-        for entry in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+    for sub in std::fs::read_dir(cache_dir(dir)).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue; // the key file
+        }
+        for entry in std::fs::read_dir(sub).unwrap() {
             found.push(entry.unwrap().path());
         }
     }
@@ -156,10 +169,14 @@ fn cache_entry(dir: &Path) -> PathBuf {
     found.remove(0)
 }
 
-/// Rewrites an entry with `payload` and the `written` time, checksum and length recomputed:
-/// what a forger with write access to the folder can do.
-fn forge(entry: &Path, edit: impl Fn(&str) -> String, written: u64) {
-    let bytes = std::fs::read(entry).unwrap();
+/// Rewrites an entry with `payload` and the `written` time, checksum and length recomputed,
+/// sealed with `key` (the user's own: an authentic entry; any other: a forger with write
+/// access to the folder, who cannot read the user's key).
+fn forge(entry: &Path, edit: impl Fn(&str) -> String, written: u64, key: &[u8]) {
+    let sealed = std::fs::read(entry).unwrap();
+    let mac_end = sealed.iter().position(|&b| b == b'\n').unwrap();
+    assert!(sealed.starts_with(b"cxr-mac "));
+    let bytes = &sealed[mac_end + 1..];
     let end = bytes.iter().position(|&b| b == b'\n').unwrap();
     let header = std::str::from_utf8(&bytes[..end]).unwrap();
     let fields: Vec<&str> = header.split(' ').collect();
@@ -182,8 +199,19 @@ fn forge(entry: &Path, edit: impl Fn(&str) -> String, written: u64) {
         fields[2],
         payload.len()
     );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(forged.as_bytes());
+    let code: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .fold(String::new(), |s, b| s + &format!("{b:02x}"));
     std::fs::remove_file(entry).unwrap();
-    std::fs::write(entry, forged).unwrap();
+    std::fs::write(entry, format!("cxr-mac {code}\n{forged}")).unwrap();
+}
+
+fn user_key(dir: &Path) -> Vec<u8> {
+    std::fs::read(cache_dir(dir).join("key")).unwrap()
 }
 
 fn reply(dir: &Path, extra: &[&str]) -> serde_json::Value {
@@ -222,15 +250,34 @@ fn forged_and_future_cache_entries_are_not_served() {
         .unwrap()
         .as_secs();
 
-    // Written "in ten years": with a one-hour lifetime, it must count as expired.
-    forge(&entry, str::to_owned, now + 10 * 365 * 24 * 3600);
+    // Written "in ten years" (an authentic entry, from a clock that was wrong): with a
+    // one-hour lifetime, it must count as expired.
+    forge(
+        &entry,
+        str::to_owned,
+        now + 10 * 365 * 24 * 3600,
+        &user_key(tmp.path()),
+    );
     let again = reply(tmp.path(), &["--cache-max-age-hours", "1"]);
     assert_eq!(again["cached"], false, "{again}");
+
+    // The label changed and the checksum recomputed by someone who can write into the cache
+    // folder but cannot read the user's key: the entry fails authentication.
+    let entry = cache_entry(tmp.path());
+    forge(&entry, |p| p.replace(&label, wrong), now, &[7u8; 32]);
+    let served = reply(tmp.path(), &[]);
+    assert_eq!(served["cached"], false, "{served}");
+    assert_eq!(served["label"], label.as_str(), "{served}");
 
     // Another user's entry with the label changed and the checksum recomputed. Only root can
     // give a file away; elsewhere the forger's entry is simulated by one others can write.
     let entry = cache_entry(tmp.path());
-    forge(&entry, |p| p.replace(&label, wrong), now);
+    forge(
+        &entry,
+        |p| p.replace(&label, wrong),
+        now,
+        &user_key(tmp.path()),
+    );
     let given_away = std::os::unix::fs::chown(&entry, Some(65_534), Some(65_534)).is_ok();
     if !given_away {
         use std::os::unix::fs::PermissionsExt;
@@ -239,9 +286,9 @@ fn forged_and_future_cache_entries_are_not_served() {
     let served = reply(tmp.path(), &[]);
     assert_eq!(served["cached"], false, "{served}");
     assert_eq!(served["label"], label.as_str(), "{served}");
-    // The cache folder is private.
-    let mode = std::os::unix::fs::MetadataExt::mode(
-        &std::fs::metadata(tmp.path().join(".cxr-cache")).unwrap(),
-    );
+    // The cache folder is the user's, private, and not in the images' folder.
+    let mode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(cache_dir(tmp.path())).unwrap());
     assert_eq!(mode & 0o777, 0o700);
+    assert!(!tmp.path().join(".cxr-cache").exists());
 }

@@ -1,5 +1,6 @@
 //! Explainer parameters: `name=value` pairs from the command line or the viewer, read by each
-//! explainer with a typed getter and a default.
+//! explainer with a typed getter. Defaults are written once, in the explainer's registration
+//! ([`super::Param`]): [`ExplainerEntry::build`] hands the constructor a config that knows them.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -11,6 +12,9 @@ use crate::{CoreError, Result};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExplainerConfig {
     values: BTreeMap<String, String>,
+    /// The explainer these are for and its declared defaults (set by [`Self::for_entry`]).
+    method: &'static str,
+    defaults: BTreeMap<&'static str, &'static str>,
 }
 
 impl ExplainerConfig {
@@ -18,12 +22,37 @@ impl ExplainerConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let mut values = BTreeMap::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').ok_or_else(|| {
-                CoreError::Invalid(format!("parameter {pair:?}: expected name=value"))
-            })?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| CoreError::BadParameter {
+                    method: String::new(),
+                    reason: format!("parameter {pair:?}: expected name=value"),
+                })?;
             values.insert(key.trim().to_owned(), value.trim().to_owned());
         }
-        Ok(Self { values })
+        Ok(Self {
+            values,
+            ..Self::default()
+        })
+    }
+
+    /// These values with `entry`'s declared defaults behind them.
+    #[must_use]
+    pub fn for_entry(&self, entry: &ExplainerEntry) -> Self {
+        Self {
+            values: self.values.clone(),
+            method: entry.name,
+            defaults: entry.params.iter().map(|p| (p.name, p.default)).collect(),
+        }
+    }
+
+    /// A [`CoreError::BadParameter`] about these parameters.
+    #[must_use]
+    pub fn error(&self, reason: impl Into<String>) -> CoreError {
+        CoreError::BadParameter {
+            method: self.method.to_owned(),
+            reason: reason.into(),
+        }
     }
 
     #[must_use]
@@ -32,17 +61,27 @@ impl ExplainerConfig {
         self
     }
 
-    /// The value of `key` parsed as `T`, or `default` when absent.
-    pub fn get<T: FromStr>(&self, key: &str, default: T) -> Result<T> {
-        match self.values.get(key) {
-            None => Ok(default),
-            Some(text) => text.parse().map_err(|_| {
-                CoreError::Invalid(format!(
-                    "parameter {key}={text}: not a valid {}",
-                    std::any::type_name::<T>()
-                ))
-            }),
-        }
+    /// The value of `key` parsed as `T`: as given, else the default the explainer declared.
+    /// Asking for a parameter the explainer did not declare is an error (a default must not be
+    /// written twice).
+    pub fn get<T: FromStr>(&self, key: &str) -> Result<T> {
+        let Some(text) = self
+            .values
+            .get(key)
+            .map(String::as_str)
+            .or_else(|| self.defaults.get(key).copied())
+        else {
+            return Err(self.error(format!(
+                "{}: parameter {key:?} is not declared in its registration",
+                self.method
+            )));
+        };
+        text.parse().map_err(|_| {
+            self.error(format!(
+                "parameter {key}={text}: not a valid {}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// Refuses parameters that `entry` does not declare (catches typos like `sample=100`).
@@ -50,15 +89,18 @@ impl ExplainerConfig {
         for key in self.values.keys() {
             if !entry.params.iter().any(|p| p.name == key) {
                 let known: Vec<&str> = entry.params.iter().map(|p| p.name).collect();
-                return Err(CoreError::Invalid(format!(
-                    "{} has no parameter {key:?} (it takes: {})",
-                    entry.name,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
+                return Err(CoreError::BadParameter {
+                    method: entry.name.to_owned(),
+                    reason: format!(
+                        "{} has no parameter {key:?} (it takes: {})",
+                        entry.name,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
             }
         }
         Ok(())

@@ -30,6 +30,18 @@ pub struct ExplainInput<'a> {
     pub lung_mask: &'a [f32],
     /// Index of the class to explain (0 is the positive class).
     pub target: usize,
+    /// Told `(done, total)` as an explainer that runs many model evaluations (LIME samples,
+    /// RISE masks, occlusion windows) gets through them, for progress bars and honest ETAs.
+    pub progress: Option<&'a dyn Fn(usize, usize)>,
+}
+
+impl ExplainInput<'_> {
+    /// Reports `done` of `total` evaluations to [`ExplainInput::progress`], if anyone listens.
+    pub fn report_progress(&self, done: usize, total: usize) {
+        if let Some(progress) = self.progress {
+            progress(done, total);
+        }
+    }
 }
 
 /// An explainer's answer.

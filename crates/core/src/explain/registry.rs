@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use super::{Explainer, ExplainerConfig};
+use crate::models::{Classifier, Gradients};
 use crate::{CoreError, Result};
 
 /// A parameter an explainer accepts, for `cxr explainers` and the viewer.
@@ -22,8 +23,9 @@ pub struct ExplainerEntry {
     /// Kebab-case, unique: `grad-cam`, `lime`.
     pub name: &'static str,
     pub summary: &'static str,
-    /// Needs the classifier's feature map and gradients (not every model exposes them).
-    pub needs_gradients: bool,
+    /// How far the classifier's gradients must reach (compared with
+    /// [`crate::models::Classifier::gradients`] before the explainer runs).
+    pub needs: Gradients,
     pub params: &'static [Param],
     pub ctor: fn(&ExplainerConfig) -> Result<Box<dyn Explainer>>,
     /// Where it was registered, for duplicate-name errors.
@@ -37,10 +39,27 @@ impl ExplainerEntry {
         format!("{}:{}", self.file, self.line)
     }
 
+    /// Whether it can run on `classifier`; the error says what the model lacks.
+    pub fn check_runs_on(&self, classifier: &dyn Classifier) -> Result<()> {
+        if classifier.gradients() >= self.needs {
+            return Ok(());
+        }
+        Err(CoreError::Unsupported {
+            reason: format!(
+                "{} needs {}, which this model does not expose (it offers {}); choose an \
+                 explainer that needs less (`cxr explainers`), or export the model with \
+                 features/head methods",
+                self.name,
+                self.needs.describe(),
+                classifier.gradients().describe()
+            ),
+        })
+    }
+
     /// Builds the explainer; unknown or malformed parameters are errors.
     pub fn build(&self, config: &ExplainerConfig) -> Result<Box<dyn Explainer>> {
         config.check_known(self)?;
-        (self.ctor)(config)
+        (self.ctor)(&config.for_entry(self))
     }
 }
 
@@ -52,7 +71,7 @@ inventory::collect!(ExplainerEntry);
 /// cxr_core::register_explainer! {
 ///     name: "grad-cam",
 ///     summary: "Gradient-weighted class activation map of the last convolutional layer",
-///     needs_gradients: true,
+///     needs: Gradients::FeatureMap,
 ///     params: &[],
 ///     ctor: GradCam::from_config,
 /// }
@@ -113,13 +132,31 @@ pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
         .iter()
         .copied()
         .find(|e| e.name == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
-            CoreError::Invalid(format!(
-                "no explainer called {name:?}; registered: {}",
-                known.join(", ")
-            ))
+        .ok_or_else(|| CoreError::UnknownExplainer {
+            name: name.to_owned(),
+            known: entries.iter().map(|e| e.name.to_owned()).collect(),
         })
+}
+
+/// Other names for registered explainers, as the seed system and people write them.
+pub const ALIASES: &[(&str, &str)] = &[("gradcam", "grad-cam")];
+
+/// The explainer `name` names, written loosely (the worker's `explain_NAME`, a URL): any case,
+/// `_` for `-`, or an alias from [`ALIASES`]. Unknown names are [`CoreError::UnknownExplainer`]
+/// with `name` as written.
+pub fn lookup(name: &str) -> Result<&'static ExplainerEntry> {
+    let wanted = name.to_ascii_lowercase().replace('_', "-");
+    let wanted = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == wanted)
+        .map_or(wanted.as_str(), |(_, real)| real);
+    find(wanted).map_err(|e| match e {
+        CoreError::UnknownExplainer { known, .. } => CoreError::UnknownExplainer {
+            name: name.to_owned(),
+            known,
+        },
+        other => other,
+    })
 }
 
 /// An explainer built from a [`MethodSpec`], ready to run on many images.
@@ -160,15 +197,19 @@ impl MethodSpec {
             .collect();
         for p in params {
             let Some((method, _)) = p.split_once(':') else {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: expected METHOD:NAME=VALUE"
-                )));
+                return Err(CoreError::BadParameter {
+                    method: String::new(),
+                    reason: format!("--param {p}: expected METHOD:NAME=VALUE"),
+                });
             };
             if !names.contains(&method) {
-                return Err(CoreError::Invalid(format!(
-                    "--param {p}: {method} is not among the chosen methods ({})",
-                    names.join(",")
-                )));
+                return Err(CoreError::BadParameter {
+                    method: method.to_owned(),
+                    reason: format!(
+                        "--param {p}: {method} is not among the chosen methods ({})",
+                        names.join(",")
+                    ),
+                });
             }
         }
         names

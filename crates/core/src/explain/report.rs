@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::{self, Quality};
 use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary};
+use crate::Result;
 use crate::models::Classifier;
 use crate::pipeline::Analysis;
 use crate::render::{self, Lines, OverlayStyle};
-use crate::{CoreError, Result};
 
 /// Which quality measures to compute (each costs forward passes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,18 +75,32 @@ pub fn explain(
     target: usize,
     checks: QualityChecks,
 ) -> Result<(Explanation, MethodReport)> {
-    if entry.needs_gradients && !classifier.supports_gradients() {
-        return Err(CoreError::Invalid(format!(
-            "{} needs the classifier's feature map and gradients, which this model does not expose",
-            entry.name
-        )));
-    }
+    explain_reporting(
+        classifier, analysis, entry, explainer, params, target, checks, None,
+    )
+}
+
+/// [`explain`], telling `progress` `(done, total)` model evaluations as the explainer gets
+/// through them (see [`ExplainInput::progress`]).
+#[allow(clippy::too_many_arguments)] // `explain`'s arguments and the hook
+pub fn explain_reporting(
+    classifier: &dyn Classifier,
+    analysis: &Analysis,
+    entry: &ExplainerEntry,
+    explainer: &dyn Explainer,
+    params: &str,
+    target: usize,
+    checks: QualityChecks,
+    progress: Option<&dyn Fn(usize, usize)>,
+) -> Result<(Explanation, MethodReport)> {
+    entry.check_runs_on(classifier)?;
     let device = classifier.device();
     let tensor = analysis.input.to_tensor(device);
     let input = ExplainInput {
         input: &tensor,
         lung_mask: &analysis.input.mask,
         target,
+        progress,
     };
     let start = Instant::now();
     let explanation = explainer.explain(classifier, &input)?;
@@ -107,7 +121,11 @@ pub fn explain(
     }
     if checks.sanity {
         let random = classifier.randomised(SANITY_SEED)?;
-        let again = explainer.explain(random.as_ref(), &input)?;
+        let quiet = ExplainInput {
+            progress: None,
+            ..input
+        };
+        let again = explainer.explain(random.as_ref(), &quiet)?;
         measured.randomisation_correlation = Some(quality::spearman(
             &explanation.heatmap.values,
             &again.heatmap.values,
@@ -127,19 +145,40 @@ pub fn explain(
     Ok((explanation, report))
 }
 
-/// The explanation drawn on the original radiograph at its own size: the heatmap blended in,
-/// the lung outline (when `outline`), and the selected superpixels' boundaries for methods that
-/// use superpixels.
+/// The words on an explanation's overlay: method, target class and its probability in the
+/// header, and what the colour bar measures.
+#[must_use]
+pub fn annotation(analysis: &Analysis, report: &MethodReport) -> render::Annotation {
+    let class = render::class_display_name(&report.target);
+    let probability = analysis
+        .prediction
+        .probabilities
+        .get(&report.target)
+        .map_or_else(String::new, |p| format!("  p={p:.2}"));
+    render::Annotation {
+        header: format!("{}  target {class}{probability}", report.method),
+        caption: format!("relative evidence for {class}"),
+    }
+}
+
+/// The explanation drawn on the original radiograph at its own size: the heatmap blended in
+/// (faded to zero just outside the lungs' bounding box, so the classifier's square crop does not
+/// show), the lung outline (when `outline`), the selected superpixels' boundaries for methods
+/// that use superpixels, and a header naming the method, target class and probability.
 #[must_use]
 pub fn overlay(
     analysis: &Analysis,
     explanation: &Explanation,
+    report: &MethodReport,
     style: &OverlayStyle,
     outline: bool,
 ) -> RgbImage {
     let (w, h) = (analysis.xray.width(), analysis.xray.height());
     let crop = &analysis.input.crop;
-    let heat = explanation.heatmap.to_original(crop, w, h);
+    let mut heat = explanation.heatmap.to_original(crop, w, h);
+    if let Some(lungs) = render::mask_box(&analysis.mask) {
+        render::fade_outside(&mut heat.values, w, h, lungs, fade_margin(w, h));
+    }
     let base = analysis.xray.original.to_luma8();
     let lung_edges = outline.then(|| render::mask_edges(&analysis.mask));
     let segment_edges = explanation.segments.as_ref().map(|segments| {
@@ -174,5 +213,13 @@ pub fn overlay(
             colour: [255, 64, 64],
         });
     }
-    render::overlay(&base, &heat.values, style, &lines)
+    let mut picture = render::overlay(&base, &heat.values, style, &lines);
+    render::annotate(&mut picture, &annotation(analysis, report), style.legend);
+    picture
+}
+
+/// How far outside the lungs' bounding box the heat fades out: 2% of the shorter side.
+#[must_use]
+pub fn fade_margin(width: u32, height: u32) -> u32 {
+    (width.min(height) / 50).max(2)
 }

@@ -1,23 +1,29 @@
-//! The networks, the `Segmenter` and `Classifier` contracts, and their native tch
-//! implementations loaded from `models/NAME.safetensors` plus `models/NAME.json`.
+//! The `Segmenter` and `Classifier` contracts, and the backends that implement them. A model
+//! is `NAME.json` (its metadata, [`ModelMeta`]) beside its weights; the JSON's `format` picks
+//! the backend ([`Format`], one match in [`load_segmenter`] and [`load_classifier`]):
+//!
+//! - [`native`]: `native-safetensors`, the networks defined here ([`unet`], [`resnet`]) with
+//!   weights in `NAME.safetensors`, as `cxr train` writes them;
+//! - [`torchscript`]: `torchscript`, a user's own network exported from PyTorch to `NAME.pt`
+//!   (see docs/bring-your-own-model.md).
 
+pub mod native;
 pub mod resnet;
+pub mod torchscript;
 pub mod unet;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::mask::{self, LungMask};
-use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::preprocess::{InputStyle, SEGMENTER_SIDE};
 use crate::trust::{Assessment, TrustModel};
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
-use resnet::{ResNet, ResNetConfig};
-use unet::{UNet, UNetConfig};
+pub use native::{ResNetClassifier, UNetSegmenter};
 
 /// Segments the lungs of a radiograph.
 pub trait Segmenter: Send {
@@ -25,7 +31,7 @@ pub trait Segmenter: Send {
     fn segment(&self, gray: &GrayF32) -> Result<LungMask>;
 }
 
-/// Classifies preprocessed radiographs (see [`preprocess::classifier_input`]).
+/// Classifies preprocessed radiographs (see [`crate::preprocess::classifier_input`]).
 pub trait Classifier: Send {
     /// Class names, in logit order; the first is the positive class ("covid").
     fn classes(&self) -> &[String];
@@ -38,15 +44,14 @@ pub trait Classifier: Send {
 
     /// The last convolutional feature map `[N, C, h, w]` and the logits computed from it, in one
     /// forward pass that autograd can differentiate (for gradient explainers); `None` when the
-    /// model does not expose a feature map.
+    /// model does not expose a feature map ([`Classifier::gradients`] says which).
     fn features_and_logits(&self, _batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
         None
     }
 
-    /// Whether [`Classifier::features_and_logits`] is available (gradient explainers need it).
-    fn supports_gradients(&self) -> bool {
-        false
-    }
+    /// What autograd can reach in this model: the one capability query explainers are checked
+    /// against ([`crate::explain::ExplainerEntry::needs`]).
+    fn gradients(&self) -> Gradients;
 
     /// When the head is global average pooling followed by one linear layer: that layer's
     /// weight `[classes, C]`. Grad-CAM then needs no backward pass: the gradient of logit k with
@@ -63,15 +68,12 @@ pub trait Classifier: Send {
         ))
     }
 
-    /// How this classifier's input is made (see [`preprocess::classifier_input`]).
-    fn input_style(&self) -> InputStyle {
-        InputStyle::Masked
-    }
+    /// How this classifier's input is made (see [`crate::preprocess::classifier_input`]).
+    /// No default: a wrapper that forgot to pass it on would feed the model another input.
+    fn input_style(&self) -> InputStyle;
 
     /// What training saw, to judge new inputs by; `None` for models trained without it.
-    fn trust(&self) -> Option<&TrustModel> {
-        None
-    }
+    fn trust(&self) -> Option<&TrustModel>;
 
     /// Probabilities and label for one preprocessed image `[1, 1, 224, 224]`, with the
     /// features the familiarity score is computed on (mean of the last feature map), when the
@@ -108,6 +110,31 @@ pub trait Classifier: Send {
             &probs,
             self.threshold(),
         ))
+    }
+}
+
+/// How far gradients reach in a classifier, in increasing order: an explainer that needs one
+/// level runs on every model that offers it or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gradients {
+    /// Forward passes only (perturbation explainers: LIME, RISE, occlusion).
+    None,
+    /// Gradients of the logits with respect to the input (Integrated Gradients).
+    Input,
+    /// The last feature map and gradients with respect to it (Grad-CAM, Grad-CAM++).
+    FeatureMap,
+}
+
+impl Gradients {
+    /// How `cxr explainers` and errors name it.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::None => "forward passes only",
+            Self::Input => "gradients with respect to the input",
+            Self::FeatureMap => "the last feature map and its gradients",
+        }
     }
 }
 
@@ -154,10 +181,36 @@ impl Prediction {
     }
 }
 
-/// The JSON written beside each model's weights: its architecture, decision threshold and the
-/// record of how it was trained and what it measured on held-out patients.
+/// Which backend reads a model: the `format` field of its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Format {
+    /// [`native`]: a network defined here, weights in `NAME.safetensors` (files without a
+    /// `format` field are of this kind).
+    #[default]
+    #[serde(rename = "native-safetensors")]
+    NativeSafetensors,
+    /// [`torchscript`]: a scripted PyTorch module in `NAME.pt`.
+    #[serde(rename = "torchscript")]
+    TorchScript,
+}
+
+impl Format {
+    /// The weights' file extension.
+    #[must_use]
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::NativeSafetensors => "safetensors",
+            Self::TorchScript => "pt",
+        }
+    }
+}
+
+/// The JSON written beside each model's weights: its backend, architecture, decision threshold
+/// and the record of how it was trained and what it measured on held-out patients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelMeta<A> {
+    #[serde(default)]
+    pub format: Format,
     pub architecture: A,
     pub input_side: u32,
     #[serde(default)]
@@ -186,9 +239,18 @@ fn half() -> f32 {
 /// Paths of a model's weights, metadata and card, from its directory and name.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    /// The native backend's weights (`NAME.safetensors`); see [`ModelFiles::weights_for`].
     pub weights: PathBuf,
     pub meta: PathBuf,
     pub card: PathBuf,
+    stem: PathBuf,
+}
+
+/// The part of a model's JSON that picks the backend.
+#[derive(Deserialize)]
+struct Header {
+    #[serde(default)]
+    format: Format,
 }
 
 impl ModelFiles {
@@ -198,12 +260,48 @@ impl ModelFiles {
             weights: dir.join(format!("{name}.safetensors")),
             meta: dir.join(format!("{name}.json")),
             card: dir.join(format!("{name}.md")),
+            stem: dir.join(name),
         }
     }
 
-    pub fn read_meta<A: serde::de::DeserializeOwned>(&self) -> Result<ModelMeta<A>> {
+    /// The weights file of a model in `format`.
+    #[must_use]
+    pub fn weights_for(&self, format: Format) -> PathBuf {
+        self.stem.with_extension(format.extension())
+    }
+
+    /// The backend the JSON names (`native-safetensors` when it names none).
+    pub fn format(&self) -> Result<Format> {
+        Ok(self.read_meta_as::<Header>()?.format)
+    }
+
+    /// The files that make the model (its JSON and weights), for fingerprints and copies.
+    pub fn parts(&self) -> Result<[PathBuf; 2]> {
+        Ok([self.meta.clone(), self.weights_for(self.format()?)])
+    }
+
+    /// Refuses a model whose JSON says it takes another input size than cxr makes.
+    pub fn check_side(&self, input_side: u32, expected: u32) -> Result<()> {
+        if input_side == expected {
+            return Ok(());
+        }
+        Err(CoreError::ModelLoad {
+            path: self.meta.clone(),
+            source: format!(
+                "input_side is {input_side}, but cxr feeds this kind of model {expected}x{expected} \
+                 images"
+            )
+            .into(),
+        })
+    }
+
+    fn read_meta_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         let text = std::fs::read_to_string(&self.meta).map_err(|e| self.load_error(e))?;
         serde_json::from_str(&text).map_err(|e| self.load_error(e))
+    }
+
+    pub fn read_meta<A: serde::de::DeserializeOwned>(&self) -> Result<ModelMeta<A>> {
+        self.read_meta_as()
     }
 
     pub fn write_meta<A: Serialize>(&self, meta: &ModelMeta<A>) -> Result<()> {
@@ -218,228 +316,60 @@ impl ModelFiles {
         }
     }
 
-    /// Loads the weights into `vs`, naming the file in the error.
-    pub fn load_weights(&self, vs: &mut nn::VarStore) -> Result<()> {
-        if !self.weights.exists() {
-            return Err(CoreError::ModelLoad {
-                path: self.weights.clone(),
+    /// An error naming the weights file of `format` when it is missing.
+    pub fn require_weights(&self, format: Format) -> Result<PathBuf> {
+        let path = self.weights_for(format);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(CoreError::ModelLoad {
+                path,
                 source: "file not found (train one with `cxr train`, or pass --models DIR)".into(),
-            });
+            })
         }
-        vs.load(&self.weights).map_err(|e| CoreError::ModelLoad {
-            path: self.weights.clone(),
+    }
+
+    /// Loads the weights into `vs`, naming the file in the error.
+    pub fn load_weights(&self, vs: &mut tch::nn::VarStore) -> Result<()> {
+        let path = self.require_weights(Format::NativeSafetensors)?;
+        vs.load(&path).map_err(|e| CoreError::ModelLoad {
+            path,
             source: Box::new(e),
         })
     }
 }
 
-/// The U-Net lung segmenter.
-#[derive(Debug)]
-pub struct UNetSegmenter {
-    vs: nn::VarStore,
-    net: UNet,
-    pub meta: ModelMeta<UNetConfig>,
+/// The segmenter `files` describe, on the backend its JSON names.
+pub fn load_segmenter(files: &ModelFiles, device: Device) -> Result<Box<dyn Segmenter>> {
+    Ok(match files.format()? {
+        Format::NativeSafetensors => Box::new(UNetSegmenter::load(files, device)?),
+        Format::TorchScript => Box::new(torchscript::ScriptSegmenter::load(files, device)?),
+    })
 }
 
-impl UNetSegmenter {
-    /// A fresh, randomly initialised network (for training).
-    #[must_use]
-    pub fn new(config: UNetConfig, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
-        let net = UNet::new(&vs.root(), &config);
-        let meta = ModelMeta {
-            architecture: config,
-            input_side: SEGMENTER_SIDE,
-            classes: vec!["lung".into()],
-            threshold: 0.5,
-            record: serde_json::Value::Null,
-            input: InputStyle::default(),
-            trust: None,
-        };
-        Self { vs, net, meta }
-    }
-
-    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
-        let meta: ModelMeta<UNetConfig> = files.read_meta()?;
-        let mut model = Self::new(meta.architecture.clone(), device);
-        files.load_weights(&mut model.vs)?;
-        model.meta = meta;
-        Ok(model)
-    }
-
-    pub fn save(&self, files: &ModelFiles) -> Result<()> {
-        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
-        files.write_meta(&self.meta)
-    }
-
-    #[must_use]
-    pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
-    }
-
-    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
-        &mut self.vs
-    }
-
-    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.net.forward_t(xs, train)
-    }
-
-    /// Lung probability at the segmenter's resolution, `[256, 256]`, on the CPU.
-    pub fn probabilities(&self, gray: &GrayF32) -> Result<Tensor> {
-        let side = i64::from(SEGMENTER_SIDE);
-        let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
-            .f_view([1, 1, side, side])?
-            .f_to_device(self.vs.device())?;
-        let logits = tch::no_grad(|| self.net.forward_t(&input, false));
-        Ok(logits
-            .f_sigmoid()?
-            .f_to_device(Device::Cpu)?
-            .f_view([side, side])?)
-    }
+/// The classifier `files` describe, on the backend its JSON names.
+pub fn load_classifier(files: &ModelFiles, device: Device) -> Result<Box<dyn Classifier>> {
+    Ok(match files.format()? {
+        Format::NativeSafetensors => Box::new(ResNetClassifier::load(files, device)?),
+        Format::TorchScript => Box::new(torchscript::ScriptClassifier::load(files, device)?),
+    })
 }
 
-impl Segmenter for UNetSegmenter {
-    /// Probabilities resized to the original resolution, thresholded, then cleaned: the two
-    /// largest regions kept and their holes filled.
-    fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
-        let probs = self.probabilities(gray)?;
-        let (w, h) = gray.dimensions();
-        let full = probs
-            .f_view([1, 1, i64::from(SEGMENTER_SIDE), i64::from(SEGMENTER_SIDE)])?
-            .f_upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)?
-            .f_gt(f64::from(self.meta.threshold))?
-            .f_to_kind(Kind::Uint8)?
-            .f_mul_scalar(i64::from(mask::LUNG))?
-            .f_view([-1])?;
-        let raw = Vec::<u8>::try_from(full)?;
-        let binary = LungMask::from_raw(w, h, raw)
-            .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
-        Ok(mask::clean(&binary, 0.1))
-    }
-}
-
-/// The `ResNet` classifier.
-#[derive(Debug)]
-pub struct ResNetClassifier {
-    vs: nn::VarStore,
-    net: ResNet,
-    pub meta: ModelMeta<ResNetConfig>,
-}
-
-impl ResNetClassifier {
-    #[must_use]
-    pub fn new(config: ResNetConfig, classes: Vec<String>, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
-        let net = ResNet::new(&vs.root(), &config);
-        let meta = ModelMeta {
-            architecture: config,
-            input_side: preprocess::CLASSIFIER_SIDE,
-            classes,
-            threshold: 0.5,
-            record: serde_json::Value::Null,
-            input: InputStyle::default(),
-            trust: None,
-        };
-        Self { vs, net, meta }
-    }
-
-    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
-        let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
-        if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
-            return Err(CoreError::ModelLoad {
-                path: files.meta.clone(),
-                source: "expected a two-class classifier (positive class first)".into(),
-            });
-        }
-        let mut model = Self::new(meta.architecture.clone(), meta.classes.clone(), device);
-        files.load_weights(&mut model.vs)?;
-        model.meta = meta;
-        Ok(model)
-    }
-
-    pub fn save(&self, files: &ModelFiles) -> Result<()> {
-        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
-        files.write_meta(&self.meta)
-    }
-
-    #[must_use]
-    pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
-    }
-
-    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
-        &mut self.vs
-    }
-
-    #[must_use]
-    pub fn network(&self) -> &ResNet {
-        &self.net
-    }
-
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Classifier for ResNetClassifier {
-    fn classes(&self) -> &[String] {
-        &self.meta.classes
-    }
-
-    fn threshold(&self) -> f32 {
-        self.meta.threshold
-    }
-
-    fn input_style(&self) -> InputStyle {
-        self.meta.input
-    }
-
-    fn trust(&self) -> Option<&TrustModel> {
-        self.meta.trust.as_ref()
-    }
-
-    fn device(&self) -> Device {
-        self.vs.device()
-    }
-
-    fn logits(&self, batch: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .net
-            .forward_t(&batch.f_to_device(self.vs.device())?, false))
-    }
-
-    fn features_and_logits(&self, batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
-        Some(
-            batch
-                .f_to_device(self.vs.device())
-                .map_err(CoreError::from)
-                .map(|x| {
-                    let features = self.net.features(&x, false);
-                    let logits = self.net.head(&features);
-                    (features, logits)
-                }),
-        )
-    }
-
-    fn supports_gradients(&self) -> bool {
-        true
-    }
-
-    fn linear_head(&self) -> Option<Tensor> {
-        Some(self.net.fc_weight().shallow_clone())
-    }
-
-    fn randomised(&self, seed: u64) -> Result<Box<dyn Classifier>> {
-        tch::manual_seed(seed as i64);
-        let mut model = Self::new(
-            self.meta.architecture.clone(),
-            self.meta.classes.clone(),
-            self.vs.device(),
-        );
-        model.meta.threshold = self.meta.threshold;
-        model.meta.input = self.meta.input;
-        Ok(Box::new(model))
-    }
+/// Lung probabilities on the segmenter's grid (`[256, 256]`, CPU) made into the lung mask at
+/// the image's own resolution: resized, thresholded, cleaned (the two largest regions kept and
+/// their holes filled). Every segmenter backend ends here.
+pub fn lung_mask(probabilities: &Tensor, gray: &GrayF32, threshold: f32) -> Result<LungMask> {
+    let (w, h) = gray.dimensions();
+    let side = i64::from(SEGMENTER_SIDE);
+    let full = probabilities
+        .f_view([1, 1, side, side])?
+        .f_upsample_bilinear2d([i64::from(h), i64::from(w)], false, None, None)?
+        .f_gt(f64::from(threshold))?
+        .f_to_kind(Kind::Uint8)?
+        .f_mul_scalar(i64::from(mask::LUNG))?
+        .f_view([-1])?;
+    let raw = Vec::<u8>::try_from(full)?;
+    let binary = LungMask::from_raw(w, h, raw)
+        .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
+    Ok(mask::clean(&binary, 0.1))
 }

@@ -14,13 +14,15 @@
 
 pub mod filter;
 pub mod folder;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +31,7 @@ use serde::Serialize;
 use tch::Device;
 
 use crate::explain::report::QualityChecks;
+use crate::pool::ModelPool;
 use crate::queue::Queue;
 use crate::render::OverlayStyle;
 use crate::{CoreError, Result};
@@ -211,12 +214,10 @@ pub struct Summary {
     pub stuck: usize,
 }
 
-/// Messages to the coordinator: file events, worker results, worker start-up.
+/// Messages to the coordinator: file events and worker results.
 pub(crate) enum Msg {
     Events(DebounceEventResult),
     Done(PathBuf, Outcome),
-    Ready,
-    LoadFailed(CoreError),
 }
 
 /// Bookkeeping of one path the coordinator is responsible for.
@@ -268,48 +269,76 @@ pub fn run(
     let queue = Queue::create(&options.dir)?;
     // One watcher per folder: two would take each other's files and rejection reasons.
     let _lock = lock_folder(&options.dir)?;
-    let inbox = queue.inbox();
     let jobs = options.jobs.max(1);
-    if jobs > 1 {
-        // Share the cores between the workers instead of each libtorch pool taking them all.
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        tch::set_num_threads(((cores / jobs).max(1)) as i32);
-    }
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(jobs);
-    let job_rx = Arc::new(Mutex::new(job_rx));
     let claims = Arc::new(Mutex::new(HashSet::new()));
-    let mut workers = Vec::with_capacity(jobs);
-    for index in 0..jobs {
-        let (tx, job_rx, claims) = (tx.clone(), Arc::clone(&job_rx), Arc::clone(&claims));
-        let (worker_options, queue) = (options.clone(), queue.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("cxr-watch-{index}"))
-            .spawn(move || work(&worker_options, queue, claims, &job_rx, &tx))
-            .map_err(|e| CoreError::io(&options.dir, e))?;
-        workers.push(handle);
+    let (worker_options, worker_queue) = (options.clone(), queue.clone());
+    // Fatal problems first: every worker must have its models.
+    let pool = ModelPool::start(jobs, jobs, "cxr-watch", move |_| {
+        Processor::new(&worker_options, worker_queue.clone(), Arc::clone(&claims))
+    })?;
+    coordinate(options, &queue, &pool, stop, on_event)
+    // The pool is dropped after the coordinator has every outcome: its threads end there.
+}
+
+/// Where the coordinator hands files to be processed: the model pool in [`run`], a scripted
+/// fake in the coordinator's tests.
+pub(crate) trait Processing {
+    /// Starts `job` if a worker can take it now (false: not now, try later); its outcome comes
+    /// back as [`Msg::Done`] on `done`, whatever happens (a panic is a failure).
+    fn try_start(&self, job: Job, done: &mpsc::Sender<Msg>) -> bool;
+}
+
+impl Processing for ModelPool<Processor> {
+    fn try_start(&self, job: Job, done: &mpsc::Sender<Msg>) -> bool {
+        let done = done.clone();
+        self.try_submit(move |processor: &Processor| {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(&job)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        Outcome::Failed(format!("internal error while processing it: {what}"))
+                    });
+            let _ = done.send(Msg::Done(job.path, outcome));
+        })
+        .is_ok()
     }
+}
+
+/// Watches the inbox until `stop` (or, with `once`, until it is done), handing quiet files to
+/// `processing` and acting on their outcomes; waits for every file in flight before returning.
+pub(crate) fn coordinate(
+    options: &WatchOptions,
+    queue: &Queue,
+    processing: &dyn Processing,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(&WatchEvent),
+) -> Result<Summary> {
+    let jobs = options.jobs.max(1);
+    let (tx, rx) = mpsc::channel::<Msg>();
     let mut coordinator = Coordinator {
         options,
-        inbox: inbox.clone(),
+        inbox: queue.inbox(),
         pending: HashMap::new(),
         reported: HashSet::new(),
         summary: Summary::default(),
         on_event,
-        job_tx: Some(job_tx),
+        processing,
+        accepting: true,
         in_flight: 0,
         max_in_flight: 2 * jobs,
     };
-    let result = coordinator.run(&queue, &tx, &rx, stop, jobs);
+    let result = coordinator.run(queue, &tx, &rx, stop, jobs);
     // Let the workers finish what they hold, and report it.
-    coordinator.job_tx = None;
-    drop(tx);
-    for handle in workers {
-        let _ = handle.join();
-    }
-    while let Ok(msg) = rx.try_recv() {
-        if let Msg::Done(path, outcome) = msg {
-            coordinator.finished(path, outcome);
+    coordinator.accepting = false;
+    while coordinator.in_flight > 0 {
+        match rx.recv() {
+            Ok(Msg::Done(path, outcome)) => coordinator.finished(path, outcome),
+            Ok(Msg::Events(_)) => {}
+            Err(_) => break,
         }
     }
     result.map(|()| coordinator.summary)
@@ -363,46 +392,6 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// A worker thread: loads its own pipeline, then processes jobs until the channel closes.
-fn work(
-    options: &WatchOptions,
-    queue: Queue,
-    claims: Arc<Mutex<HashSet<String>>>,
-    jobs: &Mutex<mpsc::Receiver<Job>>,
-    tx: &mpsc::Sender<Msg>,
-) {
-    let processor = match Processor::new(options, queue, claims) {
-        Ok(p) => {
-            let _ = tx.send(Msg::Ready);
-            p
-        }
-        Err(e) => {
-            let _ = tx.send(Msg::LoadFailed(e));
-            return;
-        }
-    };
-    loop {
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => break,
-        };
-        let Ok(job) = job else { break };
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(&job)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_default();
-                    Outcome::Failed(format!("internal error while processing it: {what}"))
-                });
-        if tx.send(Msg::Done(job.path, outcome)).is_err() {
-            break;
-        }
-    }
-}
-
 struct Coordinator<'a> {
     options: &'a WatchOptions,
     inbox: PathBuf,
@@ -411,7 +400,9 @@ struct Coordinator<'a> {
     reported: HashSet<PathBuf>,
     summary: Summary,
     on_event: &'a mut dyn FnMut(&WatchEvent),
-    job_tx: Option<mpsc::SyncSender<Job>>,
+    processing: &'a dyn Processing,
+    /// False once stopping: nothing new is handed out.
+    accepting: bool,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -425,16 +416,6 @@ impl Coordinator<'_> {
         stop: &AtomicBool,
         jobs: usize,
     ) -> Result<()> {
-        // Fatal problems first: every worker must have its models.
-        let mut ready = 0;
-        while ready < jobs {
-            match rx.recv() {
-                Ok(Msg::Ready) => ready += 1,
-                Ok(Msg::LoadFailed(e)) => return Err(e),
-                Ok(_) => {}
-                Err(_) => return Err(CoreError::Invalid("the workers stopped".into())),
-            }
-        }
         let cleaned = queue.clean_staging()?;
         let options = self.options;
         let watcher = FolderWatcher::new(
@@ -462,7 +443,7 @@ impl Coordinator<'_> {
         });
         let mut last_scan = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            self.dispatch();
+            self.dispatch(tx);
             if options.once && self.pending.values().all(|p| p.stuck && !p.in_flight) {
                 self.summary.stuck = self.pending.len();
                 let summary = self.summary;
@@ -526,7 +507,6 @@ impl Coordinator<'_> {
                 self.scan(&self.inbox.clone());
             }
             Msg::Done(path, outcome) => self.finished(path, outcome),
-            Msg::Ready | Msg::LoadFailed(_) => {}
         }
     }
 
@@ -612,7 +592,7 @@ impl Coordinator<'_> {
     }
 
     /// Hands due, quiet files to the workers, as long as the bounded channel takes them.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, done: &mpsc::Sender<Msg>) {
         let now = Instant::now();
         let mut due: Vec<(Instant, PathBuf)> = self
             .pending
@@ -681,15 +661,12 @@ impl Coordinator<'_> {
                 last_try: p.attempts >= self.options.retry.retries,
                 attempts: p.attempts,
             };
-            let Some(job_tx) = &self.job_tx else { return };
-            match job_tx.try_send(job) {
-                Ok(()) => {
-                    p.in_flight = true;
-                    p.recheck = false;
-                    self.in_flight += 1;
-                }
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return,
+            if !self.accepting || !self.processing.try_start(job, done) {
+                return;
             }
+            p.in_flight = true;
+            p.recheck = false;
+            self.in_flight += 1;
         }
     }
 

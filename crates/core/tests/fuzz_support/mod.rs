@@ -191,6 +191,116 @@ pub fn small_jpeg_dicom(side: u16) -> Vec<u8> {
     out
 }
 
+/// `bytes` (a Part 10 file in explicit VR little endian) with its transfer syntax UID replaced
+/// by `uid`, the meta group length fixed; the data set is deflated for the deflated syntax.
+pub fn with_syntax(bytes: &[u8], uid: &str) -> Vec<u8> {
+    let meta_start = 132;
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    let meta_end = 144 + group_len;
+    let ts = find(&bytes[..meta_end], &[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+    let old_len = usize::from(u16::from_le_bytes([bytes[ts + 6], bytes[ts + 7]]));
+    let mut value = uid.as_bytes().to_vec();
+    if value.len() % 2 == 1 {
+        value.push(0);
+    }
+    let mut out = bytes[..ts + 6].to_vec();
+    out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    out.extend_from_slice(&value);
+    out.extend_from_slice(&bytes[ts + 8 + old_len..meta_end]);
+    let new_group_len = (group_len + value.len() - old_len) as u32;
+    out[140..144].copy_from_slice(&new_group_len.to_le_bytes());
+    let _ = meta_start;
+    let data = &bytes[meta_end..];
+    if uid == "1.2.840.10008.1.2.1.99" {
+        use std::io::Write;
+        let mut deflater =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        deflater.write_all(data).unwrap();
+        out.extend_from_slice(&deflater.finish().unwrap());
+    } else {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// `bytes` with a decimal-string element inserted before the pixel data (tag order is not
+/// what a hostile file keeps either).
+pub fn with_ds(bytes: &[u8], group: u16, element: u16, value: &str) -> Vec<u8> {
+    let at = pixel_data_at(bytes);
+    let mut value = value.as_bytes().to_vec();
+    if value.len() % 2 == 1 {
+        value.push(b' ');
+    }
+    let mut out = bytes[..at].to_vec();
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    out.extend_from_slice(b"DS");
+    out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    out.extend_from_slice(&value);
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+/// Synthesised hostile DICOM files, each with what the decoder must say (None: decoding is
+/// fine too): wrong VR lengths, huge Rows/Columns, odd transfer syntaxes, extreme rescale
+/// values, a deflated data set.
+pub fn dicom_synthesized() -> Vec<(String, Vec<u8>, Option<&'static str>)> {
+    let base = small_uncompressed(64);
+    let mut out: Vec<(String, Vec<u8>, Option<&'static str>)> = Vec::new();
+    // Rows claims a 4-byte value: the element after it is misread.
+    let mut wrong_vr = base.clone();
+    let rows = find(&wrong_vr, &[0x28, 0x00, 0x10, 0x00, b'U', b'S']);
+    wrong_vr[rows + 6] = 4;
+    out.push(("wrong_vr_length.dcm".into(), wrong_vr, None));
+    // A length past the end of the file.
+    let mut past_end = base.clone();
+    past_end[rows + 6..rows + 8].copy_from_slice(&0xFFF0u16.to_le_bytes());
+    out.push(("length_past_end.dcm".into(), past_end, None));
+    for (name, r, c) in [
+        ("huge_rows.dcm", 0xFFFF, 64),
+        ("huge_both.dcm", 0xFFFF, 0xFFFF),
+        ("zero_rows.dcm", 0, 64),
+    ] {
+        let mut b = base.clone();
+        set_us(&mut b, 0x0028, 0x0010, r);
+        set_us(&mut b, 0x0028, 0x0011, c);
+        out.push((name.into(), b, None));
+    }
+    for (name, uid) in [
+        ("explicit_be.dcm", "1.2.840.10008.1.2.2"),
+        ("implicit_le.dcm", "1.2.840.10008.1.2"),
+        ("jpeg_ls_claimed.dcm", "1.2.840.10008.1.2.4.80"),
+        ("mpeg2_claimed.dcm", "1.2.840.10008.1.2.4.100"),
+        ("unknown_syntax.dcm", "9.9.999.1"),
+    ] {
+        out.push((name.into(), with_syntax(&base, uid), None));
+    }
+    out.push((
+        "deflated.dcm".into(),
+        with_syntax(&base, "1.2.840.10008.1.2.1.99"),
+        None,
+    ));
+    for (name, slope, intercept) in [
+        ("slope_1e308.dcm", "1e308", "0"),
+        ("slope_minus_1e308.dcm", "-1e308", "0"),
+        ("intercept_1e308.dcm", "1", "1e308"),
+        ("slope_nan.dcm", "NaN", "0"),
+        ("slope_inf.dcm", "inf", "0"),
+    ] {
+        let b = with_ds(&base, 0x0028, 0x1052, intercept);
+        let b = with_ds(&b, 0x0028, 0x1053, slope);
+        // 1 x v + 1e308 is finite (and windowed like any other value); 1e308 x v is not.
+        let expect = slope.contains("308").then_some("non-finite");
+        out.push((name.into(), b, expect));
+    }
+    out.push((
+        "slope_tiny.dcm".into(),
+        with_ds(&base, 0x0028, 0x1053, "1e-300"),
+        None,
+    ));
+    out
+}
+
 /// Every kind of input the decoder reads, small enough for thousands of decodes, plus (when
 /// `full`) the real DICOM files at full size (slow: up to a second for JPEG 2000).
 pub fn seeds(full: bool) -> Vec<Seed> {
@@ -223,6 +333,9 @@ pub fn seeds(full: bool) -> Vec<Seed> {
         name: "small_jpeg.dcm".into(),
         bytes: small_jpeg_dicom(48),
     });
+    for (name, bytes, _) in dicom_synthesized() {
+        seeds.push(Seed { name, bytes });
+    }
     if full {
         for name in [UNCOMPRESSED, JPEG2000, JPEG, RELABELLED] {
             seeds.push(Seed {

@@ -409,7 +409,7 @@ fn accumulate(
     outcome: cxr_core::Result<report::MethodReport>,
     source: &str,
     analysis: &Analysis,
-    bar: &indicatif::ProgressBar,
+    bar: &super::Progress,
 ) {
     match outcome {
         Ok(r) => {

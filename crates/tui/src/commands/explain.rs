@@ -37,12 +37,7 @@ pub struct Request<'a> {
 
 pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
     let methods = build_methods(request.methods, request.params)?;
-    let Some(colormap) = Colormap::parse(&request.render.colormap) else {
-        bail!(
-            "--colormap {}: expected viridis or turbo",
-            request.render.colormap
-        )
-    };
+    let colormap = Colormap::from(request.render.colormap);
     let style = OverlayStyle {
         colormap,
         opacity: request.render.opacity.clamp(0.0, 1.0),
@@ -73,8 +68,11 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
     let bar = super::progress(request.files.len(), "explaining");
     let mut failures = 0;
     for file in request.files {
-        let analysed = Image::read(file, Gate::TRUSTED)
-            .and_then(|image| Ok((service.analyse(&image, &methods, &settings)?, image)));
+        let analysed = Image::read(file, Gate::TRUSTED).and_then(|image| {
+            let samples = |name: &str, done, total| bar.detail(name, done, total);
+            let report = service.analyse(&image, &methods, &settings, Some(&samples))?;
+            Ok((report, image))
+        });
         let (report, image) = match analysed {
             Ok(done) => done,
             Err(e) => {

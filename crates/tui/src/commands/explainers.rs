@@ -9,7 +9,8 @@ use cxr_core::explain::registry;
 struct Listed<'a> {
     name: &'a str,
     summary: &'a str,
-    needs_gradients: bool,
+    /// `none`, `input` or `feature-map`: how far the model's gradients must reach.
+    needs: cxr_core::models::Gradients,
     params: Vec<serde_json::Value>,
 }
 
@@ -26,14 +27,13 @@ pub fn run(json: bool) -> Result<ExitCode> {
             super::print_json(&Listed {
                 name: entry.name,
                 summary: entry.summary,
-                needs_gradients: entry.needs_gradients,
+                needs: entry.needs,
                 params,
             })?;
         } else {
-            let gradients = if entry.needs_gradients {
-                "  [needs gradients]"
-            } else {
-                ""
+            let gradients = match entry.needs {
+                cxr_core::models::Gradients::None => String::new(),
+                needs => format!("  [needs {}]", needs.describe()),
             };
             super::print_line(&format!("{}{gradients}\n    {}", entry.name, entry.summary))?;
             for p in entry.params {

@@ -7,6 +7,7 @@ mod classify;
 mod eval;
 mod explain;
 mod explainers;
+mod export;
 mod queue;
 mod segment;
 mod serve;
@@ -17,32 +18,67 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::CommandFactory;
+use color_eyre::eyre::{Result, WrapErr, bail};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Global, ModelArgs};
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    let device = cxr_core::device::parse_device(&cli.global.device)?;
-    let models = models_dir(cli.global.models.as_deref());
-    let Some(command) = cli.command else {
-        return tui(
-            &crate::cli::TuiArgs {
-                image_protocol: "auto".into(),
-                watch_dir: "watch".into(),
-                ..Default::default()
-            },
-            &models,
-            device,
+pub use progress::{Progress, note, progress, quiet, set_output};
+
+mod progress;
+
+/// Resolves `--device`/`--models` of a command (the old spelling before the command still
+/// works) into the device and the models folder, which must exist.
+struct Models {
+    dir: PathBuf,
+    device: cxr_core::tch::Device,
+}
+
+fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
+    let spec = args
+        .device
+        .as_ref()
+        .or(global.device.as_ref())
+        .map_or("auto", |d| d.0.as_str());
+    let device = cxr_core::device::parse_device(spec)?;
+    let dir = models_dir(args.models.as_deref().or(global.models.as_deref()));
+    if !dir.is_dir() {
+        bail!(
+            "cannot load models from {}: no such folder ({MODELS_HINT})",
+            dir.display()
         );
-    };
+    }
+    Ok(Models { dir, device })
+}
+
+/// What to do about models that cannot be loaded.
+pub const MODELS_HINT: &str =
+    "hint: run from the project folder, pass --models DIR or set CXR_MODELS";
+
+#[allow(clippy::too_many_lines)] // one arm per command, each only unpacking its arguments
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let global = &cli.global;
+    set_output(global.progress, global.quiet);
+    let command = cli.command.unwrap_or_else(|| {
+        // `cxr` alone: the viewer, with the old top-level --device/--models if given.
+        Command::Tui(crate::cli::TuiArgs::default())
+    });
     match command {
-        Command::Tui(args) => tui(&args, &models, device),
-        Command::Classify { files, identifiers } => {
-            classify::run(&files, identifiers, &models, device)
+        Command::Tui(args) => {
+            let m = models(global, &args.model)?;
+            tui(&args, &m.dir, m.device)
+        }
+        Command::Classify {
+            files,
+            identifiers,
+            model,
+        } => {
+            let m = models(global, &model)?;
+            classify::run(&files, identifiers, &m.dir, m.device)
         }
         Command::Worker {
             dir,
+            model,
             jobs,
             out,
             cache,
@@ -50,6 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             cache_max_age_hours,
             compat,
         } => {
+            let m = models(global, &model)?;
             let options = worker::Options {
                 dir: &dir,
                 jobs,
@@ -60,11 +97,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
                 compat: compat.into(),
             };
-            worker::run(&options, &models, device)
+            worker::run(&options, &m.dir, m.device)
         }
-        Command::Segment { files, out } => segment::run(&files, &out, &models, device),
+        Command::Segment { files, model, out } => {
+            let m = models(global, &model)?;
+            segment::run(&files, &out, &m.dir, m.device)
+        }
         Command::Eval {
             manifests,
+            model,
             per_image,
             split,
             seed,
@@ -72,6 +113,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             explain_limit,
             sanity,
         } => {
+            let m = models(global, &model)?;
             let options = eval::Options {
                 split,
                 seed,
@@ -80,26 +122,38 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 sanity,
                 per_image: per_image.as_deref(),
             };
-            eval::run(&manifests, &options, &models, device)
+            eval::run(&manifests, &options, &m.dir, m.device)
         }
-        Command::Train { model } => train::run(model, &models, device),
-        Command::Watch(args) => watch::run(&args, &models, device),
-        Command::Queue { command } => queue::run(command, &models, device),
-        Command::Serve(args) => serve::run(&args, &models, device),
+        Command::Train { model } => {
+            let m = models(global, train::model_args(&model))?;
+            train::run(model, &m.dir, m.device)
+        }
+        Command::Watch(args) => {
+            let m = models(global, &args.model)?;
+            watch::run(&args, &m.dir, m.device)
+        }
+        Command::Queue { command } => queue::run(command, global),
+        Command::Serve(args) => {
+            let m = models(global, &args.model)?;
+            serve::run(&args, &m.dir, m.device)
+        }
         Command::Explainers { json } => explainers::run(json),
         Command::Audit {
             manifests,
+            model,
             seed,
             gradcam_per_source,
         } => {
+            let m = models(global, &model)?;
             let options = audit::Options {
                 seed,
                 gradcam_per_source,
             };
-            audit::run(&manifests, &options, &models, device)
+            audit::run(&manifests, &options, &m.dir, m.device)
         }
         Command::Explain {
             files,
+            model,
             method,
             params,
             target,
@@ -108,6 +162,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             checks,
             identifiers,
         } => {
+            let m = models(global, &model)?;
             let request = explain::Request {
                 files: &files,
                 methods: &method,
@@ -118,8 +173,44 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 checks: &checks,
                 identifiers,
             };
-            explain::run(&request, &models, device)
+            explain::run(&request, &m.dir, m.device)
         }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "cxr", &mut out);
+            write_stdout(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => man(out.as_deref()),
+    }
+}
+
+/// `cxr man [--out DIR]`: the manual page on stdout, or one page per command into DIR.
+fn man(out: Option<&Path>) -> Result<ExitCode> {
+    let command = Cli::command();
+    let Some(dir) = out else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).render(&mut page)?;
+        write_stdout(&page)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(command, dir)
+        .wrap_err_with(|| format!("writing manual pages into {}", dir.display()))?;
+    note(&format!("wrote the manual pages into {}", dir.display()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes to stdout; a reader that went away ends quietly, like [`print_line`].
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(BROKEN_PIPE_STATUS)
+        }
+        other => Ok(other?),
     }
 }
 
@@ -132,7 +223,7 @@ fn tui(
     let log = args.log.clone().unwrap_or_else(default_log);
     let _guard = crate::logging::to_file(&log)?;
     let path = args.path.clone().unwrap_or_else(|| {
-        let queue = args.watch_dir.join("queue");
+        let queue = args.watch.watch_dir.join("queue");
         if queue.is_dir() {
             queue
         } else {
@@ -145,7 +236,7 @@ fn tui(
         let dir = args
             .cache_dir
             .clone()
-            .unwrap_or_else(|| home_folder("XDG_CACHE_HOME", ".cache").join("cxr"));
+            .unwrap_or_else(cxr_core::cache::default_dir);
         let cache = cxr_core::cache::Cache::new(dir);
         match args.cache_max_age_hours {
             Some(hours) if hours.is_finite() && hours >= 0.0 => {
@@ -159,8 +250,8 @@ fn tui(
     };
     let options = crate::tui::Options {
         path,
-        image_protocol: args.image_protocol.clone(),
-        watch_dir: args.watch_dir.clone(),
+        image_protocol: args.image_protocol.name().to_owned(),
+        watch_dir: args.watch.watch_dir.clone(),
         cache,
     };
     crate::tui::run(&options, models, device)?;
@@ -179,53 +270,46 @@ fn home_folder(var: &str, fallback: &str) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// The repository this binary was built from (for the shipped models and the shared data).
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `--models`, else `$CXR_MODELS`, else `./models` when it holds a classifier, else the
-/// repository's `models/`.
+/// `--models` (or `$CXR_MODELS`, through clap), else `./models` when it holds a classifier,
+/// else the `models/` folder of the project the running binary sits in (`target/release/cxr`
+/// -> `models/`), found from the executable at run time, not from where it was compiled.
 fn models_dir(flag: Option<&Path>) -> PathBuf {
     if let Some(dir) = flag {
         return dir.to_path_buf();
-    }
-    if let Some(dir) = std::env::var_os("CXR_MODELS") {
-        return dir.into();
     }
     let local = PathBuf::from("models");
     if local.join("classifier.json").exists() {
         return local;
     }
-    repository().join("models")
+    beside_executable(|dir| dir.join("models/classifier.json").exists())
+        .map_or(local, |project| project.join("models"))
 }
 
-/// `$CXR_DATA`, else `../shared/data` beside the working directory, else beside the repository.
-fn data_dir() -> PathBuf {
+/// The nearest folder above the running executable for which `found` holds.
+fn beside_executable(found: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .find(|d| found(d))
+        .map(Path::to_path_buf)
+}
+
+/// The data folder of `train`'s default manifests: `$CXR_DATA`, else `../shared/data` or
+/// `./data` from the current folder, whichever exists.
+fn data_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CXR_DATA") {
-        return dir.into();
+        return Ok(dir.into());
     }
-    let local = PathBuf::from("../shared/data");
-    if local.exists() {
-        local
-    } else {
-        repository().join("../shared/data")
-    }
-}
-
-/// A progress bar on stderr; indicatif hides it when stderr is not a terminal.
-fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-    {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_owned());
-    if len < 2 {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
+    ["../shared/data", "data"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.is_dir())
+        .ok_or_else(|| {
+            color_eyre::eyre::eyre!(
+                "no data folder for the default manifests: neither ../shared/data nor ./data \
+                 exists here (hint: set CXR_DATA or pass --manifest FILE)"
+            )
+        })
 }
 
 /// Prints one JSON value as a line on stdout.
@@ -265,7 +349,7 @@ struct Failure<'a> {
 }
 
 /// Reports a per-file failure on stdout (for scripts) and stderr (for people).
-fn report_failure(bar: &ProgressBar, file: &Path, error: &cxr_core::CoreError) -> Result<()> {
+fn report_failure(bar: &Progress, file: &Path, error: &cxr_core::CoreError) -> Result<()> {
     // For people, best effort: a closed stderr must not lose the line for scripts.
     bar.suspend(|| {
         use std::io::Write;

@@ -1,4 +1,4 @@
-//! `cxr queue list|label`: the review queue of a watch folder, from scripts or a shell.
+//! `cxr queue list|label|export`: the review queue of a watch folder, from scripts or a shell.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, Rev
 use cxr_core::tch::Device;
 use serde::Serialize;
 
-use crate::cli::{QueueCommand, QueueOrder};
+use crate::cli::{Global, QueueCommand, QueueOrder};
 
 /// One entry as `cxr queue list --json` and `cxr queue label` print it: `state.json` plus where
 /// the files are and the uncertainty the order uses.
@@ -34,23 +34,37 @@ impl<'a> Listed<'a> {
     }
 }
 
-pub fn run(command: QueueCommand, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
     match command {
         QueueCommand::List {
+            watch,
             dir,
             order,
             pending,
             json,
-        } => list(&dir, order, pending, json),
+        } => list(
+            dir.as_ref().unwrap_or(&watch.watch_dir),
+            order,
+            pending,
+            json,
+        ),
         QueueCommand::Label {
             id,
             label,
-            dir,
+            watch,
             reviewer,
+            model,
         } => {
             let reviewer = reviewer.unwrap_or_else(default_reviewer);
-            label_one(&dir, &id, &label, &reviewer, models, device)
+            let m = super::models(global, &model)?;
+            label_one(&watch.watch_dir, &id, &label, &reviewer, &m.dir, m.device)
         }
+        QueueCommand::Export {
+            watch,
+            format,
+            out,
+            reviewed,
+        } => super::export::run(&watch.watch_dir, format, out.as_deref(), reviewed),
     }
 }
 
@@ -110,13 +124,13 @@ fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<Exit
             ))?;
         }
         let reviewed = items.iter().filter(|i| i.is_reviewed()).count();
-        eprintln!(
-            "cxr: {} entries, {} reviewed, {} pending (doubt: 1 = on the decision threshold, \
+        super::note(&format!(
+            "{} entries, {} reviewed, {} pending (doubt: 1 = on the decision threshold, \
              0 = probability 0 or 1)",
             items.len(),
             reviewed,
             items.len() - reviewed
-        );
+        ));
     }
     Ok(super::exit_code(problems.len()))
 }
@@ -149,8 +163,8 @@ fn label_one(
         queue.label(id, label, reviewer)?
     };
     let review = item.state.review.as_ref();
-    eprintln!(
-        "cxr: {} labelled {} by {}{}",
+    super::note(&format!(
+        "{} labelled {} by {}{}",
         item.id,
         review.map_or("", |r| r.label.as_str()),
         review.map_or("", |r| r.reviewer.as_str()),
@@ -159,13 +173,13 @@ fn label_one(
             .as_ref()
             .map(|p| format!(" (predicted {} {:.2})", p.label, p.confidence))
             .unwrap_or_default()
-    );
+    ));
     super::print_json(&Listed::new(&item))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `$USER`, else `$LOGNAME`, else `unknown`.
-fn default_reviewer() -> String {
+pub fn default_reviewer() -> String {
     ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use color_eyre::eyre::{Result, WrapErr};
-use cxr_core::models::{ModelFiles, Segmenter, UNetSegmenter};
+use cxr_core::models::{self, ModelFiles, Segmenter};
 use cxr_core::pipeline::SEGMENTER_NAME;
 use cxr_core::tch::Device;
 use cxr_core::xray::Xray;
@@ -20,12 +20,12 @@ struct Written<'a> {
 }
 
 pub fn run(files: &[PathBuf], out: &Path, models: &Path, device: Device) -> Result<ExitCode> {
-    let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+    let segmenter = models::load_segmenter(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
     std::fs::create_dir_all(out).wrap_err_with(|| format!("creating {}", out.display()))?;
     let bar = super::progress(files.len(), "segmenting");
     let mut failures = 0;
     for file in files {
-        match segment_one(&segmenter, file, out) {
+        match segment_one(segmenter.as_ref(), file, out) {
             Ok(written) => bar.suspend(|| super::print_json(&written))?,
             Err(e) => {
                 failures += 1;
@@ -39,7 +39,7 @@ pub fn run(files: &[PathBuf], out: &Path, models: &Path, device: Device) -> Resu
 }
 
 fn segment_one<'a>(
-    segmenter: &UNetSegmenter,
+    segmenter: &dyn Segmenter,
     file: &'a Path,
     out: &Path,
 ) -> cxr_core::Result<Written<'a>> {

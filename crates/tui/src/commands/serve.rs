@@ -26,7 +26,7 @@ pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> 
         Cache::new(
             args.cache_dir
                 .clone()
-                .unwrap_or_else(|| super::home_folder("XDG_CACHE_HOME", ".cache").join("cxr")),
+                .unwrap_or_else(cxr_core::cache::default_dir),
         )
     };
     let data_dir = args
@@ -41,7 +41,7 @@ pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> 
         pending: args.backlog.max(1),
         cache,
         data_dir,
-        watch_dir: args.watch_dir.clone(),
+        watch_dir: args.watch.watch_dir.clone(),
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         max_body: args.max_upload_mib.max(1) << 20,
     };

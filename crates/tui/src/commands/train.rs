@@ -13,9 +13,21 @@ use cxr_core::tch::Device;
 use cxr_core::train::classifier::{ClassifierPlan, Defences, TrainOnly};
 use cxr_core::train::{self, EpochReport, TrainOptions};
 
-use crate::cli::{DefenceArgs, InputArg, TrainArgs, TrainCommand};
+use crate::cli::{DefenceArgs, InputArg, ModelArgs, TrainArgs, TrainCommand};
+
+/// The models and device options of a training command.
+pub fn model_args(command: &TrainCommand) -> &ModelArgs {
+    match command {
+        TrainCommand::Segmenter { common, .. }
+        | TrainCommand::Classifier { common, .. }
+        | TrainCommand::Trust { common, .. } => &common.model,
+    }
+}
 
 fn print_epoch(report: &EpochReport) {
+    if super::quiet() {
+        return;
+    }
     eprintln!(
         "epoch {:>3}/{}  loss {:.4}  validation {:.4}{}  ({:.1} s)",
         report.epoch,
@@ -29,7 +41,7 @@ fn print_epoch(report: &EpochReport) {
 
 fn write_card(path: &Path, text: &str) -> Result<()> {
     cxr_core::fsutil::write_atomic(path, text.as_bytes())?;
-    eprintln!("cxr: wrote {}", path.display());
+    super::note(&format!("wrote {}", path.display()));
     Ok(())
 }
 
@@ -50,16 +62,17 @@ fn defences(args: &DefenceArgs) -> Defences {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one arm per kind of model, each a short recipe
 pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitCode> {
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
     // Both kinds of model train on the project's data and JSRT by default.
-    let manifests_or = |given: Vec<PathBuf>, default: &str| {
-        if given.is_empty() {
-            let data = super::data_dir();
+    let manifests_or = |given: Vec<PathBuf>, default: &str| -> Result<Vec<PathBuf>> {
+        Ok(if given.is_empty() {
+            let data = super::data_dir()?;
             vec![data.join(default), data.join("jsrt/manifest.csv")]
         } else {
             given
-        }
+        })
     };
     match command {
         TrainCommand::Segmenter {
@@ -70,7 +83,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             learning_rate,
         } => {
             let options = TrainOptions {
-                manifests: manifests_or(manifests, "lungseg/manifest.csv"),
+                manifests: manifests_or(manifests, "lungseg/manifest.csv")?,
                 epochs,
                 batch_size,
                 learning_rate,
@@ -100,13 +113,15 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             batch_size,
             learning_rate,
             include_queue,
+            watch,
         } => {
-            let extra = match &include_queue {
-                Some(dir) => reviewed_queue(dir, common.out.as_deref(), models)?,
-                None => TrainOnly::default(),
+            let extra = if include_queue {
+                reviewed_queue(&watch.watch_dir, common.out.as_deref(), models)?
+            } else {
+                TrainOnly::default()
             };
             let options = TrainOptions {
-                manifests: manifests_or(manifests, "cxr/manifest.csv"),
+                manifests: manifests_or(manifests, "cxr/manifest.csv")?,
                 epochs,
                 batch_size,
                 learning_rate,
@@ -115,10 +130,10 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 init: common.init.clone(),
             };
             let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
-            eprintln!(
-                "cxr: segmenting and preprocessing every image of {}",
+            super::note(&format!(
+                "segmenting and preprocessing every image of {}",
                 options.manifest_list().display()
-            );
+            ));
             let plan = ClassifierPlan {
                 classes: [positive, negative],
                 defences: defences(&defence_args),
@@ -126,7 +141,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 leave_one_source_out,
             };
             let mut progress = |fold: &str, report: &EpochReport| {
-                if !fold.is_empty() {
+                if !fold.is_empty() && !super::quiet() {
                     eprint!("[without {fold}] ");
                 }
                 print_epoch(report);
@@ -137,7 +152,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             let out = out_dir(&common);
             let files = ModelFiles::new(&out, CLASSIFIER_NAME);
             model.save(&files)?;
-            if include_queue.is_some() {
+            if include_queue {
                 copy_model(models, &out, SEGMENTER_NAME)?;
             }
             write_card(
@@ -147,7 +162,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
             super::print_json(&record)?;
         }
         TrainCommand::Trust { manifests, common } => {
-            let manifests = manifests_or(manifests, "cxr/manifest.csv");
+            let manifests = manifests_or(manifests, "cxr/manifest.csv")?;
             refit_trust(manifests, common.seed, device, models, &out_dir(&common))?;
         }
     }
@@ -180,11 +195,11 @@ fn reviewed_queue(dir: &Path, out: Option<&Path>, models: &Path) -> Result<Train
             dir.display()
         );
     }
-    eprintln!(
-        "cxr: adding {} reviewed queue items from {} to the training split",
+    super::note(&format!(
+        "adding {} reviewed queue items from {} to the training split",
         rows.len(),
         dir.display()
-    );
+    ));
     Ok(TrainOnly {
         source: dir.display().to_string(),
         rows,
@@ -219,10 +234,10 @@ fn refit_trust(
     };
     let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
     let mut model = ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), device)?;
-    eprintln!(
-        "cxr: fitting the familiarity model on {}",
+    super::note(&format!(
+        "fitting the familiarity model on {}",
         options.manifest_list().display()
-    );
+    ));
     train::classifier::refit_trust(options, &mut model, &segmenter)
         .wrap_err("fitting the familiarity model")?;
     if !same_folder(out, models) {
@@ -231,7 +246,7 @@ fn refit_trust(
     }
     let files = ModelFiles::new(out, CLASSIFIER_NAME);
     files.write_meta(&model.meta)?;
-    eprintln!("cxr: wrote {}", files.meta.display());
+    super::note(&format!("wrote {}", files.meta.display()));
     Ok(())
 }
 
@@ -253,6 +268,6 @@ fn copy_model(models: &Path, out: &Path, name: &str) -> Result<()> {
             cxr_core::fsutil::write_atomic(to, &bytes)?;
         }
     }
-    eprintln!("cxr: copied the {name} into {}", out.display());
+    super::note(&format!("copied the {name} into {}", out.display()));
     Ok(())
 }

@@ -16,13 +16,9 @@ use cxr_core::watch::{self, MethodSpec, WatchEvent, WatchMode, WatchOptions};
 use crate::cli::WatchArgs;
 
 pub fn run(args: &WatchArgs, models: &Path, device: Device) -> Result<ExitCode> {
-    let Some(colormap) = Colormap::parse(&args.render.colormap) else {
-        bail!(
-            "--colormap {}: expected viridis or turbo",
-            args.render.colormap
-        )
-    };
-    let mut options = WatchOptions::new(&args.dir, models, device);
+    let colormap = Colormap::from(args.render.colormap);
+    let dir = args.dir.as_ref().unwrap_or(&args.watch.watch_dir);
+    let mut options = WatchOptions::new(dir, models, device);
     options.methods = MethodSpec::parse(&args.method, &args.params)?;
     options.style = OverlayStyle {
         colormap,
@@ -47,7 +43,15 @@ pub fn run(args: &WatchArgs, models: &Path, device: Device) -> Result<ExitCode> 
     let stop = AtomicBool::new(false);
     let summary = watch::run(&options, &stop, &mut |event| {
         if let Some(line) = describe(event) {
-            eprintln!("cxr: {line}");
+            // Errors and rejections are worth telling even under --quiet.
+            if matches!(
+                event,
+                WatchEvent::Error { .. } | WatchEvent::Rejected { .. }
+            ) {
+                let _ = writeln!(std::io::stderr().lock(), "cxr: {line}");
+            } else {
+                super::note(&line);
+            }
         }
         // A closed stdout (`cxr watch | head`) must not stop the watcher.
         if let Ok(json) = serde_json::to_string(event) {

@@ -35,7 +35,9 @@
 //!
 //! Every request gets exactly one reply. At end of input the pending requests finish, then the
 //! worker exits 0. Models that cannot be loaded, or a DIR that is not a folder, exit 2 before
-//! any request is read. Results are cached in `DIR/.cxr-cache` (`--cache`, `--no-cache`).
+//! any request is read. Results are cached in the user's own cache folder
+//! (`$XDG_CACHE_HOME/cxr` or `~/.cache/cxr`, not in DIR, which others may write; `--cache`,
+//! `--no-cache`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -149,7 +151,7 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
         let cache = Cache::new(
             options
                 .cache
-                .map_or_else(|| dir.join(".cxr-cache"), Path::to_path_buf),
+                .map_or_else(cxr_core::cache::default_dir, Path::to_path_buf),
         );
         match options.cache_max_age {
             Some(age) => cache.with_max_age(age),
@@ -307,25 +309,20 @@ fn parse_command(command: &str) -> std::result::Result<Task, String> {
             "unknown command {command:?}: expected classify or explain_NAME (see `cxr explainers`)"
         ));
     };
-    let wanted = match name.replace('_', "-").to_lowercase().as_str() {
-        "gradcam" => "grad-cam".to_owned(),
-        other => other.to_owned(),
-    };
-    let entries = registry::all().map_err(|e| e.to_string())?;
-    entries
-        .iter()
-        .find(|e| e.name == wanted)
-        .map(|e| Task::Explain(e.name))
-        .ok_or_else(|| {
-            let known: Vec<String> = entries
+    match registry::lookup(name) {
+        Ok(entry) => Ok(Task::Explain(entry.name)),
+        Err(cxr_core::CoreError::UnknownExplainer { known, .. }) => {
+            let known: Vec<String> = known
                 .iter()
-                .map(|e| format!("explain_{}", e.name.replace('-', "_")))
+                .map(|e| format!("explain_{}", e.replace('-', "_")))
                 .collect();
-            format!(
+            Err(format!(
                 "unknown explainer {name:?}: expected one of {}",
                 known.join(", ")
-            )
-        })
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The file `id` names inside `dir` (already canonical), refusing anything that could reach
@@ -452,13 +449,18 @@ fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>)
     json.to_string()
 }
 
-/// Runs one request: the RESULT JSON, or the error MESSAGE.
-fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
-    // Read from the handle opened when the request was checked, through the input gate.
+/// The request's image, read from the handle opened when the request was checked (what is read
+/// is what was checked, even if the name now points elsewhere), through the input gate.
+fn read_input(job: &Job) -> std::result::Result<Image, String> {
     let bytes = Gate::UNTRUSTED
         .read_file(&job.file, &job.path)
         .map_err(|e| e.to_string())?;
-    let image = Image::from_bytes(bytes, &job.path, Gate::UNTRUSTED);
+    Ok(Image::from_bytes(bytes, &job.path, Gate::UNTRUSTED))
+}
+
+/// Runs one request: the RESULT JSON, or the error MESSAGE.
+fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result<String, String> {
+    let image = read_input(job)?;
     let classified = service.classify(&image).map_err(|e| e.to_string())?;
     let name = match job.task {
         Task::Classify if shared.compat == Compat::Seed => {
@@ -582,3 +584,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod race_tests;

@@ -157,6 +157,8 @@ pub enum Action {
         path: PathBuf,
         label: String,
         predicted: Option<Prediction>,
+        /// The review mark shown before, put back if the label is refused.
+        previous: Option<String>,
     },
     /// Replace the image list with this file or folder.
     Open(PathBuf),
@@ -202,6 +204,10 @@ pub struct App {
     pub quit: bool,
     /// Pixels per terminal cell (width, height), from the image picker; 10x20 for half blocks.
     pub font: (u16, u16),
+    /// Zoom (both pictures) and window/level (the radiograph).
+    pub view: super::view::View,
+    /// The classifier's model card in one line (test measures, known limits), for the panel.
+    pub card: Option<String>,
 }
 
 fn pane_index(pane: Pane) -> usize {
@@ -227,6 +233,8 @@ impl App {
             outline: true,
             opacity: 0.6,
             side_by_side: true,
+            view: super::view::View::default(),
+            card: None,
             help: false,
             prompt: None,
             generation: 0,
@@ -536,12 +544,41 @@ impl App {
                 Vec::new()
             }
             KeyCode::Char('r') => self.request(),
+            KeyCode::Char('z') => {
+                self.view = self.view.next_zoom();
+                self.redraw_pictures(&[0, 1])
+            }
+            KeyCode::Char('w') => {
+                self.view.window = self.view.window.next();
+                self.redraw_pictures(&[0])
+            }
             KeyCode::Char(c) => match LABELS.iter().find(|(k, _)| *k == c) {
                 Some((_, label)) => self.label(label),
                 None => Vec::new(),
             },
             _ => Vec::new(),
         }
+    }
+
+    /// Encodes `panes` again (the view changed), without running anything.
+    fn redraw_pictures(&mut self, panes: &[usize]) -> Vec<Action> {
+        for &i in panes {
+            self.protocols[i] = None;
+            self.requested[i] = None;
+        }
+        self.encodes_needed()
+    }
+
+    /// The picture of pane `i` as it is to be drawn: the view's zoom on both, its window on the
+    /// radiograph.
+    #[must_use]
+    pub fn picture_for(&self, i: usize) -> Option<DynamicImage> {
+        let picture = self.pictures.get(i)?.as_ref()?;
+        Some(if i == 0 {
+            self.view.radiograph(picture)
+        } else {
+            self.view.zoomed(picture)
+        })
     }
 
     fn cycle_explainer(&mut self, step: usize) -> Vec<Action> {
@@ -567,12 +604,13 @@ impl App {
         let Some(item) = self.items.get_mut(self.selected) else {
             return Vec::new();
         };
-        item.reviewed = Some(label.to_owned());
+        let previous = item.reviewed.replace(label.to_owned());
         let predicted = self.shown.as_ref().map(|s| s.prediction.clone());
         let action = Action::Label {
             path: item.path.clone(),
             label: label.to_owned(),
             predicted,
+            previous,
         };
         // Labelling moves on to the next image, as reviewers expect.
         let next = (self.selected + 1).min(self.items.len() - 1);

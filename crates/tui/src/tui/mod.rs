@@ -6,6 +6,7 @@ pub mod event;
 #[cfg(test)]
 mod tests;
 pub mod ui;
+pub mod view;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use cxr_core::pipeline::Pipeline;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use app::{Action, App, Item};
@@ -47,6 +49,9 @@ pub struct Effects {
     pub watch_dir: PathBuf,
     /// The classifier's positive class, recorded with each label's prediction.
     pub positive: String,
+    /// The classifier's classes: the only labels recorded (besides `skip`), as for
+    /// `cxr queue label`.
+    pub classes: Vec<String>,
     /// Cache, model fingerprint and event channel, to label opened files from the cache.
     pub scan: Option<(Cache, String, Sender<AppEvent>)>,
     /// The background threads (cache scans of opened folders join them).
@@ -61,7 +66,7 @@ impl Effects {
                 Action::Run(job) => self.jobs.put(job),
                 Action::Encode { pane, size } => {
                     let i = usize::from(pane == Pane::Overlay);
-                    if let Some(image) = app.pictures[i].clone() {
+                    if let Some(image) = app.picture_for(i) {
                         self.encoders[i].put(EncodeJob {
                             generation: app.generation,
                             pane,
@@ -74,16 +79,24 @@ impl Effects {
                     path,
                     label,
                     predicted,
+                    previous,
                 } => {
                     let recorded = crate::labels::record(
                         &self.watch_dir,
                         &path,
                         &label,
                         predicted.as_ref().map(|p| (p, self.positive.as_str())),
+                        &self.classes,
                     );
                     app.status = match recorded {
                         Ok(message) => message,
-                        Err(e) => format!("error: labelling {}: {e}", path.display()),
+                        Err(e) => {
+                            // Nothing was recorded: the list shows what the queue holds.
+                            if let Some(item) = app.items.iter_mut().find(|i| i.path == path) {
+                                item.reviewed = previous;
+                            }
+                            format!("error: labelling {}: {e}", path.display())
+                        }
                     };
                 }
                 Action::Open(path) => match open_items(&path) {
@@ -194,6 +207,16 @@ fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
 
 /// Picks the image protocol: asked of the terminal once (after entering the alternate screen,
 /// before the input thread starts), halfblocks when it does not answer, or as overridden.
+/// How long the terminal has to answer the graphics query.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Whether asking the terminal about graphics makes sense: not on the Linux console or a dumb
+/// terminal, which draw no pictures and may never answer (their keys would go to the query).
+fn may_answer_graphics_query() -> bool {
+    let term = std::env::var("TERM").unwrap_or_default();
+    !(term.is_empty() || term == "dumb" || term == "linux")
+}
+
 fn picker(choice: &str) -> Result<Picker> {
     let forced = match choice {
         "auto" => None,
@@ -205,10 +228,16 @@ fn picker(choice: &str) -> Result<Picker> {
             "--image-protocol {other}: expected auto, halfblocks, sixel, kitty or iterm2"
         ),
     };
-    if forced == Some(ProtocolType::Halfblocks) {
+    if forced == Some(ProtocolType::Halfblocks) || !may_answer_graphics_query() {
         return Ok(Picker::halfblocks());
     }
-    let mut picker = Picker::from_query_stdio().unwrap_or_else(|e| {
+    // Terminals answer within a few milliseconds; one that does not is not waited for long
+    // (ratatui-image's default is 2 s, during which the screen stayed blank).
+    let options = QueryStdioOptions {
+        timeout: QUERY_TIMEOUT,
+        ..QueryStdioOptions::default()
+    };
+    let mut picker = Picker::from_query_stdio_with_options(options).unwrap_or_else(|e| {
         tracing::warn!("terminal did not answer the graphics query ({e}); using halfblocks");
         Picker::halfblocks()
     });
@@ -234,13 +263,21 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
     if let Some(i) = app.explainers.iter().position(|n| n == "grad-cam") {
         app.explainer = i;
     }
+    let card = cxr_core::models::ModelFiles::new(models, cxr_core::pipeline::CLASSIFIER_NAME).card;
+    app.card = std::fs::read_to_string(&card)
+        .ok()
+        .and_then(|text| cxr_core::card::headline(&text));
 
     // Declared before the terminal: on any way out (quit, error, panic) the threads are stopped
     // and joined, the models dropped on their own thread, before `main` returns.
     let workers = Workers::new();
     let mut terminal = ratatui::init();
     let outcome = (|| {
+        // A first frame before the terminal is asked about graphics: never a blank screen.
+        app.status = "asking the terminal how to draw pictures…".into();
+        terminal.draw(|frame| ui::view(frame, &app, Instant::now()))?;
         let picker = picker(&options.image_protocol)?;
+        app.status.clear();
         let font = picker.font_size();
         app.font = (font.width, font.height);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -253,6 +290,7 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
             positive: pipeline.classifier.classes()[0].clone(),
+            classes: pipeline.classifier.classes().to_vec(),
             scan: Some((
                 options.cache.clone(),
                 pipeline.fingerprint.clone(),

@@ -163,7 +163,8 @@ fn labelling_records_and_moves_on() {
         Action::Label {
             path: sample("hannover_e1446fe8.png"),
             label: "normal".into(),
-            predicted: None
+            predicted: None,
+            previous: None,
         }
     );
     assert_eq!(app.items[0].reviewed.as_deref(), Some("normal"));
@@ -172,6 +173,78 @@ fn labelling_records_and_moves_on() {
     let actions = app.update(key('c'));
     assert!(matches!(&actions[0], Action::Label { path, label, .. }
         if *path == sample("nih_00001299_000.png") && label == "covid"));
+}
+
+/// The viewer's labels are checked against the model's classes like `cxr queue label`'s: a key
+/// whose label the model does not have records nothing, says why, and the mark goes back.
+#[test]
+fn the_viewer_records_only_the_models_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("watch");
+    let effects = super::Effects {
+        jobs: super::worker::Latest::new(),
+        encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
+        watch_dir: watch.clone(),
+        positive: "covid".into(),
+        // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
+        classes: vec!["covid".into(), "no_finding".into()],
+        scan: None,
+        workers: super::worker::Workers::new(),
+    };
+    let mut app = app();
+    app.items[0].reviewed = Some("covid".into());
+    let actions = app.update(key('n'));
+    effects.apply(&mut app, actions);
+    assert!(
+        app.status
+            .contains("label \"normal\" is not one of the model's classes")
+            && app
+                .status
+                .contains("expected one of: covid, no_finding, skip"),
+        "{}",
+        app.status
+    );
+    assert_eq!(
+        app.items[0].reviewed.as_deref(),
+        Some("covid"),
+        "mark put back"
+    );
+    assert!(
+        !watch.join("queue").exists()
+            || std::fs::read_dir(watch.join("queue")).unwrap().count() == 0,
+        "nothing recorded"
+    );
+    // A class of the model, and skip, are recorded.
+    app.selected = 0;
+    let actions = app.update(key('c'));
+    effects.apply(&mut app, actions);
+    assert!(app.status.starts_with("labelled "), "{}", app.status);
+    let actions = app.update(key('s'));
+    effects.apply(&mut app, actions);
+    assert!(app.status.starts_with("labelled "), "{}", app.status);
+    let queue = cxr_core::queue::Queue::open(&watch).unwrap();
+    let labels: Vec<String> = queue
+        .list(cxr_core::queue::Order::Uncertainty)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.label().map(|l| l.as_str().to_owned()))
+        .collect();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    assert!(labels.contains(&"covid".to_owned()) && labels.contains(&"skip".to_owned()));
+    // Misspelt labels are refused by the same check.
+    let e = crate::labels::record(
+        &watch,
+        &sample("nih_00001299_000.png"),
+        "nromal",
+        None,
+        &effects.classes,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"nromal\" is not one of the model's classes"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -271,7 +344,7 @@ fn answered_with(width: u16, height: u16, prediction: Prediction) -> (App, Termi
     let areas = ui::areas(Rect::new(0, 0, width, height), &app);
     let picker = Picker::halfblocks();
     for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
-        if let (Some(rect), Some(picture)) = (areas.panes[i], app.pictures[i].clone()) {
+        if let (Some(rect), Some(picture)) = (areas.panes[i], app.picture_for(i)) {
             let size = ui::picture_size(rect);
             let protocol = super::worker::encode(&picker, picture, size);
             app.update(AppEvent::Encoded(Encoded {
@@ -336,6 +409,98 @@ fn snapshot_160x48() {
     insta::assert_snapshot!(terminal.backend());
 }
 
+/// Zoom 2x and the lung window, the model card's headline in the panel, re-encoded as the
+/// effects would after `z` and `w`.
+fn zoomed_and_windowed(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
+    let (mut app, terminal) = answered(width, height);
+    app.card = Some("test AUC 0.998, accuracy 0.985, 130 images; known source bias".into());
+    let areas = ui::areas(Rect::new(0, 0, width, height), &app);
+    app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+    let mut encodes = app.update(key('z'));
+    encodes.extend(app.update(key('w')));
+    encodes.extend(app.update(key('w')));
+    assert_eq!(app.view.zoom, 2);
+    assert_eq!(app.view.window, super::view::Window::Lung);
+    let picker = Picker::halfblocks();
+    for action in encodes {
+        let Action::Encode { pane, size } = action else {
+            continue;
+        };
+        let i = usize::from(pane == Pane::Overlay);
+        let protocol = super::worker::encode(&picker, app.picture_for(i).unwrap(), size);
+        app.update(AppEvent::Encoded(Encoded {
+            generation: app.generation,
+            pane,
+            size,
+            protocol,
+        }));
+    }
+    for (i, pane) in areas.panes.iter().enumerate() {
+        assert_eq!(pane.is_some(), app.protocols[i].is_some(), "pane {i}");
+    }
+    (app, terminal)
+}
+
+#[test]
+fn zoom_and_window_change_only_the_pictures() {
+    let (mut app, _) = answered(160, 48);
+    let areas = ui::areas(Rect::new(0, 0, 160, 48), &app);
+    app.pane_sizes = areas.panes.map(|p| p.map(ui::picture_size));
+    let generation = app.generation;
+    let actions = app.update(key('z'));
+    // Both panes are encoded again, nothing is rerun.
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(actions.iter().all(|a| matches!(a, Action::Encode { .. })));
+    assert_eq!(app.generation, generation);
+    let full = app.pictures[0].clone().unwrap();
+    let zoomed = app.picture_for(0).unwrap();
+    assert_eq!(zoomed.width(), full.width() / 2);
+    // The window changes the radiograph only.
+    let actions = app.update(key('w'));
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Encode {
+            pane: Pane::Original,
+            ..
+        }]
+    ));
+    assert_ne!(app.picture_for(0).unwrap().to_luma8(), zoomed.to_luma8());
+    assert_eq!(
+        app.picture_for(1).unwrap().to_rgb8(),
+        super::view::View {
+            zoom: 2,
+            ..Default::default()
+        }
+        .zoomed(app.pictures[1].as_ref().unwrap())
+        .to_rgb8()
+    );
+    // z cycles back to the whole picture.
+    app.update(key('z'));
+    app.update(key('z'));
+    assert_eq!(app.view.zoom, 1);
+}
+
+#[test]
+fn snapshot_zoom_window_card_80x24() {
+    let (app, mut terminal) = zoomed_and_windowed(80, 24);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn snapshot_zoom_window_card_160x48() {
+    let (app, mut terminal) = zoomed_and_windowed(160, 48);
+    terminal
+        .draw(|f| ui::view(f, &app, Instant::now()))
+        .unwrap();
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("radiograph · 2x · lung window"), "{screen}");
+    assert!(screen.contains("model: test AUC 0.998"), "{screen}");
+    insta::assert_snapshot!(terminal.backend());
+}
+
 #[test]
 fn snapshot_help_80x24() {
     let (mut app, mut terminal) = answered(80, 24);
@@ -371,6 +536,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         positive: "covid".into(),
+        classes: vec!["covid".into(), "normal".into()],
         scan: None,
         workers: super::worker::Workers::new(),
     };
@@ -778,14 +944,16 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
     let files: Vec<PathBuf> = names.iter().map(|n| folder.join(n)).collect();
     let watch = dir.path().join("watch");
     // A first session labels two of them, as the viewer does.
+    let classes = ["covid".to_owned(), "normal".to_owned()];
     crate::labels::record(
         &watch,
         &files[0],
         "normal",
         Some((&prediction(0.3), "covid")),
+        &classes,
     )
     .unwrap();
-    crate::labels::record(&watch, &files[2], "skip", None).unwrap();
+    crate::labels::record(&watch, &files[2], "skip", None, &classes).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(

@@ -192,11 +192,17 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_picture(frame: &mut Frame, app: &App, pane: usize, area: Rect) {
+    let view = app.view.describe(pane == 0);
+    let view = if view.is_empty() {
+        String::new()
+    } else {
+        format!(" · {view}")
+    };
     let title = if pane == 0 {
-        " radiograph ".to_owned()
+        format!(" radiograph{view} ")
     } else {
         format!(
-            " {} · opacity {:.1}{} ",
+            " {} · opacity {:.1}{}{view} ",
             app.method(),
             app.opacity,
             if app.outline { " · lungs" } else { "" }
@@ -281,6 +287,9 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
             }
             lines.push(Line::from(format!("threshold {:.2}", p.threshold)).dark_gray());
             lines.extend(trust_lines(&p.trust));
+            if let Some(card) = &app.card {
+                lines.push(Line::from(format!("model: {card}")).dark_gray());
+            }
             let t = &shown.timings;
             lines.push(
                 Line::from(format!(
@@ -444,6 +453,8 @@ fn draw_help(frame: &mut Frame) {
         ("m", "lung outline on / off"),
         ("+ / -", "overlay opacity"),
         ("o", "radiograph beside the overlay / overlay only"),
+        ("z", "zoom 1x / 2x / 4x (centre)"),
+        ("w", "window: full / auto / lung / soft tissue"),
         ("c / n / s", "label covid / normal / skip (then next)"),
         ("O", "open a file or folder"),
         ("q, Esc", "quit"),

@@ -228,8 +228,8 @@ impl Classifier for Stoppable {
         }
         self.inner.features_and_logits(batch)
     }
-    fn supports_gradients(&self) -> bool {
-        self.inner.supports_gradients()
+    fn gradients(&self) -> cxr_core::models::Gradients {
+        self.inner.gradients()
     }
     fn linear_head(&self) -> Option<Tensor> {
         self.inner.linear_head()
@@ -366,7 +366,14 @@ impl Inference {
         if let Some((explanation, report)) = self.explanations.get(&key) {
             return Some(
                 self.service
-                    .redraw(image, &job.method, &job.params, explanation, settings)
+                    .redraw(
+                        image,
+                        &job.method,
+                        &job.params,
+                        explanation,
+                        report,
+                        settings,
+                    )
                     .map(|png| (png, report.clone())),
             );
         }
@@ -573,5 +580,74 @@ mod stoppable_tests {
         let got = wrapped.analyze_file(&sample).unwrap();
         assert_eq!(got.prediction, expected.prediction);
         assert!(got.prediction.trust.familiarity.is_some());
+    }
+
+    /// The viewer's inference thread on a TorchScript classifier (the committed fixture beside
+    /// the shipped segmenter): a Grad-CAM job is analysed, explained and drawn, and the same job
+    /// with another opacity is only redrawn.
+    #[test]
+    fn the_viewer_runs_a_torchscript_classifier() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to) in [
+            ("models/segmenter.json", "segmenter.json"),
+            ("models/segmenter.safetensors", "segmenter.safetensors"),
+            (
+                "crates/core/tests/fixtures/torchscript/tiny-split.json",
+                "classifier.json",
+            ),
+            (
+                "crates/core/tests/fixtures/torchscript/tiny-split.pt",
+                "classifier.pt",
+            ),
+        ] {
+            std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
+        }
+        let pipeline = Pipeline::load(dir.path(), Device::Cpu).unwrap();
+        let workers = Workers::new();
+        let jobs = Latest::new();
+        let (events, received) = crossbeam_channel::unbounded();
+        spawn_inference(&workers, pipeline, Cache::disabled(), jobs.clone(), events);
+        let job = Job {
+            generation: 1,
+            path: root.join("samples/nih_00001299_000.png"),
+            method: "grad-cam".into(),
+            params: String::new(),
+            outline: true,
+            opacity: 0.6,
+        };
+        let explained = |jobs: &Latest<Job>, job: Job| {
+            jobs.put(job);
+            loop {
+                match received
+                    .recv_timeout(std::time::Duration::from_secs(120))
+                    .unwrap()
+                {
+                    AppEvent::Worker(WorkerEvent::Explained {
+                        overlay, report, ..
+                    }) => return (overlay, report),
+                    AppEvent::Worker(WorkerEvent::Failed { message, .. }) => panic!("{message}"),
+                    _ => {}
+                }
+            }
+        };
+        let (overlay, report) = explained(&jobs, job.clone());
+        assert_eq!(report.method, "grad-cam");
+        assert!(report.heatmap.max > 0.0);
+        let (faint, again) = explained(
+            &jobs,
+            Job {
+                generation: 2,
+                opacity: 0.1,
+                ..job
+            },
+        );
+        assert_eq!(again.explain_ms, report.explain_ms, "not explained again");
+        assert_eq!(
+            (faint.width(), faint.height()),
+            (overlay.width(), overlay.height())
+        );
+        assert_ne!(faint.to_rgb8().into_raw(), overlay.to_rgb8().into_raw());
+        workers.shutdown();
     }
 }

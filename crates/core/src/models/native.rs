@@ -1,0 +1,218 @@
+//! The native backend: networks defined in Rust ([`super::unet`], [`super::resnet`]) with their
+//! weights in `NAME.safetensors`; what `cxr train` writes. Models of this backend can be
+//! trained, fine-tuned and re-initialised (the sanity check of explanations).
+
+use tch::nn::{self, ModuleT};
+use tch::{Device, Tensor};
+
+use super::resnet::{ResNet, ResNetConfig};
+use super::unet::{UNet, UNetConfig};
+use super::{Classifier, Format, Gradients, ModelFiles, ModelMeta, Segmenter};
+use crate::mask::LungMask;
+use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::trust::TrustModel;
+use crate::xray::GrayF32;
+use crate::{CoreError, Result};
+
+/// The U-Net lung segmenter.
+#[derive(Debug)]
+pub struct UNetSegmenter {
+    vs: nn::VarStore,
+    net: UNet,
+    pub meta: ModelMeta<UNetConfig>,
+}
+
+impl UNetSegmenter {
+    /// A fresh, randomly initialised network (for training).
+    #[must_use]
+    pub fn new(config: UNetConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = UNet::new(&vs.root(), &config);
+        let meta = ModelMeta {
+            format: Format::NativeSafetensors,
+            architecture: config,
+            input_side: SEGMENTER_SIDE,
+            classes: vec!["lung".into()],
+            threshold: 0.5,
+            record: serde_json::Value::Null,
+            input: InputStyle::default(),
+            trust: None,
+        };
+        Self { vs, net, meta }
+    }
+
+    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
+        let meta: ModelMeta<UNetConfig> = files.read_meta()?;
+        files.check_side(meta.input_side, SEGMENTER_SIDE)?;
+        let mut model = Self::new(meta.architecture.clone(), device);
+        files.load_weights(&mut model.vs)?;
+        model.meta = meta;
+        Ok(model)
+    }
+
+    pub fn save(&self, files: &ModelFiles) -> Result<()> {
+        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&self.meta)
+    }
+
+    #[must_use]
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]`.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.net.forward_t(xs, train)
+    }
+
+    /// Lung probability at the segmenter's resolution, `[256, 256]`, on the CPU.
+    pub fn probabilities(&self, gray: &GrayF32) -> Result<Tensor> {
+        let side = i64::from(SEGMENTER_SIDE);
+        let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
+            .f_view([1, 1, side, side])?
+            .f_to_device(self.vs.device())?;
+        let logits = tch::no_grad(|| self.net.forward_t(&input, false));
+        Ok(logits
+            .f_sigmoid()?
+            .f_to_device(Device::Cpu)?
+            .f_view([side, side])?)
+    }
+}
+
+impl Segmenter for UNetSegmenter {
+    /// Probabilities resized to the original resolution, thresholded, then cleaned: the two
+    /// largest regions kept and their holes filled.
+    fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
+        super::lung_mask(&self.probabilities(gray)?, gray, self.meta.threshold)
+    }
+}
+
+/// The `ResNet` classifier.
+#[derive(Debug)]
+pub struct ResNetClassifier {
+    vs: nn::VarStore,
+    net: ResNet,
+    pub meta: ModelMeta<ResNetConfig>,
+}
+
+impl ResNetClassifier {
+    #[must_use]
+    pub fn new(config: ResNetConfig, classes: Vec<String>, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = ResNet::new(&vs.root(), &config);
+        let meta = ModelMeta {
+            format: Format::NativeSafetensors,
+            architecture: config,
+            input_side: preprocess::CLASSIFIER_SIDE,
+            classes,
+            threshold: 0.5,
+            record: serde_json::Value::Null,
+            input: InputStyle::default(),
+            trust: None,
+        };
+        Self { vs, net, meta }
+    }
+
+    pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
+        let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
+        files.check_side(meta.input_side, preprocess::CLASSIFIER_SIDE)?;
+        if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
+            return Err(CoreError::ModelLoad {
+                path: files.meta.clone(),
+                source: "expected a two-class classifier (positive class first)".into(),
+            });
+        }
+        let mut model = Self::new(meta.architecture.clone(), meta.classes.clone(), device);
+        files.load_weights(&mut model.vs)?;
+        model.meta = meta;
+        Ok(model)
+    }
+
+    pub fn save(&self, files: &ModelFiles) -> Result<()> {
+        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&self.meta)
+    }
+
+    #[must_use]
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    #[must_use]
+    pub fn network(&self) -> &ResNet {
+        &self.net
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.net.forward_t(xs, train)
+    }
+}
+
+impl Classifier for ResNetClassifier {
+    fn classes(&self) -> &[String] {
+        &self.meta.classes
+    }
+
+    fn threshold(&self) -> f32 {
+        self.meta.threshold
+    }
+
+    fn input_style(&self) -> InputStyle {
+        self.meta.input
+    }
+
+    fn trust(&self) -> Option<&TrustModel> {
+        self.meta.trust.as_ref()
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .net
+            .forward_t(&batch.f_to_device(self.vs.device())?, false))
+    }
+
+    fn features_and_logits(&self, batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
+        Some(
+            batch
+                .f_to_device(self.vs.device())
+                .map_err(CoreError::from)
+                .map(|x| {
+                    let features = self.net.features(&x, false);
+                    let logits = self.net.head(&features);
+                    (features, logits)
+                }),
+        )
+    }
+
+    fn gradients(&self) -> Gradients {
+        Gradients::FeatureMap
+    }
+
+    fn linear_head(&self) -> Option<Tensor> {
+        Some(self.net.fc_weight().shallow_clone())
+    }
+
+    fn randomised(&self, seed: u64) -> Result<Box<dyn Classifier>> {
+        tch::manual_seed(seed as i64);
+        let mut model = Self::new(
+            self.meta.architecture.clone(),
+            self.meta.classes.clone(),
+            self.vs.device(),
+        );
+        model.meta.threshold = self.meta.threshold;
+        model.meta.input = self.meta.input;
+        Ok(Box::new(model))
+    }
+}
