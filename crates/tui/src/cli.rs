@@ -766,7 +766,8 @@ mod tests {
                 "cxr watch",
                 "cxr queue list",
                 "cxr queue label",
-                "cxr queue export"
+                "cxr queue export",
+                "cxr serve"
             ]
         );
     }
