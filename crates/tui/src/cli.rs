@@ -795,6 +795,7 @@ mod tests {
             &["audit"],
             &["segment"],
             &["worker"],
+            &["serve"],
             &["watch"],
             &["queue", "label"],
             &["train", "classifier"],
