@@ -11,27 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cxr_benches::repo;
+use cxr_benches::{repo, with_text};
 use cxr_core::tch::Device;
 use cxr_core::watch::{self, MethodSpec, WatchEvent, WatchOptions};
-
-fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-/// The same PNG with a `tEXt` chunk after its header: same picture, other bytes.
-fn with_text(png: &[u8], text: &str) -> Vec<u8> {
-    const AFTER_IHDR: usize = 8 + 4 + 4 + 13 + 4;
-    let mut chunk = b"tEXt".to_vec();
-    chunk.extend_from_slice(b"cxr-bench\0");
-    chunk.extend_from_slice(text.as_bytes());
-    let mut out = png[..AFTER_IHDR].to_vec();
-    out.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
-    out.extend_from_slice(&chunk);
-    out.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    out.extend_from_slice(&png[AFTER_IHDR..]);
-    out
-}
 
 /// A field of `/proc/self/status`, in KiB.
 fn status_kib(field: &str) -> Option<u64> {

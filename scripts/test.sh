@@ -36,4 +36,5 @@ needs "torch in .venv" "$VENV/bin/python" -c "import torch" -- \
 needs "the Python reference explainers (scripts/setup-reference.sh)" \
   "$VENV/bin/python" -c "import pytorch_grad_cam, captum" -- -p cxr-explainers --test python_reference
 needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- -p cxr --test session_export
+needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- -p cxr --test serve
 needs "a folder that can be made read-only" read_only_folder_possible -- -p cxr --test watch_faults

@@ -293,8 +293,9 @@ pub enum Command {
         #[arg(long)]
         identifiers: bool,
     },
-    /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir), one
-    /// reply line per request on stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
+    /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir; ID may
+    /// leave out the extension: ID.png, else the one ID.*), one reply line per request on
+    /// stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
     Worker {
         /// The folder whose files the requests name (any folder of radiographs; not a watch
         /// folder).
@@ -317,6 +318,11 @@ pub enum Command {
         /// Ignore cached results older than this many hours.
         #[arg(long)]
         cache_max_age_hours: Option<f64>,
+        /// Reply shape: native (label, probabilities, threshold, heatmap, quality) or seed (the
+        /// old system's: classify gives {"COVID-19": p, "NO FINDING": q}, explain_NAME the
+        /// overlay PNG's path).
+        #[arg(long, value_enum, default_value_t = CompatArg::Native)]
+        compat: CompatArg,
     },
     /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
     Train {
@@ -347,6 +353,47 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The HTTP API and web page (the seed's routes: /v1/classifier, /v1/explainer/NAME/ID,
+    /// /v1/training/queue; see docs/http-api.md). Prints `cxr serve: listening on
+    /// http://ADDR` on stdout once bound; /readyz answers 200 once the models are loaded.
+    Serve(ServeArgs),
+}
+
+/// `cxr serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port. Anything but a loopback address exposes
+    /// an unauthenticated API: put it behind a proxy that authenticates.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:3005")]
+    pub addr: std::net::SocketAddr,
+    /// The watch folder whose review queue receives labels (created on the first label).
+    #[command(flatten)]
+    pub watch: WatchDirArg,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Model workers, each with its own models (requests run at once).
+    #[arg(long, short, default_value_t = 2)]
+    pub jobs: usize,
+    /// Requests that may wait for a worker; more are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub backlog: usize,
+    /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the result cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+    /// Where uploads are kept, by content hash, in DIR/uploads (mode 700) [default:
+    /// $XDG_DATA_HOME/cxr/serve or ~/.local/share/cxr/serve].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds a request waits for its result before it is answered 503 (the work goes on and
+    /// its result is cached).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+    /// Largest request body, in MiB; larger uploads are refused with 413 before they are read.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_upload_mib: usize,
 }
 
 #[derive(Debug, Args, Default)]
@@ -397,6 +444,12 @@ pub struct QualityArgs {
     /// Also run the model-randomisation sanity check (runs each explainer twice).
     #[arg(long)]
     pub sanity: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompatArg {
+    Native,
+    Seed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -713,7 +766,8 @@ mod tests {
                 "cxr watch",
                 "cxr queue list",
                 "cxr queue label",
-                "cxr queue export"
+                "cxr queue export",
+                "cxr serve"
             ]
         );
     }
@@ -741,6 +795,7 @@ mod tests {
             &["audit"],
             &["segment"],
             &["worker"],
+            &["serve"],
             &["watch"],
             &["queue", "label"],
             &["train", "classifier"],

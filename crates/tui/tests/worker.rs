@@ -317,3 +317,54 @@ fn a_folder_that_does_not_exist_exits_2() {
     assert!(run.stderr.contains("/nonexistent/folder"), "{}", run.stderr);
     assert!(run.lines.is_empty());
 }
+
+/// The seed's requests: ids without extension (`ID` is `ID.png`, else the one `ID.*`), and with
+/// `--compat seed` its reply shapes: `{"COVID-19": p, "NO FINDING": q}` and the overlay path.
+#[test]
+fn seed_ids_without_extension_and_seed_replies() {
+    let dir = folder();
+    let d = dir.path();
+    std::fs::copy(d.join("hannover_e1446fe8.png"), d.join("abc.png")).unwrap();
+    std::fs::copy(d.join("nih_00001299_000.png"), d.join("two.jpg")).unwrap();
+    std::fs::copy(d.join("nih_00001299_000.png"), d.join("two.dcm")).unwrap();
+    let input = "classify abc\nclassify scan\nexplain_gradcam abc\nclassify two\nclassify gone\n";
+    let run = worker(d, &["--jobs", "2", "--compat", "seed"], input.as_bytes());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.lines.len(), 5, "{:#?}", run.lines);
+    let line = |prefix: &str| {
+        run.lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no reply {prefix:?} in {:#?}", run.lines))
+            .clone()
+    };
+    // The same image under its own name, in the native shape, for comparison.
+    let native = worker(d, &[], b"classify hannover_e1446fe8.png\n");
+    let (_, _, native) = reply(&native.lines[0]);
+    for id in ["abc", "scan"] {
+        let (_, _, json) = reply(&line(&format!("classify {id} ")));
+        let object = json.as_object().unwrap();
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            ["COVID-19", "NO FINDING"],
+            "{json}"
+        );
+        let total = json["COVID-19"].as_f64().unwrap() + json["NO FINDING"].as_f64().unwrap();
+        assert!((total - 1.0).abs() < 1e-4, "{json}");
+        if id == "abc" {
+            assert_eq!(json["COVID-19"], native["probabilities"]["covid"]);
+        }
+    }
+    let explain = line("explain_gradcam abc ");
+    let overlay = PathBuf::from(explain.trim_start_matches("explain_gradcam abc "));
+    assert!(overlay.ends_with("abc.grad-cam.png"), "{explain}");
+    let picture = image::open(&overlay).unwrap();
+    assert_eq!(
+        (picture.width(), picture.height()),
+        image::image_dimensions(d.join("abc.png")).unwrap()
+    );
+    let ambiguous = line("error classify two ");
+    assert!(ambiguous.contains("two.dcm, two.jpg"), "{ambiguous}");
+    let gone = line("error classify gone ");
+    assert!(gone.contains("no such file"), "{gone}");
+}

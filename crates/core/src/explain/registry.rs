@@ -138,6 +138,27 @@ pub fn find(name: &str) -> Result<&'static ExplainerEntry> {
         })
 }
 
+/// Other names for registered explainers, as the seed system and people write them.
+pub const ALIASES: &[(&str, &str)] = &[("gradcam", "grad-cam")];
+
+/// The explainer `name` names, written loosely (the worker's `explain_NAME`, a URL): any case,
+/// `_` for `-`, or an alias from [`ALIASES`]. Unknown names are [`CoreError::UnknownExplainer`]
+/// with `name` as written.
+pub fn lookup(name: &str) -> Result<&'static ExplainerEntry> {
+    let wanted = name.to_ascii_lowercase().replace('_', "-");
+    let wanted = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == wanted)
+        .map_or(wanted.as_str(), |(_, real)| real);
+    find(wanted).map_err(|e| match e {
+        CoreError::UnknownExplainer { known, .. } => CoreError::UnknownExplainer {
+            name: name.to_owned(),
+            known,
+        },
+        other => other,
+    })
+}
+
 /// An explainer built from a [`MethodSpec`], ready to run on many images.
 pub struct Method {
     pub entry: &'static ExplainerEntry,

@@ -10,6 +10,7 @@ mod explainers;
 mod export;
 mod queue;
 mod segment;
+mod serve;
 mod train;
 mod watch;
 mod worker;
@@ -83,6 +84,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             cache,
             no_cache,
             cache_max_age_hours,
+            compat,
         } => {
             let m = models(global, &model)?;
             let options = worker::Options {
@@ -93,6 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 no_cache,
                 cache_max_age: cache_max_age_hours
                     .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
+                compat: compat.into(),
             };
             worker::run(&options, &m.dir, m.device)
         }
@@ -130,6 +133,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             watch::run(&args, &m.dir, m.device)
         }
         Command::Queue { command } => queue::run(command, global),
+        Command::Serve(args) => {
+            let m = models(global, &args.model)?;
+            serve::run(&args, &m.dir, m.device)
+        }
         Command::Explainers { json } => explainers::run(json),
         Command::Audit {
             manifests,

@@ -12,7 +12,9 @@
 //!
 //! ID names a file directly inside DIR: not empty, at most 255 bytes, no `/` or `\`, no `..`,
 //! no whitespace or control characters, not starting with `.`, and after resolving symbolic
-//! links it must still be inside DIR.
+//! links it must still be inside DIR. As in the seed system, an ID without its extension works:
+//! when DIR/ID does not exist, ID means DIR/ID.png, else the one file DIR/ID.EXT (two or more
+//! such files are an error that lists them).
 //!
 //! Replies on stdout, one line per request, in the order the requests complete (up to
 //! `--jobs` run at once):
@@ -23,6 +25,9 @@
 //!     `"heatmap":{"mean","max","above_half"},"quality":{"deletion_auc","insertion_auc",`
 //!     `"lung_mass_share"},"cached":..}`, the overlay PNG written to
 //!     `OUT/ID.METHOD.png` (OUT: `--out`, default `DIR/.cxr-worker`).
+//! - with `--compat seed`, the seed system's shapes instead: classify answers
+//!   `{"COVID-19":p,"NO FINDING":q}` (the classes under the seed's names) and explain the
+//!   overlay PNG's path, so that the seed's server can drive this worker unchanged.
 //! - failure: `error COMMAND ID MESSAGE`, MESSAGE one line of text. An ID that cannot be
 //!   echoed safely (whitespace or control characters) is written `-`.
 //! - a line that is not `COMMAND ID` (one word, three words, not UTF-8, too long):
@@ -63,6 +68,17 @@ pub struct Options<'a> {
     pub cache: Option<&'a Path>,
     pub no_cache: bool,
     pub cache_max_age: Option<Duration>,
+    pub compat: Compat,
+}
+
+/// The shape of the replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    /// This project's results (with label, threshold, heatmap and quality measures).
+    #[default]
+    Native,
+    /// The seed system's: `{"COVID-19": p, "NO FINDING": q}`, and the overlay path.
+    Seed,
 }
 
 /// What a request asks for.
@@ -70,6 +86,15 @@ pub struct Options<'a> {
 enum Task {
     Classify,
     Explain(&'static str),
+}
+
+impl From<crate::cli::CompatArg> for Compat {
+    fn from(arg: crate::cli::CompatArg) -> Self {
+        match arg {
+            crate::cli::CompatArg::Native => Self::Native,
+            crate::cli::CompatArg::Seed => Self::Seed,
+        }
+    }
 }
 
 /// A validated request, with its file already opened: what is read is what was checked, even
@@ -92,6 +117,7 @@ const MAX_ID: usize = 200;
 /// Everything a worker thread shares with the others.
 struct Shared {
     out: PathBuf,
+    compat: Compat,
 }
 
 pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitCode> {
@@ -132,7 +158,10 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
             None => cache,
         }
     };
-    let shared = Arc::new(Shared { out });
+    let shared = Arc::new(Shared {
+        out,
+        compat: options.compat,
+    });
     // Each worker thread loads its own models (libtorch modules are not Sync).
     let models = models.to_path_buf();
     let pool = ModelPool::start(jobs, jobs * PENDING_PER_JOB, "cxr-worker", move |_| {
@@ -280,25 +309,20 @@ fn parse_command(command: &str) -> std::result::Result<Task, String> {
             "unknown command {command:?}: expected classify or explain_NAME (see `cxr explainers`)"
         ));
     };
-    let wanted = match name.replace('_', "-").to_lowercase().as_str() {
-        "gradcam" => "grad-cam".to_owned(),
-        other => other.to_owned(),
-    };
-    let entries = registry::all().map_err(|e| e.to_string())?;
-    entries
-        .iter()
-        .find(|e| e.name == wanted)
-        .map(|e| Task::Explain(e.name))
-        .ok_or_else(|| {
-            let known: Vec<String> = entries
+    match registry::lookup(name) {
+        Ok(entry) => Ok(Task::Explain(entry.name)),
+        Err(cxr_core::CoreError::UnknownExplainer { known, .. }) => {
+            let known: Vec<String> = known
                 .iter()
-                .map(|e| format!("explain_{}", e.name.replace('-', "_")))
+                .map(|e| format!("explain_{}", e.replace('-', "_")))
                 .collect();
-            format!(
+            Err(format!(
                 "unknown explainer {name:?}: expected one of {}",
                 known.join(", ")
-            )
-        })
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The file `id` names inside `dir` (already canonical), refusing anything that could reach
@@ -326,7 +350,10 @@ fn resolve_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return refuse("contains whitespace or control characters");
     }
-    let path = dir.join(id);
+    let mut path = dir.join(id);
+    if std::fs::symlink_metadata(&path).is_err() {
+        path = bare_id(dir, id)?;
+    }
     let real = path.canonicalize().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
         _ => format!("{}: {e}", path.display()),
@@ -338,6 +365,38 @@ fn resolve_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
         return Err(format!("{}: not a file", path.display()));
     }
     Ok(path)
+}
+
+/// The seed's ids without extension: DIR/ID.png, else the only DIR/ID.EXT (a visible entry,
+/// one extension). `dir/id` itself does not exist.
+fn bare_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
+    let png = dir.join(format!("{id}.png"));
+    if std::fs::symlink_metadata(&png).is_ok() {
+        return Ok(png);
+    }
+    let prefix = format!("{id}.");
+    let listing = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut candidates: Vec<String> = listing
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_prefix(&prefix)
+                .is_some_and(|ext| !ext.is_empty() && !ext.contains('.'))
+        })
+        .collect();
+    candidates.sort();
+    match candidates.as_slice() {
+        [one] => Ok(dir.join(one)),
+        [] => Err(format!(
+            "{}: no such file (nor {id}.png or {id}.* beside it)",
+            dir.join(id).display()
+        )),
+        many => Err(format!(
+            "ambiguous id {id}: {} files match ({}); name one with its extension",
+            many.len(),
+            many.join(", ")
+        )),
+    }
 }
 
 /// The classification part of every result.
@@ -404,6 +463,10 @@ fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result
     let image = read_input(job)?;
     let classified = service.classify(&image).map_err(|e| e.to_string())?;
     let name = match job.task {
+        Task::Classify if shared.compat == Compat::Seed => {
+            let seed = cxr_server::seed::probabilities(&classified.report.probabilities);
+            return Ok(serde_json::Value::Object(seed).to_string());
+        }
         Task::Classify => {
             return Ok(with_cached(
                 &ClassifyResult::of(classified.report),
@@ -425,6 +488,9 @@ fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result
     let overlay_path = shared.out.join(format!("{}.{name}.png", job.id));
     cxr_core::fsutil::write_atomic(&overlay_path, &rendered.overlay_png)
         .map_err(|e| e.to_string())?;
+    if shared.compat == Compat::Seed {
+        return Ok(overlay_path.display().to_string());
+    }
     let classification = ClassifyResult::of(classified.report);
     let report = rendered.report;
     let result = ExplainResult {
@@ -466,6 +532,46 @@ mod tests {
                 .unwrap_err()
                 .contains("no such file")
         );
+    }
+
+    #[test]
+    fn bare_ids_name_the_png_else_the_one_file_with_an_extension() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+        let touch = |name: &str| {
+            std::fs::write(root.join(name), b"x").unwrap_or_else(|e| panic!("{e}"));
+        };
+        touch("a.png");
+        touch("a.jpg");
+        touch("b.dcm");
+        touch("c.jpg");
+        touch("c.dcm");
+        touch("d.grad-cam.png");
+        let name = |id: &str| {
+            resolve_id(&root, id).map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        };
+        assert_eq!(name("a").as_deref(), Ok("a.png"), "ID.png comes first");
+        assert_eq!(
+            name("a.jpg").as_deref(),
+            Ok("a.jpg"),
+            "a full name is itself"
+        );
+        assert_eq!(name("b").as_deref(), Ok("b.dcm"));
+        let ambiguous = name("c").unwrap_err();
+        assert!(
+            ambiguous.contains("ambiguous") && ambiguous.contains("c.dcm, c.jpg"),
+            "{ambiguous}"
+        );
+        assert!(
+            name("d").unwrap_err().contains("no such file"),
+            "two dots are not ID.EXT"
+        );
+        assert!(name("e").unwrap_err().contains("no such file"));
     }
 
     #[test]

@@ -1,0 +1,61 @@
+//! The seed system's names: it answered `{"COVID-19": p, "NO FINDING": q}` and took those
+//! names as labels. `cxr serve` and `cxr worker --compat seed` speak them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// The seed's name of a class: `covid` is `COVID-19`, `normal` is `NO FINDING`, another class
+/// is its name in capitals.
+#[must_use]
+pub fn class_name(class: &str) -> String {
+    match class {
+        "covid" => "COVID-19".into(),
+        "normal" => "NO FINDING".into(),
+        other => other.to_uppercase(),
+    }
+}
+
+/// Class probabilities under the seed's names.
+#[must_use]
+pub fn probabilities(probabilities: &BTreeMap<String, f32>) -> Map<String, Value> {
+    probabilities
+        .iter()
+        .map(|(class, p)| (class_name(class), Value::from(*p)))
+        .collect()
+}
+
+/// A label as the seed's clients send it (`COVID-19`, `NO FINDING`) in this project's words
+/// (`covid`, `normal`); anything else is returned as it is.
+#[must_use]
+pub fn label(text: &str) -> String {
+    let text = text.trim();
+    match text.to_ascii_uppercase().replace(['_', '-'], " ").as_str() {
+        "COVID 19" => "covid".into(),
+        "NO FINDING" => "normal".into(),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_both_ways() {
+        let p = BTreeMap::from([("covid".to_owned(), 0.25), ("normal".to_owned(), 0.75)]);
+        let seed = probabilities(&p);
+        assert_eq!(seed["COVID-19"], Value::from(0.25_f32));
+        assert_eq!(seed["NO FINDING"], Value::from(0.75_f32));
+        for (given, ours) in [
+            ("COVID-19", "covid"),
+            ("covid-19", "covid"),
+            ("NO FINDING", "normal"),
+            ("no_finding", "normal"),
+            ("normal", "normal"),
+            ("skip", "skip"),
+        ] {
+            assert_eq!(label(given), ours);
+        }
+    }
+}

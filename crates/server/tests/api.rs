@@ -1,0 +1,878 @@
+//! The HTTP API through a real server on 127.0.0.1 (port 0), in this process: the real router,
+//! the real model pool with the shipped models, a real HTTP client. Every route, concurrent
+//! uploads, the limits and the error answers.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cxr_core::cache::Cache;
+use cxr_core::queue::{Order, Queue, ReviewState};
+use cxr_core::tch::Device;
+use cxr_server::{AppState, Models};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("samples").join(name)).unwrap()
+}
+
+const SAMPLES: [&str; 6] = [
+    "hannover_2c35005f.png",
+    "hannover_b343e657.png",
+    "hannover_e1446fe8.png",
+    "nih_00001299_000.png",
+    "nih_00001385_000.png",
+    "nih_00002013_002.png",
+];
+
+struct Server {
+    url: String,
+    state: Arc<AppState>,
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+struct Options {
+    jobs: usize,
+    pending: usize,
+    timeout: Duration,
+    models: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            jobs: 2,
+            pending: 16,
+            timeout: Duration::from_secs(600),
+            models: true,
+        }
+    }
+}
+
+/// A server with its own data, cache and watch folders.
+async fn start(options: Options) -> Server {
+    cxr_explainers::link();
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState::new(
+        &dir.path().join("data"),
+        dir.path().join("watch"),
+        options.timeout,
+        cxr_server::DEFAULT_MAX_BODY,
+    )
+    .unwrap();
+    if options.models {
+        let cache = Cache::new(dir.path().join("cache"));
+        let (jobs, pending) = (options.jobs, options.pending);
+        let models = tokio::task::spawn_blocking(move || {
+            let pool =
+                cxr_server::start_pool(repo().join("models"), Device::Cpu, jobs, pending, cache)
+                    .unwrap();
+            Models::new(pool).unwrap()
+        })
+        .await
+        .unwrap();
+        state.set_models(models);
+    }
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, cxr_server::router(Arc::clone(&state))).into_future());
+    Server {
+        url,
+        state,
+        dir,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Server {
+    async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.bytes().await.unwrap().to_vec())
+    }
+
+    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.get(path).await;
+        (status, json(&body))
+    }
+
+    async fn upload(&self, name: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str("image/png")
+            .unwrap();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = self
+            .client
+            .post(format!("{}/v1/classifier", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, json(&response.bytes().await.unwrap()))
+    }
+
+    async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, json(&response.bytes().await.unwrap()))
+    }
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+fn id_of(bytes: &[u8]) -> String {
+    cxr_core::xray::hex(&Sha256::digest(bytes))[..16].to_owned()
+}
+
+/// An error answer: the status and a JSON `error` message.
+fn assert_error(answer: &(StatusCode, Value), status: StatusCode, words: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    let message = answer.1["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(words),
+        "{status}: {message:?} lacks {words:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_routes_and_the_others_answer_in_their_shapes() {
+    let server = start(Options::default()).await;
+    let (status, health) = server.get_json("/healthz").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, ready) = server.get_json("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["classes"], serde_json::json!(["covid", "normal"]));
+    assert_eq!(ready["workers"], 2);
+
+    let (status, headers, page) = server.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(headers.contains_key("content-security-policy"));
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains(r#"type="file""#) && page.contains("/page.js"));
+    let (status, headers, script) = server.get("/page.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    assert!(
+        String::from_utf8(script)
+            .unwrap()
+            .contains("/v1/classifier")
+    );
+
+    let (status, list) = server.get_json("/v1/explainers").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list["explainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"grad-cam") && names.contains(&"lime"),
+        "{names:?}"
+    );
+    let grad_cam = list["explainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "grad-cam")
+        .unwrap();
+    assert_eq!(grad_cam["aliases"], serde_json::json!(["gradcam"]));
+
+    // POST /v1/classifier as a multipart upload: the seed's map and the full report.
+    let bytes = sample("nih_00001299_000.png");
+    let (status, first) = server.upload("chest.png", bytes.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, id_of(&bytes), "the id is the content's SHA-256 prefix");
+    assert_eq!(first["cached"], false);
+    let (covid, normal) = (
+        first["COVID-19"].as_f64().unwrap(),
+        first["NO FINDING"].as_f64().unwrap(),
+    );
+    assert_eq!(first["probabilities"]["covid"].as_f64(), Some(covid));
+    assert_eq!(first["probabilities"]["normal"].as_f64(), Some(normal));
+    assert!((covid + normal - 1.0).abs() < 1e-4);
+    assert!(["covid", "normal"].contains(&first["label"].as_str().unwrap()));
+    assert!(first["threshold"].as_f64().unwrap() > 0.0);
+    assert!(first["lung_fraction"].as_f64().unwrap() > 0.05);
+    assert!(first["trust"]["flags"].is_array());
+    assert!(first["trust"]["familiarity"].is_number());
+    // Stored by content, privately, under the id only.
+    let stored: Vec<String> = std::fs::read_dir(server.dir.path().join("data/uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stored, [format!("{id}.png")]);
+
+    // The same bytes as a raw body: the same id, from the cache.
+    let (status, again) = server
+        .post_raw("/v1/classifier", "image/png", bytes.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["COVID-19"], first["COVID-19"]);
+
+    // GET /v1/classifier/:id, also by the full SHA-256.
+    let (status, got) = server.get_json(&format!("/v1/classifier/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["probabilities"], first["probabilities"]);
+    let full = first["sha256"].as_str().unwrap();
+    let (status, by_hash) = server.get_json(&format!("/v1/classifier/{full}")).await;
+    assert_eq!((status, &by_hash["id"]), (StatusCode::OK, &first["id"]));
+
+    // The seed's Grad-CAM route (and its other spellings): a PNG the size of the radiograph.
+    let (width, height) = image::load_from_memory(&bytes)
+        .unwrap()
+        .to_luma8()
+        .dimensions();
+    let mut overlays = Vec::new();
+    for method in ["gradcam", "grad-cam", "grad_cam"] {
+        let (status, headers, png) = server.get(&format!("/v1/explainer/{method}/{id}")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{method}: {}",
+            String::from_utf8_lossy(&png)
+        );
+        assert_eq!(headers["content-type"], "image/png");
+        let overlay = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(overlay.dimensions(), (width, height));
+        overlays.push(png);
+    }
+    assert!(
+        overlays.windows(2).all(|w| w[0] == w[1]),
+        "one overlay, cached"
+    );
+
+    // The report as JSON, by query and by Accept.
+    let (status, report) = server
+        .get_json(&format!("/v1/explainer/gradcam/{id}?format=json"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["method"], "grad-cam");
+    assert_eq!(report["target"], first["label"]);
+    assert_eq!(report["cached"], true);
+    assert!(report["quality"]["lung_mass_share"].as_f64().unwrap() > 0.0);
+    assert!(report["heatmap"]["max"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["COVID-19"], first["COVID-19"]);
+    let response = server
+        .client
+        .get(format!("{}/v1/explainer/grad-cam/{id}", server.url))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let by_accept = json(&response.bytes().await.unwrap());
+    assert_eq!(by_accept["heatmap"], report["heatmap"]);
+
+    // Another target class than the predicted one.
+    let other = if first["label"] == "covid" {
+        "normal"
+    } else {
+        "covid"
+    };
+    let (status, targeted) = server
+        .get_json(&format!(
+            "/v1/explainer/grad-cam/{id}?format=json&target={other}"
+        ))
+        .await;
+    assert_eq!(
+        (status, targeted["target"].as_str()),
+        (StatusCode::OK, Some(other))
+    );
+    assert_error(
+        &server
+            .get_json(&format!(
+                "/v1/explainer/grad-cam/{id}?format=json&target=cat"
+            ))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "target",
+    );
+}
+
+/// The seed's LIME route: a PNG overlay, then the same from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lime_overlay_is_a_png_of_the_radiograph() {
+    let server = start(Options::default()).await;
+    let bytes = sample("hannover_e1446fe8.png");
+    let (status, answer) = server.upload("x.png", bytes.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    let (status, headers, png) = server.get(&format!("/v1/explainer/lime/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&png));
+    assert_eq!(headers["x-cxr-cached"], "false");
+    let overlay = image::load_from_memory(&png).unwrap().to_rgb8();
+    let original = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(overlay.dimensions(), (original.width(), original.height()));
+    assert_ne!(
+        overlay.as_raw(),
+        original.to_rgb8().as_raw(),
+        "the heatmap is drawn over it"
+    );
+    let (status, headers, again) = server.get(&format!("/v1/explainer/lime/{id}")).await;
+    assert_eq!(
+        (status, &headers["x-cxr-cached"]),
+        (StatusCode::OK, &"true".parse().unwrap())
+    );
+    assert_eq!(again, png);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_uploads_are_all_answered_correctly() {
+    let server = Arc::new(start(Options::default()).await);
+    let mut uploads: Vec<(String, Vec<u8>)> = SAMPLES
+        .iter()
+        .map(|name| ((*name).to_owned(), sample(name)))
+        .collect();
+    // Two more: the same content again, at the same time as the first.
+    uploads.push(("again-1.png".into(), sample(SAMPLES[0])));
+    uploads.push(("again-2.png".into(), sample(SAMPLES[3])));
+    let tasks: Vec<_> = uploads
+        .into_iter()
+        .map(|(name, bytes)| {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move {
+                let answer = server.upload(&name, bytes.clone()).await;
+                (name, bytes, answer)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    for (name, bytes, (status, answer)) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{name}: {answer}");
+        assert_eq!(answer["id"].as_str().unwrap(), id_of(bytes), "{name}");
+        // Each answer is its own image's: the same as asking for it alone afterwards.
+        let (status, alone) = server
+            .get_json(&format!(
+                "/v1/classifier/{}",
+                answer["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(alone["probabilities"], answer["probabilities"], "{name}");
+        assert_eq!(alone["label"], answer["label"], "{name}");
+    }
+    let ids: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .map(|(_, _, (_, a))| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        SAMPLES.len(),
+        "the repeats share their image's id"
+    );
+    let stored = std::fs::read_dir(server.dir.path().join("data/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, SAMPLES.len(), "each content is stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_json_errors_with_their_status() {
+    let server = start(Options::default()).await;
+    let unknown = "0123456789abcdef";
+    assert_error(
+        &server.get_json(&format!("/v1/classifier/{unknown}")).await,
+        StatusCode::NOT_FOUND,
+        "no image",
+    );
+    assert_error(
+        &server
+            .get_json(&format!("/v1/explainer/lime/{unknown}"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "no image",
+    );
+    for bad in [
+        "xyz",
+        "0123456789abcdeg",
+        "0123456789abcdef00",
+        "..%2F..%2Fetc%2Fpasswd",
+    ] {
+        assert_error(
+            &server.get_json(&format!("/v1/classifier/{bad}")).await,
+            StatusCode::BAD_REQUEST,
+            "invalid id",
+        );
+    }
+    assert_error(
+        &server.get_json("/v1/classifier/a/b").await,
+        StatusCode::NOT_FOUND,
+        "no such route",
+    );
+    assert_error(
+        &server
+            .get_json(&format!("/v1/explainer/nope/{unknown}"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "registered: ",
+    );
+    assert_error(
+        &server.get_json("/nothing").await,
+        StatusCode::NOT_FOUND,
+        "no such route",
+    );
+    assert_error(
+        &server
+            .post_raw("/v1/classifier/0123456789abcdef", "image/png", vec![1])
+            .await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+    );
+
+    // Not an image: refused by type (415) or by content (422), and nothing is stored.
+    let text = b"hello, I am not a radiograph".to_vec();
+    assert_error(
+        &server
+            .post_raw("/v1/classifier", "text/plain", text.clone())
+            .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "text/plain",
+    );
+    let part = reqwest::multipart::Part::bytes(text.clone())
+        .file_name("notes.txt")
+        .mime_str("text/plain")
+        .unwrap();
+    let response = server
+        .client
+        .post(format!("{}/v1/classifier", server.url))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(
+        &server
+            .post_raw("/v1/classifier", "image/png", text.clone())
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a PNG or JPEG",
+    );
+    let mut truncated = sample("nih_00001299_000.png");
+    truncated.truncate(truncated.len() / 2);
+    assert_error(
+        &server
+            .post_raw("/v1/classifier", "image/png", truncated)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "upload",
+    );
+    // A colour photograph is no chest radiograph.
+    let mut photo = image::RgbImage::new(256, 256);
+    for (x, y, pixel) in photo.enumerate_pixels_mut() {
+        *pixel = image::Rgb([(x % 256) as u8, (y % 256) as u8, 200]);
+    }
+    let mut png = Vec::new();
+    photo
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert_error(
+        &server.post_raw("/v1/classifier", "image/png", png).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a chest radiograph",
+    );
+    assert_error(
+        &server
+            .post_raw("/v1/classifier", "image/png", Vec::new())
+            .await,
+        StatusCode::BAD_REQUEST,
+        "empty",
+    );
+    let response = server
+        .client
+        .post(format!("{}/v1/classifier", server.url))
+        .multipart(reqwest::multipart::Form::new().text("note", "no file here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        std::fs::read_dir(server.dir.path().join("data/uploads"))
+            .unwrap()
+            .count(),
+        0,
+        "refused uploads are not stored"
+    );
+    assert_error(
+        &server
+            .get_json("/v1/explainer/lime/0123456789abcdef?format=gif")
+            .await,
+        StatusCode::NOT_FOUND,
+        "no image",
+    );
+}
+
+/// 50 MB is refused with 413: announced by Content-Length (answered before the body is read)
+/// and streamed in chunks without a length (cut off at the limit). Nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_upload_is_refused_with_413() {
+    let server = start(Options {
+        models: false,
+        ..Options::default()
+    })
+    .await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let (announced, streamed) = tokio::task::spawn_blocking(move || {
+        (
+            raw_upload(&address, 50_000_000, false),
+            raw_upload(&address, 50_000_000, true),
+        )
+    })
+    .await
+    .unwrap();
+    let (answer, _) = announced;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"request body larger than the 32 MiB"#),
+        "{answer}"
+    );
+    // Streamed: the server stops reading at the limit and closes the connection. The 413 it
+    // sends first may be lost to the client (closing with unread data resets the connection),
+    // but no other answer may come, and the sender cannot get its 50 MB through.
+    let (answer, sent) = streamed;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 413"),
+        "{answer}"
+    );
+    assert!(sent.is_err(), "all 50 MB were taken");
+    assert_eq!(server.get_json("/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        std::fs::read_dir(server.dir.path().join("data/uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Sends a `bytes`-long PNG upload by hand; returns the answer (head and body, as far as it
+/// arrived) and whether the whole body could be sent. With a length, only the request head is
+/// sent (the answer must come without the body); chunked, the body is sent 1 MB at a time
+/// while the answer is read.
+fn raw_upload(address: &str, bytes: usize, chunked: bool) -> (String, std::io::Result<()>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    // Never hang the test run: a server that neither answers nor closes fails it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {bytes}")
+    };
+    let head = format!(
+        "POST /v1/classifier HTTP/1.1\r\nHost: {address}\r\nContent-Type: image/png\r\n\
+         {framing}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let sender = chunked.then(|| {
+        let mut writer = stream.try_clone().unwrap();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let chunk = vec![0_u8; 1_000_000];
+            for _ in 0..bytes / chunk.len() {
+                write!(writer, "{:X}\r\n", chunk.len())?;
+                writer.write_all(&chunk)?;
+                writer.write_all(b"\r\n")?;
+            }
+            writer.write_all(b"0\r\n\r\n")
+        })
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains('}') {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    // The sender stops when the server closes the connection, or after sending everything.
+    let sent = sender.map_or(Ok(()), |s| s.join().unwrap());
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    (String::from_utf8_lossy(&answer).into_owned(), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_answers_503_with_retry_after_and_a_slow_one_too() {
+    let server = start(Options {
+        jobs: 1,
+        pending: 1,
+        timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let pool = &server.state.models().unwrap().pool;
+    // One task holds the only worker, one waits in the queue: the queue is full.
+    let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    let holding = {
+        let hold = hold.clone();
+        pool.submit(move |_| hold.recv().is_err())
+    };
+    let mut queued = None;
+    while queued.is_none() {
+        let hold = hold.clone();
+        queued = pool.try_submit(move |_| hold.recv().is_err()).ok();
+        tokio::task::yield_now().await;
+    }
+    let bytes = sample("nih_00001385_000.png");
+    let response = server
+        .client
+        .post(format!("{}/v1/classifier", server.url))
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body = json(&response.bytes().await.unwrap());
+    assert!(body["error"].as_str().unwrap().contains("busy"), "{body}");
+
+    // Let the held task go; the queued one now holds the worker, and a request that waits
+    // longer than the timeout is answered 503 too (its work still runs, and is cached).
+    release.send(()).unwrap();
+    assert!(!holding.recv().unwrap().unwrap());
+    let waited = server
+        .client
+        .post(format!("{}/v1/classifier", server.url))
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waited.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(waited.headers().contains_key("retry-after"));
+    let body = json(&waited.bytes().await.unwrap());
+    assert!(
+        body["error"].as_str().unwrap().contains("no result within"),
+        "{body}"
+    );
+    drop(release);
+    assert!(queued.unwrap().recv().unwrap().unwrap());
+    // Free again: the same upload is answered (from the work the timed-out request left).
+    let mut answer = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    while answer.0 == StatusCode::SERVICE_UNAVAILABLE {
+        answer = server
+            .post_raw("/v1/classifier", "image/png", bytes.clone())
+            .await;
+    }
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    assert_eq!(answer.1["id"].as_str().unwrap(), id_of(&bytes));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_models_load_readiness_and_model_routes_are_503() {
+    let server = start(Options {
+        models: false,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(server.get_json("/healthz").await.0, StatusCode::OK);
+    let (status, headers, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    assert!(json(&body)["error"].as_str().unwrap().contains("loading"));
+    assert_error(
+        &server
+            .post_raw(
+                "/v1/classifier",
+                "image/png",
+                sample("nih_00001385_000.png"),
+            )
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "loading",
+    );
+    // Routes that need no model still answer.
+    assert_eq!(server.get_json("/v1/explainers").await.0, StatusCode::OK);
+    assert_eq!(
+        server.get_json("/v1/training/queue").await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_go_to_the_watch_folder_queue() {
+    let server = start(Options::default()).await;
+    let (status, empty) = server.get_json("/v1/training/queue").await;
+    assert_eq!((status, &empty["count"]), (StatusCode::OK, &Value::from(0)));
+    let bytes = sample("hannover_b343e657.png");
+    let (_, uploaded) = server.upload("b.png", bytes.clone()).await;
+    let id = uploaded["id"].as_str().unwrap().to_owned();
+
+    // The seed's label name, the reviewer from a header.
+    let response = server
+        .client
+        .post(format!("{}/v1/training/queue", server.url))
+        .header("x-reviewer", "dr-lee")
+        .json_body(&serde_json::json!({ "id": id, "label": "NO FINDING" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let entry = json(&response.bytes().await.unwrap());
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["state"], "reviewed");
+    assert_eq!(entry["review"]["label"], "normal");
+    assert_eq!(entry["review"]["reviewer"], "dr-lee");
+    assert_eq!(entry["predicted"]["label"], uploaded["label"]);
+
+    let (status, listed) = server.get_json("/v1/training/queue").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (listed["count"].as_u64(), listed["reviewed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(listed["entries"][0]["review"]["label"], "normal");
+    let (_, pending) = server.get_json("/v1/training/queue?pending=true").await;
+    assert_eq!(pending["entries"], serde_json::json!([]));
+
+    // The queue the watcher and the viewer use, read by the core library.
+    let queue = Queue::open(server.dir.path().join("watch")).unwrap();
+    let items = queue.list(Order::Time).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].id, id);
+    assert_eq!(items[0].state.state, ReviewState::Reviewed);
+    assert_eq!(std::fs::read(items[0].image_path()).unwrap(), bytes);
+
+    // Relabelled through a urlencoded form (the reviewer as a field): the first review is kept.
+    let (status, relabelled) = server
+        .post_raw(
+            "/v1/training/queue",
+            "application/x-www-form-urlencoded",
+            format!("id={id}&label=covid&reviewer=dr+kim").into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{relabelled}");
+    assert_eq!(relabelled["review"]["label"], "covid");
+    assert_eq!(relabelled["history"][0]["reviewer"], "dr-lee");
+
+    let label =
+        |id: &str, label: &str| format!(r#"{{"id":"{id}","label":"{label}"}}"#).into_bytes();
+    assert_error(
+        &server
+            .post_raw(
+                "/v1/training/queue",
+                "application/json",
+                label(&id, "nromal"),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not one of the model's classes",
+    );
+    assert_error(
+        &server
+            .post_raw(
+                "/v1/training/queue",
+                "application/json",
+                label("0123456789abcdef", "covid"),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "no image",
+    );
+    assert_error(
+        &server
+            .post_raw(
+                "/v1/training/queue",
+                "application/json",
+                label("../x", "covid"),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid id",
+    );
+    assert_error(
+        &server
+            .post_raw("/v1/training/queue", "application/json", b"{".to_vec())
+            .await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+    assert_error(
+        &server
+            .post_raw("/v1/training/queue", "text/plain", label(&id, "covid"))
+            .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/json",
+    );
+    // A page elsewhere cannot make a browser label for it.
+    let response = server
+        .client
+        .post(format!("{}/v1/training/queue", server.url))
+        .header("origin", "http://evil.example")
+        .json_body(&serde_json::json!({ "id": id, "label": "normal" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let items = queue.list(Order::Time).unwrap();
+    assert_eq!(
+        items[0].label().map(cxr_core::queue::Label::as_str),
+        Some("covid")
+    );
+}
+
+/// `RequestBuilder::json` needs reqwest's `json` feature; this is the same without it.
+trait JsonBody {
+    fn json_body(self, value: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, value: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(value.to_string())
+    }
+}

@@ -1,0 +1,62 @@
+//! `cxr serve`: the HTTP API and web page of `cxr-server`, with this command line's models,
+//! cache and watch folder. Logs go to stderr (`RUST_LOG`, default `info`).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, eyre};
+use cxr_core::cache::Cache;
+use cxr_core::tch::Device;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+
+pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
+    let cache = if args.no_cache {
+        Cache::disabled()
+    } else {
+        Cache::new(
+            args.cache_dir
+                .clone()
+                .unwrap_or_else(cxr_core::cache::default_dir),
+        )
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| super::home_folder("XDG_DATA_HOME", ".local/share").join("cxr/serve"));
+    let config = cxr_server::Config {
+        addr: args.addr,
+        models: models.to_path_buf(),
+        device,
+        jobs: args.jobs.max(1),
+        pending: args.backlog.max(1),
+        cache,
+        data_dir,
+        watch_dir: args.watch.watch_dir.clone(),
+        request_timeout: Duration::from_secs(args.timeout.max(1)),
+        max_body: args.max_upload_mib.max(1) << 20,
+    };
+    let jobs = config.jobs;
+    cxr_server::run(
+        config,
+        |addr| {
+            // The line scripts and tests wait for (port 0 picks the port).
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "cxr serve: listening on http://{addr}");
+            let _ = out.flush();
+            eprintln!("cxr serve: loading the models into {jobs} worker(s)...");
+        },
+        |workers| eprintln!("cxr serve: ready ({workers} model workers)"),
+    )
+    .map_err(|e| eyre!("{e}"))?;
+    Ok(ExitCode::SUCCESS)
+}

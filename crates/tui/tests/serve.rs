@@ -1,0 +1,522 @@
+//! `cxr serve` as users run it: the real binary on 127.0.0.1 port 0, the seed's routes with a
+//! real HTTP client, labels seen by `cxr queue list`, a clean stop on SIGTERM; and the web page
+//! in headless Chromium (ignored by default: `scripts/test.sh` runs it where Chromium is
+//! installed and prints why not otherwise).
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
+#![allow(clippy::too_many_lines)] // a test reads best as one story
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `cxr serve`; killed when dropped (a failing test leaves no server behind).
+struct Serve {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// Starts `cxr serve` on port 0 with its own folders and waits until `/readyz` says ready.
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0"])
+            .arg("--watch-dir")
+            .arg(dir.path().join("watch"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(extra)
+            .env_remove("CXR_MODELS")
+            .env_remove("CXR_WATCH_DIR")
+            .env("OMP_NUM_THREADS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The first line on stdout says where it listens.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(url) = line.trim().strip_prefix("cxr serve: listening on ") else {
+            let _ = child.kill();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("no address line: {line:?}; stderr: {err}");
+        };
+        let server = Self {
+            url: url.to_owned(),
+            child,
+            dir,
+        };
+        let client = reqwest::blocking::Client::new();
+        let start = Instant::now();
+        loop {
+            let ready = client.get(format!("{}/readyz", server.url)).send().unwrap();
+            if ready.status() == 200 {
+                break;
+            }
+            assert_eq!(ready.status(), 503);
+            assert!(ready.headers().contains_key("retry-after"));
+            assert!(start.elapsed() < Duration::from_secs(300), "never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_of(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.bytes().unwrap();
+    let value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "{status}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status, value)
+}
+
+#[test]
+fn the_binary_serves_the_seed_routes_and_its_labels_reach_the_queue() {
+    let mut server = Serve::start(&["--jobs", "1"]);
+    let client = reqwest::blocking::Client::new();
+    let url = &server.url;
+    let bytes = std::fs::read(repo().join("samples/hannover_2c35005f.png")).unwrap();
+    let form = reqwest::blocking::multipart::Form::new().part(
+        "file",
+        reqwest::blocking::multipart::Part::bytes(bytes.clone())
+            .file_name("scan.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let (status, classified) = json_of(
+        client
+            .post(format!("{url}/v1/classifier"))
+            .multipart(form)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{classified}");
+    let id = classified["id"].as_str().unwrap().to_owned();
+    let p = classified["COVID-19"].as_f64().unwrap() + classified["NO FINDING"].as_f64().unwrap();
+    assert!((p - 1.0).abs() < 1e-4, "{classified}");
+
+    let (status, again) = json_of(
+        client
+            .get(format!("{url}/v1/classifier/{id}"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, &again["probabilities"]),
+        (200, &classified["probabilities"])
+    );
+
+    let overlay = client
+        .get(format!("{url}/v1/explainer/gradcam/{id}"))
+        .send()
+        .unwrap();
+    assert_eq!(overlay.status(), 200);
+    assert_eq!(overlay.headers()["content-type"], "image/png");
+    let overlay = image::load_from_memory(&overlay.bytes().unwrap()).unwrap();
+    let original = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(
+        (overlay.width(), overlay.height()),
+        (original.width(), original.height())
+    );
+
+    let (status, labelled) = json_of(
+        client
+            .post(format!("{url}/v1/training/queue"))
+            .header("content-type", "application/json")
+            .body(json!({ "id": id, "label": "covid", "reviewer": "dr-lee" }).to_string())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{labelled}");
+    let (status, queue) = json_of(
+        client
+            .get(format!("{url}/v1/training/queue"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(queue["entries"][0]["review"]["label"], "covid");
+
+    // The same queue, as `cxr queue list --watch-dir` reads it.
+    let listed = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["queue", "list", "--json", "--watch-dir"])
+        .arg(server.dir.path().join("watch"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let entries: Vec<Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["id"], id.as_str());
+    assert_eq!(entries[0]["state"], "reviewed");
+    assert_eq!(entries[0]["review"]["label"], "covid");
+    assert_eq!(entries[0]["review"]["reviewer"], "dr-lee");
+    // Uploads are private to this user.
+    let uploads = server.dir.path().join("data/uploads");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&uploads).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+
+    // SIGTERM: a clean stop with status 0.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["serve", "--device", "cpu", "--addr", &address, "--no-cache"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&address) && err.contains("in use"), "{err}");
+}
+
+/// Chromium driven through the `DevTools` protocol over a pipe (`--remote-debugging-pipe`: the
+/// browser reads commands on fd 3 and answers on fd 4, NUL-separated JSON).
+struct Browser {
+    child: Child,
+    to: std::process::ChildStdin,
+    from: mpsc::Receiver<Value>,
+    next: u64,
+    session: Option<String>,
+    _profile: tempfile::TempDir,
+}
+
+/// The longest any one step may take before the test fails instead of hanging.
+const STEP: Duration = Duration::from_secs(300);
+
+impl Browser {
+    fn start(chromium: &Path) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#)
+            .arg(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                "--window-size=1200,900",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let to = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, from) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut message = Vec::new();
+            while out.read_until(0, &mut message).is_ok_and(|n| n > 0) {
+                message.pop_if(|b| *b == 0);
+                if let Ok(value) = serde_json::from_slice::<Value>(&message)
+                    && tx.send(value).is_err()
+                {
+                    return;
+                }
+                message.clear();
+            }
+        });
+        Self {
+            child,
+            to,
+            from,
+            next: 0,
+            session: None,
+            _profile: profile,
+        }
+    }
+
+    /// Sends a command (to the attached page once there is one) and returns its result.
+    #[allow(clippy::needless_pass_by_value)] // `json!` values are built at each call
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let mut message = json!({ "id": self.next, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            message["sessionId"] = session.clone().into();
+        }
+        let mut bytes = message.to_string().into_bytes();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        self.to.flush().unwrap();
+        loop {
+            let answer = self
+                .from
+                .recv_timeout(STEP)
+                .unwrap_or_else(|e| panic!("{method}: no answer from Chromium ({e})"));
+            if answer["id"] == self.next {
+                assert!(answer.get("error").is_none(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is true in the page; fails on `#error` showing a message.
+    fn wait_for(&mut self, expression: &str) {
+        let start = Instant::now();
+        while self.eval(expression) != Value::Bool(true) {
+            let error = self.eval("document.getElementById('error')?.textContent ?? ''");
+            assert!(
+                error.as_str().unwrap_or_default().is_empty(),
+                "the page shows an error: {error}"
+            );
+            assert!(start.elapsed() < STEP, "waited too long for {expression}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (the screenshot comes as such).
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    digits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0_u32, |acc, (i, &d)| acc | (u32::from(d) << (18 - 6 * i)));
+            let bytes = bits.to_be_bytes();
+            bytes[1..chunk.len()].to_vec()
+        })
+        .collect()
+}
+
+/// The web page in a real browser: upload a sample through the file input, wait for the
+/// prediction and the overlay, label it, take a screenshot and check it shows them.
+#[test]
+#[ignore = "needs /usr/bin/chromium; scripts/test.sh runs it when installed"]
+fn the_web_page_uploads_a_radiograph_and_shows_its_overlay_in_chromium() {
+    let chromium = Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "/usr/bin/chromium is not installed (apt-get install chromium)"
+    );
+    let server = Serve::start(&["--jobs", "1"]);
+    let mut browser = Browser::start(chromium);
+    let target = browser.call("Target.createTarget", json!({ "url": "about:blank" }));
+    let attached = browser.call(
+        "Target.attachToTarget",
+        json!({ "targetId": target["targetId"], "flatten": true }),
+    );
+    browser.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    browser.call("Page.enable", json!({}));
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
+    );
+    browser.call(
+        "Page.navigate",
+        json!({ "url": format!("{}/", server.url) }),
+    );
+    // Ready: the label buttons are made from /readyz, the explainers from /v1/explainers.
+    browser.wait_for(
+        "document.readyState === 'complete' && document.querySelectorAll('#labels button').length === 3 \
+         && document.querySelectorAll('#method option').length > 1",
+    );
+
+    // A real upload: the file input gets the sample, as when a person picks it.
+    let sample = repo()
+        .join("samples/nih_00001299_000.png")
+        .canonicalize()
+        .unwrap();
+    let document = browser.call("DOM.getDocument", json!({}));
+    let input = browser.call(
+        "DOM.querySelector",
+        json!({ "nodeId": document["root"]["nodeId"], "selector": "#file" }),
+    );
+    browser.call(
+        "DOM.setFileInputFiles",
+        json!({ "nodeId": input["nodeId"], "files": [sample.display().to_string()] }),
+    );
+    browser.wait_for("document.body.dataset.state === 'explained'");
+    let shown = browser.eval(
+        "({ label: document.getElementById('label').textContent, \
+            overlay: document.body.dataset.overlay, \
+            bars: document.querySelectorAll('#bars .bar').length, \
+            trust: document.getElementById('trust').textContent, \
+            quality: document.querySelectorAll('#quality dt').length, \
+            img: (() => { const i = document.querySelector('#picture img'); \
+                          return i ? [i.naturalWidth, i.naturalHeight] : null; })() })",
+    );
+    assert_eq!(shown["overlay"], "grad-cam", "{shown}");
+    assert_eq!(shown["bars"], 2, "{shown}");
+    assert!(shown["quality"].as_u64().unwrap() >= 1, "{shown}");
+    let label = shown["label"].as_str().unwrap();
+    assert!(
+        label.starts_with("COVID-19") || label.starts_with("No finding"),
+        "{shown}"
+    );
+    assert!(
+        shown["trust"].as_str().unwrap().contains("Familiarity"),
+        "{shown}"
+    );
+    let (width, height) = image::image_dimensions(&sample).unwrap();
+    assert_eq!(
+        shown["img"],
+        json!([width, height]),
+        "the overlay is drawn at the image's size"
+    );
+
+    // Another explainer from the list, then back.
+    browser.eval(
+        "(() => { const s = document.getElementById('method'); s.value = 'grad-cam-plus-plus'; \
+                  s.dispatchEvent(new Event('change')); })()",
+    );
+    browser.wait_for(
+        "document.body.dataset.state === 'explained' && document.body.dataset.overlay === 'grad-cam-plus-plus'",
+    );
+
+    // Label it: a reviewed entry in the watch folder's queue.
+    browser.eval("document.getElementById('reviewer').value = 'browser-test'");
+    browser.eval("document.querySelector('#labels button[data-label=normal]').click()");
+    browser.wait_for("document.body.dataset.state === 'labelled'");
+    let queue = cxr_core::queue::Queue::open(server.dir.path().join("watch")).unwrap();
+    let items = queue.list(cxr_core::queue::Order::Time).unwrap();
+    assert_eq!(items.len(), 1);
+    let review = items[0].state.review.as_ref().unwrap();
+    assert_eq!(
+        (review.label.as_str(), review.reviewer.as_str()),
+        ("normal", "browser-test")
+    );
+
+    // The screenshot: not blank, and the overlay's colours where the picture is.
+    let picture = browser.eval(
+        "(() => { const r = document.querySelector('#picture img').getBoundingClientRect(); \
+                  return [r.left, r.top, r.width, r.height]; })()",
+    );
+    let shot = browser.call("Page.captureScreenshot", json!({ "format": "png" }));
+    let png = base64(shot["data"].as_str().unwrap());
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {}", path.display());
+    let screen = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(screen.dimensions(), (1200, 900));
+    let colours: std::collections::BTreeSet<[u8; 3]> = screen.pixels().map(|p| p.0).collect();
+    assert!(
+        colours.len() > 200,
+        "{} colours: a blank page?",
+        colours.len()
+    );
+    let rect: Vec<u32> = picture
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap().max(0.0) as u32)
+        .collect();
+    let (left, top) = (rect[0], rect[1]);
+    let right = (rect[0] + rect[2]).min(1200);
+    let bottom = (rect[1] + rect[3]).min(900);
+    assert!(
+        right > left + 100 && bottom > top + 100,
+        "overlay area {rect:?}"
+    );
+    let (mut coloured, mut total) = (0_u32, 0_u32);
+    for y in top..bottom {
+        for x in left..right {
+            let [r, g, b] = screen.get_pixel(x, y).0;
+            let spread = r.max(g).max(b) - r.min(g).min(b);
+            coloured += u32::from(spread > 60);
+            total += 1;
+        }
+    }
+    // A radiograph alone is grey: the heatmap's colours show the overlay is there.
+    assert!(
+        f64::from(coloured) > 0.02 * f64::from(total),
+        "{coloured} of {total} pixels coloured in the overlay area"
+    );
+}
