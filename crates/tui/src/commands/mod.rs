@@ -23,7 +23,7 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 
 use crate::cli::{Cli, Command, Global, ModelArgs};
 
-pub use progress::{Progress, note, progress, quiet, set_output};
+pub use progress::{Progress, eta, human, note, progress, quiet, set_output};
 
 mod progress;
 

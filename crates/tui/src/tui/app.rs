@@ -13,7 +13,7 @@ use image::DynamicImage;
 use ratatui::layout::Size;
 use ratatui_image::protocol::Protocol;
 
-use super::event::{AppEvent, Encoded, Pane, Stage, WorkerEvent};
+use super::event::{AppEvent, Encoded, ExplainProgress, Pane, Stage, WorkerEvent};
 use super::worker::Job;
 
 /// Where an image stands.
@@ -196,6 +196,8 @@ pub struct App {
     pub requested: [Option<(u64, Size)>; 2],
     /// What the background is doing, since when.
     pub busy: Option<(String, Instant)>,
+    /// How far the running explanation has got (for the panel), while one reports it.
+    pub progress: Option<ExplainProgress>,
     /// The last message for the status bar (errors included).
     pub status: String,
     /// Key presses waiting for a redraw, and measured input-to-redraw latencies.
@@ -244,6 +246,7 @@ impl App {
             pane_sizes: [None, None],
             requested: [None, None],
             busy: None,
+            progress: None,
             status: String::new(),
             pending_keys: Vec::new(),
             latencies: Vec::new(),
@@ -268,6 +271,7 @@ impl App {
         self.generation += 1;
         // Until the worker picks this job up it may still be busy with an older one.
         self.busy = Some((format!("waiting to run {method}"), Instant::now()));
+        self.progress = None;
         if matches!(item.state, ItemState::Pending | ItemState::Failed(_)) {
             item.state = ItemState::Processing;
         }
@@ -345,6 +349,16 @@ impl App {
             WorkerEvent::Started { generation, what } => {
                 if generation == self.generation {
                     self.busy = Some((what, Instant::now()));
+                    self.progress = None;
+                }
+                Vec::new()
+            }
+            WorkerEvent::Progress {
+                generation,
+                progress,
+            } => {
+                if generation == self.generation {
+                    self.progress = Some(progress);
                 }
                 Vec::new()
             }
@@ -390,6 +404,7 @@ impl App {
                     return Vec::new();
                 }
                 self.busy = None;
+                self.progress = None;
                 // A good run clears the error it answers, in the panel and the status bar.
                 if let Some(error) = self.explain_error.take()
                     && self.status == format!("error: {error}")
@@ -405,21 +420,7 @@ impl App {
                 self.encodes_needed()
             }
             WorkerEvent::Known { path, prediction } => {
-                if let Some(item) = self
-                    .items
-                    .iter_mut()
-                    .find(|i| i.path == path && i.state == ItemState::Pending)
-                {
-                    let probability = prediction
-                        .probabilities
-                        .get(&prediction.label)
-                        .copied()
-                        .unwrap_or(0.0);
-                    item.state = ItemState::Predicted {
-                        label: prediction.label,
-                        probability,
-                    };
-                }
+                self.on_known(&path, prediction);
                 Vec::new()
             }
             WorkerEvent::Reviewed { path, label } => {
@@ -445,6 +446,25 @@ impl App {
         }
     }
 
+    /// A classification found in the cache fills in a file the list has no answer for yet.
+    fn on_known(&mut self, path: &std::path::Path, prediction: Prediction) {
+        if let Some(item) = self
+            .items
+            .iter_mut()
+            .find(|i| i.path == path && i.state == ItemState::Pending)
+        {
+            let probability = prediction
+                .probabilities
+                .get(&prediction.label)
+                .copied()
+                .unwrap_or(0.0);
+            item.state = ItemState::Predicted {
+                label: prediction.label,
+                probability,
+            };
+        }
+    }
+
     fn on_failed(
         &mut self,
         generation: u64,
@@ -462,6 +482,7 @@ impl App {
             return;
         }
         self.busy = None;
+        self.progress = None;
         if stage == Stage::Explanation {
             // A result left from other parameters would pass for this run's.
             if let Some(shown) = &mut self.shown {

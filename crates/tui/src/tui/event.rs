@@ -2,7 +2,7 @@
 //! input, resizes, ticks, and results from the background workers.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossterm::event::KeyEvent;
 use cxr_core::explain::report::MethodReport;
@@ -28,6 +28,33 @@ pub enum Stage {
     Explanation,
 }
 
+/// A long explanation's progress, as the worker last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExplainProgress {
+    pub done: usize,
+    pub total: usize,
+    /// Since the explainer started, when `done` was reached.
+    pub elapsed: Duration,
+}
+
+impl ExplainProgress {
+    /// "lime 300/1000 · ~3 s left"; the time left only once enough is done for an honest
+    /// estimate (the time so far per evaluation times those left, as the batch commands say);
+    /// "lime 1000/1000 · finishing" once all are done.
+    #[must_use]
+    pub fn text(&self, method: &str) -> String {
+        let counts = format!("{method} {}/{}", self.done, self.total);
+        if self.done >= self.total {
+            // The quality checks and the drawing are still to come.
+            return format!("{counts} · finishing");
+        }
+        match crate::commands::eta(self.done as u64, self.total as u64, self.elapsed) {
+            Some(left) => format!("{counts} · ~{} left", crate::commands::human(left)),
+            None => counts,
+        }
+    }
+}
+
 /// A worker's answer, tagged with the generation of the request it answers: the app drops
 /// answers to requests it has since replaced.
 pub enum WorkerEvent {
@@ -40,6 +67,12 @@ pub enum WorkerEvent {
         prediction: Prediction,
         timings: Timings,
         original: DynamicImage,
+    },
+    /// A long explanation's progress: `done` of `total` model evaluations, `elapsed` since the
+    /// explainer started (sent at most about ten times a second, and at the end).
+    Progress {
+        generation: u64,
+        progress: ExplainProgress,
     },
     /// The explanation is done and drawn.
     Explained {

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod event;
+pub mod query;
 #[cfg(test)]
 mod tests;
 pub mod ui;
@@ -23,7 +24,6 @@ use cxr_core::pipeline::Pipeline;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
-use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use app::{Action, App, Item};
@@ -178,10 +178,12 @@ where
 }
 
 /// Reads terminal input on its own thread; only key presses are forwarded. It polls, so it
-/// sees the stop flag and ends (and is joined) when the viewer closes.
-fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
+/// sees the stop flag and ends (and is joined) when the viewer closes. When the graphics query
+/// went unanswered, a late kitty answer is not taken for keys.
+fn spawn_input(workers: &Workers, events: Sender<AppEvent>, query_complete: bool) {
     let stop = workers.stop_flag();
     workers.spawn("input", move || {
+        let mut late = query::LateAnswers::default();
         while !stop.load(Ordering::Acquire) {
             match crossterm::event::poll(Duration::from_millis(50)) {
                 Ok(true) => {}
@@ -192,7 +194,9 @@ fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
                 break;
             };
             let forwarded = match event {
-                Event::Key(key) if key.kind == KeyEventKind::Press => {
+                Event::Key(key)
+                    if key.kind == KeyEventKind::Press && (query_complete || late.keep(&key)) =>
+                {
                     AppEvent::Key(key, Instant::now())
                 }
                 Event::Resize(..) => AppEvent::Resize,
@@ -205,19 +209,28 @@ fn spawn_input(workers: &Workers, events: Sender<AppEvent>) {
     });
 }
 
-/// Picks the image protocol: asked of the terminal once (after entering the alternate screen,
-/// before the input thread starts), halfblocks when it does not answer, or as overridden.
 /// How long the terminal has to answer the graphics query.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Whether asking the terminal about graphics makes sense: not on the Linux console or a dumb
-/// terminal, which draw no pictures and may never answer (their keys would go to the query).
+/// terminal, which draw no pictures and may never answer.
 fn may_answer_graphics_query() -> bool {
     let term = std::env::var("TERM").unwrap_or_default();
     !(term.is_empty() || term == "dumb" || term == "linux")
 }
 
-fn picker(choice: &str) -> Result<Picker> {
+/// The image protocol, and the keys typed while the terminal was asked.
+struct Protocols {
+    picker: Picker,
+    /// Keys read while waiting for the terminal's answers: the viewer's first input.
+    keys: Vec<crossterm::event::KeyEvent>,
+    /// Whether the terminal answered completely (else late answers may follow).
+    complete: bool,
+}
+
+/// Picks the image protocol: asked of the terminal once (after entering the alternate screen,
+/// before the input thread starts), halfblocks when it does not answer, or as overridden.
+fn picker(choice: &str) -> Result<Protocols> {
     let forced = match choice {
         "auto" => None,
         "halfblocks" => Some(ProtocolType::Halfblocks),
@@ -229,23 +242,45 @@ fn picker(choice: &str) -> Result<Picker> {
         ),
     };
     if forced == Some(ProtocolType::Halfblocks) || !may_answer_graphics_query() {
-        return Ok(Picker::halfblocks());
+        return Ok(Protocols {
+            picker: Picker::halfblocks(),
+            keys: Vec::new(),
+            complete: true,
+        });
     }
-    // Terminals answer within a few milliseconds; one that does not is not waited for long
-    // (ratatui-image's default is 2 s, during which the screen stayed blank).
-    let options = QueryStdioOptions {
-        timeout: QUERY_TIMEOUT,
-        ..QueryStdioOptions::default()
+    // Terminals answer within a few milliseconds; one that does not is not waited for long.
+    // The query is read here, not through ratatui-image's `from_query_stdio`, whose reader
+    // thread stays blocked on stdin after a timeout and takes the first key typed (see `query`).
+    let mut protocols = match query::ask(QUERY_TIMEOUT) {
+        Ok(answer) => Protocols {
+            picker: answer.picker,
+            keys: answer.keys,
+            complete: answer.complete,
+        },
+        Err(e) => {
+            tracing::warn!("cannot ask the terminal about graphics ({e}); using halfblocks");
+            Protocols {
+                picker: Picker::halfblocks(),
+                keys: Vec::new(),
+                complete: true,
+            }
+        }
     };
-    let mut picker = Picker::from_query_stdio_with_options(options).unwrap_or_else(|e| {
-        tracing::warn!("terminal did not answer the graphics query ({e}); using halfblocks");
-        Picker::halfblocks()
-    });
-    if let Some(protocol) = forced {
-        picker.set_protocol_type(protocol);
+    if !protocols.complete {
+        tracing::warn!("the terminal did not answer the graphics query in time");
     }
-    tracing::info!(protocol = ?picker.protocol_type(), tmux = picker.tmux_detected(), "image protocol");
-    Ok(picker)
+    if let Some(protocol) = forced {
+        protocols.picker.set_protocol_type(protocol);
+    }
+    let picker = &protocols.picker;
+    tracing::info!(
+        protocol = ?picker.protocol_type(),
+        tmux = picker.tmux_detected(),
+        answered = protocols.complete,
+        keys_kept = protocols.keys.len(),
+        "image protocol"
+    );
+    Ok(protocols)
 }
 
 /// Runs the viewer until the user quits. The models load before the terminal is taken over,
@@ -276,12 +311,22 @@ pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> R
         // A first frame before the terminal is asked about graphics: never a blank screen.
         app.status = "asking the terminal how to draw pictures…".into();
         terminal.draw(|frame| ui::view(frame, &app, Instant::now()))?;
-        let picker = picker(&options.image_protocol)?;
+        let Protocols {
+            picker,
+            keys,
+            complete,
+        } = picker(&options.image_protocol)?;
         app.status.clear();
         let font = picker.font_size();
         app.font = (font.width, font.height);
         let (tx, rx) = crossbeam_channel::unbounded();
-        spawn_input(&workers, tx.clone());
+        // Keys typed while the terminal was asked come first, then the input thread's.
+        let now = Instant::now();
+        for key in keys {
+            // The receiver is `rx`, alive until the end of this function.
+            let _ = tx.send(AppEvent::Key(key, now));
+        }
+        spawn_input(&workers, tx.clone(), complete);
         // Labels of a queue being reviewed go to that queue.
         let watch_dir =
             crate::labels::watch_root(&options.path).unwrap_or_else(|| options.watch_dir.clone());

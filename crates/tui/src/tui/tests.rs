@@ -984,3 +984,120 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
         "{first}"
     );
 }
+
+fn progress(job: &super::worker::Job, done: usize, total: usize, elapsed_ms: u64) -> AppEvent {
+    AppEvent::Worker(WorkerEvent::Progress {
+        generation: job.generation,
+        progress: super::event::ExplainProgress {
+            done,
+            total,
+            elapsed: std::time::Duration::from_millis(elapsed_ms),
+        },
+    })
+}
+
+/// LIME on the second explainer slot, analysed, its explanation started.
+fn explaining_with_lime() -> (App, super::worker::Job) {
+    let mut app = app();
+    app.request();
+    let job = job_of(&app.update(key('e')));
+    assert_eq!(job.method, "lime");
+    analysed(&mut app, &job);
+    app.update(AppEvent::Worker(WorkerEvent::Started {
+        generation: job.generation,
+        what: "explaining with lime".into(),
+    }));
+    (app, job)
+}
+
+#[test]
+fn explanation_progress_shows_in_the_panel_with_an_honest_eta() {
+    let (mut app, job) = explaining_with_lime();
+    assert!(screen(&app, 80, 24).contains("lime: working…"));
+    // Two of a thousand in half a second: too little for an estimate.
+    app.update(progress(&job, 2, 1000, 500));
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("lime 2/1000"), "{text}");
+    assert!(!text.contains("left"), "no estimate yet:\n{text}");
+    assert!(!text.contains("working…"), "{text}");
+    // 300 of 1000 in 3 s: 10 ms each, 700 to go.
+    app.update(progress(&job, 300, 1000, 3000));
+    let text = screen(&app, 160, 48);
+    assert!(text.contains("lime 300/1000 · ~7 s left"), "{text}");
+    // The narrow panel wraps the same line.
+    let text = screen(&app, 80, 24);
+    assert!(
+        text.contains("lime 300/1000 · ~7 s") && text.contains("left"),
+        "{text}"
+    );
+    // A report from a job since replaced changes nothing.
+    let stale = super::worker::Job {
+        generation: job.generation - 1,
+        ..job.clone()
+    };
+    app.update(progress(&stale, 900, 1000, 3000));
+    assert!(screen(&app, 160, 48).contains("lime 300/1000"));
+    // All evaluations done; the quality checks run before the explanation arrives.
+    app.update(progress(&job, 1000, 1000, 10_000));
+    assert!(screen(&app, 160, 48).contains("lime 1000/1000 · finishing"));
+    // The explanation arrives: the counter goes, the report is shown.
+    app.update(explained(&job));
+    assert!(app.progress.is_none());
+    let text = screen(&app, 80, 24);
+    assert!(!text.contains("/1000"), "{text}");
+    assert!(text.contains("deletion AUC"), "{text}");
+}
+
+#[test]
+fn explanation_progress_clears_on_failure_and_on_a_new_request() {
+    let (mut app, job) = explaining_with_lime();
+    app.update(progress(&job, 500, 1000, 2000));
+    app.update(explanation_failed(&job, "lime: stopped"));
+    assert!(app.progress.is_none());
+    let text = screen(&app, 80, 24);
+    assert!(
+        text.contains("lime failed:") && !text.contains("/1000"),
+        "{text}"
+    );
+    // r retries; the new run's counter shows under the error, then a new selection clears it.
+    let retry = job_of(&app.update(key('r')));
+    app.update(progress(&retry, 100, 1000, 1000));
+    let text = screen(&app, 160, 48);
+    assert!(
+        text.contains("lime failed:") && text.contains("lime 100/1000 · ~9 s left"),
+        "{text}"
+    );
+    assert!(!text.contains("retrying…"), "the counter says it: {text}");
+    app.update(key('j'));
+    assert!(app.progress.is_none());
+}
+
+#[test]
+fn snapshot_explanation_progress_80x24() {
+    let (mut app, job) = explaining_with_lime();
+    app.update(progress(&job, 300, 1000, 3000));
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    // Drawn at the moment the explanation started: the status bar's timer reads 0.0s.
+    let since = app.busy.as_ref().unwrap().1;
+    terminal.draw(|f| ui::view(f, &app, since)).unwrap();
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn progress_reports_are_at_most_ten_a_second_and_the_last_always_passes() {
+    use super::worker::{PROGRESS_INTERVAL, Throttle};
+    use std::time::Duration;
+    let throttle = Throttle::new(PROGRESS_INTERVAL);
+    let start = Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    // An explainer reporting every 10 ms for a second: reports at 0, 100, 200, … 900 ms.
+    let passed: Vec<u64> = (0..100_u64)
+        .filter(|i| throttle.admit(*i as usize, 1000, at(i * 10)))
+        .map(|i| i * 10)
+        .collect();
+    assert_eq!(passed, (0..10).map(|i| i * 100).collect::<Vec<u64>>());
+    // The end is reported even right after another report, so the panel reads 1000/1000.
+    assert!(throttle.admit(999, 1000, at(1000)));
+    assert!(!throttle.admit(999, 1000, at(1001)));
+    assert!(throttle.admit(1000, 1000, at(1002)));
+}

@@ -305,15 +305,21 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
                     lines.push(Line::from(format!("{} failed:", app.method())).red().bold());
                     lines.push(Line::from(error.to_owned()).red());
                     lines.push(
-                        Line::from(if app.busy.is_some() {
-                            "retrying…"
-                        } else {
-                            "p parameters · r retry"
+                        Line::from(match (&app.progress, &app.busy) {
+                            (Some(progress), _) => progress.text(app.method()),
+                            (None, Some(_)) => "retrying…".to_owned(),
+                            (None, None) => "p parameters · r retry".to_owned(),
                         })
                         .dark_gray(),
                     );
                 }
-                None => lines.push(Line::from(format!("{}: working…", app.method())).dark_gray()),
+                None => lines.push(
+                    Line::from(match &app.progress {
+                        Some(progress) => progress.text(app.method()),
+                        None => format!("{}: working…", app.method()),
+                    })
+                    .dark_gray(),
+                ),
                 Some(r) => {
                     lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
                     let q = &r.quality;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use cxr_core::cache::Cache;
@@ -27,7 +28,7 @@ use ratatui_image::picker::Picker;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, Resize};
 
-use super::event::{AppEvent, Encoded, Pane, Stage, WorkerEvent};
+use super::event::{AppEvent, Encoded, ExplainProgress, Pane, Stage, WorkerEvent};
 
 /// A slot that keeps only the newest request. Closing it (the viewer is going down) drops what
 /// waits, refuses new requests and wakes the thread waiting on it.
@@ -342,6 +343,39 @@ pub fn spawn_cache_scan(
     });
 }
 
+/// The shortest time between two progress reports to the app: ten a second at most, enough for
+/// a counter, and no flood of redraws from an explainer reporting every batch.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Lets a progress report through when `interval` has passed since the last one let through;
+/// the first and the last (`done == total`) always pass.
+pub struct Throttle {
+    interval: Duration,
+    last: std::cell::Cell<Option<Instant>>,
+}
+
+impl Throttle {
+    #[must_use]
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Whether the report of `done` of `total` at `now` goes to the app.
+    pub fn admit(&self, done: usize, total: usize, now: Instant) -> bool {
+        let due = self
+            .last
+            .get()
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if due || done >= total {
+            self.last.set(Some(now));
+        }
+        due || done >= total
+    }
+}
+
 struct Inference {
     service: Service,
     /// The image shown, with its analysis once made, and its decoded original.
@@ -393,9 +427,28 @@ impl Inference {
             .build()
             .map(|method| &*slot.insert(method)),
         };
+        let started = Instant::now();
+        let throttle = Throttle::new(PROGRESS_INTERVAL);
+        let progress = |done: usize, total: usize| {
+            let now = Instant::now();
+            if throttle.admit(done, total, now) {
+                // A closed channel (the app has gone) is noticed when the job ends.
+                send(WorkerEvent::Progress {
+                    generation: job.generation,
+                    progress: ExplainProgress {
+                        done,
+                        total,
+                        elapsed: now.saturating_duration_since(started),
+                    },
+                });
+            }
+        };
         Some(
             method
-                .and_then(|method| self.service.explain(image, method, settings))
+                .and_then(|method| {
+                    self.service
+                        .explain_reporting(image, method, settings, Some(&progress))
+                })
                 .map(|rendered| {
                     if let Some(explanation) = rendered.explanation {
                         self.explanations
