@@ -51,12 +51,12 @@ fn service(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("direct_calls", |b| {
         b.iter(|| {
-            let xray = Gate::TRUSTED.decode(black_box(&bytes), &path).expect("decodes");
+            let xray = Gate::TRUSTED
+                .decode(black_box(&bytes), &path)
+                .expect("decodes");
             let analysis = direct.analyze(xray).expect("analyses");
             let m = &methods[0];
-            let target = analysis
-                .prediction
-                .label_index(direct.classifier.classes());
+            let target = analysis.prediction.label_index(direct.classifier.classes());
             let (explanation, method_report) = report::explain(
                 direct.classifier.as_ref(),
                 &analysis,
@@ -74,7 +74,10 @@ fn service(c: &mut Criterion) {
                 &settings.style,
                 settings.outline,
             );
-            (analysis.report(), render::encode_png(&picture).expect("png"))
+            (
+                analysis.report(),
+                render::encode_png(&picture).expect("png"),
+            )
         });
     });
     group.bench_function("service_uncached", |b| {

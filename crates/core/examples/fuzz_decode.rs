@@ -58,7 +58,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn short_hash(bytes: &[u8]) -> String {
-    cxr_core::xray::hex(&Sha256::digest(bytes)[..8])
+    format!("{:x}", Sha256::digest(bytes))[..16].to_owned()
 }
 
 fn main() -> ExitCode {

@@ -39,7 +39,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::xray::hex;
 use crate::{CoreError, Result};
 
 /// Version of the entry layout and of what is cached in it; bumping it retires every entry.
@@ -71,7 +70,7 @@ impl CacheKey {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
-        Self(hex(&hasher.finalize()))
+        Self(format!("{:x}", hasher.finalize()))
     }
 
     /// The key as 64 lower-case hex digits.
@@ -222,10 +221,10 @@ impl Cache {
             .unwrap_or_default()
             .as_secs();
         let mut bytes = format!(
-            "{MAGIC} {FORMAT_VERSION} {} {} {} {written}\n",
+            "{MAGIC} {FORMAT_VERSION} {} {} {:x} {written}\n",
             key.0,
             payload.len(),
-            hex(&Sha256::digest(payload)),
+            Sha256::digest(payload),
         )
         .into_bytes();
         bytes.extend_from_slice(payload);
@@ -330,7 +329,7 @@ fn mac(secret: &[u8; KEY_LEN], body: &[u8]) -> HmacSha256 {
 fn seal(secret: &[u8; KEY_LEN], body: &[u8]) -> Vec<u8> {
     use hmac::Mac;
     let code = mac(secret, body).finalize().into_bytes();
-    let mut out = format!("{MAC_TAG} {}\n", hex(&code)).into_bytes();
+    let mut out = format!("{MAC_TAG} {code:x}\n").into_bytes();
     out.extend_from_slice(body);
     out
 }
@@ -396,9 +395,9 @@ fn create_key(dir: &Path) -> std::io::Result<[u8; KEY_LEN]> {
     let mut secret = [0u8; KEY_LEN];
     rand::rng().fill(&mut secret[..]);
     let temp = dir.join(format!(
-        ".key.{}.{}",
+        ".key.{}.{:016x}",
         std::process::id(),
-        hex(&rand::rng().random::<[u8; 8]>())
+        rand::rng().random::<u64>()
     ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -533,7 +532,7 @@ fn parse_entry<'a>(bytes: &'a [u8], key: &CacheKey) -> Option<(u64, &'a [u8])> {
         && version.parse::<u32>().ok()? == FORMAT_VERSION
         && stored_key == key.0
         && len.parse::<usize>().ok()? == payload.len()
-        && checksum == hex(&Sha256::digest(payload));
+        && checksum == format!("{:x}", Sha256::digest(payload));
     valid.then_some((written.parse().ok()?, payload))
 }
 
@@ -555,9 +554,9 @@ mod tests {
         let key = CacheKey::new("img", "model", "m", "p");
         let payload = b"{\"x\":1}";
         let good = format!(
-            "{MAGIC} {FORMAT_VERSION} {key} {} {} 5\n",
+            "{MAGIC} {FORMAT_VERSION} {key} {} {:x} 5\n",
             payload.len(),
-            hex(&Sha256::digest(payload))
+            Sha256::digest(payload)
         );
         let entry = [good.as_bytes(), payload].concat();
         assert_eq!(parse_entry(&entry, &key), Some((5, &payload[..])));

@@ -94,7 +94,7 @@ impl Pipeline {
             segmenter,
             classifier,
             device,
-            fingerprint: crate::xray::hex(&hasher.finalize()),
+            fingerprint: format!("{:x}", hasher.finalize()),
         })
     }
 

@@ -20,7 +20,7 @@ use crate::input::Gate;
 use crate::models::class_index;
 use crate::pipeline::{Analysis, ClassifyReport, Pipeline};
 use crate::render::{self, OverlayStyle};
-use crate::xray::{Xray, hex};
+use crate::xray::Xray;
 use crate::{CoreError, Result};
 
 /// Which class an explanation is for.
@@ -157,7 +157,7 @@ impl Image {
     /// Bytes already read (an upload, an opened handle); `path` names them in errors.
     #[must_use]
     pub fn from_bytes(bytes: Vec<u8>, path: &Path, gate: Gate) -> Self {
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
         Self {
             path: path.to_path_buf(),
             bytes,

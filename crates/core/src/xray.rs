@@ -100,7 +100,7 @@ impl Xray {
                 path,
                 original: DynamicImage::ImageLuma16(image.original),
                 gray: image.gray,
-                sha256: hex(&Sha256::digest(bytes)),
+                sha256: format!("{:x}", Sha256::digest(bytes)),
                 identifiers: Some(image.identifiers),
                 memory,
             });
@@ -166,7 +166,7 @@ impl Xray {
         for p in gray.pixels_mut() {
             p.0[0] = p.0[0].clamp(0.0, 1.0);
         }
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = format!("{:x}", Sha256::digest(bytes));
         memory.retain(pixels * (bytes_per_pixel + 4));
         Ok(Self {
             path,
@@ -236,16 +236,4 @@ fn describe_decode_error(e: &image::ImageError) -> String {
     } else {
         format!("corrupt image ({text})")
     }
-}
-
-/// Lower-case hex of a byte slice.
-#[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

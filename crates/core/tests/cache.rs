@@ -149,7 +149,7 @@ fn seal(secret: &[u8], body: &[u8]) -> Vec<u8> {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
     mac.update(body);
     let code = mac.finalize().into_bytes();
-    let hex = cxr_core::xray::hex(&code);
+    let hex = format!("{code:x}");
     [format!("cxr-mac {hex}\n").into_bytes(), body.to_vec()].concat()
 }
 
@@ -164,7 +164,7 @@ fn rewrite(path: &Path, secret: &[u8], edit: impl Fn(&str, &[u8]) -> (String, Ve
     let header = std::str::from_utf8(&body[..end]).unwrap();
     let (header, payload) = edit(header, &body[end + 1..]);
     let fields: Vec<&str> = header.split(' ').collect();
-    let sha = cxr_core::xray::hex(&sha2::Sha256::digest(&payload));
+    let sha = format!("{:x}", sha2::Sha256::digest(&payload));
     let header = format!(
         "{} {} {} {} {sha} {}\n",
         fields[0],

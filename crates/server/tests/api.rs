@@ -149,7 +149,7 @@ fn json(body: &[u8]) -> Value {
 }
 
 fn id_of(bytes: &[u8]) -> String {
-    cxr_core::xray::hex(&Sha256::digest(bytes))[..16].to_owned()
+    format!("{:x}", Sha256::digest(bytes))[..16].to_owned()
 }
 
 /// An error answer: the status and a JSON `error` message.

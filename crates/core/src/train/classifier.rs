@@ -20,7 +20,7 @@ use crate::models::resnet::ResNetConfig;
 use crate::models::{Classifier, ResNetClassifier, Segmenter};
 use crate::preprocess::{CLASSIFIER_SIDE, InputStyle, classifier_input};
 use crate::trust::{Flag, LungShape, TrustData, TrustModel};
-use crate::xray::{Xray, hex};
+use crate::xray::Xray;
 use crate::{CoreError, Result};
 
 const AUGMENTATION: &str = "random rotation +-10 deg, scale +-10%, shift +-10%; \
@@ -343,7 +343,7 @@ impl Prepared {
             for v in xray.gray.as_raw() {
                 hasher.update(v.to_le_bytes());
             }
-            hashes.push(hex(&hasher.finalize()));
+            hashes.push(format!("{:x}", hasher.finalize()));
         }
         let shape = [rows.len() as i64, 1, side, side];
         Ok(Self {

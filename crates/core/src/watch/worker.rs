@@ -21,7 +21,7 @@ use crate::queue::{
     SCHEMA, STATE_FILE,
 };
 use crate::service::{Image, Service, Settings, Target};
-use crate::xray::{Xray, hex};
+use crate::xray::Xray;
 use crate::{CoreError, Result};
 
 /// What a file looked like when it was examined: any change means "still being written".
@@ -174,7 +174,7 @@ impl Processor {
             Ok(_) => return Outcome::Changed,
             Err(_) => return Outcome::Vanished,
         }
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
         match self.queue.find(&sha256) {
             Ok(Some(item)) => return duplicate(path, stamp, item),
             Ok(None) => {}

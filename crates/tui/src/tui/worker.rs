@@ -313,7 +313,7 @@ pub fn spawn_cache_scan(
             let Ok(bytes) = cxr_core::input::Gate::TRUSTED.read(&path) else {
                 continue;
             };
-            let sha = cxr_core::xray::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
             let mut found = Vec::new();
             if let Some(cached) =
                 cache.get_json::<ClassifyReport>(&keys::classification(&sha, &fingerprint))
