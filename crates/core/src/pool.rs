@@ -24,6 +24,21 @@ impl std::fmt::Display for Panicked {
     }
 }
 
+/// Runs `work`, turning a panic (inside libtorch or a decoder) into [`Panicked`] with its
+/// message, so that every task gets an answer. Tasks that answer on their own channel (the
+/// watch folder, the worker, the server) use it directly.
+pub fn catching<T>(work: impl FnOnce() -> T) -> std::result::Result<T, Panicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        Panicked(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a worker panicked".into()),
+        )
+    })
+}
+
 /// The queue is full: try again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
@@ -144,22 +159,15 @@ impl<W: 'static> ModelPool<W> {
     {
         let (tx, rx) = bounded(1);
         let task: Task<W> = Box::new(move |state: &W| {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(state)))
-                .map_err(|panic| {
-                    Panicked(
-                        panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_else(|| "a worker panicked".into()),
-                    )
-                });
+            let outcome = catching(|| work(state));
             // The caller may have stopped waiting (a client went away): nothing to tell.
             let _ = tx.send(outcome);
         });
         (task, rx)
     }
+}
 
+impl<W> ModelPool<W> {
     /// Lets the queued work finish, then joins every thread.
     pub fn close(&mut self) {
         self.jobs = None;
@@ -171,10 +179,7 @@ impl<W: 'static> ModelPool<W> {
 
 impl<W> Drop for ModelPool<W> {
     fn drop(&mut self) {
-        self.jobs = None;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.close();
     }
 }
 

@@ -192,15 +192,19 @@ impl Image {
         &self.sha256
     }
 
-    /// The decoded radiograph (decoded again on each call unless already analysed).
+    /// The decoded radiograph, decoded at most once: what this decodes is kept for the analysis
+    /// (the viewer shows the picture first, then asks for the analysis).
     pub fn decode(&self) -> Result<Xray> {
         if let Some(analysis) = self.analysis.get() {
             return Ok(analysis.xray.clone());
         }
-        if let Some(xray) = self.decoded.borrow().as_ref() {
+        let mut decoded = self.decoded.borrow_mut();
+        if let Some(xray) = decoded.as_ref() {
             return Ok(xray.clone());
         }
-        self.gate.decode(&self.bytes, &self.path)
+        let xray = self.gate.decode(&self.bytes, &self.path)?;
+        *decoded = Some(xray.clone());
+        Ok(xray)
     }
 
     /// The analysis, if it was already made.

@@ -108,16 +108,9 @@ impl AppState {
         models
             .pool
             .try_submit(move |service: &Service| {
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(service)))
-                        .unwrap_or_else(|panic| {
-                            let message = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                                .unwrap_or_else(|| "a worker panicked".into());
-                            Err(ApiError::internal(format!("internal error: {message}")))
-                        });
+                let outcome = cxr_core::pool::catching(|| work(service)).unwrap_or_else(|p| {
+                    Err(ApiError::internal(format!("internal error: {}", p.0)))
+                });
                 // The client may have gone: nobody to tell.
                 let _ = tx.send(outcome);
             })

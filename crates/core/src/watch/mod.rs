@@ -292,16 +292,9 @@ impl Processing for ModelPool<Processor> {
     fn try_start(&self, job: Job, done: &mpsc::Sender<Msg>) -> bool {
         let done = done.clone();
         self.try_submit(move |processor: &Processor| {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(&job)))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_default();
-                        Outcome::Failed(format!("internal error while processing it: {what}"))
-                    });
+            let outcome = crate::pool::catching(|| processor.process(&job)).unwrap_or_else(|p| {
+                Outcome::Failed(format!("internal error while processing it: {}", p.0))
+            });
             let _ = done.send(Msg::Done(job.path, outcome));
         })
         .is_ok()

@@ -196,10 +196,7 @@ fn serve(dir: &Path, pool: &ModelPool<Service>, shared: &Arc<Shared>) -> Result<
                     // Waits while `--jobs` x 4 requests are pending: stdin is not read meanwhile.
                     pool.submit(move |service: &Service| {
                         // A panic inside libtorch or a decoder must still answer the request.
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                run_job(service, &shared, &job)
-                            }))
+                        let outcome = cxr_core::pool::catching(|| run_job(service, &shared, &job))
                             .unwrap_or_else(|_| {
                                 Err("internal error while processing the request".into())
                             });
