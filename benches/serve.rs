@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use cxr_benches::{repo, sample, with_text};
 use cxr_core::cache::Cache;
+use cxr_core::compute::Compute;
 use cxr_core::tch::Device;
 
 const SAMPLES: [&str; 6] = [
@@ -118,7 +119,7 @@ fn main() {
     .unwrap_or_else(|e| panic!("{e}"));
     let pool = cxr_server::start_pool(
         repo().join("models"),
-        Device::Cpu,
+        Compute::on(Device::Cpu),
         jobs,
         64,
         Cache::new(dir.path().join("cache")),

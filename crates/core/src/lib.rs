@@ -4,7 +4,8 @@
 //! - [`xray`]: decoding any PNG/JPEG/DICOM ([`dicom`]) into a grayscale `f32` image (bad input
 //!   is a clear error); [`cache`]: results on disk keyed by image, model and parameters;
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
-//! - [`models`]: the U-Net segmenter and `ResNet` classifier, and their traits;
+//! - [`models`]: the U-Net segmenter and `ResNet` classifier, their traits and backends
+//!   (libtorch, TorchScript, ONNX Runtime); [`compute`]: device, backend and threads;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses;
 //!   [`pool`]: worker threads that each own a service, behind one bounded queue;
@@ -17,6 +18,7 @@
 pub mod audit;
 pub mod cache;
 pub mod card;
+pub mod compute;
 pub mod data;
 pub mod device;
 pub mod dicom;

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use crate::compute::{Backend, Compute};
 use crate::mask::{self, LungMask};
-use crate::models::{self, Classifier, ModelFiles, Prediction, Segmenter};
+use crate::models::onnx::{OnnxClassifier, OnnxSegmenter};
+use crate::models::{self, Classifier, Format, ModelFiles, Prediction, Segmenter};
 use crate::preprocess::{self, ClassifierInput};
 use crate::trust::{self, Assessment, Flag, ImageChecks, LungShape, TrustModel};
 use crate::xray::Xray;
@@ -22,9 +24,12 @@ pub const CLASSIFIER_NAME: &str = "classifier";
 pub struct Pipeline {
     pub segmenter: Box<dyn Segmenter>,
     pub classifier: Box<dyn Classifier>,
-    pub device: Device,
-    /// SHA-256 over both models' weights and metadata: part of every cache key, so results of
-    /// another model are never served.
+    /// How the models run; its backend is the one in use, [`Backend::Torch`] or
+    /// [`Backend::Onnx`] (`auto` is resolved when loading). A thread that takes the pipeline
+    /// over calls [`Compute::apply`] first.
+    pub compute: Compute,
+    /// SHA-256 over both models' weights and metadata (and ONNX exports, when they run): part
+    /// of every cache key, so results of another model are never served.
     pub fingerprint: String,
 }
 
@@ -71,20 +76,39 @@ pub struct ClassifyReport {
 }
 
 impl Pipeline {
-    /// Loads `segmenter` and `classifier` from `dir` onto `device`.
+    /// Loads `segmenter` and `classifier` from `dir` onto `device`, on the automatic backend
+    /// with all the cores (see [`Pipeline::load_with`]).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let (segmenter_files, classifier_files) = (
+        Self::load_with(dir, &Compute::on(device))
+    }
+
+    /// Loads both models from `dir` as `compute` says. `auto` runs forward passes on ONNX
+    /// Runtime when both models are native, have current ONNX exports beside them and the
+    /// device is the CPU, and on libtorch otherwise (the reason is logged).
+    pub fn load_with(dir: &Path, compute: &Compute) -> Result<Self> {
+        compute.apply();
+        let files = (
             ModelFiles::new(dir, SEGMENTER_NAME),
             ModelFiles::new(dir, CLASSIFIER_NAME),
         );
-        let segmenter = models::load_segmenter(&segmenter_files, device)?;
-        let classifier = models::load_classifier(&classifier_files, device)?;
+        let (segmenter, classifier, backend) = match compute.backend {
+            Backend::Torch => Self::torch_models(&files, compute.device)?,
+            Backend::Onnx => Self::onnx_models(&files, compute)?,
+            Backend::Auto => match Self::onnx_models(&files, compute) {
+                Ok(models) => models,
+                Err(why) => {
+                    tracing::info!("forward passes on libtorch: {why}");
+                    Self::torch_models(&files, compute.device)?
+                }
+            },
+        };
+        let mut parts = files.0.parts()?.to_vec();
+        parts.extend(files.1.parts()?);
+        if backend == Backend::Onnx {
+            parts.extend([files.0.onnx(), files.1.onnx()]);
+        }
         let mut hasher = Sha256::new();
-        for path in segmenter_files
-            .parts()?
-            .iter()
-            .chain(&classifier_files.parts()?)
-        {
+        for path in &parts {
             hasher.update(std::fs::read(path).map_err(|e| CoreError::Io {
                 path: path.clone(),
                 source: e,
@@ -93,9 +117,72 @@ impl Pipeline {
         Ok(Self {
             segmenter,
             classifier,
-            device,
+            compute: compute.with_backend(backend),
             fingerprint: format!("{:x}", hasher.finalize()),
         })
+    }
+
+    /// The segmenter alone (`cxr segment`), on the backend `compute` asks for.
+    pub fn load_segmenter(dir: &Path, compute: &Compute) -> Result<Box<dyn Segmenter>> {
+        compute.apply();
+        let files = ModelFiles::new(dir, SEGMENTER_NAME);
+        let onnx = || -> Result<Box<dyn Segmenter>> {
+            if compute.device != Device::Cpu || files.format()? != Format::NativeSafetensors {
+                return Err(CoreError::Unsupported {
+                    reason: "the ONNX backend runs native models on the CPU only".into(),
+                });
+            }
+            Ok(Box::new(OnnxSegmenter::load(&files, compute.threads())?))
+        };
+        match compute.backend {
+            Backend::Torch => models::load_segmenter(&files, compute.device),
+            Backend::Onnx => onnx(),
+            Backend::Auto => onnx().or_else(|why| {
+                tracing::info!("segmenter on libtorch: {why}");
+                models::load_segmenter(&files, compute.device)
+            }),
+        }
+    }
+
+    fn torch_models(
+        (segmenter, classifier): &(ModelFiles, ModelFiles),
+        device: Device,
+    ) -> Result<(Box<dyn Segmenter>, Box<dyn Classifier>, Backend)> {
+        Ok((
+            models::load_segmenter(segmenter, device)?,
+            models::load_classifier(classifier, device)?,
+            Backend::Torch,
+        ))
+    }
+
+    /// Both models' forward passes on ONNX Runtime (the classifier keeps its libtorch twin for
+    /// gradients); an error says why they cannot be.
+    fn onnx_models(
+        (segmenter, classifier): &(ModelFiles, ModelFiles),
+        compute: &Compute,
+    ) -> Result<(Box<dyn Segmenter>, Box<dyn Classifier>, Backend)> {
+        if compute.device != Device::Cpu {
+            return Err(CoreError::Unsupported {
+                reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)"
+                    .into(),
+            });
+        }
+        for files in [segmenter, classifier] {
+            if files.format()? != Format::NativeSafetensors {
+                return Err(CoreError::Unsupported {
+                    reason: format!(
+                        "{}: ONNX exports are made of native models only",
+                        files.meta.display()
+                    ),
+                });
+            }
+        }
+        let torch = models::load_classifier(classifier, compute.device)?;
+        Ok((
+            Box::new(OnnxSegmenter::load(segmenter, compute.threads())?),
+            Box::new(OnnxClassifier::load(classifier, torch, compute.threads())?),
+            Backend::Onnx,
+        ))
     }
 
     /// Reads, decodes and analyses one file.
@@ -116,7 +203,7 @@ impl Pipeline {
         let segment_ms = ms(start);
         let t = Instant::now();
         let input = preprocess::classifier_input(&xray.gray, &mask, self.classifier.input_style());
-        let tensor = input.to_tensor(self.device);
+        let tensor = input.to_tensor(self.compute.device);
         let preprocess_ms = ms(t);
         let t = Instant::now();
         let (mut prediction, features) = self.classifier.predict_with_features(&tensor)?;

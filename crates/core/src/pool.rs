@@ -2,8 +2,8 @@
 //! not `Sync`, so a loaded [`crate::service::Service`] cannot be shared; each thread makes its
 //! own). Work goes through one bounded queue: when it is full, [`ModelPool::submit`] waits
 //! (backpressure for a reader of requests) and [`ModelPool::try_submit`] refuses at once (a
-//! server answers "busy"). The intra-op thread count of libtorch is set here, once for every
-//! surface: the cores are split between the workers instead of each taking them all.
+//! server answers "busy"). Each worker's thread count comes from [`crate::compute::Compute`],
+//! applied when the worker loads its models.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -54,13 +54,6 @@ pub struct ModelPool<W> {
     workers: usize,
 }
 
-/// libtorch intra-op threads for each of `workers` threads sharing this machine's cores.
-#[must_use]
-pub fn threads_per_worker(workers: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    (cores / workers.max(1)).max(1)
-}
-
 impl<W: 'static> ModelPool<W> {
     /// Starts `workers` threads named `name-N`; each makes its state with `make(N)` and the
     /// pool is returned once all of them have. The first that fails is the error (after the
@@ -70,7 +63,6 @@ impl<W: 'static> ModelPool<W> {
         F: Fn(usize) -> Result<W> + Send + Sync + 'static,
     {
         let workers = workers.max(1);
-        let threads_each = threads_per_worker(workers) as i32;
         let (jobs, queue) = bounded::<Task<W>>(pending.max(1));
         let (ready_tx, ready_rx) = bounded::<Result<()>>(workers);
         let make = Arc::new(make);
@@ -80,7 +72,6 @@ impl<W: 'static> ModelPool<W> {
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
                 .spawn(move || {
-                    tch::set_num_threads(threads_each);
                     let state = match make(index) {
                         Ok(state) => {
                             let _ = ready.send(Ok(()));

@@ -22,7 +22,7 @@ use cxr_core::cache::Cache;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::pool::ModelPool;
 use cxr_core::service::Service;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 
 pub use error::ApiError;
 pub use routes::router;
@@ -42,7 +42,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Folder holding the segmenter and the classifier.
     pub models: PathBuf,
-    pub device: Device,
+    /// Device, backend and threads of one worker (the cores are shared between `jobs`).
+    pub compute: Compute,
     /// Model workers (each loads its own models).
     pub jobs: usize,
     /// Requests that may wait for a worker; more are answered 503.
@@ -59,14 +60,15 @@ pub struct Config {
 /// Starts `jobs` model workers, each with its own service over `cache`.
 pub fn start_pool(
     models: PathBuf,
-    device: Device,
+    compute: Compute,
     jobs: usize,
     pending: usize,
     cache: Cache,
 ) -> cxr_core::Result<ModelPool<Service>> {
+    let compute = compute.for_workers(jobs);
     ModelPool::start(jobs, pending, "cxr-serve", move |_| {
         Ok(Service::new(
-            Pipeline::load(&models, device)?,
+            Pipeline::load_with(&models, &compute)?,
             cache.clone(),
         ))
     })
@@ -115,7 +117,7 @@ async fn serve(
         let state = Arc::clone(&state);
         let Config {
             models,
-            device,
+            compute,
             jobs,
             pending,
             cache,
@@ -123,7 +125,7 @@ async fn serve(
         } = config;
         tokio::task::spawn_blocking(move || -> Result<usize, String> {
             let pool =
-                start_pool(models, device, jobs, pending, cache).map_err(|e| e.to_string())?;
+                start_pool(models, compute, jobs, pending, cache).map_err(|e| e.to_string())?;
             let models = Models::new(pool).map_err(|e| e.message)?;
             let workers = models.pool.workers();
             state.set_models(models);

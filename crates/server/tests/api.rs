@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cxr_core::cache::Cache;
+use cxr_core::compute::Compute;
 use cxr_core::queue::{Order, Queue, ReviewState};
 use cxr_core::tch::Device;
 use cxr_server::{AppState, Models};
@@ -75,7 +76,7 @@ async fn start(options: Options) -> Server {
         let (jobs, pending) = (options.jobs, options.pending);
         let models = tokio::task::spawn_blocking(move || {
             let pool =
-                cxr_server::start_pool(repo().join("models"), Device::Cpu, jobs, pending, cache)
+                cxr_server::start_pool(repo().join("models"), Compute::on(Device::Cpu), jobs, pending, cache)
                     .unwrap();
             Models::new(pool).unwrap()
         })

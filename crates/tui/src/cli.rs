@@ -65,6 +65,36 @@ pub struct ModelArgs {
     /// classifier, else the models/ folder of the project the cxr binary was built in].
     #[arg(long, value_name = "DIR", env = "CXR_MODELS")]
     pub models: Option<PathBuf>,
+    /// What runs the forward passes: auto (ONNX Runtime when the models have ONNX exports and
+    /// the device is the CPU, else libtorch), torch or onnx. Gradient explainers always use
+    /// libtorch.
+    #[arg(long, value_enum, env = "CXR_BACKEND", default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Threads each model worker uses [default: the cores, shared between --jobs workers].
+    #[arg(long, value_name = "N", env = "CXR_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// A `--backend` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum BackendArg {
+    /// ONNX Runtime when the models have current ONNX exports and run on the CPU, else libtorch.
+    #[default]
+    Auto,
+    /// libtorch for everything.
+    Torch,
+    /// ONNX Runtime for forward passes (an error when it cannot be used).
+    Onnx,
+}
+
+impl From<BackendArg> for cxr_core::compute::Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Auto => Self::Auto,
+            BackendArg::Torch => Self::Torch,
+            BackendArg::Onnx => Self::Onnx,
+        }
+    }
 }
 
 /// A `--device` value, checked for its form (whether CUDA is there is checked when models load).

@@ -6,8 +6,12 @@
 //!   weights in `NAME.safetensors`, as `cxr train` writes them;
 //! - [`torchscript`]: `torchscript`, a user's own network exported from PyTorch to `NAME.pt`
 //!   (see docs/bring-your-own-model.md).
+//!
+//! A native model may also have `NAME.onnx`, its export for ONNX Runtime: [`onnx`] runs the
+//! forward passes on it when the backend ([`crate::compute::Backend`]) says so.
 
 pub mod native;
+pub mod onnx;
 pub mod resnet;
 pub mod torchscript;
 pub mod unet;
@@ -268,6 +272,12 @@ impl ModelFiles {
     #[must_use]
     pub fn weights_for(&self, format: Format) -> PathBuf {
         self.stem.with_extension(format.extension())
+    }
+
+    /// The ONNX export of a native model (`NAME.onnx`), for the ONNX Runtime backend.
+    #[must_use]
+    pub fn onnx(&self) -> PathBuf {
+        self.stem.with_extension("onnx")
     }
 
     /// The backend the JSON names (`native-safetensors` when it names none).

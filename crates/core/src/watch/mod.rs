@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify_debouncer_full::DebounceEventResult;
 use serde::Serialize;
-use tch::Device;
+use crate::compute::Compute;
 
 use crate::explain::report::QualityChecks;
 use crate::pool::ModelPool;
@@ -73,7 +73,8 @@ pub struct WatchOptions {
     pub dir: PathBuf,
     /// The models folder each worker loads.
     pub models: PathBuf,
-    pub device: Device,
+    /// Device, backend and threads; the cores are shared between the `jobs` workers.
+    pub compute: Compute,
     /// Explainers run on every file (none: classification only).
     pub methods: Vec<MethodSpec>,
     pub style: OverlayStyle,
@@ -100,11 +101,11 @@ impl WatchOptions {
     /// Defaults: Grad-CAM, one worker per core ([`default_jobs`]), native events, 400 ms quiet
     /// time.
     #[must_use]
-    pub fn new(dir: impl Into<PathBuf>, models: impl Into<PathBuf>, device: Device) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, models: impl Into<PathBuf>, compute: Compute) -> Self {
         Self {
             dir: dir.into(),
             models: models.into(),
-            device,
+            compute,
             methods: vec![MethodSpec {
                 name: "grad-cam".into(),
                 params: String::new(),
@@ -126,7 +127,7 @@ impl WatchOptions {
     }
 }
 
-/// One worker per core (at most 8), each running libtorch on one thread. Separate files in
+/// One worker per core (at most 8), each running its models on one thread. Separate files in
 /// parallel beat one file's operators in parallel for models this small, and single-threaded
 /// workers do not stall when another process holds a core (libtorch's multi-threaded operators
 /// wait for all their threads at every step: on this project's 2-core machine, with a core

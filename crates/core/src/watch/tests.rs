@@ -75,7 +75,11 @@ fn run_once(processing: &Scripted) -> (Vec<WatchEvent>, Summary) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let queue = Queue::create(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(queue.inbox().join("scan.png"), b"not yet").unwrap_or_else(|e| panic!("{e}"));
-    let mut options = WatchOptions::new(dir.path(), "no-models", tch::Device::Cpu);
+    let mut options = WatchOptions::new(
+        dir.path(),
+        "no-models",
+        crate::compute::Compute::on(tch::Device::Cpu),
+    );
     options.once = true;
     options.jobs = 1;
     options.debounce = Duration::from_millis(10);

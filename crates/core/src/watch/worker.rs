@@ -127,7 +127,8 @@ impl Processor {
         queue: Queue,
         claims: Arc<Mutex<HashSet<String>>>,
     ) -> Result<Self> {
-        let pipeline = Pipeline::load(&options.models, options.device)?;
+        let compute = options.compute.for_workers(options.jobs);
+        let pipeline = Pipeline::load_with(&options.models, &compute)?;
         let methods = options
             .methods
             .iter()

@@ -14,7 +14,7 @@ use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{ExplainerConfig, registry};
 use cxr_core::pipeline::Pipeline;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use serde::Serialize;
 
 pub struct Options {
@@ -40,13 +40,13 @@ pub fn run(
     manifests: &[PathBuf],
     options: &Options,
     models: &Path,
-    device: Device,
+    compute: Compute,
 ) -> Result<ExitCode> {
     let rows = Manifest::read_all(manifests)?.labels;
     if rows.is_empty() {
         bail!("no labelled rows in {manifests:?} (expected path,label,patient,source columns)");
     }
-    let pipeline = Pipeline::load(models, device)?;
+    let pipeline = Pipeline::load_with(models, &compute)?;
     let classes = pipeline.classifier.classes().to_vec();
     let gradcam = registry::find("grad-cam")?;
     let explainer = gradcam.build(&ExplainerConfig::default())?;

@@ -5,16 +5,16 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
 use cxr_core::pipeline::Pipeline;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 
 /// `identifiers`: add DICOM patient and study identifiers to the JSON.
 pub fn run(
     files: &[PathBuf],
     identifiers: bool,
     models: &Path,
-    device: Device,
+    compute: Compute,
 ) -> Result<ExitCode> {
-    let pipeline = Pipeline::load(models, device)?;
+    let pipeline = Pipeline::load_with(models, &compute)?;
     let bar = super::progress(files.len(), "classifying");
     let mut failures = 0;
     for file in files {

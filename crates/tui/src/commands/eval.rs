@@ -14,7 +14,7 @@ use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Explainer, ExplainerConfig, registry};
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{Analysis, Pipeline, SEGMENTER_NAME};
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use cxr_core::train::classifier::{
     ClassifierMetrics, Scored, SourceMetrics, by_source, worst_source,
 };
@@ -83,7 +83,7 @@ pub fn run(
     manifests: &[PathBuf],
     options: &Options<'_>,
     models: &Path,
-    device: Device,
+    compute: Compute,
 ) -> Result<ExitCode> {
     let all = Manifest::read_all(manifests)?;
     // Each kind of row is split with the shares its model was trained with.
@@ -104,10 +104,10 @@ pub fn run(
             .into_iter()
             .filter(|r| wanted(&r.patient, SplitShares::CLASSIFIER))
             .collect();
-        failed += evaluate_classifier(manifests, &rows, split.clone(), options, models, device)?;
+        failed += evaluate_classifier(manifests, &rows, split.clone(), options, models, compute)?;
     }
     if !all.masks.is_empty() {
-        let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+        let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
         let rows: Vec<_> = all
             .masks
             .into_iter()
@@ -153,9 +153,9 @@ fn evaluate_classifier(
     split: String,
     options: &Options<'_>,
     models: &Path,
-    device: Device,
+    compute: Compute,
 ) -> Result<usize> {
-    let pipeline = Pipeline::load(models, device)?;
+    let pipeline = Pipeline::load_with(models, &compute)?;
     let classes = pipeline.classifier.classes().to_vec();
     let (methods, mut quality) = explainers(options.explainers)?;
     let checks = QualityChecks {

@@ -11,7 +11,7 @@ use cxr_core::input::Gate;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::service::{Image, MethodFailure, Rendered, Service, Settings, Target};
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 
 use crate::cli::{QualityArgs, RenderArgs};
 
@@ -35,7 +35,7 @@ pub struct Request<'a> {
     pub identifiers: bool,
 }
 
-pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<ExitCode> {
     let methods = build_methods(request.methods, request.params)?;
     let colormap = Colormap::from(request.render.colormap);
     let style = OverlayStyle {
@@ -47,7 +47,7 @@ pub fn run(request: &Request<'_>, models: &Path, device: Device) -> Result<ExitC
         faithfulness: !request.checks.no_faithfulness,
         sanity: request.checks.sanity,
     };
-    let pipeline = Pipeline::load(models, device)?;
+    let pipeline = Pipeline::load_with(models, &compute)?;
     let classes = pipeline.classifier.classes().to_vec();
     if request.target != "predicted" && !classes.iter().any(|c| c == request.target) {
         bail!(

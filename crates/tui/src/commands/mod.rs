@@ -21,17 +21,21 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use color_eyre::eyre::{Result, WrapErr, bail};
 
+use cxr_core::compute::Compute;
+
 use crate::cli::{Cli, Command, Global, ModelArgs};
 
 pub use progress::{Progress, eta, human, note, progress, quiet, set_output};
 
 mod progress;
 
-/// Resolves `--device`/`--models` of a command (the old spelling before the command still
-/// works) into the device and the models folder, which must exist.
+/// Resolves `--device`/`--models`/`--backend`/`--threads` of a command (the old spelling before
+/// the command still works) into the models folder, which must exist, and how they run.
 struct Models {
     dir: PathBuf,
-    device: cxr_core::tch::Device,
+    /// For one worker; commands with `--jobs` share the cores out with
+    /// [`Compute::for_workers`].
+    compute: Compute,
 }
 
 fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
@@ -48,7 +52,10 @@ fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
             dir.display()
         );
     }
-    Ok(Models { dir, device })
+    let compute = Compute::on(device)
+        .with_backend(args.backend.into())
+        .with_threads(args.threads.map(usize::from));
+    Ok(Models { dir, compute })
 }
 
 /// What to do about models that cannot be loaded.
@@ -66,7 +73,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match command {
         Command::Tui(args) => {
             let m = models(global, &args.model)?;
-            tui(&args, &m.dir, m.device)
+            tui(&args, &m.dir, m.compute)
         }
         Command::Classify {
             files,
@@ -74,7 +81,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             model,
         } => {
             let m = models(global, &model)?;
-            classify::run(&files, identifiers, &m.dir, m.device)
+            classify::run(&files, identifiers, &m.dir, m.compute)
         }
         Command::Worker {
             dir,
@@ -97,11 +104,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
                 compat: compat.into(),
             };
-            worker::run(&options, &m.dir, m.device)
+            worker::run(&options, &m.dir, m.compute)
         }
         Command::Segment { files, model, out } => {
             let m = models(global, &model)?;
-            segment::run(&files, &out, &m.dir, m.device)
+            segment::run(&files, &out, &m.dir, m.compute)
         }
         Command::Eval {
             manifests,
@@ -122,20 +129,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 sanity,
                 per_image: per_image.as_deref(),
             };
-            eval::run(&manifests, &options, &m.dir, m.device)
+            eval::run(&manifests, &options, &m.dir, m.compute)
         }
         Command::Train { model } => {
             let m = models(global, train::model_args(&model))?;
-            train::run(model, &m.dir, m.device)
+            train::run(model, &m.dir, m.compute)
         }
         Command::Watch(args) => {
             let m = models(global, &args.model)?;
-            watch::run(&args, &m.dir, m.device)
+            watch::run(&args, &m.dir, m.compute)
         }
         Command::Queue { command } => queue::run(command, global),
         Command::Serve(args) => {
             let m = models(global, &args.model)?;
-            serve::run(&args, &m.dir, m.device)
+            serve::run(&args, &m.dir, m.compute)
         }
         Command::Explainers { json } => explainers::run(json),
         Command::Audit {
@@ -149,7 +156,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 seed,
                 gradcam_per_source,
             };
-            audit::run(&manifests, &options, &m.dir, m.device)
+            audit::run(&manifests, &options, &m.dir, m.compute)
         }
         Command::Explain {
             files,
@@ -173,7 +180,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 checks: &checks,
                 identifiers,
             };
-            explain::run(&request, &m.dir, m.device)
+            explain::run(&request, &m.dir, m.compute)
         }
         Command::Completions { shell } => {
             let mut command = Cli::command();
@@ -218,7 +225,7 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 fn tui(
     args: &crate::cli::TuiArgs,
     models: &Path,
-    device: cxr_core::tch::Device,
+    compute: Compute,
 ) -> Result<ExitCode> {
     let log = args.log.clone().unwrap_or_else(default_log);
     let _guard = crate::logging::to_file(&log)?;
@@ -254,7 +261,7 @@ fn tui(
         watch_dir: args.watch.watch_dir.clone(),
         cache,
     };
-    crate::tui::run(&options, models, device)?;
+    crate::tui::run(&options, models, compute)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use color_eyre::eyre::Result;
 use cxr_core::models::ModelFiles;
 use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline};
 use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use serde::Serialize;
 
 use crate::cli::{Global, QueueCommand, QueueOrder};
@@ -57,7 +57,7 @@ pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
         } => {
             let reviewer = reviewer.unwrap_or_else(default_reviewer);
             let m = super::models(global, &model)?;
-            label_one(&watch.watch_dir, &id, &label, &reviewer, &m.dir, m.device)
+            label_one(&watch.watch_dir, &id, &label, &reviewer, &m.dir, m.compute)
         }
         QueueCommand::Export {
             watch,
@@ -141,7 +141,7 @@ fn label_one(
     label: &str,
     reviewer: &str,
     models: &Path,
-    device: Device,
+    compute: Compute,
 ) -> Result<ExitCode> {
     let queue = Queue::open(dir)?;
     let label: Label = label.parse()?;
@@ -149,7 +149,7 @@ fn label_one(
     let item = if file.is_file() {
         // A radiograph not (necessarily) in the queue: record what the models say about it too,
         // so that it sorts by uncertainty like the others.
-        let pipeline = Pipeline::load(models, device)?;
+        let pipeline = Pipeline::load_with(models, &compute)?;
         label.check(pipeline.classifier.classes())?;
         let analysis = pipeline.analyze_file(file)?;
         let positive = pipeline.classifier.classes()[0].clone();

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use color_eyre::eyre::{Result, WrapErr};
-use cxr_core::models::{self, ModelFiles, Segmenter};
-use cxr_core::pipeline::SEGMENTER_NAME;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
+use cxr_core::models::Segmenter;
+use cxr_core::pipeline::Pipeline;
 use cxr_core::xray::Xray;
 use cxr_core::{CoreError, mask};
 
@@ -19,8 +19,8 @@ struct Written<'a> {
     segment_ms: f64,
 }
 
-pub fn run(files: &[PathBuf], out: &Path, models: &Path, device: Device) -> Result<ExitCode> {
-    let segmenter = models::load_segmenter(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+pub fn run(files: &[PathBuf], out: &Path, models: &Path, compute: Compute) -> Result<ExitCode> {
+    let segmenter = Pipeline::load_segmenter(models, &compute)?;
     std::fs::create_dir_all(out).wrap_err_with(|| format!("creating {}", out.display()))?;
     let bar = super::progress(files.len(), "segmenting");
     let mut failures = 0;

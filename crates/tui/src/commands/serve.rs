@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use color_eyre::eyre::{Result, eyre};
 use cxr_core::cache::Cache;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
 
-pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(args: &ServeArgs, models: &Path, compute: Compute) -> Result<ExitCode> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -36,7 +36,7 @@ pub fn run(args: &ServeArgs, models: &Path, device: Device) -> Result<ExitCode> 
     let config = cxr_server::Config {
         addr: args.addr,
         models: models.to_path_buf(),
-        device,
+        compute,
         jobs: args.jobs.max(1),
         pending: args.backlog.max(1),
         cache,

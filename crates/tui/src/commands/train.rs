@@ -9,7 +9,7 @@ use cxr_core::models::{ModelFiles, ResNetClassifier, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
 use cxr_core::preprocess::InputStyle;
 use cxr_core::queue::Queue;
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use cxr_core::train::classifier::{ClassifierPlan, Defences, TrainOnly};
 use cxr_core::train::{self, EpochReport, TrainOptions};
 
@@ -63,7 +63,8 @@ fn defences(args: &DefenceArgs) -> Defences {
 }
 
 #[allow(clippy::too_many_lines)] // one arm per kind of model, each a short recipe
-pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<ExitCode> {
+    compute.apply();
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
     // Both kinds of model train on the project's data and JSRT by default.
     let manifests_or = |given: Vec<PathBuf>, default: &str| -> Result<Vec<PathBuf>> {
@@ -88,7 +89,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 batch_size,
                 learning_rate,
                 seed: common.seed,
-                device,
+                device: compute.device,
                 init: common.init.clone(),
             };
             let (model, record) = train::segmenter::train(&options, &mut print_epoch)
@@ -99,6 +100,7 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 &files.card,
                 &card::segmenter_card(&model.meta.architecture, &record),
             )?;
+            export_onnx(&out_dir(&common));
             super::print_json(&record)?;
         }
         TrainCommand::Classifier {
@@ -126,10 +128,10 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 batch_size,
                 learning_rate,
                 seed: common.seed,
-                device,
+                device: compute.device,
                 init: common.init.clone(),
             };
-            let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
+            let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
             super::note(&format!(
                 "segmenting and preprocessing every image of {}",
                 options.manifest_list().display()
@@ -159,11 +161,12 @@ pub fn run(command: TrainCommand, models: &Path, device: Device) -> Result<ExitC
                 &files.card,
                 &card::classifier_card(&model.meta.architecture, &record),
             )?;
+            export_onnx(&out);
             super::print_json(&record)?;
         }
         TrainCommand::Trust { manifests, common } => {
             let manifests = manifests_or(manifests, "cxr/manifest.csv")?;
-            refit_trust(manifests, common.seed, device, models, &out_dir(&common))?;
+            refit_trust(manifests, common.seed, compute, models, &out_dir(&common))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -219,7 +222,7 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 fn refit_trust(
     manifests: Vec<PathBuf>,
     seed: u64,
-    device: Device,
+    compute: Compute,
     models: &Path,
     out: &Path,
 ) -> Result<()> {
@@ -229,11 +232,11 @@ fn refit_trust(
         batch_size: 64,
         learning_rate: 0.0,
         seed,
-        device,
+        device: compute.device,
         init: None,
     };
-    let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), device)?;
-    let mut model = ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), device)?;
+    let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
+    let mut model = ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), compute.device)?;
     super::note(&format!(
         "fitting the familiarity model on {}",
         options.manifest_list().display()
@@ -252,6 +255,33 @@ fn refit_trust(
 
 /// Copies model `name` from `models` into `out` (unless one is there), so the new folder is a
 /// complete models folder for `--models`.
+/// Exports the native models in `dir` to ONNX for the ONNX Runtime backend, with the project's
+/// `python/export_onnx.py` in its `.venv` (where `scripts/env.sh` put PyTorch). A model without
+/// a current export runs on libtorch, so a failure here is a note, not an error.
+fn export_onnx(dir: &Path) {
+    let Some(project) = super::beside_executable(|d| d.join("python/export_onnx.py").is_file())
+    else {
+        super::note("no ONNX export made: python/export_onnx.py is not beside this cxr binary");
+        return;
+    };
+    let python = project.join(".venv/bin/python");
+    let exported = std::process::Command::new(&python)
+        .arg(project.join("python/export_onnx.py"))
+        .arg(dir)
+        .stdout(std::io::stderr())
+        .status();
+    match exported {
+        Ok(status) if status.success() => {}
+        Ok(status) => super::note(&format!(
+            "no ONNX export made ({status}); forward passes will run on libtorch"
+        )),
+        Err(e) => super::note(&format!(
+            "no ONNX export made ({}: {e}); forward passes will run on libtorch",
+            python.display()
+        )),
+    }
+}
+
 fn copy_model(models: &Path, out: &Path, name: &str) -> Result<()> {
     let (from, to) = (ModelFiles::new(models, name), ModelFiles::new(out, name));
     if to.weights.exists() {
@@ -261,6 +291,7 @@ fn copy_model(models: &Path, out: &Path, name: &str) -> Result<()> {
         (&from.weights, &to.weights),
         (&from.meta, &to.meta),
         (&from.card, &to.card),
+        (&from.onnx(), &to.onnx()),
     ] {
         if from.exists() {
             let bytes =

@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use color_eyre::eyre::{Result, bail};
 use cxr_core::render::{Colormap, OverlayStyle};
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use cxr_core::watch::{self, MethodSpec, WatchEvent, WatchMode, WatchOptions};
 
 use crate::cli::WatchArgs;
 
-pub fn run(args: &WatchArgs, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode> {
     let colormap = Colormap::from(args.render.colormap);
     let dir = args.dir.as_ref().unwrap_or(&args.watch.watch_dir);
-    let mut options = WatchOptions::new(dir, models, device);
+    let mut options = WatchOptions::new(dir, models, compute);
     options.methods = MethodSpec::parse(&args.method, &args.params)?;
     options.style = OverlayStyle {
         colormap,

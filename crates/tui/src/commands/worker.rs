@@ -54,7 +54,7 @@ use cxr_core::input::Gate;
 use cxr_core::pipeline::{ClassifyReport, Pipeline};
 use cxr_core::pool::ModelPool;
 use cxr_core::service::{Image, Service, Settings};
-use cxr_core::tch::Device;
+use cxr_core::compute::Compute;
 use serde::Serialize;
 
 /// Longest request line accepted.
@@ -120,7 +120,7 @@ struct Shared {
     compat: Compat,
 }
 
-pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitCode> {
+pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<ExitCode> {
     let dir = options
         .dir
         .canonicalize()
@@ -164,9 +164,10 @@ pub fn run(options: &Options<'_>, models: &Path, device: Device) -> Result<ExitC
     });
     // Each worker thread loads its own models (libtorch modules are not Sync).
     let models = models.to_path_buf();
+    let compute = compute.for_workers(jobs);
     let pool = ModelPool::start(jobs, jobs * PENDING_PER_JOB, "cxr-worker", move |_| {
         Ok(Service::new(
-            Pipeline::load(&models, device)?,
+            Pipeline::load_with(&models, &compute)?,
             cache.clone(),
         ))
     })?;

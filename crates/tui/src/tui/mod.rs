@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crossterm::event::{Event, KeyEventKind};
 use cxr_core::cache::Cache;
 use cxr_core::explain::registry;
+use cxr_core::compute::Compute;
 use cxr_core::pipeline::Pipeline;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
@@ -285,8 +286,8 @@ fn picker(choice: &str) -> Result<Protocols> {
 
 /// Runs the viewer until the user quits. The models load before the terminal is taken over,
 /// so a missing model is a plain error message.
-pub fn run(options: &Options, models: &Path, device: cxr_core::tch::Device) -> Result<()> {
-    let pipeline = Pipeline::load(models, device)?;
+pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
+    let pipeline = Pipeline::load_with(models, &compute)?;
     let items = open_items(&options.path)?;
     let entries = registry::all()?;
     let explainers = entries.iter().map(|e| e.name.to_owned()).collect();

@@ -276,6 +276,7 @@ pub fn spawn_inference(
     let stop = workers.stop_flag();
     let pipeline = stoppable(pipeline, stop.clone());
     workers.spawn("inference", move || {
+        pipeline.compute.apply();
         let mut state = Inference {
             service: Service::new(pipeline, cache),
             image: None,

@@ -1,0 +1,160 @@
+//! How the models run in this process: the device, the inference backend and the threads each
+//! model uses. Every command decides this once, here, from its options (`--device`,
+//! `--backend`, `--threads`, `--jobs`); this is the one place the thread policy lives.
+//!
+//! The policy: the machine's cores are shared out between the workers that run at once (one
+//! worker for `classify`, `explain` and the viewer; `--jobs N` for the watch folder, the worker
+//! and the server), at least one thread each. Oversubscribing cores is what makes libtorch's
+//! OpenMP kernels crawl when another process holds a core: every parallel region waits for its
+//! slowest thread.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::{CoreError, Result};
+
+/// Which library runs the models' forward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// ONNX Runtime when the models have current ONNX exports and the library loads (on the
+    /// CPU), libtorch otherwise.
+    #[default]
+    Auto,
+    /// libtorch for everything.
+    Torch,
+    /// ONNX Runtime for forward passes (libtorch still computes gradients); an error when it
+    /// cannot be used.
+    Onnx,
+}
+
+impl Backend {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Torch => "torch",
+            Self::Onnx => "onnx",
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "torch" => Ok(Self::Torch),
+            "onnx" => Ok(Self::Onnx),
+            _ => Err(CoreError::Invalid(format!(
+                "--backend {s}: expected auto, torch or onnx"
+            ))),
+        }
+    }
+}
+
+/// Where and how models run: chosen once per command, handed to everything that loads models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    pub device: Device,
+    pub backend: Backend,
+    /// Intra-op threads per worker the user asked for (`--threads`, `CXR_THREADS`).
+    pub requested_threads: Option<usize>,
+    /// Workers that run models at once in this process.
+    pub workers: usize,
+}
+
+impl Compute {
+    /// One worker on `device` with the automatic backend and the policy's threads.
+    #[must_use]
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            backend: Backend::Auto,
+            requested_threads: None,
+            workers: 1,
+        }
+    }
+
+    #[must_use]
+    pub fn with_backend(self, backend: Backend) -> Self {
+        Self { backend, ..self }
+    }
+
+    /// Exactly `threads` per worker (`None`: the policy decides).
+    #[must_use]
+    pub fn with_threads(self, threads: Option<usize>) -> Self {
+        Self {
+            requested_threads: threads,
+            ..self
+        }
+    }
+
+    /// `workers` running models at once, sharing the cores.
+    #[must_use]
+    pub fn for_workers(self, workers: usize) -> Self {
+        Self {
+            workers: workers.max(1),
+            ..self
+        }
+    }
+
+    /// Intra-op threads of each worker (libtorch and ONNX Runtime alike).
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        threads_for(self.workers, self.requested_threads)
+    }
+
+    /// Applies the thread count to libtorch on the calling thread; each worker thread calls it
+    /// (through [`crate::pipeline::Pipeline::load_with`]) before it runs a model. ONNX Runtime
+    /// sessions take the count when they are made.
+    pub fn apply(&self) {
+        tch::set_num_threads(i32::try_from(self.threads()).unwrap_or(i32::MAX));
+    }
+}
+
+/// Threads per worker: `requested` when given, else the available cores divided among
+/// `workers` (at least one each).
+#[must_use]
+pub fn threads_for(workers: usize, requested: Option<usize>) -> usize {
+    if let Some(n) = requested {
+        return n.max(1);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / workers.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_are_shared_between_workers_and_never_below_one() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(threads_for(1, None), cores);
+        assert_eq!(threads_for(cores * 4, None), 1);
+        assert_eq!(threads_for(0, None), cores);
+        assert_eq!(threads_for(3, Some(5)), 5);
+        assert_eq!(threads_for(1, Some(0)), 1);
+    }
+
+    #[test]
+    fn an_explicit_thread_count_wins_over_the_share() {
+        let compute = Compute::on(Device::Cpu).for_workers(64);
+        assert_eq!(compute.threads(), 1);
+        assert_eq!(compute.with_threads(Some(3)).threads(), 3);
+        assert_eq!(Compute::on(Device::Cpu).threads(), threads_for(1, None));
+    }
+
+    #[test]
+    fn backends_parse_and_refuse_others() {
+        assert_eq!("onnx".parse::<Backend>().unwrap(), Backend::Onnx);
+        assert_eq!("torch".parse::<Backend>().unwrap(), Backend::Torch);
+        assert_eq!("auto".parse::<Backend>().unwrap(), Backend::Auto);
+        let e = "tensorrt".parse::<Backend>().unwrap_err().to_string();
+        assert!(e.contains("expected auto, torch or onnx"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The ONNX Runtime backend: the forward passes of the native models, exported to `NAME.onnx`
+//! beside their weights (`python/export_onnx.py`, run by `cxr train`), on ONNX Runtime's CPU
+//! kernels, which are several times faster than libtorch's for these small networks.
+//!
+//! It only ever runs forward passes. The classifier wraps the libtorch model it was exported
+//! from: whatever needs autograd (Grad-CAM, Integrated Gradients, the randomisation check) goes
+//! to libtorch, plain classification and the perturbation explainers' batches (LIME, RISE,
+//! occlusion) to ONNX Runtime. Both give the same numbers within 1e-4 (tests/onnx.rs).
+//!
+//! The shared library is the one PyPI's `onnxruntime` wheel ships, installed by
+//! `scripts/env.sh` like libtorch and found through `CXR_ONNXRUNTIME` (set at build time by
+//! env.sh and remembered in the binary; set it at run time to use another copy). Nothing is
+//! downloaded at build or run time.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use super::{Classifier, Gradients, ModelFiles, Prediction, Segmenter};
+use crate::mask::LungMask;
+use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::trust::TrustModel;
+use crate::xray::GrayF32;
+use crate::{CoreError, Result};
+
+/// The ONNX file's metadata key holding the SHA-256 of the weights it was exported from.
+const WEIGHTS_KEY: &str = "cxr.weights_sha256";
+
+/// Where ONNX Runtime's shared library is: `CXR_ONNXRUNTIME` now, else where it was at build.
+fn library_path() -> Option<PathBuf> {
+    std::env::var_os("CXR_ONNXRUNTIME")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CXR_ONNXRUNTIME_AT_BUILD").map(PathBuf::from))
+}
+
+/// ONNX Runtime, loaded once per process; the first outcome is final (it cannot load twice).
+pub fn environment() -> Result<&'static Environment> {
+    static LOADED: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = library_path().ok_or(
+                "CXR_ONNXRUNTIME is not set (scripts/env.sh installs ONNX Runtime and sets it)",
+            )?;
+            if !path.is_file() {
+                return Err(format!(
+                    "{}: no such file (CXR_ONNXRUNTIME; scripts/env.sh installs ONNX Runtime)",
+                    path.display()
+                ));
+            }
+            ort::init_from(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .with_name("cxr")
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .as_ref()
+        .map_err(|reason| CoreError::Unsupported {
+            reason: format!("ONNX Runtime is not available: {reason}"),
+        })
+}
+
+/// Whether `files` has an ONNX export made from its current weights; `Err` says why not.
+pub fn export_of(files: &ModelFiles) -> Result<PathBuf> {
+    let onnx = files.onnx();
+    if !onnx.is_file() {
+        return Err(CoreError::ModelLoad {
+            path: onnx,
+            source: "file not found (make it with `python python/export_onnx.py MODELS_DIR`)"
+                .into(),
+        });
+    }
+    Ok(onnx)
+}
+
+/// An ONNX Runtime session on `path` with `threads` intra-op threads, refused unless the file
+/// was exported from the weights in `weights`.
+fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
+    let environment = environment()?;
+    let load_error = |e: &dyn std::fmt::Display| CoreError::ModelLoad {
+        path: path.to_path_buf(),
+        source: e.to_string().into(),
+    };
+    let session = Session::builder(environment)
+        .map_err(|e| load_error(&e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| load_error(&e))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| load_error(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| load_error(&e))?
+        .commit_from_file(path)
+        .map_err(|e| load_error(&e))?;
+    let recorded = session
+        .metadata()
+        .map_err(|e| load_error(&e))?
+        .custom(WEIGHTS_KEY);
+    let bytes = std::fs::read(weights).map_err(|e| CoreError::io(weights, e))?;
+    let actual = format!("{:x}", Sha256::digest(&bytes));
+    if recorded.as_deref() != Some(actual.as_str()) {
+        return Err(load_error(&format!(
+            "exported from other weights than {} (export it again with `python \
+             python/export_onnx.py MODELS_DIR`)",
+            weights.display()
+        )));
+    }
+    Ok(Mutex::new(session))
+}
+
+/// Runs `session` on a batch `[N, 1, side, side]` given as a CPU slice, and returns the named
+/// outputs as CPU tensors.
+fn run<const K: usize>(
+    session: &Mutex<Session>,
+    shape: [usize; 4],
+    pixels: &[f32],
+    outputs: [&str; K],
+) -> Result<[Tensor; K]> {
+    let failed = |e: ort::Error| CoreError::Invalid(format!("ONNX Runtime: {e}"));
+    let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+    let input = TensorRef::from_array_view((shape, pixels)).map_err(failed)?;
+    let results = session
+        .run(ort::inputs!["input" => input])
+        .map_err(failed)?;
+    let mut tensors = Vec::with_capacity(K);
+    for name in outputs {
+        let (dims, values) = results[name].try_extract_tensor::<f32>().map_err(failed)?;
+        tensors.push(Tensor::from_slice(values).f_view(&**dims)?);
+    }
+    Ok(tensors
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one tensor per output name")))
+}
+
+/// The U-Net's forward pass on ONNX Runtime.
+pub struct OnnxSegmenter {
+    session: Mutex<Session>,
+    threshold: f32,
+}
+
+impl OnnxSegmenter {
+    /// The export of the native segmenter `files` describes.
+    pub fn load(files: &ModelFiles, threads: usize) -> Result<Self> {
+        let meta: super::ModelMeta<serde_json::Value> = files.read_meta()?;
+        files.check_side(meta.input_side, SEGMENTER_SIDE)?;
+        let session = open(&export_of(files)?, &files.weights, threads)?;
+        Ok(Self {
+            session,
+            threshold: meta.threshold,
+        })
+    }
+
+    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]` (CPU, contiguous).
+    pub fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        let [logits] = run_tensor(&self.session, batch, ["logits"])?;
+        Ok(logits)
+    }
+}
+
+impl Segmenter for OnnxSegmenter {
+    fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
+        let side = SEGMENTER_SIDE as usize;
+        let input = preprocess::segmenter_input(gray);
+        let [logits] = run(&self.session, [1, 1, side, side], &input, ["logits"])?;
+        super::lung_mask(&logits.f_sigmoid()?, gray, self.threshold)
+    }
+}
+
+/// `run` on a tensor: copied to a contiguous CPU `f32` buffer first.
+fn run_tensor<const K: usize>(
+    session: &Mutex<Session>,
+    batch: &Tensor,
+    outputs: [&str; K],
+) -> Result<[Tensor; K]> {
+    let size = batch.size();
+    let [n, c, h, w] = size[..] else {
+        return Err(CoreError::Invalid(format!(
+            "expected a batch [N, C, H, W], got {size:?}"
+        )));
+    };
+    let pixels = Vec::<f32>::try_from(
+        batch
+            .f_to_device(Device::Cpu)?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?
+            .f_view([-1])?,
+    )?;
+    let shape = [n, c, h, w].map(|d| d as usize);
+    run(session, shape, &pixels, outputs)
+}
+
+/// The classifier's forward pass on ONNX Runtime, with the libtorch model it was exported from
+/// for everything that needs gradients.
+pub struct OnnxClassifier {
+    session: Mutex<Session>,
+    torch: Box<dyn Classifier>,
+}
+
+impl OnnxClassifier {
+    /// The export of the native classifier `files` describes, beside `torch`, that classifier
+    /// loaded on libtorch.
+    pub fn load(files: &ModelFiles, torch: Box<dyn Classifier>, threads: usize) -> Result<Self> {
+        if torch.device() != Device::Cpu {
+            return Err(CoreError::Unsupported {
+                reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)"
+                    .into(),
+            });
+        }
+        let session = open(&export_of(files)?, &files.weights, threads)?;
+        Ok(Self { session, torch })
+    }
+}
+
+impl Classifier for OnnxClassifier {
+    fn classes(&self) -> &[String] {
+        self.torch.classes()
+    }
+
+    fn threshold(&self) -> f32 {
+        self.torch.threshold()
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// ONNX Runtime, unless autograd must see this forward pass (its input needs gradients).
+    fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        if batch.requires_grad() {
+            return self.torch.logits(batch);
+        }
+        let [logits] = run_tensor(&self.session, batch, ["logits"])?;
+        Ok(logits)
+    }
+
+    fn features_and_logits(&self, batch: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
+        self.torch.features_and_logits(batch)
+    }
+
+    fn gradients(&self) -> Gradients {
+        self.torch.gradients()
+    }
+
+    fn linear_head(&self) -> Option<Tensor> {
+        self.torch.linear_head()
+    }
+
+    fn randomised(&self, seed: u64) -> Result<Box<dyn Classifier>> {
+        self.torch.randomised(seed)
+    }
+
+    fn input_style(&self) -> InputStyle {
+        self.torch.input_style()
+    }
+
+    fn trust(&self) -> Option<&TrustModel> {
+        self.torch.trust()
+    }
+
+    /// One ONNX Runtime pass gives the logits and the pooled features together.
+    fn predict_with_features(&self, input: &Tensor) -> Result<(Prediction, Option<Vec<f32>>)> {
+        let [logits, features] = run_tensor(&self.session, input, ["logits", "features"])?;
+        Ok((
+            self.prediction_of(&logits)?,
+            Some(Vec::<f32>::try_from(features.f_view([-1])?)?),
+        ))
+    }
+}
