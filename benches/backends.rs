@@ -7,17 +7,19 @@
 //! asking `python/bench_backends.py` (a child process, idle while Rust runs) to time N
 //! iterations. Measures: the classifier's forward pass, the U-Net's, one radiograph end to end
 //! (decode, segment, preprocess, classify) and LIME with 1000 samples (for Python: its 1000
-//! forward passes in batches of 100, the model's share). At the end it prints the medians, the
-//! ratios the project's speed targets are stated in, and the largest differences between cxr's
-//! two backends on this radiograph. Threads: `CXR_THREADS`, else all cores, for every contender.
+//! forward passes in batches of 100, the model's share). Then it runs every contender in turn,
+//! in `CXR_BENCH_ROUNDS` (15) interleaved rounds, and prints their medians and the ratios the
+//! project's speed targets are stated in, and the largest differences between cxr's two
+//! backends on this radiograph. Threads: `CXR_THREADS`, else all cores, for every contender.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+use criterion::Criterion;
 use cxr_benches::{repo, sample};
 use cxr_core::compute::{self, Backend, Compute};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
@@ -29,7 +31,12 @@ use cxr_core::tch::{self, Device, Tensor};
 use cxr_core::xray::Xray;
 
 const IMAGE: &str = "nih_00001299_000.png";
-const CONTENDERS: [&str; 4] = ["cxr-torch", "cxr-onnx", "pytorch-eager", "onnxruntime-python"];
+const CONTENDERS: [&str; 4] = [
+    "cxr-torch",
+    "cxr-onnx",
+    "pytorch-eager",
+    "onnxruntime-python",
+];
 
 /// The Python side: a child process that times what it is asked to.
 struct Python {
@@ -78,21 +85,40 @@ impl Drop for Python {
     }
 }
 
-/// Adds the two Python contenders of `measure` to `group`.
-fn python_side(group: &mut BenchmarkGroup<'_, WallTime>, python: Option<&mut Python>, measure: &str) {
-    let Some(python) = python else { return };
-    for (name, contender) in [("pytorch-eager", "pytorch"), ("onnxruntime-python", "onnxruntime")] {
-        group.bench_function(name, |b| b.iter_custom(|n| python.time(contender, measure, n)));
-    }
+/// Times `iterations` runs of one contender on one measure.
+type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// `iterations` runs of `work`, timed.
+fn timed<'a, T>(mut work: impl FnMut() -> T + 'a) -> Timed<'a> {
+    Box::new(move |iterations| {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            black_box(work());
+        }
+        start.elapsed()
+    })
+}
+
+/// One measure: its contenders, and how many runs make one interleaved round.
+struct Measure<'a> {
+    name: &'static str,
+    per_round: u64,
+    contenders: Vec<(&'static str, Timed<'a>)>,
 }
 
 fn main() {
     cxr_explainers::link();
-    let threads = compute::threads_for(1, std::env::var("CXR_THREADS").ok().and_then(|t| t.parse().ok()));
+    let threads = compute::threads_for(
+        1,
+        std::env::var("CXR_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok()),
+    );
     let compute = Compute::on(Device::Cpu).with_threads(Some(threads));
     compute.apply();
     let models = repo().join("models");
-    let torch = Pipeline::load_with(&models, &compute.with_backend(Backend::Torch)).expect("models");
+    let torch =
+        Pipeline::load_with(&models, &compute.with_backend(Backend::Torch)).expect("models");
     let onnx = Pipeline::load_with(&models, &compute.with_backend(Backend::Onnx))
         .expect("ONNX exports of the models (python python/export_onnx.py models)");
     let segmenter_files = ModelFiles::new(&models, SEGMENTER_NAME);
@@ -121,97 +147,180 @@ fn main() {
     let scratch = tempfile::tempdir().expect("temp dir");
     let inputs = scratch.path().join("inputs.safetensors");
     Tensor::write_safetensors(
-        &[("segmenter", &unet_input), ("classifier", &classifier_input)],
+        &[
+            ("segmenter", &unet_input),
+            ("classifier", &classifier_input),
+        ],
         &inputs,
     )
     .expect("inputs written");
-    let mut python = Python::start(&models, &inputs, &path, threads)
+    let python = Python::start(&models, &inputs, &path, threads)
         .map_err(|e| eprintln!("python side skipped: {e}"))
-        .ok();
+        .ok()
+        .map(RefCell::new);
+    let python = python.as_ref();
+    // The Python contenders of one measure (none when Python could not start).
+    let python_side = |measure: &'static str| -> Vec<(&'static str, Timed<'_>)> {
+        let Some(python) = python else {
+            return Vec::new();
+        };
+        [
+            ("pytorch-eager", "pytorch"),
+            ("onnxruntime-python", "onnxruntime"),
+        ]
+        .into_iter()
+        .map(|(name, contender)| -> (&'static str, Timed<'_>) {
+            (
+                name,
+                Box::new(move |n| python.borrow_mut().time(contender, measure, n)),
+            )
+        })
+        .collect()
+    };
 
-    let output = repo().join("target/criterion");
+    let backends = [("cxr-torch", &torch), ("cxr-onnx", &onnx)];
+    let (bytes, path, lime, x) = (&bytes, &path, &lime, &classifier_input);
+    let explain_input = &explain_input;
+    let mut measures = [
+        Measure {
+            name: "classifier_forward",
+            per_round: 20,
+            contenders: backends
+                .map(|(name, p)| {
+                    (
+                        name,
+                        timed(move || tch::no_grad(|| p.classifier.logits(x)).expect("forward")),
+                    )
+                })
+                .into_iter()
+                .chain(python_side("classifier"))
+                .collect(),
+        },
+        Measure {
+            name: "unet_forward",
+            per_round: 5,
+            contenders: [
+                (
+                    "cxr-torch",
+                    timed(|| tch::no_grad(|| unet.forward_t(&unet_input, false))),
+                ),
+                (
+                    "cxr-onnx",
+                    timed(|| unet_onnx.logits(&unet_input).expect("forward")),
+                ),
+            ]
+            .into_iter()
+            .chain(python_side("unet"))
+            .collect(),
+        },
+        Measure {
+            name: "end_to_end",
+            per_round: 5,
+            contenders: backends
+                .map(|(name, p)| {
+                    let run = move || {
+                        p.analyze(Xray::decode(bytes, path).expect("decodes"))
+                            .expect("analyses")
+                    };
+                    (name, timed(run))
+                })
+                .into_iter()
+                .chain(python_side("end_to_end"))
+                .collect(),
+        },
+        Measure {
+            name: "lime_1000",
+            per_round: 1,
+            contenders: backends
+                .map(|(name, p)| {
+                    let run = move || {
+                        lime.explain(p.classifier.as_ref(), explain_input)
+                            .expect("explains")
+                    };
+                    (name, timed(run))
+                })
+                .into_iter()
+                .chain(python_side("forward1000"))
+                .collect(),
+        },
+    ];
+
     let mut c = Criterion::default()
-        .output_directory(&output)
+        .output_directory(&repo().join("target/criterion"))
         .configure_from_args();
-
-    let mut group = c.benchmark_group("classifier_forward");
-    group.sample_size(50);
-    for (name, pipeline) in [("cxr-torch", &torch), ("cxr-onnx", &onnx)] {
-        let model = pipeline.classifier.as_ref();
-        group.bench_function(name, |b| {
-            b.iter(|| tch::no_grad(|| model.logits(black_box(&classifier_input))));
-        });
+    for measure in &mut measures {
+        let mut group = c.benchmark_group(measure.name);
+        group.sample_size(if measure.per_round > 1 { 20 } else { 10 });
+        for (name, run) in &mut measure.contenders {
+            group.bench_function(*name, |b| b.iter_custom(&mut *run));
+        }
+        group.finish();
     }
-    python_side(&mut group, python.as_mut(), "classifier");
-    group.finish();
-
-    let mut group = c.benchmark_group("unet_forward");
-    group.sample_size(30);
-    group.bench_function("cxr-torch", |b| {
-        b.iter(|| tch::no_grad(|| unet.forward_t(black_box(&unet_input), false)));
-    });
-    group.bench_function("cxr-onnx", |b| b.iter(|| unet_onnx.logits(black_box(&unet_input))));
-    python_side(&mut group, python.as_mut(), "unet");
-    group.finish();
-
-    let mut group = c.benchmark_group("end_to_end");
-    group.sample_size(30);
-    for (name, pipeline) in [("cxr-torch", &torch), ("cxr-onnx", &onnx)] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let xray = Xray::decode(black_box(&bytes), &path).expect("decodes");
-                pipeline.analyze(xray).expect("analyses")
-            });
-        });
-    }
-    python_side(&mut group, python.as_mut(), "end_to_end");
-    group.finish();
-
-    let mut group = c.benchmark_group("lime_1000");
-    group.sample_size(10);
-    for (name, pipeline) in [("cxr-torch", &torch), ("cxr-onnx", &onnx)] {
-        let model = pipeline.classifier.as_ref();
-        group.bench_function(name, |b| {
-            b.iter(|| lime.explain(model, black_box(&explain_input)).expect("explains"));
-        });
-    }
-    python_side(&mut group, python.as_mut(), "forward1000");
-    group.finish();
-    drop(python);
     c.final_summary();
 
-    summary(&output, threads);
-    agreement(&torch, &onnx, &unet, &unet_onnx, &unet_input, &classifier_input, &explain_input, lime.as_ref());
+    let rounds = std::env::var("CXR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
+    interleaved(&mut measures, rounds, threads);
+    drop(measures);
+    agreement(
+        &torch,
+        &onnx,
+        &unet,
+        &unet_onnx,
+        &unet_input,
+        x,
+        explain_input,
+        lime.as_ref(),
+    );
 }
 
-/// Criterion's median for one benchmark, in milliseconds.
-fn median_ms(output: &Path, group: &str, name: &str) -> Option<f64> {
-    let file: PathBuf = output.join(group).join(name).join("new/estimates.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
-    Some(json["median"]["point_estimate"].as_f64()? / 1e6)
-}
-
-fn summary(output: &Path, threads: usize) {
-    let cell = |v: Option<f64>| v.map_or_else(|| format!("{:>12}", "-"), |v| format!("{v:>12.2}"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:>9.2}x", a / b),
-        _ => format!("{:>10}", "-"),
-    };
-    println!("\nmedians in ms, {threads} intra-op threads each");
+/// Every contender of every measure in turn, `rounds` times: the medians of these interleaved
+/// rounds share whatever else this machine was doing, so their ratios are the fair ones.
+fn interleaved(measures: &mut [Measure<'_>], rounds: usize, threads: usize) {
+    let mut samples: Vec<Vec<Vec<f64>>> = measures
+        .iter()
+        .map(|m| vec![Vec::with_capacity(rounds); m.contenders.len()])
+        .collect();
+    for _ in 0..rounds {
+        for (measure, times) in measures.iter_mut().zip(&mut samples) {
+            for ((_, run), times) in measure.contenders.iter_mut().zip(times.iter_mut()) {
+                let elapsed = run(measure.per_round);
+                times.push(elapsed.as_secs_f64() * 1e3 / measure.per_round as f64);
+            }
+        }
+    }
+    println!("\nmedians of {rounds} interleaved rounds, ms ({threads} intra-op threads each)");
     print!("{:<20}", "");
     for name in CONTENDERS {
-        print!("{name:>12.12}");
+        print!("{name:>20}");
     }
-    println!("{:>10}{:>10}", "onnx/ORT", "torch/PT");
-    for group in ["classifier_forward", "unet_forward", "end_to_end", "lime_1000"] {
-        let m = CONTENDERS.map(|name| median_ms(output, group, name));
-        print!("{group:<20}");
+    println!("{:>11}{:>11}", "onnx/ORT", "torch/PT");
+    for (measure, times) in measures.iter().zip(&samples) {
+        let median = |name: &str| {
+            let i = measure.contenders.iter().position(|(n, _)| *n == name)?;
+            let mut t = times[i].clone();
+            t.sort_by(f64::total_cmp);
+            Some(t[t.len() / 2])
+        };
+        let m = CONTENDERS.map(median);
+        print!("{:<20}", measure.name);
         for v in m {
-            print!("{}", cell(v));
+            print!(
+                "{}",
+                v.map_or_else(|| format!("{:>20}", "-"), |v| format!("{v:>20.2}"))
+            );
         }
+        let ratio = |a: Option<f64>, b: Option<f64>| {
+            a.zip(b).map_or_else(
+                || format!("{:>11}", "-"),
+                |(a, b)| format!("{:>10.2}x", a / b),
+            )
+        };
         println!("{}{}", ratio(m[1], m[3]), ratio(m[0], m[2]));
     }
-    println!("(lime_1000 in Python: the 1000 forward passes in batches of 100 only)");
+    println!("(lime_1000 in Python: its 1000 forward passes in batches of 100 only)");
 }
 
 /// The largest differences between the two backends' outputs on this radiograph.
@@ -229,9 +338,12 @@ fn agreement(
     let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).expect("scalar");
     let unet_torch = tch::no_grad(|| unet.forward_t(unet_input, false));
     let unet_ort = unet_onnx.logits(unet_input).expect("forward");
-    let logits = |p: &Pipeline| tch::no_grad(|| p.classifier.logits(classifier_input)).expect("forward");
+    let logits =
+        |p: &Pipeline| tch::no_grad(|| p.classifier.logits(classifier_input)).expect("forward");
     let heat = |p: &Pipeline| {
-        let map = lime.explain(p.classifier.as_ref(), explain_input).expect("explains");
+        let map = lime
+            .explain(p.classifier.as_ref(), explain_input)
+            .expect("explains");
         Tensor::from_slice(&map.heatmap.values)
     };
     println!(

@@ -94,15 +94,28 @@ fn classification_is_the_same_on_both_backends() {
             .zip(b.mask.as_raw())
             .filter(|(x, y)| x != y)
             .count();
-        assert!(differing * 10_000 <= a.mask.as_raw().len(), "{name}: {differing} mask pixels differ");
+        assert!(
+            differing * 10_000 <= a.mask.as_raw().len(),
+            "{name}: {differing} mask pixels differ"
+        );
         assert_eq!(a.prediction.label, b.prediction.label, "{name}");
         for (class, p) in &a.prediction.probabilities {
             let q = b.prediction.probabilities[class];
-            assert!(f64::from((p - q).abs()) < TOLERANCE, "{name} {class}: {p} vs {q}");
+            assert!(
+                f64::from((p - q).abs()) < TOLERANCE,
+                "{name} {class}: {p} vs {q}"
+            );
         }
         let (fa, fb) = (a.features.unwrap(), b.features.unwrap());
-        let worst = fa.iter().zip(&fb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(f64::from(worst) < TOLERANCE, "{name}: pooled features differ by {worst:e}");
+        let worst = fa
+            .iter()
+            .zip(&fb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            f64::from(worst) < TOLERANCE,
+            "{name}: pooled features differ by {worst:e}"
+        );
         let (ta, tb) = (
             a.prediction.trust.familiarity.unwrap(),
             b.prediction.trust.familiarity.unwrap(),
@@ -127,11 +140,23 @@ fn gradients_still_flow_through_libtorch_on_the_onnx_backend() {
 
 #[test]
 fn auto_uses_onnx_runtime_only_when_the_exports_are_there() {
-    assert_eq!(load(&models(), Backend::Auto).unwrap().compute.backend, Backend::Onnx);
+    assert_eq!(
+        load(&models(), Backend::Auto).unwrap().compute.backend,
+        Backend::Onnx
+    );
     let without = copy_of_models(false);
-    assert_eq!(load(without.path(), Backend::Auto).unwrap().compute.backend, Backend::Torch);
-    let e = load(without.path(), Backend::Onnx).err().unwrap().to_string();
-    assert!(e.contains("segmenter.onnx") && e.contains("export_onnx.py"), "{e}");
+    assert_eq!(
+        load(without.path(), Backend::Auto).unwrap().compute.backend,
+        Backend::Torch
+    );
+    let e = load(without.path(), Backend::Onnx)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("segmenter.onnx") && e.contains("export_onnx.py"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -144,9 +169,15 @@ fn an_export_of_other_weights_is_refused() {
     )
     .unwrap();
     let e = load(dir.path(), Backend::Onnx).err().unwrap().to_string();
-    assert!(e.contains("classifier.onnx") && e.contains("other weights"), "{e}");
+    assert!(
+        e.contains("classifier.onnx") && e.contains("other weights"),
+        "{e}"
+    );
     // `auto` falls back to libtorch rather than run a stale export.
-    assert_eq!(load(dir.path(), Backend::Auto).unwrap().compute.backend, Backend::Torch);
+    assert_eq!(
+        load(dir.path(), Backend::Auto).unwrap().compute.backend,
+        Backend::Torch
+    );
 }
 
 #[test]

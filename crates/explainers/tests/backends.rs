@@ -39,7 +39,9 @@ fn every_explainer_draws_the_same_heatmap_on_both_backends() {
     };
     for entry in registry::all().unwrap() {
         let explainer = entry.build(&ExplainerConfig::default()).unwrap();
-        let a = explainer.explain(torch.classifier.as_ref(), &input).unwrap();
+        let a = explainer
+            .explain(torch.classifier.as_ref(), &input)
+            .unwrap();
         let b = explainer.explain(onnx.classifier.as_ref(), &input).unwrap();
         let worst = a
             .heatmap

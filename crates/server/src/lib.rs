@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cxr_core::cache::Cache;
+use cxr_core::compute::Compute;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::pool::ModelPool;
 use cxr_core::service::Service;
-use cxr_core::compute::Compute;
 
 pub use error::ApiError;
 pub use routes::router;

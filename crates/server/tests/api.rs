@@ -75,9 +75,14 @@ async fn start(options: Options) -> Server {
         let cache = Cache::new(dir.path().join("cache"));
         let (jobs, pending) = (options.jobs, options.pending);
         let models = tokio::task::spawn_blocking(move || {
-            let pool =
-                cxr_server::start_pool(repo().join("models"), Compute::on(Device::Cpu), jobs, pending, cache)
-                    .unwrap();
+            let pool = cxr_server::start_pool(
+                repo().join("models"),
+                Compute::on(Device::Cpu),
+                jobs,
+                pending,
+                cache,
+            )
+            .unwrap();
             Models::new(pool).unwrap()
         })
         .await

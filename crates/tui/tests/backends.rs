@@ -18,7 +18,10 @@ fn classify(args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(["classify", "--device", "cpu", "--models"])
         .arg(repo().join("models"))
         .args(args)
-        .args(["hannover_e1446fe8.png", "nih_00001299_000.png"].map(|f| repo().join("samples").join(f)))
+        .args(
+            ["hannover_e1446fe8.png", "nih_00001299_000.png"]
+                .map(|f| repo().join("samples").join(f)),
+        )
         .envs(env.iter().copied())
         .env_remove("CXR_BACKEND")
         .env_remove("CXR_THREADS")
@@ -36,7 +39,10 @@ fn probabilities(out: &Output) -> Vec<(String, f64)> {
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            (v["label"].as_str().unwrap().to_owned(), v["probabilities"]["covid"].as_f64().unwrap())
+            (
+                v["label"].as_str().unwrap().to_owned(),
+                v["probabilities"]["covid"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -49,7 +55,10 @@ fn both_backends_classify_alike_with_any_thread_count() {
     assert_eq!(torch.len(), 2);
     for ((a, b), c) in torch.iter().zip(&onnx).zip(&threads) {
         assert_eq!((&a.0, &a.0), (&b.0, &c.0));
-        assert!((a.1 - b.1).abs() < 1e-4 && (b.1 - c.1).abs() < 1e-4, "{a:?} {b:?} {c:?}");
+        assert!(
+            (a.1 - b.1).abs() < 1e-4 && (b.1 - c.1).abs() < 1e-4,
+            "{a:?} {b:?} {c:?}"
+        );
     }
 }
 
@@ -64,7 +73,10 @@ fn without_onnx_runtime_onnx_is_an_error_and_auto_falls_back() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(probabilities(&classify(&["--backend", "auto"], &missing)).len(), 2);
+    assert_eq!(
+        probabilities(&classify(&["--backend", "auto"], &missing)).len(),
+        2
+    );
 }
 
 #[test]

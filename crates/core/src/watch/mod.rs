@@ -26,9 +26,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::compute::Compute;
 use notify_debouncer_full::DebounceEventResult;
 use serde::Serialize;
-use crate::compute::Compute;
 
 use crate::explain::report::QualityChecks;
 use crate::pool::ModelPool;

@@ -10,11 +10,11 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, bail};
 use cxr_core::audit::{ProbeResult, probe};
+use cxr_core::compute::Compute;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{ExplainerConfig, registry};
 use cxr_core::pipeline::Pipeline;
-use cxr_core::compute::Compute;
 use serde::Serialize;
 
 pub struct Options {

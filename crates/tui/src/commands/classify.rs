@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
-use cxr_core::pipeline::Pipeline;
 use cxr_core::compute::Compute;
+use cxr_core::pipeline::Pipeline;
 
 /// `identifiers`: add DICOM patient and study identifiers to the JSON.
 pub fn run(

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::CoreError;
+use cxr_core::compute::Compute;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
 use cxr_core::explain::registry::ExplainerEntry;
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Explainer, ExplainerConfig, registry};
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{Analysis, Pipeline, SEGMENTER_NAME};
-use cxr_core::compute::Compute;
 use cxr_core::train::classifier::{
     ClassifierMetrics, Scored, SourceMetrics, by_source, worst_source,
 };
@@ -107,7 +107,8 @@ pub fn run(
         failed += evaluate_classifier(manifests, &rows, split.clone(), options, models, compute)?;
     }
     if !all.masks.is_empty() {
-        let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
+        let segmenter =
+            UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
         let rows: Vec<_> = all
             .masks
             .into_iter()

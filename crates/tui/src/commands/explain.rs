@@ -5,13 +5,13 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::cache::Cache;
+use cxr_core::compute::Compute;
 use cxr_core::explain::report::{ImageReport, MethodOutcome, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec};
 use cxr_core::input::Gate;
 use cxr_core::pipeline::Pipeline;
 use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::service::{Image, MethodFailure, Rendered, Service, Settings, Target};
-use cxr_core::compute::Compute;
 
 use crate::cli::{QualityArgs, RenderArgs};
 

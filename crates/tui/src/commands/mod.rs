@@ -222,11 +222,7 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 }
 
 /// `cxr tui`: logs go to a file (never to the screen while the viewer is open).
-fn tui(
-    args: &crate::cli::TuiArgs,
-    models: &Path,
-    compute: Compute,
-) -> Result<ExitCode> {
+fn tui(args: &crate::cli::TuiArgs, models: &Path, compute: Compute) -> Result<ExitCode> {
     let log = args.log.clone().unwrap_or_else(default_log);
     let _guard = crate::logging::to_file(&log)?;
     let path = args.path.clone().unwrap_or_else(|| {

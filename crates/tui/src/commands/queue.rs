@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
+use cxr_core::compute::Compute;
 use cxr_core::models::ModelFiles;
 use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline};
 use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
-use cxr_core::compute::Compute;
 use serde::Serialize;
 
 use crate::cli::{Global, QueueCommand, QueueOrder};

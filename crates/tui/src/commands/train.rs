@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::card;
+use cxr_core::compute::Compute;
 use cxr_core::models::{ModelFiles, ResNetClassifier, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, SEGMENTER_NAME};
 use cxr_core::preprocess::InputStyle;
 use cxr_core::queue::Queue;
-use cxr_core::compute::Compute;
 use cxr_core::train::classifier::{ClassifierPlan, Defences, TrainOnly};
 use cxr_core::train::{self, EpochReport, TrainOptions};
 
@@ -131,7 +131,8 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 device: compute.device,
                 init: common.init.clone(),
             };
-            let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
+            let segmenter =
+                UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
             super::note(&format!(
                 "segmenting and preprocessing every image of {}",
                 options.manifest_list().display()
@@ -236,7 +237,8 @@ fn refit_trust(
         init: None,
     };
     let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
-    let mut model = ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), compute.device)?;
+    let mut model =
+        ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), compute.device)?;
     super::note(&format!(
         "fitting the familiarity model on {}",
         options.manifest_list().display()

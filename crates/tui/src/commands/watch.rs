@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, bail};
-use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::compute::Compute;
+use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::watch::{self, MethodSpec, WatchEvent, WatchMode, WatchOptions};
 
 use crate::cli::WatchArgs;

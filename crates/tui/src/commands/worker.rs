@@ -49,12 +49,12 @@ use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::cache::Cache;
+use cxr_core::compute::Compute;
 use cxr_core::explain::{MethodSpec, registry};
 use cxr_core::input::Gate;
 use cxr_core::pipeline::{ClassifyReport, Pipeline};
 use cxr_core::pool::ModelPool;
 use cxr_core::service::{Image, Service, Settings};
-use cxr_core::compute::Compute;
 use serde::Serialize;
 
 /// Longest request line accepted.
