@@ -9,8 +9,9 @@
 //! - [`files`]: which file names are radiographs, and the content hash that names an input;
 //! - [`mask`]: lung-mask clean-up after segmentation.
 //!
-//! No libtorch: nothing here needs a tensor, so the decoding tests and the fuzzer build in
-//! seconds instead of linking 1 GB of libtorch, and a tool that only decodes stays small.
+//! No libtorch: nothing here needs a tensor, so the decoding tests and the fuzzer build and run
+//! without it (no libtorch set-up, no 1 GB link per test binary), and a tool that only decodes
+//! stays small.
 //! `cxr-core` re-exports these modules under their old paths (`cxr_core::xray`, ...).
 
 pub mod dicom;
