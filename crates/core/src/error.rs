@@ -1,5 +1,6 @@
 //! The one error type of `cxr-core`. Every variant that concerns a file names it, so that a
-//! message printed by the CLI or the viewer tells the user which input was at fault.
+//! message printed by the CLI or the viewer tells the user which input was at fault. Errors of
+//! reading inputs come from `cxr-io` and are wrapped whole ([`CoreError::Input`]).
 
 use std::path::PathBuf;
 
@@ -13,29 +14,13 @@ pub enum CoreError {
         source: std::io::Error,
     },
 
-    #[error("{}: {reason}", path.display())]
-    Decode { path: PathBuf, reason: String },
+    /// Reading or decoding an input failed ([`crate::InputError`]), with its message as is.
+    #[error(transparent)]
+    Input(#[from] cxr_io::Error),
 
-    #[error(
-        "{}: image is {width}x{height} pixels, more than the {limit} px per side this tool decodes",
-        path.display()
-    )]
-    TooLarge {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        limit: u32,
-    },
-
-    /// Refused by the input gate (see [`crate::input`]): not a regular file, a symbolic link
-    /// where none are followed, or over a size limit. Retrying does not help.
+    /// A folder or file this tool keeps for itself (the cache) is not safe to use.
     #[error("{}: refused: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
-
-    /// The process-wide memory budget for decoded images (see [`crate::input::MemoryBudget`])
-    /// cannot hold this image now. Unlike [`CoreError::Refused`], retrying later may help.
-    #[error("{}: {reason}", path.display())]
-    MemoryBudget { path: PathBuf, reason: String },
 
     #[error("{}: cannot load model: {source}", path.display())]
     ModelLoad {

@@ -2,7 +2,9 @@
 //! out. The folder layout follows the data flow:
 //!
 //! - [`xray`]: decoding any PNG/JPEG/DICOM ([`dicom`]) into a grayscale `f32` image (bad input
-//!   is a clear error); [`cache`]: results on disk keyed by image, model and parameters;
+//!   is a clear error), through the [`input`] gate; [`files`]: radiograph file names and content
+//!   hashes; these and [`mask`] are re-exported from `cxr-io`, which builds without libtorch;
+//!   [`cache`]: results on disk keyed by image, model and parameters;
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, their traits and backends
 //!   (libtorch, TorchScript, ONNX Runtime); [`compute`]: device, backend and threads;
@@ -21,12 +23,9 @@ pub mod card;
 pub mod compute;
 pub mod data;
 pub mod device;
-pub mod dicom;
 mod error;
 pub mod explain;
 pub mod fsutil;
-pub mod input;
-pub mod mask;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
@@ -38,7 +37,8 @@ pub mod service;
 pub mod train;
 pub mod trust;
 pub mod watch;
-pub mod xray;
 
+// Decoding lives in cxr-io (no libtorch); its modules keep their paths here.
+pub use cxr_io::{Error as InputError, dicom, files, input, mask, xray};
 pub use error::{CoreError, Result};
 pub use tch;

@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cxr_core::CoreError;
+use cxr_core::{CoreError, InputError};
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +59,22 @@ impl ApiError {
     #[must_use]
     pub fn from_core(error: &CoreError) -> Self {
         let status = match error {
-            CoreError::Decode { .. }
-            | CoreError::TooLarge { .. }
+            CoreError::Input(
+                InputError::Decode { .. }
+                | InputError::TooLarge { .. }
+                | InputError::Refused { .. }
+                | InputError::MemoryBudget { .. },
+            )
             | CoreError::Refused { .. }
-            | CoreError::MemoryBudget { .. }
             | CoreError::NotARadiograph { .. }
             | CoreError::Unsupported { .. }
             | CoreError::Data { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             CoreError::UnknownExplainer { .. } => StatusCode::NOT_FOUND,
-            CoreError::Invalid(_) | CoreError::BadParameter { .. } => StatusCode::BAD_REQUEST,
-            CoreError::Io { .. }
+            CoreError::Input(InputError::Invalid(_))
+            | CoreError::Invalid(_)
+            | CoreError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            CoreError::Input(InputError::Io { .. })
+            | CoreError::Io { .. }
             | CoreError::ModelLoad { .. }
             | CoreError::DuplicateExplainer { .. }
             | CoreError::Torch(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +86,12 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(error: CoreError) -> Self {
         Self::from_core(&error)
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(error: InputError) -> Self {
+        Self::from_core(&CoreError::from(error))
     }
 }
 

@@ -216,13 +216,7 @@ impl Uploads {
                 format!("another image is stored as {id} (hash prefix collision)"),
             ));
         }
-        let ext = if cxr_core::dicom::is_dicom(bytes) {
-            "dcm"
-        } else if bytes.starts_with(&[0xff, 0xd8]) {
-            "jpg"
-        } else {
-            "png"
-        };
+        let ext = cxr_core::files::extension_from_content(bytes);
         let path = self.dir.join(format!("{id}.{ext}"));
         cxr_core::fsutil::write_atomic(&path, bytes)?;
         Ok(path)

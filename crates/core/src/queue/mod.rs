@@ -54,8 +54,6 @@ pub const REPORT_FILE: &str = "report.json";
 /// Hex digits of the SHA-256 that name an entry (64 bits: collisions are checked, not assumed
 /// away).
 pub const ID_LEN: usize = 16;
-/// Extensions taken from the inbox (lower case; matched without regard to case).
-pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "dcm", "dicom"];
 
 /// Where an entry is in review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -831,30 +829,14 @@ pub fn is_entry_id(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Whether a file name has one of the [`EXTENSIONS`].
-#[must_use]
-pub fn has_supported_extension(name: &str) -> bool {
-    name.rsplit_once('.').is_some_and(|(stem, ext)| {
-        !stem.is_empty() && EXTENSIONS.contains(&ext.to_lowercase().as_str())
-    })
-}
-
 /// The extension an entry's image keeps: the file's own when supported, else one guessed from
 /// its bytes.
 pub(crate) fn image_extension(file: &Path, bytes: &[u8]) -> String {
     let own = file
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
-        .filter(|e| EXTENSIONS.contains(&e.as_str()));
-    own.unwrap_or_else(|| {
-        if crate::dicom::is_dicom(bytes) {
-            "dcm".into()
-        } else if bytes.starts_with(&[0xff, 0xd8]) {
-            "jpg".into()
-        } else {
-            "png".into()
-        }
-    })
+        .filter(|e| crate::files::EXTENSIONS.contains(&e.as_str()));
+    own.unwrap_or_else(|| crate::files::extension_from_content(bytes).into())
 }
 
 fn check_reviewer(reviewer: &str) -> Result<String> {

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use notify::Event;
 use notify::event::{EventKind, MetadataKind, ModifyKind, RenameMode};
 
-use crate::queue::EXTENSIONS;
+use crate::files::{EXTENSIONS, has_supported_extension};
 
 /// What to do about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn classify_name(name: &str) -> Option<Ignored> {
         Some(Ignored::Hidden)
     } else if TEMPORARY_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
         Some(Ignored::Temporary)
-    } else if crate::queue::has_supported_extension(name) {
+    } else if has_supported_extension(name) {
         None
     } else {
         Some(Ignored::Unsupported)

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
-
 use super::WatchOptions;
 use crate::cache::Cache;
 use crate::explain::report::{ImageReport, MethodOutcome};
 use crate::explain::{Method, MethodSpec};
+use crate::files::sha256_hex;
 use crate::input::Gate;
 use crate::pipeline::Pipeline;
 use crate::queue::{
@@ -22,7 +21,7 @@ use crate::queue::{
 };
 use crate::service::{Image, Service, Settings, Target};
 use crate::xray::Xray;
-use crate::{CoreError, Result};
+use crate::{CoreError, InputError, Result};
 
 /// What a file looked like when it was examined: any change means "still being written".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,10 +158,10 @@ impl Processor {
         // The inbox is written by others: no links followed, no FIFO opened blocking, bounded.
         let bytes = match Gate::UNTRUSTED.read(path) {
             Ok(bytes) => bytes,
-            Err(CoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            Err(InputError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
                 return Outcome::Vanished;
             }
-            Err(e @ CoreError::Refused { .. }) => return self.reject(path, &e.to_string()),
+            Err(e @ InputError::Refused { .. }) => return self.reject(path, &e.to_string()),
             Err(e) => return self.unreadable(job, &format!("cannot read it: {e}")),
         };
         let stamp = Stamp::of(&before);
@@ -175,7 +174,7 @@ impl Processor {
             Ok(_) => return Outcome::Changed,
             Err(_) => return Outcome::Vanished,
         }
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let sha256 = sha256_hex(&bytes);
         match self.queue.find(&sha256) {
             Ok(Some(item)) => return duplicate(path, stamp, item),
             Ok(None) => {}
@@ -183,7 +182,9 @@ impl Processor {
         }
         let xray = match Gate::UNTRUSTED.decode(&bytes, path) {
             Ok(xray) => xray,
-            Err(e @ (CoreError::TooLarge { .. } | CoreError::Refused { .. })) => {
+            // Refused for good; anything else (a truncated file, a full memory budget) may
+            // read when retried.
+            Err(e @ (InputError::TooLarge { .. } | InputError::Refused { .. })) => {
                 return self.reject(path, &e.to_string());
             }
             Err(e) => return self.unreadable(job, &e.to_string()),

@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 use cxr_core::cache::Cache;
 use cxr_core::explain::report::{MethodReport, QualityChecks};
 use cxr_core::explain::{Explanation, Method, MethodSpec};
+use cxr_core::files::{has_supported_extension, sha256_hex};
 use cxr_core::input::Gate;
 use cxr_core::models::Classifier;
 use cxr_core::pipeline::{ClassifyReport, Pipeline};
@@ -314,7 +315,7 @@ pub fn spawn_cache_scan(
             let Ok(bytes) = cxr_core::input::Gate::TRUSTED.read(&path) else {
                 continue;
             };
-            let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let sha = sha256_hex(&bytes);
             let mut found = Vec::new();
             if let Some(cached) =
                 cache.get_json::<ClassifyReport>(&keys::classification(&sha, &fingerprint))
@@ -596,14 +597,11 @@ pub fn list_images(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            let hidden = p
+            let name = p
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            let ext = p
-                .extension()
-                .map(|e| e.to_string_lossy().to_lowercase())
+                .map(|n| n.to_string_lossy())
                 .unwrap_or_default();
-            p.is_file() && !hidden && ["png", "jpg", "jpeg", "dcm"].contains(&ext.as_str())
+            p.is_file() && !name.starts_with('.') && has_supported_extension(&name)
         })
         .collect();
     files.sort();

@@ -2,7 +2,7 @@
 //! `tests/fuzz_decode.rs`, for as long as asked:
 //!
 //! ```text
-//! cargo run --release -p cxr-core --example fuzz_decode -- --seconds 600 [--seed N] [--full]
+//! cargo run --release -p cxr-io --example fuzz_decode -- --seconds 600 [--seed N] [--full]
 //!     [--emit-seeds N]
 //! ```
 //!
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
 }
 
 fn run_error(bytes: &[u8], name: &str) -> String {
-    cxr_core::xray::Xray::decode(bytes, name)
+    cxr_io::xray::Xray::decode(bytes, name)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default()

@@ -3,7 +3,7 @@
 //! input kind (PNG 8/16-bit, JPEG, DICOM uncompressed/RLE/JPEG, and the real DICOM files).
 //! No input may panic, every error names the file on one line, and every decoded image is in
 //! [0, 1]. Every file in `tests/fuzz-corpus/` (seeds and past crashes) is replayed first.
-//! The long-running variant is `cargo run --release -p cxr-core --example fuzz_decode`.
+//! The long-running variant is `cargo run --release -p cxr-io --example fuzz_decode`.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
@@ -92,7 +92,7 @@ fn synthesized_dicom_files_are_decoded_or_refused_cleanly() {
     let mut failures = Vec::new();
     let mut refused = 0;
     for (name, bytes, expect) in dicom_synthesized() {
-        let result = std::panic::catch_unwind(|| cxr_core::xray::Xray::decode(&bytes, &name));
+        let result = std::panic::catch_unwind(|| cxr_io::xray::Xray::decode(&bytes, &name));
         match (result, expect) {
             (Err(_), _) => failures.push(format!("{name}: PANIC")),
             (Ok(Ok(x)), None) => {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 
 use crate::xray::Xray;
-use crate::{CoreError, Result};
+use crate::{Error, Result};
 
 /// Largest file read, in bytes (256 MiB): far above any radiograph, far below the memory of a
 /// workstation.
@@ -73,7 +73,7 @@ impl Gate {
     /// Opens `path` once, without blocking, and returns the handle if it is a regular file no
     /// larger than [`Gate::max_bytes`].
     pub fn open_file(&self, path: &Path) -> Result<File> {
-        let refuse = |reason: String| CoreError::Refused {
+        let refuse = |reason: String| Error::Refused {
             path: path.to_path_buf(),
             reason,
         };
@@ -89,9 +89,9 @@ impl Gate {
                     "is a symbolic link; links are not followed in this folder".into(),
                 ));
             }
-            Err(e) => return Err(CoreError::io(path, e)),
+            Err(e) => return Err(Error::io(path, e)),
         };
-        let meta = file.metadata().map_err(|e| CoreError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         let kind = meta.file_type();
         let what = if kind.is_file() {
             None
@@ -131,11 +131,11 @@ impl Gate {
             match limited.read_to_end(&mut bytes) {
                 Ok(_) => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(CoreError::io(path, e)),
+                Err(e) => return Err(Error::io(path, e)),
             }
         }
         if bytes.len() as u64 > self.max_bytes {
-            return Err(CoreError::Refused {
+            return Err(Error::Refused {
                 path: path.to_path_buf(),
                 reason: format!(
                     "grew past the {} MiB this tool reads while being read",
@@ -176,8 +176,8 @@ pub const MEMORY_BUDGET_ENV: &str = "CXR_MEMORY_BUDGET";
 ///
 /// A reservation that does not fit waits until other decodes finish. It never waits for
 /// memory when its own thread already holds a decoded image (that thread would be waiting for
-/// itself, or for a thread waiting for it): it is refused with [`CoreError::MemoryBudget`]
-/// instead, as is a single image whose estimate exceeds the whole budget ([`CoreError::Refused`]:
+/// itself, or for a thread waiting for it): it is refused with [`Error::MemoryBudget`]
+/// instead, as is a single image whose estimate exceeds the whole budget ([`Error::Refused`]:
 /// retrying cannot help). Waits are therefore always for a decode in progress or for an image
 /// held by a thread that is not waiting, and end.
 #[derive(Debug)]
@@ -265,7 +265,7 @@ impl MemoryBudget {
     pub fn global() -> Result<&'static Arc<Self>> {
         GLOBAL_BUDGET
             .as_ref()
-            .map_err(|e| CoreError::Invalid(e.clone()))
+            .map_err(|e| Error::Invalid(e.clone()))
     }
 
     /// The budget, in bytes.
@@ -333,7 +333,7 @@ impl Reservation {
         let total = budget.total;
         let need = self.bytes.saturating_add(extra);
         if need > total {
-            return Err(CoreError::Refused {
+            return Err(Error::Refused {
                 path: path.to_path_buf(),
                 reason: format!(
                     "decoding this image needs about {} MiB, more than the whole memory budget \
@@ -352,7 +352,7 @@ impl Reservation {
                 return Ok(());
             }
             if ledger.holders.get(&me).copied().unwrap_or(0) > 0 {
-                return Err(CoreError::MemoryBudget {
+                return Err(Error::MemoryBudget {
                     path: path.to_path_buf(),
                     reason: format!(
                         "memory budget exhausted: decoding needs about {} MiB, {} of the {} \
@@ -568,7 +568,7 @@ mod tests {
     fn more_than_the_whole_budget_is_refused_not_waited_for() {
         let budget = MemoryBudget::new(100);
         let e = budget.reserve(101, Path::new("bomb.png")).unwrap_err();
-        assert!(matches!(e, CoreError::Refused { .. }), "{e}");
+        assert!(matches!(e, Error::Refused { .. }), "{e}");
         let text = e.to_string();
         assert!(text.contains("more than the whole memory budget"), "{text}");
         assert!(text.contains(MEMORY_BUDGET_ENV), "{text}");
@@ -582,7 +582,7 @@ mod tests {
         image.retain(70);
         assert_eq!(budget.in_use(), 70, "shrunk to what the image keeps");
         let e = budget.reserve(40, Path::new("b.png")).unwrap_err();
-        assert!(matches!(e, CoreError::MemoryBudget { .. }), "{e}");
+        assert!(matches!(e, Error::MemoryBudget { .. }), "{e}");
         assert!(e.to_string().contains("memory budget exhausted"), "{e}");
         // What fits is granted.
         let small = budget.reserve(30, Path::new("c.png")).unwrap();

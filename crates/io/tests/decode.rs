@@ -6,8 +6,8 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use cxr_core::CoreError;
-use cxr_core::xray::Xray;
+use cxr_io::Error;
+use cxr_io::xray::Xray;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
 
 fn sample(name: &str) -> PathBuf {
@@ -177,7 +177,7 @@ fn enormous_dimensions_are_refused_before_allocating() {
     assert!(
         matches!(
             err,
-            CoreError::TooLarge {
+            Error::TooLarge {
                 width: 100_000,
                 height: 90_000,
                 ..
@@ -196,7 +196,7 @@ fn enormous_dimensions_are_refused_before_allocating() {
 #[test]
 fn unreadable_paths_name_the_path() {
     let missing = Xray::open("/nonexistent/dir/x.png").unwrap_err();
-    assert!(matches!(missing, CoreError::Io { .. }));
+    assert!(matches!(missing, Error::Io { .. }));
     assert!(
         missing.to_string().contains("/nonexistent/dir/x.png"),
         "{missing}"

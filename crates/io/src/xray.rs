@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Limits, Luma};
-use sha2::{Digest, Sha256};
 
 use crate::dicom::{self, DicomIdentifiers};
+use crate::files::sha256_hex;
 use crate::input::{
     Gate, MAX_PIXELS, MemoryBudget, Reservation, Structure, jpeg_structure, png_structure,
 };
-use crate::{CoreError, Result};
+use crate::{Error, Result};
 
 /// A grayscale image with `f32` pixels, in [0, 1] for decoded radiographs.
 pub type GrayF32 = ImageBuffer<Luma<f32>, Vec<f32>>;
@@ -68,7 +68,7 @@ impl Xray {
         let xray = Self::decode_unchecked(bytes, path)?;
         let (width, height) = (xray.width(), xray.height());
         if width < min_side || height < min_side {
-            return Err(CoreError::Refused {
+            return Err(Error::Refused {
                 path: xray.path,
                 reason: format!(
                     "image is {width}x{height} pixels, smaller than the {min_side}x{min_side} \
@@ -77,7 +77,7 @@ impl Xray {
             });
         }
         if xray.gray.iter().any(|v| !v.is_finite()) {
-            return Err(CoreError::Decode {
+            return Err(Error::Decode {
                 path: xray.path,
                 reason: "pixel values are not finite (NaN or infinite) after decoding".into(),
             });
@@ -86,7 +86,7 @@ impl Xray {
     }
 
     fn decode_unchecked(bytes: &[u8], path: PathBuf) -> Result<Self> {
-        let fail = |reason: String| CoreError::Decode {
+        let fail = |reason: String| Error::Decode {
             path: path.clone(),
             reason,
         };
@@ -100,7 +100,7 @@ impl Xray {
                 path,
                 original: DynamicImage::ImageLuma16(image.original),
                 gray: image.gray,
-                sha256: format!("{:x}", Sha256::digest(bytes)),
+                sha256: sha256_hex(bytes),
                 identifiers: Some(image.identifiers),
                 memory,
             });
@@ -118,7 +118,7 @@ impl Xray {
             return Err(fail(format!("image has no pixels ({width}x{height})")));
         }
         if width > MAX_SIDE || height > MAX_SIDE {
-            return Err(CoreError::TooLarge {
+            return Err(Error::TooLarge {
                 path,
                 width,
                 height,
@@ -166,7 +166,7 @@ impl Xray {
         for p in gray.pixels_mut() {
             p.0[0] = p.0[0].clamp(0.0, 1.0);
         }
-        let sha256 = format!("{:x}", Sha256::digest(bytes));
+        let sha256 = sha256_hex(bytes);
         memory.retain(pixels * (bytes_per_pixel + 4));
         Ok(Self {
             path,
@@ -199,7 +199,7 @@ impl Xray {
 /// message.
 pub(crate) fn check_pixels(path: &Path, pixels: u64, bytes_per_pixel: u64) -> Result<()> {
     if pixels > MAX_PIXELS {
-        return Err(CoreError::Refused {
+        return Err(Error::Refused {
             path: path.to_path_buf(),
             reason: format!(
                 "image would decode to {:.1} megapixels (up to {} MiB), more than the {} \

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use cxr_core::xray::Xray;
+use cxr_io::xray::Xray;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
