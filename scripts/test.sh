@@ -9,6 +9,7 @@ cargo test --release --workspace "$@"
 [ $# -eq 0 ] || exit 0
 
 # needs DESCRIPTION CHECK... -- CARGO-TEST-ARGS...: runs the ignored tests when CHECK succeeds.
+# (--workspace, not -p: the same feature set as the main run, so nothing is rebuilt.)
 needs() {
   local what="$1"; shift
   local check=()
@@ -30,11 +31,11 @@ read_only_folder_possible() {
 }
 
 needs "the shared data (../shared/data)" test -f "$CXR_ROOT/../shared/data/lungseg/manifest.csv" -- \
-  -p cxr-core --test models shipped_segmenter_matches_reference_masks
+  --workspace --test models shipped_segmenter_matches_reference_masks
 needs "torch in .venv" "$VENV/bin/python" -c "import torch" -- \
-  -p cxr-core --test models classifier_loads_in_pytorch_to_the_same_logits
+  --workspace --test models classifier_loads_in_pytorch_to_the_same_logits
 needs "the Python reference explainers (scripts/setup-reference.sh)" \
-  "$VENV/bin/python" -c "import pytorch_grad_cam, captum" -- -p cxr-explainers --test python_reference
-needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- -p cxr --test session_export
-needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- -p cxr --test serve
-needs "a folder that can be made read-only" read_only_folder_possible -- -p cxr --test watch_faults
+  "$VENV/bin/python" -c "import pytorch_grad_cam, captum" -- --workspace --test python_reference
+needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --test session_export
+needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --test serve
+needs "a folder that can be made read-only" read_only_folder_possible -- --workspace --test watch_faults

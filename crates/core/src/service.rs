@@ -11,7 +11,6 @@ use std::cell::{OnceCell, RefCell};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
 use crate::explain::Method;
@@ -157,7 +156,7 @@ impl Image {
     /// Bytes already read (an upload, an opened handle); `path` names them in errors.
     #[must_use]
     pub fn from_bytes(bytes: Vec<u8>, path: &Path, gate: Gate) -> Self {
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let sha256 = crate::files::sha256_hex(&bytes);
         Self {
             path: path.to_path_buf(),
             bytes,
