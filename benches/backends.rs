@@ -106,6 +106,7 @@ struct Measure<'a> {
     contenders: Vec<(&'static str, Timed<'a>)>,
 }
 
+#[allow(clippy::too_many_lines)] // the set-up, then one list of every measure and contender
 fn main() {
     cxr_explainers::link();
     let threads = compute::threads_for(

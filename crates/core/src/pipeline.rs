@@ -20,6 +20,9 @@ use crate::{CoreError, Result};
 pub const SEGMENTER_NAME: &str = "segmenter";
 pub const CLASSIFIER_NAME: &str = "classifier";
 
+/// Both models and the backend that runs them.
+type Loaded = (Box<dyn Segmenter>, Box<dyn Classifier>, Backend);
+
 /// The two models, loaded once.
 pub struct Pipeline {
     pub segmenter: Box<dyn Segmenter>,
@@ -147,7 +150,7 @@ impl Pipeline {
     fn torch_models(
         (segmenter, classifier): &(ModelFiles, ModelFiles),
         device: Device,
-    ) -> Result<(Box<dyn Segmenter>, Box<dyn Classifier>, Backend)> {
+    ) -> Result<Loaded> {
         Ok((
             models::load_segmenter(segmenter, device)?,
             models::load_classifier(classifier, device)?,
@@ -160,7 +163,7 @@ impl Pipeline {
     fn onnx_models(
         (segmenter, classifier): &(ModelFiles, ModelFiles),
         compute: &Compute,
-    ) -> Result<(Box<dyn Segmenter>, Box<dyn Classifier>, Backend)> {
+    ) -> Result<Loaded> {
         if compute.device != Device::Cpu {
             return Err(CoreError::Unsupported {
                 reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)"

@@ -7,7 +7,7 @@
 //! to libtorch, plain classification and the perturbation explainers' batches (LIME, RISE,
 //! occlusion) to ONNX Runtime. Both give the same numbers within 1e-4 (tests/onnx.rs).
 //!
-//! The shared library is the one PyPI's `onnxruntime` wheel ships, installed by
+//! The shared library is the one `PyPI`'s `onnxruntime` wheel ships, installed by
 //! `scripts/env.sh` like libtorch and found through `CXR_ONNXRUNTIME` (set at build time by
 //! env.sh and remembered in the binary; set it at run time to use another copy). Nothing is
 //! downloaded at build or run time.
