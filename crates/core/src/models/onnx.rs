@@ -88,7 +88,7 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
     };
     let session = Session::builder(environment)
         .map_err(|e| load_error(&e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| load_error(&e))?
         .with_intra_threads(threads.max(1))
         .map_err(|e| load_error(&e))?
