@@ -164,16 +164,18 @@ fn cosine_distance_to_ones(row: &[f32]) -> f64 {
 
 /// A fitted local linear model.
 #[derive(Debug, Clone)]
-struct RidgeFit {
-    coefficients: Vec<f64>,
-    intercept: f64,
+pub struct RidgeFit {
+    /// One weight per feature (superpixel).
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
     /// Weighted coefficient of determination on the perturbations.
-    r2: f64,
+    pub r2: f64,
 }
 
 /// Minimises `sum_i` `k_i` (`y_i` - b - `x_i.beta)^2` + alpha |beta|^2 (intercept not penalised), by
 /// centring on the weighted means and solving the normal equations with Cholesky.
-fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<RidgeFit> {
+/// Public so that the benchmarks can time the local model alone.
+pub fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<RidgeFit> {
     let p = x[0].len();
     let total: f64 = k.iter().sum();
     let mean_x: Vec<f64> = (0..p)
