@@ -278,13 +278,16 @@ mod tests {
 
     #[test]
     fn ridge_solves_the_normal_equations_at_lime_size() {
-        // LIME's real size (1000 perturbations of 100 superpixels), its kernel and its penalty.
+        // LIME's real size (1000 perturbations of 100 superpixels), its kernel and its penalty;
+        // each row hides a uniformly drawn number of superpixels, as LIME's rows do.
         let (samples, features, alpha) = (1000, 100, 1.0);
         let mut rng = StdRng::seed_from_u64(11);
         let x: Vec<Vec<f32>> = (0..samples)
             .map(|_| {
+                let hidden = rng.random_range(1..=features);
+                let hidden = sample(&mut rng, features, hidden).into_vec();
                 (0..features)
-                    .map(|_| f32::from(u8::from(rng.random_bool(0.5))))
+                    .map(|i| if hidden.contains(&i) { 0.0 } else { 1.0 })
                     .collect()
             })
             .collect();
