@@ -1,6 +1,6 @@
 //! Explainer cost against its floor, the classifier's own forward passes, on one real
 //! radiograph with the shipped models: Grad-CAM vs one forward; LIME-1000 vs 1000 forwards in
-//! batches of 100; and every registered explainer at its defaults.
+//! batches of 100; every registered explainer at its defaults; and LIME's local model alone.
 //! Run with `cargo bench -p cxr-benches --bench explainers` (or `scripts/bench-explainers.sh`,
 //! which also times the Python reference implementations in the same run).
 
@@ -11,6 +11,9 @@ use cxr_benches::{repo, sample};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
 use cxr_core::pipeline::Pipeline;
 use cxr_core::tch::{Device, Tensor};
+use cxr_explainers::lime::weighted_ridge;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn explainers(c: &mut Criterion) {
     cxr_explainers::link();
@@ -63,5 +66,26 @@ fn tch_no_grad_logits(model: &dyn cxr_core::models::Classifier, x: &Tensor) -> T
     cxr_core::tch::no_grad(|| model.logits(x)).expect("forward")
 }
 
-criterion_group!(benches, explainers);
+/// LIME's weighted ridge regression at LIME's real size: 1000 perturbations (random on/off
+/// superpixels) of 100 superpixels, kernel weights in its range, its penalty.
+fn lime_ridge(c: &mut Criterion) {
+    let (samples, features) = (1000, 100);
+    let mut rng = StdRng::seed_from_u64(0);
+    let x: Vec<Vec<f32>> = (0..samples)
+        .map(|_| {
+            (0..features)
+                .map(|_| f32::from(u8::from(rng.random_bool(0.5))))
+                .collect()
+        })
+        .collect();
+    let y: Vec<f64> = (0..samples).map(|_| rng.random()).collect();
+    let k: Vec<f64> = (0..samples).map(|_| rng.random_range(0.3..1.0)).collect();
+    let mut group = c.benchmark_group("lime_ridge");
+    group.bench_function("1000x100", |b| {
+        b.iter(|| weighted_ridge(black_box(&x), black_box(&y), black_box(&k), 1.0).expect("fits"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, explainers, lime_ridge);
 criterion_main!(benches);

@@ -23,23 +23,10 @@ pub enum Colormap {
     Turbo,
 }
 
-/// Viridis as 9 evenly spaced anchors (t = 0, 1/8, ..., 1), linearly interpolated in RGB.
-/// This is an anchor-interpolated approximation of matplotlib's viridis (which is CC0), not the
-/// full 256-entry table; the error is a few units per channel.
-const VIRIDIS_ANCHORS: [[u8; 3]; 9] = [
-    [68, 1, 84],
-    [71, 45, 123],
-    [59, 82, 139],
-    [44, 114, 142],
-    [33, 144, 140],
-    [39, 173, 129],
-    [93, 200, 99],
-    [170, 220, 50],
-    [253, 231, 37],
-];
-
-/// Turbo as 10 evenly spaced anchors (t = 0, 1/9, ..., 1), linearly interpolated in RGB.
-/// This is an anchor-interpolated approximation of Google's Turbo colormap, not the full table.
+/// Turbo as 10 evenly spaced anchors (t = 0, 1/9, ..., 1) of Google's 256-entry table,
+/// linearly interpolated in RGB. colorous has Turbo too, but as d3's polynomial fit, which is
+/// further from Google's table than these anchors (measured over 256 samples: at most 32 levels
+/// per channel, 6.2 on average, and near-black at 0; the anchors: 19 and 3.7, exact at both ends).
 const TURBO_ANCHORS: [[u8; 3]; 10] = [
     [48, 18, 59],
     [70, 98, 215],
@@ -85,7 +72,11 @@ impl Colormap {
     pub fn rgb(self, t: f32) -> [u8; 3] {
         let t = unit(t);
         match self {
-            Colormap::Viridis => interpolate(&VIRIDIS_ANCHORS, t),
+            // matplotlib's 256-entry table (through d3), spline-interpolated.
+            Colormap::Viridis => {
+                let colour = colorous::VIRIDIS.eval_continuous(f64::from(t));
+                [colour.r, colour.g, colour.b]
+            }
             Colormap::Turbo => interpolate(&TURBO_ANCHORS, t),
         }
     }

@@ -164,114 +164,61 @@ fn cosine_distance_to_ones(row: &[f32]) -> f64 {
 
 /// A fitted local linear model.
 #[derive(Debug, Clone)]
-struct RidgeFit {
-    coefficients: Vec<f64>,
-    intercept: f64,
+pub struct RidgeFit {
+    /// One weight per feature (superpixel).
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
     /// Weighted coefficient of determination on the perturbations.
-    r2: f64,
+    pub r2: f64,
 }
 
-/// Minimises `sum_i` `k_i` (`y_i` - b - `x_i.beta)^2` + alpha |beta|^2 (intercept not penalised), by
-/// centring on the weighted means and solving the normal equations with Cholesky.
-fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<RidgeFit> {
-    let p = x[0].len();
-    let total: f64 = k.iter().sum();
-    let mean_x: Vec<f64> = (0..p)
-        .map(|j| {
-            x.iter()
-                .zip(k)
-                .map(|(r, w)| w * f64::from(r[j]))
-                .sum::<f64>()
-                / total
-        })
-        .collect();
-    let mean_y = y.iter().zip(k).map(|(v, w)| w * v).sum::<f64>() / total;
-    let mut gram = vec![0.0; p * p];
-    let mut rhs = vec![0.0; p];
-    let mut centred = vec![0.0; p];
-    for ((row, &yi), &wi) in x.iter().zip(y).zip(k) {
-        for j in 0..p {
-            centred[j] = f64::from(row[j]) - mean_x[j];
-        }
-        for a in 0..p {
-            let ca = wi * centred[a];
-            rhs[a] += ca * (yi - mean_y);
-            for b in a..p {
-                gram[a * p + b] += ca * centred[b];
-            }
-        }
+/// Minimises `sum_i` `k_i` (`y_i` - b - `x_i.beta)^2` + alpha |beta|^2 (intercept not penalised):
+/// centred on the weighted means, the normal equations `(Xc' K Xc + alpha I) beta = Xc' K yc` are
+/// formed and solved by libtorch in f64 (Cholesky, as the matrix is symmetric positive definite
+/// for alpha > 0; a matrix that is not is reported as a singular local model).
+/// Public so that the benchmarks can time the local model alone.
+pub fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Result<RidgeFit> {
+    let samples = x.len() as i64;
+    let features = x.first().map_or(0, Vec::len) as i64;
+    let flat: Vec<f64> = x.iter().flatten().map(|&v| f64::from(v)).collect();
+    let x = Tensor::from_slice(&flat).f_view([samples, features])?;
+    let y = Tensor::from_slice(y).f_view([samples, 1])?;
+    let k = Tensor::from_slice(k).f_view([samples, 1])?;
+
+    let total = k.f_sum(Kind::Double)?;
+    let mean_x = (&x * &k).f_sum_dim_intlist(0, true, Kind::Double)? / &total;
+    let mean_y = (&y * &k).f_sum(Kind::Double)? / &total;
+    // Rows scaled by sqrt(k), so that the weighted Gram matrix is a plain Xc' Xc.
+    let root_k = k.f_sqrt()?;
+    let xc = (&x - &mean_x) * &root_k;
+    let yc = (&y - &mean_y) * &root_k;
+    let xct = xc.f_tr()?;
+    let penalty = Tensor::f_eye(features, (Kind::Double, tch::Device::Cpu))? * alpha;
+    let gram = xct.f_matmul(&xc)? + penalty;
+    let (factor, info) = gram.f_linalg_cholesky_ex(false, false)?;
+    if info.f_int64_value(&[])? != 0 {
+        return Err(CoreError::Invalid("lime: local model is singular".into()));
     }
-    for a in 0..p {
-        gram[a * p + a] += alpha;
-        for b in 0..a {
-            gram[a * p + b] = gram[b * p + a];
-        }
-    }
-    let coefficients = cholesky_solve(&mut gram, &rhs, p)
-        .ok_or_else(|| CoreError::Invalid("lime: local model is singular".into()))?;
-    let intercept = mean_y
-        - coefficients
-            .iter()
-            .zip(&mean_x)
-            .map(|(c, m)| c * m)
-            .sum::<f64>();
-    let (mut residual, mut spread) = (0.0, 0.0);
-    for ((row, &yi), &wi) in x.iter().zip(y).zip(k) {
-        let predicted = intercept
-            + row
-                .iter()
-                .zip(&coefficients)
-                .map(|(v, c)| f64::from(*v) * c)
-                .sum::<f64>();
-        residual += wi * (yi - predicted).powi(2);
-        spread += wi * (yi - mean_y).powi(2);
-    }
+    let beta = xct.f_matmul(&yc)?.f_cholesky_solve(&factor, false)?;
+
+    let intercept = &mean_y - mean_x.f_matmul(&beta)?.f_view([])?;
+    let residual = &y - x.f_matmul(&beta)? - &intercept;
+    let residual = (&k * residual.f_square()?)
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
+    let spread = (&k * (&y - &mean_y).f_square()?)
+        .f_sum(Kind::Double)?
+        .f_double_value(&[])?;
     let r2 = if spread > 0.0 {
         1.0 - residual / spread
     } else {
         1.0
     };
     Ok(RidgeFit {
-        coefficients,
-        intercept,
+        coefficients: Vec::<f64>::try_from(beta.f_view([-1])?)?,
+        intercept: intercept.f_double_value(&[])?,
         r2,
     })
-}
-
-/// Solves `a x = b` for symmetric positive definite `a` (`n` x `n`, row-major, overwritten).
-fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
-    for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
-        if d <= 0.0 {
-            return None;
-        }
-        let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
-        }
-    }
-    let mut z = b.to_vec();
-    for i in 0..n {
-        for k in 0..i {
-            z[i] -= a[i * n + k] * z[k];
-        }
-        z[i] /= a[i * n + i];
-    }
-    for i in (0..n).rev() {
-        for k in i + 1..n {
-            z[i] -= a[k * n + i] * z[k];
-        }
-        z[i] /= a[i * n + i];
-    }
-    Some(z)
 }
 
 cxr_core::register_explainer! {
@@ -327,6 +274,62 @@ mod tests {
             .unwrap()
             .coefficients[0];
         assert!((plain - 2.0).abs() < 1e-6 && weighted < 1.1 && shrunk < plain / 2.0);
+    }
+
+    #[test]
+    fn ridge_solves_the_normal_equations_at_lime_size() {
+        // LIME's real size (1000 perturbations of 100 superpixels), its kernel and its penalty;
+        // each row hides a uniformly drawn number of superpixels, as LIME's rows do.
+        let (samples, features, alpha) = (1000, 100, 1.0);
+        let mut rng = StdRng::seed_from_u64(11);
+        let x: Vec<Vec<f32>> = (0..samples)
+            .map(|_| {
+                let hidden = rng.random_range(1..=features);
+                let hidden = sample(&mut rng, features, hidden).into_vec();
+                (0..features)
+                    .map(|i| if hidden.contains(&i) { 0.0 } else { 1.0 })
+                    .collect()
+            })
+            .collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|row| 0.4 * f64::from(row[3]) + 0.1 * rng.random::<f64>())
+            .collect();
+        let k: Vec<f64> = x
+            .iter()
+            .map(|row| {
+                let d = cosine_distance_to_ones(row);
+                (-(d * d) / 0.0625).exp().sqrt()
+            })
+            .collect();
+        let fit = weighted_ridge(&x, &y, &k, alpha).unwrap();
+
+        // The objective's gradient, summed directly in f64, vanishes at the minimum.
+        let residuals: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(row, yi)| {
+                let predicted: f64 = row
+                    .iter()
+                    .zip(&fit.coefficients)
+                    .map(|(v, c)| f64::from(*v) * c)
+                    .sum();
+                yi - fit.intercept - predicted
+            })
+            .collect();
+        let intercept_equation: f64 = residuals.iter().zip(&k).map(|(r, w)| w * r).sum();
+        assert!(intercept_equation.abs() < 1e-9, "{intercept_equation:e}");
+        for j in 0..features {
+            let equation = residuals
+                .iter()
+                .zip(&k)
+                .zip(&x)
+                .map(|((r, w), row)| w * r * f64::from(row[j]))
+                .sum::<f64>()
+                - alpha * fit.coefficients[j];
+            assert!(equation.abs() < 1e-9, "normal equation {j}: {equation:e}");
+        }
+        assert!(fit.coefficients[3] > 0.3, "the signal is found");
     }
 
     #[test]

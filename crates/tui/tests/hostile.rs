@@ -5,19 +5,14 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn sample(name: &str) -> PathBuf {
-    repo().join("samples").join(name)
-}
+mod support;
+use support::{dicom_with_rescale_slope_1e308, sample};
 
 /// Runs `cxr --device cpu classify FILE` and kills it after `limit`: a hang is a failure, not a
 /// stuck test run.
@@ -234,24 +229,9 @@ fn a_real_png_bomb_is_refused_within_the_memory_budget() {
 /// before the gate.
 #[test]
 fn dicom_rescale_slope_1e308_is_refused_not_classified() {
-    let original =
-        std::fs::read(repo().join("../shared/data/dicom/pydicom-data_RG1_UNCR.dcm")).unwrap();
-    let width = original
-        .windows(6)
-        .position(|w| w == b"\x28\x00\x51\x10DS")
-        .unwrap();
-    let at = width
-        + 8
-        + usize::from(u16::from_le_bytes([
-            original[width + 6],
-            original[width + 7],
-        ]));
-    let mut patched = original[..at].to_vec();
-    patched.extend_from_slice(b"\x28\x00\x53\x10DS\x06\x001e308 ");
-    patched.extend_from_slice(&original[at..]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("slope.dcm");
-    std::fs::write(&file, patched).unwrap();
+    std::fs::write(&file, dicom_with_rescale_slope_1e308()).unwrap();
     let error = refused(&file);
     assert!(
         error.contains("Rescale Slope (1e308)") && error.contains("non-finite"),

@@ -4,16 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
 
-fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../samples")
-        .join(name)
-}
+mod support;
+use support::{CHROMIUM_FLAGS, sample};
 
 /// One queue entry: `predicted` is `(label, confidence, flags)`, `review` `(label, reviewer,
 /// time)`; the entry holds `sample` as its image and as a `grad-cam` overlay.
@@ -188,17 +185,7 @@ fn html_report_renders_in_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let shot = dir.path().join("shot.png");
     let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1200,900",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", report.display()))

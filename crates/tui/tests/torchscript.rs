@@ -51,6 +51,16 @@ fn sample() -> String {
         .to_string()
 }
 
+/// `cxr explain` of the sample with Grad-CAM and LIME (200 perturbations), overlays into `out`.
+fn explain_grad_cam_and_lime(models: &Path, out: &Path) -> Output {
+    let (sample, out) = (sample(), out.display().to_string());
+    let method = ["--method", "grad-cam,lime", "--param", "lime:samples=200"];
+    cxr(
+        models,
+        &[&["explain", &sample][..], &method, &["--out", &out]].concat(),
+    )
+}
+
 #[test]
 fn a_torchscript_classifier_classifies_and_explains_with_grad_cam_and_lime() {
     let models = models("tiny-split");
@@ -63,20 +73,7 @@ fn a_torchscript_classifier_classifies_and_explains_with_grad_cam_and_lime() {
     assert!((total - 1.0).abs() < 1e-5, "{line}");
 
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().display().to_string();
-    let out = cxr(
-        models.path(),
-        &[
-            "explain",
-            &sample(),
-            "--method",
-            "grad-cam,lime",
-            "--param",
-            "lime:samples=200",
-            "--out",
-            &out_dir,
-        ],
-    );
+    let out = explain_grad_cam_and_lime(models.path(), dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -94,20 +91,7 @@ fn a_torchscript_classifier_classifies_and_explains_with_grad_cam_and_lime() {
 fn a_logits_only_model_refuses_grad_cam_by_name_and_still_runs_lime() {
     let models = models("tiny-logits");
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().display().to_string();
-    let out = cxr(
-        models.path(),
-        &[
-            "explain",
-            &sample(),
-            "--method",
-            "grad-cam,lime",
-            "--param",
-            "lime:samples=200",
-            "--out",
-            &out_dir,
-        ],
-    );
+    let out = explain_grad_cam_and_lime(models.path(), dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "one method failed: {stderr}");
     assert!(

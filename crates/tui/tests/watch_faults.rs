@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
+use support::{Rng, names_in, repo, sha256, with_text};
 
 /// The six committed sample radiographs (PNG).
 fn samples() -> Vec<Vec<u8>> {
@@ -31,40 +30,6 @@ fn samples() -> Vec<Vec<u8>> {
         .collect();
     names.sort();
     names.iter().map(|p| std::fs::read(p).unwrap()).collect()
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-/// The same picture with a `tEXt` chunk after the header: other bytes, so another hash.
-fn with_text(png: &[u8], text: &str) -> Vec<u8> {
-    const AFTER_IHDR: usize = 8 + 4 + 4 + 13 + 4;
-    let mut chunk = b"tEXt".to_vec();
-    chunk.extend_from_slice(b"cxr-test\0");
-    chunk.extend_from_slice(text.as_bytes());
-    let mut out = png[..AFTER_IHDR].to_vec();
-    out.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
-    out.extend_from_slice(&chunk);
-    out.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    out.extend_from_slice(&png[AFTER_IHDR..]);
-    out
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    cxr_core::xray::Xray::decode(bytes, "test").unwrap().sha256
-}
-
-/// A small seeded generator (xorshift64*), enough for a kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 /// A running `cxr watch`, its JSON events read on a thread.
@@ -195,17 +160,6 @@ fn file_name(event: &Value) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir).map_or_else(
-        |_| BTreeSet::new(),
-        |listing| {
-            listing
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        },
-    )
 }
 
 /// Drops a file: written under a hidden temporary name and renamed (what producers should

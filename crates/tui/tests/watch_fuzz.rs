@@ -29,46 +29,11 @@ use serde_json::Value;
 
 use cxr_core::queue::{Order, Queue};
 
+mod support;
+use support::{Rng, sample, sha256, with_text};
+
 const SEEDS: [u64; 2] = [7, 42];
 const OPS: usize = 14;
-
-fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../samples")
-        .join(name)
-}
-
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
-/// The same picture with a `tEXt` chunk after the header: other bytes, so other content.
-fn with_text(png: &[u8], text: &str) -> Vec<u8> {
-    const AFTER_IHDR: usize = 8 + 4 + 4 + 13 + 4;
-    let mut chunk = b"tEXt".to_vec();
-    chunk.extend_from_slice(b"cxr-fuzz\0");
-    chunk.extend_from_slice(text.as_bytes());
-    let mut out = png[..AFTER_IHDR].to_vec();
-    out.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
-    out.extend_from_slice(&chunk);
-    out.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
-    out.extend_from_slice(&png[AFTER_IHDR..]);
-    out
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    cxr_core::xray::Xray::decode(bytes, "content")
-        .unwrap()
-        .sha256
-}
 
 /// A running `cxr watch`, its JSON events read on a thread.
 struct Watcher {

@@ -6,17 +6,14 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../samples")
-        .join(name)
-}
+mod support;
+use support::{dicom_with_rescale_slope_1e308, names_in, sample};
 
 fn watch(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cxr"));
@@ -56,17 +53,6 @@ fn watch_once(dir: &Path, args: &[&str]) -> (Output, Vec<Value>) {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     (out, events)
-}
-
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir).map_or_else(
-        |_| BTreeSet::new(),
-        |listing| {
-            listing
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        },
-    )
 }
 
 fn reason(dir: &Path, name: &str) -> String {
@@ -299,25 +285,7 @@ fn a_sparse_file_and_a_nan_dicom_are_rejected_once_and_the_queue_stays_readable(
     let sparse = File::create(inbox.join("sparse.png")).unwrap();
     sparse.set_len(2_500_000_000).unwrap();
     drop(sparse);
-    let original = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/dicom/pydicom-data_RG1_UNCR.dcm"),
-    )
-    .unwrap();
-    let width = original
-        .windows(6)
-        .position(|w| w == b"\x28\x00\x51\x10DS")
-        .unwrap();
-    let at = width
-        + 8
-        + usize::from(u16::from_le_bytes([
-            original[width + 6],
-            original[width + 7],
-        ]));
-    let mut patched = original[..at].to_vec();
-    patched.extend_from_slice(b"\x28\x00\x53\x10DS\x06\x001e308 ");
-    patched.extend_from_slice(&original[at..]);
-    std::fs::write(inbox.join("slope.dcm"), patched).unwrap();
+    std::fs::write(inbox.join("slope.dcm"), dicom_with_rescale_slope_1e308()).unwrap();
     std::fs::copy(sample("nih_00001299_000.png"), inbox.join("good.png")).unwrap();
 
     let (out, events) = watch_once(&dir, &[]);
