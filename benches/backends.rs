@@ -31,12 +31,11 @@ use cxr_core::tch::{self, Device, Tensor};
 use cxr_core::xray::Xray;
 
 const IMAGE: &str = "nih_00001299_000.png";
-const CONTENDERS: [&str; 5] = [
+const CONTENDERS: [&str; 4] = [
     "cxr-torch",
     "cxr-onnx",
     "pytorch-eager",
     "onnxruntime-python",
-    "cxr-torch-unfused",
 ];
 
 /// The Python side: a child process that times what it is asked to.
@@ -202,9 +201,8 @@ fn main() {
             name: "unet_forward",
             per_round: 5,
             contenders: [
-                ("cxr-torch", timed(|| unet.forward_inference(&unet_input))),
                 (
-                    "cxr-torch-unfused",
+                    "cxr-torch",
                     timed(|| tch::no_grad(|| unet.forward_t(&unet_input, false))),
                 ),
                 (
@@ -339,7 +337,7 @@ fn agreement(
     lime: &dyn cxr_core::explain::Explainer,
 ) {
     let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).expect("scalar");
-    let unet_torch = unet.forward_inference(unet_input);
+    let unet_torch = tch::no_grad(|| unet.forward_t(unet_input, false));
     let unet_ort = unet_onnx.logits(unet_input).expect("forward");
     let logits =
         |p: &Pipeline| tch::no_grad(|| p.classifier.logits(classifier_input)).expect("forward");

@@ -69,20 +69,13 @@ impl UNetSegmenter {
         self.net.forward_t(xs, train)
     }
 
-    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]` in eval mode, with the
-    /// batch norms folded into the convolutions (see [`UNet::forward_inference`]).
-    #[must_use]
-    pub fn forward_inference(&self, xs: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.forward_inference(xs))
-    }
-
     /// Lung probability at the segmenter's resolution, `[256, 256]`, on the CPU.
     pub fn probabilities(&self, gray: &GrayF32) -> Result<Tensor> {
         let side = i64::from(SEGMENTER_SIDE);
         let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
             .f_view([1, 1, side, side])?
             .f_to_device(self.vs.device())?;
-        let logits = self.forward_inference(&input);
+        let logits = tch::no_grad(|| self.net.forward_t(&input, false));
         Ok(logits
             .f_sigmoid()?
             .f_to_device(Device::Cpu)?

@@ -94,6 +94,10 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
         .map_err(|e| load_error(&e))?
         .with_inter_threads(1)
         .map_err(|e| load_error(&e))?
+        // Spinning threads would hold the cores that libtorch's operators (the mask's resize,
+        // gradient explainers) need right after each forward pass.
+        .with_intra_op_spinning(false)
+        .map_err(|e| load_error(&e))?
         .commit_from_file(path)
         .map_err(|e| load_error(&e))?;
     let recorded = session

@@ -7,9 +7,6 @@ use tch::nn::{self, ModuleT};
 
 use super::resnet::batch_norm;
 
-/// tch's batch norm epsilon (`BatchNormConfig::default`), which the folded forward must match.
-const BATCH_NORM_EPS: f64 = 1e-5;
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UNetConfig {
     pub in_channels: i64,
@@ -59,29 +56,6 @@ impl DoubleConv {
         let ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         ys.apply(&self.conv2).apply_t(&self.bn2, train).relu()
     }
-
-    /// The eval-mode forward with each batch norm folded into the convolution before it (its
-    /// scale into the weights, its shift into a bias) and `ReLU` in place: two passes over the
-    /// feature map instead of six.
-    fn forward_folded(&self, xs: &Tensor) -> Tensor {
-        let ys = folded_conv(xs, &self.conv1, &self.bn1).relu_();
-        folded_conv(&ys, &self.conv2, &self.bn2).relu_()
-    }
-}
-
-/// `bn(conv(xs))` in eval mode as one convolution (3x3, padding 1, no bias of its own).
-fn folded_conv(xs: &Tensor, conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Tensor {
-    let scale = match &bn.ws {
-        Some(gamma) => gamma / (&bn.running_var + BATCH_NORM_EPS).sqrt(),
-        None => (&bn.running_var + BATCH_NORM_EPS).sqrt().reciprocal(),
-    };
-    let shift = -&bn.running_mean * &scale;
-    let shift = match &bn.bs {
-        Some(beta) => shift + beta,
-        None => shift,
-    };
-    let weights = &conv.ws * scale.view([-1, 1, 1, 1]);
-    xs.conv2d(&weights, Some(&shift), [1, 1], [1, 1], [1, 1], 1)
 }
 
 #[derive(Debug)]
@@ -131,31 +105,6 @@ impl UNet {
     }
 }
 
-impl UNet {
-    /// The eval-mode forward pass with batch norms folded into the convolutions: the same
-    /// logits as `forward_t(xs, false)` within float rounding, for inference only (the folded
-    /// weights are made on each call, from the current parameters, so they are never stale).
-    ///
-    /// # Shapes
-    /// `[N, in_channels, H, W]` -> `[N, 1, H, W]` lung logits
-    #[must_use]
-    pub fn forward_inference(&self, xs: &Tensor) -> Tensor {
-        let mut skips = Vec::with_capacity(self.down.len());
-        let mut ys = xs.shallow_clone();
-        for block in &self.down {
-            let y = block.forward_folded(&ys);
-            ys = y.max_pool2d_default(2);
-            skips.push(y);
-        }
-        ys = self.bottleneck.forward_folded(&ys);
-        for ((upconv, block), skip) in self.up.iter().zip(skips.iter().rev()) {
-            let up = ys.apply(upconv);
-            ys = block.forward_folded(&Tensor::cat(&[skip, &up], 1));
-        }
-        ys.apply(&self.head)
-    }
-}
-
 impl ModuleT for UNet {
     /// # Shapes
     /// `[N, in_channels, H, W]` -> `[N, 1, H, W]` lung logits
@@ -173,39 +122,5 @@ impl ModuleT for UNet {
             ys = block.forward_t(&Tensor::cat(&[skip, &up], 1), train);
         }
         ys.apply(&self.head)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::{Device, Kind};
-
-    #[test]
-    fn folding_the_batch_norms_keeps_the_logits() {
-        tch::manual_seed(7);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = UNet::new(&vs.root(), &UNetConfig::small());
-        // Batch norms fresh from initialisation are the identity; give them real statistics.
-        tch::no_grad(|| {
-            for (name, mut t) in vs.variables() {
-                let noise = Tensor::rand_like(&t);
-                if name.ends_with("running_var") {
-                    t.copy_(&(noise + 0.5));
-                } else if name.contains(".bn") {
-                    t.copy_(&(noise - 0.5));
-                }
-            }
-        });
-        let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
-        let plain = tch::no_grad(|| net.forward_t(&x, false));
-        let folded = tch::no_grad(|| net.forward_inference(&x));
-        let scale = f64::try_from(plain.abs().max()).unwrap();
-        let diff = f64::try_from((&plain - &folded).abs().max()).unwrap();
-        assert!(scale > 0.01, "logits too small to compare: {scale}");
-        assert!(
-            diff < 1e-4 * scale,
-            "folded logits differ by {diff:e} (largest {scale})"
-        );
     }
 }
