@@ -239,6 +239,14 @@ impl Classifier for Stoppable {
     fn randomised(&self, seed: u64) -> cxr_core::Result<Box<dyn Classifier>> {
         self.inner.randomised(seed)
     }
+    // The backend may answer this in one pass of its own (ONNX Runtime): pass it through too.
+    fn predict_with_features(
+        &self,
+        input: &Tensor,
+    ) -> cxr_core::Result<(cxr_core::models::Prediction, Option<Vec<f32>>)> {
+        self.check()?;
+        self.inner.predict_with_features(input)
+    }
 }
 
 /// What to analyse and explain.
