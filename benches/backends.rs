@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use cxr_benches::{repo, sample};
-use cxr_core::compute::{self, Backend, Compute};
+use cxr_core::compute::{Backend, Compute};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
 use cxr_core::models::onnx::OnnxSegmenter;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
@@ -109,13 +109,11 @@ struct Measure<'a> {
 #[allow(clippy::too_many_lines)] // the set-up, then one list of every measure and contender
 fn main() {
     cxr_explainers::link();
-    let threads = compute::threads_for(
-        1,
-        std::env::var("CXR_THREADS")
-            .ok()
-            .and_then(|t| t.parse().ok()),
-    );
-    let compute = Compute::on(Device::Cpu).with_threads(Some(threads));
+    let requested = std::env::var("CXR_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok());
+    let compute = Compute::on(Device::Cpu).with_threads(requested);
+    let threads = compute.threads();
     compute.apply();
     let models = repo().join("models");
     let torch =

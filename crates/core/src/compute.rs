@@ -68,6 +68,9 @@ pub struct Compute {
     pub requested_threads: Option<usize>,
     /// Workers that run models at once in this process.
     pub workers: usize,
+    /// Cores not busy with other work when this was made: measured once, so that every model a
+    /// command loads gets the same thread count.
+    idle_cores: usize,
 }
 
 impl Compute {
@@ -79,6 +82,7 @@ impl Compute {
             backend: Backend::Auto,
             requested_threads: None,
             workers: 1,
+            idle_cores: idle_cores(load_average()),
         }
     }
 
@@ -108,7 +112,10 @@ impl Compute {
     /// Intra-op threads of each worker (libtorch and ONNX Runtime alike).
     #[must_use]
     pub fn threads(&self) -> usize {
-        threads_for(self.workers, self.requested_threads)
+        match self.requested_threads {
+            Some(n) => n.max(1),
+            None => (self.idle_cores / self.workers).max(1),
+        }
     }
 
     /// Applies the thread count to libtorch on the calling thread; each worker thread calls it
@@ -117,16 +124,6 @@ impl Compute {
     pub fn apply(&self) {
         tch::set_num_threads(i32::try_from(self.threads()).unwrap_or(i32::MAX));
     }
-}
-
-/// Threads per worker: `requested` when given, else the idle cores divided among `workers`
-/// (at least one each).
-#[must_use]
-pub fn threads_for(workers: usize, requested: Option<usize>) -> usize {
-    if let Some(n) = requested {
-        return n.max(1);
-    }
-    (idle_cores(load_average()) / workers.max(1)).max(1)
 }
 
 /// The available cores less those other work keeps busy (`load`, the one-minute load average,
@@ -156,10 +153,11 @@ mod tests {
     #[test]
     fn cores_are_shared_between_workers_and_never_below_one() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        assert!((1..=cores).contains(&threads_for(1, None)));
-        assert_eq!(threads_for(cores * 4, None), 1);
-        assert_eq!(threads_for(3, Some(5)), 5);
-        assert_eq!(threads_for(1, Some(0)), 1);
+        let cpu = Compute::on(Device::Cpu);
+        assert!((1..=cores).contains(&cpu.threads()));
+        assert_eq!(cpu.for_workers(cores * 4).threads(), 1);
+        assert_eq!(cpu.for_workers(3).with_threads(Some(5)).threads(), 5);
+        assert_eq!(cpu.with_threads(Some(0)).threads(), 1);
     }
 
     #[test]

@@ -130,11 +130,7 @@ impl Pipeline {
         compute.apply();
         let files = ModelFiles::new(dir, SEGMENTER_NAME);
         let onnx = || -> Result<Box<dyn Segmenter>> {
-            if compute.device != Device::Cpu || files.format()? != Format::NativeSafetensors {
-                return Err(CoreError::Unsupported {
-                    reason: "the ONNX backend runs native models on the CPU only".into(),
-                });
-            }
+            onnx_applies(&files, compute)?;
             Ok(Box::new(OnnxSegmenter::load(&files, compute.threads())?))
         };
         match compute.backend {
@@ -164,22 +160,8 @@ impl Pipeline {
         (segmenter, classifier): &(ModelFiles, ModelFiles),
         compute: &Compute,
     ) -> Result<Loaded> {
-        if compute.device != Device::Cpu {
-            return Err(CoreError::Unsupported {
-                reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)"
-                    .into(),
-            });
-        }
-        for files in [segmenter, classifier] {
-            if files.format()? != Format::NativeSafetensors {
-                return Err(CoreError::Unsupported {
-                    reason: format!(
-                        "{}: ONNX exports are made of native models only",
-                        files.meta.display()
-                    ),
-                });
-            }
-        }
+        onnx_applies(segmenter, compute)?;
+        onnx_applies(classifier, compute)?;
         let torch = models::load_classifier(classifier, compute.device)?;
         Ok((
             Box::new(OnnxSegmenter::load(segmenter, compute.threads())?),
@@ -277,6 +259,25 @@ impl Analysis {
             },
         }
     }
+}
+
+/// Whether the model `files` describe can run on ONNX Runtime as `compute` asks: a native
+/// model on the CPU; `Err` says why not.
+fn onnx_applies(files: &ModelFiles, compute: &Compute) -> Result<()> {
+    if compute.device != Device::Cpu {
+        return Err(CoreError::Unsupported {
+            reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)".into(),
+        });
+    }
+    if files.format()? != Format::NativeSafetensors {
+        return Err(CoreError::Unsupported {
+            reason: format!(
+                "{}: ONNX exports are made of native models only",
+                files.meta.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Familiarity and flags of one analysed radiograph: the input checks always, the feature and
