@@ -11,6 +11,8 @@
 //! in `CXR_BENCH_ROUNDS` (15) interleaved rounds, and prints their medians and the ratios the
 //! project's speed targets are stated in, and the largest differences between cxr's two
 //! backends on this radiograph. Threads: `CXR_THREADS`, else all cores, for every contender.
+//! `CXR_BENCH_MEASURES` (names, comma-separated) limits the rounds to some measures; the
+//! argument `skip-criterion` (a filter no benchmark matches) leaves out criterion's runs.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -180,7 +182,7 @@ fn main() {
     let backends = [("cxr-torch", &torch), ("cxr-onnx", &onnx)];
     let (bytes, path, lime, x) = (&bytes, &path, &lime, &classifier_input);
     let explain_input = &explain_input;
-    let mut measures = [
+    let mut measures = vec![
         Measure {
             name: "classifier_forward",
             per_round: 20,
@@ -261,6 +263,12 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(15);
+    // `CXR_BENCH_MEASURES=unet_forward,end_to_end` keeps those measures' rounds only.
+    let chosen = std::env::var("CXR_BENCH_MEASURES").unwrap_or_default();
+    let mut measures: Vec<Measure<'_>> = measures
+        .into_iter()
+        .filter(|m| chosen.is_empty() || chosen.split(',').any(|c| c.trim() == m.name))
+        .collect();
     interleaved(&mut measures, rounds, threads);
     drop(measures);
     agreement(
@@ -282,11 +290,17 @@ fn interleaved(measures: &mut [Measure<'_>], rounds: usize, threads: usize) {
         .iter()
         .map(|m| vec![Vec::with_capacity(rounds); m.contenders.len()])
         .collect();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for (measure, times) in measures.iter_mut().zip(&mut samples) {
-            for ((_, run), times) in measure.contenders.iter_mut().zip(times.iter_mut()) {
-                let elapsed = run(measure.per_round);
-                times.push(elapsed.as_secs_f64() * 1e3 / measure.per_round as f64);
+            // Each round starts with another contender, and each contender starts after a
+            // pause: threads a runtime leaves spinning after its last run (OpenMP's for
+            // milliseconds, ONNX Runtime's in Python until they time out) would otherwise
+            // always slow down the same next contender.
+            let k = measure.contenders.len();
+            for i in (0..k).map(|i| (i + round) % k) {
+                std::thread::sleep(Duration::from_millis(50));
+                let elapsed = (measure.contenders[i].1)(measure.per_round);
+                times[i].push(elapsed.as_secs_f64() * 1e3 / measure.per_round as f64);
             }
         }
     }

@@ -123,7 +123,35 @@ impl Compute {
     /// sessions take the count when they are made.
     pub fn apply(&self) {
         tch::set_num_threads(i32::try_from(self.threads()).unwrap_or(i32::MAX));
+        reuse_freed_memory();
     }
+}
+
+/// Keeps the memory libtorch frees for its next allocations, once per process.
+///
+/// A forward pass allocates and frees megabytes of activations per layer. With glibc's defaults
+/// each such block is a fresh `mmap` (or the heap is trimmed after it), so the next pass faults
+/// every page in again and the kernel zeroes it: about 6,600 page faults and a quarter of the
+/// U-Net's time per forward on this project's machine (102 ms against 77 ms with this; PyTorch
+/// in Python pays the same cost). Blocks of up to 1 GiB now come from the heap, and up to 1 GiB
+/// of freed heap is kept for reuse rather than given back: the process keeps its peak footprint
+/// instead of refaulting it.
+fn reuse_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only sets two of glibc's allocator parameters; it takes its own lock,
+        // and blocks allocated before keep working.
+        let accepted = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        };
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if !accepted {
+            tracing::debug!("glibc refused the allocator settings; freed memory goes back");
+        }
+    });
 }
 
 /// The available cores less those other work keeps busy (`load`, the one-minute load average,
