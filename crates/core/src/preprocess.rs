@@ -19,8 +19,71 @@ const CROP_MARGIN: f32 = 0.08;
 /// exposure differences between sources.
 #[must_use]
 pub fn segmenter_input(gray: &GrayF32) -> Vec<f32> {
-    let small = imageops::resize(gray, SEGMENTER_SIDE, SEGMENTER_SIDE, FilterType::Triangle);
+    let small = resize_triangle(gray, SEGMENTER_SIDE, SEGMENTER_SIDE);
     standardise(small.as_raw(), None)
+}
+
+/// `gray` resized with a triangle (linear) filter, widened when shrinking: the same result,
+/// bit for bit, as `image::imageops::resize(gray, w, h, FilterType::Triangle)` (the same
+/// weights, sums in the same order, the same clamping to [0, 1]), which the models were trained
+/// on, in a quarter of its time: one channel instead of four, and whole rows at a time.
+#[must_use]
+pub fn resize_triangle(gray: &GrayF32, w: u32, h: u32) -> GrayF32 {
+    let (width, height) = gray.dimensions();
+    if (width, height) == (w, h) || width == 0 || height == 0 {
+        return imageops::resize(gray, w, h, FilterType::Triangle);
+    }
+    let (width, w) = (width as usize, w as usize);
+    // Down the columns first, a row of output at a time...
+    let mut tall = vec![0.0f32; width * h as usize];
+    for ((first, weights), out) in triangle_taps(height, h)
+        .iter()
+        .zip(tall.chunks_exact_mut(width))
+    {
+        let rows = gray.as_raw()[first * width..].chunks_exact(width);
+        for (row, weight) in rows.zip(weights) {
+            out.iter_mut().zip(row).for_each(|(o, p)| *o += p * weight);
+        }
+    }
+    // ...then along the rows.
+    let columns = triangle_taps(width as u32, w as u32);
+    let mut resized = Vec::with_capacity(w * h as usize);
+    for row in tall.chunks_exact(width) {
+        resized.extend(columns.iter().map(|(first, weights)| {
+            let sum = row[*first..]
+                .iter()
+                .zip(weights)
+                .fold(0.0f32, |sum, (p, weight)| sum + p * weight);
+            sum.clamp(0.0, 1.0)
+        }));
+    }
+    GrayF32::from_raw(w as u32, h, resized).expect("w x h values")
+}
+
+/// For each of `output` positions along an axis `input` pixels long: the first source pixel
+/// and the normalised triangle-filter weights of it and the following ones, as `image`
+/// computes them.
+fn triangle_taps(input: u32, output: u32) -> Vec<(usize, Vec<f32>)> {
+    let ratio = input as f32 / output as f32;
+    let widen = ratio.max(1.0);
+    (0..output)
+        .map(|i| {
+            let centre = (i as f32 + 0.5) * ratio;
+            let left = ((centre - widen).floor() as i64).clamp(0, i64::from(input) - 1);
+            let right = ((centre + widen).ceil() as i64).clamp(left + 1, i64::from(input));
+            let mut weights: Vec<f32> = (left..right)
+                .map(|p| {
+                    let x = ((p as f32 - (centre - 0.5)) / widen).abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                })
+                .collect();
+            let sum: f32 = weights.iter().fold(0.0, |sum, w| sum + w);
+            for w in &mut weights {
+                *w /= sum;
+            }
+            (left as usize, weights)
+        })
+        .collect()
 }
 
 /// Where the classifier's square input lies in the original radiograph, in original pixels.
@@ -108,13 +171,19 @@ impl ClassifierInput {
 pub fn classifier_input(gray: &GrayF32, mask: &LungMask, style: InputStyle) -> ClassifierInput {
     let crop = lung_crop(mask);
     let side = CLASSIFIER_SIDE as usize;
+    // The crop's grid is separable: each column samples at one x, each row at one y.
+    let columns: Vec<Tap> = (0..side)
+        .map(|u| Tap::at(crop.to_original(u as f32, 0.0).0, gray.width()))
+        .collect();
     let mut pixels = Vec::with_capacity(side * side);
     let mut inside = Vec::with_capacity(side * side);
     for v in 0..side {
-        for u in 0..side {
-            let (x, y) = crop.to_original(u as f32, v as f32);
-            pixels.push(bilinear(gray.as_raw(), gray.width(), gray.height(), x, y));
-            let m = bilinear_u8(mask.as_raw(), mask.width(), mask.height(), x, y);
+        let row = Tap::at(crop.to_original(0.0, v as f32).1, gray.height());
+        let width = gray.width() as usize;
+        let (image, lungs) = (gray.as_raw(), mask.as_raw());
+        for column in &columns {
+            pixels.push(bilinear(row, *column, width, |i| image[i]));
+            let m = bilinear(row, *column, width, |i| f32::from(lungs[i]) / 255.0);
             inside.push(if m >= 0.5 { 1.0 } else { 0.0 });
         }
     }
@@ -138,30 +207,54 @@ pub fn classifier_input(gray: &GrayF32, mask: &LungMask, style: InputStyle) -> C
 }
 
 /// Each pixel's rank among the pixels where `weights` > 0 (all when `None`), as a value in
-/// (0, 1) centred and scaled to unit variance: a histogram equalisation over the lungs.
+/// (0, 1) centred and scaled to unit variance: a histogram equalisation over the lungs. Ties
+/// share their mean rank.
 fn equalise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
-    let mut reference: Vec<f32> = match weights {
-        Some(w) => pixels
-            .iter()
-            .zip(w)
-            .filter(|(_, w)| **w > 0.0)
-            .map(|(p, _)| *p)
-            .collect(),
-        None => pixels.to_vec(),
-    };
-    reference.sort_by(f32::total_cmp);
-    let n = reference.len().max(1) as f32;
+    let counts = |i: usize| weights.is_none_or(|w| w[i] > 0.0);
+    // Every pixel in order of value (its index in the low bits): one pass then knows, for each
+    // value, how many counted pixels lie below it and how many equal it.
+    let mut order: Vec<u64> = pixels
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (u64::from(ordered_bits(*p)) << 32) | i as u64)
+        .collect();
+    order.sort_unstable();
+    let index = |key: u64| (key & u64::from(u32::MAX)) as usize;
+    let n = (0..pixels.len()).filter(|&i| counts(i)).count().max(1) as f32;
     // A uniform variable on (0, 1) has variance 1/12.
     let scale = 12f32.sqrt();
-    pixels
-        .iter()
-        .map(|p| {
-            let below = reference.partition_point(|r| r < p);
-            let not_above = reference.partition_point(|r| r <= p);
-            let rank = (below + not_above) as f32 / 2.0 / n;
-            (rank - 0.5) * scale
-        })
-        .collect()
+    let mut equalised = vec![0.0; pixels.len()];
+    let (mut below, mut start) = (0, 0);
+    while start < order.len() {
+        let value = pixels[index(order[start])];
+        let end = start
+            + 1
+            + order[start + 1..]
+                .iter()
+                .take_while(|&&key| pixels[index(key)] == value)
+                .count();
+        let equal = order[start..end]
+            .iter()
+            .filter(|&&key| counts(index(key)))
+            .count();
+        let rank = (2 * below + equal) as f32 / 2.0 / n;
+        for &key in &order[start..end] {
+            equalised[index(key)] = (rank - 0.5) * scale;
+        }
+        below += equal;
+        start = end;
+    }
+    equalised
+}
+
+/// The bits of `value` as an unsigned number in the order of the values (IEEE total order).
+fn ordered_bits(value: f32) -> u32 {
+    let bits = value.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    }
 }
 
 /// The mask smoothed by a `FEATHER`-wide box filter (edges averaged over the pixels inside the
@@ -169,25 +262,28 @@ fn equalise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
 #[must_use]
 pub fn feather(mask: &[f32], side: usize) -> Vec<f32> {
     let r = FEATHER / 2;
-    let pass = |data: &[f32], horizontal: bool| -> Vec<f32> {
-        let mut out = vec![0.0; data.len()];
-        for a in 0..side {
-            for b in 0..side {
-                let (lo, hi) = (b.saturating_sub(r), (b + r).min(side - 1));
-                let at = |k: usize| {
-                    if horizontal {
-                        a * side + k
-                    } else {
-                        k * side + a
-                    }
-                };
-                let sum: f32 = (lo..=hi).map(|k| data[at(k)]).sum();
-                out[at(b)] = sum / (hi - lo + 1) as f32;
-            }
+    let window = |b: usize| (b.saturating_sub(r), (b + r).min(side - 1));
+    let mut across = vec![0.0; mask.len()];
+    for (row, out) in mask.chunks_exact(side).zip(across.chunks_exact_mut(side)) {
+        for (b, value) in out.iter_mut().enumerate() {
+            let (lo, hi) = window(b);
+            *value = row[lo..=hi].iter().sum::<f32>() / (hi - lo + 1) as f32;
         }
-        out
-    };
-    pass(&pass(mask, true), false)
+    }
+    // Down the columns a row at a time, adding the rows in the same order as a per-pixel sum.
+    let mut feathered = vec![0.0; mask.len()];
+    for (b, out) in feathered.chunks_exact_mut(side).enumerate() {
+        let (lo, hi) = window(b);
+        out.fill(-0.0);
+        for row in across[lo * side..(hi + 1) * side].chunks_exact(side) {
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        let n = (hi - lo + 1) as f32;
+        for o in out.iter_mut() {
+            *o /= n;
+        }
+    }
+    feathered
 }
 
 /// The square crop around the lungs.
@@ -233,27 +329,38 @@ fn standardise(pixels: &[f32], weights: Option<&[f32]>) -> Vec<f32> {
         .collect()
 }
 
-/// Bilinear sample at (x, y); 0 outside the image.
-fn bilinear(data: &[f32], w: u32, h: u32, x: f32, y: f32) -> f32 {
-    sample(w, h, x, y, |i| data[i])
+/// Where one coordinate of a bilinear sample falls: the two neighbouring pixel positions along
+/// that axis (`None` outside the image, which counts as 0) and the weight of the second.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    first: Option<usize>,
+    second: Option<usize>,
+    weight: f32,
 }
 
-fn bilinear_u8(data: &[u8], w: u32, h: u32, x: f32, y: f32) -> f32 {
-    sample(w, h, x, y, |i| f32::from(data[i]) / 255.0)
-}
-
-fn sample(w: u32, h: u32, x: f32, y: f32, at: impl Fn(usize) -> f32) -> f32 {
-    let (x0, y0) = (x.floor(), y.floor());
-    let (fx, fy) = (x - x0, y - y0);
-    let get = |xi: f32, yi: f32| {
-        if xi < 0.0 || yi < 0.0 || xi >= w as f32 || yi >= h as f32 {
-            0.0
-        } else {
-            at(yi as usize * w as usize + xi as usize)
+impl Tap {
+    /// The tap at coordinate `x` on an axis `len` pixels long.
+    fn at(x: f32, len: u32) -> Self {
+        let floor = x.floor();
+        let inside = |p: f32| (p >= 0.0 && p < len as f32).then_some(p as usize);
+        Self {
+            first: inside(floor),
+            second: inside(floor + 1.0),
+            weight: x - floor,
         }
+    }
+}
+
+/// Bilinear sample at (`column`, `row`) of a row-major image `width` pixels wide whose pixel
+/// `i` is `at(i)`; 0 outside the image.
+fn bilinear(row: Tap, column: Tap, width: usize, at: impl Fn(usize) -> f32) -> f32 {
+    let get = |y: Option<usize>, x: Option<usize>| match (y, x) {
+        (Some(y), Some(x)) => at(y * width + x),
+        _ => 0.0,
     };
-    let top = get(x0, y0) * (1.0 - fx) + get(x0 + 1.0, y0) * fx;
-    let bottom = get(x0, y0 + 1.0) * (1.0 - fx) + get(x0 + 1.0, y0 + 1.0) * fx;
+    let (fx, fy) = (column.weight, row.weight);
+    let top = get(row.first, column.first) * (1.0 - fx) + get(row.first, column.second) * fx;
+    let bottom = get(row.second, column.first) * (1.0 - fx) + get(row.second, column.second) * fx;
     top * (1.0 - fy) + bottom * fy
 }
 
@@ -261,6 +368,128 @@ fn sample(w: u32, h: u32, x: f32, y: f32, at: impl Fn(usize) -> f32) -> f32 {
 mod tests {
     use super::*;
     use image::{GrayImage, Luma};
+
+    /// Values in [0, 1] from a fixed seed.
+    fn noise(w: u32, h: u32, seed: u64) -> GrayF32 {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        GrayF32::from_fn(w, h, |_, _| Luma([rng.random::<f32>()]))
+    }
+
+    #[test]
+    fn the_triangle_resize_is_the_image_crates_bit_for_bit() {
+        for (i, (w, h, to_w, to_h)) in [
+            (512, 512, 256, 256),
+            (512, 481, 256, 256),
+            (300, 200, 256, 256),
+            (1000, 37, 256, 256),
+            (3, 5, 256, 256),
+            (256, 256, 8, 300),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let gray = noise(w, h, i as u64);
+            let ours = resize_triangle(&gray, to_w, to_h);
+            let theirs = imageops::resize(&gray, to_w, to_h, FilterType::Triangle);
+            assert_eq!(ours.dimensions(), theirs.dimensions());
+            let differ = ours
+                .iter()
+                .zip(theirs.iter())
+                .filter(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differ.count(), 0, "{w}x{h} -> {to_w}x{to_h}");
+        }
+    }
+
+    /// The classifier input made pixel by pixel, the plain way: the optimised
+    /// `classifier_input` must give exactly these values.
+    fn classifier_input_one_pixel_at_a_time(gray: &GrayF32, mask: &LungMask) -> Vec<f32> {
+        let crop = lung_crop(mask);
+        let side = CLASSIFIER_SIDE as usize;
+        let sample = |data: &dyn Fn(usize) -> f32, w: u32, h: u32, x: f32, y: f32| {
+            let (x0, y0) = (x.floor(), y.floor());
+            let get = |xi: f32, yi: f32| {
+                if xi < 0.0 || yi < 0.0 || xi >= w as f32 || yi >= h as f32 {
+                    0.0
+                } else {
+                    data(yi as usize * w as usize + xi as usize)
+                }
+            };
+            let (fx, fy) = (x - x0, y - y0);
+            let top = get(x0, y0) * (1.0 - fx) + get(x0 + 1.0, y0) * fx;
+            let bottom = get(x0, y0 + 1.0) * (1.0 - fx) + get(x0 + 1.0, y0 + 1.0) * fx;
+            top * (1.0 - fy) + bottom * fy
+        };
+        let (mut pixels, mut inside) = (vec![], vec![]);
+        let (w, h) = gray.dimensions();
+        for v in 0..side {
+            for u in 0..side {
+                let (x, y) = crop.to_original(u as f32, v as f32);
+                pixels.push(sample(&|i| gray.as_raw()[i], w, h, x, y));
+                let m = sample(&|i| f32::from(mask.as_raw()[i]) / 255.0, w, h, x, y);
+                inside.push(if m >= 0.5 { 1.0f32 } else { 0.0 });
+            }
+        }
+        let mut reference: Vec<f32> = pixels
+            .iter()
+            .zip(&inside)
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(p, _)| *p)
+            .collect();
+        reference.sort_by(f32::total_cmp);
+        let n = reference.len() as f32;
+        let r = FEATHER / 2;
+        let mut feathered = inside.clone();
+        for horizontal in [true, false] {
+            let data = feathered.clone();
+            for a in 0..side {
+                for b in 0..side {
+                    let (lo, hi) = (b.saturating_sub(r), (b + r).min(side - 1));
+                    let at = |k: usize| {
+                        if horizontal {
+                            a * side + k
+                        } else {
+                            k * side + a
+                        }
+                    };
+                    let sum: f32 = (lo..=hi).map(|k| data[at(k)]).sum();
+                    feathered[at(b)] = sum / (hi - lo + 1) as f32;
+                }
+            }
+        }
+        pixels
+            .iter()
+            .zip(&feathered)
+            .map(|(p, f)| {
+                let below = reference.partition_point(|r| r < p);
+                let not_above = reference.partition_point(|r| r <= p);
+                ((below + not_above) as f32 / 2.0 / n - 0.5) * 12f32.sqrt() * f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn classifier_input_is_the_plain_per_pixel_computation_exactly() {
+        // Quantised noise, so that many pixels tie and share a rank.
+        let mut gray = noise(300, 260, 11);
+        gray.iter_mut()
+            .for_each(|p| *p = (*p * 64.0).round() / 64.0);
+        let mask = GrayImage::from_fn(300, 260, |x, y| {
+            let lung = |cx: f32| {
+                ((x as f32 - cx) / 50.0).powi(2) + ((y as f32 - 130.0) / 90.0).powi(2) < 1.0
+            };
+            Luma([if lung(90.0) || lung(210.0) { 255 } else { 0 }])
+        });
+        let input = classifier_input(&gray, &mask, InputStyle::EqualisedFeathered);
+        let expected = classifier_input_one_pixel_at_a_time(&gray, &mask);
+        let differ = input
+            .pixels
+            .iter()
+            .zip(&expected)
+            .filter(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differ.count(), 0);
+        assert!(input.pixels.iter().any(|&p| p != 0.0));
+    }
 
     fn gradient(w: u32, h: u32) -> GrayF32 {
         GrayF32::from_fn(w, h, |x, y| Luma([(x + y) as f32 / (w + h) as f32]))
