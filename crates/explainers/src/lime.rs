@@ -86,19 +86,19 @@ impl Explainer for Lime {
         let features = superpixels.count;
         let rows = self.perturbations(features);
 
-        // Each batch: on/off per superpixel -> per pixel (index by label) -> times the input.
-        let labels: Vec<i64> = superpixels.labels.iter().map(|&l| i64::from(l)).collect();
-        let labels = Tensor::from_slice(&labels).to_device(device);
-        let flat_input = x.f_view([1, -1])?.f_to_device(device)?;
+        // Each batch: every pixel times its superpixel's on/off value. Built here rather than
+        // with libtorch operators, whose OpenMP threads would go on spinning against the
+        // forward pass on the ONNX backend.
         let mut target = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.batch) {
-            let on: Vec<f32> = chunk.iter().flatten().copied().collect();
-            let on = Tensor::from_slice(&on)
-                .view([chunk.len() as i64, features as i64])
-                .to_device(device);
-            let keep = on.f_index_select(1, &labels)?;
-            let images =
-                (&flat_input * keep).f_view([chunk.len() as i64, 1, h as i64, w as i64])?;
+            let mut batch = Vec::with_capacity(chunk.len() * pixels.len());
+            for on in chunk {
+                let pixel_on = superpixels.labels.iter().map(|&l| on[l as usize]);
+                batch.extend(pixels.iter().zip(pixel_on).map(|(p, on)| p * on));
+            }
+            let images = Tensor::from_slice(&batch)
+                .f_view([chunk.len() as i64, 1, h as i64, w as i64])?
+                .f_to_device(device)?;
             let probs = tch::no_grad(|| model.logits(&images))?
                 .f_softmax(-1, Kind::Float)?
                 .f_select(1, input.target as i64)?
