@@ -265,10 +265,7 @@ fn main() {
         .unwrap_or(15);
     // `CXR_BENCH_MEASURES=unet_forward,end_to_end` keeps those measures' rounds only.
     let chosen = std::env::var("CXR_BENCH_MEASURES").unwrap_or_default();
-    let mut measures: Vec<Measure<'_>> = measures
-        .into_iter()
-        .filter(|m| chosen.is_empty() || chosen.split(',').any(|c| c.trim() == m.name))
-        .collect();
+    measures.retain(|m| chosen.is_empty() || chosen.split(',').any(|c| c.trim() == m.name));
     interleaved(&mut measures, rounds, threads);
     drop(measures);
     agreement(

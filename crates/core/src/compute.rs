@@ -140,16 +140,17 @@ fn reuse_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        #[allow(unsafe_code)]
-        // SAFETY: mallopt only sets two of glibc's allocator parameters; it takes its own lock,
-        // and blocks allocated before keep working.
-        let accepted = unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
-        };
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        if !accepted {
-            tracing::debug!("glibc refused the allocator settings; freed memory goes back");
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: mallopt only sets two of glibc's allocator parameters; it takes its own
+            // lock, and blocks allocated before keep working.
+            let accepted = unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
+                    && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+            };
+            if !accepted {
+                tracing::debug!("glibc refused the allocator settings; freed memory goes back");
+            }
         }
     });
 }

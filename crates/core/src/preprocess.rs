@@ -175,12 +175,12 @@ pub fn classifier_input(gray: &GrayF32, mask: &LungMask, style: InputStyle) -> C
     let columns: Vec<Tap> = (0..side)
         .map(|u| Tap::at(crop.to_original(u as f32, 0.0).0, gray.width()))
         .collect();
+    let width = gray.width() as usize;
+    let (image, lungs) = (gray.as_raw(), mask.as_raw());
     let mut pixels = Vec::with_capacity(side * side);
     let mut inside = Vec::with_capacity(side * side);
     for v in 0..side {
         let row = Tap::at(crop.to_original(0.0, v as f32).1, gray.height());
-        let width = gray.width() as usize;
-        let (image, lungs) = (gray.as_raw(), mask.as_raw());
         for column in &columns {
             pixels.push(bilinear(row, *column, width, |i| image[i]));
             let m = bilinear(row, *column, width, |i| f32::from(lungs[i]) / 255.0);

@@ -112,16 +112,8 @@ pub fn small_rle(side: u16) -> Vec<u8> {
     let mut out = plain[..at].to_vec();
     let uid = find(&out, b"1.2.840.10008.1.2.1\0");
     out[uid + 18] = b'5';
-    let msb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[1]).collect();
-    let lsb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[0]).collect();
-    let (msb, lsb) = (pack_bits(&msb), pack_bits(&lsb));
-    let mut fragment = vec![0u8; 64];
-    fragment[0..4].copy_from_slice(&2u32.to_le_bytes());
-    fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
-    fragment[8..12].copy_from_slice(&(64 + msb.len() as u32).to_le_bytes());
-    fragment.extend_from_slice(&msb);
-    fragment.extend_from_slice(&lsb);
-    out.extend_from_slice(&encapsulated(&fragment));
+    let (msb, lsb) = rle_segments(pixels);
+    out.extend_from_slice(&encapsulated(&rle_fragment(&msb, &lsb)));
     out
 }
 
@@ -131,18 +123,28 @@ pub fn small_rle_damaged(side: u16) -> Vec<u8> {
     let at = pixel_data_at(&plain);
     let mut out = small_rle(side)[..at].to_vec();
     let pixels = &plain[at + 12..];
+    let (msb, mut lsb) = rle_segments(pixels);
+    lsb.truncate(lsb.len() / 2);
+    out.extend_from_slice(&encapsulated(&rle_fragment(&msb, &lsb)));
+    out
+}
+
+/// The two RLE segments of 16-bit little-endian pixels: high bytes, then low bytes, each packed.
+fn rle_segments(pixels: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let msb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[1]).collect();
     let lsb: Vec<u8> = pixels.chunks_exact(2).map(|p| p[0]).collect();
-    let (msb, mut lsb) = (pack_bits(&msb), pack_bits(&lsb));
-    lsb.truncate(lsb.len() / 2);
+    (pack_bits(&msb), pack_bits(&lsb))
+}
+
+/// One RLE frame: the 64-byte header (two segments and their offsets), then the segments.
+fn rle_fragment(msb: &[u8], lsb: &[u8]) -> Vec<u8> {
     let mut fragment = vec![0u8; 64];
     fragment[0..4].copy_from_slice(&2u32.to_le_bytes());
     fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
     fragment[8..12].copy_from_slice(&(64 + msb.len() as u32).to_le_bytes());
-    fragment.extend_from_slice(&msb);
-    fragment.extend_from_slice(&lsb);
-    out.extend_from_slice(&encapsulated(&fragment));
-    out
+    fragment.extend_from_slice(msb);
+    fragment.extend_from_slice(lsb);
+    fragment
 }
 
 /// `PackBits`: runs of 3+ equal bytes as repeats, the rest as literals of at most 128.
