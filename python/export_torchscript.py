@@ -9,6 +9,7 @@ trust model copied from the native JSON). Prints the largest absolute logit diff
 the scripted module and the PyTorch twin on random inputs.
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def main():
     for key in ("input", "trust"):
         if key in meta:
             exported[key] = meta[key]
+    # cxr refuses a module whose bytes are not the ones recorded here (a damaged or swapped file).
+    exported["weights_sha256"] = hashlib.sha256((out / "classifier.pt").read_bytes()).hexdigest()
     (out / "classifier.json").write_text(json.dumps(exported) + "\n")
     torch.manual_seed(0)
     x = torch.randn(4, 1, 224, 224)

@@ -60,6 +60,11 @@ pub enum CoreError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 
+    /// A fault of this tool or its models, never of the caller's input (a classifier that
+    /// answers NaN, say): the HTTP server answers 500 for it.
+    #[error("{0}")]
+    Internal(String),
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -36,8 +36,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Saves a var store as safetensors, atomically.
-pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
+/// Saves `vs` to `path` atomically and returns the SHA-256 of what was written.
+pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     }
@@ -46,5 +46,8 @@ pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<()> {
         path: path.into(),
         source: Box::new(e),
     })?;
-    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+    let digest =
+        crate::models::sha256_hex(&std::fs::read(&tmp).map_err(|e| CoreError::io(&tmp, e))?);
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
+    Ok(digest)
 }

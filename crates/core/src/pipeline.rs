@@ -86,8 +86,10 @@ impl Pipeline {
     }
 
     /// Loads both models from `dir` as `compute` says. `auto` runs forward passes on ONNX
-    /// Runtime when both models are native, have current ONNX exports beside them and the
-    /// device is the CPU, and on libtorch otherwise (the reason is logged).
+    /// Runtime when both models are native, have ONNX exports beside them, ONNX Runtime is
+    /// installed and the device is the CPU, and on libtorch otherwise (the reason is logged).
+    /// An export that is there but unusable (made from other weights, damaged) is an error,
+    /// never a reason to fall back: it means the model folder is not what it claims to be.
     pub fn load_with(dir: &Path, compute: &Compute) -> Result<Self> {
         compute.apply();
         let files = (
@@ -97,9 +99,9 @@ impl Pipeline {
         let (segmenter, classifier, backend) = match compute.backend {
             Backend::Torch => Self::torch_models(&files, compute.device)?,
             Backend::Onnx => Self::onnx_models(&files, compute)?,
-            Backend::Auto => match Self::onnx_models(&files, compute) {
-                Ok(models) => models,
-                Err(why) => {
+            Backend::Auto => match onnx_unavailable(&[&files.0, &files.1], compute) {
+                None => Self::onnx_models(&files, compute)?,
+                Some(why) => {
                     tracing::info!("forward passes on libtorch: {why}");
                     Self::torch_models(&files, compute.device)?
                 }
@@ -112,10 +114,7 @@ impl Pipeline {
         }
         let mut hasher = Sha256::new();
         for path in &parts {
-            hasher.update(std::fs::read(path).map_err(|e| CoreError::Io {
-                path: path.clone(),
-                source: e,
-            })?);
+            hasher.update(models::read_model_file(path, models::MAX_MODEL_BYTES)?);
         }
         Ok(Self {
             segmenter,
@@ -136,10 +135,13 @@ impl Pipeline {
         match compute.backend {
             Backend::Torch => models::load_segmenter(&files, compute.device),
             Backend::Onnx => onnx(),
-            Backend::Auto => onnx().or_else(|why| {
-                tracing::info!("segmenter on libtorch: {why}");
-                models::load_segmenter(&files, compute.device)
-            }),
+            Backend::Auto => match onnx_unavailable(&[&files], compute) {
+                None => onnx(),
+                Some(why) => {
+                    tracing::info!("segmenter on libtorch: {why}");
+                    models::load_segmenter(&files, compute.device)
+                }
+            },
         }
     }
 
@@ -278,6 +280,24 @@ fn onnx_applies(files: &ModelFiles, compute: &Compute) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Why the automatic backend runs the models `files` on libtorch: the device is not the CPU, a
+/// model is not native, an export is missing, or ONNX Runtime is not installed. `None`: ONNX
+/// Runtime runs them, and whatever then fails is an error.
+fn onnx_unavailable(files: &[&ModelFiles], compute: &Compute) -> Option<String> {
+    for files in files {
+        if let Err(why) = onnx_applies(files, compute) {
+            return Some(why.to_string());
+        }
+        let onnx = files.onnx();
+        if !onnx.is_file() {
+            return Some(format!("{}: no ONNX export", onnx.display()));
+        }
+    }
+    crate::models::onnx::environment()
+        .err()
+        .map(|why| why.to_string())
 }
 
 /// Familiarity and flags of one analysed radiograph: the input checks always, the feature and

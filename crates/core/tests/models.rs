@@ -87,7 +87,7 @@ fn missing_or_broken_models_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("x.safetensors") && err.contains("not found"),
+        err.contains("x.safetensors") && err.contains("No such file"),
         "{err}"
     );
     // Weights of the wrong network.

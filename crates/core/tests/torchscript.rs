@@ -142,7 +142,7 @@ fn models_that_do_not_fit_are_refused_when_loaded() {
     std::fs::remove_file(dir.path().join("classifier.pt")).unwrap();
     let err = refused(classifier(dir.path()));
     assert!(
-        err.contains("classifier.pt") && err.contains("not found"),
+        err.contains("classifier.pt") && err.contains("No such file"),
         "{err}"
     );
 }

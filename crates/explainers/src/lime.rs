@@ -4,7 +4,7 @@
 use cxr_core::explain::{
     ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param, Segments,
 };
-use cxr_core::models::Classifier;
+use cxr_core::models::{Classifier, target_probabilities};
 use cxr_core::{CoreError, Result};
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
@@ -99,9 +99,7 @@ impl Explainer for Lime {
             let images = Tensor::from_slice(&batch)
                 .f_view([chunk.len() as i64, 1, h as i64, w as i64])?
                 .f_to_device(device)?;
-            let probs = tch::no_grad(|| model.logits(&images))?
-                .f_softmax(-1, Kind::Float)?
-                .f_select(1, input.target as i64)?
+            let probs = target_probabilities(model, &images, input.target)?
                 .f_to_device(tch::Device::Cpu)?;
             target.extend(Vec::<f32>::try_from(probs)?.into_iter().map(f64::from));
             input.report_progress(target.len(), rows.len());

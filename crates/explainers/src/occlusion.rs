@@ -2,8 +2,8 @@
 
 use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
-use cxr_core::models::Classifier;
-use tch::{Kind, Tensor};
+use cxr_core::models::{Classifier, target_probabilities};
+use tch::Tensor;
 
 /// Occlusion: slide a square window over the input, hide it (set to 0, the lung mean), and
 /// record how much the target class's probability drops; each pixel gets the mean drop of
@@ -54,11 +54,8 @@ impl Explainer for Occlusion {
             })
             .collect();
         let x = input.input.f_to_device(model.device())?;
-        let probability = |batch: &Tensor| -> Result<Tensor> {
-            Ok(tch::no_grad(|| model.logits(batch))?
-                .f_softmax(-1, Kind::Float)?
-                .f_select(1, input.target as i64)?)
-        };
+        let probability =
+            |batch: &Tensor| -> Result<Tensor> { target_probabilities(model, batch, input.target) };
         let reference = probability(&x)?.double_value(&[0]) as f32;
         let mut drop = vec![0.0f32; h * w];
         let mut covered = vec![0.0f32; h * w];

@@ -2,7 +2,7 @@
 
 use cxr_core::Result;
 use cxr_core::explain::{ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Param};
-use cxr_core::models::Classifier;
+use cxr_core::models::{Classifier, target_probabilities};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
@@ -72,9 +72,7 @@ impl Explainer for Rise {
         while done < self.masks {
             let n = self.batch.min(self.masks - done);
             let masks = self.masks(n, h, w, &mut rng).to_device(device);
-            let probs = tch::no_grad(|| model.logits(&(&x * &masks)))?
-                .f_softmax(-1, Kind::Float)?
-                .f_select(1, input.target as i64)?;
+            let probs = target_probabilities(model, &(&x * &masks), input.target)?;
             saliency += (masks * probs.f_view([-1, 1, 1, 1])?).f_sum_dim_intlist(
                 [0i64].as_slice(),
                 true,

@@ -252,3 +252,76 @@ fn rle_lossless_decodes_exactly() {
     let text = decode_err(&fuzz_support::small_rle_damaged(64), "short.dcm");
     assert!(text.contains("RLE"), "{text}");
 }
+
+/// Issue 20, defect 1: sequences nested far deeper than any real file (the committed 17 KB
+/// deflated file nests 200,000 levels; the parser recursed once per level and overflowed its
+/// stack, aborting the process) are refused before the parser sees them, in every encoding:
+/// undefined and defined lengths, explicit and implicit VR, deflated.
+#[test]
+fn deeply_nested_sequences_are_refused_before_parsing() {
+    for (name, bytes) in [
+        ("fixture.dcm", fuzz_support::nested_fixture()),
+        (
+            "undefined.dcm",
+            fuzz_support::nested_sequences(100_000, false),
+        ),
+        ("defined.dcm", fuzz_support::nested_sequences(100_000, true)),
+        (
+            "implicit.dcm",
+            fuzz_support::nested_implicit_sequences(100_000),
+        ),
+        ("just_over.dcm", fuzz_support::nested_sequences(65, false)),
+    ] {
+        let text = decode_err(&bytes, name);
+        assert!(
+            text.contains("too deeply nested: its sequences nest more than 64 levels deep"),
+            "{text}"
+        );
+    }
+    // 64 levels are within the limit and decode like the file without them.
+    let nested = Xray::decode(&fuzz_support::nested_sequences(64, true), "64.dcm").unwrap();
+    let plain = Xray::decode(&fuzz_support::small_uncompressed(64), "plain.dcm").unwrap();
+    assert_eq!(nested.gray, plain.gray);
+}
+
+/// Issue 20, defect 1 (element count): a data set of hundreds of thousands of elements is
+/// refused before the parser builds an object for each.
+#[test]
+fn a_data_set_of_too_many_elements_is_refused() {
+    let text = decode_err(&fuzz_support::many_elements(200_001), "many.dcm");
+    assert!(
+        text.contains("too large: its data set holds more than 200000 elements"),
+        "{text}"
+    );
+    assert!(Xray::decode(&fuzz_support::many_elements(1000), "some.dcm").is_ok());
+}
+
+/// Issue 20, defect 9: left-aligned data (Bits Stored 12, High Bit 15) is shifted down and
+/// decodes exactly like the same values right-aligned (High Bit 11); impossible High Bit values
+/// are refused with a message instead of read silently.
+#[test]
+fn high_bit_is_honoured_and_impossible_values_are_refused() {
+    let right = dicom::decode(&fuzz_support::twelve_bit(false), Path::new("right.dcm")).unwrap();
+    let left = dicom::decode(&fuzz_support::twelve_bit(true), Path::new("left.dcm")).unwrap();
+    assert_eq!((left.info.bits_stored, left.info.high_bit), (12, 15));
+    assert_eq!((right.info.bits_stored, right.info.high_bit), (12, 11));
+    assert_eq!(left.gray, right.gray);
+    let (lo, hi) = left
+        .gray
+        .pixels()
+        .fold((1f32, 0f32), |(lo, hi), p| (lo.min(p.0[0]), hi.max(p.0[0])));
+    assert!(hi > lo, "the image is not flat: {lo}..{hi}");
+    for (high_bit, bits_stored) in [(16, 12), (10, 12), (0, 15)] {
+        let mut bytes = fuzz_support::small_uncompressed(64);
+        fuzz_support::set_us(&mut bytes, 0x0028, 0x0101, bits_stored);
+        fuzz_support::set_us(&mut bytes, 0x0028, 0x0102, high_bit);
+        let text = decode_err(&bytes, "impossible.dcm");
+        assert!(
+            text.contains(&format!(
+                "DICOM High Bit {high_bit} is impossible with Bits Stored {bits_stored} and Bits \
+                 Allocated 16"
+            )),
+            "{text}"
+        );
+    }
+}

@@ -77,7 +77,8 @@ impl ApiError {
             | CoreError::Io { .. }
             | CoreError::ModelLoad { .. }
             | CoreError::DuplicateExplainer { .. }
-            | CoreError::Torch(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | CoreError::Torch(_)
+            | CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, error.to_string())
     }

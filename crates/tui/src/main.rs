@@ -26,8 +26,8 @@ fn main() -> ExitCode {
 }
 
 /// An error and its causes on one line, each cause once: `CoreError`s already name their
-/// source in their own message, so eyre's `{:#}` would print the OS error twice. A model that
-/// cannot be loaded gets a hint on where models are looked for.
+/// source in their own message, so eyre's `{:#}` would print the OS error twice. A model file
+/// that is missing gets a hint on where models are looked for.
 fn one_line(error: &color_eyre::eyre::Report) -> String {
     let mut line = String::new();
     for cause in error.chain() {
@@ -40,13 +40,18 @@ fn one_line(error: &color_eyre::eyre::Report) -> String {
         }
         line.push_str(&text);
     }
-    let model_load = error.chain().any(|cause| {
+    // Where models are looked for helps when one is missing, not when one is damaged.
+    let model_missing = error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<cxr_core::CoreError>(),
             Some(cxr_core::CoreError::ModelLoad { .. })
         )
+    }) && error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     });
-    if model_load && !line.contains("hint:") {
+    if model_missing && !line.contains("hint:") {
         line = format!("{line} ({})", commands::MODELS_HINT);
     }
     line

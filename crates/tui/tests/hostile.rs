@@ -238,3 +238,14 @@ fn dicom_rescale_slope_1e308_is_refused_not_classified() {
         "{error}"
     );
 }
+
+/// Issue 20, defect 1: a 17 KB DICOM whose sequences nest 200,000 levels deep overflowed the
+/// parser's stack and aborted `cxr classify` (exit 134); it is refused like any bad input.
+#[test]
+fn deeply_nested_dicom_is_refused_not_a_crash() {
+    let error = refused(&support::nested_dicom());
+    assert!(
+        error.contains("too deeply nested") && error.contains("more than 64 levels"),
+        "{error}"
+    );
+}

@@ -164,3 +164,54 @@ fn a_state_whose_image_leaves_its_entry_is_refused() {
         assert!(!out.status.success(), "{image}: labelled");
     }
 }
+
+/// Issue 20, defect 8: a reviewer name a spreadsheet would run as a formula is refused when
+/// labelling, and cells that start like a formula (an older entry's reviewer, a dropped file's
+/// name) are exported as text (a leading `'`, OWASP's rule), never verbatim.
+#[test]
+fn formula_cells_are_refused_and_neutralised_in_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let id = one_entry(&dir);
+    let before = state(&dir, &id);
+    for name in [
+        "=HYPERLINK(\"http://x\",\"y\")",
+        "+1",
+        "-2+3",
+        "@SUM(A1)",
+        "a\tb",
+    ] {
+        let flag = format!("--reviewer={name}");
+        let out = cxr(&dir, &["queue", "label", &id, "normal", &flag])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name:?} accepted");
+        assert!(stderr(&out).contains("reviewer"), "{}", stderr(&out));
+    }
+    assert_eq!(state(&dir, &id), before, "the entry changed");
+
+    // An entry written before the rule, or by hand: the export makes its cells inert.
+    let mut written = before.clone();
+    written["review"]["reviewer"] = Value::from("=HYPERLINK(\"http://x\",\"y\")");
+    written["source_name"] = Value::from("@cmd.png");
+    let state_file = dir.join("queue").join(&id).join("state.json");
+    std::fs::write(&state_file, serde_json::to_vec(&written).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["queue", "export", "--format", "csv", "--watch-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+    let row = reader.records().next().unwrap().unwrap();
+    let cells: Vec<&str> = row.iter().collect();
+    assert!(
+        cells.contains(&"'=HYPERLINK(\"http://x\",\"y\")"),
+        "{cells:?}"
+    );
+    assert!(cells.contains(&"'@cmd.png"), "{cells:?}");
+    assert!(
+        cells.iter().all(|c| !c.starts_with(['=', '+', '-', '@'])),
+        "{cells:?}"
+    );
+}

@@ -323,3 +323,39 @@ fn a_sparse_file_and_a_nan_dicom_are_rejected_once_and_the_queue_stays_readable(
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(!listed.contains("\"confidence\":null"), "{listed}");
 }
+
+/// Issue 20, defect 1: the deeply nested DICOM crash-looped the watcher (it never reached
+/// rejected/); it is rejected with its reason once, and the good file beside it is queued.
+#[test]
+fn a_deeply_nested_dicom_is_rejected_and_the_watcher_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(support::nested_dicom(), inbox.join("nested.dcm")).unwrap();
+    std::fs::copy(sample("nih_00001299_000.png"), inbox.join("good.png")).unwrap();
+    let (out, events) = watch_once(&dir, &[]);
+    // A run that rejected a file exits 1; a crash would be 134 (SIGABRT) or a signal.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds = |name: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["file"].as_str().is_some_and(|f| f.ends_with(name)))
+            .filter_map(|e| e["event"].as_str())
+            .collect()
+    };
+    assert!(kinds("nested.dcm").contains(&"rejected"), "{events:#?}");
+    assert!(!kinds("nested.dcm").contains(&"queued"), "{events:#?}");
+    assert!(kinds("good.png").contains(&"queued"), "{events:#?}");
+    assert!(
+        reason(&dir, "nested.dcm").contains("too deeply nested"),
+        "{}",
+        reason(&dir, "nested.dcm")
+    );
+    assert_eq!(names_in(&inbox), BTreeSet::new());
+}

@@ -292,3 +292,35 @@ fn forged_and_future_cache_entries_are_not_served() {
     assert_eq!(mode & 0o777, 0o700);
     assert!(!tmp.path().join(".cxr-cache").exists());
 }
+
+/// Issue 20, defect 1: the deeply nested DICOM killed the worker, so later requests went
+/// unanswered; it gets an error reply and the next request its answer.
+#[test]
+fn a_deeply_nested_dicom_gets_an_error_and_the_worker_answers_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nested = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/io/tests/fixtures/nested-sequences.dcm");
+    std::fs::copy(nested, tmp.path().join("nested.dcm")).unwrap();
+    std::fs::copy(sample("nih_00001299_000.png"), tmp.path().join("real.png")).unwrap();
+    let out = run(
+        tmp.path(),
+        "classify nested.dcm\nexplain_gradcam nested.dcm\nclassify real.png\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for command in ["classify", "explain_gradcam"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("error {command} nested.dcm")))
+            .unwrap_or_else(|| panic!("no error for {command}: {stdout}"));
+        assert!(line.contains("too deeply nested"), "{line}");
+    }
+    assert!(stdout.contains("classify real.png {"), "{stdout}");
+}

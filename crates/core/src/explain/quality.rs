@@ -11,7 +11,7 @@
 //!   depend on what the model learnt.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::Heatmap;
 use crate::Result;
@@ -88,9 +88,7 @@ pub fn deletion_insertion(
         shape[2],
         shape[3],
     ]);
-    let probs = tch::no_grad(|| model.logits(&batch))?
-        .f_softmax(-1, Kind::Float)?
-        .f_select(1, target as i64)?
+    let probs = crate::models::target_probabilities(model, &batch, target)?
         .f_to_device(tch::Device::Cpu)?;
     let probs = Vec::<f32>::try_from(probs)?;
     let (deletion, insertion) = probs.split_at(CURVE_STEPS + 1);

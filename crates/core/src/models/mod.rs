@@ -109,12 +109,41 @@ pub trait Classifier: Send {
             .f_softmax(-1, Kind::Float)?
             .f_to_device(Device::Cpu)?;
         let probs = Vec::<f32>::try_from(probs.f_view([-1])?)?;
+        if probs.iter().any(|p| !p.is_finite()) {
+            return Err(non_finite_probability());
+        }
         Ok(Prediction::from_probabilities(
             self.classes(),
             &probs,
             self.threshold(),
         ))
     }
+}
+
+/// The error for a classifier that answers NaN or infinity.
+fn non_finite_probability() -> CoreError {
+    CoreError::Internal(
+        "the classifier answered a non-finite probability (NaN or infinite): its weights or \
+         export are damaged; no label or explanation is made from it"
+            .into(),
+    )
+}
+
+/// The probability of class `target` for each image of `batch` `[N, 1, 224, 224]`, without
+/// gradients, as `[N]` on the model's device: what perturbation explainers and the quality
+/// metrics measure. A non-finite probability is an error, never a number they use.
+pub fn target_probabilities(
+    model: &dyn Classifier,
+    batch: &Tensor,
+    target: usize,
+) -> Result<Tensor> {
+    let probs = tch::no_grad(|| model.logits(batch))?
+        .f_softmax(-1, Kind::Float)?
+        .f_select(1, target as i64)?;
+    if !bool::try_from(&probs.f_isfinite()?.f_all()?)? {
+        return Err(non_finite_probability());
+    }
+    Ok(probs)
 }
 
 /// How far gradients reach in a classifier, in increasing order: an explainer that needs one
@@ -185,6 +214,40 @@ impl Prediction {
     }
 }
 
+/// Largest model file read (weights, TorchScript module, ONNX export): 2 GiB, far above these
+/// networks (a full-width ResNet-50 is 100 MB), far below the memory of a workstation.
+pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+/// Largest model JSON read: 64 MiB (the shipped classifier's, with its trust model, is 0.4 MB).
+pub const MAX_META_BYTES: u64 = 64 << 20;
+
+/// Reads a model file once, from the opened handle, with the input gate's rules: a regular
+/// file (a FIFO, device or folder is refused, never waited on or read forever), at most `max`
+/// bytes, counted while reading (a link to `/dev/zero` or a file that grows is cut off).
+pub fn read_model_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let gate = cxr_io::input::Gate {
+        max_bytes: max,
+        ..cxr_io::input::Gate::TRUSTED
+    };
+    gate.read(path).map_err(|e| {
+        let source: Box<dyn std::error::Error + Send + Sync> = match e {
+            cxr_io::Error::Refused { reason, .. } => reason.into(),
+            cxr_io::Error::Io { source, .. } => Box::new(source),
+            other => other.to_string().into(),
+        };
+        CoreError::ModelLoad {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Hex SHA-256 of `bytes`.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 /// Which backend reads a model: the `format` field of its JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Format {
@@ -230,6 +293,38 @@ pub struct ModelMeta<A> {
     /// Familiarity model and lung ranges fitted at training (classifiers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustModel>,
+    /// SHA-256 of the weights file, written by `cxr train` and checked when loading, so a
+    /// damaged or swapped file is refused (files without it get the finite-weights check only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+}
+
+impl<A> ModelMeta<A> {
+    /// Refuses values no model can have: a decision threshold outside [0, 1], class names that
+    /// are empty, repeated or not one short line.
+    fn check(&self, path: &Path) -> Result<()> {
+        let refuse = |reason: String| CoreError::ModelLoad {
+            path: path.to_path_buf(),
+            source: reason.into(),
+        };
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(refuse(format!(
+                "threshold is {}; a decision threshold is a probability, in [0, 1]",
+                self.threshold
+            )));
+        }
+        for (i, class) in self.classes.iter().enumerate() {
+            if class.trim().is_empty() || class.len() > 64 || class.chars().any(char::is_control) {
+                return Err(refuse(format!(
+                    "class name {class:?}: expected a name of 1 to 64 characters on one line"
+                )));
+            }
+            if self.classes[..i].contains(class) {
+                return Err(refuse(format!("class {class:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -306,12 +401,15 @@ impl ModelFiles {
     }
 
     fn read_meta_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let text = std::fs::read_to_string(&self.meta).map_err(|e| self.load_error(e))?;
-        serde_json::from_str(&text).map_err(|e| self.load_error(e))
+        let bytes = read_model_file(&self.meta, MAX_META_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|e| self.load_error(e))
     }
 
+    /// The model's JSON, with its threshold and classes checked.
     pub fn read_meta<A: serde::de::DeserializeOwned>(&self) -> Result<ModelMeta<A>> {
-        self.read_meta_as()
+        let meta: ModelMeta<A> = self.read_meta_as()?;
+        meta.check(&self.meta)?;
+        Ok(meta)
     }
 
     pub fn write_meta<A: Serialize>(&self, meta: &ModelMeta<A>) -> Result<()> {
@@ -326,27 +424,94 @@ impl ModelFiles {
         }
     }
 
-    /// An error naming the weights file of `format` when it is missing.
-    pub fn require_weights(&self, format: Format) -> Result<PathBuf> {
+    /// The weights file of `format`, read once (bounded, see [`read_model_file`]) and, when the
+    /// JSON records their digest, checked against it.
+    pub fn read_weights(&self, format: Format, expected_sha256: Option<&str>) -> Result<Vec<u8>> {
         let path = self.weights_for(format);
-        if path.exists() {
-            Ok(path)
-        } else {
-            Err(CoreError::ModelLoad {
+        let bytes = read_model_file(&path, MAX_MODEL_BYTES)?;
+        if let Some(expected) = expected_sha256
+            && sha256_hex(&bytes) != expected.to_ascii_lowercase()
+        {
+            return Err(CoreError::ModelLoad {
                 path,
-                source: "file not found (train one with `cxr train`, or pass --models DIR)".into(),
-            })
+                source: format!(
+                    "the file's SHA-256 is not the one {} records: it is damaged or was replaced \
+                     (restore it, or train the model again)",
+                    self.meta.display()
+                )
+                .into(),
+            });
         }
+        Ok(bytes)
     }
 
-    /// Loads the weights into `vs`, naming the file in the error.
-    pub fn load_weights(&self, vs: &mut tch::nn::VarStore) -> Result<()> {
-        let path = self.require_weights(Format::NativeSafetensors)?;
-        vs.load(&path).map_err(|e| CoreError::ModelLoad {
-            path,
-            source: Box::new(e),
+    /// Loads the native weights into `vs` (see [`load_safetensors`]), naming the file in errors.
+    pub fn load_weights(
+        &self,
+        vs: &mut tch::nn::VarStore,
+        expected_sha256: Option<&str>,
+    ) -> Result<()> {
+        let bytes = self.read_weights(Format::NativeSafetensors, expected_sha256)?;
+        load_safetensors(vs, &bytes).map_err(|reason| CoreError::ModelLoad {
+            path: self.weights.clone(),
+            source: reason.into(),
         })
     }
+}
+
+/// Copies every variable of `vs` from the safetensors file held in `bytes`, refusing a file
+/// that lacks one, holds it in another shape or type, or holds a value that is not finite (a
+/// NaN in the weights gives NaN probabilities, which would otherwise become a label).
+pub fn load_safetensors(
+    vs: &mut tch::nn::VarStore,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let mut variables: Vec<_> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut variable) in variables {
+        let view = file
+            .tensor(&name)
+            .map_err(|_| format!("has no tensor {name:?}, which the architecture needs"))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        if shape != variable.size() {
+            return Err(format!(
+                "tensor {name:?} has shape {shape:?}, the architecture needs {:?} (does the \
+                 JSON describe these weights?)",
+                variable.size()
+            ));
+        }
+        if view.dtype() != safetensors::Dtype::F32 || variable.kind() != Kind::Float {
+            return Err(format!(
+                "tensor {name:?} is stored as {:?}; cxr's models hold 32-bit floats",
+                view.dtype()
+            ));
+        }
+        let data = view.data();
+        let values = data.len() / 4;
+        if data.len() % 4 != 0 || values as i64 != variable.numel() as i64 {
+            return Err(format!(
+                "tensor {name:?} holds {} bytes for its shape",
+                data.len()
+            ));
+        }
+        if let Some((index, value)) = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(format!(
+                "tensor {name:?} holds a non-finite value ({value}) at index {index}: the file is \
+                 damaged"
+            ));
+        }
+        let source = Tensor::f_from_data_size(data, &shape, Kind::Float)
+            .map_err(|e| format!("tensor {name:?}: {e}"))?;
+        tch::no_grad(|| variable.f_copy_(&source)).map_err(|e| format!("tensor {name:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The segmenter `files` describe, on the backend its JSON names.

@@ -37,6 +37,7 @@ impl UNetSegmenter {
             record: serde_json::Value::Null,
             input: InputStyle::default(),
             trust: None,
+            weights_sha256: None,
         };
         Self { vs, net, meta }
     }
@@ -44,15 +45,23 @@ impl UNetSegmenter {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
         let meta: ModelMeta<UNetConfig> = files.read_meta()?;
         files.check_side(meta.input_side, SEGMENTER_SIDE)?;
-        let mut model = Self::new(meta.architecture.clone(), device);
-        files.load_weights(&mut model.vs)?;
+        meta.architecture
+            .check()
+            .map_err(|reason| config_error(files, reason))?;
+        let architecture = meta.architecture.clone();
+        let mut model = build(files, || Self::new(architecture, device))?;
+        files.load_weights(&mut model.vs, meta.weights_sha256.as_deref())?;
         model.meta = meta;
         Ok(model)
     }
 
+    /// Writes the weights, then the JSON with their digest.
     pub fn save(&self, files: &ModelFiles) -> Result<()> {
-        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
-        files.write_meta(&self.meta)
+        let digest = crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&ModelMeta {
+            weights_sha256: Some(digest),
+            ..self.meta.clone()
+        })
     }
 
     #[must_use]
@@ -91,6 +100,30 @@ impl Segmenter for UNetSegmenter {
     }
 }
 
+/// A load error about the model's JSON.
+fn config_error(files: &ModelFiles, reason: String) -> CoreError {
+    CoreError::ModelLoad {
+        path: files.meta.clone(),
+        source: reason.into(),
+    }
+}
+
+/// Builds a network whose architecture passed its checks. tch allocates parameters with
+/// panicking calls; a failure there (out of memory) becomes this model's load error.
+fn build<T>(files: &ModelFiles, make: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        config_error(
+            files,
+            format!("cannot build the network it describes: {why}"),
+        )
+    })
+}
+
 /// The `ResNet` classifier.
 #[derive(Debug)]
 pub struct ResNetClassifier {
@@ -113,6 +146,7 @@ impl ResNetClassifier {
             record: serde_json::Value::Null,
             input: InputStyle::default(),
             trust: None,
+            weights_sha256: None,
         };
         Self { vs, net, meta }
     }
@@ -121,20 +155,28 @@ impl ResNetClassifier {
         let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
         files.check_side(meta.input_side, preprocess::CLASSIFIER_SIDE)?;
         if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
-            return Err(CoreError::ModelLoad {
-                path: files.meta.clone(),
-                source: "expected a two-class classifier (positive class first)".into(),
-            });
+            return Err(config_error(
+                files,
+                "expected a two-class classifier (positive class first)".into(),
+            ));
         }
-        let mut model = Self::new(meta.architecture.clone(), meta.classes.clone(), device);
-        files.load_weights(&mut model.vs)?;
+        meta.architecture
+            .check()
+            .map_err(|reason| config_error(files, reason))?;
+        let (architecture, classes) = (meta.architecture.clone(), meta.classes.clone());
+        let mut model = build(files, || Self::new(architecture, classes, device))?;
+        files.load_weights(&mut model.vs, meta.weights_sha256.as_deref())?;
         model.meta = meta;
         Ok(model)
     }
 
+    /// Writes the weights, then the JSON with their digest.
     pub fn save(&self, files: &ModelFiles) -> Result<()> {
-        crate::fsutil::save_var_store(&self.vs, &files.weights)?;
-        files.write_meta(&self.meta)
+        let digest = crate::fsutil::save_var_store(&self.vs, &files.weights)?;
+        files.write_meta(&ModelMeta {
+            weights_sha256: Some(digest),
+            ..self.meta.clone()
+        })
     }
 
     #[must_use]

@@ -19,7 +19,6 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use super::{Classifier, Gradients, ModelFiles, Prediction, Segmenter};
@@ -102,14 +101,13 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
         .map_err(|e| load_error(&e))?
         .with_config_entry("session.force_spinning_stop", "1")
         .map_err(|e| load_error(&e))?
-        .commit_from_file(path)
+        .commit_from_memory(&super::read_model_file(path, super::MAX_MODEL_BYTES)?)
         .map_err(|e| load_error(&e))?;
     let recorded = session
         .metadata()
         .map_err(|e| load_error(&e))?
         .custom(WEIGHTS_KEY);
-    let bytes = std::fs::read(weights).map_err(|e| CoreError::io(weights, e))?;
-    let actual = format!("{:x}", Sha256::digest(&bytes));
+    let actual = super::sha256_hex(&super::read_model_file(weights, super::MAX_MODEL_BYTES)?);
     if recorded.as_deref() != Some(actual.as_str()) {
         return Err(load_error(&format!(
             "exported from other weights than {} (export it again with `python \
@@ -153,8 +151,16 @@ pub struct OnnxSegmenter {
 impl OnnxSegmenter {
     /// The export of the native segmenter `files` describes.
     pub fn load(files: &ModelFiles, threads: usize) -> Result<Self> {
-        let meta: super::ModelMeta<serde_json::Value> = files.read_meta()?;
+        let meta: super::ModelMeta<super::unet::UNetConfig> = files.read_meta()?;
         files.check_side(meta.input_side, SEGMENTER_SIDE)?;
+        // The export runs instead of the network, but a JSON that describes an impossible one
+        // is not trusted for the rest (its threshold) either.
+        meta.architecture
+            .check()
+            .map_err(|reason| CoreError::ModelLoad {
+                path: files.meta.clone(),
+                source: reason.into(),
+            })?;
         let session = open(&export_of(files)?, &files.weights, threads)?;
         Ok(Self {
             session,

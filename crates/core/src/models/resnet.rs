@@ -30,6 +30,29 @@ impl ResNetConfig {
             num_classes: 2,
         }
     }
+
+    /// Refuses shapes cxr does not run (one input channel) or that no file of at most
+    /// [`super::MAX_MODEL_BYTES`] can hold: stage widths 1-512 channels (full ResNet-18's
+    /// largest), 1-8 blocks a stage. Checked before any parameter is allocated.
+    pub fn check(&self) -> Result<(), String> {
+        if self.in_channels != 1 {
+            return Err(format!(
+                "architecture.in_channels is {}; cxr feeds the classifier one gray channel",
+                self.in_channels
+            ));
+        }
+        if let Some(width) = self.widths.iter().find(|w| !(1..=512).contains(*w)) {
+            return Err(format!(
+                "architecture.widths holds {width}; expected 1 to 512 channels a stage"
+            ));
+        }
+        if let Some(blocks) = self.blocks.iter().find(|b| !(1..=8).contains(*b)) {
+            return Err(format!(
+                "architecture.blocks holds {blocks}; expected 1 to 8 blocks a stage"
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {

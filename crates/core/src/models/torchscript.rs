@@ -36,12 +36,31 @@ pub struct ScriptSpec {
 fn open(files: &ModelFiles, device: Device, side: u32) -> Result<(CModule, ModelMeta<ScriptSpec>)> {
     let meta: ModelMeta<ScriptSpec> = files.read_meta()?;
     files.check_side(meta.input_side, side)?;
-    let path = files.require_weights(Format::TorchScript)?;
-    let mut module = CModule::load_on_device(&path, device).map_err(|e| CoreError::ModelLoad {
+    let path = files.weights_for(Format::TorchScript);
+    let bytes = files.read_weights(Format::TorchScript, meta.weights_sha256.as_deref())?;
+    let load_error = |source: Box<dyn std::error::Error + Send + Sync>| CoreError::ModelLoad {
         path: path.clone(),
-        source: Box::new(e),
-    })?;
+        source,
+    };
+    let mut module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
+        .map_err(|e| load_error(Box::new(e)))?;
     module.set_eval();
+    // A NaN or infinity in the parameters would make every probability NaN.
+    for (name, parameter) in module
+        .named_parameters()
+        .map_err(|e| load_error(Box::new(e)))?
+    {
+        let finite = parameter
+            .f_isfinite()
+            .and_then(|f| f.f_all())
+            .and_then(|all| bool::try_from(&all))
+            .map_err(|e| load_error(Box::new(e)))?;
+        if !finite {
+            return Err(load_error(
+                format!("parameter {name:?} holds a non-finite value: the file is damaged").into(),
+            ));
+        }
+    }
     Ok((module, meta))
 }
 

@@ -26,6 +26,31 @@ impl UNetConfig {
             depth: 4,
         }
     }
+
+    /// Refuses shapes cxr does not run (one input channel) or that no file of at most
+    /// [`super::MAX_MODEL_BYTES`] can hold: base 1-64 channels, depth 1-5 (the 256 px input
+    /// halves that often). Checked before any parameter is allocated.
+    pub fn check(&self) -> Result<(), String> {
+        if self.in_channels != 1 {
+            return Err(format!(
+                "architecture.in_channels is {}; cxr feeds the segmenter one gray channel",
+                self.in_channels
+            ));
+        }
+        if !(1..=64).contains(&self.base) {
+            return Err(format!(
+                "architecture.base is {}; expected 1 to 64 channels",
+                self.base
+            ));
+        }
+        if !(1..=5).contains(&self.depth) {
+            return Err(format!(
+                "architecture.depth is {}; expected 1 to 5",
+                self.depth
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Two 3x3 convolutions, each followed by batch norm and `ReLU`.

@@ -839,12 +839,36 @@ pub(crate) fn image_extension(file: &Path, bytes: &[u8]) -> String {
     own.unwrap_or_else(|| crate::files::extension_from_content(bytes).into())
 }
 
-fn check_reviewer(reviewer: &str) -> Result<String> {
+/// Longest reviewer name accepted, in characters.
+pub const MAX_REVIEWER_CHARS: usize = 100;
+
+/// The one rule for reviewer names, whichever surface labels (CLI, viewer, HTTP): one line of
+/// at most [`MAX_REVIEWER_CHARS`] characters without control characters, not starting with a
+/// character a spreadsheet reads as the start of a formula (`=`, `+`, `-`, `@`; OWASP's CSV
+/// injection rule), since reviews are exported to CSV.
+pub fn check_reviewer(reviewer: &str) -> Result<String> {
     let reviewer = reviewer.trim();
-    if reviewer.is_empty() || reviewer.contains(['\n', '\r']) {
-        return Err(CoreError::Invalid(format!(
-            "reviewer {reviewer:?}: expected a name on one line"
+    let invalid = |why: &str| {
+        CoreError::Invalid(format!(
+            "reviewer {:?}: {why}",
+            reviewer
+                .chars()
+                .take(MAX_REVIEWER_CHARS)
+                .collect::<String>()
+        ))
+    };
+    if reviewer.is_empty()
+        || reviewer.chars().count() > MAX_REVIEWER_CHARS
+        || reviewer.chars().any(char::is_control)
+    {
+        return Err(invalid(&format!(
+            "expected a name of at most {MAX_REVIEWER_CHARS} characters on one line"
         )));
+    }
+    if reviewer.starts_with(['=', '+', '-', '@']) {
+        return Err(invalid(
+            "a name may not start with =, +, - or @ (spreadsheets read such a cell as a formula)",
+        ));
     }
     Ok(reviewer.to_owned())
 }

@@ -19,6 +19,9 @@ pub(super) fn frame_samples(
     let fragments = element(object, tags::PIXEL_DATA)
         .and_then(|e| e.value().fragments())
         .map(<[Vec<u8>]>::to_vec);
+    // Native and RLE data hold the stored words as written (left-aligned values too); the
+    // JPEG decoders return right-aligned samples of the codestream's own precision.
+    let words_as_stored = fragments.is_none() || header.transfer_syntax == RLE;
     let bytes: Cow<'_, [u8]> = match fragments {
         None if header.photometric.starts_with("YBR") => {
             // Only compressed YBR is turned into RGB by the decoders.
@@ -69,8 +72,13 @@ pub(super) fn frame_samples(
     } else {
         (1u32 << bits) - 1
     };
+    let shift = if words_as_stored {
+        u32::from(header.high_bit + 1 - header.bits_stored)
+    } else {
+        0
+    };
     let stored = |raw: u32| -> i32 {
-        let v = raw & mask;
+        let v = (raw >> shift) & mask;
         if signed && bits < 32 && v & (1 << (bits - 1)) != 0 {
             (i64::from(v) - (1i64 << bits)) as i32
         } else {

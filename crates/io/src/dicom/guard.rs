@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::Rescale;
 
@@ -135,6 +135,20 @@ fn element_header(b: &[u8], explicit: bool, big_endian: bool) -> Option<(usize, 
     }
 }
 
+/// Deepest nesting of sequences the parser is given: DICOM files nest a handful of levels (a
+/// structured report a dozen); the parser recurses once per level, and 100,000 levels overflow
+/// its thread's stack, which aborts the whole process.
+pub const MAX_SEQUENCE_DEPTH: usize = 64;
+/// Most elements (items and delimiters included, compressed pixel data fragments not) a data set
+/// may hold: a radiograph's has a few hundred; each costs the parser about a hundred bytes.
+pub const MAX_ELEMENTS: usize = 200_000;
+
+/// A sequence or item being walked: where it ends (`None`: at its delimiter).
+struct Open {
+    sequence: bool,
+    end: Option<usize>,
+}
+
 fn check_data_set(
     data: &[u8],
     explicit: bool,
@@ -143,7 +157,17 @@ fn check_data_set(
     let mut pos = 0;
     // Inside encapsulated pixel data, items hold compressed bytes, not elements.
     let mut in_fragments = false;
+    // The sequences and items around `pos`. A delimiter closes only the container it belongs
+    // to, so unmatched delimiters can make the walk count too deep, never too shallow.
+    let mut open: Vec<Open> = Vec::new();
+    let mut elements = 0_usize;
     while data.len() - pos >= 8 {
+        while open
+            .last()
+            .is_some_and(|o| o.end.is_some_and(|end| pos >= end))
+        {
+            open.pop();
+        }
         let b = &data[pos..];
         let (group, element) = if big_endian {
             (
@@ -167,19 +191,50 @@ fn check_data_set(
                  {remaining} remain"
             ));
         }
-        let is_sequence = explicit && group != 0xFFFE && &b[4..6] == b"SQ";
-        pos += header;
-        match (group, element, len) {
-            (0xFFFE, 0xE0DD, _) => in_fragments = false,
-            (0xFFFE, 0xE000, Some(len)) if in_fragments => pos += len,
-            // Items, delimiters and sequences: their contents are elements, walked in turn.
-            (0xFFFE, _, _) | (_, _, None) => {
-                if (group, element) == (0x7FE0, 0x0010) {
-                    in_fragments = true;
-                }
+        if !in_fragments {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(format!(
+                    "too large: its data set holds more than {MAX_ELEMENTS} elements"
+                ));
             }
-            (_, _, Some(_)) if is_sequence => {}
-            (_, _, Some(len)) => pos += len,
+        }
+        let is_sequence = group != 0xFFFE
+            && if explicit {
+                &b[4..6] == b"SQ"
+            } else {
+                implicit_sequence(group, element)
+            };
+        pos += header;
+        let end = len.map(|len| pos + len);
+        match (group, element, len) {
+            (0xFFFE, 0xE0DD, _) if in_fragments => in_fragments = false,
+            (0xFFFE, 0xE000, Some(len)) if in_fragments => pos += len,
+            (0xFFFE, 0xE0DD, _) => close(&mut open, true),
+            (0xFFFE, 0xE00D, _) => close(&mut open, false),
+            (0xFFFE, 0xE000, _) => open.push(Open {
+                sequence: false,
+                end,
+            }),
+            (0x7FE0, 0x0010, None) => in_fragments = true,
+            (0xFFFE, _, _) => {}
+            (_, _, Some(len)) if !is_sequence => pos += len,
+            // Sequences, and elements of undefined length (which the parser reads as
+            // sequences): their contents are elements, walked in turn.
+            _ => {
+                let depth = open.iter().filter(|o| o.sequence).count() + 1;
+                if depth > MAX_SEQUENCE_DEPTH {
+                    return Err(format!(
+                        "too deeply nested: its sequences nest more than {MAX_SEQUENCE_DEPTH} \
+                         levels deep (element ({group:04X},{element:04X}) at byte {})",
+                        pos - header
+                    ));
+                }
+                open.push(Open {
+                    sequence: true,
+                    end,
+                });
+            }
         }
     }
     if in_fragments || pos < data.len() {
@@ -195,6 +250,26 @@ fn check_data_set(
     Ok(())
 }
 
+/// Closes the innermost open container if it is of the kind the delimiter ends (a sequence
+/// delimiter: a sequence of undefined length; an item delimiter: an item of undefined length).
+fn close(open: &mut Vec<Open>, sequence: bool) {
+    if open
+        .last()
+        .is_some_and(|o| o.sequence == sequence && o.end.is_none())
+    {
+        open.pop();
+    }
+}
+
+/// Whether the parser reads `(group,element)` as a sequence in an implicit-VR data set: the
+/// standard dictionary says so.
+fn implicit_sequence(group: u16, element: u16) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .is_some_and(|entry| entry.vr() == VirtualVr::Exact(dicom_core::VR::SQ))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header
 // ---------------------------------------------------------------------------------------------
@@ -208,6 +283,9 @@ pub(super) struct Header {
     pub(super) samples: u16,
     pub(super) bits_allocated: u16,
     pub(super) bits_stored: u16,
+    /// High Bit: the stored value's most significant bit; above `bits_stored - 1` when the
+    /// values are left-aligned in their words.
+    pub(super) high_bit: u16,
     pub(super) signed: bool,
     pub(super) photometric: String,
     pub(super) planar: u16,
@@ -256,6 +334,14 @@ impl Header {
                 "DICOM Bits Stored is {bits_stored} with {bits_allocated} bits allocated"
             ));
         }
+        let high_bit = int(tags::HIGH_BIT, "High Bit")?.unwrap_or(bits_stored - 1);
+        if high_bit >= bits_allocated || high_bit + 1 < bits_stored {
+            return Err(format!(
+                "DICOM High Bit {high_bit} is impossible with Bits Stored {bits_stored} and Bits \
+                 Allocated {bits_allocated} (it must be at least Bits Stored - 1 and below Bits \
+                 Allocated)"
+            ));
+        }
         let photometric = text(object, tags::PHOTOMETRIC_INTERPRETATION)
             .ok_or("DICOM file has no Photometric Interpretation")?
             .to_uppercase();
@@ -292,6 +378,7 @@ impl Header {
             samples: samples as u16,
             bits_allocated: bits_allocated as u16,
             bits_stored: bits_stored as u16,
+            high_bit: high_bit as u16,
             signed,
             photometric,
             planar: planar as u16,

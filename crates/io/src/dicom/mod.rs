@@ -63,6 +63,7 @@ pub struct DicomInfo {
     pub frames: u32,
     pub bits_allocated: u16,
     pub bits_stored: u16,
+    pub high_bit: u16,
     pub signed: bool,
     pub rescale: (f64, f64),
     /// How stored values became display values.
@@ -172,6 +173,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
             frames: header.frames,
             bits_allocated: header.bits_allocated,
             bits_stored: header.bits_stored,
+            high_bit: header.high_bit,
             signed: header.signed,
             rescale: (header.rescale.slope, header.rescale.intercept),
             voi,

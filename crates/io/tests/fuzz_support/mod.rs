@@ -243,6 +243,90 @@ pub fn with_ds(bytes: &[u8], group: u16, element: u16, value: &str) -> Vec<u8> {
     out
 }
 
+/// `bytes` with `element` (encoded bytes) inserted before the pixel data.
+fn inserted(bytes: &[u8], element: &[u8]) -> Vec<u8> {
+    let at = pixel_data_at(bytes);
+    [&bytes[..at], element, &bytes[at..]].concat()
+}
+
+/// `small_uncompressed(64)` with a Referenced Image Sequence nested `levels` deep before the
+/// pixel data: each level a sequence holding one item, of undefined lengths closed by
+/// delimiters, or (`defined`) of defined lengths.
+pub fn nested_sequences(levels: usize, defined: bool) -> Vec<u8> {
+    const LEVEL: usize = 12 + 8; // a sequence header and an item header
+    let mut nest = Vec::with_capacity(levels * (LEVEL + 16));
+    for depth in 0..levels {
+        let inside = (levels - depth) * LEVEL;
+        let (sequence, item) = if defined {
+            ((inside - 12) as u32, (inside - LEVEL) as u32)
+        } else {
+            (u32::MAX, u32::MAX)
+        };
+        nest.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0]);
+        nest.extend_from_slice(&sequence.to_le_bytes());
+        nest.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        nest.extend_from_slice(&item.to_le_bytes());
+    }
+    if !defined {
+        for _ in 0..levels {
+            nest.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            nest.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        }
+    }
+    inserted(&small_uncompressed(64), &nest)
+}
+
+/// An implicit-VR little-endian file whose data set opens with a Referenced Image Sequence
+/// nested `levels` deep, with defined lengths: no VR marks the sequences, the dictionary does.
+pub fn nested_implicit_sequences(levels: usize) -> Vec<u8> {
+    const LEVEL: usize = 8 + 8;
+    let implicit = with_syntax(&small_uncompressed(64), "1.2.840.10008.1.2");
+    let meta_end = 144 + u32::from_le_bytes(implicit[140..144].try_into().unwrap()) as usize;
+    let mut out = implicit[..meta_end].to_vec();
+    for depth in 0..levels {
+        let inside = (levels - depth) * LEVEL;
+        out.extend_from_slice(&[0x08, 0x00, 0x40, 0x11]);
+        out.extend_from_slice(&((inside - 8) as u32).to_le_bytes());
+        out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        out.extend_from_slice(&((inside - LEVEL) as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&implicit[meta_end..]);
+    out
+}
+
+/// `small_uncompressed(64)` with `count` empty private elements before the pixel data.
+pub fn many_elements(count: usize) -> Vec<u8> {
+    let element = [0x09, 0x00, 0x00, 0x10, b'L', b'O', 0, 0];
+    inserted(&small_uncompressed(64), &element.repeat(count))
+}
+
+/// The committed poisoned file: a 17 KB deflated radiograph whose data set nests a sequence
+/// 200,000 levels deep (written by `python/make_hostile_dicom.py`).
+pub fn nested_fixture() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nested-sequences.dcm"))
+        .expect("the committed nested-sequences fixture")
+}
+
+/// `small_uncompressed(64)` rewritten to 12 stored bits, right-aligned (High Bit 11) or, with
+/// `left_aligned`, in the top bits of each word (High Bit 15): the same stored values.
+pub fn twelve_bit(left_aligned: bool) -> Vec<u8> {
+    let mut bytes = small_uncompressed(64);
+    set_us(&mut bytes, 0x0028, 0x0101, 12);
+    set_us(
+        &mut bytes,
+        0x0028,
+        0x0102,
+        if left_aligned { 15 } else { 11 },
+    );
+    let at = pixel_data_at(&bytes) + 12;
+    for word in bytes[at..].chunks_exact_mut(2) {
+        let value = u16::from_le_bytes([word[0], word[1]]) >> 3;
+        let stored = if left_aligned { value << 4 } else { value };
+        word.copy_from_slice(&stored.to_le_bytes());
+    }
+    bytes
+}
+
 /// Synthesised hostile DICOM files, each with what the decoder must say (None: decoding is
 /// fine too): wrong VR lengths, huge Rows/Columns, odd transfer syntaxes, extreme rescale
 /// values, a deflated data set.
@@ -300,6 +384,16 @@ pub fn dicom_synthesized() -> Vec<(String, Vec<u8>, Option<&'static str>)> {
         with_ds(&base, 0x0028, 0x1053, "1e-300"),
         None,
     ));
+    for (name, bytes) in [
+        ("nested_200000_deflated.dcm", nested_fixture()),
+        ("nested_1000.dcm", nested_sequences(1000, false)),
+        ("nested_1000_defined.dcm", nested_sequences(1000, true)),
+        ("nested_1000_implicit.dcm", nested_implicit_sequences(1000)),
+    ] {
+        out.push((name.into(), bytes, Some("too deeply nested")));
+    }
+    out.push(("nested_64.dcm".into(), nested_sequences(64, false), None));
+    out.push(("left_aligned_12_bit.dcm".into(), twelve_bit(true), None));
     out
 }
 

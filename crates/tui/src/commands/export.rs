@@ -105,11 +105,22 @@ fn csv(items: &[&QueueItem]) -> Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_HEADER)?;
     for item in items {
-        writer.write_record(row(item))?;
+        writer.write_record(row(item).map(|cell| inert(&cell)))?;
     }
     Ok(writer
         .into_inner()
         .map_err(csv::IntoInnerError::into_error)?)
+}
+
+/// A cell that a spreadsheet shows as text, never evaluates: one starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return (a file name or an older entry's reviewer can) gets a
+/// leading `'`, as OWASP's rule for CSV injection says.
+fn inert(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_owned()
+    }
 }
 
 /// `<`, `>`, `&` and quotes escaped for HTML text and attribute values.

@@ -261,6 +261,17 @@ fn refit_trust(
 /// `python/export_onnx.py` in its `.venv` (where `scripts/env.sh` put PyTorch). A model without
 /// a current export runs on libtorch, so a failure here is a note, not an error.
 fn export_onnx(dir: &Path) {
+    // The exports there were made from the weights before training. `--backend auto` refuses a
+    // stale export (it falls back to libtorch only for a missing one), so they go first, and a
+    // failed export below leaves none rather than a stale one.
+    for name in [SEGMENTER_NAME, CLASSIFIER_NAME] {
+        let stale = ModelFiles::new(dir, name).onnx();
+        if stale.exists()
+            && let Err(e) = std::fs::remove_file(&stale)
+        {
+            super::note(&format!("could not remove {}: {e}", stale.display()));
+        }
+    }
     let Some(project) = super::beside_executable(|d| d.join("python/export_onnx.py").is_file())
     else {
         super::note("no ONNX export made: python/export_onnx.py is not beside this cxr binary");

@@ -710,4 +710,49 @@ mod stoppable_tests {
         assert_ne!(faint.to_rgb8().into_raw(), overlay.to_rgb8().into_raw());
         workers.shutdown();
     }
+
+    /// Issue 20, defect 1, the viewer: opening the deeply nested DICOM (which overflowed the
+    /// parser's stack and aborted the process) fails that one image with its reason, and the
+    /// inference thread goes on to analyse the next.
+    #[test]
+    fn the_viewer_survives_a_deeply_nested_dicom() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let pipeline = Pipeline::load(&root.join("models"), Device::Cpu).unwrap();
+        let workers = Workers::new();
+        let jobs = Latest::new();
+        let (events, received) = crossbeam_channel::unbounded();
+        spawn_inference(&workers, pipeline, Cache::disabled(), jobs.clone(), events);
+        let job = |generation, path: PathBuf| Job {
+            generation,
+            path,
+            method: "grad-cam".into(),
+            params: String::new(),
+            outline: true,
+            opacity: 0.6,
+        };
+        let outcome = |jobs: &Latest<Job>, job: Job| {
+            let generation = job.generation;
+            jobs.put(job);
+            loop {
+                match received
+                    .recv_timeout(std::time::Duration::from_secs(120))
+                    .unwrap()
+                {
+                    AppEvent::Worker(WorkerEvent::Failed { message, .. }) => return Err(message),
+                    AppEvent::Worker(WorkerEvent::Analysed {
+                        generation: g,
+                        prediction,
+                        ..
+                    }) if g == generation => return Ok(prediction),
+                    _ => {}
+                }
+            }
+        };
+        let nested = root.join("crates/io/tests/fixtures/nested-sequences.dcm");
+        let message = outcome(&jobs, job(1, nested)).unwrap_err();
+        assert!(message.contains("too deeply nested"), "{message}");
+        let prediction = outcome(&jobs, job(2, root.join("samples/nih_00001299_000.png")));
+        assert!(prediction.is_ok(), "{prediction:?}");
+        workers.shutdown();
+    }
 }

@@ -94,3 +94,8 @@ pub const CHROMIUM_FLAGS: [&str; 9] = [
     "--disable-sync",
     "--window-size=1200,900",
 ];
+
+/// The committed poisoned DICOM file: a sequence nested 200,000 levels deep (issue 20).
+pub fn nested_dicom() -> PathBuf {
+    repo().join("crates/io/tests/fixtures/nested-sequences.dcm")
+}
