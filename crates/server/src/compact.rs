@@ -1,8 +1,9 @@
 //! The radiograph without what a sender may pad it with: a PNG without its ancillary chunks
 //! (text, EXIF, ICC profiles, private chunks, bytes after `IEND`), a JPEG without comments and
 //! application segments other than JFIF and Adobe's. Only the chunks and segments are dropped;
-//! everything kept is copied byte for byte, so the pixels do not change (the caller checks
-//! that they decode the same before storing the result). DICOM files are kept as sent.
+//! everything kept is copied byte for byte. A PNG decoder's output depends only on the chunks
+//! kept (the critical ones, transparency and animation frames), so its pixels do not change;
+//! for a JPEG the caller checks that they decode the same. DICOM files are kept as sent.
 
 /// Ancillary bytes below this are left alone: the upload is stored as sent.
 pub const WORTH_REMOVING: usize = 1 << 20;
@@ -13,12 +14,18 @@ const PNG_KEPT: [&[u8; 4]; 4] = [b"tRNS", b"acTL", b"fcTL", b"fdAT"];
 
 const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 
+/// Whether `bytes` start as a PNG does.
+#[must_use]
+pub fn is_png(bytes: &[u8]) -> bool {
+    bytes.starts_with(PNG_SIGNATURE)
+}
+
 /// The upload without its padding, when at least [`WORTH_REMOVING`] bytes of it can go; `None`
 /// for anything else (small padding, DICOM, bytes that are not a well-formed PNG or JPEG: the
 /// decoder says what is wrong with those).
 #[must_use]
 pub fn without_padding(bytes: &[u8]) -> Option<Vec<u8>> {
-    let slim = if bytes.starts_with(PNG_SIGNATURE) {
+    let slim = if is_png(bytes) {
         png(bytes)?
     } else if bytes.starts_with(&[0xff, 0xd8]) {
         jpeg(bytes)?

@@ -344,15 +344,22 @@ async fn read_body(request: Request, max_body: usize) -> ApiResult<Vec<u8>> {
 
 /// The upload as it is analysed and stored: the bytes as sent, or, when at least a MiB of them
 /// is padding (PNG ancillary chunks, JPEG comments and application segments: see
-/// [`compact`]), the same image without it, provided it decodes to the same pixels. The id is
-/// the stored image's hash either way, as the queue names its entries.
+/// [`compact`]), the same image without it. A PNG's pixels depend only on the chunks kept, so
+/// the padded original is never decoded (its text chunks would be parsed into memory, twice);
+/// a JPEG without its segments must decode to the same pixels as the original, else the
+/// original is kept. The id is the stored image's hash either way, as the queue names its
+/// entries.
 fn without_padding(bytes: Vec<u8>) -> ApiResult<Image> {
     let name = Path::new("upload");
-    let sent = Image::from_bytes(bytes, name, Gate::UNTRUSTED);
-    let Some(slim) = compact::without_padding(sent.bytes()) else {
-        return Ok(sent);
+    let Some(slim) = compact::without_padding(&bytes) else {
+        return Ok(Image::from_bytes(bytes, name, Gate::UNTRUSTED));
     };
+    if compact::is_png(&bytes) {
+        drop(bytes);
+        return Ok(Image::from_bytes(slim, name, Gate::UNTRUSTED));
+    }
     // What was sent must decode (its errors are the answer), and to what the slim one does.
+    let sent = Image::from_bytes(bytes, name, Gate::UNTRUSTED);
     let pixels = sent.decode()?;
     match Gate::UNTRUSTED.decode(&slim, name) {
         Ok(xray) if xray.original == pixels.original => {
