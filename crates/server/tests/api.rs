@@ -1200,3 +1200,127 @@ async fn slow_headers_and_bodies_are_cut_off() {
         "every body's bytes are back"
     );
 }
+
+/// Issue 20, defect 5 (what is stored): a PNG padded with a 2 MB text chunk and a JPEG padded
+/// with 1.2 MB of comments and EXIF-like segments are analysed and stored without the padding;
+/// the id is the stored file's hash (here the unpadded picture's, so the padded PNG is answered
+/// from the cache of its plain upload), the pixels are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padded_png_and_jpeg_uploads_are_stored_without_their_padding() {
+    let server = start(Options {
+        jobs: 1,
+        ..Options::default()
+    })
+    .await;
+    let uploads = server.dir.path().join("data/uploads");
+    let plain = sample("nih_00001299_000.png");
+    let (status, first) = server.upload("plain.png", plain.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["id"].as_str().unwrap(), id_of(&plain));
+
+    // A tEXt chunk of 2 MB after the header.
+    let mut text = b"tEXtComment\0".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 2 << 20));
+    let mut padded = plain[..33].to_vec();
+    padded.extend_from_slice(&((text.len() - 4) as u32).to_be_bytes());
+    padded.extend_from_slice(&text);
+    padded.extend_from_slice(&crc32(&text).to_be_bytes());
+    padded.extend_from_slice(&plain[33..]);
+    let (status, answer) = server.post_raw("/v1/classifier", "image/png", padded).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["id"], first["id"], "the stored image's id");
+    assert_eq!(answer["cached"], true);
+    assert_eq!(answer["probabilities"], first["probabilities"]);
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+
+    // The same radiograph as a JPEG, with 20 comments and 20 APP1 segments of 30 kB each.
+    let mut jpeg = Vec::new();
+    image::load_from_memory(&plain)
+        .unwrap()
+        .to_luma8()
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let mut stuffed = jpeg[..2].to_vec();
+    for marker in [0xfe_u8, 0xe1] {
+        for _ in 0..20 {
+            stuffed.extend_from_slice(&[0xff, marker]);
+            stuffed.extend_from_slice(&30_002_u16.to_be_bytes());
+            stuffed.extend(std::iter::repeat_n(b'c', 30_000));
+        }
+    }
+    stuffed.extend_from_slice(&jpeg[2..]);
+    assert!(stuffed.len() > jpeg.len() + (1 << 20));
+    let (status, answer) = server
+        .post_raw("/v1/classifier", "image/jpeg", stuffed)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(id, id_of(&jpeg), "the JPEG without its segments");
+    let stored = std::fs::read(uploads.join(format!("{id}.jpg"))).unwrap();
+    assert_eq!(stored, jpeg);
+    let (status, again) = server.get_json(&format!("/v1/classifier/{id}")).await;
+    assert_eq!(
+        (status, &again["cached"]),
+        (StatusCode::OK, &Value::Bool(true))
+    );
+}
+
+/// CRC-32 of PNG chunks (ISO 3309), bit by bit: the tests' chunks are small.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0_u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// At most `max_connections` are served at once: with two idle connections open, a third is
+/// served only once the header timeout (2 s) has closed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(Options {
+        models: false,
+        limits: Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let idle = [
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+    ];
+    // Both accepted and idle before the third comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
+    third
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "served after {took:?}, before the idle ones were closed"
+    );
+    drop(idle);
+}
