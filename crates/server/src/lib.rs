@@ -4,11 +4,16 @@
 //! The async side (axum on a two-thread tokio runtime) only moves bytes: every decode, model
 //! run and overlay happens on the pool's worker threads, each with its own loaded models;
 //! requests beyond the pool's bounded queue are answered 503 with `Retry-After` at once.
-//! Uploads are capped before they are read ([`Config::max_body`]), decoded through the input
-//! gate, and stored by content hash in a private folder. The routes are documented in
-//! `docs/http-api.md`.
+//! Uploads are capped before they are read ([`Config::max_body`]), share one byte budget while
+//! in flight and must arrive at a minimum rate ([`limits`]), are decoded through the input
+//! gate, and stored by content hash in a private folder of bounded size. Connections come
+//! through this crate's own accept loop ([`serve_on`]): HTTP/1 with a header read timeout and
+//! a cap on open connections. The routes are documented in `docs/http-api.md`, the limits in
+//! `docs/limits.md`.
 
+pub mod compact;
 pub mod error;
+pub mod limits;
 mod routes;
 pub mod seed;
 pub mod state;
@@ -25,6 +30,7 @@ use cxr_core::pool::ModelPool;
 use cxr_core::service::Service;
 
 pub use error::ApiError;
+pub use limits::Limits;
 pub use routes::router;
 pub use state::{AppState, Models};
 
@@ -55,6 +61,8 @@ pub struct Config {
     pub watch_dir: PathBuf,
     pub request_timeout: Duration,
     pub max_body: usize,
+    /// Connections, bodies in flight, body pace, the uploads folder's size.
+    pub limits: Limits,
 }
 
 /// Starts `jobs` model workers, each with its own service over `cache`.
@@ -103,11 +111,12 @@ async fn serve(
         .await
         .map_err(|e| format!("--addr {}: {e}", config.addr))?;
     let local = listener.local_addr()?;
-    let mut state = AppState::new(
+    let mut state = AppState::with_limits(
         &config.data_dir,
         config.watch_dir.clone(),
         config.request_timeout,
         config.max_body,
+        config.limits.clone(),
     )
     .map_err(|e| format!("uploads folder in {}: {e}", config.data_dir.display()))?;
     state.loopback = local.ip().is_loopback();
@@ -132,9 +141,7 @@ async fn serve(
             Ok(workers)
         })
     };
-    let server = axum::serve(listener, router(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown_signal())
-        .into_future();
+    let server = serve_on(listener, Arc::clone(&state), shutdown_signal());
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served?,
@@ -143,6 +150,70 @@ async fn serve(
             ready(workers);
             server.await?;
         }
+    }
+    Ok(())
+}
+
+/// Serves [`router`] over `state` on `listener` until `shutdown` completes, then waits for the
+/// requests in progress (at most the request timeout and 30 s more) and returns.
+///
+/// HTTP/1 only, through hyper with a header read timeout ([`Limits::header_timeout`], which
+/// axum's `serve` does not set): a connection that does not finish sending a request's header
+/// in time, or that sends nothing more on a kept-alive connection, is closed. At most
+/// [`Limits::max_connections`] connections are served at once; the next ones wait in the
+/// kernel's listen backlog until one closes.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let limits = state.limits.clone();
+    let app = router(Arc::clone(&state));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&connections).acquire_owned() => permit?,
+        };
+        let (stream, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait for connections to close.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let patience = state.request_timeout + Duration::from_secs(30);
+    if tokio::time::timeout(patience, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in progress after {} s: stopping anyway",
+            patience.as_secs()
+        );
     }
     Ok(())
 }

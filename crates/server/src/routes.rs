@@ -26,23 +26,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{self, ApiError};
-use crate::seed;
 use crate::state::{AppState, parse_id};
+use crate::{compact, limits, seed};
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("page.js");
 
-/// How long a client may take to send its request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
 type Shared = Arc<AppState>;
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The whole API with its layers: body limit, timeouts, JSON errors, the same-origin guard,
+/// The whole API with its layers: body limit, body budget and pace, timeout, JSON errors, the same-origin guard,
 /// security headers, request tracing.
 pub fn router(state: Shared) -> Router {
     // A backstop over the handlers' own timeout (which answers 503 in JSON).
@@ -59,8 +56,12 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/training/queue", get(queue_list).post(queue_label))
         .fallback(|| async { ApiError::not_found(error::describe(StatusCode::NOT_FOUND, 0)) })
         .layer(DefaultBodyLimit::disable())
+        // Under the size limit: a body over it is refused before it takes any budget.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::bodies,
+        ))
         .layer(RequestBodyLimitLayer::new(state.max_body))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             backstop,
@@ -280,9 +281,7 @@ async fn classify_upload(State(state): State<Shared>, request: Request) -> ApiRe
             format!("no Content-Type: send multipart/form-data with a file field, or {ACCEPTED}"),
         ));
     } else if accepted_type(&content_type) {
-        Bytes::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?
+        read_body(request, state.max_body).await?
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -298,7 +297,7 @@ async fn classify_upload(State(state): State<Shared>, request: Request) -> ApiRe
     let answer = state
         .compute(move |service| {
             // Decoded through the input gate; the name in errors is "upload", never a path.
-            let image = Image::from_bytes(bytes.to_vec(), Path::new("upload"), Gate::UNTRUSTED);
+            let image = without_padding(bytes)?;
             let classified = service.classify(&image)?;
             let id = image.sha256()[..cxr_core::queue::ID_LEN].to_owned();
             shared.uploads.store(&id, image.bytes())?;
@@ -308,9 +307,72 @@ async fn classify_upload(State(state): State<Shared>, request: Request) -> ApiRe
     Ok((StatusCode::OK, axum::Json(answer)).into_response())
 }
 
+/// A raw upload's body, read into one buffer of its announced length (axum's `Bytes` extractor
+/// gathers the pieces and then copies them: twice the body at its peak, and the body budget
+/// counts it once). Over the size limit: 413; cut short or too slow: 400 (the body layer
+/// answers 408 for the latter).
+async fn read_body(request: Request, max_body: usize) -> ApiResult<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut bytes = Vec::with_capacity(announced.min(max_body));
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(error) = source {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        error::describe(StatusCode::PAYLOAD_TOO_LARGE, max_body),
+                    );
+                }
+                source = error.source();
+            }
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes)
+}
+
+/// The upload as it is analysed and stored: the bytes as sent, or, when at least a MiB of them
+/// is padding (PNG ancillary chunks, JPEG comments and application segments: see
+/// [`compact`]), the same image without it. A PNG's pixels depend only on the chunks kept, so
+/// the padded original is never decoded (its text chunks would be parsed into memory, twice);
+/// a JPEG without its segments must decode to the same pixels as the original, else the
+/// original is kept. The id is the stored image's hash either way, as the queue names its
+/// entries.
+fn without_padding(bytes: Vec<u8>) -> ApiResult<Image> {
+    let name = Path::new("upload");
+    let Some(slim) = compact::without_padding(&bytes) else {
+        return Ok(Image::from_bytes(bytes, name, Gate::UNTRUSTED));
+    };
+    if compact::is_png(&bytes) {
+        drop(bytes);
+        return Ok(Image::from_bytes(slim, name, Gate::UNTRUSTED));
+    }
+    // What was sent must decode (its errors are the answer), and to what the slim one does.
+    let sent = Image::from_bytes(bytes, name, Gate::UNTRUSTED);
+    let pixels = sent.decode()?;
+    match Gate::UNTRUSTED.decode(&slim, name) {
+        Ok(xray) if xray.original == pixels.original => {
+            drop((sent, pixels));
+            Ok(Image::with_decoded(slim, xray, Gate::UNTRUSTED))
+        }
+        _ => Ok(sent),
+    }
+}
+
 /// The upload's bytes from a multipart form: the field `file` or `image`, else the first field
 /// that carries a file name.
-async fn upload_field(mut form: Multipart) -> ApiResult<Bytes> {
+async fn upload_field(mut form: Multipart) -> ApiResult<Vec<u8>> {
     let failed =
         |e: axum::extract::multipart::MultipartError| ApiError::new(e.status(), e.body_text());
     while let Some(field) = form.next_field().await.map_err(failed)? {
@@ -326,7 +388,7 @@ async fn upload_field(mut form: Multipart) -> ApiResult<Bytes> {
                 format!("the file was sent as {kind:?}: expected {ACCEPTED}"),
             ));
         }
-        return field.bytes().await.map_err(failed);
+        return Ok(field.bytes().await.map_err(failed)?.into());
     }
     Err(ApiError::bad_request(
         "no file in the form: send the radiograph in a field named file",

@@ -3,8 +3,8 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use cxr_core::input::Gate;
 use cxr_core::pool::ModelPool;
@@ -12,6 +12,7 @@ use cxr_core::queue::ID_LEN;
 use cxr_core::service::Service;
 
 use crate::error::ApiError;
+use crate::limits::{BodyBudget, Limits};
 
 /// Seconds a client is told to wait before trying again when every worker is busy.
 pub const BUSY_RETRY_SECONDS: u64 = 2;
@@ -58,23 +59,50 @@ pub struct AppState {
     pub max_body: usize,
     /// Bound to a loopback address: requests must name a loopback host (no DNS rebinding).
     pub loopback: bool,
+    /// Bounds on connections, bodies and the uploads folder.
+    pub limits: Limits,
+    /// The bytes of request bodies in flight ([`Limits::body_budget`]).
+    pub budget: BodyBudget,
 }
 
 impl AppState {
-    /// Makes the uploads folder (`data_dir/uploads`, mode 700) if needed.
+    /// Makes the uploads folder (`data_dir/uploads`, mode 700) if needed, with the default
+    /// [`Limits`].
     pub fn new(
         data_dir: &Path,
         watch_dir: PathBuf,
         request_timeout: Duration,
         max_body: usize,
     ) -> std::io::Result<Self> {
+        Self::with_limits(
+            data_dir,
+            watch_dir,
+            request_timeout,
+            max_body,
+            Limits::default(),
+        )
+    }
+
+    /// Makes the uploads folder (`data_dir/uploads`, mode 700) if needed and brings it under
+    /// [`Limits::uploads_max`].
+    pub fn with_limits(
+        data_dir: &Path,
+        watch_dir: PathBuf,
+        request_timeout: Duration,
+        max_body: usize,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
+        let uploads = Uploads::create(&data_dir.join("uploads"))?
+            .capped(limits.uploads_max, Some(watch_dir.clone()));
         Ok(Self {
             models: OnceLock::new(),
-            uploads: Uploads::create(&data_dir.join("uploads"))?,
+            uploads,
             watch_dir,
             request_timeout,
             max_body,
             loopback: true,
+            budget: BodyBudget::new(limits.body_budget, max_body),
+            limits,
         })
     }
 
@@ -151,15 +179,33 @@ pub fn parse_id(text: &str) -> Result<String, ApiError> {
 }
 
 /// Uploaded radiographs, stored by content: `DIR/<id>.<png|jpg|dcm>`, never under a name the
-/// client chose. The folder is private to this user (mode 700).
+/// client chose. The folder is private to this user (mode 700) and holds at most `cap` bytes:
+/// after each store the oldest uploads are removed until it fits, except those with an entry
+/// in the watch folder's review queue (the queue keeps its own copy of the image; the upload
+/// is kept so that the classification and explainer routes still answer for an image under
+/// review).
 pub struct Uploads {
     dir: PathBuf,
+    cap: u64,
+    /// The watch folder whose queue entries keep their uploads.
+    watch_dir: Option<PathBuf>,
+    /// One store or eviction at a time (the model workers store concurrently).
+    lock: Mutex<()>,
 }
 
 /// Extensions an upload is stored under, by its content.
 const STORED: [&str; 3] = ["png", "jpg", "dcm"];
 
+/// One stored upload, as the eviction sees it.
+struct Stored {
+    path: PathBuf,
+    id: String,
+    bytes: u64,
+    modified: SystemTime,
+}
+
 impl Uploads {
+    /// The folder, created private if needed, without a cap.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -175,12 +221,36 @@ impl Uploads {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            cap: u64::MAX,
+            watch_dir: None,
+            lock: Mutex::new(()),
         })
+    }
+
+    /// The same folder holding at most `cap` bytes, sparing the uploads that have an entry in
+    /// the queue of `watch_dir`; brought under the cap now (a cap lowered since the last run).
+    #[must_use]
+    pub fn capped(mut self, cap: u64, watch_dir: Option<PathBuf>) -> Self {
+        self.cap = cap;
+        self.watch_dir = watch_dir;
+        let guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.evict(None);
+        drop(guard);
+        self
     }
 
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The most bytes the folder holds (`u64::MAX`: no cap).
+    #[must_use]
+    pub fn cap(&self) -> u64 {
+        self.cap
     }
 
     /// The stored file of `id` (already checked by [`parse_id`]), if any.
@@ -192,23 +262,38 @@ impl Uploads {
             .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
     }
 
-    /// The stored bytes of `id`, read through the input gate; 404 when there is none.
+    /// The stored bytes of `id`, read through the input gate; 404 when there is none (also
+    /// when it was removed to keep the folder under its cap).
     pub fn read(&self, id: &str) -> Result<(PathBuf, Vec<u8>), ApiError> {
-        let path = self.find(id).ok_or_else(|| {
+        let missing = || {
             ApiError::not_found(format!(
                 "no image {id} (upload it with POST /v1/classifier)"
             ))
-        })?;
-        let bytes = Gate::UNTRUSTED.read(&path)?;
-        Ok((path, bytes))
+        };
+        let path = self.find(id).ok_or_else(missing)?;
+        match Gate::UNTRUSTED.read(&path) {
+            Ok(bytes) => Ok((path, bytes)),
+            // Removed since it was found (the cap).
+            Err(_) if !path.exists() => Err(missing()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores `bytes` (already decoded successfully) as `id`; the same content uploaded again is
-    /// kept once. Another content under the same id (a 64-bit collision) is refused.
+    /// kept once (and counts as new for the eviction). Another content under the same id (a
+    /// 64-bit collision) is refused. Then the oldest uploads are removed while the folder is
+    /// over its cap (never this one, nor one in the review queue).
     pub fn store(&self, id: &str, bytes: &[u8]) -> Result<PathBuf, ApiError> {
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(existing) = self.find(id) {
             let same = std::fs::read(&existing).is_ok_and(|b| b == bytes);
             if same {
+                if let Ok(file) = std::fs::File::options().append(true).open(&existing) {
+                    let _ = file.set_modified(SystemTime::now());
+                }
                 return Ok(existing);
             }
             return Err(ApiError::new(
@@ -219,7 +304,81 @@ impl Uploads {
         let ext = cxr_core::files::extension_from_content(bytes);
         let path = self.dir.join(format!("{id}.{ext}"));
         cxr_core::fsutil::write_atomic(&path, bytes)?;
+        self.evict(Some(id));
         Ok(path)
+    }
+
+    /// Whether the review queue has an entry for `id`.
+    fn queued(&self, id: &str) -> bool {
+        self.watch_dir.as_ref().is_some_and(|watch| {
+            cxr_core::queue::Queue::open(watch).is_ok_and(|q| q.entry_dir(id).is_dir())
+        })
+    }
+
+    /// The stored uploads (files named `<id>.<ext>`; anything else in the folder is not ours).
+    fn listing(&self) -> Vec<Stored> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let (id, ext) = name.split_once('.')?;
+                let ours = STORED.contains(&ext)
+                    && id.len() == ID_LEN
+                    && id.bytes().all(|b| b.is_ascii_hexdigit());
+                let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+                (ours && meta.is_file()).then(|| Stored {
+                    path: entry.path(),
+                    id: id.to_owned(),
+                    bytes: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the oldest uploads (by the time they were stored) until the folder fits its
+    /// cap, sparing `keep` and the queued ones. Called with the lock held.
+    fn evict(&self, keep: Option<&str>) {
+        if self.cap == u64::MAX {
+            return;
+        }
+        let mut stored = self.listing();
+        let mut total: u64 = stored.iter().map(|s| s.bytes).sum();
+        if total <= self.cap {
+            return;
+        }
+        stored.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.id.cmp(&b.id)));
+        let (mut removed, mut freed) = (0_usize, 0_u64);
+        for upload in stored {
+            if total <= self.cap {
+                break;
+            }
+            if Some(upload.id.as_str()) == keep || self.queued(&upload.id) {
+                continue;
+            }
+            if std::fs::remove_file(&upload.path).is_ok() {
+                total -= upload.bytes;
+                removed += 1;
+                freed += upload.bytes;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                "uploads: removed the {removed} oldest ({} MiB) to stay under {} MiB",
+                freed >> 20,
+                self.cap >> 20
+            );
+        }
+        if total > self.cap {
+            tracing::warn!(
+                "uploads: {} MiB stored, over the {} MiB cap: the rest are in the review queue                  or just stored",
+                total >> 20,
+                self.cap >> 20
+            );
+        }
     }
 }
 
@@ -267,5 +426,39 @@ mod tests {
             uploads.read("00000000000000cc").unwrap_err().status,
             axum::http::StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn the_cap_removes_the_oldest_first_but_not_queued_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("watch");
+        let queue = cxr_core::queue::Queue::create(&watch).unwrap();
+        let uploads = Uploads::create(&dir.path().join("uploads"))
+            .unwrap()
+            .capped(250, Some(watch));
+        let png = |fill: u8| {
+            let mut bytes = b"\x89PNG".to_vec();
+            bytes.resize(100, fill);
+            bytes
+        };
+        let id = |n: u8| format!("{n:016x}");
+        std::fs::create_dir_all(queue.entry_dir(&id(1))).unwrap();
+        for n in 1..=4 {
+            uploads.store(&id(n), &png(n)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // 1 is queued; 2 went when 3 came, 3 when 4 came.
+        let kept: Vec<bool> = (1..=4).map(|n| uploads.find(&id(n)).is_some()).collect();
+        assert_eq!(kept, [true, false, false, true]);
+        // 2 again: 4 goes (the oldest unqueued), and 2 when 5 comes.
+        uploads.store(&id(2), &png(2)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        uploads.store(&id(5), &png(5)).unwrap();
+        let kept: Vec<bool> = (1..=5).map(|n| uploads.find(&id(n)).is_some()).collect();
+        assert_eq!(kept, [true, false, false, false, true]);
+        // Lowered since: brought under the new cap when opened.
+        let reopened = Uploads::create(uploads.dir()).unwrap().capped(100, None);
+        let left = (1..=5).filter(|n| reopened.find(&id(*n)).is_some()).count();
+        assert_eq!(left, 1);
     }
 }

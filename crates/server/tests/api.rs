@@ -13,7 +13,7 @@ use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::queue::{Order, Queue, ReviewState};
 use cxr_core::tch::Device;
-use cxr_server::{AppState, Models};
+use cxr_server::{AppState, Limits, Models};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -47,6 +47,8 @@ struct Options {
     pending: usize,
     timeout: Duration,
     models: bool,
+    max_body: usize,
+    limits: Limits,
 }
 
 impl Default for Options {
@@ -56,6 +58,8 @@ impl Default for Options {
             pending: 16,
             timeout: Duration::from_secs(600),
             models: true,
+            max_body: cxr_server::DEFAULT_MAX_BODY,
+            limits: Limits::default(),
         }
     }
 }
@@ -64,11 +68,12 @@ impl Default for Options {
 async fn start(options: Options) -> Server {
     cxr_explainers::link();
     let dir = tempfile::tempdir().unwrap();
-    let state = AppState::new(
+    let state = AppState::with_limits(
         &dir.path().join("data"),
         dir.path().join("watch"),
         options.timeout,
-        cxr_server::DEFAULT_MAX_BODY,
+        options.max_body,
+        options.limits,
     )
     .unwrap();
     if options.models {
@@ -92,7 +97,12 @@ async fn start(options: Options) -> Server {
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, cxr_server::router(Arc::clone(&state))).into_future());
+    // The server's own accept loop (header timeout, connection cap), as `cxr serve` runs it.
+    tokio::spawn(cxr_server::serve_on(
+        listener,
+        Arc::clone(&state),
+        std::future::pending(),
+    ));
     Server {
         url,
         state,
@@ -881,4 +891,436 @@ impl JsonBody for reqwest::RequestBuilder {
         self.header("content-type", "application/json")
             .body(value.to_string())
     }
+}
+
+/// Opens a connection and sends a request head for `path` with `headers`; the body is the
+/// caller's to send (or not).
+async fn send_head(server: &Server, path: &str, headers: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {address}\r\n{headers}\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What comes back on `stream` until the server closes it (or `wait` passes: then the answer
+/// so far and `false`).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    let closed = tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+/// Issue 20, defect 4: bodies in flight share one byte budget. While one upload holds all of
+/// it, the next waits (here 1 s), then is answered 503 with Retry-After; once the first is gone
+/// its bytes are free again and uploads go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_beyond_the_byte_budget_wait_then_get_503() {
+    let server = start(Options {
+        jobs: 1,
+        max_body: 2 << 20,
+        limits: Limits {
+            body_budget: 2 << 20,
+            body_wait: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(server.state.budget.bytes(), 2 << 20);
+    // Announces the largest body, sends a little of it and holds on.
+    let mut holder = send_head(
+        &server,
+        "/v1/classifier",
+        &format!("Content-Type: image/png\r\nContent-Length: {}\r\n", 2 << 20),
+    )
+    .await;
+    tokio::io::AsyncWriteExt::write_all(&mut holder, &vec![0_u8; 32 << 10])
+        .await
+        .unwrap();
+    while server.state.budget.available() > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bytes = sample("nih_00001385_000.png");
+    let started = std::time::Instant::now();
+    let response = server
+        .client
+        .post(format!("{}/v1/classifier", server.url))
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "2");
+    let body = json(&response.bytes().await.unwrap());
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("2 MiB of request bodies"),
+        "{body}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    // Requests without a body take none of it.
+    assert_eq!(server.get_json("/healthz").await.0, StatusCode::OK);
+    // The holder goes: its bytes come back, and the upload is answered.
+    drop(holder);
+    let mut answer = (StatusCode::SERVICE_UNAVAILABLE, Value::Null);
+    for _ in 0..50 {
+        answer = server
+            .post_raw("/v1/classifier", "image/png", bytes.clone())
+            .await;
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+    }
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    assert_eq!(server.state.budget.available(), 2 << 20);
+}
+
+/// Issue 20, defect 5: the uploads folder grew without bound. With a cap of 300 kB, the oldest
+/// uploads go first, but never one that is in the review queue; an evicted id is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uploads_folder_is_capped_oldest_first_sparing_queued_images() {
+    let server = start(Options {
+        jobs: 1,
+        limits: Limits {
+            uploads_max: 300_000,
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let uploads = server.dir.path().join("data/uploads");
+    let stored = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&uploads)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let size = || -> u64 {
+        std::fs::read_dir(&uploads)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let names = [
+        "hannover_2c35005f.png", // 103.5 kB, labelled: in the queue
+        "hannover_b343e657.png", // 133.3 kB
+        "hannover_e1446fe8.png", // 116.2 kB
+        "nih_00001299_000.png",  // 99.0 kB
+    ];
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (status, answer) = server.upload(name, sample(name)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+        if i == 0 {
+            let (status, entry) = server
+                .post_raw(
+                    "/v1/training/queue",
+                    "application/json",
+                    format!(r#"{{"id":"{}","label":"normal"}}"#, ids[0]).into_bytes(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{entry}");
+        }
+        // Even while the cap is kept, the upload just stored is there.
+        assert!(stored().contains(&format!("{}.png", ids[i])));
+    }
+    // The second went when the third came (the first is queued), the third when the fourth did.
+    let expected: std::collections::BTreeSet<String> = [&ids[0], &ids[3]]
+        .iter()
+        .map(|id| format!("{id}.png"))
+        .collect();
+    assert_eq!(stored(), expected);
+    assert!(size() <= 300_000, "{} bytes stored", size());
+    assert_error(
+        &server.get_json(&format!("/v1/classifier/{}", ids[1])).await,
+        StatusCode::NOT_FOUND,
+        "no image",
+    );
+    assert_eq!(
+        server
+            .get_json(&format!("/v1/classifier/{}", ids[0]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Uploading it again brings it back, as the newest.
+    let (status, _) = server.upload(names[1], sample(names[1])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stored().contains(&format!("{}.png", ids[1])));
+    assert!(
+        !stored().contains(&format!("{}.png", ids[3])),
+        "{:?}",
+        stored()
+    );
+    assert!(stored().contains(&format!("{}.png", ids[0])));
+}
+
+/// Issue 20, defect 6, with 1-second limits: a header that stops halfway and an idle
+/// kept-alive connection are closed; a body that never comes, one trickled a byte at a time
+/// and a chunked one that stops are answered 408 (as docs/http-api.md says) and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_bodies_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(Options {
+        models: false,
+        limits: Limits {
+            header_timeout: Duration::from_secs(1),
+            body_window: Duration::from_secs(1),
+            body_min_bytes: 1024,
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let wait = Duration::from_secs(10);
+    let address = server.url.trim_start_matches("http://").to_owned();
+
+    // Half a header.
+    let started = std::time::Instant::now();
+    let mut half = tokio::net::TcpStream::connect(&address).await.unwrap();
+    half.write_all(b"POST /v1/classifier HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut half, wait).await;
+    assert!(closed && answer.is_empty(), "{closed} {answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Nothing at all, and a kept-alive connection after its first answer.
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert!(read_until_closed(&mut silent, wait).await.1);
+    let mut kept = tokio::net::TcpStream::connect(&address).await.unwrap();
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut kept, wait).await;
+    assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let slow = "the request body arrived too slowly: less than 1 KiB in 1 s";
+    // A body announced and never sent.
+    let started = std::time::Instant::now();
+    let mut never = send_head(
+        &server,
+        "/v1/classifier",
+        "Content-Type: image/png\r\nContent-Length: 1000\r\n",
+    )
+    .await;
+    let (answer, closed) = read_until_closed(&mut never, wait).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(slow), "{answer}");
+    assert!(closed, "the connection is closed after the 408");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A byte every 300 ms (the label route reads its body too).
+    let mut trickle = send_head(
+        &server,
+        "/v1/training/queue",
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n",
+    )
+    .await;
+    let (mut reader, mut writer) = trickle.split();
+    let (answer, ()) = tokio::join!(
+        async {
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(
+                wait,
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut answer),
+            )
+            .await;
+            String::from_utf8_lossy(&answer).into_owned()
+        },
+        async {
+            for _ in 0..20 {
+                if writer.write_all(b"{").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(slow), "{answer}");
+
+    // Chunked, stopping after the first chunk.
+    let mut chunked = send_head(
+        &server,
+        "/v1/classifier",
+        "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n",
+    )
+    .await;
+    chunked.write_all(b"4\r\n\x89PNG\r\n").await.unwrap();
+    let (answer, _) = read_until_closed(&mut chunked, wait).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body that keeps the pace is read whole (and then refused for what it is).
+    let started = std::time::Instant::now();
+    let mut steady = send_head(
+        &server,
+        "/v1/classifier",
+        &format!(
+            "Content-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n",
+            4 * 2048
+        ),
+    )
+    .await;
+    for _ in 0..4 {
+        steady.write_all(&[b'x'; 2048]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (answer, _) = read_until_closed(&mut steady, wait).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "models not loaded: {answer}"
+    );
+    assert_eq!(server.get_json("/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        server.state.budget.available(),
+        server.state.budget.bytes(),
+        "every body's bytes are back"
+    );
+}
+
+/// Issue 20, defect 5 (what is stored): a PNG padded with a 2 MB text chunk and a JPEG padded
+/// with 1.2 MB of comments and EXIF-like segments are analysed and stored without the padding;
+/// the id is the stored file's hash (here the unpadded picture's, so the padded PNG is answered
+/// from the cache of its plain upload), the pixels are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padded_png_and_jpeg_uploads_are_stored_without_their_padding() {
+    let server = start(Options {
+        jobs: 1,
+        ..Options::default()
+    })
+    .await;
+    let uploads = server.dir.path().join("data/uploads");
+    let plain = sample("nih_00001299_000.png");
+    let (status, first) = server.upload("plain.png", plain.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["id"].as_str().unwrap(), id_of(&plain));
+
+    // A tEXt chunk of 2 MB after the header.
+    let mut text = b"tEXtComment\0".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 2 << 20));
+    let mut padded = plain[..33].to_vec();
+    padded.extend_from_slice(&((text.len() - 4) as u32).to_be_bytes());
+    padded.extend_from_slice(&text);
+    padded.extend_from_slice(&crc32(&text).to_be_bytes());
+    padded.extend_from_slice(&plain[33..]);
+    let (status, answer) = server.post_raw("/v1/classifier", "image/png", padded).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["id"], first["id"], "the stored image's id");
+    assert_eq!(answer["cached"], true);
+    assert_eq!(answer["probabilities"], first["probabilities"]);
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+
+    // The same radiograph as a JPEG, with 20 comments and 20 APP1 segments of 30 kB each.
+    let mut jpeg = Vec::new();
+    image::load_from_memory(&plain)
+        .unwrap()
+        .to_luma8()
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let mut stuffed = jpeg[..2].to_vec();
+    for marker in [0xfe_u8, 0xe1] {
+        for _ in 0..20 {
+            stuffed.extend_from_slice(&[0xff, marker]);
+            stuffed.extend_from_slice(&30_002_u16.to_be_bytes());
+            stuffed.extend(std::iter::repeat_n(b'c', 30_000));
+        }
+    }
+    stuffed.extend_from_slice(&jpeg[2..]);
+    assert!(stuffed.len() > jpeg.len() + (1 << 20));
+    let (status, answer) = server
+        .post_raw("/v1/classifier", "image/jpeg", stuffed)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(id, id_of(&jpeg), "the JPEG without its segments");
+    let stored = std::fs::read(uploads.join(format!("{id}.jpg"))).unwrap();
+    assert_eq!(stored, jpeg);
+    let (status, again) = server.get_json(&format!("/v1/classifier/{id}")).await;
+    assert_eq!(
+        (status, &again["cached"]),
+        (StatusCode::OK, &Value::Bool(true))
+    );
+}
+
+/// CRC-32 of PNG chunks (ISO 3309), bit by bit: the tests' chunks are small.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0_u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// At most `max_connections` are served at once: with two idle connections open, a third is
+/// served only once the header timeout (2 s) has closed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_their_turn() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(Options {
+        models: false,
+        limits: Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let idle = [
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+        tokio::net::TcpStream::connect(&address).await.unwrap(),
+    ];
+    // Both accepted and idle before the third comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
+    third
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "served after {took:?}, before the idle ones were closed"
+    );
+    drop(idle);
 }

@@ -424,6 +424,14 @@ pub struct ServeArgs {
     /// Largest request body, in MiB; larger uploads are refused with 413 before they are read.
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub max_upload_mib: usize,
+    /// MiB of request bodies received at once (all uploads together); requests beyond wait up
+    /// to 30 s for their turn, then get 503 with Retry-After.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub body_budget_mib: usize,
+    /// MiB the uploads folder may hold; the oldest uploads are removed first, never one in the
+    /// review queue.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub uploads_max_mib: u64,
 }
 
 #[derive(Debug, Args, Default)]

@@ -44,6 +44,11 @@ pub fn run(args: &ServeArgs, models: &Path, compute: Compute) -> Result<ExitCode
         watch_dir: args.watch.watch_dir.clone(),
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         max_body: args.max_upload_mib.max(1) << 20,
+        limits: cxr_server::Limits {
+            body_budget: args.body_budget_mib.max(1) << 20,
+            uploads_max: args.uploads_max_mib.max(1) << 20,
+            ..cxr_server::Limits::default()
+        },
     };
     let jobs = config.jobs;
     cxr_server::run(
