@@ -6,7 +6,7 @@
 
 use std::io::Cursor;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,29 +17,13 @@ use support::{dicom_with_rescale_slope_1e308, sample};
 /// Runs `cxr --device cpu classify FILE` and kills it after `limit`: a hang is a failure, not a
 /// stuck test run.
 fn classify_within(file: &Path, limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["classify", "--device", "cpu"])
-        .arg(file)
-        .env_remove("CXR_MODELS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{}: still running after {limit:?} (stderr: {})",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args(["classify", "--device", "cpu"])
+            .arg(file)
+            .env_remove("CXR_MODELS"),
+        limit,
+    )
 }
 
 /// The one error line printed for `file`, after checking the exit code and that no label came

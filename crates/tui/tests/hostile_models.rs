@@ -5,13 +5,13 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod support;
-use support::{repo, sample};
+use support::{output_within, repo, sample};
 
 /// A private copy of the shipped models folder.
 fn models_copy() -> (tempfile::TempDir, PathBuf) {
@@ -29,31 +29,20 @@ fn models_copy() -> (tempfile::TempDir, PathBuf) {
 
 /// `cxr classify` of one sample with the models in `dir` on `backend`, killed after a minute.
 fn classify(dir: &Path, backend: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args([
-            "classify",
-            "--device",
-            "cpu",
-            "--backend",
-            backend,
-            "--models",
-        ])
-        .arg(dir)
-        .arg(sample("nih_00001299_000.png"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("{backend}: still running after a minute");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args([
+                "classify",
+                "--device",
+                "cpu",
+                "--backend",
+                backend,
+                "--models",
+            ])
+            .arg(dir)
+            .arg(sample("nih_00001299_000.png")),
+        Duration::from_secs(60),
+    )
 }
 
 /// The error `cxr classify` stops with on `backend`; it must give no label and not panic.

@@ -29,25 +29,10 @@ fn watch(dir: &Path, args: &[&str]) -> Command {
 
 /// `cxr watch DIR --once ...`, killed after two minutes: a hang is a failure.
 fn watch_once(dir: &Path, args: &[&str]) -> (Output, Vec<Value>) {
-    let mut child = watch(dir, &[&["--once"], args].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after 2 minutes:\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = support::output_within(
+        &mut watch(dir, &[&["--once"], args].concat()),
+        Duration::from_secs(120),
+    );
     let events = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -99,3 +99,32 @@ pub const CHROMIUM_FLAGS: [&str; 9] = [
 pub fn nested_dicom() -> PathBuf {
     repo().join("crates/io/tests/fixtures/nested-sequences.dcm")
 }
+
+/// Runs `command` with its output captured, killing it after `limit`: a hang is a failure
+/// (the panic shows what it printed), not a stuck test run.
+pub fn output_within(
+    command: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
