@@ -1,7 +1,8 @@
 //! Golden overlay images: a fixed heatmap and outline rendered over a real radiograph must match
 //! the committed PNGs in tests/golden/ (within 1 level per channel). After an intended change to
-//! the rendering, regenerate them with `REGENERATE=1 scripts/test.sh --test golden` and look at
-//! the new files before committing them.
+//! the rendering, regenerate them with `scripts/test.sh --test golden -- --ignored` (the one
+//! ignored test writes them, the checking test never does) and look at the new files before
+//! committing them.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
@@ -36,10 +37,6 @@ fn scene() -> (GrayImage, Vec<f32>, GrayImage) {
 
 fn check(name: &str, picture: &RgbImage) {
     let path = here().join("tests/golden").join(name);
-    if std::env::var_os("REGENERATE").is_some() {
-        std::fs::write(&path, render::encode_png(picture).unwrap()).unwrap();
-        return;
-    }
     let golden = image::open(&path).unwrap().to_rgb8();
     assert_eq!(golden.dimensions(), picture.dimensions(), "{name}");
     let worst = golden
@@ -55,22 +52,43 @@ fn check(name: &str, picture: &RgbImage) {
     );
 }
 
-#[test]
-fn overlays_match_their_golden_images() {
+/// Each golden image's name and the overlay it holds.
+fn overlays() -> Vec<(String, RgbImage)> {
     let (base, heat, mask) = scene();
     let edges = render::mask_edges(&mask);
     let outline = [Lines {
         pixels: &edges,
         colour: [0, 200, 255],
     }];
-    for colormap in [Colormap::Viridis, Colormap::Turbo] {
-        let style = OverlayStyle {
-            colormap,
-            opacity: 0.6,
-            legend: true,
-        };
-        let picture = render::overlay(&base, &heat, &style, &outline);
-        assert_eq!(picture.dimensions(), base.dimensions());
-        check(&format!("overlay_{}.png", colormap.name()), &picture);
+    [Colormap::Viridis, Colormap::Turbo]
+        .into_iter()
+        .map(|colormap| {
+            let style = OverlayStyle {
+                colormap,
+                opacity: 0.6,
+                legend: true,
+            };
+            let picture = render::overlay(&base, &heat, &style, &outline);
+            assert_eq!(picture.dimensions(), base.dimensions());
+            (format!("overlay_{}.png", colormap.name()), picture)
+        })
+        .collect()
+}
+
+#[test]
+fn overlays_match_their_golden_images() {
+    for (name, picture) in overlays() {
+        check(&name, &picture);
+    }
+}
+
+/// Writes the golden images anew (after an intended change to the rendering). Ignored, so that
+/// the checking test above can never pass by writing what it compares against.
+#[test]
+#[ignore = "writes tests/golden/: run with --ignored after an intended rendering change"]
+fn regenerate_golden_images() {
+    for (name, picture) in overlays() {
+        let path = here().join("tests/golden").join(name);
+        std::fs::write(&path, render::encode_png(&picture).unwrap()).unwrap();
     }
 }

@@ -15,5 +15,11 @@ pub mod occlusion;
 pub mod rise;
 pub mod superpixels;
 
+/// `docs/adding-an-explainer.md`, read by rustdoc as this crate's documentation so that its
+/// example is compiled and linked with every test run (a doctest, `no_run`: it needs no model).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/adding-an-explainer.md")]
+pub struct AddingAnExplainerGuide;
+
 /// Call from a binary to make sure the linker keeps this crate (and so its registrations).
 pub fn link() {}
