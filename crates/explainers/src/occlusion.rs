@@ -54,8 +54,7 @@ impl Explainer for Occlusion {
             })
             .collect();
         let x = input.input.f_to_device(model.device())?;
-        let probability =
-            |batch: &Tensor| -> Result<Tensor> { target_probabilities(model, batch, input.target) };
+        let probability = |batch: &Tensor| target_probabilities(model, batch, input.target);
         let reference = probability(&x)?.double_value(&[0]) as f32;
         let mut drop = vec![0.0f32; h * w];
         let mut covered = vec![0.0f32; h * w];

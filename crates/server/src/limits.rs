@@ -125,15 +125,23 @@ impl BodyBudget {
     }
 }
 
+/// The request's `Content-Length`, if it has a readable one (saturated to `usize`).
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<usize> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(usize::try_from(length).unwrap_or(usize::MAX))
+}
+
 /// The bytes a request's body will take: its `Content-Length`, or the largest body when it is
 /// chunked; none without a body.
 fn body_bytes(headers: &HeaderMap, largest: usize) -> usize {
-    if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return usize::try_from(length).unwrap_or(usize::MAX).min(largest);
+    if let Some(length) = content_length(headers) {
+        return length.min(largest);
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         largest

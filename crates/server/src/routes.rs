@@ -39,8 +39,8 @@ const SCRIPT: &str = include_str!("page.js");
 type Shared = Arc<AppState>;
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The whole API with its layers: body limit, body budget and pace, timeout, JSON errors, the same-origin guard,
-/// security headers, request tracing.
+/// The whole API with its layers: body limit, body budget and pace, timeout, JSON errors, the
+/// same-origin guard, security headers, request tracing.
 pub fn router(state: Shared) -> Router {
     // A backstop over the handlers' own timeout (which answers 503 in JSON).
     let backstop = state.request_timeout + Duration::from_secs(30);
@@ -313,12 +313,7 @@ async fn classify_upload(State(state): State<Shared>, request: Request) -> ApiRe
 /// answers 408 for the latter).
 async fn read_body(request: Request, max_body: usize) -> ApiResult<Vec<u8>> {
     use http_body_util::BodyExt;
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let announced = limits::content_length(request.headers()).unwrap_or(0);
     let mut bytes = Vec::with_capacity(announced.min(max_body));
     let mut body = request.into_body();
     while let Some(frame) = body.frame().await {

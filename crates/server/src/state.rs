@@ -308,13 +308,6 @@ impl Uploads {
         Ok(path)
     }
 
-    /// Whether the review queue has an entry for `id`.
-    fn queued(&self, id: &str) -> bool {
-        self.watch_dir.as_ref().is_some_and(|watch| {
-            cxr_core::queue::Queue::open(watch).is_ok_and(|q| q.entry_dir(id).is_dir())
-        })
-    }
-
     /// The stored uploads (files named `<id>.<ext>`; anything else in the folder is not ours).
     fn listing(&self) -> Vec<Stored> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -351,12 +344,18 @@ impl Uploads {
             return;
         }
         stored.sort_by(|a, b| a.modified.cmp(&b.modified).then_with(|| a.id.cmp(&b.id)));
+        // Uploads with an entry in the review queue are kept.
+        let queue = self
+            .watch_dir
+            .as_ref()
+            .and_then(|watch| cxr_core::queue::Queue::open(watch).ok());
+        let queued = |id: &str| queue.as_ref().is_some_and(|q| q.entry_dir(id).is_dir());
         let (mut removed, mut freed) = (0_usize, 0_u64);
         for upload in stored {
             if total <= self.cap {
                 break;
             }
-            if Some(upload.id.as_str()) == keep || self.queued(&upload.id) {
+            if Some(upload.id.as_str()) == keep || queued(&upload.id) {
                 continue;
             }
             if std::fs::remove_file(&upload.path).is_ok() {
@@ -374,7 +373,8 @@ impl Uploads {
         }
         if total > self.cap {
             tracing::warn!(
-                "uploads: {} MiB stored, over the {} MiB cap: the rest are in the review queue                  or just stored",
+                "uploads: {} MiB stored, over the {} MiB cap: the rest are in the review queue \
+                 or just stored",
                 total >> 20,
                 self.cap >> 20
             );

@@ -302,25 +302,21 @@ pub struct ModelMeta<A> {
 impl<A> ModelMeta<A> {
     /// Refuses values no model can have: a decision threshold outside [0, 1], class names that
     /// are empty, repeated or not one short line.
-    fn check(&self, path: &Path) -> Result<()> {
-        let refuse = |reason: String| CoreError::ModelLoad {
-            path: path.to_path_buf(),
-            source: reason.into(),
-        };
+    fn check(&self) -> std::result::Result<(), String> {
         if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(refuse(format!(
+            return Err(format!(
                 "threshold is {}; a decision threshold is a probability, in [0, 1]",
                 self.threshold
-            )));
+            ));
         }
         for (i, class) in self.classes.iter().enumerate() {
             if class.trim().is_empty() || class.len() > 64 || class.chars().any(char::is_control) {
-                return Err(refuse(format!(
+                return Err(format!(
                     "class name {class:?}: expected a name of 1 to 64 characters on one line"
-                )));
+                ));
             }
             if self.classes[..i].contains(class) {
-                return Err(refuse(format!("class {class:?} is listed twice")));
+                return Err(format!("class {class:?} is listed twice"));
             }
         }
         Ok(())
@@ -390,14 +386,19 @@ impl ModelFiles {
         if input_side == expected {
             return Ok(());
         }
-        Err(CoreError::ModelLoad {
+        Err(self.refused(format!(
+            "input_side is {input_side}, but cxr feeds this kind of model {expected}x{expected} \
+             images"
+        )))
+    }
+
+    /// The load error for a JSON that says something no model can be (`reason` says what).
+    #[must_use]
+    pub fn refused(&self, reason: impl Into<String>) -> CoreError {
+        CoreError::ModelLoad {
             path: self.meta.clone(),
-            source: format!(
-                "input_side is {input_side}, but cxr feeds this kind of model {expected}x{expected} \
-                 images"
-            )
-            .into(),
-        })
+            source: reason.into().into(),
+        }
     }
 
     fn read_meta_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
@@ -408,7 +409,7 @@ impl ModelFiles {
     /// The model's JSON, with its threshold and classes checked.
     pub fn read_meta<A: serde::de::DeserializeOwned>(&self) -> Result<ModelMeta<A>> {
         let meta: ModelMeta<A> = self.read_meta_as()?;
-        meta.check(&self.meta)?;
+        meta.check().map_err(|reason| self.refused(reason))?;
         Ok(meta)
     }
 
@@ -489,8 +490,7 @@ pub fn load_safetensors(
             ));
         }
         let data = view.data();
-        let values = data.len() / 4;
-        if data.len() % 4 != 0 || values as i64 != variable.numel() as i64 {
+        if data.len() != variable.numel() * 4 {
             return Err(format!(
                 "tensor {name:?} holds {} bytes for its shape",
                 data.len()

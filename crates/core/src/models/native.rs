@@ -47,7 +47,7 @@ impl UNetSegmenter {
         files.check_side(meta.input_side, SEGMENTER_SIDE)?;
         meta.architecture
             .check()
-            .map_err(|reason| config_error(files, reason))?;
+            .map_err(|reason| files.refused(reason))?;
         let architecture = meta.architecture.clone();
         let mut model = build(files, || Self::new(architecture, device))?;
         files.load_weights(&mut model.vs, meta.weights_sha256.as_deref())?;
@@ -100,14 +100,6 @@ impl Segmenter for UNetSegmenter {
     }
 }
 
-/// A load error about the model's JSON.
-fn config_error(files: &ModelFiles, reason: String) -> CoreError {
-    CoreError::ModelLoad {
-        path: files.meta.clone(),
-        source: reason.into(),
-    }
-}
-
 /// Builds a network whose architecture passed its checks. tch allocates parameters with
 /// panicking calls; a failure there (out of memory) becomes this model's load error.
 fn build<T>(files: &ModelFiles, make: impl FnOnce() -> T) -> Result<T> {
@@ -117,10 +109,7 @@ fn build<T>(files: &ModelFiles, make: impl FnOnce() -> T) -> Result<T> {
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_default();
-        config_error(
-            files,
-            format!("cannot build the network it describes: {why}"),
-        )
+        files.refused(format!("cannot build the network it describes: {why}"))
     })
 }
 
@@ -155,14 +144,11 @@ impl ResNetClassifier {
         let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
         files.check_side(meta.input_side, preprocess::CLASSIFIER_SIDE)?;
         if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
-            return Err(config_error(
-                files,
-                "expected a two-class classifier (positive class first)".into(),
-            ));
+            return Err(files.refused("expected a two-class classifier (positive class first)"));
         }
         meta.architecture
             .check()
-            .map_err(|reason| config_error(files, reason))?;
+            .map_err(|reason| files.refused(reason))?;
         let (architecture, classes) = (meta.architecture.clone(), meta.classes.clone());
         let mut model = build(files, || Self::new(architecture, classes, device))?;
         files.load_weights(&mut model.vs, meta.weights_sha256.as_deref())?;

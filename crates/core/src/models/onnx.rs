@@ -157,10 +157,7 @@ impl OnnxSegmenter {
         // is not trusted for the rest (its threshold) either.
         meta.architecture
             .check()
-            .map_err(|reason| CoreError::ModelLoad {
-                path: files.meta.clone(),
-                source: reason.into(),
-            })?;
+            .map_err(|reason| files.refused(reason))?;
         let session = open(&export_of(files)?, &files.weights, threads)?;
         Ok(Self {
             session,

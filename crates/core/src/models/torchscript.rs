@@ -99,21 +99,16 @@ impl ScriptClassifier {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
         let (module, meta) = open(files, device, CLASSIFIER_SIDE)?;
         if meta.classes.len() != 2 {
-            return Err(CoreError::ModelLoad {
-                path: files.meta.clone(),
-                source: "expected a two-class classifier (positive class first)".into(),
-            });
+            return Err(files.refused("expected a two-class classifier (positive class first)"));
         }
         let split = match (&meta.architecture.features, &meta.architecture.head) {
             (Some(features), Some(head)) => Some((features.clone(), head.clone())),
             (None, None) => None,
             _ => {
-                return Err(CoreError::ModelLoad {
-                    path: files.meta.clone(),
-                    source: "architecture names only one of `features` and `head`: name both \
-                             (or neither, for a model that gives logits only)"
-                        .into(),
-                });
+                return Err(files.refused(
+                    "architecture names only one of `features` and `head`: name both (or \
+                     neither, for a model that gives logits only)",
+                ));
             }
         };
         let model = Self {
