@@ -1,18 +1,20 @@
-//! cxr's two backends (libtorch, ONNX Runtime) against PyTorch eager and ONNX Runtime in Python,
-//! on the same models and inputs, in one command:
+//! cxr's backends (libtorch; ONNX Runtime in FP32 and, where `python/quantise_onnx.py` made INT8
+//! exports, in INT8) against PyTorch eager and ONNX Runtime in Python, in one command:
 //!
 //!     cargo bench -p cxr-benches --bench backends
 //!
-//! Criterion times all four contenders the same way; the Python ones through `iter_custom`, by
+//! Criterion times every contender the same way; the Python ones through `iter_custom`, by
 //! asking `python/bench_backends.py` (a child process, idle while Rust runs) to time N
-//! iterations. Measures: the classifier's forward pass, the U-Net's, one radiograph end to end
-//! (decode, segment, preprocess, classify) and LIME with 1000 samples (for Python: its 1000
-//! forward passes in batches of 100, the model's share). Then it runs every contender in turn,
-//! in `CXR_BENCH_ROUNDS` (15) interleaved rounds, and prints their medians and the ratios the
-//! project's speed targets are stated in, and the largest differences between cxr's two
-//! backends on this radiograph. Threads: `CXR_THREADS`, else all cores, for every contender.
-//! `CXR_BENCH_MEASURES` (names, comma-separated) limits the rounds to some measures; the
-//! argument `skip-criterion` (a filter no benchmark matches) leaves out criterion's runs.
+//! iterations. The Python side runs the models in `CXR_BENCH_PEER_MODELS` (today's shipped
+//! ones, to measure a change against them), else the same models as cxr. Measures: the
+//! classifier's forward pass, the U-Net's, one radiograph end to end (decode, segment,
+//! preprocess, classify, trust checks) and LIME with 1000 samples (for Python: its 1000 forward
+//! passes in batches of 100, the model's share). Then it runs every contender in turn, in
+//! `CXR_BENCH_ROUNDS` (15) interleaved rounds, and prints their medians and the ratios the
+//! project's speed targets are stated in, and the largest differences between cxr's libtorch
+//! and FP32 ONNX backends on this radiograph. Threads: `CXR_THREADS`, else all cores, for every
+//! contender. `CXR_BENCH_MEASURES` (names, comma-separated) limits the rounds to some measures;
+//! the argument `skip-criterion` (a filter no benchmark matches) leaves out criterion's runs.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -23,19 +25,20 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use cxr_benches::{repo, sample};
-use cxr_core::compute::{Backend, Compute};
+use cxr_core::compute::{Backend, Compute, Precision};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
 use cxr_core::models::onnx::OnnxSegmenter;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{Pipeline, SEGMENTER_NAME};
-use cxr_core::preprocess::{self, SEGMENTER_SIDE, classifier_input};
+use cxr_core::preprocess::{self, classifier_input};
 use cxr_core::tch::{self, Device, Tensor};
 use cxr_core::xray::Xray;
 
 const IMAGE: &str = "nih_00001299_000.png";
-const CONTENDERS: [&str; 4] = [
+const CONTENDERS: [&str; 5] = [
     "cxr-torch",
     "cxr-onnx",
+    "cxr-onnx-int8",
     "pytorch-eager",
     "onnxruntime-python",
 ];
@@ -120,19 +123,35 @@ fn main() {
     let models = repo().join("models");
     let torch =
         Pipeline::load_with(&models, &compute.with_backend(Backend::Torch)).expect("models");
-    let onnx = Pipeline::load_with(&models, &compute.with_backend(Backend::Onnx))
+    let onnx_compute = compute.with_backend(Backend::Onnx);
+    let onnx = Pipeline::load_with(&models, &onnx_compute.with_precision(Precision::Fp32))
         .expect("ONNX exports of the models (python python/export_onnx.py models)");
+    // The INT8 exports, where python/quantise_onnx.py made them.
+    let int8 = Pipeline::load_with(&models, &onnx_compute.with_precision(Precision::Int8))
+        .map_err(|e| eprintln!("INT8 contender skipped: {e}"))
+        .ok();
+    // The Python side may run other models, today's shipped ones say: CXR_BENCH_PEER_MODELS.
+    let peer_models = std::env::var_os("CXR_BENCH_PEER_MODELS")
+        .map_or_else(|| models.clone(), std::path::PathBuf::from);
     let segmenter_files = ModelFiles::new(&models, SEGMENTER_NAME);
     let unet = UNetSegmenter::load(&segmenter_files, Device::Cpu).expect("segmenter");
-    let unet_onnx = OnnxSegmenter::load(&segmenter_files, threads).expect("segmenter export");
+    let unet_onnx =
+        OnnxSegmenter::load(&segmenter_files, threads, Precision::Fp32).expect("segmenter export");
+    let unet_int8 = OnnxSegmenter::load(&segmenter_files, threads, Precision::Int8)
+        .ok()
+        .filter(|s| s.precision == Precision::Int8);
 
     let path = sample(IMAGE);
     let bytes = std::fs::read(&path).expect("sample");
     let xray = Xray::decode(&bytes, &path).expect("decodes");
     let mask = torch.segmenter.segment(&xray.gray).expect("segments");
-    let side = i64::from(SEGMENTER_SIDE);
-    let unet_input =
-        Tensor::from_slice(&preprocess::segmenter_input(&xray.gray)).view([1, 1, side, side]);
+    let side = unet.meta.input_side;
+    let unet_input = Tensor::from_slice(&preprocess::segmenter_input(&xray.gray, side)).view([
+        1,
+        1,
+        i64::from(side),
+        i64::from(side),
+    ]);
     let input = classifier_input(&xray.gray, &mask, torch.classifier.input_style());
     let classifier_input = input.to_tensor(Device::Cpu);
     let lime = registry::find("lime")
@@ -155,7 +174,7 @@ fn main() {
         &inputs,
     )
     .expect("inputs written");
-    let python = Python::start(&models, &inputs, &path, threads)
+    let python = Python::start(&peer_models, &inputs, &path, threads)
         .map_err(|e| eprintln!("python side skipped: {e}"))
         .ok()
         .map(RefCell::new);
@@ -179,7 +198,10 @@ fn main() {
         .collect()
     };
 
-    let backends = [("cxr-torch", &torch), ("cxr-onnx", &onnx)];
+    let backends: Vec<(&'static str, &Pipeline)> = [("cxr-torch", &torch), ("cxr-onnx", &onnx)]
+        .into_iter()
+        .chain(int8.as_ref().map(|p| ("cxr-onnx-int8", p)))
+        .collect();
     let (bytes, path, lime, x) = (&bytes, &path, &lime, &classifier_input);
     let explain_input = &explain_input;
     let mut measures = vec![
@@ -187,13 +209,13 @@ fn main() {
             name: "classifier_forward",
             per_round: 20,
             contenders: backends
-                .map(|(name, p)| {
+                .iter()
+                .map(|&(name, p)| {
                     (
                         name,
                         timed(move || tch::no_grad(|| p.classifier.logits(x)).expect("forward")),
                     )
                 })
-                .into_iter()
                 .chain(python_side("classifier"))
                 .collect(),
         },
@@ -211,6 +233,12 @@ fn main() {
                 ),
             ]
             .into_iter()
+            .chain(unet_int8.as_ref().map(|u| -> (&'static str, Timed<'_>) {
+                (
+                    "cxr-onnx-int8",
+                    timed(|| u.logits(&unet_input).expect("forward")),
+                )
+            }))
             .chain(python_side("unet"))
             .collect(),
         },
@@ -218,14 +246,14 @@ fn main() {
             name: "end_to_end",
             per_round: 5,
             contenders: backends
-                .map(|(name, p)| {
+                .iter()
+                .map(|&(name, p)| {
                     let run = move || {
                         p.analyze(Xray::decode(bytes, path).expect("decodes"))
                             .expect("analyses")
                     };
                     (name, timed(run))
                 })
-                .into_iter()
                 .chain(python_side("end_to_end"))
                 .collect(),
         },
@@ -233,14 +261,14 @@ fn main() {
             name: "lime_1000",
             per_round: 1,
             contenders: backends
-                .map(|(name, p)| {
+                .iter()
+                .map(|&(name, p)| {
                     let run = move || {
                         lime.explain(p.classifier.as_ref(), explain_input)
                             .expect("explains")
                     };
                     (name, timed(run))
                 })
-                .into_iter()
                 .chain(python_side("forward1000"))
                 .collect(),
         },
@@ -306,7 +334,7 @@ fn interleaved(measures: &mut [Measure<'_>], rounds: usize, threads: usize) {
     for name in CONTENDERS {
         print!("{name:>20}");
     }
-    println!("{:>11}{:>11}", "onnx/ORT", "torch/PT");
+    println!("{:>11}{:>11}{:>11}", "onnx/ORT", "int8/ORT", "torch/PT");
     for (measure, times) in measures.iter().zip(&samples) {
         let median = |name: &str| {
             let i = measure.contenders.iter().position(|(n, _)| *n == name)?;
@@ -328,9 +356,17 @@ fn interleaved(measures: &mut [Measure<'_>], rounds: usize, threads: usize) {
                 |(a, b)| format!("{:>10.2}x", a / b),
             )
         };
-        println!("{}{}", ratio(m[1], m[3]), ratio(m[0], m[2]));
+        println!(
+            "{}{}{}",
+            ratio(m[1], m[4]),
+            ratio(m[2], m[4]),
+            ratio(m[0], m[3])
+        );
     }
     println!("(lime_1000 in Python: its 1000 forward passes in batches of 100 only)");
+    if let Some(peer) = std::env::var_os("CXR_BENCH_PEER_MODELS") {
+        println!("(Python ran the models in {})", Path::new(&peer).display());
+    }
 }
 
 /// The largest differences between the two backends' outputs on this radiograph.

@@ -3,8 +3,9 @@ Runtime timed on the very inputs the Rust side times, driven round by round by t
 
     python python/bench_backends.py MODELS_DIR INPUTS.safetensors IMAGE.png --threads N
 
-INPUTS holds `segmenter` [1, 1, 256, 256] and `classifier` [1, 1, 224, 224] (cxr's own
-preprocessing of IMAGE). The script prints `ready` once both runtimes are loaded, then answers
+INPUTS holds `classifier` [1, 1, 224, 224] (cxr's own preprocessing of IMAGE); the U-Net's
+input is IMAGE resized to the side MODELS_DIR's segmenter declares and standardised (the
+benchmark may give this side other models than its Rust side: today's, say, to measure against). The script prints `ready` once both runtimes are loaded, then answers
 each line `CONTENDER MEASURE ITERATIONS` read from stdin with the seconds those iterations took,
 so criterion (in Rust) measures both languages the same way, in the same command:
 
@@ -20,6 +21,7 @@ Both runtimes use N intra-op threads (and one inter-op thread), as cxr does.
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
@@ -48,15 +50,15 @@ class Contender:
     def __init__(self, segmenter, classifier):
         self.segmenter, self.classifier = segmenter, classifier
 
-    def end_to_end(self, png_bytes):
+    def end_to_end(self, png_bytes, side):
         gray = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("F"), dtype=np.float32)
-        small = np.asarray(Image.fromarray(gray).resize((256, 256), Image.BILINEAR))
+        small = np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR))
         lungs = self.segmenter(standardise(small)[None, None].astype(np.float32))[0, 0] > 0
         ys, xs = np.nonzero(lungs)
         h, w = gray.shape
         if len(xs):
-            box = (xs.min() * w // 256, ys.min() * h // 256, (xs.max() + 1) * w // 256,
-                   (ys.max() + 1) * h // 256)
+            box = (xs.min() * w // side, ys.min() * h // side, (xs.max() + 1) * w // side,
+                   (ys.max() + 1) * h // side)
         else:
             box = (0, 0, w, h)
         crop = Image.fromarray(gray).crop(box).resize((224, 224), Image.BILINEAR)
@@ -103,9 +105,13 @@ def main():
     torch.set_num_interop_threads(1)
 
     inputs = {k: v.numpy() for k, v in load_file(args.inputs).items()}
-    seg_input, cls_input = inputs["segmenter"], inputs["classifier"]
+    cls_input = inputs["classifier"]
     batch = np.repeat(cls_input, LIME_BATCH, axis=0)
     png = Path(args.image).read_bytes()
+    side = json.loads((Path(args.models_dir) / "segmenter.json").read_text())["input_side"]
+    gray = np.asarray(Image.open(args.image).convert("F"), dtype=np.float32)
+    small = np.asarray(Image.fromarray(gray).resize((side, side), Image.BILINEAR))
+    seg_input = standardise(small)[None, None].astype(np.float32)
     contenders = {
         "pytorch": pytorch(args.models_dir),
         "onnxruntime": onnxruntime_sessions(args.models_dir, args.threads),
@@ -114,7 +120,7 @@ def main():
         "classifier": lambda c: c.classifier(cls_input),
         "unet": lambda c: c.segmenter(seg_input),
         "forward1000": lambda c: [c.classifier(batch) for _ in range(LIME_SAMPLES // LIME_BATCH)],
-        "end_to_end": lambda c: c.end_to_end(png),
+        "end_to_end": lambda c: c.end_to_end(png, side),
     }
     for contender in contenders.values():  # one warm-up pass of everything
         for measure in measures.values():

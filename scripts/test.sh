@@ -32,6 +32,8 @@ read_only_folder_possible() {
 
 needs "the shared data (../shared/data)" test -f "$CXR_ROOT/../shared/data/lungseg/manifest.csv" -- \
   --workspace --test models shipped_segmenter_matches_reference_masks
+needs "the shared data (../shared/data)" test -f "$CXR_ROOT/../shared/data/jsrt/manifest.csv" -- \
+  --workspace --test shape
 needs "torch in .venv" "$VENV/bin/python" -c "import torch" -- \
   --workspace --test models classifier_loads_in_pytorch_to_the_same_logits
 needs "the Python reference explainers (scripts/setup-reference.sh)" \

@@ -88,21 +88,21 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
 fn segmenter_row(out: &mut String, split: &str, m: &SegmenterMetrics) {
     let _ = writeln!(
         out,
-        "| {split} | all | {} | {:.4} | {:.4} | {:.4} |",
-        m.images, m.dice_mean, m.dice_min, m.iou_mean
+        "| {split} | all | {} | {:.4} | {:.4} | {:.4} | {} |",
+        m.images, m.dice_mean, m.dice_min, m.iou_mean, m.shape_flagged
     );
     for (source, s) in &m.by_source {
         let _ = writeln!(
             out,
-            "| {split} | {source} | {} | {:.4} | {:.4} | {:.4} |",
-            s.images, s.dice_mean, s.dice_min, s.iou_mean
+            "| {split} | {source} | {} | {:.4} | {:.4} | {:.4} | {} |",
+            s.images, s.dice_mean, s.dice_min, s.iou_mean, s.shape_flagged
         );
     }
 }
 
 /// The card of a lung segmenter.
 #[must_use]
-pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> String {
+pub fn segmenter_card(architecture: &UNetConfig, side: u32, record: &SegmenterRecord) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -111,9 +111,11 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
     let _ = writeln!(
         out,
         "U-Net, {} base channels, depth {}, batch norm, one input channel; input: the whole \
-         radiograph resized to 256x256 and standardised (`preprocess::segmenter_input`). Output: \
-         a lung probability per pixel, resized back to the original size, thresholded at 0.5, \
-         then the two largest regions kept and holes filled.\n",
+         radiograph resized to {side}x{side} and standardised (`preprocess::segmenter_input`). \
+         Output: a lung probability per pixel, resized back to the original size (bilinear), \
+         thresholded at 0.5, then the two largest regions kept and holes filled. Each mask is \
+         judged by a lung-shape space fitted on the training patients' reference masks \
+         (`shape.rs`): one unlike any lung pair raises `implausible-lungs`.\n",
         architecture.base, architecture.depth
     );
     training_section(&mut out, &record.training);
@@ -124,7 +126,7 @@ pub fn segmenter_card(architecture: &UNetConfig, record: &SegmenterRecord) -> St
     );
     let _ = writeln!(
         out,
-        "| split | source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|---|"
+        "| split | source | images | Dice (mean) | Dice (min) | IoU (mean) | shape flagged |\n|---|---|---|---|---|---|---|"
     );
     segmenter_row(&mut out, "validation", &record.validation);
     segmenter_row(&mut out, "test", &record.test);
@@ -160,10 +162,21 @@ fn auc(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"))
 }
 
+/// Flagged and silent-wrong shares of a source's images (of the two classes, for the latter).
+fn flag_cells(m: &SourceMetrics) -> String {
+    let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
+    format!(
+        "{} | {} | {}",
+        pct(share(m.flagged, m.images)),
+        pct(share(m.silent_wrong, m.positives + m.negatives)),
+        auc(m.others_vs_negatives_auc)
+    )
+}
+
 fn source_row(out: &mut String, source: &str, m: &SourceMetrics) {
     let _ = writeln!(
         out,
-        "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} |",
+        "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} |",
         m.images,
         m.positives,
         m.negatives,
@@ -173,7 +186,8 @@ fn source_row(out: &mut String, source: &str, m: &SourceMetrics) {
         pct(m.sensitivity),
         pct(m.specificity),
         pct(m.others_called_positive),
-        m.mean_positive_probability
+        m.mean_positive_probability,
+        flag_cells(m)
     );
 }
 
@@ -182,23 +196,29 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
     let pos = &record.classes[0];
     let header = format!(
         "| source | images | {pos} / {} / other | ROC-AUC | accuracy | sensitivity | \
-         specificity | other called {pos} | mean P({pos}) |\n|---|---|---|---|---|---|---|---|---|",
-        record.classes[1]
+         specificity | other called {pos} | mean P({pos}) | flagged | silent-wrong | AUC other \
+         vs {neg} |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
+        record.classes[1],
+        neg = record.classes[1]
     );
     if !record.test_by_source.is_empty() {
         let _ = writeln!(
             out,
             "\n### Per source (test patients, threshold {:.4})\n\nEvery source holds one \
              class only, so a pooled AUC mostly measures how well the model tells the sources \
-             apart; read each source's sensitivity or specificity.\n\n{header}",
-            record.test.threshold
+             apart; read each source's sensitivity or specificity. \"Flagged\": images with any \
+             trust flag; \"silent-wrong\": images of the two classes called wrong without a \
+             flag; \"AUC other vs {neg}\": within a source that has both, the other-label images \
+             (NIH pneumonia) ranked against its {neg} ones by P({pos}).\n\n{header}",
+            record.test.threshold,
+            neg = record.classes[1],
         );
         for (source, m) in &record.test_by_source {
             source_row(out, source, m);
         }
         let _ = writeln!(
             out,
-            "| **pooled** | {} | | {} | {} | {} | {} | | |",
+            "| **pooled** | {} | | {} | {} | {} | {} | | | | | |",
             record.test.images,
             auc(record.test.roc_auc),
             pct(Some(record.test.accuracy)),
@@ -226,22 +246,31 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
             auc(h.auc_against_other_class)
         );
     }
+    leave_one_source_out_section(out, record);
+}
+
+/// The leave-one-source-out table, with each fold's flags.
+fn leave_one_source_out_section(out: &mut String, record: &ClassifierRecord) {
+    let pos = &record.classes[0];
     if !record.leave_one_source_out.is_empty() {
         let _ = writeln!(
             out,
             "\n### Leave one source out\n\nFor each source, a model trained (same recipe and \
              seed) without any of its images, measured on all of them at its own validation \
-             threshold. \"AUC vs other class\" ranks them against that model's test images of \
-             the class the source lacks.\n\n| held-out source | images | {pos} / {} / other | \
-             threshold | accuracy | sensitivity | specificity | other called {pos} | mean \
-             P({pos}) | AUC vs other class |\n|---|---|---|---|---|---|---|---|---|---|",
-            record.classes[1]
+             threshold, and flagged by its own trust model (fitted without the source). \"AUC vs \
+             other class\" ranks them against that model's test images of the class the source \
+             lacks.\n\n| held-out source | images | {pos} / {} / other | threshold | accuracy | \
+             sensitivity | specificity | other called {pos} | mean P({pos}) | AUC vs other class \
+             | flagged | silent-wrong | AUC other vs {neg} |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            record.classes[1],
+            neg = record.classes[1],
         );
         for h in &record.leave_one_source_out {
             let m = &h.metrics;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} / {} / {} | {:.3} | {} | {} | {} | {} | {:.3} | {} |",
+                "| {} | {} | {} / {} / {} | {:.3} | {} | {} | {} | {} | {:.3} | {} | {} |",
                 h.source,
                 m.images,
                 m.positives,
@@ -253,7 +282,8 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
                 pct(m.specificity),
                 pct(m.others_called_positive),
                 m.mean_positive_probability,
-                auc(h.auc_against_other_class)
+                auc(h.auc_against_other_class),
+                flag_cells(m)
             );
         }
         if let Some(worst) = record

@@ -18,6 +18,32 @@ use tch::Device;
 
 use crate::{CoreError, Result};
 
+/// The number format ONNX Runtime runs the models in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// INT8 where the models have INT8 exports whose export-time check against FP32 passed
+    /// (`python/quantise_onnx.py`), FP32 otherwise.
+    #[default]
+    Auto,
+    /// 32-bit floats: the weights as trained.
+    Fp32,
+    /// Every INT8 export there is (`NAME.int8.onnx`), checked or not, FP32 for a model
+    /// without one; an error when no model has one.
+    Int8,
+}
+
+impl Precision {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
 /// Which library runs the models' forward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -64,6 +90,8 @@ impl FromStr for Backend {
 pub struct Compute {
     pub device: Device,
     pub backend: Backend,
+    /// On ONNX Runtime: FP32 or INT8 files ([`Precision::Auto`] is resolved per model).
+    pub precision: Precision,
     /// Intra-op threads per worker the user asked for (`--threads`, `CXR_THREADS`).
     pub requested_threads: Option<usize>,
     /// Workers that run models at once in this process.
@@ -80,6 +108,7 @@ impl Compute {
         Self {
             device,
             backend: Backend::Auto,
+            precision: Precision::Auto,
             requested_threads: None,
             workers: 1,
             idle_cores: idle_cores(load_average()),
@@ -89,6 +118,11 @@ impl Compute {
     #[must_use]
     pub fn with_backend(self, backend: Backend) -> Self {
         Self { backend, ..self }
+    }
+
+    #[must_use]
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     /// Exactly `threads` per worker (`None`: the policy decides).

@@ -51,3 +51,46 @@ pub fn save_var_store(vs: &tch::nn::VarStore, path: &Path) -> Result<String> {
     std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
     Ok(digest)
 }
+
+/// `values` as a `NumPy` `.npy` file (version 1.0, little-endian `f32`, C order) of `shape`.
+#[must_use]
+pub fn npy_f32(values: &[f32], shape: [usize; 2]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        shape[0], shape[1]
+    );
+    // Magic (6) + version (2) + length (2) + header + newline: a multiple of 64 bytes.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(
+        &u16::try_from(header.len())
+            .unwrap_or(u16::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn npy_files_have_numpys_header_and_the_values_after_it() {
+        let bytes = super::npy_f32(&[1.0, -2.5, 0.0, 4.0, 5.0, 6.0], [2, 3]);
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+        assert_eq!((10 + header_len) % 64, 0, "the data starts 64-byte aligned");
+        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+        assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (2, 3)"));
+        assert!(header.ends_with('\n'));
+        let data = &bytes[10 + header_len..];
+        assert_eq!(data.len(), 6 * 4);
+        assert_eq!(f32::from_le_bytes(data[4..8].try_into().unwrap()), -2.5);
+    }
+}

@@ -34,6 +34,7 @@ pub mod preprocess;
 pub mod queue;
 pub mod render;
 pub mod service;
+pub mod shape;
 pub mod train;
 pub mod trust;
 pub mod watch;

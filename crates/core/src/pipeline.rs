@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::compute::{Backend, Compute};
+use crate::compute::{Backend, Compute, Precision};
 use crate::mask::{self, LungMask};
 use crate::models::onnx::{OnnxClassifier, OnnxSegmenter};
 use crate::models::{self, Classifier, Format, ModelFiles, Prediction, Segmenter};
@@ -20,8 +20,13 @@ use crate::{CoreError, Result};
 pub const SEGMENTER_NAME: &str = "segmenter";
 pub const CLASSIFIER_NAME: &str = "classifier";
 
-/// Both models and the backend that runs them.
-type Loaded = (Box<dyn Segmenter>, Box<dyn Classifier>, Backend);
+/// Both models, the backend that runs them and the ONNX files it runs (none on libtorch).
+type Loaded = (
+    Box<dyn Segmenter>,
+    Box<dyn Classifier>,
+    Backend,
+    Vec<PathBuf>,
+);
 
 /// The two models, loaded once.
 pub struct Pipeline {
@@ -96,22 +101,20 @@ impl Pipeline {
             ModelFiles::new(dir, SEGMENTER_NAME),
             ModelFiles::new(dir, CLASSIFIER_NAME),
         );
-        let (segmenter, classifier, backend) = match compute.backend {
-            Backend::Torch => Self::torch_models(&files, compute.device)?,
+        let (segmenter, classifier, backend, onnx_files) = match compute.backend {
+            Backend::Torch => Self::torch_models(&files, compute)?,
             Backend::Onnx => Self::onnx_models(&files, compute)?,
             Backend::Auto => match onnx_unavailable(&[&files.0, &files.1], compute) {
                 None => Self::onnx_models(&files, compute)?,
                 Some(why) => {
                     tracing::info!("forward passes on libtorch: {why}");
-                    Self::torch_models(&files, compute.device)?
+                    Self::torch_models(&files, compute)?
                 }
             },
         };
         let mut parts = files.0.parts()?.to_vec();
         parts.extend(files.1.parts()?);
-        if backend == Backend::Onnx {
-            parts.extend([files.0.onnx(), files.1.onnx()]);
-        }
+        parts.extend(onnx_files);
         let mut hasher = Sha256::new();
         for path in &parts {
             hasher.update(models::read_model_file(path, models::MAX_MODEL_BYTES)?);
@@ -130,8 +133,16 @@ impl Pipeline {
         let files = ModelFiles::new(dir, SEGMENTER_NAME);
         let onnx = || -> Result<Box<dyn Segmenter>> {
             onnx_applies(&files, compute)?;
-            Ok(Box::new(OnnxSegmenter::load(&files, compute.threads())?))
+            let segmenter = OnnxSegmenter::load(&files, compute.threads(), compute.precision)?;
+            if compute.precision == Precision::Int8 && segmenter.precision != Precision::Int8 {
+                return Err(crate::models::onnx::no_int8(&files));
+            }
+            tracing::info!("segmenter: {}", segmenter.file.display());
+            Ok(Box::new(segmenter))
         };
+        if compute.backend == Backend::Torch {
+            torch_precision(compute)?;
+        }
         match compute.backend {
             Backend::Torch => models::load_segmenter(&files, compute.device),
             Backend::Onnx => onnx(),
@@ -147,28 +158,49 @@ impl Pipeline {
 
     fn torch_models(
         (segmenter, classifier): &(ModelFiles, ModelFiles),
-        device: Device,
+        compute: &Compute,
     ) -> Result<Loaded> {
+        torch_precision(compute)?;
         Ok((
-            models::load_segmenter(segmenter, device)?,
-            models::load_classifier(classifier, device)?,
+            models::load_segmenter(segmenter, compute.device)?,
+            models::load_classifier(classifier, compute.device)?,
             Backend::Torch,
+            Vec::new(),
         ))
     }
 
     /// Both models' forward passes on ONNX Runtime (the classifier keeps its libtorch twin for
     /// gradients); an error says why they cannot be.
     fn onnx_models(
-        (segmenter, classifier): &(ModelFiles, ModelFiles),
+        (segmenter_files, classifier_files): &(ModelFiles, ModelFiles),
         compute: &Compute,
     ) -> Result<Loaded> {
+        let (segmenter, classifier) = (segmenter_files, classifier_files);
         onnx_applies(segmenter, compute)?;
         onnx_applies(classifier, compute)?;
         let torch = models::load_classifier(classifier, compute.device)?;
+        let (threads, precision) = (compute.threads(), compute.precision);
+        let segmenter = OnnxSegmenter::load(segmenter, threads, precision)?;
+        let classifier = OnnxClassifier::load(classifier, torch, threads, precision)?;
+        if precision == Precision::Int8
+            && segmenter.precision != Precision::Int8
+            && classifier.precision != Precision::Int8
+        {
+            return Err(crate::models::onnx::no_int8(segmenter_files));
+        }
+        let files = vec![segmenter.file.clone(), classifier.file.clone()];
+        tracing::info!(
+            "forward passes on ONNX Runtime: {} ({}), {} ({})",
+            files[0].display(),
+            segmenter.precision.name(),
+            files[1].display(),
+            classifier.precision.name()
+        );
         Ok((
-            Box::new(OnnxSegmenter::load(segmenter, compute.threads())?),
-            Box::new(OnnxClassifier::load(classifier, torch, compute.threads())?),
+            Box::new(segmenter),
+            Box::new(classifier),
             Backend::Onnx,
+            files,
         ))
     }
 
@@ -196,6 +228,11 @@ impl Pipeline {
         let (mut prediction, features) = self.classifier.predict_with_features(&tensor)?;
         let classify_ms = ms(t);
         prediction.trust = assess(self.classifier.trust(), &xray, &mask, features.as_deref());
+        if let Some(reason) = self.segmenter.shape().and_then(|shape| shape.judge(&mask))
+            && !prediction.trust.has(Flag::NotAChestRadiograph)
+        {
+            prediction.trust.raise(Flag::ImplausibleLungs, reason);
+        }
         if prediction.trust.has(Flag::NotAChestRadiograph) {
             return Err(CoreError::NotARadiograph {
                 path: xray.path.clone(),
@@ -261,6 +298,17 @@ impl Analysis {
             },
         }
     }
+}
+
+/// Refuses `--precision int8` on libtorch: only ONNX Runtime runs the INT8 exports.
+fn torch_precision(compute: &Compute) -> Result<()> {
+    if compute.precision == Precision::Int8 {
+        return Err(CoreError::Unsupported {
+            reason: "--precision int8 runs on ONNX Runtime (--backend onnx or auto, on the CPU)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether the model `files` describe can run on ONNX Runtime as `compute` asks: a native

@@ -7,20 +7,29 @@ use tch::{Device, Tensor};
 use crate::mask::LungMask;
 use crate::xray::GrayF32;
 
-/// Side of the square the segmenter sees.
-pub const SEGMENTER_SIDE: u32 = 256;
+/// Side of the square the segmenters `cxr train segmenter` makes see (each model's JSON says its
+/// own: the U-Net shipped before the lean one saw 256).
+pub const SEGMENTER_SIDE: u32 = 224;
+/// The sides a segmenter may declare: enough for two lungs, at most the shared data's 512.
+pub const SEGMENTER_SIDES: std::ops::RangeInclusive<u32> = 64..=512;
 /// Side of the square the classifier sees.
 pub const CLASSIFIER_SIDE: u32 = 224;
 /// Margin added around the lungs' bounding box before cropping, as a share of its size.
 const CROP_MARGIN: f32 = 0.08;
 
-/// Segmenter input: the whole radiograph resized to 256x256 (aspect not kept: the mask is
-/// resized back the same way) and standardised to zero mean and unit variance, which removes
+/// Segmenter input: the whole radiograph resized to `side` x `side` (aspect not kept: the mask
+/// is resized back the same way) and standardised to zero mean and unit variance, which removes
 /// exposure differences between sources.
 #[must_use]
-pub fn segmenter_input(gray: &GrayF32) -> Vec<f32> {
-    let small = resize_triangle(gray, SEGMENTER_SIDE, SEGMENTER_SIDE);
-    standardise(small.as_raw(), None)
+pub fn segmenter_input(gray: &GrayF32, side: u32) -> Vec<f32> {
+    standardised(&resize_triangle(gray, side, side))
+}
+
+/// Pixels standardised to zero mean and unit variance (the segmenter's last step, which
+/// training applies after augmenting the resized image).
+#[must_use]
+pub fn standardised(gray: &GrayF32) -> Vec<f32> {
+    standardise(gray.as_raw(), None)
 }
 
 /// `gray` resized with a triangle (linear) filter, widened when shrinking: the same result,
@@ -496,8 +505,8 @@ mod tests {
     }
 
     #[test]
-    fn segmenter_input_is_standardised_256_square() {
-        let input = segmenter_input(&gradient(400, 300));
+    fn segmenter_input_is_a_standardised_square_of_the_side_asked() {
+        let input = segmenter_input(&gradient(400, 300), 256);
         assert_eq!(input.len(), 256 * 256);
         let mean = input.iter().sum::<f32>() / input.len() as f32;
         let var = input.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / input.len() as f32;

@@ -139,8 +139,9 @@ pub fn layout(gray: &crate::xray::GrayF32) -> Vec<f32> {
 /// rendered gradient or a flat drawing has almost none.
 #[must_use]
 pub fn detail(gray: &crate::xray::GrayF32) -> f32 {
-    let side = crate::preprocess::SEGMENTER_SIDE as usize;
-    let v = crate::preprocess::segmenter_input(gray);
+    const SIDE: u32 = 256;
+    let side = SIDE as usize;
+    let v = crate::preprocess::segmenter_input(gray, SIDE);
     let mut total = 0.0f64;
     for y in 1..side - 1 {
         for x in 1..side - 1 {
@@ -250,7 +251,7 @@ impl Assessment {
 
     /// Adds `flag` with its reason; a flag raised again gets the new reason appended, so
     /// `reasons[i]` always explains `flags[i]`.
-    fn raise(&mut self, flag: Flag, reason: String) {
+    pub(crate) fn raise(&mut self, flag: Flag, reason: String) {
         if let Some(i) = self.flags.iter().position(|&f| f == flag) {
             self.reasons[i].push_str("; ");
             self.reasons[i].push_str(&reason);

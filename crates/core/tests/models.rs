@@ -57,6 +57,7 @@ fn a_trained_segmenter_reloads_to_identical_outputs() {
             base: 4,
             depth: 2,
         },
+        64,
         Device::Cpu,
     );
     let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));

@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use cxr_core::compute::{Backend, Compute};
+use cxr_core::compute::{Backend, Compute, Precision};
 use cxr_core::models::onnx::OnnxSegmenter;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
 use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
-use cxr_core::preprocess::{self, SEGMENTER_SIDE};
+use cxr_core::preprocess;
 use cxr_core::tch::{self, Device, Tensor};
 use cxr_core::xray::Xray;
 
@@ -59,13 +59,17 @@ fn copy_of_models(with_onnx: bool) -> tempfile::TempDir {
 fn the_unet_gives_the_same_logits_on_both_backends() {
     let files = ModelFiles::new(&models(), SEGMENTER_NAME);
     let torch = UNetSegmenter::load(&files, Device::Cpu).unwrap();
-    let onnx = OnnxSegmenter::load(&files, 1).unwrap();
-    let side = i64::from(SEGMENTER_SIDE);
+    let onnx = OnnxSegmenter::load(&files, 1, Precision::Fp32).unwrap();
+    let side = torch.meta.input_side;
     let mut worst = 0.0f64;
     for path in samples() {
         let xray = Xray::open(&path).unwrap();
-        let input =
-            Tensor::from_slice(&preprocess::segmenter_input(&xray.gray)).view([1, 1, side, side]);
+        let input = Tensor::from_slice(&preprocess::segmenter_input(&xray.gray, side)).view([
+            1,
+            1,
+            i64::from(side),
+            i64::from(side),
+        ]);
         let expected = tch::no_grad(|| torch.forward_t(&input, false));
         worst = worst.max(max_diff(&expected, &onnx.logits(&input).unwrap()));
     }
@@ -189,4 +193,115 @@ fn the_fingerprint_tells_the_backends_apart() {
         load(&models(), Backend::Onnx).unwrap(),
     );
     assert_ne!(torch.fingerprint, onnx.fingerprint);
+}
+
+fn load_at(dir: &Path, precision: Precision) -> cxr_core::Result<Pipeline> {
+    let compute = Compute::on(Device::Cpu).with_backend(Backend::Onnx);
+    Pipeline::load_with(dir, &compute.with_precision(precision))
+}
+
+/// Dice of two lung masks.
+fn dice(a: &cxr_core::mask::LungMask, b: &cxr_core::mask::LungMask) -> f64 {
+    let (mut both, mut total) = (0usize, 0usize);
+    for (p, q) in a.as_raw().iter().zip(b.as_raw()) {
+        both += usize::from(*p >= 128 && *q >= 128);
+        total += usize::from(*p >= 128) + usize::from(*q >= 128);
+    }
+    2.0 * both as f64 / total.max(1) as f64
+}
+
+/// `onnx` with one more metadata entry: an ONNX file is a protobuf `ModelProto`, whose field
+/// 14 (`metadata_props`, repeated key/value entries) may be appended at the end.
+fn with_metadata(onnx: &[u8], key: &str, value: &str) -> Vec<u8> {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut entry = Vec::new();
+    for (tag, text) in [(0x0a, key), (0x12, value)] {
+        entry.push(tag);
+        varint(text.len(), &mut entry);
+        entry.extend_from_slice(text.as_bytes());
+    }
+    let mut out = onnx.to_vec();
+    out.push(0x72); // field 14, length-delimited
+    varint(entry.len(), &mut out);
+    out.extend(entry);
+    out
+}
+
+#[test]
+fn auto_runs_an_int8_export_whose_check_passed() {
+    let dir = copy_of_models(true);
+    // A stand-in INT8 file (the FP32 graph, so it agrees) recording a passed check, as
+    // python/quantise_onnx.py stamps the files it keeps.
+    let fp32 = std::fs::read(models().join("segmenter.onnx")).unwrap();
+    let stamped = with_metadata(&fp32, "cxr.precision_check", "passed (test)");
+    std::fs::write(dir.path().join("segmenter.int8.onnx"), stamped).unwrap();
+    let files = ModelFiles::new(dir.path(), SEGMENTER_NAME);
+    let auto = OnnxSegmenter::load(&files, 1, Precision::Auto).unwrap();
+    assert_eq!(
+        (auto.precision, auto.file),
+        (Precision::Int8, files.onnx_int8())
+    );
+    let fp32 = OnnxSegmenter::load(&files, 1, Precision::Fp32).unwrap();
+    assert_eq!((fp32.precision, fp32.file), (Precision::Fp32, files.onnx()));
+    let (a, b) = (
+        load_at(dir.path(), Precision::Auto).unwrap(),
+        load_at(dir.path(), Precision::Fp32).unwrap(),
+    );
+    assert_ne!(
+        a.fingerprint, b.fingerprint,
+        "cached results never mix precisions"
+    );
+    let path = &samples()[0];
+    let (m, n) = (a.analyze_file(path).unwrap(), b.analyze_file(path).unwrap());
+    assert!(dice(&m.mask, &n.mask) > 0.9999);
+}
+
+#[test]
+fn an_int8_file_without_a_passed_check_runs_only_when_asked_for() {
+    let dir = copy_of_models(true);
+    // The FP32 export under the INT8 name: from the right weights, but no check recorded.
+    std::fs::copy(
+        models().join("segmenter.onnx"),
+        dir.path().join("segmenter.int8.onnx"),
+    )
+    .unwrap();
+    let files = ModelFiles::new(dir.path(), SEGMENTER_NAME);
+    let auto = OnnxSegmenter::load(&files, 1, Precision::Auto).unwrap();
+    assert_eq!((auto.precision, auto.file), (Precision::Fp32, files.onnx()));
+    let asked = OnnxSegmenter::load(&files, 1, Precision::Int8).unwrap();
+    assert_eq!(
+        (asked.precision, asked.file),
+        (Precision::Int8, files.onnx_int8())
+    );
+}
+
+#[test]
+fn int8_is_refused_on_libtorch_and_where_no_model_has_an_int8_export() {
+    let compute = Compute::on(Device::Cpu).with_precision(Precision::Int8);
+    let e = Pipeline::load_with(&models(), &compute.with_backend(Backend::Torch))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("runs on ONNX Runtime"), "{e}");
+    // The shipped models have none: python/quantise_onnx.py refused both (see the README).
+    let dir = copy_of_models(true);
+    let e = load_at(dir.path(), Precision::Int8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("int8.onnx") && e.contains("quantise_onnx.py"),
+        "{e}"
+    );
+    // Without INT8 files `auto` is plain FP32.
+    assert_eq!(
+        load_at(dir.path(), Precision::Auto).unwrap().fingerprint,
+        load_at(dir.path(), Precision::Fp32).unwrap().fingerprint
+    );
 }

@@ -70,9 +70,36 @@ pub struct ModelArgs {
     /// libtorch.
     #[arg(long, value_enum, env = "CXR_BACKEND", default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+    /// Number format on ONNX Runtime: auto (INT8 where an INT8 export passed its check
+    /// against FP32, else FP32), fp32, or int8 (every INT8 export there is, checked or not;
+    /// an error when there is none). python/quantise_onnx.py makes and checks the INT8 files.
+    #[arg(long, value_enum, env = "CXR_PRECISION", default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
     /// Threads each model worker uses [default: the cores, shared between --jobs workers].
     #[arg(long, value_name = "N", env = "CXR_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+}
+
+/// A `--precision` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum PrecisionArg {
+    /// INT8 where an INT8 export passed its check against FP32, else FP32.
+    #[default]
+    Auto,
+    /// 32-bit floats, the weights as trained.
+    Fp32,
+    /// Every INT8 export there is, checked or not (an error when there is none; ONNX Runtime).
+    Int8,
+}
+
+impl From<PrecisionArg> for cxr_core::compute::Precision {
+    fn from(arg: PrecisionArg) -> Self {
+        match arg {
+            PrecisionArg::Auto => Self::Auto,
+            PrecisionArg::Fp32 => Self::Fp32,
+            PrecisionArg::Int8 => Self::Int8,
+        }
+    }
 }
 
 /// A `--backend` value.
@@ -242,6 +269,11 @@ pub enum Command {
         /// Output folder (created if missing); masks are named STEM.mask.png.
         #[arg(long)]
         out: PathBuf,
+        /// Also write each network input, exactly as the models see it, into this folder as
+        /// NumPy arrays: STEM.segmenter.npy and STEM.classifier.npy (calibration data for
+        /// python/quantise_onnx.py).
+        #[arg(long, value_name = "DIR")]
+        inputs_out: Option<PathBuf>,
     },
     /// Measure the models on manifests: classifier metrics for `path,label,patient,source`
     /// rows (pooled and per source), Dice and IoU for `image,mask,patient` rows (pooled and per
@@ -521,11 +553,19 @@ pub enum TrainCommand {
         /// Adam's learning rate.
         #[arg(long, default_value_t = 2e-3)]
         learning_rate: f64,
+        /// Channels of the U-Net's first stage (each of its four down-steps doubles them). 8
+        /// costs a quarter of the FLOPs of 16.
+        #[arg(long, default_value_t = 8)]
+        base: i64,
+        /// Side of the square the segmenter sees, a multiple of 16 from 64 to 512 [default: 224]
+        #[arg(long, default_value_t = cxr_core::preprocess::SEGMENTER_SIDE, hide_default_value = true)]
+        side: u32,
     },
     /// The classifier, on labelled manifests, using the segmenter in --models for lung masks.
     Classifier {
-        /// Labelled manifests, read as one (repeatable) [default: cxr/manifest.csv and
-        /// jsrt/manifest.csv in the data folder: $CXR_DATA or ../shared/data]
+        /// Labelled manifests, read as one (repeatable) [default: cxr/manifest.csv,
+        /// jsrt/manifest.csv and, where present, nih-pneumonia/manifest.csv in the data folder:
+        /// $CXR_DATA or ../shared/data]
         #[arg(long = "manifest")]
         manifests: Vec<PathBuf>,
         #[command(flatten)]
@@ -568,6 +608,17 @@ pub enum TrainCommand {
     Trust {
         /// Labelled manifests (repeatable) [default: cxr/manifest.csv and jsrt/manifest.csv in
         /// the data folder]
+        #[arg(long = "manifest")]
+        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        common: TrainArgs,
+    },
+    /// Fit the segmenter's lung-shape model (implausible-lungs) again on the training patients'
+    /// reference masks of lung-mask manifests, without touching its weights, and write it into
+    /// the segmenter's JSON in --out
+    Shape {
+        /// Lung-mask manifests (repeatable) [default: lungseg/manifest.csv and
+        /// jsrt/manifest.csv in the data folder]
         #[arg(long = "manifest")]
         manifests: Vec<PathBuf>,
         #[command(flatten)]

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::mask::{self, LungMask};
-use crate::preprocess::{InputStyle, SEGMENTER_SIDE};
+use crate::preprocess::InputStyle;
+use crate::shape::ShapeModel;
 use crate::trust::{Assessment, TrustModel};
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
@@ -33,6 +34,12 @@ pub use native::{ResNetClassifier, UNetSegmenter};
 pub trait Segmenter: Send {
     /// The lung mask at the image's own resolution.
     fn segment(&self, gray: &GrayF32) -> Result<LungMask>;
+    /// Side of the square input it sees ([`crate::preprocess::segmenter_input`]).
+    fn input_side(&self) -> u32;
+    /// The lung-shape model fitted beside the segmenter, which judges its masks.
+    fn shape(&self) -> Option<&ShapeModel> {
+        None
+    }
 }
 
 /// Classifies preprocessed radiographs (see [`crate::preprocess::classifier_input`]).
@@ -293,6 +300,9 @@ pub struct ModelMeta<A> {
     /// Familiarity model and lung ranges fitted at training (classifiers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustModel>,
+    /// Lung-shape space fitted on the reference masks (segmenters only; `implausible-lungs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<ShapeModel>,
     /// SHA-256 of the weights file, written by `cxr train` and checked when loading, so a
     /// damaged or swapped file is refused (files without it get the finite-weights check only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +381,12 @@ impl ModelFiles {
         self.stem.with_extension("onnx")
     }
 
+    /// Its INT8 ONNX export (`python/quantise_onnx.py`).
+    #[must_use]
+    pub fn onnx_int8(&self) -> PathBuf {
+        self.stem.with_extension("int8.onnx")
+    }
+
     /// The backend the JSON names (`native-safetensors` when it names none).
     pub fn format(&self) -> Result<Format> {
         Ok(self.read_meta_as::<Header>()?.format)
@@ -389,6 +405,20 @@ impl ModelFiles {
         Err(self.refused(format!(
             "input_side is {input_side}, but cxr feeds this kind of model {expected}x{expected} \
              images"
+        )))
+    }
+
+    /// Refuses a segmenter side outside [`crate::preprocess::SEGMENTER_SIDES`] or one that
+    /// `multiple` (the network's total down-sampling) does not divide.
+    pub fn check_segmenter_side(&self, side: u32, multiple: u32) -> Result<()> {
+        let sides = crate::preprocess::SEGMENTER_SIDES;
+        if sides.contains(&side) && side.is_multiple_of(multiple.max(1)) {
+            return Ok(());
+        }
+        Err(self.refused(format!(
+            "input_side is {side}; a segmenter takes {} to {} pixels, a multiple of {multiple}",
+            sides.start(),
+            sides.end()
         )))
     }
 
@@ -530,12 +560,13 @@ pub fn load_classifier(files: &ModelFiles, device: Device) -> Result<Box<dyn Cla
     })
 }
 
-/// Lung probabilities on the segmenter's grid (`[256, 256]`, CPU) made into the lung mask at
+/// Lung probabilities on the segmenter's grid (`[side, side]`, CPU) made into the lung mask at
 /// the image's own resolution: resized, thresholded, cleaned (the two largest regions kept and
 /// their holes filled). Every segmenter backend ends here.
 pub fn lung_mask(probabilities: &Tensor, gray: &GrayF32, threshold: f32) -> Result<LungMask> {
+    let side = probabilities.size().last().copied().unwrap_or(0);
     let values = Vec::<f32>::try_from(probabilities.f_to_kind(Kind::Float)?.f_view([-1])?)?;
-    lung_mask_of(&values, gray, threshold)
+    lung_mask_of(&values, side as usize, gray, threshold)
 }
 
 /// [`lung_mask`] of probabilities given as a slice, row-major on the segmenter's grid.
@@ -544,8 +575,12 @@ pub fn lung_mask(probabilities: &Tensor, gray: &GrayF32, threshold: f32) -> Resu
 /// image is analysed, so libtorch's OpenMP threads, which spin for milliseconds after each
 /// parallel operator, never compete with ONNX Runtime's for the cores (they took 13% of the CPU
 /// time of `cxr classify --backend onnx` when the resize ran on libtorch).
-pub fn lung_mask_of(probabilities: &[f32], gray: &GrayF32, threshold: f32) -> Result<LungMask> {
-    let side = SEGMENTER_SIDE as usize;
+pub fn lung_mask_of(
+    probabilities: &[f32],
+    side: usize,
+    gray: &GrayF32,
+    threshold: f32,
+) -> Result<LungMask> {
     if probabilities.len() != side * side {
         return Err(CoreError::Invalid(format!(
             "lung probabilities: expected {side}x{side} values, got {}",
@@ -629,9 +664,9 @@ mod tests {
     #[test]
     fn a_probability_grid_of_the_wrong_size_is_refused() {
         let gray = GrayF32::new(4, 4);
-        let e = lung_mask_of(&[0.5; 10], &gray, 0.5)
+        let e = lung_mask_of(&[0.5; 10], 4, &gray, 0.5)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("expected 256x256 values, got 10"), "{e}");
+        assert!(e.contains("expected 4x4 values, got 10"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use super::resnet::{ResNet, ResNetConfig};
 use super::unet::{UNet, UNetConfig};
 use super::{Classifier, Format, Gradients, ModelFiles, ModelMeta, Segmenter};
 use crate::mask::LungMask;
-use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::preprocess::{self, InputStyle};
 use crate::trust::TrustModel;
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
@@ -23,20 +23,21 @@ pub struct UNetSegmenter {
 }
 
 impl UNetSegmenter {
-    /// A fresh, randomly initialised network (for training).
+    /// A fresh, randomly initialised network that sees `side` x `side` inputs (for training).
     #[must_use]
-    pub fn new(config: UNetConfig, device: Device) -> Self {
+    pub fn new(config: UNetConfig, side: u32, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let net = UNet::new(&vs.root(), &config);
         let meta = ModelMeta {
             format: Format::NativeSafetensors,
             architecture: config,
-            input_side: SEGMENTER_SIDE,
+            input_side: side,
             classes: vec!["lung".into()],
             threshold: 0.5,
             record: serde_json::Value::Null,
             input: InputStyle::default(),
             trust: None,
+            shape: None,
             weights_sha256: None,
         };
         Self { vs, net, meta }
@@ -44,12 +45,12 @@ impl UNetSegmenter {
 
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
         let meta: ModelMeta<UNetConfig> = files.read_meta()?;
-        files.check_side(meta.input_side, SEGMENTER_SIDE)?;
         meta.architecture
             .check()
             .map_err(|reason| files.refused(reason))?;
-        let architecture = meta.architecture.clone();
-        let mut model = build(files, || Self::new(architecture, device))?;
+        files.check_segmenter_side(meta.input_side, meta.architecture.down_sampling())?;
+        let (architecture, side) = (meta.architecture.clone(), meta.input_side);
+        let mut model = build(files, || Self::new(architecture, side, device))?;
         files.load_weights(&mut model.vs, meta.weights_sha256.as_deref())?;
         model.meta = meta;
         Ok(model)
@@ -73,15 +74,15 @@ impl UNetSegmenter {
         &mut self.vs
     }
 
-    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]`.
+    /// Lung logits for a batch of segmenter inputs `[N, 1, side, side]`.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(xs, train)
     }
 
-    /// Lung probability at the segmenter's resolution, `[256, 256]`, on the CPU.
+    /// Lung probability at the segmenter's resolution, `[side, side]`, on the CPU.
     pub fn probabilities(&self, gray: &GrayF32) -> Result<Tensor> {
-        let side = i64::from(SEGMENTER_SIDE);
-        let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
+        let side = i64::from(self.meta.input_side);
+        let input = Tensor::from_slice(&preprocess::segmenter_input(gray, self.meta.input_side))
             .f_view([1, 1, side, side])?
             .f_to_device(self.vs.device())?;
         let logits = tch::no_grad(|| self.net.forward_t(&input, false));
@@ -97,6 +98,14 @@ impl Segmenter for UNetSegmenter {
     /// largest regions kept and their holes filled.
     fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
         super::lung_mask(&self.probabilities(gray)?, gray, self.meta.threshold)
+    }
+
+    fn input_side(&self) -> u32 {
+        self.meta.input_side
+    }
+
+    fn shape(&self) -> Option<&crate::shape::ShapeModel> {
+        self.meta.shape.as_ref()
     }
 }
 
@@ -135,6 +144,7 @@ impl ResNetClassifier {
             record: serde_json::Value::Null,
             input: InputStyle::default(),
             trust: None,
+            shape: None,
             weights_sha256: None,
         };
         Self { vs, net, meta }

@@ -22,14 +22,18 @@ use ort::value::TensorRef;
 use tch::{Device, Kind, Tensor};
 
 use super::{Classifier, Gradients, ModelFiles, Prediction, Segmenter};
+use crate::compute::Precision;
 use crate::mask::LungMask;
-use crate::preprocess::{self, InputStyle, SEGMENTER_SIDE};
+use crate::preprocess::{self, InputStyle};
 use crate::trust::TrustModel;
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
 
 /// The ONNX file's metadata key holding the SHA-256 of the weights it was exported from.
 const WEIGHTS_KEY: &str = "cxr.weights_sha256";
+/// The metadata key an INT8 export gets once its check against FP32 passed
+/// (`python/quantise_onnx.py`): what was checked, and the worst differences.
+const CHECK_KEY: &str = "cxr.precision_check";
 
 /// Where ONNX Runtime's shared library is: `CXR_ONNXRUNTIME` now, else where it was at build.
 fn library_path() -> Option<PathBuf> {
@@ -77,9 +81,45 @@ pub fn export_of(files: &ModelFiles) -> Result<PathBuf> {
     Ok(onnx)
 }
 
+/// A session on the export of `files` at `precision`, the file it runs and the precision it
+/// is. `Auto` takes the INT8 export when there is one whose check against FP32 passed; `Int8`
+/// takes it whether checked or not (the export script runs its candidates so); both run FP32
+/// when there is no INT8 file (the callers refuse `Int8` when no model ends up INT8).
+fn session_for(
+    files: &ModelFiles,
+    threads: usize,
+    precision: Precision,
+) -> Result<(Mutex<Session>, PathBuf, Precision)> {
+    let int8 = files.onnx_int8();
+    if precision != Precision::Fp32 && int8.is_file() {
+        let (session, checked) = open(&int8, &files.weights, threads)?;
+        if checked || precision == Precision::Int8 {
+            return Ok((session, int8, Precision::Int8));
+        }
+        tracing::info!(
+            "{}: no passed check against FP32 recorded in it; running FP32",
+            int8.display()
+        );
+    }
+    let fp32 = export_of(files)?;
+    let (session, _) = open(&fp32, &files.weights, threads)?;
+    Ok((session, fp32, Precision::Fp32))
+}
+
+/// The error for `--precision int8` when no model has an INT8 export.
+#[must_use]
+pub fn no_int8(files: &ModelFiles) -> CoreError {
+    CoreError::ModelLoad {
+        path: files.onnx_int8(),
+        source: "file not found (make the INT8 exports with `python python/quantise_onnx.py \
+                 MODELS_DIR`)"
+            .into(),
+    }
+}
+
 /// An ONNX Runtime session on `path` with `threads` intra-op threads, refused unless the file
-/// was exported from the weights in `weights`.
-fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
+/// was exported from the weights in `weights`; and whether it records a passed precision check.
+fn open(path: &Path, weights: &Path, threads: usize) -> Result<(Mutex<Session>, bool)> {
     let environment = environment()?;
     let load_error = |e: &dyn std::fmt::Display| CoreError::ModelLoad {
         path: path.to_path_buf(),
@@ -103,10 +143,10 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
         .map_err(|e| load_error(&e))?
         .commit_from_memory(&super::read_model_file(path, super::MAX_MODEL_BYTES)?)
         .map_err(|e| load_error(&e))?;
-    let recorded = session
-        .metadata()
-        .map_err(|e| load_error(&e))?
-        .custom(WEIGHTS_KEY);
+    let metadata = session.metadata().map_err(|e| load_error(&e))?;
+    let recorded = metadata.custom(WEIGHTS_KEY);
+    let checked = metadata.custom(CHECK_KEY).is_some();
+    drop(metadata);
     let actual = super::sha256_hex(&super::read_model_file(weights, super::MAX_MODEL_BYTES)?);
     if recorded.as_deref() != Some(actual.as_str()) {
         return Err(load_error(&format!(
@@ -115,7 +155,7 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<Mutex<Session>> {
             weights.display()
         )));
     }
-    Ok(Mutex::new(session))
+    Ok((Mutex::new(session), checked))
 }
 
 /// Runs `session` on a batch `[N, 1, side, side]` given as a CPU slice, and returns the named
@@ -145,27 +185,36 @@ fn run<const K: usize>(
 /// The U-Net's forward pass on ONNX Runtime.
 pub struct OnnxSegmenter {
     session: Mutex<Session>,
+    /// The ONNX file it runs, and its precision.
+    pub file: PathBuf,
+    pub precision: Precision,
+    side: u32,
     threshold: f32,
+    shape: Option<crate::shape::ShapeModel>,
 }
 
 impl OnnxSegmenter {
-    /// The export of the native segmenter `files` describes.
-    pub fn load(files: &ModelFiles, threads: usize) -> Result<Self> {
+    /// The export of the native segmenter `files` describes, at `precision`.
+    pub fn load(files: &ModelFiles, threads: usize, precision: Precision) -> Result<Self> {
         let meta: super::ModelMeta<super::unet::UNetConfig> = files.read_meta()?;
-        files.check_side(meta.input_side, SEGMENTER_SIDE)?;
         // The export runs instead of the network, but a JSON that describes an impossible one
-        // is not trusted for the rest (its threshold) either.
+        // is not trusted for the rest (its side and threshold) either.
         meta.architecture
             .check()
             .map_err(|reason| files.refused(reason))?;
-        let session = open(&export_of(files)?, &files.weights, threads)?;
+        files.check_segmenter_side(meta.input_side, meta.architecture.down_sampling())?;
+        let (session, file, precision) = session_for(files, threads, precision)?;
         Ok(Self {
             session,
+            file,
+            precision,
+            side: meta.input_side,
             threshold: meta.threshold,
+            shape: meta.shape,
         })
     }
 
-    /// Lung logits for a batch of segmenter inputs `[N, 1, 256, 256]` (CPU, contiguous).
+    /// Lung logits for a batch of segmenter inputs `[N, 1, side, side]` (CPU, contiguous).
     pub fn logits(&self, batch: &Tensor) -> Result<Tensor> {
         let [logits] = run_tensor(&self.session, batch, ["logits"])?;
         Ok(logits)
@@ -174,14 +223,22 @@ impl OnnxSegmenter {
 
 impl Segmenter for OnnxSegmenter {
     fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
-        let side = SEGMENTER_SIDE as usize;
-        let input = preprocess::segmenter_input(gray);
+        let side = self.side as usize;
+        let input = preprocess::segmenter_input(gray, self.side);
         let [logits] = run(&self.session, [1, 1, side, side], &input, ["logits"])?;
         let probabilities: Vec<f32> = Vec::<f32>::try_from(logits.f_view([-1])?)?
             .into_iter()
             .map(|logit| 1.0 / (1.0 + (-logit).exp()))
             .collect();
-        super::lung_mask_of(&probabilities, gray, self.threshold)
+        super::lung_mask_of(&probabilities, side, gray, self.threshold)
+    }
+
+    fn input_side(&self) -> u32 {
+        self.side
+    }
+
+    fn shape(&self) -> Option<&crate::shape::ShapeModel> {
+        self.shape.as_ref()
     }
 }
 
@@ -212,21 +269,34 @@ fn run_tensor<const K: usize>(
 /// for everything that needs gradients.
 pub struct OnnxClassifier {
     session: Mutex<Session>,
+    /// The ONNX file it runs, and its precision.
+    pub file: PathBuf,
+    pub precision: Precision,
     torch: Box<dyn Classifier>,
 }
 
 impl OnnxClassifier {
-    /// The export of the native classifier `files` describes, beside `torch`, that classifier
-    /// loaded on libtorch.
-    pub fn load(files: &ModelFiles, torch: Box<dyn Classifier>, threads: usize) -> Result<Self> {
+    /// The export of the native classifier `files` describes at `precision`, beside `torch`,
+    /// that classifier loaded on libtorch.
+    pub fn load(
+        files: &ModelFiles,
+        torch: Box<dyn Classifier>,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         if torch.device() != Device::Cpu {
             return Err(CoreError::Unsupported {
                 reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)"
                     .into(),
             });
         }
-        let session = open(&export_of(files)?, &files.weights, threads)?;
-        Ok(Self { session, torch })
+        let (session, file, precision) = session_for(files, threads, precision)?;
+        Ok(Self {
+            session,
+            file,
+            precision,
+            torch,
+        })
     }
 }
 

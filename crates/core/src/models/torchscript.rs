@@ -17,7 +17,7 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::{Classifier, Format, Gradients, ModelFiles, ModelMeta, Segmenter};
 use crate::mask::LungMask;
-use crate::preprocess::{self, CLASSIFIER_SIDE, InputStyle, SEGMENTER_SIDE};
+use crate::preprocess::{self, CLASSIFIER_SIDE, InputStyle};
 use crate::trust::TrustModel;
 use crate::xray::GrayF32;
 use crate::{CoreError, Result};
@@ -32,10 +32,18 @@ pub struct ScriptSpec {
     pub head: Option<String>,
 }
 
-/// Loads the module and its JSON, checks the input side the JSON declares.
-fn open(files: &ModelFiles, device: Device, side: u32) -> Result<(CModule, ModelMeta<ScriptSpec>)> {
+/// Loads the module and its JSON, checks the input side the JSON declares: `side`, or for a
+/// segmenter (`None`) any side one may have (its forward pass then checks the output's).
+fn open(
+    files: &ModelFiles,
+    device: Device,
+    side: Option<u32>,
+) -> Result<(CModule, ModelMeta<ScriptSpec>)> {
     let meta: ModelMeta<ScriptSpec> = files.read_meta()?;
-    files.check_side(meta.input_side, side)?;
+    match side {
+        Some(side) => files.check_side(meta.input_side, side)?,
+        None => files.check_segmenter_side(meta.input_side, 1)?,
+    }
     let path = files.weights_for(Format::TorchScript);
     let bytes = files.read_weights(Format::TorchScript, meta.weights_sha256.as_deref())?;
     let load_error = |source: Box<dyn std::error::Error + Send + Sync>| CoreError::ModelLoad {
@@ -97,7 +105,7 @@ impl std::fmt::Debug for ScriptClassifier {
 
 impl ScriptClassifier {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
-        let (module, meta) = open(files, device, CLASSIFIER_SIDE)?;
+        let (module, meta) = open(files, device, Some(CLASSIFIER_SIDE))?;
         if meta.classes.len() != 2 {
             return Err(files.refused("expected a two-class classifier (positive class first)"));
         }
@@ -213,15 +221,16 @@ pub struct ScriptSegmenter {
 
 impl ScriptSegmenter {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
-        let (module, meta) = open(files, device, SEGMENTER_SIDE)?;
+        let (module, meta) = open(files, device, None)?;
         let model = Self {
             module,
             meta,
             device,
         };
-        let logits = tch::no_grad(|| model.module.forward_ts(&[blank(SEGMENTER_SIDE, device)]))
+        let side = model.meta.input_side;
+        let logits = tch::no_grad(|| model.module.forward_ts(&[blank(side, device)]))
             .map_err(|e| refuse(files, format!("forward on a blank input failed: {e}")))?;
-        let side = i64::from(SEGMENTER_SIDE);
+        let side = i64::from(side);
         if logits.size() != [1, 1, side, side] {
             return Err(refuse(
                 files,
@@ -237,13 +246,21 @@ impl ScriptSegmenter {
 
 impl Segmenter for ScriptSegmenter {
     fn segment(&self, gray: &GrayF32) -> Result<LungMask> {
-        let side = i64::from(SEGMENTER_SIDE);
-        let input = Tensor::from_slice(&preprocess::segmenter_input(gray))
-            .f_view([1, 1, side, side])?
+        let side = self.meta.input_side;
+        let input = Tensor::from_slice(&preprocess::segmenter_input(gray, side))
+            .f_view([1, 1, i64::from(side), i64::from(side)])?
             .f_to_device(self.device)?;
         let probabilities = tch::no_grad(|| self.module.forward_ts(&[input]))?
             .f_sigmoid()?
             .f_to_device(Device::Cpu)?;
         super::lung_mask(&probabilities, gray, self.meta.threshold)
+    }
+
+    fn input_side(&self) -> u32 {
+        self.meta.input_side
+    }
+
+    fn shape(&self) -> Option<&crate::shape::ShapeModel> {
+        self.meta.shape.as_ref()
     }
 }

@@ -173,6 +173,18 @@ pub struct SourceMetrics {
     /// How many images carried each flag.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub flags: BTreeMap<String, usize>,
+    /// Images with at least one flag.
+    #[serde(default)]
+    pub flagged: usize,
+    /// Images of the two classes called wrong at the threshold without any flag: the errors a
+    /// reviewer is not warned of.
+    #[serde(default)]
+    pub silent_wrong: usize,
+    /// ROC-AUC of the other-label images against the negatives by the positive class's
+    /// probability, where a source has both: within one hospital, does the score respond to
+    /// disease (NIH pneumonia against NIH no finding)?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_vs_negatives_auc: Option<f64>,
 }
 
 /// One scored image, for [`by_source`].
@@ -216,6 +228,17 @@ pub fn by_source(
             for flag in rows.iter().flat_map(|r| r.flags) {
                 *flags.entry(flag.name().to_owned()).or_default() += 1;
             }
+            let wrong = |r: &&&Scored<'_>| {
+                (r.label == classes[0] && r.score < threshold)
+                    || (r.label == classes[1] && r.score >= threshold)
+            };
+            let silent_wrong = rows
+                .iter()
+                .filter(wrong)
+                .filter(|r| r.flags.is_empty())
+                .count();
+            let contrast: Vec<f32> = others.iter().chain(&neg).copied().collect();
+            let is_other: Vec<bool> = (0..contrast.len()).map(|i| i < others.len()).collect();
             let scores: Vec<f32> = pos.iter().chain(&neg).copied().collect();
             let truth: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
             let metrics = SourceMetrics {
@@ -231,6 +254,9 @@ pub fn by_source(
                     / rows.len().max(1) as f64,
                 others_called_positive: share(called(&others), others.len()),
                 flags,
+                flagged: rows.iter().filter(|r| !r.flags.is_empty()).count(),
+                silent_wrong,
+                others_vs_negatives_auc: roc_auc(&contrast, &is_other),
             };
             (source.to_owned(), metrics)
         })
@@ -312,6 +338,10 @@ struct Prepared {
     /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`, and detail.
     layouts: Vec<f32>,
     details: Vec<f32>,
+    /// Each image's colourfulness, and whether the segmenter's lung-shape model judged its
+    /// mask implausible (for the flags the held-out tables count).
+    colours: Vec<f32>,
+    implausible: Vec<bool>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
 }
@@ -327,10 +357,13 @@ impl Prepared {
         );
         let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
         let (mut layouts, mut details) = (Vec::new(), Vec::new());
+        let (mut colours, mut implausible) = (Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
+            colours.push(crate::trust::colourfulness(&xray.original));
+            implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)).is_some());
             layouts.extend(crate::trust::layout(&xray.gray));
             details.push(crate::trust::detail(&xray.gray));
             let input = classifier_input(&xray.gray, &mask, style);
@@ -353,6 +386,8 @@ impl Prepared {
             shapes,
             layouts,
             details,
+            colours,
+            implausible,
             hashes,
         })
     }
@@ -765,15 +800,17 @@ impl Dataset {
         model: &ResNetClassifier,
         ix: &[usize],
     ) -> Result<BTreeMap<String, SourceMetrics>> {
-        let s = scores(model, &self.prepared.inputs, ix)?;
+        let (features, s) = features_and_scores(model, &self.prepared.inputs, ix)?;
+        let flags = self.flags(model, ix, &features);
         let scored: Vec<Scored<'_>> = ix
             .iter()
             .zip(&s)
-            .map(|(&i, &score)| Scored {
+            .zip(&flags)
+            .map(|((&i, &score), flags)| Scored {
                 source: &self.rows[i].source,
                 label: &self.rows[i].label,
                 score,
-                flags: &[],
+                flags,
             })
             .collect();
         Ok(by_source(
@@ -781,6 +818,32 @@ impl Dataset {
             &model.meta.classes,
             model.meta.threshold,
         ))
+    }
+
+    /// The flags `model`'s trust model and the segmenter's shape model raise on rows `ix`
+    /// (`features`: their pooled features, row-major), as the pipeline raises them.
+    fn flags(&self, model: &ResNetClassifier, ix: &[usize], features: &[f32]) -> Vec<Vec<Flag>> {
+        let Some(trust) = &model.meta.trust else {
+            return vec![Vec::new(); ix.len()];
+        };
+        let side = (crate::trust::LAYOUT_SIDE * crate::trust::LAYOUT_SIDE) as usize;
+        let dim = features.len() / ix.len().max(1);
+        ix.iter()
+            .zip(features.chunks(dim.max(1)))
+            .map(|(&i, f)| {
+                let p = &self.prepared;
+                let checks = crate::trust::ImageChecks {
+                    colour: p.colours[i],
+                    layout: p.layouts[i * side..(i + 1) * side].to_vec(),
+                    detail: p.details[i],
+                };
+                let mut flags = trust.assess(f, &checks, p.shapes[i]).flags;
+                if p.implausible[i] && !flags.contains(&Flag::ImplausibleLungs) {
+                    flags.push(Flag::ImplausibleLungs);
+                }
+                flags
+            })
+            .collect()
     }
 
     /// `model` (trained without `source`) on every image of `source`, and those images ranked
@@ -918,19 +981,19 @@ pub fn train(
         &data.positive(test_ix),
         model.meta.threshold,
     );
+    model.meta.trust = Some(fit_trust(&model, &data, train_ix, val_ix)?);
     let test_by_source = data.table(&model, test_ix)?;
     let held_out = plan
         .hold_out
         .as_deref()
         .map(|s| data.held_out(&model, s, test_ix))
         .transpose()?;
-    model.meta.trust = Some(fit_trust(&model, &data, train_ix, val_ix)?);
 
     let mut leave_one_source_out = Vec::new();
     if plan.leave_one_source_out {
         for source in data.sources.clone() {
             let fold = data.split(Some(&source), &list)?;
-            let fitted = fit(
+            let mut fitted = fit(
                 &data,
                 [&fold[0], &fold[1]],
                 options,
@@ -939,6 +1002,8 @@ pub fn train(
                     progress(&source, e);
                 },
             )?;
+            // The fold's own trust model, fitted without the source: do its flags catch it?
+            fitted.model.meta.trust = Some(fit_trust(&fitted.model, &data, &fold[0], &fold[1])?);
             leave_one_source_out.push(data.held_out(&fitted.model, &source, &fold[2])?);
         }
     }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use image::imageops::{self, FilterType};
+use rand::Rng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
@@ -13,12 +15,37 @@ use crate::data::{Manifest, MaskedImage, Split, SplitShares};
 use crate::metrics::Overlap;
 use crate::models::unet::UNetConfig;
 use crate::models::{Segmenter, UNetSegmenter};
-use crate::preprocess::{SEGMENTER_SIDE, segmenter_input};
+use crate::preprocess::resize_triangle;
+use crate::shape::ShapeModel;
 use crate::xray::Xray;
 use crate::{CoreError, Result};
 
-const AUGMENTATION: &str = "random rotation +-10 deg, scale +-12%, shift +-6%; \
-contrast and brightness +-15% (same warp applied to image and mask)";
+const AUGMENTATION: &str = "random rotation +-10 deg, zoom 0.8-1.25 (zoomed out: padded with \
+black), shift +-12% (framing: the lungs cut at the border or small in the frame); gamma 0.6-1.7, \
+down/up-sampling to 35-100% (half the batches), Gaussian blur sigma 0-1.5 px (a third), Gaussian \
+noise sigma 0-0.03; contrast and brightness +-15% after standardising (same warp applied to \
+image and mask); sources balanced (each source's images repeated up to the largest's count), \
+model chosen by the mean of the sources' validation Dice";
+
+/// The shape of the network `cxr train segmenter` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmenterPlan {
+    /// Channels of the U-Net's first stage.
+    pub base: i64,
+    /// Side of the square input.
+    pub side: u32,
+}
+
+impl Default for SegmenterPlan {
+    /// 8 base channels at 224 px: 1.16 GFLOP an image, 5.2 times fewer than the 16-channel,
+    /// 256 px U-Net shipped before it (6.03).
+    fn default() -> Self {
+        Self {
+            base: 8,
+            side: crate::preprocess::SEGMENTER_SIDE,
+        }
+    }
+}
 
 /// Held-out measurements of a segmenter, at the images' original resolution after clean-up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,23 +55,35 @@ pub struct SegmenterMetrics {
     pub dice_mean: f64,
     pub dice_min: f64,
     pub iou_mean: f64,
+    /// Predicted masks the segmenter's lung-shape model judged implausible.
+    #[serde(default)]
+    pub shape_flagged: usize,
     /// The same measures for each source's images (see [`crate::data::source_key`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_source: BTreeMap<String, SegmenterMetrics>,
 }
 
 impl SegmenterMetrics {
-    /// Means over per-image `(dice, iou)` scores.
-    fn of(scores: &[(f64, f64)]) -> Self {
+    /// Means over per-image scores.
+    fn of(scores: &[Score]) -> Self {
         let n = scores.len().max(1) as f64;
         Self {
             images: scores.len(),
-            dice_mean: scores.iter().map(|s| s.0).sum::<f64>() / n,
-            dice_min: scores.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
-            iou_mean: scores.iter().map(|s| s.1).sum::<f64>() / n,
+            dice_mean: scores.iter().map(|s| s.dice).sum::<f64>() / n,
+            dice_min: scores.iter().map(|s| s.dice).fold(f64::INFINITY, f64::min),
+            iou_mean: scores.iter().map(|s| s.iou).sum::<f64>() / n,
+            shape_flagged: scores.iter().filter(|s| s.implausible).count(),
             by_source: BTreeMap::new(),
         }
     }
+}
+
+/// One image's measures.
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    dice: f64,
+    iou: f64,
+    implausible: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,23 +96,24 @@ pub struct SegmenterRecord {
 /// One decoded training pair at the segmenter's resolution.
 struct Pair {
     row: MaskedImage,
-    input: Vec<f32>,
+    /// The radiograph resized, in [0, 1], not yet standardised (augmentation comes first).
+    pixels: Vec<f32>,
     /// 1 lung, 0 background.
     target: Vec<f32>,
     /// 1 where the reference is defined, 0 where it says "ignore".
     weight: Vec<f32>,
 }
 
-fn load_pair(row: &MaskedImage) -> Result<Pair> {
+fn load_pair(row: &MaskedImage, side: u32) -> Result<Pair> {
     let xray = Xray::open(&row.image)?;
     let mask = Xray::open(&row.mask)?.original.to_luma8();
     if mask.dimensions() != xray.gray.dimensions() {
         return Err(CoreError::data(&row.mask, "mask and image differ in size"));
     }
-    let small = imageops::resize(&mask, SEGMENTER_SIDE, SEGMENTER_SIDE, FilterType::Nearest);
+    let small = imageops::resize(&mask, side, side, FilterType::Nearest);
     Ok(Pair {
         row: row.clone(),
-        input: segmenter_input(&xray.gray),
+        pixels: resize_triangle(&xray.gray, side, side).into_raw(),
         target: small
             .as_raw()
             .iter()
@@ -87,8 +127,8 @@ fn load_pair(row: &MaskedImage) -> Result<Pair> {
     })
 }
 
-fn stack(pairs: &[Pair], field: impl Fn(&Pair) -> &[f32]) -> Tensor {
-    let side = i64::from(SEGMENTER_SIDE);
+fn stack(pairs: &[Pair], side: u32, field: impl Fn(&Pair) -> &[f32]) -> Tensor {
+    let side = i64::from(side);
     let flat: Vec<f32> = pairs
         .iter()
         .flat_map(|p| field(p).iter().copied())
@@ -114,6 +154,7 @@ fn loss(logits: &Tensor, target: &Tensor, weight: &Tensor) -> Tensor {
 /// Dice and `IoU` measured on the test patients.
 pub fn train(
     options: &TrainOptions,
+    plan: SegmenterPlan,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(UNetSegmenter, SegmenterRecord)> {
     let started = Instant::now();
@@ -125,20 +166,41 @@ pub fn train(
         ));
     }
     let mut rng = super::seeded(options.seed);
-    let pairs: Vec<Pair> = rows.iter().map(load_pair).collect::<Result<_>>()?;
+    let side = plan.side;
+    let pairs: Vec<Pair> = rows
+        .iter()
+        .map(|row| load_pair(row, side))
+        .collect::<Result<_>>()?;
     let side_of = |p: &Pair| Split::of(&p.row.patient, options.seed, SplitShares::SEGMENTER);
     let split = SplitSizes::count(pairs.iter().map(|p| (side_of(p), p.row.patient.as_str())));
     let sides = pairs.iter().map(|p| Some(side_of(p)));
     let [train_ix, val_ix, test_ix] = super::split_indices(sides, &options.manifest_list())?;
-    let (inputs, targets, weights) = (
-        stack(&pairs, |p| &p.input),
-        stack(&pairs, |p| &p.target),
-        stack(&pairs, |p| &p.weight),
+    let (pixels, targets, weights) = (
+        stack(&pairs, side, |p| &p.pixels),
+        stack(&pairs, side, |p| &p.target),
+        stack(&pairs, side, |p| &p.weight),
     );
+    let inputs = standardise(&pixels);
 
-    let mut model = UNetSegmenter::new(UNetConfig::small(), options.device);
+    let config = UNetConfig::with_base(plan.base);
+    config.check().map_err(CoreError::Invalid)?;
+    if !side.is_multiple_of(config.down_sampling())
+        || !crate::preprocess::SEGMENTER_SIDES.contains(&side)
+    {
+        return Err(CoreError::Invalid(format!(
+            "a segmenter side of {side} px: expected 64 to 512, a multiple of {}",
+            config.down_sampling()
+        )));
+    }
+    // Each source weighs the same, in training (its images repeated up to the largest source's
+    // count) and in model selection (the mean of the sources' validation Dice): the V7 masks
+    // are a third of the JSRT ones in number and harder.
+    let source_of = |i: &usize| pairs[*i].row.source.clone();
+    let balanced = balance_sources(&train_ix, source_of);
+    let val_by_source: Vec<Vec<usize>> = by_source(&val_ix, source_of).into_values().collect();
+    let mut model = UNetSegmenter::new(config.clone(), side, options.device);
     super::initialise(model.var_store_mut(), options)?;
-    let mut best = UNetSegmenter::new(UNetConfig::small(), options.device);
+    let mut best = UNetSegmenter::new(config, side, options.device);
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     let (mut best_score, mut best_epoch) = (f64::NEG_INFINITY, 0);
     for epoch in 1..=options.epochs {
@@ -149,18 +211,21 @@ pub fn train(
             options.epochs,
         ));
         let mut total = 0.0;
-        let batch_list = batches(&train_ix, options.batch_size, &mut rng);
+        let batch_list = batches(&balanced, options.batch_size, &mut rng);
         for batch in &batch_list {
-            let theta = super::random_affines(batch.len(), &mut rng, 10.0, 0.12, 0.12);
-            let x = warp(&gather(&inputs, batch, options.device), &theta, false)?;
+            let theta = framing_affines(batch.len(), &mut rng);
+            let x = warp(&gather(&pixels, batch, options.device), &theta, false)?;
+            let x = standardise(&scanner_style(&x, &mut rng));
             let x = super::jitter_intensity(&x, &mut rng, 0.15);
             let y = warp(&gather(&targets, batch, options.device), &theta, true)?;
-            let w = warp(&gather(&weights, batch, options.device), &theta, true)?;
+            // Padding is background the loss must see: warp what is ignored, not what counts.
+            let ignored: Tensor = 1.0 - gather(&weights, batch, options.device);
+            let w: Tensor = 1.0 - warp(&ignored, &theta, true)?;
             let l = loss(&model.forward_t(&x, true), &y, &w);
             optimizer.backward_step(&l);
             total += super::scalar(&l);
         }
-        let score = low_resolution_dice(&model, &inputs, &targets, &weights, &val_ix)?;
+        let score = per_source_dice(&model, &inputs, &targets, &weights, &val_by_source)?;
         let improved = score > best_score;
         if improved {
             best_score = score;
@@ -176,6 +241,7 @@ pub fn train(
             seconds: epoch_start.elapsed().as_secs_f64(),
         });
     }
+    best.meta.shape = Some(fit_shape(train_ix.iter().map(|&i| &pairs[i].row))?);
     let validation = evaluate(&best, val_ix.iter().map(|&i| &pairs[i].row))?;
     let test = evaluate(&best, test_ix.iter().map(|&i| &pairs[i].row))?;
     let training = super::record(options, split, best_epoch, AUGMENTATION, started);
@@ -189,7 +255,127 @@ pub fn train(
     Ok((best, record))
 }
 
-/// Dice at 256x256 over the given rows, for model selection during training.
+/// Random affine warps that frame the chest as other hospitals do: rotation +-10 deg, zoom
+/// 0.8-1.25 drawn evenly in log scale (out: the image shrinks inside black padding; in: the
+/// lungs are cut at the border), shift +-12%.
+fn framing_affines(n: usize, rng: &mut StdRng) -> Tensor {
+    let mut theta = Vec::with_capacity(n * 6);
+    for _ in 0..n {
+        let a = rng.random_range(-10.0f32..=10.0).to_radians();
+        // The grid's scale: above 1 samples a wider field, so the chest looks smaller.
+        let s = rng.random_range(0.8f32.ln()..=1.25f32.ln()).exp();
+        let (tx, ty) = (
+            rng.random_range(-0.12..=0.12),
+            rng.random_range(-0.12..=0.12),
+        );
+        theta.extend_from_slice(&[s * a.cos(), -s * a.sin(), tx, s * a.sin(), s * a.cos(), ty]);
+    }
+    Tensor::from_slice(&theta).view([n as i64, 2, 3])
+}
+
+/// What other detectors and films do to a radiograph, on `[N, 1, S, S]` pixels in [0, 1]:
+/// gamma (exposure curve), down/up-sampling (resolution), Gaussian blur (focal spot, film),
+/// Gaussian noise (quantum noise). Each image draws its own gamma and noise; the batch shares
+/// its resampling and blur.
+fn scanner_style(pixels: &Tensor, rng: &mut StdRng) -> Tensor {
+    let (n, side) = (pixels.size()[0], pixels.size()[3]);
+    let device = pixels.device();
+    let per_image = |rng: &mut StdRng, draw: &dyn Fn(&mut StdRng) -> f32| {
+        let values: Vec<f32> = (0..n).map(|_| draw(rng)).collect();
+        Tensor::from_slice(&values)
+            .view([n, 1, 1, 1])
+            .to_device(device)
+    };
+    let gamma = per_image(rng, &|r| r.random_range(0.6f32.ln()..=1.7f32.ln()).exp());
+    let mut x = pixels.clamp(1e-4, 1.0).pow(&gamma);
+    if rng.random_bool(0.5) {
+        let small = (side as f64 * rng.random_range(0.35..=1.0)).round() as i64;
+        x = x
+            .upsample_bilinear2d([small, small], false, None, None)
+            .upsample_bilinear2d([side, side], false, None, None);
+    }
+    if rng.random_bool(1.0 / 3.0) {
+        x = gaussian_blur(&x, rng.random_range(0.3..=1.5));
+    }
+    let sigma = per_image(rng, &|r| r.random_range(0.0..=0.03));
+    &x + x.randn_like() * sigma
+}
+
+/// A separable Gaussian blur of `[N, 1, H, W]` images, edges replicated.
+fn gaussian_blur(x: &Tensor, sigma: f64) -> Tensor {
+    let radius = (3.0 * sigma).ceil() as i64;
+    let taps: Vec<f32> = (-radius..=radius)
+        .map(|i| (-((i * i) as f64) / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
+    let total: f32 = taps.iter().sum();
+    let taps: Vec<f32> = taps.iter().map(|t| t / total).collect();
+    let k = taps.len() as i64;
+    let kernel = Tensor::from_slice(&taps).to_device(x.device());
+    let padded = x.replication_pad2d([radius, radius, radius, radius]);
+    padded
+        .conv2d(
+            &kernel.view([1, 1, 1, k]),
+            None::<Tensor>,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )
+        .conv2d(
+            &kernel.view([1, 1, k, 1]),
+            None::<Tensor>,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )
+}
+
+/// Each `[N, 1, S, S]` image standardised to zero mean and unit variance, as
+/// [`crate::preprocess::segmenter_input`] does.
+fn standardise(x: &Tensor) -> Tensor {
+    let dims = [1i64, 2, 3];
+    let mean = x.mean_dim(dims.as_slice(), true, Kind::Float);
+    let std = x.std_dim(dims.as_slice(), false, true).clamp_min(1e-3);
+    (x - mean) / std
+}
+
+/// `indices` grouped by source.
+fn by_source(indices: &[usize], source: impl Fn(&usize) -> String) -> BTreeMap<String, Vec<usize>> {
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for i in indices {
+        groups.entry(source(i)).or_default().push(*i);
+    }
+    groups
+}
+
+/// `indices` with every source's repeated (whole, then its first ones again) up to the count
+/// of the largest source.
+fn balance_sources(indices: &[usize], source: impl Fn(&usize) -> String) -> Vec<usize> {
+    let groups = by_source(indices, source);
+    let largest = groups.values().map(Vec::len).max().unwrap_or(0);
+    groups
+        .values()
+        .flat_map(|group| group.iter().cycle().take(largest).copied())
+        .collect()
+}
+
+/// The mean over sources of [`low_resolution_dice`], for model selection.
+fn per_source_dice(
+    model: &UNetSegmenter,
+    inputs: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    groups: &[Vec<usize>],
+) -> Result<f64> {
+    let mut total = 0.0;
+    for rows in groups {
+        total += low_resolution_dice(model, inputs, targets, weights, rows)?;
+    }
+    Ok(total / groups.len().max(1) as f64)
+}
+
+/// Dice at the segmenter's resolution over the given rows, for model selection during training.
 fn low_resolution_dice(
     model: &UNetSegmenter,
     inputs: &Tensor,
@@ -225,14 +411,18 @@ pub fn evaluate_each<'a>(
     rows: impl Iterator<Item = &'a MaskedImage>,
     on_row: &mut dyn FnMut(&MaskedImage, Option<&CoreError>),
 ) -> SegmenterMetrics {
-    let mut scores: Vec<(String, (f64, f64))> = Vec::new();
+    let mut scores: Vec<(String, Score)> = Vec::new();
     for row in rows {
-        let measured = (|| -> Result<(f64, f64)> {
+        let measured = (|| -> Result<Score> {
             let xray = Xray::open(&row.image)?;
             let reference = Xray::open(&row.mask)?.original.to_luma8();
             let predicted = model.segment(&xray.gray)?;
             let o = Overlap::of(predicted.as_raw(), reference.as_raw());
-            Ok((o.dice(), o.iou()))
+            Ok(Score {
+                dice: o.dice(),
+                iou: o.iou(),
+                implausible: model.shape().and_then(|s| s.judge(&predicted)).is_some(),
+            })
         })();
         on_row(row, measured.as_ref().err());
         scores.extend(measured.ok().map(|s| (row.source.clone(), s)));
@@ -242,7 +432,7 @@ pub fn evaluate_each<'a>(
     sources.sort_unstable();
     sources.dedup();
     for source in sources {
-        let own: Vec<(f64, f64)> = scores
+        let own: Vec<Score> = scores
             .iter()
             .filter(|s| s.0 == source)
             .map(|s| s.1)
@@ -252,6 +442,20 @@ pub fn evaluate_each<'a>(
             .insert(source.to_owned(), SegmenterMetrics::of(&own));
     }
     metrics
+}
+
+/// A reference mask as a lung mask: its lung pixels (255), without what it marks "ignore".
+pub fn reference_lungs(row: &MaskedImage) -> Result<crate::mask::LungMask> {
+    let mut mask = Xray::open(&row.mask)?.original.to_luma8();
+    mask.pixels_mut()
+        .for_each(|p| p.0[0] = if p.0[0] == 255 { 255 } else { 0 });
+    Ok(mask)
+}
+
+/// Fits the lung-shape model ([`ShapeModel`]) on the reference masks of `rows`.
+pub fn fit_shape<'a>(rows: impl Iterator<Item = &'a MaskedImage>) -> Result<ShapeModel> {
+    let masks: Vec<_> = rows.map(reference_lungs).collect::<Result<_>>()?;
+    ShapeModel::fit(&masks)
 }
 
 /// Like [`evaluate_each`], but the first failing row is an error.

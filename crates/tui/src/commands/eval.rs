@@ -308,14 +308,17 @@ fn source_table(
             .map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", 100.0 * v))
     };
     let mut out = format!(
-        "| source | images | {} / {} / other | ROC-AUC | accuracy | sensitivity | specificity | other called {} | mean P({}) | flags |\n|---|---|---|---|---|---|---|---|---|---|\n",
-        classes[0], classes[1], classes[0], classes[0]
+        "| source | images | {} / {} / other | ROC-AUC | accuracy | sensitivity | specificity | \
+         other called {} | mean P({}) | flagged | silent-wrong | AUC other vs {} | flags |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        classes[0], classes[1], classes[0], classes[0], classes[1]
     );
+    let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
     for (source, m) in by_source {
         let flags: Vec<String> = m.flags.iter().map(|(f, n)| format!("{f} {n}")).collect();
         let _ = writeln!(
             out,
-            "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} |",
+            "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |",
             m.images,
             m.positives,
             m.negatives,
@@ -327,6 +330,10 @@ fn source_table(
             pct(m.specificity),
             pct(m.others_called_positive),
             m.mean_positive_probability,
+            pct(share(m.flagged, m.images)),
+            pct(share(m.silent_wrong, m.positives + m.negatives)),
+            m.others_vs_negatives_auc
+                .map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
             if flags.is_empty() {
                 "-".to_owned()
             } else {
@@ -336,7 +343,7 @@ fn source_table(
     }
     let _ = write!(
         out,
-        "| pooled | {} | | {} | {} | {} | {} | | | |",
+        "| pooled | {} | | {} | {} | {} | {} | | | | | | |",
         pooled.images,
         pooled
             .roc_auc
@@ -351,13 +358,14 @@ fn source_table(
 /// Dice per source as Markdown.
 fn segmenter_table(m: &SegmenterMetrics) -> String {
     let mut out = String::from(
-        "| source | images | Dice (mean) | Dice (min) | IoU (mean) |\n|---|---|---|---|---|\n",
+        "| source | images | Dice (mean) | Dice (min) | IoU (mean) | shape flagged |\n\
+         |---|---|---|---|---|---|\n",
     );
     for (source, s) in m.by_source.iter().chain([(&"pooled".to_owned(), m)]) {
         let _ = writeln!(
             out,
-            "| {source} | {} | {:.4} | {:.4} | {:.4} |",
-            s.images, s.dice_mean, s.dice_min, s.iou_mean
+            "| {source} | {} | {:.4} | {:.4} | {:.4} | {} |",
+            s.images, s.dice_mean, s.dice_min, s.iou_mean, s.shape_flagged
         );
     }
     out

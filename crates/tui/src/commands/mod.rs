@@ -54,6 +54,7 @@ fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
     }
     let compute = Compute::on(device)
         .with_backend(args.backend.into())
+        .with_precision(args.precision.into())
         .with_threads(args.threads.map(usize::from));
     Ok(Models { dir, compute })
 }
@@ -106,9 +107,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             worker::run(&options, &m.dir, m.compute)
         }
-        Command::Segment { files, model, out } => {
+        Command::Segment {
+            files,
+            model,
+            out,
+            inputs_out,
+        } => {
             let m = models(global, &model)?;
-            segment::run(&files, &out, &m.dir, m.compute)
+            segment::run(&files, &out, inputs_out.as_deref(), &m.dir, m.compute)
         }
         Command::Eval {
             manifests,

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::compute::Compute;
-use cxr_core::models::Segmenter;
-use cxr_core::pipeline::Pipeline;
+use cxr_core::models::{ModelFiles, Segmenter};
+use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline};
+use cxr_core::preprocess::{self, InputStyle};
 use cxr_core::xray::Xray;
 use cxr_core::{CoreError, mask};
 
@@ -19,13 +20,28 @@ struct Written<'a> {
     segment_ms: f64,
 }
 
-pub fn run(files: &[PathBuf], out: &Path, models: &Path, compute: Compute) -> Result<ExitCode> {
+pub fn run(
+    files: &[PathBuf],
+    out: &Path,
+    inputs_out: Option<&Path>,
+    models: &Path,
+    compute: Compute,
+) -> Result<ExitCode> {
     let segmenter = Pipeline::load_segmenter(models, &compute)?;
     std::fs::create_dir_all(out).wrap_err_with(|| format!("creating {}", out.display()))?;
+    let inputs = match inputs_out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
+            let classifier = ModelFiles::new(models, CLASSIFIER_NAME);
+            let style = classifier.read_meta::<serde_json::Value>()?.input;
+            Some((dir, style))
+        }
+        None => None,
+    };
     let bar = super::progress(files.len(), "segmenting");
     let mut failures = 0;
     for file in files {
-        match segment_one(segmenter.as_ref(), file, out) {
+        match segment_one(segmenter.as_ref(), file, out, inputs) {
             Ok(written) => bar.suspend(|| super::print_json(&written))?,
             Err(e) => {
                 failures += 1;
@@ -42,6 +58,7 @@ fn segment_one<'a>(
     segmenter: &dyn Segmenter,
     file: &'a Path,
     out: &Path,
+    inputs: Option<(&Path, InputStyle)>,
 ) -> cxr_core::Result<Written<'a>> {
     let xray = Xray::open(file)?;
     let start = Instant::now();
@@ -50,6 +67,19 @@ fn segment_one<'a>(
     let stem = file
         .file_stem()
         .map_or_else(|| "image".into(), |s| s.to_string_lossy());
+    if let Some((dir, style)) = inputs {
+        let side = segmenter.input_side();
+        let unet = preprocess::segmenter_input(&xray.gray, side);
+        let classifier = preprocess::classifier_input(&xray.gray, &lungs, style).pixels;
+        let square = preprocess::CLASSIFIER_SIDE;
+        for (name, values, side) in [
+            ("segmenter", unet, side),
+            ("classifier", classifier, square),
+        ] {
+            let npy = cxr_core::fsutil::npy_f32(&values, [side as usize, side as usize]);
+            cxr_core::fsutil::write_atomic(&dir.join(format!("{stem}.{name}.npy")), &npy)?;
+        }
+    }
     let path = out.join(format!("{stem}.mask.png"));
     let mut png = Vec::new();
     lungs

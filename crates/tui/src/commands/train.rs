@@ -20,9 +20,13 @@ pub fn model_args(command: &TrainCommand) -> &ModelArgs {
     match command {
         TrainCommand::Segmenter { common, .. }
         | TrainCommand::Classifier { common, .. }
-        | TrainCommand::Trust { common, .. } => &common.model,
+        | TrainCommand::Trust { common, .. }
+        | TrainCommand::Shape { common, .. } => &common.model,
     }
 }
+
+/// The labelled manifest the classifier trains on by default, under the data folder.
+const CLASSIFIER_MANIFEST: &str = "cxr/manifest.csv";
 
 fn print_epoch(report: &EpochReport) {
     if super::quiet() {
@@ -66,11 +70,18 @@ fn defences(args: &DefenceArgs) -> Defences {
 pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<ExitCode> {
     compute.apply();
     let out_dir = |common: &TrainArgs| common.out.clone().unwrap_or_else(|| models.to_path_buf());
-    // Both kinds of model train on the project's data and JSRT by default.
+    // Both kinds of model train on the project's data and JSRT by default; the classifier also
+    // reads NIH's pneumonia images where the data folder has them (neither class: measured
+    // only, for the within-NIH disease contrast).
     let manifests_or = |given: Vec<PathBuf>, default: &str| -> Result<Vec<PathBuf>> {
         Ok(if given.is_empty() {
             let data = super::data_dir()?;
-            vec![data.join(default), data.join("jsrt/manifest.csv")]
+            let mut defaults = vec![data.join(default), data.join("jsrt/manifest.csv")];
+            let pneumonia = data.join("nih-pneumonia/manifest.csv");
+            if default == CLASSIFIER_MANIFEST && pneumonia.is_file() {
+                defaults.push(pneumonia);
+            }
+            defaults
         } else {
             given
         })
@@ -82,6 +93,8 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             epochs,
             batch_size,
             learning_rate,
+            base,
+            side,
         } => {
             let options = TrainOptions {
                 manifests: manifests_or(manifests, "lungseg/manifest.csv")?,
@@ -92,13 +105,14 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 device: compute.device,
                 init: common.init.clone(),
             };
-            let (model, record) = train::segmenter::train(&options, &mut print_epoch)
+            let plan = train::segmenter::SegmenterPlan { base, side };
+            let (model, record) = train::segmenter::train(&options, plan, &mut print_epoch)
                 .wrap_err("training the segmenter")?;
             let files = ModelFiles::new(&out_dir(&common), SEGMENTER_NAME);
             model.save(&files)?;
             write_card(
                 &files.card,
-                &card::segmenter_card(&model.meta.architecture, &record),
+                &card::segmenter_card(&model.meta.architecture, model.meta.input_side, &record),
             )?;
             export_onnx(&out_dir(&common));
             super::print_json(&record)?;
@@ -123,7 +137,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 TrainOnly::default()
             };
             let options = TrainOptions {
-                manifests: manifests_or(manifests, "cxr/manifest.csv")?,
+                manifests: manifests_or(manifests, CLASSIFIER_MANIFEST)?,
                 epochs,
                 batch_size,
                 learning_rate,
@@ -166,11 +180,57 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             super::print_json(&record)?;
         }
         TrainCommand::Trust { manifests, common } => {
-            let manifests = manifests_or(manifests, "cxr/manifest.csv")?;
+            let manifests = manifests_or(manifests, CLASSIFIER_MANIFEST)?;
             refit_trust(manifests, common.seed, compute, models, &out_dir(&common))?;
+        }
+        TrainCommand::Shape { manifests, common } => {
+            let manifests = manifests_or(manifests, "lungseg/manifest.csv")?;
+            refit_shape(&manifests, common.seed, models, &out_dir(&common))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fits the lung-shape model on the training patients' reference masks and writes it into the
+/// segmenter's JSON in `out` (its weights, copied there when `out` is another folder, are
+/// untouched). Prints how many reference masks of each split it judges implausible.
+fn refit_shape(manifests: &[PathBuf], seed: u64, models: &Path, out: &Path) -> Result<()> {
+    let rows = cxr_core::data::Manifest::read_all(manifests)?.masks;
+    let side = |row: &cxr_core::data::MaskedImage| {
+        cxr_core::data::Split::of(&row.patient, seed, cxr_core::data::SplitShares::SEGMENTER)
+    };
+    let train_rows = rows
+        .iter()
+        .filter(|row| side(row) == cxr_core::data::Split::Train);
+    let shape = train::segmenter::fit_shape(train_rows)?;
+    let mut flagged = std::collections::BTreeMap::<String, [usize; 2]>::default();
+    for row in &rows {
+        let mask = train::segmenter::reference_lungs(row)?;
+        let slot = flagged
+            .entry(format!("{:?}", side(row)).to_lowercase())
+            .or_default();
+        slot[0] += usize::from(shape.judge(&mask).is_some());
+        slot[1] += 1;
+    }
+    let from = ModelFiles::new(models, SEGMENTER_NAME);
+    let to = ModelFiles::new(out, SEGMENTER_NAME);
+    if !same_folder(models, out) {
+        std::fs::create_dir_all(out)?;
+        let onnx = from.onnx();
+        for source in from.parts()?.iter().chain(onnx.is_file().then_some(&onnx)) {
+            let name = source.file_name().unwrap_or_default();
+            std::fs::copy(source, out.join(name))?;
+        }
+    }
+    let mut meta: cxr_core::models::ModelMeta<serde_json::Value> = to.read_meta()?;
+    meta.shape = Some(shape);
+    to.write_meta(&meta)?;
+    super::note(&format!(
+        "wrote the lung-shape model into {}",
+        to.meta.display()
+    ));
+    super::print_json(&serde_json::json!({ "reference_masks_flagged": flagged }))?;
+    Ok(())
 }
 
 /// The reviewed items of watch folder `dir` as training rows. A model trained on them never

@@ -1,0 +1,396 @@
+//! What a pair of lungs looks like: a low-dimensional shape space fitted on reference lung
+//! masks, to catch a segmentation unlike any lung pair (one lung missing, a blob spilling
+//! through the chest wall, a lung ending in a hook). The classifier crops to the mask, so a
+//! bad mask is a bad prediction; this check flags it (`implausible-lungs`) with a reason.
+//!
+//! Two views of a mask, each with limits from the masks it was fitted on:
+//!
+//! - **the pair's shape**: the lungs' bounding box resampled to a [`GRID`] x [`GRID`] grid of
+//!   lung shares, which forgets where and how large the chest is in the frame (hospitals frame
+//!   differently) and keeps the outline. The fitted descriptors' principal components span the
+//!   shape space; a mask far outside it (the residual) or far along it (the Mahalanobis
+//!   distance of its coordinates) is no lung pair: one lung missing, two merged into a blob.
+//! - **the outline's raggedness**: the largest region that a morphological opening with a
+//!   square [`ROUGHNESS_SCALE`] of the chest's width removes (a spur, hook or blob on a neck)
+//!   and the largest a closing adds (a bite or slit cut into a lung), as shares of the lungs. Drawn reference outlines are
+//!   smooth; a segmenter that lost its way on an unfamiliar film is not.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::mask::LungMask;
+use crate::{CoreError, Result};
+
+/// Side of the descriptor grid.
+pub const GRID: usize = 32;
+/// Principal components kept.
+pub const COMPONENTS: usize = 12;
+/// The shape-space limits are this many times the largest residual and distance among the
+/// masks fitted on.
+pub const MARGIN: f32 = 1.1;
+/// The spur and bite limits are this many times the 99th percentile among the masks fitted on.
+pub const ROUGHNESS_MARGIN: f32 = 1.25;
+/// Side of the opening and closing square, as a share of the lungs' width.
+pub const ROUGHNESS_SCALE: f32 = 0.05;
+/// Width masks are resampled to before the opening and closing (their cost stays small).
+const ROUGHNESS_WIDTH: usize = 160;
+
+/// The shape space and its limits. Stored in the segmenter's JSON (`shape`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapeModel {
+    /// Mean descriptor, `GRID * GRID`.
+    pub mean: Vec<f32>,
+    /// Orthonormal principal directions, row-major `COMPONENTS x GRID * GRID`.
+    pub components: Vec<f32>,
+    /// The variance of the fitted descriptors along each direction.
+    pub variances: Vec<f32>,
+    /// Beyond this root-mean-square residual outside the space: implausible.
+    pub residual_above: f32,
+    /// Beyond this Mahalanobis distance inside the space: implausible.
+    pub distance_above: f32,
+    /// Beyond these shares of the largest spur (opening) and bite (closing): implausible.
+    /// [`ROUGHNESS_MARGIN`] times the 99th percentile among the masks fitted on.
+    pub spurs_above: f32,
+    pub bites_above: f32,
+    /// How many masks it was fitted on.
+    pub fitted_on: usize,
+}
+
+/// Where a mask's descriptor lies relative to the shape space.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShapeScore {
+    pub residual: f32,
+    pub distance: f32,
+}
+
+/// Shares of a mask's lung area in its largest spur (a region an opening removes) and its
+/// largest bite (a region a closing adds), with a square [`ROUGHNESS_SCALE`] of the lungs' width, on the mask resampled to
+/// [`ROUGHNESS_WIDTH`] columns. `None` without lung pixels.
+#[must_use]
+pub fn roughness(mask: &LungMask) -> Option<[f32; 2]> {
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    let (sw, sh) = (ROUGHNESS_WIDTH, (ROUGHNESS_WIDTH * h / w.max(1)).max(1));
+    let lung: Vec<bool> = (0..sh)
+        .flat_map(|y| (0..sw).map(move |x| (x, y)))
+        .map(|(x, y)| mask.as_raw()[(y * h / sh) * w + x * w / sw] >= 128)
+        .collect();
+    let area = lung.iter().filter(|&&l| l).count();
+    let columns = (0..sw).filter(|&x| (0..sh).any(|y| lung[y * sw + x]));
+    let (first, last) = columns.fold((usize::MAX, 0), |(a, b), x| (a.min(x), b.max(x)));
+    if area == 0 {
+        return None;
+    }
+    let side = ((ROUGHNESS_SCALE * (last - first + 1) as f32) as usize).max(1) | 1;
+    let opened = dilate(&erode(&lung, sw, side), sw, side);
+    let closed = erode(&dilate(&lung, sw, side), sw, side);
+    let spurs: Vec<bool> = lung.iter().zip(&opened).map(|(l, o)| *l && !o).collect();
+    let bites: Vec<bool> = lung.iter().zip(&closed).map(|(l, c)| *c && !l).collect();
+    let share = |part: &[bool]| largest_region(part, sw) as f32 / area as f32;
+    Some([share(&spurs), share(&bites)])
+}
+
+/// Pixels in the largest 8-connected region of `mask` (`w` wide). The sharp corners of a
+/// normal lung (the costophrenic angles, the apex) each leave a small region; a hook or a bite
+/// leaves one large one.
+fn largest_region(mask: &[bool], w: usize) -> usize {
+    let h = mask.len() / w;
+    let mut seen = vec![false; mask.len()];
+    let mut largest = 0;
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let (mut stack, mut size) = (vec![start], 0);
+        while let Some(i) = stack.pop() {
+            size += 1;
+            let (x, y) = (i % w, i / w);
+            for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                    let j = ny * w + nx;
+                    if mask[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        largest = largest.max(size);
+    }
+    largest
+}
+
+/// Binary erosion by a `side` x `side` square (edges replicated), rows then columns.
+fn erode(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
+    let rows = window(mask, w, side, true, |a, b| a && b);
+    window(&rows, w, side, false, |a, b| a && b)
+}
+
+/// Binary dilation by a `side` x `side` square (edges replicated).
+fn dilate(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
+    let rows = window(mask, w, side, true, |a, b| a || b);
+    window(&rows, w, side, false, |a, b| a || b)
+}
+
+/// `combine` over a centred window of `side` pixels along rows (or columns), clamped to the
+/// image: a plain loop, as the masks are small.
+fn window(
+    mask: &[bool],
+    w: usize,
+    side: usize,
+    along_rows: bool,
+    combine: fn(bool, bool) -> bool,
+) -> Vec<bool> {
+    let h = mask.len() / w;
+    let r = side / 2;
+    (0..mask.len())
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            let (at, len) = if along_rows { (x, w) } else { (y, h) };
+            let pixel = |k: usize| {
+                if along_rows {
+                    mask[y * w + k]
+                } else {
+                    mask[k * w + x]
+                }
+            };
+            (at.saturating_sub(r)..=(at + r).min(len - 1))
+                .map(pixel)
+                .reduce(combine)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The lungs' bounding box of `mask` (pixels at or above 128) resampled to the grid by area
+/// averaging; `None` without lung pixels.
+#[must_use]
+pub fn descriptor(mask: &LungMask) -> Option<Vec<f32>> {
+    let w = mask.width() as usize;
+    let raw = mask.as_raw();
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for (i, _) in raw.iter().enumerate().filter(|(_, v)| **v >= 128) {
+        let (x, y) = (i % w, i / w);
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    if x0 == usize::MAX {
+        return None;
+    }
+    // Each cell averages its share of the box, at least one pixel (a box narrower than the
+    // grid repeats pixels rather than leaving cells empty).
+    let span = |start: usize, length: usize, cell: usize| {
+        let from = start + cell * length / GRID;
+        from..(start + (cell + 1) * length / GRID).max(from + 1)
+    };
+    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut out = Vec::with_capacity(GRID * GRID);
+    for gy in 0..GRID {
+        let rows = span(y0, bh, gy);
+        for gx in 0..GRID {
+            let columns = span(x0, bw, gx);
+            let (mut lung, mut all) = (0u32, 0u32);
+            for y in rows.clone() {
+                for &v in &raw[y * w + columns.start..y * w + columns.end] {
+                    lung += u32::from(v >= 128);
+                    all += 1;
+                }
+            }
+            out.push(lung as f32 / all as f32);
+        }
+    }
+    Some(out)
+}
+
+impl ShapeModel {
+    /// Fits the model on reference masks; the limits come from the same masks.
+    pub fn fit(masks: &[LungMask]) -> Result<Self> {
+        let descriptors: Vec<Vec<f32>> = masks.iter().filter_map(descriptor).collect();
+        let rough: Vec<[f32; 2]> = masks.iter().filter_map(roughness).collect();
+        let mut model = Self::fit_space(&descriptors)?;
+        // The few most ragged reference outlines are drawn roughly: 99th percentile, not maximum.
+        let limit = |k: usize| {
+            let mut v: Vec<f32> = rough.iter().map(|r| r[k]).collect();
+            v.sort_by(f32::total_cmp);
+            ROUGHNESS_MARGIN * v[(v.len() * 99 / 100).min(v.len().saturating_sub(1))]
+        };
+        model.spurs_above = limit(0);
+        model.bites_above = limit(1);
+        Ok(model)
+    }
+
+    /// The shape space of descriptors, with its limits from the same descriptors.
+    fn fit_space(descriptors: &[Vec<f32>]) -> Result<Self> {
+        let dim = GRID * GRID;
+        let n = descriptors.len();
+        if n <= COMPONENTS {
+            return Err(CoreError::Invalid(format!(
+                "a lung-shape model needs more than {COMPONENTS} masks, got {n}"
+            )));
+        }
+        let flat: Vec<f64> = descriptors
+            .iter()
+            .flat_map(|d| d.iter().map(|&v| f64::from(v)))
+            .collect();
+        let x = Tensor::from_slice(&flat).view([n as i64, dim as i64]);
+        let mean = x.mean_dim(0, true, Kind::Double);
+        let centred = &x - &mean;
+        let covariance = centred.tr().matmul(&centred) / (n as f64 - 1.0);
+        // eigh sorts eigenvalues ascending: the last columns are the principal directions.
+        let (values, vectors) = covariance.f_linalg_eigh("L")?;
+        let top = (dim - COMPONENTS) as i64;
+        let variances = values.narrow(0, top, COMPONENTS as i64).flip([0]);
+        let components = vectors
+            .narrow(1, top, COMPONENTS as i64)
+            .flip([1])
+            .tr()
+            .contiguous();
+        let to_f32 = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(Vec::<f32>::try_from(
+                t.to_kind(Kind::Float).to_device(Device::Cpu).view([-1]),
+            )?)
+        };
+        let mut model = Self {
+            mean: to_f32(&mean)?,
+            components: to_f32(&components)?,
+            variances: to_f32(&variances.clamp_min(1e-8))?,
+            residual_above: 0.0,
+            distance_above: 0.0,
+            spurs_above: 0.0,
+            bites_above: 0.0,
+            fitted_on: n,
+        };
+        let scores: Vec<ShapeScore> = descriptors.iter().map(|d| model.score(d)).collect();
+        model.residual_above = MARGIN * scores.iter().map(|s| s.residual).fold(0.0, f32::max);
+        model.distance_above = MARGIN * scores.iter().map(|s| s.distance).fold(0.0, f32::max);
+        Ok(model)
+    }
+
+    /// The residual and distance of a descriptor.
+    #[must_use]
+    pub fn score(&self, descriptor: &[f32]) -> ShapeScore {
+        let dim = self.mean.len();
+        let centred: Vec<f32> = descriptor
+            .iter()
+            .zip(&self.mean)
+            .map(|(x, m)| x - m)
+            .collect();
+        let mut rest = centred.clone();
+        let mut distance = 0.0f32;
+        for (direction, variance) in self.components.chunks(dim).zip(&self.variances) {
+            let c: f32 = direction.iter().zip(&centred).map(|(a, b)| a * b).sum();
+            distance += c * c / variance;
+            rest.iter_mut()
+                .zip(direction)
+                .for_each(|(r, a)| *r -= c * a);
+        }
+        ShapeScore {
+            residual: (rest.iter().map(|r| r * r).sum::<f32>() / dim as f32).sqrt(),
+            distance: distance.sqrt(),
+        }
+    }
+
+    /// Why `mask` is unlike any lung pair the model was fitted on, or `None` when it is not.
+    #[must_use]
+    pub fn judge(&self, mask: &LungMask) -> Option<String> {
+        let d = descriptor(mask)?;
+        if d.len() != self.mean.len() {
+            return None;
+        }
+        let mut why = Vec::new();
+        let s = self.score(&d);
+        let beyond = |v: f32, limit: f32| !v.is_finite() || v > limit;
+        if beyond(s.residual, self.residual_above) || beyond(s.distance, self.distance_above) {
+            why.push(format!(
+                "the lungs' outline is unlike the {} reference lung pairs' (shape residual \
+                 {:.3}, limit {:.3}; shape distance {:.1}, limit {:.1})",
+                self.fitted_on, s.residual, self.residual_above, s.distance, self.distance_above
+            ));
+        }
+        let [spurs, bites] = roughness(mask)?;
+        if beyond(spurs, self.spurs_above) {
+            why.push(format!(
+                "{:.1}% of the lungs lies in one spur, hook or blob narrower than {:.0}% of the \
+                 chest (limit {:.1}%, from the reference masks)",
+                100.0 * spurs,
+                100.0 * ROUGHNESS_SCALE,
+                100.0 * self.spurs_above
+            ));
+        }
+        if beyond(bites, self.bites_above) {
+            why.push(format!(
+                "a bite or slit narrower than {:.0}% of the chest is cut into the lungs ({:.1}% \
+                 of their area, limit {:.1}%, from the reference masks)",
+                100.0 * ROUGHNESS_SCALE,
+                100.0 * bites,
+                100.0 * self.bites_above
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ellipses side by side, of the given half-widths and heights, in a `w` x `h` image.
+    fn lungs(w: u32, h: u32, [a, b]: [f32; 2], [ra, rb]: [f32; 2]) -> LungMask {
+        LungMask::from_fn(w, h, |x, y| {
+            let (x, y) = (x as f32 / w as f32, y as f32 / h as f32);
+            let left = ((x - 0.3) / ra).powi(2) + ((y - 0.5) / a).powi(2) <= 1.0;
+            let right = ((x - 0.7) / rb).powi(2) + ((y - 0.5) / b).powi(2) <= 1.0;
+            image::Luma([if left || right { 255 } else { 0 }])
+        })
+    }
+
+    #[test]
+    fn the_descriptor_forgets_framing_but_not_the_outline() {
+        let small = descriptor(&lungs(200, 200, [0.3, 0.3], [0.15, 0.15])).unwrap();
+        let large = descriptor(&lungs(600, 600, [0.3, 0.3], [0.15, 0.15])).unwrap();
+        // Only cells on the outline differ (by how the two resolutions cut them).
+        let mean = small
+            .iter()
+            .zip(&large)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / small.len() as f32;
+        assert!(mean < 0.02, "{mean}");
+        let thinner = descriptor(&lungs(200, 200, [0.3, 0.3], [0.08, 0.08])).unwrap();
+        let apart = small
+            .iter()
+            .zip(&thinner)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / small.len() as f32;
+        assert!(apart > 5.0 * mean, "{apart} vs {mean}");
+        assert!(descriptor(&LungMask::new(10, 10)).is_none());
+    }
+
+    #[test]
+    fn a_missing_lung_leaves_the_shape_space_and_ordinary_pairs_stay_in_it() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let pair = |rng: &mut rand::rngs::StdRng| {
+            let mut r = || rng.random_range(0.9f32..1.1);
+            lungs(160, 160, [0.3 * r(), 0.3 * r()], [0.15 * r(), 0.15 * r()])
+        };
+        let fitted: Vec<LungMask> = (0..200).map(|_| pair(&mut rng)).collect();
+        let model = ShapeModel::fit(&fitted).unwrap();
+        let inside = |mask: &LungMask| {
+            let s = model.score(&descriptor(mask).unwrap());
+            s.residual <= model.residual_above && s.distance <= model.distance_above
+        };
+        let passed = (0..40).filter(|_| inside(&pair(&mut rng))).count();
+        assert!(
+            passed >= 38,
+            "{passed} of 40 ordinary pairs inside the shape space"
+        );
+        let one_lung = lungs(160, 160, [0.3, 0.0001], [0.15, 0.0001]);
+        assert!(!inside(&one_lung));
+        let reason = model.judge(&one_lung).expect("one lung is no pair");
+        assert!(
+            reason.contains("unlike the 200 reference lung pairs"),
+            "{reason}"
+        );
+    }
+}
