@@ -1,4 +1,5 @@
-//! One radiograph end to end, and each stage on its own: decode, segment, preprocess, classify.
+//! One radiograph end to end, and each stage on its own: decode, segment, preprocess, classify,
+//! the trust checks and the lung-shape check.
 //! Run with `cargo bench -p cxr-benches --bench pipeline`.
 
 use std::hint::black_box;
@@ -8,6 +9,7 @@ use cxr_benches::{repo, sample};
 use cxr_core::pipeline::Pipeline;
 use cxr_core::preprocess::classifier_input;
 use cxr_core::tch::Device;
+use cxr_core::trust::ImageChecks;
 use cxr_core::xray::Xray;
 
 fn pipeline(c: &mut Criterion) {
@@ -39,6 +41,16 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("classify", |b| {
         b.iter(|| pipeline.classifier.predict(black_box(&input)));
     });
+    // The checks every prediction also pays for: the whole-image trust measures (colour,
+    // layout, fine structure) and the segmenter's lung-shape verdict on the mask.
+    group.bench_function("trust_checks", |b| {
+        b.iter(|| ImageChecks::of(black_box(&xray)));
+    });
+    if let Some(shape) = pipeline.segmenter.shape() {
+        group.bench_function("shape_check", |b| {
+            b.iter(|| shape.judge(black_box(&mask)));
+        });
+    }
     group.bench_function("end_to_end", |b| {
         b.iter(|| {
             let xray = Xray::decode(black_box(&bytes), &path).expect("decodes");

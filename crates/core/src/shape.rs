@@ -122,44 +122,52 @@ fn largest_region(mask: &[bool], w: usize) -> usize {
 
 /// Binary erosion by a `side` x `side` square (edges replicated), rows then columns.
 fn erode(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
-    let rows = window(mask, w, side, true, |a, b| a && b);
-    window(&rows, w, side, false, |a, b| a && b)
+    let rows = window(mask, w, side, true, Window::All);
+    window(&rows, w, side, false, Window::All)
 }
 
 /// Binary dilation by a `side` x `side` square (edges replicated).
 fn dilate(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
-    let rows = window(mask, w, side, true, |a, b| a || b);
-    window(&rows, w, side, false, |a, b| a || b)
+    let rows = window(mask, w, side, true, Window::Any);
+    window(&rows, w, side, false, Window::Any)
 }
 
-/// `combine` over a centred window of `side` pixels along rows (or columns), clamped to the
-/// image: a plain loop, as the masks are small.
-fn window(
-    mask: &[bool],
-    w: usize,
-    side: usize,
-    along_rows: bool,
-    combine: fn(bool, bool) -> bool,
-) -> Vec<bool> {
+/// What a window's pixels must be for its centre to be set.
+#[derive(Clone, Copy, PartialEq)]
+enum Window {
+    All,
+    Any,
+}
+
+/// Whether all (or any) pixels of a centred window of `side` pixels along rows (or columns),
+/// clamped to the image, are set: counted with running sums, one pass per line.
+fn window(mask: &[bool], w: usize, side: usize, along_rows: bool, rule: Window) -> Vec<bool> {
     let h = mask.len() / w;
     let r = side / 2;
-    (0..mask.len())
-        .map(|i| {
-            let (x, y) = (i % w, i / w);
-            let (at, len) = if along_rows { (x, w) } else { (y, h) };
-            let pixel = |k: usize| {
-                if along_rows {
-                    mask[y * w + k]
-                } else {
-                    mask[k * w + x]
-                }
+    let (lines, len) = if along_rows { (h, w) } else { (w, h) };
+    let index = |line: usize, k: usize| {
+        if along_rows {
+            line * w + k
+        } else {
+            k * w + line
+        }
+    };
+    let mut out = vec![false; mask.len()];
+    let mut sums = vec![0usize; len + 1];
+    for line in 0..lines {
+        for k in 0..len {
+            sums[k + 1] = sums[k] + usize::from(mask[index(line, k)]);
+        }
+        for at in 0..len {
+            let (from, to) = (at.saturating_sub(r), (at + r).min(len - 1));
+            let set = sums[to + 1] - sums[from];
+            out[index(line, at)] = match rule {
+                Window::All => set == to - from + 1,
+                Window::Any => set > 0,
             };
-            (at.saturating_sub(r)..=(at + r).min(len - 1))
-                .map(pixel)
-                .reduce(combine)
-                .unwrap_or(false)
-        })
-        .collect()
+        }
+    }
+    out
 }
 
 /// The lungs' bounding box of `mask` (pixels at or above 128) resampled to the grid by area
