@@ -162,8 +162,10 @@ fn auc(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |a| format!("{a:.3}"))
 }
 
-/// Flagged and silent-wrong shares of a source's images (of the two classes, for the latter).
-fn flag_cells(m: &SourceMetrics) -> String {
+/// A source's flagged share, silent-wrong share (of its images of the two classes) and
+/// within-source AUC of other labels against negatives, as three Markdown table cells.
+#[must_use]
+pub fn flag_cells(m: &SourceMetrics) -> String {
     let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
     format!(
         "{} | {} | {}",

@@ -140,17 +140,18 @@ impl Pipeline {
             tracing::info!("segmenter: {}", segmenter.file.display());
             Ok(Box::new(segmenter))
         };
-        if compute.backend == Backend::Torch {
+        let torch = || -> Result<Box<dyn Segmenter>> {
             torch_precision(compute)?;
-        }
+            models::load_segmenter(&files, compute.device)
+        };
         match compute.backend {
-            Backend::Torch => models::load_segmenter(&files, compute.device),
+            Backend::Torch => torch(),
             Backend::Onnx => onnx(),
             Backend::Auto => match onnx_unavailable(&[&files], compute) {
                 None => onnx(),
                 Some(why) => {
                     tracing::info!("segmenter on libtorch: {why}");
-                    models::load_segmenter(&files, compute.device)
+                    torch()
                 }
             },
         }
@@ -175,13 +176,12 @@ impl Pipeline {
         (segmenter_files, classifier_files): &(ModelFiles, ModelFiles),
         compute: &Compute,
     ) -> Result<Loaded> {
-        let (segmenter, classifier) = (segmenter_files, classifier_files);
-        onnx_applies(segmenter, compute)?;
-        onnx_applies(classifier, compute)?;
-        let torch = models::load_classifier(classifier, compute.device)?;
+        onnx_applies(segmenter_files, compute)?;
+        onnx_applies(classifier_files, compute)?;
+        let torch = models::load_classifier(classifier_files, compute.device)?;
         let (threads, precision) = (compute.threads(), compute.precision);
-        let segmenter = OnnxSegmenter::load(segmenter, threads, precision)?;
-        let classifier = OnnxClassifier::load(classifier, torch, threads, precision)?;
+        let segmenter = OnnxSegmenter::load(segmenter_files, threads, precision)?;
+        let classifier = OnnxClassifier::load(classifier_files, torch, threads, precision)?;
         if precision == Precision::Int8
             && segmenter.precision != Precision::Int8
             && classifier.precision != Precision::Int8
@@ -228,11 +228,9 @@ impl Pipeline {
         let (mut prediction, features) = self.classifier.predict_with_features(&tensor)?;
         let classify_ms = ms(t);
         prediction.trust = assess(self.classifier.trust(), &xray, &mask, features.as_deref());
-        if let Some(reason) = self.segmenter.shape().and_then(|shape| shape.judge(&mask))
-            && !prediction.trust.has(Flag::NotAChestRadiograph)
-        {
-            prediction.trust.raise(Flag::ImplausibleLungs, reason);
-        }
+        prediction
+            .trust
+            .shape_verdict(self.segmenter.shape().and_then(|shape| shape.judge(&mask)));
         if prediction.trust.has(Flag::NotAChestRadiograph) {
             return Err(CoreError::NotARadiograph {
                 path: xray.path.clone(),

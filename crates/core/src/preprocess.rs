@@ -12,6 +12,19 @@ use crate::xray::GrayF32;
 pub const SEGMENTER_SIDE: u32 = 224;
 /// The sides a segmenter may declare: enough for two lungs, at most the shared data's 512.
 pub const SEGMENTER_SIDES: std::ops::RangeInclusive<u32> = 64..=512;
+
+/// Refuses a segmenter side outside [`SEGMENTER_SIDES`] or one that `multiple` (the network's
+/// total down-sampling) does not divide; the reason says what a side must be.
+pub fn check_segmenter_side(side: u32, multiple: u32) -> Result<(), String> {
+    if SEGMENTER_SIDES.contains(&side) && side.is_multiple_of(multiple.max(1)) {
+        return Ok(());
+    }
+    Err(format!(
+        "a segmenter takes {} to {} pixels, a multiple of {multiple}",
+        SEGMENTER_SIDES.start(),
+        SEGMENTER_SIDES.end()
+    ))
+}
 /// Side of the square the classifier sees.
 pub const CLASSIFIER_SIDE: u32 = 224;
 /// Margin added around the lungs' bounding box before cropping, as a share of its size.
@@ -22,14 +35,7 @@ const CROP_MARGIN: f32 = 0.08;
 /// exposure differences between sources.
 #[must_use]
 pub fn segmenter_input(gray: &GrayF32, side: u32) -> Vec<f32> {
-    standardised(&resize_triangle(gray, side, side))
-}
-
-/// Pixels standardised to zero mean and unit variance (the segmenter's last step, which
-/// training applies after augmenting the resized image).
-#[must_use]
-pub fn standardised(gray: &GrayF32) -> Vec<f32> {
-    standardise(gray.as_raw(), None)
+    standardise(resize_triangle(gray, side, side).as_raw(), None)
 }
 
 /// `gray` resized with a triangle (linear) filter, widened when shrinking: the same result,

@@ -249,6 +249,16 @@ impl Assessment {
         self.flags.contains(&flag)
     }
 
+    /// The segmenter's lung-shape verdict on the mask (`None`: plausible) as `implausible-lungs`,
+    /// unless the input is refused anyway. The pipeline and the training tables both call it.
+    pub fn shape_verdict(&mut self, reason: Option<String>) {
+        if let Some(reason) = reason
+            && !self.has(Flag::NotAChestRadiograph)
+        {
+            self.raise(Flag::ImplausibleLungs, reason);
+        }
+    }
+
     /// Adds `flag` with its reason; a flag raised again gets the new reason appended, so
     /// `reasons[i]` always explains `flags[i]`.
     pub(crate) fn raise(&mut self, flag: Flag, reason: String) {

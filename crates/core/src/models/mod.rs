@@ -408,18 +408,10 @@ impl ModelFiles {
         )))
     }
 
-    /// Refuses a segmenter side outside [`crate::preprocess::SEGMENTER_SIDES`] or one that
-    /// `multiple` (the network's total down-sampling) does not divide.
+    /// Refuses a segmenter side [`crate::preprocess::check_segmenter_side`] refuses.
     pub fn check_segmenter_side(&self, side: u32, multiple: u32) -> Result<()> {
-        let sides = crate::preprocess::SEGMENTER_SIDES;
-        if sides.contains(&side) && side.is_multiple_of(multiple.max(1)) {
-            return Ok(());
-        }
-        Err(self.refused(format!(
-            "input_side is {side}; a segmenter takes {} to {} pixels, a multiple of {multiple}",
-            sides.start(),
-            sides.end()
-        )))
+        crate::preprocess::check_segmenter_side(side, multiple)
+            .map_err(|reason| self.refused(format!("input_side is {side}; {reason}")))
     }
 
     /// The load error for a JSON that says something no model can be (`reason` says what).

@@ -338,10 +338,10 @@ struct Prepared {
     /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`, and detail.
     layouts: Vec<f32>,
     details: Vec<f32>,
-    /// Each image's colourfulness, and whether the segmenter's lung-shape model judged its
-    /// mask implausible (for the flags the held-out tables count).
+    /// Each image's colourfulness, and why the segmenter's lung-shape model judged its mask
+    /// implausible, if it did (for the flags the held-out tables count).
     colours: Vec<f32>,
-    implausible: Vec<bool>,
+    implausible: Vec<Option<String>>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
 }
@@ -363,7 +363,7 @@ impl Prepared {
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
             colours.push(crate::trust::colourfulness(&xray.original));
-            implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)).is_some());
+            implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)));
             layouts.extend(crate::trust::layout(&xray.gray));
             details.push(crate::trust::detail(&xray.gray));
             let input = classifier_input(&xray.gray, &mask, style);
@@ -837,11 +837,9 @@ impl Dataset {
                     layout: p.layouts[i * side..(i + 1) * side].to_vec(),
                     detail: p.details[i],
                 };
-                let mut flags = trust.assess(f, &checks, p.shapes[i]).flags;
-                if p.implausible[i] && !flags.contains(&Flag::ImplausibleLungs) {
-                    flags.push(Flag::ImplausibleLungs);
-                }
-                flags
+                let mut assessment = trust.assess(f, &checks, p.shapes[i]);
+                assessment.shape_verdict(p.implausible[i].clone());
+                assessment.flags
             })
             .collect()
     }

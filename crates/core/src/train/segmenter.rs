@@ -184,14 +184,8 @@ pub fn train(
 
     let config = UNetConfig::with_base(plan.base);
     config.check().map_err(CoreError::Invalid)?;
-    if !side.is_multiple_of(config.down_sampling())
-        || !crate::preprocess::SEGMENTER_SIDES.contains(&side)
-    {
-        return Err(CoreError::Invalid(format!(
-            "a segmenter side of {side} px: expected 64 to 512, a multiple of {}",
-            config.down_sampling()
-        )));
-    }
+    crate::preprocess::check_segmenter_side(side, config.down_sampling())
+        .map_err(|reason| CoreError::Invalid(format!("a side of {side} px: {reason}")))?;
     // Each source weighs the same, in training (its images repeated up to the largest source's
     // count) and in model selection (the mean of the sources' validation Dice): the V7 masks
     // are a third of the JSRT ones in number and harder.

@@ -313,12 +313,11 @@ fn source_table(
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         classes[0], classes[1], classes[0], classes[0], classes[1]
     );
-    let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
     for (source, m) in by_source {
         let flags: Vec<String> = m.flags.iter().map(|(f, n)| format!("{f} {n}")).collect();
         let _ = writeln!(
             out,
-            "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |",
+            "| {source} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {:.3} | {} | {} |",
             m.images,
             m.positives,
             m.negatives,
@@ -330,10 +329,7 @@ fn source_table(
             pct(m.specificity),
             pct(m.others_called_positive),
             m.mean_positive_probability,
-            pct(share(m.flagged, m.images)),
-            pct(share(m.silent_wrong, m.positives + m.negatives)),
-            m.others_vs_negatives_auc
-                .map_or_else(|| "-".to_owned(), |a| format!("{a:.3}")),
+            cxr_core::card::flag_cells(m),
             if flags.is_empty() {
                 "-".to_owned()
             } else {

@@ -195,21 +195,24 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
 /// segmenter's JSON in `out` (its weights, copied there when `out` is another folder, are
 /// untouched). Prints how many reference masks of each split it judges implausible.
 fn refit_shape(manifests: &[PathBuf], seed: u64, models: &Path, out: &Path) -> Result<()> {
-    let rows = cxr_core::data::Manifest::read_all(manifests)?.masks;
-    let side = |row: &cxr_core::data::MaskedImage| {
-        cxr_core::data::Split::of(&row.patient, seed, cxr_core::data::SplitShares::SEGMENTER)
-    };
-    let train_rows = rows
+    use cxr_core::data::{Manifest, Split, SplitShares};
+    let mut masks: Vec<(Split, cxr_core::mask::LungMask)> = Vec::new();
+    for row in Manifest::read_all(manifests)?.masks {
+        let side = Split::of(&row.patient, seed, SplitShares::SEGMENTER);
+        masks.push((side, train::segmenter::reference_lungs(&row)?));
+    }
+    let train_masks: Vec<_> = masks
         .iter()
-        .filter(|row| side(row) == cxr_core::data::Split::Train);
-    let shape = train::segmenter::fit_shape(train_rows)?;
+        .filter(|(side, _)| *side == Split::Train)
+        .map(|(_, mask)| mask.clone())
+        .collect();
+    let shape = cxr_core::shape::ShapeModel::fit(&train_masks)?;
     let mut flagged = std::collections::BTreeMap::<String, [usize; 2]>::default();
-    for row in &rows {
-        let mask = train::segmenter::reference_lungs(row)?;
+    for (side, mask) in &masks {
         let slot = flagged
-            .entry(format!("{:?}", side(row)).to_lowercase())
+            .entry(format!("{side:?}").to_lowercase())
             .or_default();
-        slot[0] += usize::from(shape.judge(&mask).is_some());
+        slot[0] += usize::from(shape.judge(mask).is_some());
         slot[1] += 1;
     }
     let from = ModelFiles::new(models, SEGMENTER_NAME);
