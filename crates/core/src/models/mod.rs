@@ -553,8 +553,8 @@ pub fn load_classifier(files: &ModelFiles, device: Device) -> Result<Box<dyn Cla
 }
 
 /// Lung probabilities on the segmenter's grid (`[side, side]`, CPU) made into the lung mask at
-/// the image's own resolution: resized, thresholded, cleaned (the two largest regions kept and
-/// their holes filled). Every segmenter backend ends here.
+/// the image's own resolution: cleaned (the two largest regions kept and their holes filled),
+/// resized and thresholded. Every segmenter backend ends here.
 pub fn lung_mask(probabilities: &Tensor, gray: &GrayF32, threshold: f32) -> Result<LungMask> {
     let side = probabilities.size().last().copied().unwrap_or(0);
     let values = Vec::<f32>::try_from(probabilities.f_to_kind(Kind::Float)?.f_view([-1])?)?;
@@ -562,6 +562,12 @@ pub fn lung_mask(probabilities: &Tensor, gray: &GrayF32, threshold: f32) -> Resu
 }
 
 /// [`lung_mask`] of probabilities given as a slice, row-major on the segmenter's grid.
+///
+/// The clean-up runs on the grid, not at full resolution: regions dropped there get
+/// probability 0 and filled holes 1 before the resize, and bilinear interpolation has no
+/// maximum or minimum inside a cell, so the resized mask has no region or hole the grid did
+/// not. The one full-resolution buffer is the mask itself (a 20-megapixel image once needed
+/// about 300 MB of labels, flood-fill stacks and probabilities here, per job in flight).
 ///
 /// Plain Rust rather than libtorch: on the ONNX backend no libtorch operator then runs while an
 /// image is analysed, so libtorch's OpenMP threads, which spin for milliseconds after each
@@ -579,29 +585,57 @@ pub fn lung_mask_of(
             probabilities.len()
         )));
     }
-    let (w, h) = gray.dimensions();
-    let raw = resize_bilinear(probabilities, side, w as usize, h as usize)
-        .into_iter()
-        .map(|p| if p > threshold { mask::LUNG } else { 0 })
+    let grid = u32::try_from(side).map_err(|_| CoreError::Invalid("grid too large".into()))?;
+    let binary = LungMask::from_raw(
+        grid,
+        grid,
+        probabilities
+            .iter()
+            .map(|&p| if p > threshold { mask::LUNG } else { 0 })
+            .collect(),
+    )
+    .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
+    let cleaned: Vec<f32> = probabilities
+        .iter()
+        .zip(mask::clean(&binary, 0.1).as_raw())
+        .map(|(&p, &kept)| match (p > threshold, kept == mask::LUNG) {
+            (true, false) => 0.0, // a small region dropped
+            (false, true) => 1.0, // a hole filled
+            _ => p,
+        })
         .collect();
-    let binary = LungMask::from_raw(w, h, raw)
-        .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
-    Ok(mask::clean(&binary, 0.1))
+    let (w, h) = gray.dimensions();
+    let mut raw = Vec::with_capacity(w as usize * h as usize);
+    for_each_resized_row(&cleaned, side, w as usize, h as usize, |row| {
+        raw.extend(
+            row.iter()
+                .map(|&p| if p > threshold { mask::LUNG } else { 0 }),
+        );
+    });
+    LungMask::from_raw(w, h, raw).ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))
 }
 
-/// `values`, a `side` x `side` grid, resized to `w` x `h` by bilinear interpolation.
-fn resize_bilinear(values: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
+/// `values`, a `side` x `side` grid, resized to `w` x `h` by bilinear interpolation and
+/// handed to `row` one output row at a time (so a large output is never held as floats).
+fn for_each_resized_row(
+    values: &[f32],
+    side: usize,
+    w: usize,
+    h: usize,
+    mut row: impl FnMut(&[f32]),
+) {
     let columns = linear_taps(side, w);
-    let mut resized = Vec::with_capacity(w * h);
+    let mut resized = Vec::with_capacity(w);
     for (y0, y1, wy0, wy1) in linear_taps(side, h) {
         let (top, bottom) = (&values[y0 * side..], &values[y1 * side..]);
+        resized.clear();
         resized.extend(columns.iter().map(|&(x0, x1, wx0, wx1)| {
             let upper = top[x0] * wx0 + top[x1] * wx1;
             let lower = bottom[x0] * wx0 + bottom[x1] * wx1;
             upper * wy0 + lower * wy1
         }));
+        row(&resized);
     }
-    resized
 }
 
 /// For each of `output` positions, the two source positions among `input` and their weights of
@@ -642,7 +676,8 @@ mod tests {
         ] {
             let expected = grid.upsample_bilinear2d([h as i64, w as i64], false, None, None);
             let expected = Vec::<f32>::try_from(expected.view([-1])).unwrap();
-            let resized = resize_bilinear(&values, side, w, h);
+            let mut resized = Vec::new();
+            for_each_resized_row(&values, side, w, h, |row| resized.extend_from_slice(row));
             assert_eq!(resized.len(), expected.len());
             let worst = resized
                 .iter()
@@ -651,6 +686,32 @@ mod tests {
                 .fold(0.0_f32, f32::max);
             assert!(worst < 1e-5, "{w}x{h}: max |rust - libtorch| = {worst}");
         }
+    }
+
+    /// Cleaning on the grid leaves nothing at full resolution for a full-resolution clean to
+    /// do: the speck is gone, the hole filled, both lungs kept.
+    #[test]
+    fn the_mask_is_cleaned_on_the_grid_and_stays_clean_when_resized() {
+        let side = 16;
+        let mut grid = vec![0.1_f32; side * side];
+        for y in 3..13 {
+            for x in (2..7).chain(9..14) {
+                grid[y * side + x] = 0.9; // two lungs
+            }
+        }
+        grid[8 * side + 4] = 0.2; // a hole in the right lung
+        grid[side + 15] = 0.8; // a speck in a corner, 2% of the largest
+        let gray = GrayF32::new(100, 90);
+        let lungs = lung_mask_of(&grid, side, &gray, 0.5).unwrap();
+        assert_eq!(lungs.dimensions(), (100, 90));
+        let at = |x: usize, y: usize| {
+            let cell = |v: usize, n: u32| ((v as f32 + 0.5) * n as f32 / side as f32) as u32;
+            lungs.get_pixel(cell(x, 100), cell(y, 90)).0[0]
+        };
+        assert_eq!(at(4, 8), mask::LUNG, "the hole is filled");
+        assert_eq!(at(15, 1), 0, "the speck is dropped");
+        assert_eq!((at(4, 5), at(11, 5)), (mask::LUNG, mask::LUNG));
+        assert_eq!(mask::clean(&lungs, 0.1), lungs);
     }
 
     #[test]
