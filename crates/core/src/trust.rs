@@ -47,6 +47,13 @@ impl Flag {
 /// max(R,G,B) - min(R,G,B) over the image, in [0, 1]). Radiographs saved as RGB have 0 up to
 /// compression noise.
 pub const COLOUR_LIMIT: f32 = 0.06;
+/// Saturation from which a pixel is clearly coloured (26 of 255 levels: far above the few
+/// levels of JPEG chroma noise on a gray picture).
+pub const COLOURED_PIXEL: f32 = 0.1;
+/// Share of clearly coloured pixels from which an image is a colour picture even when its mean
+/// saturation is low: a screenshot of a viewer, a grey radiograph framed by coloured badges,
+/// selections and annotations (the committed screenshot fixture has 1.9%).
+pub const COLOURED_SHARE_LIMIT: f32 = 0.005;
 /// Lung share under which the segmenter found no lungs.
 pub const NO_LUNGS: f32 = 0.02;
 /// Distance beyond which an image is too unlike any radiograph seen to be classified: this
@@ -203,7 +210,7 @@ fn mahalanobis(x: &[f32], mean: &[f32], precision: &[f32]) -> f32 {
 /// The whole-image measures of one input: [`colourfulness`], [`layout`] and [`detail`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageChecks {
-    pub colour: f32,
+    pub colour: Colourfulness,
     pub layout: Vec<f32>,
     pub detail: f32,
 }
@@ -272,22 +279,56 @@ impl Assessment {
     }
 }
 
-/// Mean saturation of a decoded image (0 for gray images).
+/// How coloured a decoded image is, saturation being max(R,G,B) - min(R,G,B) in [0, 1].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Colourfulness {
+    /// Mean saturation over the image.
+    pub mean: f32,
+    /// Share of pixels whose saturation is at least [`COLOURED_PIXEL`].
+    pub coloured_share: f32,
+}
+
+impl Colourfulness {
+    /// Why this is a colour picture, not a radiograph, if it is.
+    #[must_use]
+    pub fn verdict(self) -> Option<String> {
+        if self.mean > COLOUR_LIMIT {
+            Some(format!(
+                "a colour picture (mean saturation {:.2}); radiographs are gray",
+                self.mean
+            ))
+        } else if self.coloured_share >= COLOURED_SHARE_LIMIT {
+            Some(format!(
+                "a colour picture ({:.1}% of its pixels coloured, as in a screenshot); \
+                 radiographs are gray: send the radiograph itself",
+                100.0 * self.coloured_share
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The colourfulness of a decoded image (zero for gray images).
 #[must_use]
-pub fn colourfulness(image: &image::DynamicImage) -> f32 {
+pub fn colourfulness(image: &image::DynamicImage) -> Colourfulness {
     if !image.color().has_color() {
-        return 0.0;
+        return Colourfulness::default();
     }
     let rgb = image.to_rgb8();
     let n = rgb.pixels().len().max(1) as f64;
-    let total: f64 = rgb
-        .pixels()
-        .map(|p| {
-            let [r, g, b] = p.0;
-            f64::from(r.max(g).max(b) - r.min(g).min(b))
-        })
-        .sum();
-    (total / n / 255.0) as f32
+    let coloured_from = (COLOURED_PIXEL * 255.0).round() as u8;
+    let (mut total, mut coloured) = (0_u64, 0_u64);
+    for p in rgb.pixels() {
+        let [r, g, b] = p.0;
+        let saturation = r.max(g).max(b) - r.min(g).min(b);
+        total += u64::from(saturation);
+        coloured += u64::from(saturation >= coloured_from);
+    }
+    Colourfulness {
+        mean: (total as f64 / n / 255.0) as f32,
+        coloured_share: (coloured as f64 / n) as f32,
+    }
 }
 
 impl TrustModel {
@@ -437,13 +478,10 @@ impl TrustModel {
 
 /// The checks that need no trust model: colour and the presence of lungs.
 #[must_use]
-pub fn assess_input(lungs: LungShape, colour: f32) -> Assessment {
+pub fn assess_input(lungs: LungShape, colour: Colourfulness) -> Assessment {
     let mut a = Assessment::default();
-    if colour > COLOUR_LIMIT {
-        a.raise(
-            Flag::NotAChestRadiograph,
-            format!("a colour picture (mean saturation {colour:.2}); radiographs are gray"),
-        );
+    if let Some(reason) = colour.verdict() {
+        a.raise(Flag::NotAChestRadiograph, reason);
     }
     if lungs.fraction < NO_LUNGS {
         a.raise(
@@ -519,8 +557,11 @@ mod tests {
             details: &[0.1, 0.2, 0.3],
         })
         .unwrap();
-        let checks = |layout: &[f32], colour: f32| ImageChecks {
-            colour,
+        let checks = |layout: &[f32], mean: f32| ImageChecks {
+            colour: Colourfulness {
+                mean,
+                coloured_share: 0.0,
+            },
             layout: layout.to_vec(),
             detail: 0.2,
         };
@@ -608,10 +649,53 @@ mod tests {
             let v = (x * 10) as u8;
             image::Rgb([v, v, v])
         }));
-        assert!(colourfulness(&gray) < 1e-6);
+        assert_eq!(colourfulness(&gray), Colourfulness::default());
+        assert_eq!(colourfulness(&gray).verdict(), None);
         let colour = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(16, 16, |x, y| {
             image::Rgb([(x * 16) as u8, (y * 16) as u8, 128])
         }));
-        assert!(colourfulness(&colour) > COLOUR_LIMIT);
+        assert!(colourfulness(&colour).mean > COLOUR_LIMIT);
+        assert!(
+            colourfulness(&colour)
+                .verdict()
+                .unwrap()
+                .contains("mean saturation")
+        );
+    }
+
+    /// A gray picture with JPEG-like chroma noise passes; the same picture with a coloured
+    /// frame of 1% of its pixels (mean saturation far under the limit) is a colour picture.
+    #[test]
+    fn a_little_clear_colour_is_a_screenshot_and_chroma_noise_is_not() {
+        let (w, h) = (200_u32, 100_u32);
+        let noisy = |x: u32, y: u32| {
+            let v = ((x * 7 + y * 3) % 200) as u8 + 20;
+            let jitter = ((x * 31 + y * 17) % 9) as u8; // up to 8 levels of chroma noise
+            image::Rgb([
+                v,
+                v.saturating_add(jitter / 2),
+                v.saturating_sub(jitter / 2),
+            ])
+        };
+        let gray = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, noisy));
+        let c = colourfulness(&gray);
+        assert!(c.coloured_share == 0.0 && c.verdict().is_none(), "{c:?}");
+        // A badge of 200 red pixels: 1% of the image.
+        let framed = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+            if x < 20 && y < 10 {
+                image::Rgb([220, 38, 38])
+            } else {
+                noisy(x, y)
+            }
+        }));
+        let c = colourfulness(&framed);
+        assert!(
+            c.mean < COLOUR_LIMIT && (c.coloured_share - 0.01).abs() < 1e-6,
+            "{c:?}"
+        );
+        assert!(
+            c.verdict().unwrap().contains("1.0% of its pixels coloured"),
+            "{c:?}"
+        );
     }
 }

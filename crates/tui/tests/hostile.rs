@@ -233,3 +233,14 @@ fn deeply_nested_dicom_is_refused_not_a_crash() {
         "{error}"
     );
 }
+
+/// Issue 26: a colour screenshot of a viewer (a gray radiograph framed by coloured badges and
+/// text; mean saturation 0.01) was classified "normal" with no flag; it is no chest radiograph.
+#[test]
+fn a_screenshot_of_a_viewer_is_refused_as_no_chest_radiograph() {
+    let error = refused(&support::screenshot());
+    assert!(
+        error.contains("not a chest radiograph") && error.contains("1.9% of its pixels coloured"),
+        "{error}"
+    );
+}

@@ -762,35 +762,42 @@ fn slow_clients_are_cut_off_and_slow_bodies_answered_408() {
 }
 
 /// Issue 20, defect 1, the server: one unauthenticated POST of the 17 KB DICOM whose sequences
-/// nest 200,000 levels deep aborted `cxr serve` (SIGABRT, a stack overflow in the parser). It
-/// is answered 422 with the reason, as raw bytes and as a form upload, and the same server then
-/// classifies a radiograph.
+/// nest 200,000 levels deep aborted `cxr serve` (SIGABRT, a stack overflow in the parser);
+/// issue 26: a colour screenshot of a viewer was classified. Each is answered 422 with the
+/// reason, as raw bytes and as a form upload, and the same server then classifies a radiograph.
 #[test]
-fn a_deeply_nested_dicom_is_refused_and_the_server_answers_on() {
+fn a_nested_dicom_and_a_screenshot_are_refused_and_the_server_answers_on() {
     let server = Serve::start(&["--jobs", "1"]);
     let client = reqwest::blocking::Client::new();
     let url = &server.url;
-    let nested = std::fs::read(support::nested_dicom()).unwrap();
-    let raw = client
-        .post(format!("{url}/v1/classifier"))
-        .header("content-type", "application/dicom")
-        .body(nested.clone())
-        .send()
-        .unwrap();
-    let form = reqwest::blocking::multipart::Form::new().part(
-        "file",
-        reqwest::blocking::multipart::Part::bytes(nested).file_name("nested.dcm"),
-    );
-    let multipart = client
-        .post(format!("{url}/v1/classifier"))
-        .multipart(form)
-        .send()
-        .unwrap();
-    for response in [raw, multipart] {
-        let (status, answer) = json_of(response);
-        assert_eq!(status, 422, "{answer}");
-        let error = answer["error"].as_str().unwrap();
-        assert!(error.contains("too deeply nested"), "{error}");
+    for (fixture, name, why) in support::refused_fixtures() {
+        let bytes = std::fs::read(fixture).unwrap();
+        let kind = if name.ends_with(".dcm") {
+            "application/dicom"
+        } else {
+            "image/png"
+        };
+        let raw = client
+            .post(format!("{url}/v1/classifier"))
+            .header("content-type", kind)
+            .body(bytes.clone())
+            .send()
+            .unwrap();
+        let form = reqwest::blocking::multipart::Form::new().part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(bytes).file_name(name),
+        );
+        let multipart = client
+            .post(format!("{url}/v1/classifier"))
+            .multipart(form)
+            .send()
+            .unwrap();
+        for response in [raw, multipart] {
+            let (status, answer) = json_of(response);
+            assert_eq!(status, 422, "{name}: {answer}");
+            let error = answer["error"].as_str().unwrap();
+            assert!(error.contains(why), "{name}: {error}");
+        }
     }
     let (status, answer) = json_of(
         client

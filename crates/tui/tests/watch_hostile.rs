@@ -310,14 +310,17 @@ fn a_sparse_file_and_a_nan_dicom_are_rejected_once_and_the_queue_stays_readable(
 }
 
 /// Issue 20, defect 1: the deeply nested DICOM crash-looped the watcher (it never reached
-/// rejected/); it is rejected with its reason once, and the good file beside it is queued.
+/// rejected/); issue 26: a colour screenshot was queued as COVID-19. Each is rejected with its
+/// reason once, and the good file beside them is queued.
 #[test]
-fn a_deeply_nested_dicom_is_rejected_and_the_watcher_goes_on() {
+fn a_nested_dicom_and_a_screenshot_are_rejected_and_the_watcher_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("watch");
     let inbox = dir.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    std::fs::copy(support::nested_dicom(), inbox.join("nested.dcm")).unwrap();
+    for (fixture, name, _) in support::refused_fixtures() {
+        std::fs::copy(fixture, inbox.join(name)).unwrap();
+    }
     std::fs::copy(sample("nih_00001299_000.png"), inbox.join("good.png")).unwrap();
     let (out, events) = watch_once(&dir, &[]);
     // A run that rejected a file exits 1; a crash would be 134 (SIGABRT) or a signal.
@@ -334,13 +337,11 @@ fn a_deeply_nested_dicom_is_rejected_and_the_watcher_goes_on() {
             .filter_map(|e| e["event"].as_str())
             .collect()
     };
-    assert!(kinds("nested.dcm").contains(&"rejected"), "{events:#?}");
-    assert!(!kinds("nested.dcm").contains(&"queued"), "{events:#?}");
+    for (_, name, why) in support::refused_fixtures() {
+        assert!(kinds(name).contains(&"rejected"), "{events:#?}");
+        assert!(!kinds(name).contains(&"queued"), "{events:#?}");
+        assert!(reason(&dir, name).contains(why), "{}", reason(&dir, name));
+    }
     assert!(kinds("good.png").contains(&"queued"), "{events:#?}");
-    assert!(
-        reason(&dir, "nested.dcm").contains("too deeply nested"),
-        "{}",
-        reason(&dir, "nested.dcm")
-    );
     assert_eq!(names_in(&inbox), BTreeSet::new());
 }

@@ -294,18 +294,23 @@ fn forged_and_future_cache_entries_are_not_served() {
 }
 
 /// Issue 20, defect 1: the deeply nested DICOM killed the worker, so later requests went
-/// unanswered; it gets an error reply and the next request its answer.
+/// unanswered; issue 26: a colour screenshot of a viewer was classified. Each gets an error
+/// reply and the next request its answer.
 #[test]
-fn a_deeply_nested_dicom_gets_an_error_and_the_worker_answers_on() {
+fn a_nested_dicom_and_a_screenshot_get_errors_and_the_worker_answers_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let nested = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../crates/io/tests/fixtures/nested-sequences.dcm");
-    std::fs::copy(nested, tmp.path().join("nested.dcm")).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/io/tests/fixtures");
+    let refused = [
+        ("nested-sequences.dcm", "nested.dcm", "too deeply nested"),
+        ("screenshot.png", "screenshot.png", "a colour picture"),
+    ];
+    let mut requests = String::new();
+    for (fixture, name, _) in refused {
+        std::fs::copy(fixtures.join(fixture), tmp.path().join(name)).unwrap();
+        requests += &format!("classify {name}\nexplain_gradcam {name}\n");
+    }
     std::fs::copy(sample("nih_00001299_000.png"), tmp.path().join("real.png")).unwrap();
-    let out = run(
-        tmp.path(),
-        "classify nested.dcm\nexplain_gradcam nested.dcm\nclassify real.png\n",
-    );
+    let out = run(tmp.path(), &format!("{requests}classify real.png\n"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -314,13 +319,15 @@ fn a_deeply_nested_dicom_gets_an_error_and_the_worker_answers_on() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
-    for command in ["classify", "explain_gradcam"] {
-        let line = lines
-            .iter()
-            .find(|l| l.starts_with(&format!("error {command} nested.dcm")))
-            .unwrap_or_else(|| panic!("no error for {command}: {stdout}"));
-        assert!(line.contains("too deeply nested"), "{line}");
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for (_, name, why) in refused {
+        for command in ["classify", "explain_gradcam"] {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("error {command} {name}")))
+                .unwrap_or_else(|| panic!("no error for {command} {name}: {stdout}"));
+            assert!(line.contains(why), "{line}");
+        }
     }
     assert!(stdout.contains("classify real.png {"), "{stdout}");
 }

@@ -340,7 +340,7 @@ struct Prepared {
     details: Vec<f32>,
     /// Each image's colourfulness, and why the segmenter's lung-shape model judged its mask
     /// implausible, if it did (for the flags the held-out tables count).
-    colours: Vec<f32>,
+    colours: Vec<crate::trust::Colourfulness>,
     implausible: Vec<Option<String>>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,

@@ -712,10 +712,11 @@ mod stoppable_tests {
     }
 
     /// Issue 20, defect 1, the viewer: opening the deeply nested DICOM (which overflowed the
-    /// parser's stack and aborted the process) fails that one image with its reason, and the
-    /// inference thread goes on to analyse the next.
+    /// parser's stack and aborted the process) fails that one image with its reason; issue 26:
+    /// so does a colour screenshot of a viewer (it was classified). The inference thread goes on
+    /// to analyse the next.
     #[test]
-    fn the_viewer_survives_a_deeply_nested_dicom() {
+    fn the_viewer_refuses_a_nested_dicom_and_a_screenshot_and_goes_on() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let pipeline = Pipeline::load(&root.join("models"), Device::Cpu).unwrap();
         let workers = Workers::new();
@@ -748,10 +749,15 @@ mod stoppable_tests {
                 }
             }
         };
-        let nested = root.join("crates/io/tests/fixtures/nested-sequences.dcm");
-        let message = outcome(&jobs, job(1, nested)).unwrap_err();
-        assert!(message.contains("too deeply nested"), "{message}");
-        let prediction = outcome(&jobs, job(2, root.join("samples/nih_00001299_000.png")));
+        let fixtures = root.join("crates/io/tests/fixtures");
+        let nested = outcome(&jobs, job(1, fixtures.join("nested-sequences.dcm"))).unwrap_err();
+        assert!(nested.contains("too deeply nested"), "{nested}");
+        let screenshot = outcome(&jobs, job(2, fixtures.join("screenshot.png"))).unwrap_err();
+        assert!(
+            screenshot.contains("not a chest radiograph") && screenshot.contains("colour"),
+            "{screenshot}"
+        );
+        let prediction = outcome(&jobs, job(3, root.join("samples/nih_00001299_000.png")));
         assert!(prediction.is_ok(), "{prediction:?}");
         workers.shutdown();
     }

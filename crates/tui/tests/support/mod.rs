@@ -100,6 +100,21 @@ pub fn nested_dicom() -> PathBuf {
     repo().join("crates/io/tests/fixtures/nested-sequences.dcm")
 }
 
+/// The committed colour screenshot of a radiograph viewer (issue 26): a gray radiograph framed
+/// by coloured furniture, no chest radiograph itself.
+pub fn screenshot() -> PathBuf {
+    repo().join("crates/io/tests/fixtures/screenshot.png")
+}
+
+/// The committed files every surface must refuse, each with its name in a folder and a part of
+/// the reason it must give.
+pub fn refused_fixtures() -> [(PathBuf, &'static str, &'static str); 2] {
+    [
+        (nested_dicom(), "nested.dcm", "too deeply nested"),
+        (screenshot(), "screenshot.png", "a colour picture"),
+    ]
+}
+
 /// Runs `command` with its output captured, killing it after `limit`: a hang is a failure
 /// (the panic shows what it printed), not a stuck test run.
 pub fn output_within(
