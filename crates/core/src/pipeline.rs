@@ -359,7 +359,7 @@ fn assess(
         (Some(model), Some(f)) if f.len() == model.feature_mean.len() => {
             model.assess(f, &ImageChecks::of(xray), lungs)
         }
-        _ => trust::assess_input(lungs, trust::colourfulness(&xray.original)),
+        _ => trust::assess_input(lungs, trust::Appearance::of(xray)),
     }
 }
 

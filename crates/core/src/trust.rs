@@ -54,6 +54,10 @@ pub const COLOURED_PIXEL: f32 = 0.1;
 /// saturation is low: a screenshot of a viewer, a grey radiograph framed by coloured badges,
 /// selections and annotations (the committed screenshot fixture has 1.9%).
 pub const COLOURED_SHARE_LIMIT: f32 = 0.005;
+/// Share of an image in one flat shade (five neighbouring levels of 256) from which it is a
+/// document, a drawing or a screen, not a radiograph. A radiograph's flattest part is its black
+/// border: at most 46% of any of the 1,292 shared radiographs; a text page is 65-85% paper.
+pub const FLAT_LIMIT: f32 = 0.6;
 /// Lung share under which the segmenter found no lungs.
 pub const NO_LUNGS: f32 = 0.02;
 /// Distance beyond which an image is too unlike any radiograph seen to be classified: this
@@ -207,10 +211,10 @@ fn mahalanobis(x: &[f32], mean: &[f32], precision: &[f32]) -> f32 {
     total.max(0.0).sqrt() as f32
 }
 
-/// The whole-image measures of one input: [`colourfulness`], [`layout`] and [`detail`].
+/// The whole-image measures of one input: its [`Appearance`], [`layout`] and [`detail`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageChecks {
-    pub colour: Colourfulness,
+    pub appearance: Appearance,
     pub layout: Vec<f32>,
     pub detail: f32,
 }
@@ -219,7 +223,7 @@ impl ImageChecks {
     #[must_use]
     pub fn of(xray: &crate::xray::Xray) -> Self {
         Self {
-            colour: colourfulness(&xray.original),
+            appearance: Appearance::of(xray),
             layout: layout(&xray.gray),
             detail: detail(&xray.gray),
         }
@@ -309,6 +313,57 @@ impl Colourfulness {
     }
 }
 
+/// What a picture is made of, judged without any model: whether it is in colour, and how much
+/// of it is one flat shade. Either can show that it is no radiograph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Appearance {
+    pub colour: Colourfulness,
+    /// The largest share of the image within five neighbouring levels of 256 ([`flat_share`]).
+    pub flat_share: f32,
+}
+
+impl Appearance {
+    #[must_use]
+    pub fn of(xray: &crate::xray::Xray) -> Self {
+        Self {
+            colour: colourfulness(&xray.original),
+            flat_share: flat_share(&xray.gray),
+        }
+    }
+
+    /// Why this picture is no radiograph, one reason per finding.
+    #[must_use]
+    pub fn verdicts(self) -> Vec<String> {
+        let mut reasons: Vec<String> = self.colour.verdict().into_iter().collect();
+        if self.flat_share >= FLAT_LIMIT {
+            reasons.push(format!(
+                "{:.0}% of it is one flat shade, as on a document, a drawing or a screen; \
+                 radiographs stay under {:.0}%",
+                100.0 * self.flat_share,
+                100.0 * FLAT_LIMIT
+            ));
+        }
+        reasons
+    }
+}
+
+/// The largest share of `gray`'s pixels whose values lie within five neighbouring levels of
+/// 256: paper, a flat fill or a screen's background, which no exposure of a body gives.
+#[must_use]
+pub fn flat_share(gray: &crate::xray::GrayF32) -> f32 {
+    let mut histogram = [0_u64; 256];
+    for &v in gray.as_raw() {
+        histogram[(v.clamp(0.0, 1.0) * 255.0).round() as usize] += 1;
+    }
+    let n = gray.as_raw().len().max(1) as f64;
+    let flattest = histogram
+        .windows(5)
+        .map(|w| w.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    (flattest as f64 / n) as f32
+}
+
 /// The colourfulness of a decoded image (zero for gray images).
 #[must_use]
 pub fn colourfulness(image: &image::DynamicImage) -> Colourfulness {
@@ -388,9 +443,9 @@ impl TrustModel {
     /// colourfulness.
     #[must_use]
     pub fn assess(&self, features: &[f32], image: &ImageChecks, lungs: LungShape) -> Assessment {
-        let (layout, colour) = (&image.layout[..], image.colour);
+        let layout = &image.layout[..];
         let distance = self.distance(features);
-        let mut a = assess_input(lungs, colour);
+        let mut a = assess_input(lungs, image.appearance);
         a.familiarity = Some(distance);
         // Each whole-image measure alone refuses an image far beyond every radiograph seen;
         // two of them, or one with unfamiliar features, beyond the farthest radiograph seen
@@ -476,11 +531,11 @@ impl TrustModel {
     }
 }
 
-/// The checks that need no trust model: colour and the presence of lungs.
+/// The checks that need no trust model: the picture's [`Appearance`] and the presence of lungs.
 #[must_use]
-pub fn assess_input(lungs: LungShape, colour: Colourfulness) -> Assessment {
+pub fn assess_input(lungs: LungShape, appearance: Appearance) -> Assessment {
     let mut a = Assessment::default();
-    if let Some(reason) = colour.verdict() {
+    for reason in appearance.verdicts() {
         a.raise(Flag::NotAChestRadiograph, reason);
     }
     if lungs.fraction < NO_LUNGS {
@@ -558,9 +613,12 @@ mod tests {
         })
         .unwrap();
         let checks = |layout: &[f32], mean: f32| ImageChecks {
-            colour: Colourfulness {
-                mean,
-                coloured_share: 0.0,
+            appearance: Appearance {
+                colour: Colourfulness {
+                    mean,
+                    coloured_share: 0.0,
+                },
+                flat_share: 0.1,
             },
             layout: layout.to_vec(),
             detail: 0.2,
@@ -697,5 +755,40 @@ mod tests {
             c.verdict().unwrap().contains("1.0% of its pixels coloured"),
             "{c:?}"
         );
+    }
+
+    /// A page of text lines is mostly paper and refused; a radiograph-like gradient with a
+    /// black border over 45% of it (the flattest shared radiograph has 46%) is not.
+    #[test]
+    fn a_page_is_one_flat_shade_and_a_bordered_radiograph_is_not() {
+        let page = crate::xray::GrayF32::from_fn(300, 400, |x, y| {
+            let ink = y % 20 < 8 && x > 30 && x < 270 && (x / 7) % 5 != 0;
+            image::Luma([if ink { 0.1 } else { 0.96 }])
+        });
+        let share = flat_share(&page);
+        assert!(share > FLAT_LIMIT, "{share}");
+        let appearance = Appearance {
+            colour: Colourfulness::default(),
+            flat_share: share,
+        };
+        assert!(
+            appearance.verdicts()[0].contains("one flat shade"),
+            "{appearance:?}"
+        );
+        let bordered = crate::xray::GrayF32::from_fn(300, 400, |x, y| {
+            let v = if x < 135 {
+                0.0
+            } else {
+                (x + 2 * y) as f32 / 1100.0
+            };
+            image::Luma([v])
+        });
+        let share = flat_share(&bordered);
+        assert!((0.45..FLAT_LIMIT).contains(&share), "{share}");
+        let appearance = Appearance {
+            colour: Colourfulness::default(),
+            flat_share: share,
+        };
+        assert!(appearance.verdicts().is_empty());
     }
 }

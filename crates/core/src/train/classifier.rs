@@ -338,9 +338,9 @@ struct Prepared {
     /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`, and detail.
     layouts: Vec<f32>,
     details: Vec<f32>,
-    /// Each image's colourfulness, and why the segmenter's lung-shape model judged its mask
+    /// Each image's appearance, and why the segmenter's lung-shape model judged its mask
     /// implausible, if it did (for the flags the held-out tables count).
-    colours: Vec<crate::trust::Colourfulness>,
+    appearances: Vec<crate::trust::Appearance>,
     implausible: Vec<Option<String>>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
@@ -357,12 +357,12 @@ impl Prepared {
         );
         let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
         let (mut layouts, mut details) = (Vec::new(), Vec::new());
-        let (mut colours, mut implausible) = (Vec::new(), Vec::new());
+        let (mut appearances, mut implausible) = (Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
-            colours.push(crate::trust::colourfulness(&xray.original));
+            appearances.push(crate::trust::Appearance::of(&xray));
             implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)));
             layouts.extend(crate::trust::layout(&xray.gray));
             details.push(crate::trust::detail(&xray.gray));
@@ -386,7 +386,7 @@ impl Prepared {
             shapes,
             layouts,
             details,
-            colours,
+            appearances,
             implausible,
             hashes,
         })
@@ -833,7 +833,7 @@ impl Dataset {
             .map(|(&i, f)| {
                 let p = &self.prepared;
                 let checks = crate::trust::ImageChecks {
-                    colour: p.colours[i],
+                    appearance: p.appearances[i],
                     layout: p.layouts[i * side..(i + 1) * side].to_vec(),
                     detail: p.details[i],
                 };
