@@ -15,8 +15,11 @@
 //!   structure: ribs, vessels, noise), as a rendered gradient or a flat drawing is. Such an
 //!   input is refused: it gets no label.
 
+pub mod acquisition;
+
 use serde::{Deserialize, Serialize};
 
+pub use self::acquisition::AcquisitionModel;
 use crate::mask::LungMask;
 
 /// Something about an input that makes its prediction less trustworthy.
@@ -117,6 +120,10 @@ pub struct TrustModel {
     /// less than half the low end is too smooth to be a radiograph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<[f32; 2]>,
+    /// The training sources' acquisitions ([`acquisition`]): an image acquired unlike every
+    /// one of them is `unfamiliar`. Absent in models fitted before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquisition: Option<AcquisitionModel>,
 }
 
 /// A Gaussian over whole-image layouts, with its refusal distance.
@@ -168,8 +175,9 @@ pub fn detail(gray: &crate::xray::GrayF32) -> f32 {
     (total / ((side - 2) * (side - 2)) as f64) as f32
 }
 
-/// Mean and inverse shrunk covariance of `rows` (`[n, dim]`, row-major).
-fn gaussian(rows: &[f32], dim: usize) -> crate::Result<(Vec<f32>, Vec<f32>)> {
+/// Mean and inverse covariance of `rows` (`[n, dim]`, row-major), the covariance shrunk by
+/// `shrink` towards a scaled identity.
+fn gaussian(rows: &[f32], dim: usize, shrink: f64) -> crate::Result<(Vec<f32>, Vec<f32>)> {
     let n = rows.len() / dim.max(1);
     if n < 2 || dim == 0 {
         return Err(crate::CoreError::Invalid(
@@ -190,8 +198,8 @@ fn gaussian(rows: &[f32], dim: usize) -> crate::Result<(Vec<f32>, Vec<f32>)> {
     let trace = cov.f_trace()?.f_double_value(&[])?;
     let eye = tch::Tensor::f_eye(dim as i64, (tch::Kind::Double, tch::Device::Cpu))?;
     let shrunk = cov
-        .f_mul_scalar(0.8)?
-        .f_add(&eye.f_mul_scalar(0.2 * trace / dim as f64)?)?;
+        .f_mul_scalar(1.0 - shrink)?
+        .f_add(&eye.f_mul_scalar(shrink * trace / dim as f64)?)?;
     let precision = tch::Tensor::f_linalg_inv(&shrunk)?.f_to_kind(tch::Kind::Float)?;
     Ok((
         Vec::<f32>::try_from(mean.f_to_kind(tch::Kind::Float)?)?,
@@ -217,6 +225,8 @@ pub struct ImageChecks {
     pub appearance: Appearance,
     pub layout: Vec<f32>,
     pub detail: f32,
+    /// [`acquisition::measures`].
+    pub acquisition: Vec<f32>,
 }
 
 impl ImageChecks {
@@ -226,6 +236,7 @@ impl ImageChecks {
             appearance: Appearance::of(xray),
             layout: layout(&xray.gray),
             detail: detail(&xray.gray),
+            acquisition: acquisition::measures(&xray.gray),
         }
     }
 }
@@ -241,6 +252,12 @@ pub struct TrustData<'a> {
     pub shapes: &'a [LungShape],
     /// The training images' [`detail`].
     pub details: &'a [f32],
+    /// The training and validation images' [`acquisition::measures`] (`[n, DIM]`), and each
+    /// image's source; empty to fit no acquisition model.
+    pub train_acquisitions: &'a [f32],
+    pub validation_acquisitions: &'a [f32],
+    pub train_sources: &'a [&'a str],
+    pub validation_sources: &'a [&'a str],
 }
 
 /// The verdict on one input.
@@ -390,7 +407,7 @@ impl TrustModel {
     /// Fits the model on what training saw.
     pub fn fit(data: &TrustData<'_>) -> crate::Result<Self> {
         let dim = data.dim;
-        let (feature_mean, precision) = gaussian(data.train_features, dim)?;
+        let (feature_mean, precision) = gaussian(data.train_features, dim, 0.2)?;
         let mut model = Self {
             feature_mean,
             precision,
@@ -399,6 +416,12 @@ impl TrustModel {
             lung_fraction: range(data.shapes.iter().map(|s| s.fraction)),
             lung_aspect: range(data.shapes.iter().map(|s| s.aspect)),
             layout: None,
+            acquisition: AcquisitionModel::fit(
+                data.train_acquisitions,
+                data.train_sources,
+                data.validation_acquisitions,
+                data.validation_sources,
+            )?,
             detail: (!data.details.is_empty()).then(|| {
                 let mut d = data.details.to_vec();
                 d.sort_by(f32::total_cmp);
@@ -417,7 +440,7 @@ impl TrustModel {
         model.refuse_above = FAR_BEYOND * largest;
         if !data.train_layouts.is_empty() {
             let side = (LAYOUT_SIDE * LAYOUT_SIDE) as usize;
-            let (mean, precision) = gaussian(data.train_layouts, side)?;
+            let (mean, precision) = gaussian(data.train_layouts, side, 0.2)?;
             let largest = data
                 .train_layouts
                 .chunks(side)
@@ -447,6 +470,13 @@ impl TrustModel {
         let distance = self.distance(features);
         let mut a = assess_input(lungs, image.appearance);
         a.familiarity = Some(distance);
+        if let Some(reason) = self
+            .acquisition
+            .as_ref()
+            .and_then(|m| m.verdict(&image.acquisition))
+        {
+            a.raise(Flag::Unfamiliar, reason);
+        }
         // Each whole-image measure alone refuses an image far beyond every radiograph seen;
         // two of them, or one with unfamiliar features, beyond the farthest radiograph seen
         // refuse it too: a real radiograph is rarely odd in two independent ways at once.
@@ -610,6 +640,10 @@ mod tests {
             validation_layouts: &validation_layouts,
             shapes: &shapes,
             details: &[0.1, 0.2, 0.3],
+            train_acquisitions: &[],
+            validation_acquisitions: &[],
+            train_sources: &[],
+            validation_sources: &[],
         })
         .unwrap();
         let checks = |layout: &[f32], mean: f32| ImageChecks {
@@ -620,6 +654,7 @@ mod tests {
                 },
                 flat_share: 0.1,
             },
+            acquisition: Vec::new(),
             layout: layout.to_vec(),
             detail: 0.2,
         };

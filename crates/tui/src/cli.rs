@@ -612,6 +612,14 @@ pub enum TrainCommand {
         manifests: Vec<PathBuf>,
         #[command(flatten)]
         common: TrainArgs,
+        /// Also fit on the reviewed queue items of --watch-dir, as one more source ("queue"):
+        /// with 30 or more, a site's own radiographs stop being flagged as acquired unlike
+        /// every source. Needs --out, another folder than the models in use.
+        #[arg(long)]
+        include_queue: bool,
+        /// The watch folder whose queue --include-queue reads.
+        #[command(flatten)]
+        watch: WatchDirArg,
     },
     /// Fit the segmenter's lung-shape model (implausible-lungs) again on the training patients'
     /// reference masks of lung-mask manifests, without touching its weights, and write it into

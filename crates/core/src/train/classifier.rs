@@ -338,6 +338,8 @@ struct Prepared {
     /// Each image's whole-image layout ([`crate::trust::layout`]), `[N * 64]`, and detail.
     layouts: Vec<f32>,
     details: Vec<f32>,
+    /// Each image's acquisition measures, `[N * acquisition::DIM]`.
+    acquisitions: Vec<f32>,
     /// Each image's appearance, and why the segmenter's lung-shape model judged its mask
     /// implausible, if it did (for the flags the held-out tables count).
     appearances: Vec<crate::trust::Appearance>,
@@ -356,7 +358,7 @@ impl Prepared {
             Vec::with_capacity(rows.len() * n),
         );
         let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
-        let (mut layouts, mut details) = (Vec::new(), Vec::new());
+        let (mut layouts, mut details, mut acquisitions) = (Vec::new(), Vec::new(), Vec::new());
         let (mut appearances, mut implausible) = (Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
@@ -366,6 +368,7 @@ impl Prepared {
             implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)));
             layouts.extend(crate::trust::layout(&xray.gray));
             details.push(crate::trust::detail(&xray.gray));
+            acquisitions.extend(crate::trust::acquisition::measures(&xray.gray));
             let input = classifier_input(&xray.gray, &mask, style);
             inputs.extend(input.pixels);
             unmasked.extend(input.unmasked);
@@ -386,6 +389,7 @@ impl Prepared {
             shapes,
             layouts,
             details,
+            acquisitions,
             appearances,
             implausible,
             hashes,
@@ -836,6 +840,7 @@ impl Dataset {
                     appearance: p.appearances[i],
                     layout: p.layouts[i * side..(i + 1) * side].to_vec(),
                     detail: p.details[i],
+                    acquisition: acquisition_of(p, i).to_vec(),
                 };
                 let mut assessment = trust.assess(f, &checks, p.shapes[i]);
                 assessment.shape_verdict(p.implausible[i].clone());
@@ -909,6 +914,16 @@ fn fit_trust(
             .collect()
     };
     let shapes: Vec<LungShape> = train_ix.iter().map(|&i| data.prepared.shapes[i]).collect();
+    let acquisitions = |ix: &[usize]| -> Vec<f32> {
+        ix.iter()
+            .flat_map(|&i| acquisition_of(&data.prepared, i).iter().copied())
+            .collect()
+    };
+    let sources = |ix: &[usize]| -> Vec<&str> {
+        ix.iter()
+            .map(|&i| data.sources[data.source[i]].as_str())
+            .collect()
+    };
     TrustModel::fit(&TrustData {
         train_features: &train_features,
         validation_features: &val_features,
@@ -920,15 +935,28 @@ fn fit_trust(
             .iter()
             .map(|&i| data.prepared.details[i])
             .collect::<Vec<_>>(),
+        train_acquisitions: &acquisitions(train_ix),
+        validation_acquisitions: &acquisitions(val_ix),
+        train_sources: &sources(train_ix),
+        validation_sources: &sources(val_ix),
     })
 }
 
+/// Image `i`'s acquisition measures.
+fn acquisition_of(prepared: &Prepared, i: usize) -> &[f32] {
+    let dim = crate::trust::acquisition::DIM;
+    &prepared.acquisitions[i * dim..(i + 1) * dim]
+}
+
 /// Fits `model`'s familiarity model again on the manifests' training and validation patients
-/// (`cxr train trust`), as training does at its end: for a model trained before the model
-/// existed, or after its checks changed. The weights are not touched.
+/// and `extra` (training split: reviewed queue items, their own source), as training does at
+/// its end: for a model trained before the model existed, after its checks changed, or to make
+/// a site's own radiographs familiar (`cxr train trust [--include-queue]`). The weights are
+/// not touched.
 pub fn refit_trust(
     options: &TrainOptions,
     model: &mut ResNetClassifier,
+    extra: &TrainOnly,
     segmenter: &dyn Segmenter,
 ) -> Result<()> {
     let [positive, negative] = [&model.meta.classes[0], &model.meta.classes[1]];
@@ -941,7 +969,7 @@ pub fn refit_trust(
         hold_out: None,
         leave_one_source_out: false,
     };
-    let data = Dataset::assemble(options, &plan, &TrainOnly::default(), segmenter)?;
+    let data = Dataset::assemble(options, &plan, extra, segmenter)?;
     let [train_ix, val_ix, _] = data.split(None, &options.manifest_list())?;
     model.meta.trust = Some(fit_trust(model, &data, &train_ix, &val_ix)?);
     Ok(())

@@ -179,9 +179,26 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             export_onnx(&out);
             super::print_json(&record)?;
         }
-        TrainCommand::Trust { manifests, common } => {
+        TrainCommand::Trust {
+            manifests,
+            common,
+            include_queue,
+            watch,
+        } => {
+            let extra = if include_queue {
+                reviewed_queue(&watch.watch_dir, common.out.as_deref(), models)?
+            } else {
+                TrainOnly::default()
+            };
             let manifests = manifests_or(manifests, CLASSIFIER_MANIFEST)?;
-            refit_trust(manifests, common.seed, compute, models, &out_dir(&common))?;
+            refit_trust(
+                manifests,
+                &extra,
+                common.seed,
+                compute,
+                models,
+                &out_dir(&common),
+            )?;
         }
         TrainCommand::Shape { manifests, common } => {
             let manifests = manifests_or(manifests, "lungseg/manifest.csv")?;
@@ -285,6 +302,7 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 /// written into `out` (with copies of both models when `out` is another folder).
 fn refit_trust(
     manifests: Vec<PathBuf>,
+    extra: &TrainOnly,
     seed: u64,
     compute: Compute,
     models: &Path,
@@ -306,7 +324,7 @@ fn refit_trust(
         "fitting the familiarity model on {}",
         options.manifest_list().display()
     ));
-    train::classifier::refit_trust(options, &mut model, &segmenter)
+    train::classifier::refit_trust(options, &mut model, extra, &segmenter)
         .wrap_err("fitting the familiarity model")?;
     if !same_folder(out, models) {
         copy_model(models, out, SEGMENTER_NAME)?;
