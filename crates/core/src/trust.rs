@@ -615,6 +615,22 @@ mod tests {
             .collect()
     }
 
+    /// Whole-image checks of an ordinary radiograph with this `layout` and mean saturation.
+    fn checks(layout: &[f32], mean: f32) -> ImageChecks {
+        ImageChecks {
+            appearance: Appearance {
+                colour: Colourfulness {
+                    mean,
+                    ..Default::default()
+                },
+                flat_share: 0.1,
+            },
+            acquisition: Vec::new(),
+            layout: layout.to_vec(),
+            detail: 0.2,
+        }
+    }
+
     #[test]
     fn distance_flags_outliers_and_refuses_far_ones() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -646,18 +662,6 @@ mod tests {
             validation_sources: &[],
         })
         .unwrap();
-        let checks = |layout: &[f32], mean: f32| ImageChecks {
-            appearance: Appearance {
-                colour: Colourfulness {
-                    mean,
-                    coloured_share: 0.0,
-                },
-                flat_share: 0.1,
-            },
-            acquisition: Vec::new(),
-            layout: layout.to_vec(),
-            detail: 0.2,
-        };
         let layout = &validation_layouts[..side];
         let usual = LungShape {
             fraction: 0.25,

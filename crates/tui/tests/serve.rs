@@ -771,8 +771,8 @@ fn a_nested_dicom_and_a_screenshot_are_refused_and_the_server_answers_on() {
     let client = reqwest::blocking::Client::new();
     let url = &server.url;
     for (fixture, name, why) in support::refused_fixtures() {
-        let bytes = std::fs::read(fixture).unwrap();
-        let kind = if name.ends_with(".dcm") {
+        let bytes = std::fs::read(&fixture).unwrap();
+        let kind = if fixture.extension().is_some_and(|e| e == "dcm") {
             "application/dicom"
         } else {
             "image/png"

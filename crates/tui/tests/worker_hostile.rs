@@ -307,7 +307,9 @@ fn a_nested_dicom_and_a_screenshot_get_errors_and_the_worker_answers_on() {
     let mut requests = String::new();
     for (fixture, name, _) in refused {
         std::fs::copy(fixtures.join(fixture), tmp.path().join(name)).unwrap();
-        requests += &format!("classify {name}\nexplain_gradcam {name}\n");
+        for command in ["classify", "explain_gradcam"] {
+            requests.extend([command, " ", name, "\n"]);
+        }
     }
     std::fs::copy(sample("nih_00001299_000.png"), tmp.path().join("real.png")).unwrap();
     let out = run(tmp.path(), &format!("{requests}classify real.png\n"));
