@@ -333,6 +333,31 @@ fn refit_trust(
     let files = ModelFiles::new(out, CLASSIFIER_NAME);
     files.write_meta(&model.meta)?;
     super::note(&format!("wrote {}", files.meta.display()));
+    let acquisition = model
+        .meta
+        .trust
+        .as_ref()
+        .and_then(|t| t.acquisition.as_ref());
+    let fitted: Vec<&str> = acquisition
+        .map(|a| a.sources.iter().map(|s| s.source.as_str()).collect())
+        .unwrap_or_default();
+    super::note(&format!(
+        "sources whose acquisition is familiar: {}{}",
+        if fitted.is_empty() {
+            "none".to_owned()
+        } else {
+            fitted.join(", ")
+        },
+        if extra.rows.is_empty() || fitted.contains(&"queue") {
+            String::new()
+        } else {
+            format!(
+                " (the queue's {} reviewed images are too few: a source needs {} training images)",
+                extra.rows.len(),
+                cxr_core::trust::acquisition::MIN_SOURCE_IMAGES
+            )
+        }
+    ));
     Ok(())
 }
 
