@@ -131,11 +131,12 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             include_queue,
             watch,
         } => {
-            let extra = if include_queue {
-                reviewed_queue(&watch.watch_dir, common.out.as_deref(), models)?
-            } else {
-                TrainOnly::default()
-            };
+            let extra = reviewed_queue(
+                include_queue,
+                &watch.watch_dir,
+                common.out.as_deref(),
+                models,
+            )?;
             let options = TrainOptions {
                 manifests: manifests_or(manifests, CLASSIFIER_MANIFEST)?,
                 epochs,
@@ -185,11 +186,12 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             include_queue,
             watch,
         } => {
-            let extra = if include_queue {
-                reviewed_queue(&watch.watch_dir, common.out.as_deref(), models)?
-            } else {
-                TrainOnly::default()
-            };
+            let extra = reviewed_queue(
+                include_queue,
+                &watch.watch_dir,
+                common.out.as_deref(),
+                models,
+            )?;
             let manifests = manifests_or(manifests, CLASSIFIER_MANIFEST)?;
             refit_trust(
                 manifests,
@@ -253,9 +255,18 @@ fn refit_shape(manifests: &[PathBuf], seed: u64, models: &Path, out: &Path) -> R
     Ok(())
 }
 
-/// The reviewed items of watch folder `dir` as training rows. A model trained on them never
-/// lands in the models folder in use: `--out` must name another folder.
-fn reviewed_queue(dir: &Path, out: Option<&Path>, models: &Path) -> Result<TrainOnly> {
+/// The reviewed items of watch folder `dir` as training rows when `--include-queue` asked for
+/// them (none otherwise). A model trained on them never lands in the models folder in use:
+/// `--out` must name another folder.
+fn reviewed_queue(
+    include_queue: bool,
+    dir: &Path,
+    out: Option<&Path>,
+    models: &Path,
+) -> Result<TrainOnly> {
+    if !include_queue {
+        return Ok(TrainOnly::default());
+    }
     let Some(out) = out else {
         bail!(
             "--include-queue needs --out DIR: a model trained on queue items is written to a new \
