@@ -860,6 +860,7 @@ mod tests {
             [
                 "cxr tui",
                 "cxr train classifier",
+                "cxr train trust",
                 "cxr watch",
                 "cxr queue list",
                 "cxr queue label",
