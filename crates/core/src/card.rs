@@ -7,7 +7,9 @@ use crate::models::resnet::ResNetConfig;
 use crate::models::unet::UNetConfig;
 use crate::preprocess::InputStyle;
 use crate::train::TrainingRecord;
-use crate::train::classifier::{ClassifierMetrics, ClassifierRecord, SourceMetrics, worst_source};
+use crate::train::classifier::{
+    ClassifierMetrics, ClassifierRecord, HeldOutSource, SourceMetrics, worst_source,
+};
 use crate::train::segmenter::{SegmenterMetrics, SegmenterRecord};
 
 const DATA_SOURCES: &str = "\
@@ -253,55 +255,78 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
 
 /// The leave-one-source-out table, with each fold's flags.
 fn leave_one_source_out_section(out: &mut String, record: &ClassifierRecord) {
-    let pos = &record.classes[0];
-    if !record.leave_one_source_out.is_empty() {
+    if record.leave_one_source_out.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Leave one source out\n\nFor each source, a model trained (same recipe and \
+         seed) without any of its images, measured on all of them at its own validation \
+         threshold, and flagged by its own trust model (fitted without the source). \"AUC vs \
+         other class\" ranks them against that model's test images of the class the source \
+         lacks; the last column is the share of the other sources' test images that model \
+         flags.\n\n{}",
+        held_out_table(&record.classes, &record.leave_one_source_out)
+    );
+}
+
+/// Leave-one-source-out measures as a Markdown table (the model card's, and `cxr eval
+/// --leave-one-source-out`'s), and the worst held-out source.
+#[must_use]
+pub fn held_out_table(classes: &[String], folds: &[HeldOutSource]) -> String {
+    let (pos, neg) = (&classes[0], &classes[1]);
+    let mut out = format!(
+        "| held-out source | images | {pos} / {neg} / other | threshold | accuracy | \
+         sensitivity | specificity | other called {pos} | mean P({pos}) | AUC vs other class \
+         | flagged | silent-wrong | AUC other vs {neg} | seen sources' test images flagged |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for h in folds {
+        let m = &h.metrics;
+        let seen: Vec<String> = h
+            .seen
+            .iter()
+            .map(|(source, s)| {
+                let share = (s.images > 0).then(|| s.flagged as f64 / s.images as f64);
+                format!("{source} {} of {}", pct(share), s.images)
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "\n### Leave one source out\n\nFor each source, a model trained (same recipe and \
-             seed) without any of its images, measured on all of them at its own validation \
-             threshold, and flagged by its own trust model (fitted without the source). \"AUC vs \
-             other class\" ranks them against that model's test images of the class the source \
-             lacks.\n\n| held-out source | images | {pos} / {} / other | threshold | accuracy | \
-             sensitivity | specificity | other called {pos} | mean P({pos}) | AUC vs other class \
-             | flagged | silent-wrong | AUC other vs {neg} |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|---|",
-            record.classes[1],
-            neg = record.classes[1],
+            "| {} | {} | {} / {} / {} | {:.3} | {} | {} | {} | {} | {:.3} | {} | {} | {} |",
+            h.source,
+            m.images,
+            m.positives,
+            m.negatives,
+            m.others,
+            h.threshold,
+            pct(Some(m.accuracy)),
+            pct(m.sensitivity),
+            pct(m.specificity),
+            pct(m.others_called_positive),
+            m.mean_positive_probability,
+            auc(h.auc_against_other_class),
+            flag_cells(m),
+            if seen.is_empty() {
+                "-".to_owned()
+            } else {
+                seen.join(", ")
+            }
         );
-        for h in &record.leave_one_source_out {
-            let m = &h.metrics;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} / {} / {} | {:.3} | {} | {} | {} | {} | {:.3} | {} | {} |",
-                h.source,
-                m.images,
-                m.positives,
-                m.negatives,
-                m.others,
-                h.threshold,
-                pct(Some(m.accuracy)),
-                pct(m.sensitivity),
-                pct(m.specificity),
-                pct(m.others_called_positive),
-                m.mean_positive_probability,
-                auc(h.auc_against_other_class),
-                flag_cells(m)
-            );
-        }
-        if let Some(worst) = record
-            .leave_one_source_out
-            .iter()
-            .filter(|h| h.metrics.positives + h.metrics.negatives > 0)
-            .min_by(|a, b| a.metrics.accuracy.total_cmp(&b.metrics.accuracy))
-        {
-            let _ = writeln!(
-                out,
-                "\nWorst held-out source: **{}**, accuracy {}.",
-                worst.source,
-                pct(Some(worst.metrics.accuracy))
-            );
-        }
     }
+    if let Some(worst) = folds
+        .iter()
+        .filter(|h| h.metrics.positives + h.metrics.negatives > 0)
+        .min_by(|a, b| a.metrics.accuracy.total_cmp(&b.metrics.accuracy))
+    {
+        let _ = write!(
+            out,
+            "\nWorst held-out source: **{}**, accuracy {}.",
+            worst.source,
+            pct(Some(worst.metrics.accuracy))
+        );
+    }
+    out
 }
 
 /// The card of a classifier.

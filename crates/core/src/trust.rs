@@ -478,8 +478,12 @@ impl TrustModel {
             a.raise(Flag::Unfamiliar, reason);
         }
         // Each whole-image measure alone refuses an image far beyond every radiograph seen;
-        // two of them, or one with unfamiliar features, beyond the farthest radiograph seen
-        // refuse it too: a real radiograph is rarely odd in two independent ways at once.
+        // smoother than any radiograph seen and odd in one more way (the layout, or the
+        // features) refuses it too: a real radiograph is rarely odd in two independent ways at
+        // once. A layout and features both unlike the training radiographs' are not
+        // independent: that is a radiograph framed by a hospital the model never saw (the
+        // model trained without Hannover refused 14 of its 238 radiographs so), flagged
+        // `unfamiliar`, not refused.
         let mut odd: Vec<String> = Vec::new();
         if let Some([low, _]) = self.detail
             && image.detail < low
@@ -525,8 +529,11 @@ impl TrustModel {
         if distance > self.unfamiliar_above {
             odd.push(format!("unfamiliar features (distance {distance:.1})"));
         }
-        if odd.len() >= 2 {
+        let smoother = self.detail.is_some_and(|[low, _]| image.detail < low);
+        if odd.len() >= 2 && smoother {
             a.raise(Flag::NotAChestRadiograph, odd.join(", and "));
+        } else if odd.len() >= 2 {
+            a.raise(Flag::Unfamiliar, odd.join(", and "));
         }
         if distance > self.unfamiliar_above {
             a.raise(
@@ -631,8 +638,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn distance_flags_outliers_and_refuses_far_ones() {
+    /// A trust model fitted on seeded noise (8 feature dimensions), its validation features
+    /// and validation layouts.
+    fn fitted() -> (TrustModel, Vec<f32>, Vec<f32>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let d = 8;
         let train = noise(&mut rng, 400, d, 1.0);
@@ -662,11 +670,20 @@ mod tests {
             validation_sources: &[],
         })
         .unwrap();
+        (model, val, validation_layouts)
+    }
+
+    const USUAL: LungShape = LungShape {
+        fraction: 0.25,
+        aspect: 1.1,
+    };
+
+    #[test]
+    fn distance_flags_outliers_and_refuses_far_ones() {
+        let (model, val, validation_layouts) = fitted();
+        let (d, side) = (8, (LAYOUT_SIDE * LAYOUT_SIDE) as usize);
         let layout = &validation_layouts[..side];
-        let usual = LungShape {
-            fraction: 0.25,
-            aspect: 1.1,
-        };
+        let usual = USUAL;
         // A typical point: no flags.
         let typical = model.assess(&val[..d], &checks(layout, 0.0), usual);
         assert!(typical.flags.is_empty(), "{typical:?}");
@@ -738,6 +755,41 @@ mod tests {
             .filter(|f| model.distance(f) > model.unfamiliar_above)
             .count();
         assert!(beyond <= 2, "{beyond}");
+    }
+
+    /// Framed beyond the farthest training radiograph (not far beyond) with unfamiliar
+    /// features: a radiograph from an unseen hospital, flagged with both reasons, not refused.
+    #[test]
+    fn an_unseen_framing_with_unfamiliar_features_is_flagged_not_refused() {
+        let (model, _, validation_layouts) = fitted();
+        let layout = &validation_layouts[..(LAYOUT_SIDE * LAYOUT_SIDE) as usize];
+        let edge: Vec<f32> = vec![model.unfamiliar_above * 0.8; 8];
+        let layouts = model.layout.as_ref().unwrap();
+        let (largest, refuse) = (layouts.refuse_above / FAR_BEYOND, layouts.refuse_above);
+        let framed = |t: f32| -> Vec<f32> { layout.iter().map(|v| v + t).collect() };
+        let at = |t: f32| mahalanobis(&framed(t), &layouts.mean, &layouts.precision);
+        let (mut low, mut high) = (0.0_f32, 100.0_f32);
+        for _ in 0..60 {
+            let mid = f32::midpoint(low, high);
+            if at(mid) < f32::midpoint(largest, refuse) {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        assert!(
+            at(low) > largest && at(low) < refuse,
+            "{} {largest} {refuse}",
+            at(low)
+        );
+        let a = model.assess(&edge, &checks(&framed(low), 0.0), USUAL);
+        assert_eq!(a.flags, [Flag::Unfamiliar], "{a:?}");
+        assert!(
+            a.reasons
+                .iter()
+                .any(|r| r.contains("layout") && r.contains("unfamiliar features")),
+            "{a:?}"
+        );
     }
 
     #[test]

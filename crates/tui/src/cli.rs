@@ -304,6 +304,13 @@ pub enum Command {
         /// Add the model-randomisation sanity check to the explanation measures.
         #[arg(long)]
         sanity: bool,
+        /// Measure the leave-one-source-out models in this folder instead (one per source,
+        /// DIR/SOURCE/classifier.*, written by `cxr train classifier --leave-one-source-out`;
+        /// the shipped ones are in models/leave-one-source-out): each on every image of its
+        /// source, and on the other sources' images on the --split side, with the flags of
+        /// its own trust model. The segmenter is the one of --models.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image"])]
+        leave_one_source_out: Option<PathBuf>,
     },
     /// Shortcut audit: linear probes on the classifier's frozen features (source, class, and
     /// source within each class; test patients) and the share of Grad-CAM mass inside the lungs

@@ -556,3 +556,99 @@ fn eval_refuses_an_unknown_manifest() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown manifest"));
 }
+
+/// `cxr eval --leave-one-source-out` measures each shipped leave-one-source-out model on every
+/// image of the source it was trained without, and on the other sources' images, exactly as
+/// that model classifies them (the samples: three Hannover, three NIH radiographs).
+#[test]
+fn eval_measures_each_leave_one_source_out_model_on_its_source() {
+    let folds = repo().join("models/leave-one-source-out");
+    let manifest = repo().join("samples/manifest.csv");
+    let out = cxr(&[
+        "eval".as_ref(),
+        manifest.as_os_str(),
+        "--backend".as_ref(),
+        "torch".as_ref(),
+        "--leave-one-source-out".as_ref(),
+        folds.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("| held-out source |"), "{stderr}");
+    assert!(stderr.contains("no image of jsrt"), "{stderr}");
+    let report = &json_lines(&out)[0]["leave_one_source_out"];
+    let measured: Vec<&str> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(measured, ["hannover", "nih"]);
+    let samples: Vec<(String, String, String)> = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let source = cells[4].split(' ').next().unwrap().to_lowercase();
+            (cells[0].to_owned(), cells[1].to_owned(), source)
+        })
+        .collect();
+    for fold in report.as_array().unwrap() {
+        let source = fold["source"].as_str().unwrap();
+        let other = if source == "nih" { "hannover" } else { "nih" };
+        assert_eq!(fold["images"], 3);
+        assert_eq!(fold["seen"][other]["images"], 3);
+        // The same model, classifying the source's images one by one.
+        let models = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("segmenter.") {
+                std::fs::copy(&path, models.path().join(&name)).unwrap();
+            }
+        }
+        for ext in ["json", "safetensors"] {
+            let name = format!("classifier.{ext}");
+            std::fs::copy(folds.join(source).join(&name), models.path().join(&name)).unwrap();
+        }
+        let own: Vec<&(String, String, String)> =
+            samples.iter().filter(|s| s.2 == source).collect();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "classify".into(),
+            "--backend".into(),
+            "torch".into(),
+            "--models".into(),
+            models.path().into(),
+        ];
+        args.extend(own.iter().map(|s| sample(&s.0).into_os_string()));
+        let out = cxr(&args.iter().map(AsRef::as_ref).collect::<Vec<_>>());
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 3, "{}", String::from_utf8_lossy(&out.stderr));
+        let right = lines
+            .iter()
+            .zip(&own)
+            .filter(|(l, s)| l["label"] == s.1.as_str())
+            .count();
+        let flagged = lines
+            .iter()
+            .filter(|l| !l["trust"]["flags"].as_array().unwrap().is_empty())
+            .count();
+        let mean_covid = lines
+            .iter()
+            .map(|l| l["probabilities"]["covid"].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0;
+        assert!(
+            (fold["accuracy"].as_f64().unwrap() - right as f64 / 3.0).abs() < 1e-9,
+            "{source}: {fold}"
+        );
+        assert_eq!(fold["flagged"], flagged, "{source}: {fold}");
+        assert!(
+            (fold["mean_positive_probability"].as_f64().unwrap() - mean_covid).abs() < 1e-4,
+            "{source}: {fold}"
+        );
+        let threshold = lines[0]["threshold"].as_f64().unwrap();
+        assert!((fold["threshold"].as_f64().unwrap() - threshold).abs() < 1e-6);
+    }
+}

@@ -274,6 +274,52 @@ pub fn worst_source(table: &BTreeMap<String, SourceMetrics>) -> Option<(&str, f6
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
+/// A model trained without `source`, measured at `threshold` on `scored`: every image of the
+/// source, and the other sources' test patients, against whose images of the class the
+/// source lacks its own are ranked, and whose flags are what the fold's trust model costs the
+/// sources it was fitted on. Training and `cxr eval --leave-one-source-out` both measure so.
+#[must_use]
+pub fn held_out_of(
+    source: &str,
+    scored: &[Scored<'_>],
+    classes: &[String],
+    threshold: f32,
+) -> HeldOutSource {
+    let mut seen = by_source(scored, classes, threshold);
+    let metrics = seen.remove(source).unwrap_or_default();
+    let lacking = match (metrics.positives > 0, metrics.negatives > 0) {
+        (true, false) => Some(&classes[1]),
+        (false, true) => Some(&classes[0]),
+        _ => None,
+    };
+    let auc_against_other_class = lacking.and_then(|lacking| {
+        let ranked: Vec<&Scored<'_>> = scored
+            .iter()
+            .filter(|r| {
+                if r.source == source {
+                    classes.iter().any(|c| c == r.label)
+                } else {
+                    r.label == lacking
+                }
+            })
+            .collect();
+        roc_auc(
+            &ranked.iter().map(|r| r.score).collect::<Vec<_>>(),
+            &ranked
+                .iter()
+                .map(|r| r.label == classes[0])
+                .collect::<Vec<_>>(),
+        )
+    });
+    HeldOutSource {
+        source: source.to_owned(),
+        threshold,
+        metrics,
+        auc_against_other_class,
+        seen,
+    }
+}
+
 /// A model trained without one source, measured on that source.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldOutSource {
@@ -286,6 +332,10 @@ pub struct HeldOutSource {
     /// the source lacks (from the other sources): how well unseen-source images rank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auc_against_other_class: Option<f64>,
+    /// The other sources' test patients, per source, measured by the same model: their flag
+    /// rates are what its trust model costs the sources it was fitted on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: BTreeMap<String, SourceMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -804,6 +854,18 @@ impl Dataset {
         model: &ResNetClassifier,
         ix: &[usize],
     ) -> Result<BTreeMap<String, SourceMetrics>> {
+        self.measure(model, ix, |scored| {
+            by_source(scored, &model.meta.classes, model.meta.threshold)
+        })
+    }
+
+    /// `measure` of `model`'s scores and flags on rows `ix`.
+    fn measure<T>(
+        &self,
+        model: &ResNetClassifier,
+        ix: &[usize],
+        measure: impl FnOnce(&[Scored<'_>]) -> T,
+    ) -> Result<T> {
         let (features, s) = features_and_scores(model, &self.prepared.inputs, ix)?;
         let flags = self.flags(model, ix, &features);
         let scored: Vec<Scored<'_>> = ix
@@ -817,11 +879,7 @@ impl Dataset {
                 flags,
             })
             .collect();
-        Ok(by_source(
-            &scored,
-            &model.meta.classes,
-            model.meta.threshold,
-        ))
+        Ok(measure(&scored))
     }
 
     /// The flags `model`'s trust model and the segmenter's shape model raise on rows `ix`
@@ -857,38 +915,16 @@ impl Dataset {
         source: &str,
         test: &[usize],
     ) -> Result<HeldOutSource> {
-        let own: Vec<usize> = (0..self.from_manifest)
+        let ix: Vec<usize> = (0..self.from_manifest)
             .filter(|&i| self.rows[i].source == source)
+            .chain(
+                test.iter()
+                    .copied()
+                    .filter(|&i| self.rows[i].source != source),
+            )
             .collect();
-        let metrics = self.table(model, &own)?.remove(source).unwrap_or_default();
-        let lacking: Option<i64> = match (metrics.positives > 0, metrics.negatives > 0) {
-            (true, false) => Some(1),
-            (false, true) => Some(0),
-            _ => None,
-        };
-        let auc_against_other_class = match lacking {
-            Some(class) => {
-                let mine: Vec<usize> = own
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.class[i] != 2)
-                    .collect();
-                let theirs: Vec<usize> = test
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.class[i] == class)
-                    .collect();
-                let ix: Vec<usize> = mine.iter().chain(&theirs).copied().collect();
-                let s = scores(model, &self.prepared.inputs, &ix)?;
-                roc_auc(&s, &self.positive(&ix))
-            }
-            None => None,
-        };
-        Ok(HeldOutSource {
-            source: source.to_owned(),
-            threshold: model.meta.threshold,
-            metrics,
-            auc_against_other_class,
+        self.measure(model, &ix, |scored| {
+            held_out_of(source, scored, &model.meta.classes, model.meta.threshold)
         })
     }
 }
@@ -975,6 +1011,21 @@ pub fn refit_trust(
     Ok(())
 }
 
+/// What [`train`] makes: the model, its record, and the leave-one-source-out models.
+pub struct Trained {
+    pub model: ResNetClassifier,
+    pub record: ClassifierRecord,
+    pub folds: Vec<FoldModel>,
+}
+
+/// A model trained without one source's images (validation threshold and trust model fitted
+/// without them too), its record `{"held_out": ...}` the source measured at training: what
+/// `cxr eval --leave-one-source-out` measures again.
+pub struct FoldModel {
+    pub source: String,
+    pub model: ResNetClassifier,
+}
+
 /// Trains the classifier as `plan` says on the manifests' rows plus `extra` (training split
 /// only); the model kept is the best on the validation patients, and the record holds the test
 /// patients' metrics, pooled and per source, the held-out source's and, when asked, a
@@ -985,7 +1036,7 @@ pub fn train(
     extra: &TrainOnly,
     segmenter: &dyn Segmenter,
     progress: &mut dyn FnMut(&str, &EpochReport),
-) -> Result<(ResNetClassifier, ClassifierRecord)> {
+) -> Result<Trained> {
     let started = Instant::now();
     let list = options.manifest_list();
     let data = Dataset::assemble(options, plan, extra, segmenter)?;
@@ -1015,7 +1066,7 @@ pub fn train(
         .map(|s| data.held_out(&model, s, test_ix))
         .transpose()?;
 
-    let mut leave_one_source_out = Vec::new();
+    let (mut leave_one_source_out, mut folds) = (Vec::new(), Vec::new());
     if plan.leave_one_source_out {
         for source in data.sources.clone() {
             let fold = data.split(Some(&source), &list)?;
@@ -1030,7 +1081,13 @@ pub fn train(
             )?;
             // The fold's own trust model, fitted without the source: do its flags catch it?
             fitted.model.meta.trust = Some(fit_trust(&fitted.model, &data, &fold[0], &fold[1])?);
-            leave_one_source_out.push(data.held_out(&fitted.model, &source, &fold[2])?);
+            let held_out = data.held_out(&fitted.model, &source, &fold[2])?;
+            fitted.model.meta.record = serde_json::json!({ "held_out": &held_out });
+            leave_one_source_out.push(held_out);
+            folds.push(FoldModel {
+                source,
+                model: fitted.model,
+            });
         }
     }
     let mut training = super::record(
@@ -1053,5 +1110,56 @@ pub fn train(
     };
     model.meta.record =
         serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
-    Ok((model, record))
+    Ok(Trained {
+        model,
+        record,
+        folds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The held-out source is measured on its own; the class it lacks comes from the other
+    /// sources, whose flags are counted apart.
+    #[test]
+    fn a_held_out_source_is_measured_against_the_others() {
+        const FLAGGED: &[Flag] = &[Flag::Unfamiliar];
+        let classes = ["covid".to_owned(), "normal".to_owned()];
+        let row = |source, label, score, flags: &'static [Flag]| Scored {
+            source,
+            label,
+            score,
+            flags,
+        };
+        let rows = [
+            // The held-out COVID-19 source: one called right, one wrong and flagged, one wrong
+            // and silent; its pneumonia-like other label is not ranked.
+            row("far", "covid", 0.9, &[]),
+            row("far", "covid", 0.2, FLAGGED),
+            row("far", "covid", 0.4, &[]),
+            row("far", "pneumonia", 0.95, &[]),
+            // The seen sources' test images: normals ranked against the held-out covid ones.
+            row("near", "normal", 0.1, &[]),
+            row("near", "normal", 0.3, FLAGGED),
+            row("near", "covid", 0.99, &[]),
+            row("other", "normal", 0.5, &[]),
+        ];
+        let h = held_out_of("far", &rows, &classes, 0.5);
+        assert_eq!(h.source, "far");
+        assert_eq!(
+            (h.metrics.images, h.metrics.positives, h.metrics.others),
+            (4, 3, 1)
+        );
+        assert!((h.metrics.accuracy - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!((h.metrics.flagged, h.metrics.silent_wrong), (1, 1));
+        // Covid scores 0.9, 0.2, 0.4 against normals 0.1, 0.3, 0.5: 6 of 9 pairs in order (the
+        // seen source's covid image is not ranked).
+        let auc = h.auc_against_other_class.unwrap();
+        assert!((auc - 6.0 / 9.0).abs() < 1e-9, "{auc}");
+        assert_eq!(h.seen.keys().collect::<Vec<_>>(), ["near", "other"]);
+        assert_eq!((h.seen["near"].images, h.seen["near"].flagged), (3, 1));
+        assert_eq!(h.seen["other"].flagged, 0);
+    }
 }

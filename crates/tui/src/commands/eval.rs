@@ -14,9 +14,9 @@ use cxr_core::explain::registry::ExplainerEntry;
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Explainer, ExplainerConfig, registry};
 use cxr_core::models::{ModelFiles, UNetSegmenter};
-use cxr_core::pipeline::{Analysis, Pipeline, SEGMENTER_NAME};
+use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
 use cxr_core::train::classifier::{
-    ClassifierMetrics, Scored, SourceMetrics, by_source, worst_source,
+    ClassifierMetrics, Scored, SourceMetrics, by_source, held_out_of, worst_source,
 };
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
 use cxr_core::trust::Flag;
@@ -35,6 +35,8 @@ pub struct Options<'a> {
     pub sanity: bool,
     /// Write one CSV row per image here.
     pub per_image: Option<&'a Path>,
+    /// Measure the leave-one-source-out models in this folder instead.
+    pub folds: Option<&'a Path>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +99,10 @@ pub fn run(
         }
     };
     let split = format!("{:?}", options.split).to_lowercase();
+    if let Some(dir) = options.folds {
+        let failed = evaluate_folds(&all.labels, &wanted, dir, models, compute)?;
+        return Ok(super::exit_code(failed));
+    }
     let mut failed = 0;
     if !all.labels.is_empty() {
         let rows: Vec<LabelledImage> = all
@@ -257,6 +263,87 @@ fn evaluate_classifier(
     Ok(failed)
 }
 
+/// `--leave-one-source-out DIR`: each model DIR/SOURCE/ (trained without SOURCE) on every image
+/// of SOURCE and on the other sources' images that `wanted` keeps, with the segmenter of
+/// `models`. Prints the model card's table and one JSON object with every fold's measures.
+fn evaluate_folds(
+    rows: &[LabelledImage],
+    wanted: &dyn Fn(&str, SplitShares) -> bool,
+    dir: &Path,
+    models: &Path,
+    compute: Compute,
+) -> Result<usize> {
+    let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .wrap_err_with(|| format!("reading {}", dir.display()))?
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.path().join(format!("{CLASSIFIER_NAME}.json")).is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    sources.sort();
+    if sources.is_empty() {
+        color_eyre::eyre::bail!(
+            "{} holds no leave-one-source-out model (SOURCE/{CLASSIFIER_NAME}.json); \
+             cxr train classifier --leave-one-source-out writes them",
+            dir.display()
+        );
+    }
+    let mut pipeline = Pipeline::load_with(models, &compute)?;
+    let (mut folds, mut failed) = (Vec::new(), 0);
+    for (source, fold_dir) in sources {
+        pipeline.classifier = cxr_core::models::load_classifier(
+            &ModelFiles::new(&fold_dir, CLASSIFIER_NAME),
+            compute.device,
+        )?;
+        let classes = pipeline.classifier.classes().to_vec();
+        let selection: Vec<&LabelledImage> = rows
+            .iter()
+            .filter(|r| r.source == source || wanted(&r.patient, SplitShares::CLASSIFIER))
+            .collect();
+        if !selection.iter().any(|r| r.source == source) {
+            super::note(&format!(
+                "no image of {source} in the manifests: its model is left out"
+            ));
+            continue;
+        }
+        let bar = super::progress(selection.len(), &format!("the model without {source}"));
+        let (mut scored, mut refused) = (Vec::new(), BTreeMap::<String, usize>::new());
+        for row in selection {
+            match pipeline.analyze_file(&row.path) {
+                Ok(analysis) => {
+                    let p = analysis.prediction;
+                    scored.push((row, p.probabilities[&classes[0]], p.trust.flags));
+                }
+                Err(CoreError::NotARadiograph { .. }) => {
+                    *refused.entry(row.source.clone()).or_default() += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("cxr: {e}"));
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let threshold = pipeline.classifier.threshold();
+        let mut fold = held_out_of(&source, &as_scored(&scored), &classes, threshold);
+        for (from, n) in refused {
+            let m = if from == source {
+                &mut fold.metrics
+            } else {
+                fold.seen.entry(from).or_default()
+            };
+            count_refused(m, n);
+        }
+        folds.push(fold);
+    }
+    if !folds.is_empty() {
+        let classes = pipeline.classifier.classes();
+        eprintln!("{}", cxr_core::card::held_out_table(classes, &folds));
+    }
+    super::print_json(&serde_json::json!({ "leave_one_source_out": folds }))?;
+    Ok(failed)
+}
+
 /// Pooled metrics over the images of the two classes, and the per-source table, with the
 /// refused images counted as flagged `not-a-chest-radiograph`.
 fn summarise(
@@ -277,7 +364,16 @@ fn summarise(
             .collect::<Vec<_>>(),
         threshold,
     );
-    let rows: Vec<Scored<'_>> = scored
+    let mut table = by_source(&as_scored(scored), classes, threshold);
+    for (source, n) in refused {
+        count_refused(table.entry(source).or_default(), n);
+    }
+    (metrics, table)
+}
+
+/// Images with their score and flags, as the metrics take them.
+fn as_scored<'a>(scored: &'a [(&LabelledImage, f32, Vec<Flag>)]) -> Vec<Scored<'a>> {
+    scored
         .iter()
         .map(|(r, score, flags)| Scored {
             source: &r.source,
@@ -285,16 +381,16 @@ fn summarise(
             score: *score,
             flags,
         })
-        .collect();
-    let mut table = by_source(&rows, classes, threshold);
-    for (source, n) in refused {
-        let m = table.entry(source).or_default();
-        m.images += n;
-        *m.flags
-            .entry(Flag::NotAChestRadiograph.name().to_owned())
-            .or_default() += n;
-    }
-    (metrics, table)
+        .collect()
+}
+
+/// Adds `n` refused images to a source's measures: flagged `not-a-chest-radiograph`, no label.
+fn count_refused(m: &mut SourceMetrics, n: usize) {
+    m.images += n;
+    m.flagged += n;
+    *m.flags
+        .entry(Flag::NotAChestRadiograph.name().to_owned())
+        .or_default() += n;
 }
 
 /// The per-source table (and the pooled row) as Markdown.

@@ -125,6 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             explainers,
             explain_limit,
             sanity,
+            leave_one_source_out,
         } => {
             let m = models(global, &model)?;
             let options = eval::Options {
@@ -134,6 +135,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 explain_limit,
                 sanity,
                 per_image: per_image.as_deref(),
+                folds: leave_one_source_out.as_deref(),
             };
             eval::run(&manifests, &options, &m.dir, m.compute)
         }

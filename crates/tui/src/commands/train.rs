@@ -164,12 +164,16 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 }
                 print_epoch(report);
             };
-            let (model, record) =
-                train::classifier::train(&options, &plan, &extra, &segmenter, &mut progress)
-                    .wrap_err("training the classifier")?;
+            let train::classifier::Trained {
+                model,
+                record,
+                folds,
+            } = train::classifier::train(&options, &plan, &extra, &segmenter, &mut progress)
+                .wrap_err("training the classifier")?;
             let out = out_dir(&common);
             let files = ModelFiles::new(&out, CLASSIFIER_NAME);
             model.save(&files)?;
+            save_folds(&out, &folds)?;
             if include_queue {
                 copy_model(models, &out, SEGMENTER_NAME)?;
             }
@@ -208,6 +212,35 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Folder under a model folder holding one classifier per source trained without it.
+pub const FOLDS_DIR: &str = "leave-one-source-out";
+
+/// Writes each leave-one-source-out model to `out/leave-one-source-out/SOURCE/` (weights and
+/// JSON, no export: `cxr eval --leave-one-source-out` runs them on libtorch), replacing the
+/// folds of an earlier run.
+fn save_folds(out: &Path, folds: &[train::classifier::FoldModel]) -> Result<()> {
+    if folds.is_empty() {
+        return Ok(());
+    }
+    let root = out.join(FOLDS_DIR);
+    if root.exists() {
+        std::fs::remove_dir_all(&root).wrap_err_with(|| format!("removing {}", root.display()))?;
+    }
+    for fold in folds {
+        let dir = root.join(&fold.source);
+        std::fs::create_dir_all(&dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
+        fold.model.save(&ModelFiles::new(&dir, CLASSIFIER_NAME))?;
+    }
+    super::note(&format!(
+        "the {} leave-one-source-out models are in {} (measure them with cxr eval \
+         --leave-one-source-out {})",
+        folds.len(),
+        root.display(),
+        root.display()
+    ));
+    Ok(())
 }
 
 /// Fits the lung-shape model on the training patients' reference masks and writes it into the
