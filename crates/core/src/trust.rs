@@ -485,8 +485,9 @@ impl TrustModel {
         // model trained without Hannover refused 14 of its 238 radiographs so), flagged
         // `unfamiliar`, not refused.
         let mut odd: Vec<String> = Vec::new();
+        let smoother = self.detail.is_some_and(|[low, _]| image.detail < low);
         if let Some([low, _]) = self.detail
-            && image.detail < low
+            && smoother
         {
             let reason = format!(
                 "smoother than any training radiograph (fine structure {:.4}, training {low:.4} \
@@ -529,7 +530,6 @@ impl TrustModel {
         if distance > self.unfamiliar_above {
             odd.push(format!("unfamiliar features (distance {distance:.1})"));
         }
-        let smoother = self.detail.is_some_and(|[low, _]| image.detail < low);
         if odd.len() >= 2 && smoother {
             a.raise(Flag::NotAChestRadiograph, odd.join(", and "));
         } else if odd.len() >= 2 {
@@ -537,7 +537,7 @@ impl TrustModel {
         }
         // The classifier's features flag an image only where no acquisition model was fitted
         // (a trust model from before it): in leave-one-source-out the feature flag caught no
-        // held-out image the acquisition check missed, and flagged up to 22% of a seen
+        // held-out image the acquisition check missed, and flagged up to 24% of a seen
         // source's test images (models/classifier.md).
         if self.acquisition.is_none() && distance > self.unfamiliar_above {
             a.raise(

@@ -215,7 +215,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
 }
 
 /// Folder under a model folder holding one classifier per source trained without it.
-pub const FOLDS_DIR: &str = "leave-one-source-out";
+const FOLDS_DIR: &str = "leave-one-source-out";
 
 /// Writes each leave-one-source-out model to `out/leave-one-source-out/SOURCE/` (weights and
 /// JSON, no export: `cxr eval --leave-one-source-out` runs them on libtorch), replacing the
