@@ -254,9 +254,8 @@ impl Cache {
     }
 
     pub fn put_json<T: Serialize>(&self, key: &CacheKey, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| {
-            CoreError::Invalid(format!("cannot serialise a cache entry for {key}: {e}"))
-        })?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| CoreError::internal(&format!("serialising the cache entry {key}"), e))?;
         self.put(key, &bytes)
     }
 
@@ -448,7 +447,7 @@ impl Cache {
         let dir = self
             .dir
             .as_ref()
-            .ok_or_else(|| CoreError::Invalid("the cache is disabled".into()))?;
+            .ok_or_else(|| CoreError::Internal("the cache is disabled".into()))?;
         let refuse = |e: std::io::Error| CoreError::Refused {
             path: dir.clone(),
             reason: format!("not used as a cache folder: {e}"),

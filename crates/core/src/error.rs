@@ -60,11 +60,26 @@ pub enum CoreError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 
+    /// A model runtime failed while running a model (ONNX Runtime, a TorchScript module that
+    /// answers something else than a tensor): a fault of the model files or the runtime.
+    #[error("{backend}: {reason}")]
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
+
+    /// The caller asked the work to stop (the viewer moved on or is closing).
+    #[error("cancelled")]
+    Cancelled,
+
     /// A fault of this tool or its models, never of the caller's input (a classifier that
     /// answers NaN, say): the HTTP server answers 500 for it.
     #[error("{0}")]
     Internal(String),
 
+    /// The caller's request is malformed: an option's value, a label, a queue id, an
+    /// explanation target. The HTTP server answers 400 for it; never use it for a fault of
+    /// this tool ([`CoreError::Internal`]) or its models ([`CoreError::Backend`]).
     #[error("{0}")]
     Invalid(String),
 }
@@ -75,6 +90,11 @@ impl CoreError {
             path: path.into(),
             source,
         }
+    }
+
+    /// A fault of this tool: `what` failed with `error`.
+    pub fn internal(what: &str, error: impl std::fmt::Display) -> Self {
+        Self::Internal(format!("{what}: {error}"))
     }
 
     pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

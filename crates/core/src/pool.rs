@@ -88,7 +88,7 @@ impl<W: 'static> ModelPool<W> {
                     }
                     // The state (models) is dropped here, on its own thread, before the join.
                 })
-                .map_err(|e| CoreError::Invalid(format!("starting a worker thread: {e}")))?;
+                .map_err(|e| CoreError::internal("starting a worker thread", e))?;
             threads.push(thread);
         }
         drop(ready_tx);
@@ -231,7 +231,7 @@ mod tests {
         );
         let failed = ModelPool::<()>::start(2, 1, "test", |index| {
             if index == 1 {
-                Err(CoreError::Invalid("no models".into()))
+                Err(CoreError::Internal("no models".into()))
             } else {
                 Ok(())
             }

@@ -8,12 +8,13 @@
 //! answered wholly from the cache runs no model at all.
 
 use std::cell::{OnceCell, RefCell};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
-use crate::explain::Method;
+use crate::explain::{Method, Progress};
 use crate::explain::report::{self, MethodReport, QualityChecks};
 use crate::input::Gate;
 use crate::models::class_index;
@@ -334,7 +335,7 @@ impl Service {
         image: &Image,
         method: &Method,
         settings: &Settings,
-        progress: Option<&dyn Fn(usize, usize)>,
+        progress: Option<Progress<'_>>,
     ) -> Result<Rendered> {
         let name = method.entry.name;
         let keys::MethodKeys {
@@ -422,8 +423,13 @@ impl Service {
             .iter()
             .map(|method| {
                 let name = method.entry.name;
-                let samples = progress.map(|p| move |done, total| p(name, done, total));
-                let samples = samples.as_ref().map(|f| f as &dyn Fn(usize, usize));
+                let samples = progress.map(|p| {
+                    move |done, total| {
+                        p(name, done, total);
+                        ControlFlow::Continue(())
+                    }
+                });
+                let samples = samples.as_ref().map(|f| f as Progress<'_>);
                 self.explain_reporting(image, method, settings, samples)
                     .map_err(|e| MethodFailure {
                         method: method.entry.name.to_owned(),
@@ -453,7 +459,7 @@ impl Service {
             settings.outline,
         );
         let png = render::encode_png(&picture)
-            .map_err(|e| CoreError::Invalid(format!("encoding the overlay: {e}")))?;
+            .map_err(|e| CoreError::internal("encoding the overlay", e))?;
         store(self.cache.put(key, &png));
         Ok(png)
     }

@@ -50,7 +50,7 @@ impl IntegratedGradients {
         input: &Tensor,
         target: usize,
     ) -> Result<(Tensor, f64, f64)> {
-        self.attributions_reporting(model, input, target, &|_, _| {})
+        self.attributions_reporting(model, input, target, &|_, _| Ok(()))
     }
 
     /// [`IntegratedGradients::attributions`], telling `progress` the steps done.
@@ -59,7 +59,7 @@ impl IntegratedGradients {
         model: &dyn Classifier,
         input: &Tensor,
         target: usize,
-        progress: &dyn Fn(usize, usize),
+        progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<(Tensor, f64, f64)> {
         let device = model.device();
         let x = input.f_to_device(device)?.f_detach()?;
@@ -83,7 +83,7 @@ impl IntegratedGradients {
             let grads = Tensor::f_run_backward(&[&score], &[&points], false, false)?;
             gradient_sum += grads[0].f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?;
             done += chunk.len();
-            progress(done, self.steps);
+            progress(done, self.steps)?;
         }
         let attributions = (&x - &baseline) * gradient_sum / self.steps as f64;
         let logit = |t: &Tensor| -> Result<f64> {
@@ -99,7 +99,7 @@ impl Explainer for IntegratedGradients {
     fn explain(&self, model: &dyn Classifier, input: &ExplainInput<'_>) -> Result<Explanation> {
         let (attributions, at_input, at_baseline) =
             self.attributions_reporting(model, input.input, input.target, &|done, total| {
-                input.report_progress(done, total);
+                input.report_progress(done, total)
             })?;
         let total = attributions.sum(Kind::Double).double_value(&[]);
         let negative = attributions

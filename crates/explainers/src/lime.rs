@@ -102,7 +102,7 @@ impl Explainer for Lime {
             let probs = target_probabilities(model, &images, input.target)?
                 .f_to_device(tch::Device::Cpu)?;
             target.extend(Vec::<f32>::try_from(probs)?.into_iter().map(f64::from));
-            input.report_progress(target.len(), rows.len());
+            input.report_progress(target.len(), rows.len())?;
         }
 
         let kernel: Vec<f64> = rows
@@ -195,7 +195,7 @@ pub fn weighted_ridge(x: &[Vec<f32>], y: &[f64], k: &[f64], alpha: f64) -> Resul
     let gram = xct.f_matmul(&xc)? + penalty;
     let (factor, info) = gram.f_linalg_cholesky_ex(false, false)?;
     if info.f_int64_value(&[])? != 0 {
-        return Err(CoreError::Invalid("lime: local model is singular".into()));
+        return Err(CoreError::Internal("lime: local model is singular".into()));
     }
     let beta = xct.f_matmul(&yc)?.f_cholesky_solve(&factor, false)?;
 

@@ -80,7 +80,7 @@ impl Explainer for Occlusion {
                 }
             }
             done += chunk.len();
-            input.report_progress(done, windows.len());
+            input.report_progress(done, windows.len())?;
         }
         let relevance = drop
             .iter()

@@ -79,7 +79,7 @@ impl Explainer for Rise {
                 Kind::Float,
             )?;
             done += n;
-            input.report_progress(done, self.masks);
+            input.report_progress(done, self.masks)?;
         }
         let saliency = saliency / (self.masks as f64 * self.keep);
         // RISE values are all positive (expected probability under masking); subtract the

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -166,7 +167,10 @@ fn long_explainers_report_their_progress() {
             .build(&ExplainerConfig::parse(params).unwrap())
             .unwrap();
         let seen = std::cell::RefCell::new(Vec::new());
-        let record = |done: usize, total: usize| seen.borrow_mut().push((done, total));
+        let record = |done: usize, total: usize| {
+            seen.borrow_mut().push((done, total));
+            ControlFlow::Continue(())
+        };
         let input = ExplainInput {
             input: &f.input,
             lung_mask: &f.analysis.input.mask,
@@ -188,7 +192,10 @@ fn long_explainers_report_their_progress() {
         .build(&ExplainerConfig::default())
         .unwrap();
     let seen = std::cell::RefCell::new(Vec::new());
-    let record = |done: usize, total: usize| seen.borrow_mut().push((done, total));
+    let record = |done: usize, total: usize| {
+        seen.borrow_mut().push((done, total));
+        ControlFlow::Continue(())
+    };
     let input = ExplainInput {
         input: &f.input,
         lung_mask: &f.analysis.input.mask,
@@ -201,6 +208,43 @@ fn long_explainers_report_their_progress() {
     let seen = seen.into_inner();
     let (done, total) = *seen.last().unwrap();
     assert!(done == total && total > 1 && seen.len() > 1, "{seen:?}");
+}
+
+/// A progress callback that answers `Break` stops each long explainer after that batch, with
+/// `Cancelled` and no explanation: how the viewer stops LIME when it closes.
+#[test]
+fn long_explainers_stop_when_told() {
+    cxr_explainers::link();
+    let f = fixture();
+    for (name, params) in [
+        ("lime", "samples=60,batch=20"),
+        ("rise", "masks=48,batch=16"),
+        ("integrated-gradients", "steps=8,batch=4"),
+        ("occlusion", ""),
+    ] {
+        let explainer = registry::find(name)
+            .unwrap()
+            .build(&ExplainerConfig::parse(params).unwrap())
+            .unwrap();
+        let calls = std::cell::Cell::new(0);
+        let stop = |_: usize, _: usize| {
+            calls.set(calls.get() + 1);
+            ControlFlow::Break(())
+        };
+        let input = ExplainInput {
+            input: &f.input,
+            lung_mask: &f.analysis.input.mask,
+            target: 0,
+            progress: Some(&stop),
+        };
+        let outcome = explainer.explain(f.pipeline.classifier.as_ref(), &input);
+        assert!(
+            matches!(outcome, Err(cxr_core::CoreError::Cancelled)),
+            "{name}: {:?}",
+            outcome.map(|e| e.heatmap.summary())
+        );
+        assert_eq!(calls.get(), 1, "{name}");
+    }
 }
 
 #[test]

@@ -78,7 +78,10 @@ impl ApiError {
             | CoreError::ModelLoad { .. }
             | CoreError::DuplicateExplainer { .. }
             | CoreError::Torch(_)
+            | CoreError::Backend { .. }
             | CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The server stops no request on its own; a cancelled one was cut off by shutdown.
+            CoreError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, error.to_string())
     }

@@ -47,6 +47,8 @@ struct Options {
     pending: usize,
     timeout: Duration,
     models: bool,
+    /// The models folder (the shipped one unless a test damages a copy).
+    models_dir: PathBuf,
     max_body: usize,
     limits: Limits,
 }
@@ -58,6 +60,7 @@ impl Default for Options {
             pending: 16,
             timeout: Duration::from_secs(600),
             models: true,
+            models_dir: repo().join("models"),
             max_body: cxr_server::DEFAULT_MAX_BODY,
             limits: Limits::default(),
         }
@@ -78,10 +81,10 @@ async fn start(options: Options) -> Server {
     .unwrap();
     if options.models {
         let cache = Cache::new(dir.path().join("cache"));
-        let (jobs, pending) = (options.jobs, options.pending);
+        let (jobs, pending, models_dir) = (options.jobs, options.pending, options.models_dir);
         let models = tokio::task::spawn_blocking(move || {
             let pool = cxr_server::start_pool(
-                repo().join("models"),
+                models_dir,
                 Compute::on(Device::Cpu),
                 jobs,
                 pending,
@@ -568,6 +571,46 @@ async fn bad_requests_are_json_errors_with_their_status() {
 
 /// 50 MB is refused with 413: announced by Content-Length (answered before the body is read)
 /// and streamed in chunks without a length (cut off at the limit). Nothing is stored.
+/// A fault of the server's own models is a 500, never blamed on the client: a classifier whose
+/// finite weights are so large that its logits overflow answers NaN, an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_of_the_models_is_a_500() {
+    let models = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        // No ONNX export: it would no longer match the damaged weights (refused at load).
+        if path.is_file() && path.extension().is_none_or(|e| e != "onnx") {
+            std::fs::copy(&path, models.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = models.path().join("classifier.safetensors");
+    let mut tensors = cxr_core::tch::Tensor::read_safetensors(&weights).unwrap();
+    for (name, tensor) in &mut tensors {
+        if name == "fc.weight" {
+            *tensor = tensor.full_like(3.0e38);
+        }
+    }
+    cxr_core::tch::Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let meta = models.path().join("classifier.json");
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("weights_sha256");
+    std::fs::write(&meta, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let server = start(Options {
+        models_dir: models.path().to_path_buf(),
+        ..Options::default()
+    })
+    .await;
+    let answer = server
+        .upload("nih_00001299_000.png", sample("nih_00001299_000.png"))
+        .await;
+    assert_error(
+        &answer,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "non-finite probability",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_upload_is_refused_with_413() {
     let server = start(Options {

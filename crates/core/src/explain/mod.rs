@@ -10,6 +10,8 @@ pub mod quality;
 pub mod registry;
 pub mod report;
 
+use std::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -18,8 +20,8 @@ pub use config::ExplainerConfig;
 pub use inventory;
 pub use registry::{ExplainerEntry, Method, MethodSpec, Param};
 
-use crate::Result;
 use crate::models::Classifier;
+use crate::{CoreError, Result};
 use crate::preprocess::CropBox;
 
 /// What an explainer is asked to explain.
@@ -30,16 +32,23 @@ pub struct ExplainInput<'a> {
     pub lung_mask: &'a [f32],
     /// Index of the class to explain (0 is the positive class).
     pub target: usize,
-    /// Told `(done, total)` as an explainer that runs many model evaluations (LIME samples,
-    /// RISE masks, occlusion windows) gets through them, for progress bars and honest ETAs.
-    pub progress: Option<&'a dyn Fn(usize, usize)>,
+    /// Hears how a long explanation gets on, and may stop it.
+    pub progress: Option<Progress<'a>>,
 }
 
+/// Told `(done, total)` as an explainer that runs many model evaluations (LIME samples, RISE
+/// masks, occlusion windows, IG steps) gets through them, for progress bars and honest ETAs;
+/// answers whether to go on. `Break` stops the explainer with [`CoreError::Cancelled`] within
+/// one batch (the viewer moved on to another image, or is closing).
+pub type Progress<'a> = &'a dyn Fn(usize, usize) -> ControlFlow<()>;
+
 impl ExplainInput<'_> {
-    /// Reports `done` of `total` evaluations to [`ExplainInput::progress`], if anyone listens.
-    pub fn report_progress(&self, done: usize, total: usize) {
-        if let Some(progress) = self.progress {
-            progress(done, total);
+    /// Reports `done` of `total` evaluations to [`ExplainInput::progress`], if anyone listens;
+    /// [`CoreError::Cancelled`] when it says stop. Explainers call it after every batch.
+    pub fn report_progress(&self, done: usize, total: usize) -> Result<()> {
+        match self.progress.map(|progress| progress(done, total)) {
+            Some(ControlFlow::Break(())) => Err(CoreError::Cancelled),
+            _ => Ok(()),
         }
     }
 }

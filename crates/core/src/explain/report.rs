@@ -1,14 +1,16 @@
 //! Running an explainer on an analysed radiograph: the explanation, its quality measures, its
 //! timings, and its overlay drawn on the original image.
 
+use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::quality::{self, Quality};
-use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary};
-use crate::Result;
+use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary, Progress};
+use crate::{CoreError, Result};
 use crate::models::Classifier;
 use crate::pipeline::Analysis;
 use crate::render::{self, Lines, OverlayStyle};
@@ -91,16 +93,23 @@ pub fn explain_reporting(
     params: &str,
     target: usize,
     checks: QualityChecks,
-    progress: Option<&dyn Fn(usize, usize)>,
+    progress: Option<Progress<'_>>,
 ) -> Result<(Explanation, MethodReport)> {
     entry.check_runs_on(classifier)?;
     let device = classifier.device();
     let tensor = analysis.input.to_tensor(device);
+    // The quality measures after the explainer report no progress of their own; they ask the
+    // caller whether to go on with the explainer's last count (done, so a bar stays full).
+    let last = Cell::new((0, 0));
+    let forward = |done, total| {
+        last.set((done, total));
+        progress.map_or(ControlFlow::Continue(()), |p| p(done, total))
+    };
     let input = ExplainInput {
         input: &tensor,
         lung_mask: &analysis.input.mask,
         target,
-        progress,
+        progress: Some(&forward),
     };
     let start = Instant::now();
     let explanation = explainer.explain(classifier, &input)?;
@@ -113,7 +122,14 @@ pub fn explain_reporting(
         lung_mass_share: quality::lung_mass_share(&explanation.heatmap, &analysis.input.mask),
         randomisation_correlation: None,
     };
+    let ask = || {
+        let (done, total) = last.get();
+        progress.map_or(ControlFlow::Continue(()), |p| p(done, total))
+    };
     if checks.faithfulness {
+        if ask().is_break() {
+            return Err(CoreError::Cancelled);
+        }
         let (deletion, insertion) =
             quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
         measured.deletion_auc = Some(deletion);
@@ -121,8 +137,9 @@ pub fn explain_reporting(
     }
     if checks.sanity {
         let random = classifier.randomised(SANITY_SEED)?;
+        let keep_going = |_, _| ask();
         let quiet = ExplainInput {
-            progress: None,
+            progress: Some(&keep_going),
             ..input
         };
         let again = explainer.explain(random.as_ref(), &quiet)?;

@@ -74,9 +74,9 @@ pub trait Classifier: Send {
     /// The same architecture with fresh random weights, for the model-randomisation sanity
     /// check of explanations.
     fn randomised(&self, _seed: u64) -> Result<Box<dyn Classifier>> {
-        Err(CoreError::Invalid(
-            "this classifier cannot be re-initialised".into(),
-        ))
+        Err(CoreError::Unsupported {
+            reason: "this classifier cannot be re-initialised".into(),
+        })
     }
 
     /// How this classifier's input is made (see [`crate::preprocess::classifier_input`]).
@@ -580,12 +580,12 @@ pub fn lung_mask_of(
     threshold: f32,
 ) -> Result<LungMask> {
     if probabilities.len() != side * side {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Internal(format!(
             "lung probabilities: expected {side}x{side} values, got {}",
             probabilities.len()
         )));
     }
-    let grid = u32::try_from(side).map_err(|_| CoreError::Invalid("grid too large".into()))?;
+    let grid = u32::try_from(side).map_err(|_| CoreError::Internal("grid too large".into()))?;
     let binary = LungMask::from_raw(
         grid,
         grid,
@@ -594,7 +594,7 @@ pub fn lung_mask_of(
             .map(|&p| if p > threshold { mask::LUNG } else { 0 })
             .collect(),
     )
-    .ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))?;
+    .ok_or_else(|| CoreError::Internal("mask size mismatch".into()))?;
     let cleaned: Vec<f32> = probabilities
         .iter()
         .zip(mask::clean(&binary, 0.1).as_raw())
@@ -612,7 +612,7 @@ pub fn lung_mask_of(
                 .map(|&p| if p > threshold { mask::LUNG } else { 0 }),
         );
     });
-    LungMask::from_raw(w, h, raw).ok_or_else(|| CoreError::Invalid("mask size mismatch".into()))
+    LungMask::from_raw(w, h, raw).ok_or_else(|| CoreError::Internal("mask size mismatch".into()))
 }
 
 /// `values`, a `side` x `side` grid, resized to `w` x `h` by bilinear interpolation and

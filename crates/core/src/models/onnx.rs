@@ -166,7 +166,10 @@ fn run<const K: usize>(
     pixels: &[f32],
     outputs: [&str; K],
 ) -> Result<[Tensor; K]> {
-    let failed = |e: ort::Error| CoreError::Invalid(format!("ONNX Runtime: {e}"));
+    let failed = |e: ort::Error| CoreError::Backend {
+        backend: "ONNX Runtime",
+        reason: e.to_string(),
+    };
     let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
     let input = TensorRef::from_array_view((shape, pixels)).map_err(failed)?;
     let results = session
@@ -250,7 +253,7 @@ fn run_tensor<const K: usize>(
 ) -> Result<[Tensor; K]> {
     let size = batch.size();
     let [n, c, h, w] = size[..] else {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Internal(format!(
             "expected a batch [N, C, H, W], got {size:?}"
         )));
     };

@@ -161,9 +161,10 @@ impl ScriptClassifier {
             .method_is(name, &[IValue::Tensor(input.shallow_clone())])?
         {
             IValue::Tensor(t) => Ok(t),
-            other => Err(CoreError::Invalid(format!(
-                "the TorchScript method {name} returned {other:?}, not a tensor"
-            ))),
+            other => Err(CoreError::Backend {
+                backend: "TorchScript",
+                reason: format!("the method {name} returned {other:?}, not a tensor"),
+            }),
         }
     }
 }

@@ -1109,7 +1109,7 @@ pub fn train(
         leave_one_source_out,
     };
     model.meta.record =
-        serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        serde_json::to_value(&record).map_err(|e| CoreError::internal("the training record", e))?;
     Ok(Trained {
         model,
         record,

@@ -245,7 +245,7 @@ pub fn train(
         test,
     };
     best.meta.record =
-        serde_json::to_value(&record).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        serde_json::to_value(&record).map_err(|e| CoreError::internal("the training record", e))?;
     Ok((best, record))
 }
 

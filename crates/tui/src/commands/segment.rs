@@ -84,7 +84,7 @@ fn segment_one<'a>(
     let mut png = Vec::new();
     lungs
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| CoreError::Invalid(format!("encoding mask: {e}")))?;
+        .map_err(|e| CoreError::internal("encoding the mask", e))?;
     cxr_core::fsutil::write_atomic(&path, &png)?;
     Ok(Written {
         file,
