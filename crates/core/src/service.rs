@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
-use crate::explain::{Method, Progress};
+use crate::compute::Compute;
 use crate::explain::report::{self, MethodReport, QualityChecks};
+use crate::explain::{Method, Progress};
 use crate::input::Gate;
 use crate::models::class_index;
 use crate::pipeline::{Analysis, ClassifyReport, Pipeline};
@@ -267,6 +268,24 @@ impl Service {
         Self { pipeline, cache }
     }
 
+    /// The models in `models` loaded for `compute` (see [`Pipeline::load_with`]), answering
+    /// from and into `cache`: how every surface starts one.
+    pub fn load(models: &Path, compute: &Compute, cache: Cache) -> Result<Self> {
+        Ok(Self::new(Pipeline::load_with(models, compute)?, cache))
+    }
+
+    /// `target` is one this model can explain: `predicted` or one of its classes.
+    pub fn check_target(&self, target: &Target) -> Result<()> {
+        let classes = self.pipeline.classifier.classes();
+        match target {
+            Target::Class(name) if !classes.contains(name) => Err(CoreError::Invalid(format!(
+                "target {name}: expected predicted or one of {}",
+                classes.join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     #[must_use]
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
@@ -303,9 +322,9 @@ impl Service {
     /// The classification, from the cache when there (no decoding, no model), else computed
     /// and stored. The report names `image`'s path and carries no DICOM identifiers.
     pub fn classify(&self, image: &Image) -> Result<Classified> {
-        let key = keys::classification(&image.sha256, self.fingerprint());
         if image.analysis.get().is_none()
-            && let Some(mut report) = self.cache.get_json::<ClassifyReport>(&key)
+            && let Some(mut report) =
+                cached_classification(&self.cache, &image.sha256, self.fingerprint())
         {
             report.file.clone_from(&image.path);
             return Ok(Classified {
@@ -314,11 +333,26 @@ impl Service {
             });
         }
         let report = self.analysis(image)?.report();
+        let key = keys::classification(&image.sha256, self.fingerprint());
         store(self.cache.put_json(&key, &report));
         Ok(Classified {
             report,
             cached: false,
         })
+    }
+
+    /// [`Service::classify`], with the DICOM patient and study identifiers when `identifiers`
+    /// is set and the image has them (the cache never keeps them: read from the header again).
+    pub fn classify_with_identifiers(
+        &self,
+        image: &Image,
+        identifiers: bool,
+    ) -> Result<Classified> {
+        let mut classified = self.classify(image)?;
+        if identifiers && crate::dicom::is_dicom(image.bytes()) {
+            classified.report.identifiers = image.decode()?.identifiers;
+        }
+        Ok(classified)
     }
 
     /// `method`'s explanation of `image` in `settings`: the report and the overlay, from the
@@ -358,19 +392,58 @@ impl Service {
                 cached: true,
             });
         }
+        let (explanation, report) = self.explanation(image, method, settings, progress)?;
+        store(self.cache.put_json(&report_key, &report));
+        let analysis = self.analysis(image)?;
+        let overlay_png = self.draw(analysis, &explanation, &report, settings, &overlay_key)?;
+        Ok(Rendered {
+            report,
+            overlay_png,
+            explanation: Some(explanation),
+            cached: false,
+        })
+    }
+
+    /// `method`'s report on `image` in `settings` without drawing an overlay (evaluations and
+    /// audits that only measure): from the cache when there, else computed and stored.
+    pub fn explain_report(
+        &self,
+        image: &Image,
+        method: &Method,
+        settings: &Settings,
+    ) -> Result<MethodReport> {
+        let key = keys::method(
+            &image.sha256,
+            self.fingerprint(),
+            method.entry.name,
+            &method.params,
+            settings,
+        )
+        .report;
+        if let Some(report) = self.cache.get_json::<MethodReport>(&key) {
+            return Ok(report);
+        }
+        let (_, report) = self.explanation(image, method, settings, None)?;
+        store(self.cache.put_json(&key, &report));
+        Ok(report)
+    }
+
+    /// The explanation and its report, computed (the analysis at most once per image).
+    fn explanation(
+        &self,
+        image: &Image,
+        method: &Method,
+        settings: &Settings,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(crate::explain::Explanation, MethodReport)> {
+        self.check_target(&settings.target)?;
         let analysis = self.analysis(image)?;
         let classes = self.pipeline.classifier.classes();
         let target = match &settings.target {
             Target::Predicted => analysis.prediction.label_index(classes),
-            Target::Class(name) if classes.contains(name) => class_index(classes, name),
-            Target::Class(name) => {
-                return Err(CoreError::Invalid(format!(
-                    "target {name}: expected predicted or one of {}",
-                    classes.join(", ")
-                )));
-            }
+            Target::Class(name) => class_index(classes, name),
         };
-        let (explanation, report) = report::explain_reporting(
+        report::explain_reporting(
             self.pipeline.classifier.as_ref(),
             analysis,
             method.entry,
@@ -379,15 +452,7 @@ impl Service {
             target,
             settings.checks,
             progress,
-        )?;
-        store(self.cache.put_json(&report_key, &report));
-        let overlay_png = self.draw(analysis, &explanation, &report, settings, &overlay_key)?;
-        Ok(Rendered {
-            report,
-            overlay_png,
-            explanation: Some(explanation),
-            cached: false,
-        })
+        )
     }
 
     /// An explanation already at hand (the viewer keeps them) drawn again in another style:
@@ -463,6 +528,17 @@ impl Service {
         store(self.cache.put(key, &png));
         Ok(png)
     }
+}
+
+/// The classification of the image with content `sha256` by the models of `fingerprint`, when
+/// a service stored it in `cache`: for a thread without models (the viewer's scan of a folder).
+#[must_use]
+pub fn cached_classification(
+    cache: &Cache,
+    sha256: &str,
+    fingerprint: &str,
+) -> Option<ClassifyReport> {
+    cache.get_json(&keys::classification(sha256, fingerprint))
 }
 
 /// A result that cannot be cached (disk full, read-only folder) is still returned.

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
-use cxr_core::pipeline::Pipeline;
 use cxr_core::pool::ModelPool;
 use cxr_core::service::Service;
 
@@ -75,10 +74,7 @@ pub fn start_pool(
 ) -> cxr_core::Result<ModelPool<Service>> {
     let compute = compute.for_workers(jobs);
     ModelPool::start(jobs, pending, "cxr-serve", move |_| {
-        Ok(Service::new(
-            Pipeline::load_with(&models, &compute)?,
-            cache.clone(),
-        ))
+        Service::load(&models, &compute, cache.clone())
     })
 }
 

@@ -83,14 +83,9 @@ async fn start(options: Options) -> Server {
         let cache = Cache::new(dir.path().join("cache"));
         let (jobs, pending, models_dir) = (options.jobs, options.pending, options.models_dir);
         let models = tokio::task::spawn_blocking(move || {
-            let pool = cxr_server::start_pool(
-                models_dir,
-                Compute::on(Device::Cpu),
-                jobs,
-                pending,
-                cache,
-            )
-            .unwrap();
+            let pool =
+                cxr_server::start_pool(models_dir, Compute::on(Device::Cpu), jobs, pending, cache)
+                    .unwrap();
             Models::new(pool).unwrap()
         })
         .await

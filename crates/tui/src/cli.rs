@@ -195,6 +195,44 @@ impl Default for WatchDirArg {
     }
 }
 
+/// The result cache, one spelling on every command that keeps results (viewer, worker, server).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CacheArgs {
+    /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr, this user's].
+    #[arg(long = "cache-dir", visible_alias = "cache", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the result cache.
+    #[arg(long, conflicts_with_all = ["cache_dir", "cache_max_age_hours"])]
+    pub no_cache: bool,
+    /// Ignore cached results older than this many hours.
+    #[arg(long, value_name = "HOURS", value_parser = parse_hours)]
+    pub cache_max_age_hours: Option<f64>,
+}
+
+impl CacheArgs {
+    /// The cache these options choose.
+    #[must_use]
+    pub fn cache(&self) -> cxr_core::cache::Cache {
+        use cxr_core::cache::{Cache, default_dir};
+        if self.no_cache {
+            return Cache::disabled();
+        }
+        let cache = Cache::new(self.cache_dir.clone().unwrap_or_else(default_dir));
+        match self.cache_max_age_hours {
+            Some(hours) => cache.with_max_age(std::time::Duration::from_secs_f64(hours * 3600.0)),
+            None => cache,
+        }
+    }
+}
+
+/// A number of hours: finite and not negative.
+fn parse_hours(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(hours) if hours.is_finite() && hours >= 0.0 => Ok(hours),
+        _ => Err(format!("{text}: expected a number of hours >= 0")),
+    }
+}
+
 /// How the viewer draws images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum ImageProtocolArg {
@@ -378,15 +416,8 @@ pub enum Command {
         /// Where overlays go [default: DIR/.cxr-worker].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr, this user's].
-        #[arg(long, alias = "cache-dir")]
-        cache: Option<PathBuf>,
-        /// Neither read nor write the result cache.
-        #[arg(long)]
-        no_cache: bool,
-        /// Ignore cached results older than this many hours.
-        #[arg(long)]
-        cache_max_age_hours: Option<f64>,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Reply shape: native (label, probabilities, threshold, heatmap, quality) or seed (the
         /// old system's: classify gives {"COVID-19": p, "NO FINDING": q}, explain_NAME the
         /// overlay PNG's path).
@@ -446,12 +477,8 @@ pub struct ServeArgs {
     /// Requests that may wait for a worker; more are answered 503 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub backlog: usize,
-    /// Result cache folder [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr].
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Neither read nor write the result cache.
-    #[arg(long, conflicts_with = "cache_dir")]
-    pub no_cache: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Where uploads are kept, by content hash, in DIR/uploads (mode 700) [default:
     /// $XDG_DATA_HOME/cxr/serve or ~/.local/share/cxr/serve].
     #[arg(long, value_name = "DIR")]
@@ -489,15 +516,8 @@ pub struct TuiArgs {
     /// Log file [default: $XDG_STATE_HOME/cxr/cxr.log or ~/.local/state/cxr/cxr.log].
     #[arg(long)]
     pub log: Option<PathBuf>,
-    /// Cache folder for predictions and explanations [default: $XDG_CACHE_HOME/cxr or ~/.cache/cxr].
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Neither read nor write the cache.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Ignore cached results older than this many hours.
-    #[arg(long)]
-    pub cache_max_age_hours: Option<f64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Debug, Args)]

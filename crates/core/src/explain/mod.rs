@@ -21,8 +21,8 @@ pub use inventory;
 pub use registry::{ExplainerEntry, Method, MethodSpec, Param};
 
 use crate::models::Classifier;
-use crate::{CoreError, Result};
 use crate::preprocess::CropBox;
+use crate::{CoreError, Result};
 
 /// What an explainer is asked to explain.
 pub struct ExplainInput<'a> {

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::{self, Quality};
 use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary, Progress};
-use crate::{CoreError, Result};
 use crate::models::Classifier;
 use crate::pipeline::Analysis;
 use crate::render::{self, Lines, OverlayStyle};
+use crate::{CoreError, Result};
 
 /// Which quality measures to compute (each costs forward passes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

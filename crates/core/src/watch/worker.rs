@@ -14,7 +14,6 @@ use crate::explain::report::{ImageReport, MethodOutcome};
 use crate::explain::{Method, MethodSpec};
 use crate::files::sha256_hex;
 use crate::input::Gate;
-use crate::pipeline::Pipeline;
 use crate::queue::{
     self, Commit, EntryState, ID_LEN, Predicted, Queue, QueueItem, REPORT_FILE, ReviewState,
     SCHEMA, STATE_FILE,
@@ -127,7 +126,6 @@ impl Processor {
         claims: Arc<Mutex<HashSet<String>>>,
     ) -> Result<Self> {
         let compute = options.compute.for_workers(options.jobs);
-        let pipeline = Pipeline::load_with(&options.models, &compute)?;
         let methods = options
             .methods
             .iter()
@@ -136,7 +134,7 @@ impl Processor {
         Ok(Self {
             queue,
             // Each entry is made once: nothing to gain from a result cache.
-            service: Service::new(pipeline, Cache::disabled()),
+            service: Service::load(&options.models, &compute, Cache::disabled())?,
             methods,
             settings: Settings {
                 target: Target::Predicted,

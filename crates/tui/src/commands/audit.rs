@@ -8,13 +8,16 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, bail};
+use color_eyre::eyre::{Result, bail, eyre};
 use cxr_core::audit::{ProbeResult, probe};
+use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
-use cxr_core::explain::report::{self, QualityChecks};
-use cxr_core::explain::{ExplainerConfig, registry};
-use cxr_core::pipeline::Pipeline;
+use cxr_core::explain::MethodSpec;
+use cxr_core::explain::report::QualityChecks;
+use cxr_core::input::Gate;
+use cxr_core::models::class_index;
+use cxr_core::service::{Image, Service, Settings, Target};
 use serde::Serialize;
 
 pub struct Options {
@@ -46,10 +49,13 @@ pub fn run(
     if rows.is_empty() {
         bail!("no labelled rows in {manifests:?} (expected path,label,patient,source columns)");
     }
-    let pipeline = Pipeline::load_with(models, &compute)?;
-    let classes = pipeline.classifier.classes().to_vec();
-    let gradcam = registry::find("grad-cam")?;
-    let explainer = gradcam.build(&ExplainerConfig::default())?;
+    let service = Service::load(models, &compute, Cache::disabled())?;
+    let classes = service.pipeline().classifier.classes().to_vec();
+    let gradcam = MethodSpec {
+        name: "grad-cam".into(),
+        params: String::new(),
+    }
+    .build()?;
     let checks = QualityChecks {
         faithfulness: false,
         sanity: false,
@@ -59,8 +65,13 @@ pub fn run(
     let (mut refused, mut failed, mut dim) = (0, 0, 0);
     let mut shares: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for row in &rows {
-        match pipeline.analyze_file(&row.path) {
-            Ok(analysis) => {
+        let analysed = Image::read(&row.path, Gate::TRUSTED).and_then(|image| {
+            service.analysis(&image)?;
+            Ok(image)
+        });
+        match analysed {
+            Ok(image) => {
+                let analysis = image.analysed().ok_or_else(|| eyre!("analysed above"))?;
                 let Some(f) = &analysis.features else {
                     bail!("this classifier does not expose its features; the audit needs them");
                 };
@@ -71,18 +82,15 @@ pub fn run(
                     Split::of(&row.patient, options.seed, SplitShares::CLASSIFIER) == Split::Test;
                 let done = shares.get(&row.source).map_or(0, Vec::len);
                 if test && done < options.gradcam_per_source {
-                    let target = cxr_core::models::class_index(&classes, &row.label);
-                    let explained = report::explain(
-                        pipeline.classifier.as_ref(),
-                        &analysis,
-                        gradcam,
-                        explainer.as_ref(),
-                        "",
-                        target,
+                    // The image's own class; the positive one for labels of neither.
+                    let target = classes[class_index(&classes, &row.label)].clone();
+                    let settings = Settings {
+                        target: Target::Class(target),
                         checks,
-                    );
-                    match explained {
-                        Ok((_, r)) => shares
+                        ..Settings::default()
+                    };
+                    match service.explain_report(&image, &gradcam, &settings) {
+                        Ok(r) => shares
                             .entry(row.source.clone())
                             .or_default()
                             .push(r.quality.lung_mass_share.unwrap_or(0.0)),

@@ -6,15 +6,17 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, eyre};
 use cxr_core::CoreError;
+use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
-use cxr_core::explain::registry::ExplainerEntry;
 use cxr_core::explain::report::{self, QualityChecks};
-use cxr_core::explain::{Explainer, ExplainerConfig, registry};
-use cxr_core::models::{ModelFiles, UNetSegmenter};
+use cxr_core::explain::{Method, MethodSpec, registry};
+use cxr_core::input::Gate;
+use cxr_core::models::{ModelFiles, UNetSegmenter, class_index};
 use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
+use cxr_core::service::{Image, Service, Settings, Target};
 use cxr_core::train::classifier::{
     ClassifierMetrics, Scored, SourceMetrics, by_source, held_out_of, worst_source,
 };
@@ -162,8 +164,8 @@ fn evaluate_classifier(
     models: &Path,
     compute: Compute,
 ) -> Result<usize> {
-    let pipeline = Pipeline::load_with(models, &compute)?;
-    let classes = pipeline.classifier.classes().to_vec();
+    let service = Service::load(models, &compute, Cache::disabled())?;
+    let classes = service.pipeline().classifier.classes().to_vec();
     let (methods, mut quality) = explainers(options.explainers)?;
     let checks = QualityChecks {
         faithfulness: true,
@@ -182,7 +184,10 @@ fn evaluate_classifier(
     let (mut scored, mut failed) = (Vec::new(), 0);
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
-        let outcome = pipeline.analyze_file(&row.path);
+        let outcome = Image::read(&row.path, Gate::TRUSTED).and_then(|image| {
+            service.analysis(&image)?;
+            Ok(image)
+        });
         let mut line = ImageRow {
             file: row.path.display().to_string(),
             source: &row.source,
@@ -193,7 +198,8 @@ fn evaluate_classifier(
             flags: String::new(),
         };
         match outcome {
-            Ok(analysis) => {
+            Ok(image) => {
+                let analysis = image.analysed().ok_or_else(|| eyre!("analysed above"))?;
                 let p = &analysis.prediction;
                 line.probability = Some(p.probabilities[&classes[0]]);
                 line.label.clone_from(&p.label);
@@ -207,18 +213,16 @@ fn evaluate_classifier(
                     .join(" ");
                 scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
                 if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
-                    let target = cxr_core::models::class_index(&classes, &row.label);
-                    for ((entry, explainer), q) in methods.iter().zip(&mut quality) {
-                        let outcome = report::explain(
-                            pipeline.classifier.as_ref(),
-                            &analysis,
-                            entry,
-                            explainer.as_ref(),
-                            "",
-                            target,
-                            checks,
-                        );
-                        accumulate(q, outcome.map(|(_, r)| r), &row.source, &analysis, &bar);
+                    // The image's own class; the positive one for labels of neither (nodules).
+                    let target = classes[class_index(&classes, &row.label)].clone();
+                    let settings = Settings {
+                        target: Target::Class(target),
+                        checks,
+                        ..Settings::default()
+                    };
+                    for (method, q) in methods.iter().zip(&mut quality) {
+                        let outcome = service.explain_report(&image, method, &settings);
+                        accumulate(q, outcome, &row.source, analysis, &bar);
                     }
                 }
             }
@@ -248,8 +252,12 @@ fn evaluate_classifier(
     if !quality.is_empty() {
         eprintln!("{}", table(&quality));
     }
-    let (metrics, by_source) =
-        summarise(&scored, refused, &classes, pipeline.classifier.threshold());
+    let (metrics, by_source) = summarise(
+        &scored,
+        refused,
+        &classes,
+        service.pipeline().classifier.threshold(),
+    );
     eprintln!("{}", source_table(&metrics, &by_source, &classes));
     super::print_json(&ClassifierEval {
         manifests,
@@ -465,8 +473,7 @@ fn segmenter_table(m: &SegmenterMetrics) -> String {
 
 /// The explainers named (`all` for every registered one), built with their defaults, and an
 /// empty quality record for each.
-type Built = (&'static ExplainerEntry, Box<dyn Explainer>);
-fn explainers(names: &[String]) -> Result<(Vec<Built>, Vec<ExplainerQuality>)> {
+fn explainers(names: &[String]) -> Result<(Vec<Method>, Vec<ExplainerQuality>)> {
     let names: Vec<&str> = if names.iter().any(|n| n == "all") {
         registry::all()?.iter().map(|e| e.name).collect()
     } else {
@@ -475,8 +482,11 @@ fn explainers(names: &[String]) -> Result<(Vec<Built>, Vec<ExplainerQuality>)> {
     let methods = names
         .iter()
         .map(|name| {
-            let entry = registry::find(name)?;
-            Ok((entry, entry.build(&ExplainerConfig::default())?))
+            MethodSpec {
+                name: (*name).to_owned(),
+                params: String::new(),
+            }
+            .build()
         })
         .collect::<cxr_core::Result<Vec<_>>>()?;
     let quality = names

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr, bail};
+use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::explain::report::{ImageReport, MethodOutcome, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::Pipeline;
 use cxr_core::render::{Colormap, OverlayStyle};
 use cxr_core::service::{Image, MethodFailure, Rendered, Service, Settings, Target};
 
@@ -47,22 +46,16 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
         faithfulness: !request.checks.no_faithfulness,
         sanity: request.checks.sanity,
     };
-    let pipeline = Pipeline::load_with(models, &compute)?;
-    let classes = pipeline.classifier.classes().to_vec();
-    if request.target != "predicted" && !classes.iter().any(|c| c == request.target) {
-        bail!(
-            "--target {}: expected predicted or one of {}",
-            request.target,
-            classes.join(", ")
-        );
-    }
+    let service = Service::load(models, &compute, Cache::disabled())?;
     let settings = Settings {
         target: Target::parse(request.target),
         checks,
         style,
         outline: !request.render.no_outline,
     };
-    let service = Service::new(pipeline, Cache::disabled());
+    service
+        .check_target(&settings.target)
+        .wrap_err("--target")?;
     std::fs::create_dir_all(request.out)
         .wrap_err_with(|| format!("creating {}", request.out.display()))?;
     let bar = super::progress(request.files.len(), "explaining");

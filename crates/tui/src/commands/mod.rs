@@ -90,8 +90,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             jobs,
             out,
             cache,
-            no_cache,
-            cache_max_age_hours,
             compat,
         } => {
             let m = models(global, &model)?;
@@ -99,10 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 dir: &dir,
                 jobs,
                 out: out.as_deref(),
-                cache: cache.as_deref(),
-                no_cache,
-                cache_max_age: cache_max_age_hours
-                    .map(|h| std::time::Duration::from_secs_f64(h.max(0.0) * 3600.0)),
+                cache: cache.cache(),
                 compat: compat.into(),
             };
             worker::run(&options, &m.dir, m.compute)
@@ -241,29 +236,11 @@ fn tui(args: &crate::cli::TuiArgs, models: &Path, compute: Compute) -> Result<Ex
             PathBuf::from(".")
         }
     });
-    let cache = if args.no_cache {
-        cxr_core::cache::Cache::disabled()
-    } else {
-        let dir = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(cxr_core::cache::default_dir);
-        let cache = cxr_core::cache::Cache::new(dir);
-        match args.cache_max_age_hours {
-            Some(hours) if hours.is_finite() && hours >= 0.0 => {
-                cache.with_max_age(std::time::Duration::from_secs_f64(hours * 3600.0))
-            }
-            Some(hours) => color_eyre::eyre::bail!(
-                "--cache-max-age-hours {hours}: expected a number of hours >= 0"
-            ),
-            None => cache,
-        }
-    };
     let options = crate::tui::Options {
         path,
         image_protocol: args.image_protocol.name().to_owned(),
         watch_dir: args.watch.watch_dir.clone(),
-        cache,
+        cache: args.cache.cache(),
     };
     crate::tui::run(&options, models, compute)?;
     Ok(ExitCode::SUCCESS)

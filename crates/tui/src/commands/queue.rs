@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
+use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
+use cxr_core::input::Gate;
 use cxr_core::models::ModelFiles;
-use cxr_core::pipeline::{CLASSIFIER_NAME, Pipeline};
+use cxr_core::pipeline::CLASSIFIER_NAME;
 use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
+use cxr_core::service::{Image, Service};
 use serde::Serialize;
 
 use crate::cli::{Global, QueueCommand, QueueOrder};
@@ -149,11 +152,11 @@ fn label_one(
     let item = if file.is_file() {
         // A radiograph not (necessarily) in the queue: record what the models say about it too,
         // so that it sorts by uncertainty like the others.
-        let pipeline = Pipeline::load_with(models, &compute)?;
-        label.check(pipeline.classifier.classes())?;
-        let analysis = pipeline.analyze_file(file)?;
-        let positive = pipeline.classifier.classes()[0].clone();
-        let predicted = Predicted::new(&analysis.prediction, &positive);
+        let service = Service::load(models, &compute, Cache::disabled())?;
+        let classes = service.pipeline().classifier.classes();
+        label.check(classes)?;
+        let image = Image::read(file, Gate::TRUSTED)?;
+        let predicted = Predicted::new(&service.analysis(&image)?.prediction, &classes[0]);
         queue.label_file(file, label, reviewer, Some(predicted))?
     } else {
         // The model's classes from its metadata alone (no weights loaded); the entry's own

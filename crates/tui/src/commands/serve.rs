@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use color_eyre::eyre::{Result, eyre};
-use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use tracing_subscriber::EnvFilter;
 
@@ -20,15 +19,7 @@ pub fn run(args: &ServeArgs, models: &Path, compute: Compute) -> Result<ExitCode
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .try_init();
-    let cache = if args.no_cache {
-        Cache::disabled()
-    } else {
-        Cache::new(
-            args.cache_dir
-                .clone()
-                .unwrap_or_else(cxr_core::cache::default_dir),
-        )
-    };
+    let cache = args.cache.cache();
     let data_dir = args
         .data_dir
         .clone()

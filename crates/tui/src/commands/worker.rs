@@ -45,14 +45,13 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::explain::{MethodSpec, registry};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::{ClassifyReport, Pipeline};
+use cxr_core::pipeline::ClassifyReport;
 use cxr_core::pool::ModelPool;
 use cxr_core::service::{Image, Service, Settings};
 use serde::Serialize;
@@ -65,9 +64,7 @@ pub struct Options<'a> {
     pub dir: &'a Path,
     pub jobs: usize,
     pub out: Option<&'a Path>,
-    pub cache: Option<&'a Path>,
-    pub no_cache: bool,
-    pub cache_max_age: Option<Duration>,
+    pub cache: Cache,
     pub compat: Compat,
 }
 
@@ -145,19 +142,6 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
         .out
         .map_or_else(|| dir.join(".cxr-worker"), Path::to_path_buf);
     std::fs::create_dir_all(&out).wrap_err_with(|| format!("creating {}", out.display()))?;
-    let cache = if options.no_cache {
-        Cache::disabled()
-    } else {
-        let cache = Cache::new(
-            options
-                .cache
-                .map_or_else(cxr_core::cache::default_dir, Path::to_path_buf),
-        );
-        match options.cache_max_age {
-            Some(age) => cache.with_max_age(age),
-            None => cache,
-        }
-    };
     let shared = Arc::new(Shared {
         out,
         compat: options.compat,
@@ -165,11 +149,9 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
     // Each worker thread loads its own models (libtorch modules are not Sync).
     let models = models.to_path_buf();
     let compute = compute.for_workers(jobs);
+    let cache = options.cache.clone();
     let pool = ModelPool::start(jobs, jobs * PENDING_PER_JOB, "cxr-worker", move |_| {
-        Ok(Service::new(
-            Pipeline::load_with(&models, &compute)?,
-            cache.clone(),
-        ))
+        Service::load(&models, &compute, cache.clone())
     })?;
     serve(&dir, &pool, &shared)?;
     drop(pool); // the pending requests finish and are answered first

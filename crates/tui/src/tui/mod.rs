@@ -21,7 +21,7 @@ use crossterm::event::{Event, KeyEventKind};
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::explain::registry;
-use cxr_core::pipeline::Pipeline;
+use cxr_core::service::Service;
 use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
@@ -287,7 +287,7 @@ fn picker(choice: &str) -> Result<Protocols> {
 /// Runs the viewer until the user quits. The models load before the terminal is taken over,
 /// so a missing model is a plain error message.
 pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
-    let pipeline = Pipeline::load_with(models, &compute)?;
+    let service = Service::load(models, &compute, options.cache.clone())?;
     let items = open_items(&options.path)?;
     let entries = registry::all()?;
     let explainers = entries.iter().map(|e| e.name.to_owned()).collect();
@@ -335,11 +335,11 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             jobs: Latest::new(),
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
-            positive: pipeline.classifier.classes()[0].clone(),
-            classes: pipeline.classifier.classes().to_vec(),
+            positive: service.pipeline().classifier.classes()[0].clone(),
+            classes: service.pipeline().classifier.classes().to_vec(),
             scan: Some((
                 options.cache.clone(),
-                pipeline.fingerprint.clone(),
+                service.fingerprint().to_owned(),
                 tx.clone(),
             )),
             workers: workers.clone(),
@@ -349,17 +349,11 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             &workers,
             paths,
             options.cache.clone(),
-            pipeline.fingerprint.clone(),
+            service.fingerprint().to_owned(),
             Some(effects.watch_dir.clone()),
             tx.clone(),
         );
-        worker::spawn_inference(
-            &workers,
-            pipeline,
-            options.cache.clone(),
-            effects.jobs.clone(),
-            tx.clone(),
-        );
+        worker::spawn_inference(&workers, service, effects.jobs.clone(), tx.clone());
         for slot in &effects.encoders {
             worker::spawn_encoder(&workers, picker.clone(), slot.clone(), tx.clone());
         }

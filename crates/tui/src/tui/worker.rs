@@ -18,10 +18,9 @@ use cxr_core::explain::report::{MethodReport, QualityChecks};
 use cxr_core::explain::{Explanation, Method, MethodSpec};
 use cxr_core::files::{has_supported_extension, sha256_hex};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::{ClassifyReport, Pipeline};
 use cxr_core::queue::Queue;
 use cxr_core::render::{Colormap, OverlayStyle};
-use cxr_core::service::{Image, Service, Settings, Target, keys};
+use cxr_core::service::{Image, Service, Settings, Target, cached_classification};
 use image::DynamicImage;
 use ratatui::layout::Size;
 use ratatui_image::picker::Picker;
@@ -197,18 +196,17 @@ pub struct Job {
 /// on-disk cache, so reopening a reviewed folder needs no model at all.
 pub fn spawn_inference(
     workers: &Workers,
-    pipeline: Pipeline,
-    cache: Cache,
+    service: Service,
     jobs: Arc<Latest<Job>>,
     events: Sender<AppEvent>,
 ) {
     workers.closes(&jobs);
     let stop = workers.stop_flag();
     workers.spawn("inference", move || {
-        pipeline.compute.apply();
+        service.pipeline().compute.apply();
         let mut state = Inference {
             stop: stop.clone(),
-            service: Service::new(pipeline, cache),
+            service,
             image: None,
             explanations: HashMap::new(),
             methods: HashMap::new(),
@@ -246,9 +244,7 @@ pub fn spawn_cache_scan(
             };
             let sha = sha256_hex(&bytes);
             let mut found = Vec::new();
-            if let Some(cached) =
-                cache.get_json::<ClassifyReport>(&keys::classification(&sha, &fingerprint))
-            {
+            if let Some(cached) = cached_classification(&cache, &sha, &fingerprint) {
                 found.push(WorkerEvent::Known {
                     path: path.clone(),
                     prediction: cached.prediction(),
@@ -546,6 +542,7 @@ pub fn list_images(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod inference_tests {
     use super::*;
+    use cxr_core::compute::Compute;
     use cxr_core::tch::Device;
 
     /// Closing the viewer stops a long explanation between two batches: LIME with 2,000
@@ -554,11 +551,16 @@ mod inference_tests {
     #[test]
     fn closing_the_viewer_stops_a_running_explainer() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let pipeline = Pipeline::load(&root.join("models"), Device::Cpu).unwrap();
+        let service = Service::load(
+            &root.join("models"),
+            &Compute::on(Device::Cpu),
+            Cache::disabled(),
+        )
+        .unwrap();
         let workers = Workers::new();
         let jobs = Latest::new();
         let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, pipeline, Cache::disabled(), jobs.clone(), events);
+        spawn_inference(&workers, service, jobs.clone(), events);
         jobs.put(Job {
             generation: 1,
             path: root.join("samples/nih_00001299_000.png"),
@@ -615,11 +617,12 @@ mod inference_tests {
         ] {
             std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
         }
-        let pipeline = Pipeline::load(dir.path(), Device::Cpu).unwrap();
+        let service =
+            Service::load(dir.path(), &Compute::on(Device::Cpu), Cache::disabled()).unwrap();
         let workers = Workers::new();
         let jobs = Latest::new();
         let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, pipeline, Cache::disabled(), jobs.clone(), events);
+        spawn_inference(&workers, service, jobs.clone(), events);
         let job = Job {
             generation: 1,
             path: root.join("samples/nih_00001299_000.png"),
@@ -670,11 +673,16 @@ mod inference_tests {
     #[test]
     fn the_viewer_refuses_a_nested_dicom_and_a_screenshot_and_goes_on() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let pipeline = Pipeline::load(&root.join("models"), Device::Cpu).unwrap();
+        let service = Service::load(
+            &root.join("models"),
+            &Compute::on(Device::Cpu),
+            Cache::disabled(),
+        )
+        .unwrap();
         let workers = Workers::new();
         let jobs = Latest::new();
         let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, pipeline, Cache::disabled(), jobs.clone(), events);
+        spawn_inference(&workers, service, jobs.clone(), events);
         let job = |generation, path: PathBuf| Job {
             generation,
             path,
