@@ -249,7 +249,7 @@ fn main() {
                 .iter()
                 .map(|&(name, p)| {
                     let run = move || {
-                        p.analyze(Xray::decode(bytes, path).expect("decodes"))
+                        p.analyse(Xray::decode(bytes, path).expect("decodes"))
                             .expect("analyses")
                     };
                     (name, timed(run))

@@ -19,7 +19,7 @@ fn explainers(c: &mut Criterion) {
     cxr_explainers::link();
     let pipeline = Pipeline::load(&repo().join("models"), Device::Cpu).expect("shipped models");
     let analysis = pipeline
-        .analyze_file(&sample("hannover_e1446fe8.png"))
+        .analyse_file(&sample("hannover_e1446fe8.png"))
         .expect("analyses");
     let input = analysis.input.to_tensor(Device::Cpu);
     let model = pipeline.classifier.as_ref();

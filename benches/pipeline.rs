@@ -54,7 +54,7 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("end_to_end", |b| {
         b.iter(|| {
             let xray = Xray::decode(black_box(&bytes), &path).expect("decodes");
-            pipeline.analyze(xray).expect("analyses")
+            pipeline.analyse(xray).expect("analyses")
         });
     });
     group.finish();

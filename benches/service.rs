@@ -1,5 +1,5 @@
 //! The analysis service against the path it replaced, in one process on one radiograph with
-//! the shipped models: classify + Grad-CAM + overlay PNG through `Service::analyse` (cache
+//! the shipped models: classify + Grad-CAM + overlay PNG through `Service::report` (cache
 //! off), the same steps called directly (decode, analyse, explain, draw, encode: what
 //! `cxr explain`, the watch folder, the worker and the viewer each did on their own before),
 //! and the service answering from a warm cache.
@@ -44,7 +44,7 @@ fn service(c: &mut Criterion) {
     );
     let warm = Image::from_bytes(bytes.clone(), &path, Gate::TRUSTED);
     cached
-        .analyse(&warm, &methods, &settings, None)
+        .report(&warm, &methods, &settings, None)
         .expect("analyses");
 
     let mut group = c.benchmark_group("analysis_512px_grad_cam");
@@ -54,7 +54,7 @@ fn service(c: &mut Criterion) {
             let xray = Gate::TRUSTED
                 .decode(black_box(&bytes), &path)
                 .expect("decodes");
-            let analysis = direct.analyze(xray).expect("analyses");
+            let analysis = direct.analyse(xray).expect("analyses");
             let m = &methods[0];
             let target = analysis.prediction.label_index(direct.classifier.classes());
             let (explanation, method_report) = report::explain(
@@ -84,7 +84,7 @@ fn service(c: &mut Criterion) {
         b.iter(|| {
             let image = Image::from_bytes(black_box(bytes.clone()), &path, Gate::TRUSTED);
             uncached
-                .analyse(&image, &methods, &settings, None)
+                .report(&image, &methods, &settings, None)
                 .expect("analyses")
         });
     });
@@ -92,7 +92,7 @@ fn service(c: &mut Criterion) {
         b.iter(|| {
             let image = Image::from_bytes(black_box(bytes.clone()), &path, Gate::TRUSTED);
             cached
-                .analyse(&image, &methods, &settings, None)
+                .report(&image, &methods, &settings, None)
                 .expect("analyses")
         });
     });

@@ -205,18 +205,18 @@ impl Pipeline {
     }
 
     /// Reads, decodes and analyses one file.
-    pub fn analyze_file(&self, path: &Path) -> Result<Analysis> {
+    pub fn analyse_file(&self, path: &Path) -> Result<Analysis> {
         let start = Instant::now();
         let xray = Xray::open(path)?;
         let decode_ms = ms(start);
-        let mut analysis = self.analyze(xray)?;
+        let mut analysis = self.analyse(xray)?;
         analysis.timings.decode_ms = decode_ms;
         analysis.timings.total_ms += decode_ms;
         Ok(analysis)
     }
 
     /// Segments and classifies a decoded radiograph.
-    pub fn analyze(&self, xray: Xray) -> Result<Analysis> {
+    pub fn analyse(&self, xray: Xray) -> Result<Analysis> {
         let start = Instant::now();
         let mask = self.segmenter.segment(&xray.gray)?;
         let segment_ms = ms(start);

@@ -246,7 +246,7 @@ pub struct MethodFailure {
 /// Hears `(method, done, total)` model evaluations while an explainer runs.
 pub type MethodProgress<'a> = &'a dyn Fn(&str, usize, usize);
 
-/// Everything [`Service::analyse`] makes of one image.
+/// Everything [`Service::report`] makes of one image.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub classification: Classified,
@@ -313,7 +313,7 @@ impl Service {
             None => image.gate.decode(&image.bytes, &image.path)?,
         };
         let decode_ms = start.elapsed().as_secs_f64() * 1000.0;
-        let mut analysis = self.pipeline.analyze(xray)?;
+        let mut analysis = self.pipeline.analyse(xray)?;
         analysis.timings.decode_ms = decode_ms;
         analysis.timings.total_ms += decode_ms;
         Ok(image.analysis.get_or_init(|| analysis))
@@ -476,7 +476,7 @@ impl Service {
     /// The classification and every method's explanation; a method that fails is reported
     /// as failed and the others still run. Fails only when the image cannot be analysed.
     /// `progress`, when given, hears `(method, done, total)` while each explainer runs.
-    pub fn analyse(
+    pub fn report(
         &self,
         image: &Image,
         methods: &[Method],

@@ -29,7 +29,7 @@ const ALL: [&str; 4] = [
 fn every_dicom_classifies_like_its_png_equivalent() {
     let pipeline = Pipeline::load(&repo().join("models"), tch::Device::Cpu).unwrap();
     for name in ALL {
-        let dicom = pipeline.analyze_file(&data(name)).unwrap();
+        let dicom = pipeline.analyse_file(&data(name)).unwrap();
         let gray = &dicom.xray.gray;
         let sixteen = ImageBuffer::from_fn(gray.width(), gray.height(), |x, y| {
             Luma([(gray.get_pixel(x, y).0[0] * 65535.0).round() as u16])
@@ -39,7 +39,7 @@ fn every_dicom_classifies_like_its_png_equivalent() {
             .write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
             .unwrap();
         let from_png = pipeline
-            .analyze(Xray::decode(&png, format!("{name}.png")).unwrap())
+            .analyse(Xray::decode(&png, format!("{name}.png")).unwrap())
             .unwrap();
         let (a, b) = (dicom.report(), from_png.report());
         println!(

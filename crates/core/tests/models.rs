@@ -119,7 +119,7 @@ fn training_and_prediction_preprocess_identically() {
     let trained_on = cxr_core::train::classifier::prepare(&rows, &segmenter, style).unwrap();
     for (i, row) in rows.iter().enumerate() {
         let predicted_on = pipeline
-            .analyze_file(&row.path)
+            .analyse_file(&row.path)
             .unwrap()
             .input
             .to_tensor(Device::Cpu);
@@ -135,7 +135,7 @@ fn shipped_models_classify_the_samples() {
     let pipeline = Pipeline::load(&repo().join("models"), Device::Cpu).unwrap();
     let mut correct = 0;
     for row in samples() {
-        let a = pipeline.analyze_file(&row.path).unwrap();
+        let a = pipeline.analyse_file(&row.path).unwrap();
         let total: f32 = a.prediction.probabilities.values().sum();
         assert!((total - 1.0).abs() < 1e-5);
         // Lungs cover a plausible share of a chest radiograph.

@@ -87,8 +87,8 @@ fn classification_is_the_same_on_both_backends() {
     );
     for path in samples() {
         let (a, b) = (
-            torch.analyze_file(&path).unwrap(),
-            onnx.analyze_file(&path).unwrap(),
+            torch.analyse_file(&path).unwrap(),
+            onnx.analyse_file(&path).unwrap(),
         );
         let name = path.display();
         // The masks may differ only where a probability sits within 1e-4 of the threshold.
@@ -259,7 +259,7 @@ fn auto_runs_an_int8_export_whose_check_passed() {
         "cached results never mix precisions"
     );
     let path = &samples()[0];
-    let (m, n) = (a.analyze_file(path).unwrap(), b.analyze_file(path).unwrap());
+    let (m, n) = (a.analyse_file(path).unwrap(), b.analyse_file(path).unwrap());
     assert!(dice(&m.mask, &n.mask) > 0.9999);
 }
 

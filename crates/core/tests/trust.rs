@@ -36,7 +36,7 @@ fn a_photograph_and_a_drawing_are_refused() {
     let p = pipeline();
     for name in ["picture.png", "gradient.png"] {
         let path = repo().join("crates/core/tests/fixtures").join(name);
-        match p.analyze_file(&path) {
+        match p.analyse_file(&path) {
             Err(CoreError::NotARadiograph { reason, .. }) => {
                 assert!(!reason.is_empty());
             }
@@ -57,7 +57,7 @@ fn sample_radiographs_are_familiar_enough_to_classify() {
         if path.extension().is_none_or(|e| e != "png") {
             continue;
         }
-        let a = p.analyze_file(&path).unwrap();
+        let a = p.analyse_file(&path).unwrap();
         let trust = &a.prediction.trust;
         let distance = trust.familiarity.unwrap();
         assert!(distance.is_finite() && distance > 0.0, "{}", path.display());

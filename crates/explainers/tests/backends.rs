@@ -28,7 +28,7 @@ fn every_explainer_draws_the_same_heatmap_on_both_backends() {
     let (torch, onnx) = (load(Backend::Torch), load(Backend::Onnx));
     assert_eq!(onnx.compute.backend, Backend::Onnx);
     let analysis = torch
-        .analyze_file(&repo().join("samples/hannover_e1446fe8.png"))
+        .analyse_file(&repo().join("samples/hannover_e1446fe8.png"))
         .unwrap();
     let tensor = analysis.input.to_tensor(Device::Cpu);
     let input = ExplainInput {

@@ -63,7 +63,7 @@ fn grad_cam_and_integrated_gradients_match_the_python_references() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for sample in SAMPLES {
         let analysis = pipeline
-            .analyze_file(&repo().join("samples").join(sample))
+            .analyse_file(&repo().join("samples").join(sample))
             .unwrap();
         let target = classifier
             .classes()

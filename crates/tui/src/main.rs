@@ -3,7 +3,7 @@
 
 mod cli;
 mod commands;
-mod labels;
+mod format;
 mod logging;
 mod tui;
 

@@ -136,7 +136,7 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<(Mutex<Session>, 
         // Threads spin between the operators of one run (waking a sleeping thread for each of
         // these small kernels costs more than it saves) but stop when the run ends, so they
         // never compete with the Rust work on the image that follows (measured over
-        // `analyze`: 69-76 ms with this, 78 ms without spinning, 121 ms spinning on after runs).
+        // `analyse`: 69-76 ms with this, 78 ms without spinning, 121 ms spinning on after runs).
         .with_intra_op_spinning(true)
         .map_err(|e| load_error(&e))?
         .with_config_entry("session.force_spinning_stop", "1")

@@ -14,9 +14,9 @@
 
 pub mod filter;
 pub mod folder;
+mod processor;
 #[cfg(test)]
 mod tests;
-mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
@@ -37,7 +37,7 @@ use crate::render::OverlayStyle;
 use crate::{CoreError, Result};
 use filter::{Action, Ignored};
 pub use folder::{FolderWatcher, WatchMode};
-use worker::{Inbox, Job, Outcome, Processor, Stamp};
+use processor::{Inbox, Job, Outcome, Processor, Stamp};
 
 pub use crate::explain::MethodSpec;
 

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::worker::{Job, Outcome};
+use super::processor::{Job, Outcome};
 use super::{Msg, Processing, RetryPolicy, Summary, WatchEvent, WatchOptions, coordinate};
 use crate::queue::Queue;
 

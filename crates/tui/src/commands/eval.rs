@@ -156,6 +156,35 @@ struct ImageRow<'a> {
     flags: String,
 }
 
+impl<'a> ImageRow<'a> {
+    /// The row of a manifest image, before anything is known of it.
+    fn of(row: &'a LabelledImage) -> Self {
+        Self {
+            file: row.path.display().to_string(),
+            source: &row.source,
+            truth: &row.label,
+            probability: None,
+            label: String::new(),
+            familiarity: None,
+            flags: String::new(),
+        }
+    }
+
+    /// What the model said: `positive`'s probability, the label, familiarity and flags.
+    fn predicted(&mut self, p: &cxr_core::models::Prediction, positive: &str) {
+        self.probability = Some(p.probabilities[positive]);
+        self.label.clone_from(&p.label);
+        self.familiarity = p.trust.familiarity;
+        self.flags = p
+            .trust
+            .flags
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+}
+
 fn evaluate_classifier(
     manifests: &[PathBuf],
     rows: &[LabelledImage],
@@ -188,29 +217,12 @@ fn evaluate_classifier(
             service.analysis(&image)?;
             Ok(image)
         });
-        let mut line = ImageRow {
-            file: row.path.display().to_string(),
-            source: &row.source,
-            truth: &row.label,
-            probability: None,
-            label: String::new(),
-            familiarity: None,
-            flags: String::new(),
-        };
+        let mut line = ImageRow::of(row);
         match outcome {
             Ok(image) => {
                 let analysis = image.analysed().ok_or_else(|| eyre!("analysed above"))?;
                 let p = &analysis.prediction;
-                line.probability = Some(p.probabilities[&classes[0]]);
-                line.label.clone_from(&p.label);
-                line.familiarity = p.trust.familiarity;
-                line.flags = p
-                    .trust
-                    .flags
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                line.predicted(p, &classes[0]);
                 scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
                 if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
                     // The image's own class; the positive one for labels of neither (nodules).
@@ -316,7 +328,7 @@ fn evaluate_folds(
         let bar = super::progress(selection.len(), &format!("the model without {source}"));
         let (mut scored, mut refused) = (Vec::new(), BTreeMap::<String, usize>::new());
         for row in selection {
-            match pipeline.analyze_file(&row.path) {
+            match pipeline.analyse_file(&row.path) {
                 Ok(analysis) => {
                     let p = analysis.prediction;
                     scored.push((row, p.probabilities[&classes[0]], p.trust.flags));

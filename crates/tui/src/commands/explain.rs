@@ -63,7 +63,7 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
     for file in request.files {
         let analysed = Image::read(file, Gate::TRUSTED).and_then(|image| {
             let samples = |name: &str, done, total| bar.detail(name, done, total);
-            let report = service.analyse(&image, &methods, &settings, Some(&samples))?;
+            let report = service.report(&image, &methods, &settings, Some(&samples))?;
             Ok((report, image))
         });
         let (report, image) = match analysed {

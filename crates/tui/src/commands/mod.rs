@@ -25,7 +25,7 @@ use cxr_core::compute::Compute;
 
 use crate::cli::{Cli, Command, Global, ModelArgs};
 
-pub use progress::{Progress, eta, human, note, progress, quiet, set_output};
+pub use progress::{Progress, note, progress, quiet, set_output};
 
 mod progress;
 

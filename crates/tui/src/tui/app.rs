@@ -13,8 +13,8 @@ use image::DynamicImage;
 use ratatui::layout::Size;
 use ratatui_image::protocol::Protocol;
 
+use super::background::Job;
 use super::event::{AppEvent, Encoded, ExplainProgress, Pane, Stage, WorkerEvent};
-use super::worker::Job;
 
 /// Where an image stands.
 #[derive(Debug, Clone, PartialEq)]

@@ -48,8 +48,8 @@ impl ExplainProgress {
             // The quality checks and the drawing are still to come.
             return format!("{counts} · finishing");
         }
-        match crate::commands::eta(self.done as u64, self.total as u64, self.elapsed) {
-            Some(left) => format!("{counts} · ~{} left", crate::commands::human(left)),
+        match crate::format::eta(self.done as u64, self.total as u64, self.elapsed) {
+            Some(left) => format!("{counts} · ~{} left", crate::format::human(left)),
             None => counts,
         }
     }

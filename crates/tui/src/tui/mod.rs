@@ -2,13 +2,14 @@
 //! threads; `app` holds the state and its pure update, `ui` draws, `worker` does the heavy work.
 
 pub mod app;
+pub mod background;
 pub mod event;
+pub mod labels;
 pub mod query;
 #[cfg(test)]
 mod tests;
 pub mod ui;
 pub mod view;
-pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use ratatui::layout::Rect;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use app::{Action, App, Item};
+use background::{EncodeJob, Job, Latest, Workers};
 use event::{AppEvent, Pane};
-use worker::{EncodeJob, Job, Latest, Workers};
 
 /// How the viewer was asked to start.
 pub struct Options {
@@ -82,7 +83,7 @@ impl Effects {
                     predicted,
                     previous,
                 } => {
-                    let recorded = crate::labels::record(
+                    let recorded = crate::tui::labels::record(
                         &self.watch_dir,
                         &path,
                         &label,
@@ -105,7 +106,7 @@ impl Effects {
                         if let Some((cache, fingerprint, events)) = &self.scan {
                             let files = items.iter().map(|i| i.path.clone()).collect();
                             let (cache, fingerprint) = (cache.clone(), fingerprint.clone());
-                            worker::spawn_cache_scan(
+                            background::spawn_cache_scan(
                                 &self.workers,
                                 files,
                                 cache,
@@ -127,11 +128,11 @@ impl Effects {
 /// The images at `path`: a watch folder's queue (most uncertain first, with predictions and
 /// reviews), or the radiographs of a folder, or one file.
 fn open_items(path: &Path) -> Result<Vec<Item>> {
-    if let Some(root) = crate::labels::watch_root(path) {
-        return Ok(crate::labels::queue_items(&root)?);
+    if let Some(root) = crate::tui::labels::watch_root(path) {
+        return Ok(crate::tui::labels::queue_items(&root)?);
     }
     let files =
-        worker::list_images(path).wrap_err_with(|| format!("opening {}", path.display()))?;
+        background::list_images(path).wrap_err_with(|| format!("opening {}", path.display()))?;
     Ok(files.into_iter().map(Item::new).collect())
 }
 
@@ -329,8 +330,8 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
         }
         spawn_input(&workers, tx.clone(), complete);
         // Labels of a queue being reviewed go to that queue.
-        let watch_dir =
-            crate::labels::watch_root(&options.path).unwrap_or_else(|| options.watch_dir.clone());
+        let watch_dir = crate::tui::labels::watch_root(&options.path)
+            .unwrap_or_else(|| options.watch_dir.clone());
         let effects = Effects {
             jobs: Latest::new(),
             encoders: [Latest::new(), Latest::new()],
@@ -345,7 +346,7 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             workers: workers.clone(),
         };
         let paths = app.items.iter().map(|i| i.path.clone()).collect();
-        worker::spawn_cache_scan(
+        background::spawn_cache_scan(
             &workers,
             paths,
             options.cache.clone(),
@@ -353,9 +354,9 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             Some(effects.watch_dir.clone()),
             tx.clone(),
         );
-        worker::spawn_inference(&workers, service, effects.jobs.clone(), tx.clone());
+        background::spawn_inference(&workers, service, effects.jobs.clone(), tx.clone());
         for slot in &effects.encoders {
-            worker::spawn_encoder(&workers, picker.clone(), slot.clone(), tx.clone());
+            background::spawn_encoder(&workers, picker.clone(), slot.clone(), tx.clone());
         }
         main_loop(&mut terminal, &mut app, &rx, &effects)
     })();

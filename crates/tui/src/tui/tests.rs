@@ -85,7 +85,7 @@ fn method_report() -> MethodReport {
     }
 }
 
-fn job_of(actions: &[Action]) -> super::worker::Job {
+fn job_of(actions: &[Action]) -> super::background::Job {
     actions
         .iter()
         .find_map(|a| match a {
@@ -139,7 +139,7 @@ fn moving_requests_the_new_selection_and_drops_stale_answers() {
 #[test]
 fn fast_scrolling_keeps_one_pending_job() {
     let mut app = app();
-    let slot = super::worker::Latest::new();
+    let slot = super::background::Latest::new();
     for _ in 0..50 {
         for action in app.update(key('j')).into_iter().chain(app.update(key('k'))) {
             if let Action::Run(job) = action {
@@ -182,14 +182,17 @@ fn the_viewer_records_only_the_models_classes() {
     let dir = tempfile::tempdir().unwrap();
     let watch = dir.path().join("watch");
     let effects = super::Effects {
-        jobs: super::worker::Latest::new(),
-        encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
+        jobs: super::background::Latest::new(),
+        encoders: [
+            super::background::Latest::new(),
+            super::background::Latest::new(),
+        ],
         watch_dir: watch.clone(),
         positive: "covid".into(),
         // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
         classes: vec!["covid".into(), "no_finding".into()],
         scan: None,
-        workers: super::worker::Workers::new(),
+        workers: super::background::Workers::new(),
     };
     let mut app = app();
     app.items[0].reviewed = Some("covid".into());
@@ -232,7 +235,7 @@ fn the_viewer_records_only_the_models_classes() {
     assert_eq!(labels.len(), 2, "{labels:?}");
     assert!(labels.contains(&"covid".to_owned()) && labels.contains(&"skip".to_owned()));
     // Misspelt labels are refused by the same check.
-    let e = crate::labels::record(
+    let e = crate::tui::labels::record(
         &watch,
         &sample("nih_00001299_000.png"),
         "nromal",
@@ -346,7 +349,7 @@ fn answered_with(width: u16, height: u16, prediction: Prediction) -> (App, Termi
     for (i, pane) in [Pane::Original, Pane::Overlay].into_iter().enumerate() {
         if let (Some(rect), Some(picture)) = (areas.panes[i], app.picture_for(i)) {
             let size = ui::picture_size(rect);
-            let protocol = super::worker::encode(&picker, picture, size);
+            let protocol = super::background::encode(&picker, picture, size);
             app.update(AppEvent::Encoded(Encoded {
                 generation: app.generation,
                 pane,
@@ -427,7 +430,7 @@ fn zoomed_and_windowed(width: u16, height: u16) -> (App, Terminal<TestBackend>) 
             continue;
         };
         let i = usize::from(pane == Pane::Overlay);
-        let protocol = super::worker::encode(&picker, app.picture_for(i).unwrap(), size);
+        let protocol = super::background::encode(&picker, app.picture_for(i).unwrap(), size);
         app.update(AppEvent::Encoded(Encoded {
             generation: app.generation,
             pane,
@@ -532,13 +535,16 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
     let mut app = app();
     let (tx, rx) = crossbeam_channel::unbounded();
     let effects = super::Effects {
-        jobs: super::worker::Latest::new(),
-        encoders: [super::worker::Latest::new(), super::worker::Latest::new()],
+        jobs: super::background::Latest::new(),
+        encoders: [
+            super::background::Latest::new(),
+            super::background::Latest::new(),
+        ],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         positive: "covid".into(),
         classes: vec!["covid".into(), "normal".into()],
         scan: None,
-        workers: super::worker::Workers::new(),
+        workers: super::background::Workers::new(),
     };
     tx.send(key('j')).unwrap();
     tx.send(key('q')).unwrap();
@@ -560,8 +566,8 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
 #[test]
 fn shutdown_wakes_waiting_threads_refuses_new_jobs_and_joins() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let workers = super::worker::Workers::new();
-    let slot = super::worker::Latest::<u32>::new();
+    let workers = super::background::Workers::new();
+    let slot = super::background::Latest::<u32>::new();
     workers.closes(&slot);
     let ran = std::sync::Arc::new(AtomicUsize::new(0));
     let (thread_slot, thread_ran) = (slot.clone(), ran.clone());
@@ -617,11 +623,15 @@ fn pictures_fill_their_pane_scaled_up_or_down() {
     // A picture far smaller than the pane (64 px; 7x4 cells at its natural size) is enlarged.
     let small = DynamicImage::new_luma8(64, 64);
     let inner = ratatui::layout::Size::new(61, 45);
-    let drawn = super::worker::encode(&picker, small, inner).unwrap().size();
+    let drawn = super::background::encode(&picker, small, inner)
+        .unwrap()
+        .size();
     assert_eq!((drawn.width, drawn.height), (61, 31));
     // One much larger than the pane is shrunk to the same size.
     let large = DynamicImage::new_luma8(2048, 2048);
-    let drawn = super::worker::encode(&picker, large, inner).unwrap().size();
+    let drawn = super::background::encode(&picker, large, inner)
+        .unwrap()
+        .size();
     assert_eq!((drawn.width, drawn.height), (61, 31));
 }
 
@@ -668,7 +678,7 @@ fn screen(app: &App, width: u16, height: u16) -> String {
     terminal.backend().to_string()
 }
 
-fn analysed(app: &mut App, job: &super::worker::Job) {
+fn analysed(app: &mut App, job: &super::background::Job) {
     app.update(AppEvent::Worker(WorkerEvent::Analysed {
         generation: job.generation,
         path: job.path.clone(),
@@ -678,7 +688,7 @@ fn analysed(app: &mut App, job: &super::worker::Job) {
     }));
 }
 
-fn explanation_failed(job: &super::worker::Job, message: &str) -> AppEvent {
+fn explanation_failed(job: &super::background::Job, message: &str) -> AppEvent {
     AppEvent::Worker(WorkerEvent::Failed {
         generation: job.generation,
         path: job.path.clone(),
@@ -687,7 +697,7 @@ fn explanation_failed(job: &super::worker::Job, message: &str) -> AppEvent {
     })
 }
 
-fn explained(job: &super::worker::Job) -> AppEvent {
+fn explained(job: &super::background::Job) -> AppEvent {
     AppEvent::Worker(WorkerEvent::Explained {
         generation: job.generation,
         overlay: DynamicImage::new_rgb8(8, 8),
@@ -945,7 +955,7 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
     let watch = dir.path().join("watch");
     // A first session labels two of them, as the viewer does.
     let classes = ["covid".to_owned(), "normal".to_owned()];
-    crate::labels::record(
+    crate::tui::labels::record(
         &watch,
         &files[0],
         "normal",
@@ -953,7 +963,7 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
         &classes,
     )
     .unwrap();
-    crate::labels::record(&watch, &files[2], "skip", None, &classes).unwrap();
+    crate::tui::labels::record(&watch, &files[2], "skip", None, &classes).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(
@@ -961,9 +971,9 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
         vec!["grad-cam".into()],
     );
     app.items[2].reviewed = Some("covid".into()); // labelled again in this session
-    let workers = super::worker::Workers::new();
+    let workers = super::background::Workers::new();
     let (tx, rx) = crossbeam_channel::unbounded();
-    super::worker::spawn_cache_scan(
+    super::background::spawn_cache_scan(
         &workers,
         files.clone(),
         cxr_core::cache::Cache::disabled(),
@@ -985,7 +995,7 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
     );
 }
 
-fn progress(job: &super::worker::Job, done: usize, total: usize, elapsed_ms: u64) -> AppEvent {
+fn progress(job: &super::background::Job, done: usize, total: usize, elapsed_ms: u64) -> AppEvent {
     AppEvent::Worker(WorkerEvent::Progress {
         generation: job.generation,
         progress: super::event::ExplainProgress {
@@ -997,7 +1007,7 @@ fn progress(job: &super::worker::Job, done: usize, total: usize, elapsed_ms: u64
 }
 
 /// LIME on the second explainer slot, analysed, its explanation started.
-fn explaining_with_lime() -> (App, super::worker::Job) {
+fn explaining_with_lime() -> (App, super::background::Job) {
     let mut app = app();
     app.request();
     let job = job_of(&app.update(key('e')));
@@ -1031,7 +1041,7 @@ fn explanation_progress_shows_in_the_panel_with_an_honest_eta() {
         "{text}"
     );
     // A report from a job since replaced changes nothing.
-    let stale = super::worker::Job {
+    let stale = super::background::Job {
         generation: job.generation - 1,
         ..job.clone()
     };
@@ -1085,7 +1095,7 @@ fn snapshot_explanation_progress_80x24() {
 
 #[test]
 fn progress_reports_are_at_most_ten_a_second_and_the_last_always_passes() {
-    use super::worker::{PROGRESS_INTERVAL, Throttle};
+    use super::background::{PROGRESS_INTERVAL, Throttle};
     use std::time::Duration;
     let throttle = Throttle::new(PROGRESS_INTERVAL);
     let start = Instant::now();

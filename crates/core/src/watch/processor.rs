@@ -267,7 +267,7 @@ impl Processor {
             .map_err(BuildError::Analysis)?;
         let report = self
             .service
-            .analyse(&image, &self.methods, &self.settings, None)
+            .report(&image, &self.methods, &self.settings, None)
             .map_err(BuildError::Analysis)?;
         let mut staging = self.queue.stage(id).map_err(BuildError::Storage)?;
         let mut explanations = Vec::with_capacity(report.methods.len());
