@@ -9,7 +9,8 @@
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, their traits and backends
 //!   (libtorch, TorchScript, ONNX Runtime); [`compute`]: device, backend and threads;
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
-//! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses;
+//! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses,
+//!   and [`answer`]: its results as every surface answers them;
 //!   [`pool`]: worker threads that each own a service, behind one bounded queue;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
 //! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards;
@@ -17,6 +18,7 @@
 //! - [`trust`]: familiarity score and flags that say when a prediction should not be trusted;
 //! - [`watch`], [`queue`]: the drop folder and the review and training queue it fills.
 
+pub mod answer;
 pub mod audit;
 pub mod cache;
 pub mod card;

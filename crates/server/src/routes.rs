@@ -3,6 +3,7 @@
 //! readiness, the web page). Handlers only move bytes: the work runs on the model pool (see
 //! [`AppState::compute`]) or, for queue files, on tokio's blocking threads.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +17,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use cxr_core::answer;
 use cxr_core::explain::MethodSpec;
 use cxr_core::explain::registry::{self, ExplainerEntry};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::ClassifyReport;
 use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
-use cxr_core::service::{Image, Settings, Target};
+use cxr_core::service::{Classified, Image, Settings, Target};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -208,37 +209,40 @@ async fn readyz(State(state): State<Shared>) -> ApiResult<Response> {
 }
 
 /// The classification answer: the seed's `{"COVID-19": p, "NO FINDING": q}` at the top level,
-/// and the full report beside it.
-fn classification(id: &str, report: &ClassifyReport, cached: bool) -> Value {
-    let mut answer = seed::probabilities(&report.probabilities);
-    let explainers: Map<String, Value> = registry::all()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            (
-                e.name.to_owned(),
-                format!("/v1/explainer/{}/{id}", e.name).into(),
-            )
-        })
-        .collect();
-    let rest = json!({
-        "id": id,
-        "sha256": report.sha256,
-        "label": report.label,
-        "probabilities": report.probabilities,
-        "threshold": report.threshold,
-        "lung_fraction": report.lung_fraction,
-        "trust": report.trust,
-        "width": report.width,
-        "height": report.height,
-        "timings": report.timings,
-        "cached": cached,
-        "links": { "self": format!("/v1/classifier/{id}"), "explainers": explainers },
-    });
-    if let Value::Object(rest) = rest {
-        answer.extend(rest);
+/// the service's typed answer beside it, and links to the explanations.
+#[derive(Serialize)]
+struct ClassificationReply<'a> {
+    #[serde(flatten)]
+    seed: BTreeMap<String, f32>,
+    id: &'a str,
+    #[serde(flatten)]
+    answer: answer::Classification<'a>,
+    links: Links,
+}
+
+#[derive(Serialize)]
+struct Links {
+    #[serde(rename = "self")]
+    this: String,
+    explainers: BTreeMap<&'static str, String>,
+}
+
+impl<'a> ClassificationReply<'a> {
+    fn new(id: &'a str, classified: &'a Classified) -> Self {
+        Self {
+            seed: seed::probabilities(&classified.report.probabilities),
+            id,
+            answer: classified.into(),
+            links: Links {
+                this: format!("/v1/classifier/{id}"),
+                explainers: registry::all()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| (e.name, format!("/v1/explainer/{}/{id}", e.name)))
+                    .collect(),
+            },
+        }
     }
-    Value::Object(answer)
 }
 
 /// Types an upload may be sent as.
@@ -294,17 +298,18 @@ async fn classify_upload(State(state): State<Shared>, request: Request) -> ApiRe
         return Err(ApiError::bad_request("the upload is empty"));
     }
     let shared = Arc::clone(&state);
-    let answer = state
+    let (id, classified) = state
         .compute(move |service| {
             // Decoded through the input gate; the name in errors is "upload", never a path.
             let image = without_padding(bytes)?;
             let classified = service.classify(&image)?;
             let id = image.sha256()[..cxr_core::queue::ID_LEN].to_owned();
             shared.uploads.store(&id, image.bytes())?;
-            Ok(classification(&id, &classified.report, classified.cached))
+            Ok((id, classified))
         })
         .await?;
-    Ok((StatusCode::OK, axum::Json(answer)).into_response())
+    let reply = ClassificationReply::new(&id, &classified);
+    Ok((StatusCode::OK, axum::Json(reply)).into_response())
 }
 
 /// A raw upload's body, read into one buffer of its announced length (axum's `Bytes` extractor
@@ -398,15 +403,15 @@ async fn classify_stored(
 ) -> ApiResult<Response> {
     let id = known_upload(&state, &id)?;
     let shared = Arc::clone(&state);
-    let answer = state
+    let (id, classified) = state
         .compute(move |service| {
             let (_, bytes) = shared.uploads.read(&id)?;
             let image = Image::from_bytes(bytes, Path::new(&id), Gate::UNTRUSTED);
             let classified = service.classify(&image)?;
-            Ok(classification(&id, &classified.report, classified.cached))
+            Ok((id, classified))
         })
         .await?;
-    Ok(axum::Json(answer).into_response())
+    Ok(axum::Json(ClassificationReply::new(&id, &classified)).into_response())
 }
 
 /// A well-formed id with a stored upload: 400 for a malformed one, 404 for an unknown one.
@@ -432,25 +437,32 @@ fn find_explainer(name: &str) -> ApiResult<&'static ExplainerEntry> {
     })
 }
 
+/// An explanation as JSON: the seed's probabilities, the upload's id, the service's typed
+/// answer and where its overlay is.
+#[derive(Serialize)]
+struct ExplanationReply<'a> {
+    #[serde(flatten)]
+    seed: BTreeMap<String, f32>,
+    id: &'a str,
+    #[serde(flatten)]
+    answer: answer::Explanation<'a>,
+    overlay: String,
+}
+
+/// A registered explainer and the address of its overlays.
+#[derive(Serialize)]
+struct ListedExplainer {
+    #[serde(flatten)]
+    explainer: answer::Explainer,
+    overlay: String,
+}
+
 async fn explainers() -> ApiResult<Response> {
-    let list: Vec<Value> = registry::all()?
+    let list: Vec<ListedExplainer> = registry::all()?
         .iter()
-        .map(|e| {
-            let aliases: Vec<&str> = registry::ALIASES
-                .iter()
-                .filter(|(_, real)| *real == e.name)
-                .map(|(alias, _)| *alias)
-                .collect();
-            json!({
-                "name": e.name,
-                "summary": e.summary,
-                "needs": e.needs,
-                "params": e.params.iter().map(|p| json!({
-                    "name": p.name, "default": p.default, "help": p.help,
-                })).collect::<Vec<_>>(),
-                "aliases": aliases,
-                "overlay": format!("/v1/explainer/{}/{{id}}", e.name),
-            })
+        .map(|e| ListedExplainer {
+            explainer: answer::Explainer::from(*e),
+            overlay: format!("/v1/explainer/{}/{{id}}", e.name),
         })
         .collect();
     Ok(axum::Json(json!({ "explainers": list })).into_response())
@@ -528,26 +540,13 @@ async fn explain(
         )
             .into_response());
     };
-    let report = rendered.report;
-    let mut answer = seed::probabilities(&classified.report.probabilities);
-    if let Value::Object(rest) = json!({
-        "id": id,
-        "method": report.method,
-        "params": report.params,
-        "target": report.target,
-        "label": classified.report.label,
-        "probabilities": classified.report.probabilities,
-        "heatmap": report.heatmap,
-        "quality": report.quality,
-        "details": report.details,
-        "explain_ms": report.explain_ms,
-        "quality_ms": report.quality_ms,
-        "cached": rendered.cached,
-        "overlay": format!("/v1/explainer/{}/{id}?format=png", report.method),
-    }) {
-        answer.extend(rest);
-    }
-    Ok(axum::Json(Value::Object(answer)).into_response())
+    let reply = ExplanationReply {
+        seed: seed::probabilities(&classified.report.probabilities),
+        id: &id,
+        answer: answer::Explanation::new(&classified, &rendered),
+        overlay: format!("/v1/explainer/{}/{id}?format=png", rendered.report.method),
+    };
+    Ok(axum::Json(reply).into_response())
 }
 
 /// One queue entry as listed: its `state.json` and its review uncertainty.

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
-
 /// The seed's name of a class: `covid` is `COVID-19`, `normal` is `NO FINDING`, another class
 /// is its name in capitals.
 #[must_use]
@@ -16,12 +14,13 @@ pub fn class_name(class: &str) -> String {
     }
 }
 
-/// Class probabilities under the seed's names.
+/// Class probabilities under the seed's names (as `f32`, so that they print exactly as the
+/// same probabilities do in the native answers).
 #[must_use]
-pub fn probabilities(probabilities: &BTreeMap<String, f32>) -> Map<String, Value> {
+pub fn probabilities(probabilities: &BTreeMap<String, f32>) -> BTreeMap<String, f32> {
     probabilities
         .iter()
-        .map(|(class, p)| (class_name(class), Value::from(*p)))
+        .map(|(class, p)| (class_name(class), *p))
         .collect()
 }
 
@@ -45,8 +44,8 @@ mod tests {
     fn names_both_ways() {
         let p = BTreeMap::from([("covid".to_owned(), 0.25), ("normal".to_owned(), 0.75)]);
         let seed = probabilities(&p);
-        assert_eq!(seed["COVID-19"], Value::from(0.25_f32));
-        assert_eq!(seed["NO FINDING"], Value::from(0.75_f32));
+        assert_eq!(seed["COVID-19"], 0.25);
+        assert_eq!(seed["NO FINDING"], 0.75);
         for (given, ours) in [
             ("COVID-19", "covid"),
             ("covid-19", "covid"),

@@ -10,7 +10,7 @@ use crate::models::{Classifier, Gradients};
 use crate::{CoreError, Result};
 
 /// A parameter an explainer accepts, for `cxr explainers` and the viewer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Param {
     pub name: &'static str,
     pub default: &'static str,

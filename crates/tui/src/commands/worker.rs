@@ -20,10 +20,12 @@
 //! `--jobs` run at once):
 //!
 //! - success: `COMMAND ID RESULT`, with COMMAND and ID as received and RESULT compact JSON:
-//!   - classify: `{"label":..,"probabilities":{..},"threshold":..,"lung_fraction":..,"cached":..}`
-//!   - explain: `{"method":..,"target":..,"label":..,"probabilities":{..},"overlay":PATH,`
-//!     `"heatmap":{"mean","max","above_half"},"quality":{"deletion_auc","insertion_auc",`
-//!     `"lung_mass_share"},"cached":..}`, the overlay PNG written to
+//!   - classify: the service's classification ([`cxr_core::answer::Classification`]:
+//!     `{"sha256","width","height","label","probabilities","threshold","lung_fraction",`
+//!     `"trust","timings","cached"}`), as the HTTP API answers it;
+//!   - explain: the service's explanation ([`cxr_core::answer::Explanation`]: `{"method",`
+//!     `"params","target","label","probabilities","heatmap","quality","details","explain_ms",`
+//!     `"quality_ms","cached"}`) and `"overlay":PATH`, the overlay PNG written to
 //!     `OUT/ID.METHOD.png` (OUT: `--out`, default `DIR/.cxr-worker`).
 //! - with `--compat seed`, the seed system's shapes instead: classify answers
 //!   `{"COVID-19":p,"NO FINDING":q}` (the classes under the seed's names) and explain the
@@ -39,7 +41,6 @@
 //! (`$XDG_CACHE_HOME/cxr` or `~/.cache/cxr`, not in DIR, which others may write; `--cache`,
 //! `--no-cache`).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -47,11 +48,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr, bail};
+use cxr_core::answer;
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::explain::{MethodSpec, registry};
 use cxr_core::input::Gate;
-use cxr_core::pipeline::ClassifyReport;
 use cxr_core::pool::ModelPool;
 use cxr_core::service::{Image, Service, Settings};
 use serde::Serialize;
@@ -379,54 +380,17 @@ fn bare_id(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
     }
 }
 
-/// The classification part of every result.
+/// An explanation's result: the service's answer and the overlay's path.
 #[derive(Serialize)]
-struct ClassifyResult {
-    label: String,
-    probabilities: BTreeMap<String, f32>,
-    threshold: f32,
-    lung_fraction: f32,
+struct Explained<'a> {
+    #[serde(flatten)]
+    answer: answer::Explanation<'a>,
+    overlay: String,
 }
 
-impl ClassifyResult {
-    fn of(report: ClassifyReport) -> Self {
-        Self {
-            label: report.label,
-            probabilities: report.probabilities,
-            threshold: report.threshold,
-            lung_fraction: report.lung_fraction,
-        }
-    }
-}
-
-/// An explanation's result.
-#[derive(Serialize)]
-struct ExplainResult {
-    method: String,
-    target: String,
-    label: String,
-    probabilities: BTreeMap<String, f32>,
-    heatmap: cxr_core::explain::HeatmapSummary,
-    quality: QualitySummary,
-}
-
-#[derive(Serialize)]
-struct QualitySummary {
-    deletion_auc: Option<f64>,
-    insertion_auc: Option<f64>,
-    lung_mass_share: Option<f64>,
-}
-
-/// Adds `"cached": hit` (and `extra`) to a result object.
-fn with_cached(value: &impl Serialize, hit: bool, extra: Option<(&str, String)>) -> String {
-    let mut json = serde_json::to_value(value).unwrap_or_default();
-    if let Some(object) = json.as_object_mut() {
-        if let Some((key, v)) = extra {
-            object.insert(key.into(), v.into());
-        }
-        object.insert("cached".into(), hit.into());
-    }
-    json.to_string()
+/// `value` as one line of JSON.
+fn line(value: &impl Serialize) -> std::result::Result<String, String> {
+    serde_json::to_string(value).map_err(|e| e.to_string())
 }
 
 /// The request's image, read from the handle opened when the request was checked (what is read
@@ -444,16 +408,11 @@ fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result
     let classified = service.classify(&image).map_err(|e| e.to_string())?;
     let name = match job.task {
         Task::Classify if shared.compat == Compat::Seed => {
-            let seed = cxr_server::seed::probabilities(&classified.report.probabilities);
-            return Ok(serde_json::Value::Object(seed).to_string());
-        }
-        Task::Classify => {
-            return Ok(with_cached(
-                &ClassifyResult::of(classified.report),
-                classified.cached,
-                None,
+            return line(&cxr_server::seed::probabilities(
+                &classified.report.probabilities,
             ));
         }
+        Task::Classify => return line(&answer::Classification::from(&classified)),
         Task::Explain(name) => name,
     };
     let method = MethodSpec {
@@ -471,25 +430,10 @@ fn run_job(service: &Service, shared: &Shared, job: &Job) -> std::result::Result
     if shared.compat == Compat::Seed {
         return Ok(overlay_path.display().to_string());
     }
-    let classification = ClassifyResult::of(classified.report);
-    let report = rendered.report;
-    let result = ExplainResult {
-        method: name.to_owned(),
-        target: report.target,
-        label: classification.label,
-        probabilities: classification.probabilities,
-        heatmap: report.heatmap,
-        quality: QualitySummary {
-            deletion_auc: report.quality.deletion_auc,
-            insertion_auc: report.quality.insertion_auc,
-            lung_mass_share: report.quality.lung_mass_share,
-        },
-    };
-    Ok(with_cached(
-        &result,
-        rendered.cached,
-        Some(("overlay", overlay_path.display().to_string())),
-    ))
+    line(&Explained {
+        answer: answer::Explanation::new(&classified, &rendered),
+        overlay: overlay_path.display().to_string(),
+    })
 }
 
 #[cfg(test)]
