@@ -39,6 +39,8 @@ pub struct Pipeline {
     /// SHA-256 over both models' weights and metadata (and ONNX exports, when they run): part
     /// of every cache key, so results of another model are never served.
     pub fingerprint: String,
+    /// The model files it was loaded from, each read once, in the order read.
+    pub files: Vec<PathBuf>,
 }
 
 /// Milliseconds spent in each stage.
@@ -101,29 +103,29 @@ impl Pipeline {
             ModelFiles::new(dir, SEGMENTER_NAME),
             ModelFiles::new(dir, CLASSIFIER_NAME),
         );
-        let (segmenter, classifier, backend, onnx_files) = match compute.backend {
-            Backend::Torch => Self::torch_models(&files, compute)?,
-            Backend::Onnx => Self::onnx_models(&files, compute)?,
-            Backend::Auto => match onnx_unavailable(&[&files.0, &files.1], compute) {
-                None => Self::onnx_models(&files, compute)?,
-                Some(why) => {
-                    tracing::info!("forward passes on libtorch: {why}");
-                    Self::torch_models(&files, compute)?
-                }
-            },
-        };
-        let mut parts = files.0.parts()?.to_vec();
-        parts.extend(files.1.parts()?);
-        parts.extend(onnx_files);
+        let (segmenter, classifier, backend, onnx_files) =
+            match backend_for(&[&files.0, &files.1], compute) {
+                Backend::Onnx => Self::onnx_models(&files, compute)?,
+                _ => Self::torch_models(&files, compute)?,
+            };
+        // The bytes the models were loaded from (read once, kept by `files`), in a fixed order.
         let mut hasher = Sha256::new();
-        for path in &parts {
-            hasher.update(models::read_model_file(path, models::MAX_MODEL_BYTES)?);
+        for model in [&files.0, &files.1] {
+            for path in model.parts()? {
+                hasher.update(model.read(&path, models::MAX_MODEL_BYTES)?);
+            }
         }
+        for (model, export) in [&files.0, &files.1].into_iter().zip(&onnx_files) {
+            hasher.update(model.read(export, models::MAX_MODEL_BYTES)?);
+        }
+        let mut files_read = files.0.files_read();
+        files_read.extend(files.1.files_read());
         Ok(Self {
             segmenter,
             classifier,
             compute: compute.with_backend(backend),
             fingerprint: format!("{:x}", hasher.finalize()),
+            files: files_read,
         })
     }
 
@@ -144,16 +146,9 @@ impl Pipeline {
             torch_precision(compute)?;
             models::load_segmenter(&files, compute.device)
         };
-        match compute.backend {
-            Backend::Torch => torch(),
+        match backend_for(&[&files], compute) {
             Backend::Onnx => onnx(),
-            Backend::Auto => match onnx_unavailable(&[&files], compute) {
-                None => onnx(),
-                Some(why) => {
-                    tracing::info!("segmenter on libtorch: {why}");
-                    torch()
-                }
-            },
+            _ => torch(),
         }
     }
 
@@ -326,6 +321,21 @@ fn onnx_applies(files: &ModelFiles, compute: &Compute) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The backend that runs the models `files`: the one `compute` names, and for `auto` ONNX
+/// Runtime unless [`onnx_unavailable`] says why not (logged). Never `auto`.
+fn backend_for(files: &[&ModelFiles], compute: &Compute) -> Backend {
+    match compute.backend {
+        Backend::Auto => match onnx_unavailable(files, compute) {
+            None => Backend::Onnx,
+            Some(why) => {
+                tracing::info!("forward passes on libtorch: {why}");
+                Backend::Torch
+            }
+        },
+        chosen => chosen,
+    }
 }
 
 /// Why the automatic backend runs the models `files` on libtorch: the device is not the CPU, a

@@ -306,3 +306,38 @@ fn int8_is_refused_on_libtorch_and_where_no_model_has_an_int8_export() {
         load_at(dir.path(), Precision::Fp32).unwrap().fingerprint
     );
 }
+
+/// Loading reads each model file once, on either backend: the JSON that chose the backend is
+/// the one parsed, the weights an export is checked against are the ones loaded, and the
+/// fingerprint hashes the same bytes. (Before: the classifier's JSON was read five times and
+/// its weights three, on ONNX Runtime.)
+#[test]
+fn loading_reads_each_model_file_once() {
+    let dir = models();
+    let name = |stem: &str| dir.join(stem);
+    for (backend, expected) in [
+        (
+            Backend::Onnx,
+            vec![
+                name("segmenter.json"),
+                name("segmenter.onnx"),
+                name("segmenter.safetensors"),
+                name("classifier.json"),
+                name("classifier.safetensors"),
+                name("classifier.onnx"),
+            ],
+        ),
+        (
+            Backend::Torch,
+            vec![
+                name("segmenter.json"),
+                name("segmenter.safetensors"),
+                name("classifier.json"),
+                name("classifier.safetensors"),
+            ],
+        ),
+    ] {
+        let pipeline = load(&dir, backend).unwrap();
+        assert_eq!(pipeline.files, expected, "{backend:?}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod unet;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -341,7 +342,10 @@ fn half() -> f32 {
     0.5
 }
 
-/// Paths of a model's weights, metadata and card, from its directory and name.
+/// Paths of a model's weights, metadata and card, from its directory and name; and the files
+/// read through them, each read once: the JSON that picks the backend is the one the backend
+/// parses, the weights whose digest an export is checked against are the ones loaded, and the
+/// fingerprint hashes the same bytes again, never a second read of a file that may have changed.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// The native backend's weights (`NAME.safetensors`); see [`ModelFiles::weights_for`].
@@ -349,6 +353,15 @@ pub struct ModelFiles {
     pub meta: PathBuf,
     pub card: PathBuf,
     stem: PathBuf,
+    /// What was read, in the order first read (shared by clones).
+    read: Arc<Mutex<Vec<Read>>>,
+}
+
+/// One file as read.
+#[derive(Debug)]
+struct Read {
+    path: PathBuf,
+    bytes: Arc<[u8]>,
 }
 
 /// The part of a model's JSON that picks the backend.
@@ -366,7 +379,30 @@ impl ModelFiles {
             meta: dir.join(format!("{name}.json")),
             card: dir.join(format!("{name}.md")),
             stem: dir.join(name),
+            read: Arc::default(),
         }
+    }
+
+    /// `path`, one of this model's files, read once (bounded to `max` bytes, regular files
+    /// only; see [`read_model_file`]): a second call gets the same bytes without reading again.
+    pub fn read(&self, path: &Path, max: u64) -> Result<Arc<[u8]>> {
+        let mut read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = read.iter().find(|r| r.path == path) {
+            return Ok(Arc::clone(&done.bytes));
+        }
+        let bytes: Arc<[u8]> = read_model_file(path, max)?.into();
+        read.push(Read {
+            path: path.to_path_buf(),
+            bytes: Arc::clone(&bytes),
+        });
+        Ok(bytes)
+    }
+
+    /// The files read so far, in the order first read.
+    #[must_use]
+    pub fn files_read(&self) -> Vec<PathBuf> {
+        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        read.iter().map(|r| r.path.clone()).collect()
     }
 
     /// The weights file of a model in `format`.
@@ -424,7 +460,7 @@ impl ModelFiles {
     }
 
     fn read_meta_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let bytes = read_model_file(&self.meta, MAX_META_BYTES)?;
+        let bytes = self.read(&self.meta, MAX_META_BYTES)?;
         serde_json::from_slice(&bytes).map_err(|e| self.load_error(e))
     }
 
@@ -435,8 +471,13 @@ impl ModelFiles {
         Ok(meta)
     }
 
+    /// Writes the JSON (after the weights: what was read before is forgotten).
     pub fn write_meta<A: Serialize>(&self, meta: &ModelMeta<A>) -> Result<()> {
         let text = serde_json::to_string_pretty(meta).map_err(|e| self.load_error(e))?;
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         crate::fsutil::write_atomic(&self.meta, text.as_bytes())
     }
 
@@ -449,9 +490,9 @@ impl ModelFiles {
 
     /// The weights file of `format`, read once (bounded, see [`read_model_file`]) and, when the
     /// JSON records their digest, checked against it.
-    pub fn read_weights(&self, format: Format, expected_sha256: Option<&str>) -> Result<Vec<u8>> {
+    pub fn read_weights(&self, format: Format, expected_sha256: Option<&str>) -> Result<Arc<[u8]>> {
         let path = self.weights_for(format);
-        let bytes = read_model_file(&path, MAX_MODEL_BYTES)?;
+        let bytes = self.read(&path, MAX_MODEL_BYTES)?;
         if let Some(expected) = expected_sha256
             && sha256_hex(&bytes) != expected.to_ascii_lowercase()
         {

@@ -92,7 +92,7 @@ fn session_for(
 ) -> Result<(Mutex<Session>, PathBuf, Precision)> {
     let int8 = files.onnx_int8();
     if precision != Precision::Fp32 && int8.is_file() {
-        let (session, checked) = open(&int8, &files.weights, threads)?;
+        let (session, checked) = open(files, &int8, threads)?;
         if checked || precision == Precision::Int8 {
             return Ok((session, int8, Precision::Int8));
         }
@@ -102,7 +102,7 @@ fn session_for(
         );
     }
     let fp32 = export_of(files)?;
-    let (session, _) = open(&fp32, &files.weights, threads)?;
+    let (session, _) = open(files, &fp32, threads)?;
     Ok((session, fp32, Precision::Fp32))
 }
 
@@ -117,9 +117,10 @@ pub fn no_int8(files: &ModelFiles) -> CoreError {
     }
 }
 
-/// An ONNX Runtime session on `path` with `threads` intra-op threads, refused unless the file
-/// was exported from the weights in `weights`; and whether it records a passed precision check.
-fn open(path: &Path, weights: &Path, threads: usize) -> Result<(Mutex<Session>, bool)> {
+/// An ONNX Runtime session on `path` (an export of `files`) with `threads` intra-op threads,
+/// refused unless the file was exported from `files`' weights; and whether it records a passed
+/// precision check.
+fn open(files: &ModelFiles, path: &Path, threads: usize) -> Result<(Mutex<Session>, bool)> {
     let environment = environment()?;
     let load_error = |e: &dyn std::fmt::Display| CoreError::ModelLoad {
         path: path.to_path_buf(),
@@ -141,13 +142,14 @@ fn open(path: &Path, weights: &Path, threads: usize) -> Result<(Mutex<Session>, 
         .map_err(|e| load_error(&e))?
         .with_config_entry("session.force_spinning_stop", "1")
         .map_err(|e| load_error(&e))?
-        .commit_from_memory(&super::read_model_file(path, super::MAX_MODEL_BYTES)?)
+        .commit_from_memory(&files.read(path, super::MAX_MODEL_BYTES)?)
         .map_err(|e| load_error(&e))?;
     let metadata = session.metadata().map_err(|e| load_error(&e))?;
     let recorded = metadata.custom(WEIGHTS_KEY);
     let checked = metadata.custom(CHECK_KEY).is_some();
     drop(metadata);
-    let actual = super::sha256_hex(&super::read_model_file(weights, super::MAX_MODEL_BYTES)?);
+    let weights = &files.weights;
+    let actual = super::sha256_hex(&files.read(weights, super::MAX_MODEL_BYTES)?);
     if recorded.as_deref() != Some(actual.as_str()) {
         return Err(load_error(&format!(
             "exported from other weights than {} (export it again with `python \
