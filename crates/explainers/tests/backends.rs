@@ -4,16 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
-use std::path::{Path, PathBuf};
+mod support;
 
 use cxr_core::compute::{Backend, Compute};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
 use cxr_core::pipeline::Pipeline;
 use cxr_core::tch::Device;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::repo;
 
 #[test]
 fn every_explainer_draws_the_same_heatmap_on_both_backends() {
@@ -27,14 +24,12 @@ fn every_explainer_draws_the_same_heatmap_on_both_backends() {
     };
     let (torch, onnx) = (load(Backend::Torch), load(Backend::Onnx));
     assert_eq!(onnx.compute.backend, Backend::Onnx);
-    let analysis = torch
-        .analyse_file(&repo().join("samples/hannover_e1446fe8.png"))
-        .unwrap();
+    let (analysis, target) = support::with_evidence(&torch);
     let tensor = analysis.input.to_tensor(Device::Cpu);
     let input = ExplainInput {
         input: &tensor,
         lung_mask: &analysis.input.mask,
-        target: 0,
+        target,
         progress: None,
     };
     for entry in registry::all().unwrap() {

@@ -106,11 +106,14 @@ impl ExplainerConfig {
         Ok(())
     }
 
-    /// Canonical text form, for cache keys and reports.
+    /// Canonical text form, for cache keys and reports: names in order, values as given but
+    /// without those that repeat the declared default (after [`Self::for_entry`]), so that
+    /// `samples=1000` (LIME's default), nothing at all and ` samples = 1000 ` are one key.
     #[must_use]
     pub fn canonical(&self) -> String {
         self.values
             .iter()
+            .filter(|(k, v)| self.defaults.get(k.as_str()) != Some(&v.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")

@@ -176,14 +176,17 @@ pub struct MethodSpec {
 }
 
 impl MethodSpec {
-    /// Builds the explainer (its parameters were checked by [`MethodSpec::parse`]).
+    /// Builds the explainer, with its parameters in canonical form
+    /// ([`ExplainerConfig::canonical`]): whichever surface wrote them, the same parameters are
+    /// the same cache key.
     pub fn build(&self) -> Result<Method> {
         let entry = find(&self.name)?;
-        let explainer = entry.build(&ExplainerConfig::parse(&self.params)?)?;
+        let config = ExplainerConfig::parse(&self.params)?;
+        let explainer = entry.build(&config)?;
         Ok(Method {
             entry,
             explainer,
-            params: self.params.clone(),
+            params: config.for_entry(entry).canonical(),
         })
     }
 
@@ -224,7 +227,7 @@ impl MethodSpec {
                 config.check_known(entry)?;
                 Ok(Self {
                     name: entry.name.to_owned(),
-                    params: config.canonical(),
+                    params: config.for_entry(entry).canonical(),
                 })
             })
             .collect()

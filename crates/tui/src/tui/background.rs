@@ -332,7 +332,7 @@ impl Inference {
                     .redraw(
                         image,
                         &job.method,
-                        &job.params,
+                        &report.params, // canonical, as the cache keys it
                         explanation,
                         report,
                         settings,
