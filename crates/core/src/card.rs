@@ -3,13 +3,12 @@
 
 use std::fmt::Write;
 
+use crate::evaluation::{ClassifierMetrics, HeldOutSource, SourceMetrics, worst_source};
 use crate::models::resnet::ResNetConfig;
 use crate::models::unet::UNetConfig;
 use crate::preprocess::InputStyle;
 use crate::train::TrainingRecord;
-use crate::train::classifier::{
-    ClassifierMetrics, ClassifierRecord, HeldOutSource, SourceMetrics, worst_source,
-};
+use crate::train::classifier::ClassifierRecord;
 use crate::train::segmenter::{SegmenterMetrics, SegmenterRecord};
 
 const DATA_SOURCES: &str = "\

@@ -13,7 +13,8 @@
 //!   and [`answer`]: its results as every surface answers them;
 //!   [`pool`]: worker threads that each own a service, behind one bounded queue;
 //! - [`explain`]: the explainer contract, its link-time registry, heatmaps, quality measures;
-//! - [`data`], [`metrics`], [`train`], [`card`]: manifests, patient split, training, model cards;
+//! - [`data`], [`metrics`], [`evaluation`], [`train`], [`card`]: manifests, patient split,
+//!   measures of a model (per source, held-out sources), training, model cards;
 //!   [`audit`]: linear probes that tell whether the features carry the source;
 //! - [`trust`]: familiarity score and flags that say when a prediction should not be trusted;
 //! - [`watch`], [`queue`]: the drop folder and the review and training queue it fills.
@@ -26,6 +27,7 @@ pub mod compute;
 pub mod data;
 pub mod device;
 mod error;
+pub mod evaluation;
 pub mod explain;
 pub mod fsutil;
 pub mod metrics;

@@ -11,15 +11,15 @@ use cxr_core::CoreError;
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
+use cxr_core::evaluation::{
+    ClassifierMetrics, Scored, SourceMetrics, by_source, held_out_of, worst_source,
+};
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec, registry};
 use cxr_core::input::Gate;
 use cxr_core::models::{ModelFiles, UNetSegmenter, class_index};
 use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
 use cxr_core::service::{Image, Service, Settings, Target};
-use cxr_core::train::classifier::{
-    ClassifierMetrics, Scored, SourceMetrics, by_source, held_out_of, worst_source,
-};
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
 use cxr_core::trust::Flag;
 use serde::Serialize;
