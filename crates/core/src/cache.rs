@@ -282,21 +282,12 @@ impl Cache {
 // ---------------------------------------------------------------------------------------------
 
 /// The per-user cache folder: `$XDG_CACHE_HOME/cxr`, else `$HOME/.cache/cxr`, else a folder
-/// named after the user id in the temporary folder. Never a folder beside the images: those
-/// are often shared, and whoever can write there could plant entries.
+/// named after the user id in the temporary folder ([`crate::fsutil::user_folder`]). Never a
+/// folder beside the images: those are often shared, and whoever can write there could plant
+/// entries.
 #[must_use]
 pub fn default_dir() -> PathBuf {
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    absolute("XDG_CACHE_HOME")
-        .map(|d| d.join("cxr"))
-        .or_else(|| absolute("HOME").map(|h| h.join(".cache/cxr")))
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("cxr-cache-{}", rustix::process::geteuid().as_raw()))
-        })
+    crate::fsutil::user_folder(crate::fsutil::UserFolder::Cache)
 }
 
 /// The file in a cache folder holding its owner's entry key.

@@ -1,4 +1,5 @@
-//! Writes that never leave a half-written file behind: write beside the target, sync, rename.
+//! Writes that never leave a half-written file behind: write beside the target, sync, rename;
+//! and where this user's own files go ([`user_folder`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,36 @@ pub fn npy_f32(values: &[f32], shape: [usize; 2]) -> Vec<u8> {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
+}
+
+/// The kinds of per-user folder (XDG base directories) cxr keeps files in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserFolder {
+    /// Results that can be made again (`$XDG_CACHE_HOME`, `~/.cache`).
+    Cache,
+    /// Logs (`$XDG_STATE_HOME`, `~/.local/state`).
+    State,
+    /// Data kept for the user (`$XDG_DATA_HOME`, `~/.local/share`): the server's uploads.
+    Data,
+}
+
+/// This user's `cxr` folder of `kind`, one rule for all: the XDG base directory (as the `dirs`
+/// crate finds it: the variable when it is an absolute path, else under `$HOME`), else a folder
+/// named after the user id in the temporary folder. Never a folder other users share.
+#[must_use]
+pub fn user_folder(kind: UserFolder) -> PathBuf {
+    let (base, name) = match kind {
+        UserFolder::Cache => (dirs::cache_dir(), "cache"),
+        UserFolder::State => (dirs::state_dir(), "state"),
+        UserFolder::Data => (dirs::data_dir(), "data"),
+    };
+    base.map_or_else(
+        || {
+            let uid = rustix::process::geteuid().as_raw();
+            std::env::temp_dir().join(format!("cxr-{name}-{uid}"))
+        },
+        |base| base.join("cxr"),
+    )
 }
 
 #[cfg(test)]

@@ -659,11 +659,9 @@ async fn queue_label(State(state): State<Shared>, request: Request) -> ApiResult
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "anonymous".into());
-    if reviewer.chars().count() > 100 || reviewer.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "reviewer: expected a name of at most 100 characters on one line",
-        ));
-    }
+    // The queue's one rule for names (length, one line, no spreadsheet formula): 400 before
+    // anything is written.
+    let reviewer = cxr_core::queue::check_reviewer(&reviewer)?;
     let watch_dir = state.watch_dir.clone();
     let item = if let Some(path) = state.uploads.find(&id) {
         let positive = models.classes.first().cloned().unwrap_or_default();

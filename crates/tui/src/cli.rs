@@ -780,7 +780,7 @@ pub enum QueueCommand {
         label: String,
         #[command(flatten)]
         watch: WatchDirArg,
-        /// Who reviewed it [default: $USER].
+        /// Who reviewed it [default: $USER, else $LOGNAME].
         #[arg(long)]
         reviewer: Option<String>,
         #[command(flatten)]

@@ -839,6 +839,17 @@ pub(crate) fn image_extension(file: &Path, bytes: &[u8]) -> String {
     own.unwrap_or_else(|| crate::files::extension_from_content(bytes).into())
 }
 
+/// Who reviews when a person labels on this machine (the viewer, `cxr queue label` without
+/// `--reviewer`): `$USER`, else `$LOGNAME`, else `unknown`. (A web page's visitor is not this
+/// machine's user: the server takes the name the request gives, else `anonymous`.)
+#[must_use]
+pub fn local_reviewer() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Longest reviewer name accepted, in characters.
 pub const MAX_REVIEWER_CHARS: usize = 100;
 

@@ -247,15 +247,7 @@ fn tui(args: &crate::cli::TuiArgs, models: &Path, compute: Compute) -> Result<Ex
 }
 
 fn default_log() -> PathBuf {
-    home_folder("XDG_STATE_HOME", ".local/state").join("cxr/cxr.log")
-}
-
-/// `$VAR`, else `$HOME/fallback`, else the temporary folder (XDG base directories).
-fn home_folder(var: &str, fallback: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
-        .unwrap_or_else(std::env::temp_dir)
+    cxr_core::fsutil::user_folder(cxr_core::fsutil::UserFolder::State).join("cxr.log")
 }
 
 /// `--models` (or `$CXR_MODELS`, through clap), else `./models` when it holds a classifier,

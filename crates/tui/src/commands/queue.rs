@@ -58,7 +58,7 @@ pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
             reviewer,
             model,
         } => {
-            let reviewer = reviewer.unwrap_or_else(default_reviewer);
+            let reviewer = reviewer.unwrap_or_else(cxr_core::queue::local_reviewer);
             let m = super::models(global, &model)?;
             label_one(&watch.watch_dir, &id, &label, &reviewer, &m.dir, m.compute)
         }
@@ -179,12 +179,4 @@ fn label_one(
     ));
     super::print_json(&Listed::new(&item))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `$USER`, else `$LOGNAME`, else `unknown`.
-pub fn default_reviewer() -> String {
-    ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -20,10 +20,9 @@ pub fn run(args: &ServeArgs, models: &Path, compute: Compute) -> Result<ExitCode
         .with_env_filter(filter)
         .try_init();
     let cache = args.cache.cache();
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| super::home_folder("XDG_DATA_HOME", ".local/share").join("cxr/serve"));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        cxr_core::fsutil::user_folder(cxr_core::fsutil::UserFolder::Data).join("serve")
+    });
     let config = cxr_server::Config {
         addr: args.addr,
         models: models.to_path_buf(),

@@ -8,14 +8,6 @@ use cxr_core::queue::{Label, Order, Predicted, Queue};
 
 use crate::tui::app::{Item, ItemState};
 
-/// Who is reviewing: `$USER`, else "reviewer".
-fn reviewer() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "reviewer".into())
-}
-
 /// Records `label` for the radiograph at `path` in the queue of `watch_dir` (created if
 /// missing), keeping what the classifier predicted (and its positive class); returns a line for
 /// the status bar. The label must be one of the model's `classes` (or `skip`), as
@@ -31,7 +23,12 @@ pub fn record(
     label.check(classes)?;
     let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
-    let item = queue.label_file(path, label.clone(), &reviewer(), predicted)?;
+    let item = queue.label_file(
+        path,
+        label.clone(),
+        &cxr_core::queue::local_reviewer(),
+        predicted,
+    )?;
     Ok(format!(
         "labelled {} as {} (queue entry {})",
         path.display(),
