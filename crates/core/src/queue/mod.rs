@@ -30,7 +30,6 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-
 use crate::data::LabelledImage;
 use crate::input::Gate;
 use crate::{CoreError, Result};
