@@ -545,22 +545,34 @@ mod inference_tests {
     use cxr_core::compute::Compute;
     use cxr_core::tch::Device;
 
+    fn root() -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The viewer's inference thread on the models in `models`: its workers, job slot and the
+    /// events it sends.
+    fn inference_on(
+        models: &Path,
+    ) -> (
+        Arc<Workers>,
+        Arc<Latest<Job>>,
+        crossbeam_channel::Receiver<AppEvent>,
+    ) {
+        let service = Service::load(models, &Compute::on(Device::Cpu), Cache::disabled()).unwrap();
+        let workers = Workers::new();
+        let jobs = Latest::new();
+        let (events, received) = crossbeam_channel::unbounded();
+        spawn_inference(&workers, service, jobs.clone(), events);
+        (workers, jobs, received)
+    }
+
     /// Closing the viewer stops a long explanation between two batches: LIME with 2,000
     /// samples reports a few batches, the stop flag is raised, and the thread ends without an
     /// explanation, long before the last sample.
     #[test]
     fn closing_the_viewer_stops_a_running_explainer() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let service = Service::load(
-            &root.join("models"),
-            &Compute::on(Device::Cpu),
-            Cache::disabled(),
-        )
-        .unwrap();
-        let workers = Workers::new();
-        let jobs = Latest::new();
-        let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, service, jobs.clone(), events);
+        let root = root();
+        let (workers, jobs, received) = inference_on(&root.join("models"));
         jobs.put(Job {
             generation: 1,
             path: root.join("samples/nih_00001299_000.png"),
@@ -601,7 +613,7 @@ mod inference_tests {
     /// with another opacity is only redrawn.
     #[test]
     fn the_viewer_runs_a_torchscript_classifier() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = root();
         let dir = tempfile::tempdir().unwrap();
         for (from, to) in [
             ("models/segmenter.json", "segmenter.json"),
@@ -617,12 +629,7 @@ mod inference_tests {
         ] {
             std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
         }
-        let service =
-            Service::load(dir.path(), &Compute::on(Device::Cpu), Cache::disabled()).unwrap();
-        let workers = Workers::new();
-        let jobs = Latest::new();
-        let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, service, jobs.clone(), events);
+        let (workers, jobs, received) = inference_on(dir.path());
         let job = Job {
             generation: 1,
             path: root.join("samples/nih_00001299_000.png"),
@@ -672,17 +679,8 @@ mod inference_tests {
     /// to analyse the next.
     #[test]
     fn the_viewer_refuses_a_nested_dicom_and_a_screenshot_and_goes_on() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let service = Service::load(
-            &root.join("models"),
-            &Compute::on(Device::Cpu),
-            Cache::disabled(),
-        )
-        .unwrap();
-        let workers = Workers::new();
-        let jobs = Latest::new();
-        let (events, received) = crossbeam_channel::unbounded();
-        spawn_inference(&workers, service, jobs.clone(), events);
+        let root = root();
+        let (workers, jobs, received) = inference_on(&root.join("models"));
         let job = |generation, path: PathBuf| Job {
             generation,
             path,
