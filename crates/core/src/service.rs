@@ -342,7 +342,8 @@ impl Service {
     }
 
     /// [`Service::classify`], with the DICOM patient and study identifiers when `identifiers`
-    /// is set and the image has them (the cache never keeps them: read from the header again).
+    /// is set and the image has them: from the analysis when one was made, else (the cache
+    /// never keeps them) from the file decoded again.
     pub fn classify_with_identifiers(
         &self,
         image: &Image,
@@ -350,7 +351,10 @@ impl Service {
     ) -> Result<Classified> {
         let mut classified = self.classify(image)?;
         if identifiers && crate::dicom::is_dicom(image.bytes()) {
-            classified.report.identifiers = image.decode()?.identifiers;
+            classified.report.identifiers = match image.analysed() {
+                Some(analysis) => analysis.xray.identifiers.clone(),
+                None => image.decode()?.identifiers,
+            };
         }
         Ok(classified)
     }

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::{self, Quality};
 use super::{ExplainInput, Explainer, ExplainerEntry, Explanation, HeatmapSummary, Progress};
+use crate::Result;
 use crate::models::Classifier;
 use crate::pipeline::Analysis;
 use crate::render::{self, Lines, OverlayStyle};
-use crate::{CoreError, Result};
 
 /// Which quality measures to compute (each costs forward passes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,14 +122,9 @@ pub fn explain_reporting(
         lung_mass_share: quality::lung_mass_share(&explanation.heatmap, &analysis.input.mask),
         randomisation_correlation: None,
     };
-    let ask = || {
-        let (done, total) = last.get();
-        progress.map_or(ControlFlow::Continue(()), |p| p(done, total))
-    };
     if checks.faithfulness {
-        if ask().is_break() {
-            return Err(CoreError::Cancelled);
-        }
+        let (done, total) = last.get();
+        input.report_progress(done, total)?;
         let (deletion, insertion) =
             quality::deletion_insertion(classifier, &tensor, &explanation.heatmap, target)?;
         measured.deletion_auc = Some(deletion);
@@ -137,7 +132,10 @@ pub fn explain_reporting(
     }
     if checks.sanity {
         let random = classifier.randomised(SANITY_SEED)?;
-        let keep_going = |_, _| ask();
+        let keep_going = |_, _| {
+            let (done, total) = last.get();
+            forward(done, total)
+        };
         let quiet = ExplainInput {
             progress: Some(&keep_going),
             ..input

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, bail, eyre};
+use color_eyre::eyre::{Result, bail};
 use cxr_core::audit::{ProbeResult, probe};
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
@@ -71,7 +71,7 @@ pub fn run(
         });
         match analysed {
             Ok(image) => {
-                let analysis = image.analysed().ok_or_else(|| eyre!("analysed above"))?;
+                let analysis = service.analysis(&image)?; // made above: no work again
                 let Some(f) = &analysis.features else {
                     bail!("this classifier does not expose its features; the audit needs them");
                 };

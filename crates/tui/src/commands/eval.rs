@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::CoreError;
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
@@ -220,7 +220,7 @@ fn evaluate_classifier(
         let mut line = ImageRow::of(row);
         match outcome {
             Ok(image) => {
-                let analysis = image.analysed().ok_or_else(|| eyre!("analysed above"))?;
+                let analysis = service.analysis(&image)?; // made above: no work again
                 let p = &analysis.prediction;
                 line.predicted(p, &classes[0]);
                 scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
