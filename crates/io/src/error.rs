@@ -32,7 +32,7 @@ pub enum Error {
     #[error("{}: refused: {reason}", path.display())]
     Refused { path: PathBuf, reason: String },
 
-    /// The process-wide memory budget for decoded images (see [`crate::input::MemoryBudget`])
+    /// The process-wide memory budget for decoded images (see [`crate::budget::MemoryBudget`])
     /// cannot hold this image now. Unlike [`Error::Refused`], retrying later may help.
     #[error("{}: {reason}", path.display())]
     MemoryBudget { path: PathBuf, reason: String },

@@ -12,7 +12,7 @@ use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::Rescale;
 
 use super::{DEFLATED, EXPLICIT_VR_BE, IMPLICIT_VR_LE, element, number, text};
-use crate::xray::{MAX_DECODE_BYTES, MAX_SIDE};
+use crate::limits::{MAX_DECODE_BYTES, MAX_SIDE, check_pixels};
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ pub(super) fn check_size(header: &Header, path: &Path) -> Result<()> {
             limit: MAX_SIDE,
         });
     }
-    crate::xray::check_pixels(
+    check_pixels(
         path,
         u64::from(header.rows) * u64::from(header.columns) * u64::from(header.frames),
         u64::from(header.samples) * u64::from(header.bits_allocated / 8),

@@ -6,7 +6,7 @@
 //! - `guard`: hostile files are refused before anything large is allocated: every element
 //!   length is checked against the bytes that remain (a deflated data set is inflated under a
 //!   limit first), the header must describe an image this tool reads, Rows/Columns are checked
-//!   against [`MAX_SIDE`](crate::xray::MAX_SIDE) and the whole pixel payload against 1 GiB,
+//!   against [`MAX_SIDE`](crate::limits::MAX_SIDE) and the whole pixel payload against 1 GiB,
 //!   and a compressed frame's own header (JPEG SOF, JPEG 2000 SIZ) must agree with
 //!   Rows/Columns before a decoder runs;
 //! - `codec`: the first frame's stored values, through dicom-pixeldata's decoders (RLE is
@@ -31,8 +31,8 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use image::{ImageBuffer, Luma};
 use serde::{Deserialize, Serialize};
 
-use crate::input::{MemoryBudget, Reservation};
-use crate::xray::GrayF32;
+use crate::GrayF32;
+use crate::budget::{MemoryBudget, Reservation};
 use crate::{Error, Result};
 use guard::Header;
 
@@ -124,7 +124,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<DicomImage> {
     // Memory: the data set as parsed (the file, or what a deflated one inflates to, twice:
     // the structure check's copy and the parser's), then the pixels once their size is known.
     // Two steps, so the second is taken under `staged` (see `Reservation::grow`).
-    let order = crate::input::staged();
+    let order = crate::budget::staged();
     let mut memory = MemoryBudget::global()?.reserve(
         2 * bytes.len() as u64 + 2 * guard::inflated_len(bytes),
         path,
