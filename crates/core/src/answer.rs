@@ -10,6 +10,7 @@ use crate::explain::registry::{self, ExplainerEntry, Param};
 use crate::explain::{HeatmapSummary, quality::Quality};
 use crate::models::Gradients;
 use crate::pipeline::Timings;
+use crate::queue::{EntryState, QueueItem};
 use crate::service::{Classified, Rendered};
 use crate::trust::Assessment;
 
@@ -116,6 +117,25 @@ impl From<&ExplainerEntry> for Explainer {
                 .filter(|(_, real)| *real == entry.name)
                 .map(|(alias, _)| *alias)
                 .collect(),
+        }
+    }
+}
+
+/// A training-queue entry: its `state.json` and the review uncertainty the queue sorts by.
+/// Where its files are is the CLI's to add (a server's watch folder is its own business).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueEntry<'a> {
+    #[serde(flatten)]
+    pub state: &'a EntryState,
+    /// See [`crate::queue::Predicted::uncertainty`]; `None` without a prediction.
+    pub uncertainty: Option<f32>,
+}
+
+impl<'a> From<&'a QueueItem> for QueueEntry<'a> {
+    fn from(item: &'a QueueItem) -> Self {
+        Self {
+            state: &item.state,
+            uncertainty: item.uncertainty(),
         }
     }
 }

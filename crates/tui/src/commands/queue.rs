@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
+use cxr_core::answer;
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
 use cxr_core::input::Gate;
 use cxr_core::models::ModelFiles;
 use cxr_core::pipeline::CLASSIFIER_NAME;
-use cxr_core::queue::{EntryState, Label, Order, Predicted, Queue, QueueItem, ReviewState};
+use cxr_core::queue::{Label, Order, Predicted, Queue, QueueItem, ReviewState};
 use cxr_core::service::{Image, Service};
 use serde::Serialize;
 
@@ -20,19 +21,17 @@ use crate::cli::{Global, QueueCommand, QueueOrder};
 #[derive(Serialize)]
 struct Listed<'a> {
     #[serde(flatten)]
-    state: &'a EntryState,
+    entry: answer::QueueEntry<'a>,
     dir: &'a Path,
     image_path: PathBuf,
-    uncertainty: Option<f32>,
 }
 
 impl<'a> Listed<'a> {
     fn new(item: &'a QueueItem) -> Self {
         Self {
-            state: &item.state,
+            entry: item.into(),
             dir: &item.dir,
             image_path: item.image_path(),
-            uncertainty: item.uncertainty(),
         }
     }
 }
