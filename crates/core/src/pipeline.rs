@@ -7,10 +7,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::compute::{Backend, Compute, Precision};
+use crate::compute::{Compute, Precision};
 use crate::mask::{self, LungMask};
-use crate::models::onnx::{OnnxClassifier, OnnxSegmenter};
-use crate::models::{self, Classifier, Format, ModelFiles, Prediction, Segmenter};
+use crate::models::{self, Classifier, ModelFiles, Prediction, Segmenter, backend};
 use crate::preprocess::{self, ClassifierInput};
 use crate::trust::{self, Assessment, Flag, ImageChecks, LungShape, TrustModel};
 use crate::xray::Xray;
@@ -20,20 +19,12 @@ use crate::{CoreError, Result};
 pub const SEGMENTER_NAME: &str = "segmenter";
 pub const CLASSIFIER_NAME: &str = "classifier";
 
-/// Both models, the backend that runs them and the ONNX files it runs (none on libtorch).
-type Loaded = (
-    Box<dyn Segmenter>,
-    Box<dyn Classifier>,
-    Backend,
-    Vec<PathBuf>,
-);
-
 /// The two models, loaded once.
 pub struct Pipeline {
     pub segmenter: Box<dyn Segmenter>,
     pub classifier: Box<dyn Classifier>,
-    /// How the models run; its backend is the one in use, [`Backend::Torch`] or
-    /// [`Backend::Onnx`] (`auto` is resolved when loading). A thread that takes the pipeline
+    /// How the models run; its backend is the one in use, [`crate::compute::Backend::Torch`] or
+    /// [`crate::compute::Backend::Onnx`] (`auto` is resolved when loading). A thread that takes the pipeline
     /// over calls [`Compute::apply`] first.
     pub compute: Compute,
     /// SHA-256 over both models' weights and metadata (and ONNX exports, when they run): part
@@ -99,33 +90,46 @@ impl Pipeline {
     /// never a reason to fall back: it means the model folder is not what it claims to be.
     pub fn load_with(dir: &Path, compute: &Compute) -> Result<Self> {
         compute.apply();
-        let files = (
+        let files = [
             ModelFiles::new(dir, SEGMENTER_NAME),
             ModelFiles::new(dir, CLASSIFIER_NAME),
-        );
-        let (segmenter, classifier, backend, onnx_files) =
-            match backend_for(&[&files.0, &files.1], compute) {
-                Backend::Onnx => Self::onnx_models(&files, compute)?,
-                _ => Self::torch_models(&files, compute)?,
-            };
+        ];
+        let chosen = backend::choose(&[&files[0], &files[1]], compute);
+        let segmenter = backend::segmenter(&files[0], chosen, compute)?;
+        let classifier = backend::classifier(&files[1], chosen, compute)?;
+        if compute.precision == Precision::Int8 && !segmenter.is_int8() && !classifier.is_int8() {
+            return Err(crate::models::onnx::no_int8(&files[0]));
+        }
+        let exports: Vec<PathBuf> = [&segmenter.export, &classifier.export]
+            .into_iter()
+            .flatten()
+            .map(|e| e.file.clone())
+            .collect();
+        if let (Some(s), Some(c)) = (&segmenter.export, &classifier.export) {
+            tracing::info!(
+                "forward passes on ONNX Runtime: {} ({}), {} ({})",
+                s.file.display(),
+                s.precision.name(),
+                c.file.display(),
+                c.precision.name()
+            );
+        }
         // The bytes the models were loaded from (read once, kept by `files`), in a fixed order.
         let mut hasher = Sha256::new();
-        for model in [&files.0, &files.1] {
+        for model in &files {
             for path in model.parts()? {
                 hasher.update(model.read(&path, models::MAX_MODEL_BYTES)?);
             }
         }
-        for (model, export) in [&files.0, &files.1].into_iter().zip(&onnx_files) {
+        for (model, export) in files.iter().zip(&exports) {
             hasher.update(model.read(export, models::MAX_MODEL_BYTES)?);
         }
-        let mut files_read = files.0.files_read();
-        files_read.extend(files.1.files_read());
         Ok(Self {
-            segmenter,
-            classifier,
-            compute: compute.with_backend(backend),
+            segmenter: segmenter.model,
+            classifier: classifier.model,
+            compute: compute.with_backend(chosen),
             fingerprint: format!("{:x}", hasher.finalize()),
-            files: files_read,
+            files: files.iter().flat_map(ModelFiles::files_read).collect(),
         })
     }
 
@@ -133,70 +137,14 @@ impl Pipeline {
     pub fn load_segmenter(dir: &Path, compute: &Compute) -> Result<Box<dyn Segmenter>> {
         compute.apply();
         let files = ModelFiles::new(dir, SEGMENTER_NAME);
-        let onnx = || -> Result<Box<dyn Segmenter>> {
-            onnx_applies(&files, compute)?;
-            let segmenter = OnnxSegmenter::load(&files, compute.threads(), compute.precision)?;
-            if compute.precision == Precision::Int8 && segmenter.precision != Precision::Int8 {
-                return Err(crate::models::onnx::no_int8(&files));
-            }
-            tracing::info!("segmenter: {}", segmenter.file.display());
-            Ok(Box::new(segmenter))
-        };
-        let torch = || -> Result<Box<dyn Segmenter>> {
-            torch_precision(compute)?;
-            models::load_segmenter(&files, compute.device)
-        };
-        match backend_for(&[&files], compute) {
-            Backend::Onnx => onnx(),
-            _ => torch(),
+        let segmenter = backend::segmenter(&files, backend::choose(&[&files], compute), compute)?;
+        if compute.precision == Precision::Int8 && !segmenter.is_int8() {
+            return Err(crate::models::onnx::no_int8(&files));
         }
-    }
-
-    fn torch_models(
-        (segmenter, classifier): &(ModelFiles, ModelFiles),
-        compute: &Compute,
-    ) -> Result<Loaded> {
-        torch_precision(compute)?;
-        Ok((
-            models::load_segmenter(segmenter, compute.device)?,
-            models::load_classifier(classifier, compute.device)?,
-            Backend::Torch,
-            Vec::new(),
-        ))
-    }
-
-    /// Both models' forward passes on ONNX Runtime (the classifier keeps its libtorch twin for
-    /// gradients); an error says why they cannot be.
-    fn onnx_models(
-        (segmenter_files, classifier_files): &(ModelFiles, ModelFiles),
-        compute: &Compute,
-    ) -> Result<Loaded> {
-        onnx_applies(segmenter_files, compute)?;
-        onnx_applies(classifier_files, compute)?;
-        let torch = models::load_classifier(classifier_files, compute.device)?;
-        let (threads, precision) = (compute.threads(), compute.precision);
-        let segmenter = OnnxSegmenter::load(segmenter_files, threads, precision)?;
-        let classifier = OnnxClassifier::load(classifier_files, torch, threads, precision)?;
-        if precision == Precision::Int8
-            && segmenter.precision != Precision::Int8
-            && classifier.precision != Precision::Int8
-        {
-            return Err(crate::models::onnx::no_int8(segmenter_files));
+        if let Some(export) = &segmenter.export {
+            tracing::info!("segmenter: {}", export.file.display());
         }
-        let files = vec![segmenter.file.clone(), classifier.file.clone()];
-        tracing::info!(
-            "forward passes on ONNX Runtime: {} ({}), {} ({})",
-            files[0].display(),
-            segmenter.precision.name(),
-            files[1].display(),
-            classifier.precision.name()
-        );
-        Ok((
-            Box::new(segmenter),
-            Box::new(classifier),
-            Backend::Onnx,
-            files,
-        ))
+        Ok(segmenter.model)
     }
 
     /// Reads, decodes and analyses one file.
@@ -291,69 +239,6 @@ impl Analysis {
             },
         }
     }
-}
-
-/// Refuses `--precision int8` on libtorch: only ONNX Runtime runs the INT8 exports.
-fn torch_precision(compute: &Compute) -> Result<()> {
-    if compute.precision == Precision::Int8 {
-        return Err(CoreError::Unsupported {
-            reason: "--precision int8 runs on ONNX Runtime (--backend onnx or auto, on the CPU)"
-                .into(),
-        });
-    }
-    Ok(())
-}
-
-/// Whether the model `files` describe can run on ONNX Runtime as `compute` asks: a native
-/// model on the CPU; `Err` says why not.
-fn onnx_applies(files: &ModelFiles, compute: &Compute) -> Result<()> {
-    if compute.device != Device::Cpu {
-        return Err(CoreError::Unsupported {
-            reason: "the ONNX backend runs on the CPU only (use --backend torch on CUDA)".into(),
-        });
-    }
-    if files.format()? != Format::NativeSafetensors {
-        return Err(CoreError::Unsupported {
-            reason: format!(
-                "{}: ONNX exports are made of native models only",
-                files.meta.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The backend that runs the models `files`: the one `compute` names, and for `auto` ONNX
-/// Runtime unless [`onnx_unavailable`] says why not (logged). Never `auto`.
-fn backend_for(files: &[&ModelFiles], compute: &Compute) -> Backend {
-    match compute.backend {
-        Backend::Auto => match onnx_unavailable(files, compute) {
-            None => Backend::Onnx,
-            Some(why) => {
-                tracing::info!("forward passes on libtorch: {why}");
-                Backend::Torch
-            }
-        },
-        chosen => chosen,
-    }
-}
-
-/// Why the automatic backend runs the models `files` on libtorch: the device is not the CPU, a
-/// model is not native, an export is missing, or ONNX Runtime is not installed. `None`: ONNX
-/// Runtime runs them, and whatever then fails is an error.
-fn onnx_unavailable(files: &[&ModelFiles], compute: &Compute) -> Option<String> {
-    for files in files {
-        if let Err(why) = onnx_applies(files, compute) {
-            return Some(why.to_string());
-        }
-        let onnx = files.onnx();
-        if !onnx.is_file() {
-            return Some(format!("{}: no ONNX export", onnx.display()));
-        }
-    }
-    crate::models::onnx::environment()
-        .err()
-        .map(|why| why.to_string())
 }
 
 /// Familiarity and flags of one analysed radiograph: the input checks always, the feature and

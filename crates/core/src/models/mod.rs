@@ -10,6 +10,7 @@
 //! A native model may also have `NAME.onnx`, its export for ONNX Runtime: [`onnx`] runs the
 //! forward passes on it when the backend ([`crate::compute::Backend`]) says so.
 
+pub mod backend;
 pub mod native;
 pub mod onnx;
 pub mod resnet;
