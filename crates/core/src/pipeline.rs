@@ -163,39 +163,70 @@ impl Pipeline {
         let start = Instant::now();
         let mask = self.segmenter.segment(&xray.gray)?;
         let segment_ms = ms(start);
+        let classified = self.classify_segmented(&*self.classifier, &xray, &mask)?;
+        let timings = Timings {
+            decode_ms: 0.0,
+            segment_ms,
+            preprocess_ms: classified.preprocess_ms,
+            classify_ms: classified.classify_ms,
+            total_ms: ms(start),
+        };
+        Ok(Analysis {
+            xray,
+            mask,
+            input: classified.input,
+            prediction: classified.prediction,
+            features: classified.features,
+            timings,
+        })
+    }
+
+    /// The classification half of [`Pipeline::analyse`] for a radiograph this pipeline's
+    /// segmenter has segmented, by `classifier`: this pipeline's own, or another trained on the
+    /// same masks (`cxr eval --leave-one-source-out` puts each image through every fold's
+    /// model after segmenting it once). A radiograph judged not to be a chest radiograph is
+    /// [`CoreError::NotARadiograph`].
+    pub fn classify_segmented(
+        &self,
+        classifier: &dyn Classifier,
+        xray: &Xray,
+        mask: &LungMask,
+    ) -> Result<Segmented> {
         let t = Instant::now();
-        let input = preprocess::classifier_input(&xray.gray, &mask, self.classifier.input_style());
+        let input = preprocess::classifier_input(&xray.gray, mask, classifier.input_style());
         let tensor = input.to_tensor(self.compute.device);
         let preprocess_ms = ms(t);
         let t = Instant::now();
-        let (mut prediction, features) = self.classifier.predict_with_features(&tensor)?;
+        let (mut prediction, features) = classifier.predict_with_features(&tensor)?;
         let classify_ms = ms(t);
-        prediction.trust = assess(self.classifier.trust(), &xray, &mask, features.as_deref());
+        prediction.trust = assess(classifier.trust(), xray, mask, features.as_deref());
         prediction
             .trust
-            .shape_verdict(self.segmenter.shape().and_then(|shape| shape.judge(&mask)));
+            .shape_verdict(self.segmenter.shape().and_then(|shape| shape.judge(mask)));
         if prediction.trust.has(Flag::NotAChestRadiograph) {
             return Err(CoreError::NotARadiograph {
                 path: xray.path.clone(),
                 reason: prediction.trust.reasons.join("; "),
             });
         }
-        let timings = Timings {
-            decode_ms: 0.0,
-            segment_ms,
-            preprocess_ms,
-            classify_ms,
-            total_ms: ms(start),
-        };
-        Ok(Analysis {
-            xray,
-            mask,
+        Ok(Segmented {
             input,
             prediction,
             features,
-            timings,
+            preprocess_ms,
+            classify_ms,
         })
     }
+}
+
+/// What [`Pipeline::classify_segmented`] learns.
+pub struct Segmented {
+    pub input: ClassifierInput,
+    pub prediction: Prediction,
+    /// The classifier's pooled features, when exposed.
+    pub features: Option<Vec<f32>>,
+    pub preprocess_ms: f64,
+    pub classify_ms: f64,
 }
 
 impl ClassifyReport {

@@ -375,17 +375,10 @@ impl Service {
         settings: &Settings,
         progress: Option<Progress<'_>>,
     ) -> Result<Rendered> {
-        let name = method.entry.name;
         let keys::MethodKeys {
             report: report_key,
             overlay: overlay_key,
-        } = keys::method(
-            &image.sha256,
-            self.fingerprint(),
-            name,
-            &method.params,
-            settings,
-        );
+        } = self.keys(image, method.entry.name, &method.params, settings);
         if let Some(report) = self.cache.get_json::<MethodReport>(&report_key)
             && let Some(png) = self.cache.get(&overlay_key)
         {
@@ -416,20 +409,26 @@ impl Service {
         method: &Method,
         settings: &Settings,
     ) -> Result<MethodReport> {
-        let key = keys::method(
-            &image.sha256,
-            self.fingerprint(),
-            method.entry.name,
-            &method.params,
-            settings,
-        )
-        .report;
+        let key = self
+            .keys(image, method.entry.name, &method.params, settings)
+            .report;
         if let Some(report) = self.cache.get_json::<MethodReport>(&key) {
             return Ok(report);
         }
         let (_, report) = self.explanation(image, method, settings, None)?;
         store(self.cache.put_json(&key, &report));
         Ok(report)
+    }
+
+    /// The cache keys of `method`'s result on `image` with these models.
+    fn keys(
+        &self,
+        image: &Image,
+        method: &str,
+        params: &str,
+        settings: &Settings,
+    ) -> keys::MethodKeys {
+        keys::method(&image.sha256, self.fingerprint(), method, params, settings)
     }
 
     /// The explanation and its report, computed (the analysis at most once per image).
@@ -470,7 +469,7 @@ impl Service {
         report: &MethodReport,
         settings: &Settings,
     ) -> Result<Vec<u8>> {
-        let key = keys::method(&image.sha256, self.fingerprint(), method, params, settings).overlay;
+        let key = self.keys(image, method, params, settings).overlay;
         if let Some(png) = self.cache.get(&key) {
             return Ok(png);
         }

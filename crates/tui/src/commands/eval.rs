@@ -17,7 +17,7 @@ use cxr_core::evaluation::{
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec, registry};
 use cxr_core::input::Gate;
-use cxr_core::models::{ModelFiles, UNetSegmenter, class_index};
+use cxr_core::models::{Classifier, ModelFiles, UNetSegmenter, class_index};
 use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
 use cxr_core::service::{Image, Service, Settings, Target};
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
@@ -293,61 +293,67 @@ fn evaluate_folds(
     models: &Path,
     compute: Compute,
 ) -> Result<usize> {
-    let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
-        .wrap_err_with(|| format!("reading {}", dir.display()))?
-        .filter_map(std::result::Result::ok)
-        .filter(|e| e.path().join(format!("{CLASSIFIER_NAME}.json")).is_file())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+    let pipeline = Pipeline::load_with(models, &compute)?;
+    let models = fold_models(dir, rows, &compute)?;
+    let wanted_by = |row: &LabelledImage| -> Vec<usize> {
+        let shared = wanted(&row.patient, SplitShares::CLASSIFIER);
+        (0..models.len())
+            .filter(|&i| shared || models[i].0 == row.source)
+            .collect()
+    };
+    let selection: Vec<(&LabelledImage, Vec<usize>)> = rows
+        .iter()
+        .map(|row| (row, wanted_by(row)))
+        .filter(|(_, folds)| !folds.is_empty())
         .collect();
-    sources.sort();
-    if sources.is_empty() {
-        color_eyre::eyre::bail!(
-            "{} holds no leave-one-source-out model (SOURCE/{CLASSIFIER_NAME}.json); \
-             cxr train classifier --leave-one-source-out writes them",
-            dir.display()
-        );
-    }
-    let mut pipeline = Pipeline::load_with(models, &compute)?;
-    let (mut folds, mut failed) = (Vec::new(), 0);
-    for (source, fold_dir) in sources {
-        pipeline.classifier = cxr_core::models::load_classifier(
-            &ModelFiles::new(&fold_dir, CLASSIFIER_NAME),
-            compute.device,
-        )?;
-        let classes = pipeline.classifier.classes().to_vec();
-        let selection: Vec<&LabelledImage> = rows
-            .iter()
-            .filter(|r| r.source == source || wanted(&r.patient, SplitShares::CLASSIFIER))
-            .collect();
-        if !selection.iter().any(|r| r.source == source) {
-            super::note(&format!(
-                "no image of {source} in the manifests: its model is left out"
-            ));
-            continue;
-        }
-        let bar = super::progress(selection.len(), &format!("the model without {source}"));
-        let (mut scored, mut refused) = (Vec::new(), BTreeMap::<String, usize>::new());
-        for row in selection {
-            match pipeline.analyse_file(&row.path) {
-                Ok(analysis) => {
-                    let p = analysis.prediction;
-                    scored.push((row, p.probabilities[&classes[0]], p.trust.flags));
+    let bar = super::progress(selection.len(), "the leave-one-source-out models");
+    let mut scored = vec![Vec::new(); models.len()];
+    let mut refused = vec![BTreeMap::<String, usize>::new(); models.len()];
+    let mut failed = 0;
+    for (row, folds) in selection {
+        let segmented = Gate::TRUSTED
+            .open(&row.path)
+            .map_err(CoreError::from)
+            .and_then(|xray| {
+                let mask = pipeline.segmenter.segment(&xray.gray)?;
+                Ok((xray, mask))
+            });
+        let (xray, mask) = match segmented {
+            Ok(segmented) => segmented,
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("cxr: {e}"));
+                bar.inc(1);
+                continue;
+            }
+        };
+        for fold in folds {
+            let classifier = &*models[fold].1;
+            match pipeline.classify_segmented(classifier, &xray, &mask) {
+                Ok(classified) => {
+                    let p = classified.prediction;
+                    let positive = p.probabilities[&classifier.classes()[0]];
+                    scored[fold].push((row, positive, p.trust.flags));
                 }
                 Err(CoreError::NotARadiograph { .. }) => {
-                    *refused.entry(row.source.clone()).or_default() += 1;
+                    *refused[fold].entry(row.source.clone()).or_default() += 1;
                 }
                 Err(e) => {
                     failed += 1;
                     bar.suspend(|| eprintln!("cxr: {e}"));
                 }
             }
-            bar.inc(1);
         }
-        bar.finish_and_clear();
-        let threshold = pipeline.classifier.threshold();
-        let mut fold = held_out_of(&source, &as_scored(&scored), &classes, threshold);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut folds = Vec::new();
+    for (((source, classifier), scored), refused) in models.iter().zip(scored).zip(refused) {
+        let classes = classifier.classes();
+        let threshold = classifier.threshold();
+        let mut fold = held_out_of(source, &as_scored(&scored), classes, threshold);
         for (from, n) in refused {
-            let m = if from == source {
+            let m = if &from == source {
                 &mut fold.metrics
             } else {
                 fold.seen.entry(from).or_default()
@@ -362,6 +368,44 @@ fn evaluate_folds(
     }
     super::print_json(&serde_json::json!({ "leave_one_source_out": folds }))?;
     Ok(failed)
+}
+
+/// Every model `DIR/SOURCE/` with images of SOURCE among `rows`, loaded at once so that each
+/// image is decoded and segmented once for all of them.
+fn fold_models(
+    dir: &Path,
+    rows: &[LabelledImage],
+    compute: &Compute,
+) -> Result<Vec<(String, Box<dyn Classifier>)>> {
+    let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .wrap_err_with(|| format!("reading {}", dir.display()))?
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.path().join(format!("{CLASSIFIER_NAME}.json")).is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    sources.sort();
+    if sources.is_empty() {
+        color_eyre::eyre::bail!(
+            "{} holds no leave-one-source-out model (SOURCE/{CLASSIFIER_NAME}.json); \
+             cxr train classifier --leave-one-source-out writes them",
+            dir.display()
+        );
+    }
+    let mut models = Vec::new();
+    for (source, fold_dir) in sources {
+        if !rows.iter().any(|r| r.source == source) {
+            super::note(&format!(
+                "no image of {source} in the manifests: its model is left out"
+            ));
+            continue;
+        }
+        let files = ModelFiles::new(&fold_dir, CLASSIFIER_NAME);
+        models.push((
+            source,
+            cxr_core::models::load_classifier(&files, compute.device)?,
+        ));
+    }
+    Ok(models)
 }
 
 /// Pooled metrics over the images of the two classes, and the per-source table, with the
