@@ -27,6 +27,22 @@ pub struct Export {
 }
 
 impl<M: ?Sized> Loaded<M> {
+    /// A model that runs its own weights.
+    fn own(model: Box<M>) -> Self {
+        Self {
+            model,
+            export: None,
+        }
+    }
+
+    /// A model that runs the export `file`.
+    fn exported(model: Box<M>, file: PathBuf, precision: Precision) -> Self {
+        Self {
+            model,
+            export: Some(Export { file, precision }),
+        }
+    }
+
     /// Whether it runs an INT8 export.
     #[must_use]
     pub fn is_int8(&self) -> bool {
@@ -46,21 +62,12 @@ pub fn segmenter(
         Backend::Onnx => {
             onnx_applies(files, compute)?;
             let model = OnnxSegmenter::load(files, compute.threads(), compute.precision)?;
-            let export = Export {
-                file: model.file.clone(),
-                precision: model.precision,
-            };
-            Ok(Loaded {
-                model: Box::new(model),
-                export: Some(export),
-            })
+            let (file, precision) = (model.file.clone(), model.precision);
+            Ok(Loaded::exported(Box::new(model), file, precision))
         }
         Backend::Torch | Backend::Auto => {
             torch_precision(compute)?;
-            Ok(Loaded {
-                model: super::load_segmenter(files, compute.device)?,
-                export: None,
-            })
+            Ok(Loaded::own(super::load_segmenter(files, compute.device)?))
         }
     }
 }
