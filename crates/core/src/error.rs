@@ -44,7 +44,11 @@ pub enum CoreError {
     NotARadiograph { path: PathBuf, reason: String },
 
     /// No explainer of that name is registered.
-    #[error("no explainer called {name:?}; registered: {}", known.join(", "))]
+    #[error(
+        "no explainer called {name:?}{}; registered: {}",
+        did_you_mean(name, known),
+        known.join(", ")
+    )]
     UnknownExplainer { name: String, known: Vec<String> },
 
     /// An explainer parameter that is unknown, malformed or out of range; `reason` says which
@@ -106,3 +110,16 @@ impl CoreError {
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// `; did you mean NAME?` for the known name closest to `name` when it is close (at most a
+/// third of its letters different), else nothing.
+fn did_you_mean(name: &str, known: &[String]) -> String {
+    let name = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&name, k), k))
+        .filter(|(distance, k)| *distance > 0 && *distance * 3 <= k.len().max(3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}

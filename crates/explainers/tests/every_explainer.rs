@@ -494,3 +494,47 @@ fn maps_change_when_the_model_is_randomised() {
         assert!((0.0..=1.0).contains(&share));
     }
 }
+
+#[test]
+fn every_surface_takes_the_same_explainer_names_and_misspellings_get_a_suggestion() {
+    cxr_explainers::link();
+    // The command line's specs take what the HTTP API and the worker take (case, `_`, aliases).
+    let specs = registry::MethodSpec::parse(
+        &["gradcam".into(), "LIME".into()],
+        &["LIME:samples=50".into()],
+    )
+    .unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["grad-cam", "lime"]);
+    assert_eq!(specs[1].params, "samples=50");
+    let built = registry::MethodSpec {
+        name: "Grad_CAM".into(),
+        params: String::new(),
+    }
+    .build()
+    .unwrap();
+    assert_eq!(built.entry.name, "grad-cam");
+
+    let typo = registry::MethodSpec::parse(&["grad-came".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(typo.contains("(did you mean grad-cam?)"), "{typo}");
+    let far = registry::MethodSpec::parse(&["shap".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(!far.contains("did you mean"), "{far}");
+    assert!(far.contains("registered: grad-cam,"), "{far}");
+
+    let negative = registry::MethodSpec {
+        name: "lime".into(),
+        params: "samples=-5".into(),
+    }
+    .build()
+    .err()
+    .expect("a negative sample count is refused")
+    .to_string();
+    assert!(
+        negative.contains("samples=-5: expected a whole number, 0 or more"),
+        "{negative}"
+    );
+}

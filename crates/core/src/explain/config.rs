@@ -78,8 +78,8 @@ impl ExplainerConfig {
         };
         text.parse().map_err(|_| {
             self.error(format!(
-                "parameter {key}={text}: not a valid {}",
-                std::any::type_name::<T>()
+                "parameter {key}={text}: expected {}",
+                expected::<T>()
             ))
         })
     }
@@ -117,5 +117,16 @@ impl ExplainerConfig {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// What a parameter of type `T` must look like, in words.
+fn expected<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "usize" | "u8" | "u16" | "u32" | "u64" => "a whole number, 0 or more",
+        "isize" | "i8" | "i16" | "i32" | "i64" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        _ => "a value of the kind the explainer declares",
     }
 }

@@ -180,7 +180,7 @@ impl MethodSpec {
     /// ([`ExplainerConfig::canonical`]): whichever surface wrote them, the same parameters are
     /// the same cache key.
     pub fn build(&self) -> Result<Method> {
-        let entry = find(&self.name)?;
+        let entry = lookup(&self.name)?;
         let config = ExplainerConfig::parse(&self.params)?;
         let explainer = entry.build(&config)?;
         Ok(Method {
@@ -218,7 +218,7 @@ impl MethodSpec {
         names
             .iter()
             .map(|name| {
-                let entry = find(name)?;
+                let entry = lookup(name)?;
                 let own: Vec<&str> = params
                     .iter()
                     .filter_map(|p| p.strip_prefix(&format!("{name}:")))
