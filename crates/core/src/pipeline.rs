@@ -200,9 +200,12 @@ impl Pipeline {
         let (mut prediction, features) = classifier.predict_with_features(&tensor)?;
         let classify_ms = ms(t);
         prediction.trust = assess(classifier.trust(), xray, mask, features.as_deref());
-        prediction
-            .trust
-            .shape_verdict(self.segmenter.shape().and_then(|shape| shape.judge(mask)));
+        let familiar = classifier.trust().and_then(|t| t.mask_shapes.as_ref());
+        prediction.trust.shape_verdict(
+            self.segmenter
+                .shape()
+                .and_then(|shape| shape.verdict(&shape.measure(mask)?, familiar)),
+        );
         if prediction.trust.has(Flag::NotAChestRadiograph) {
             return Err(CoreError::NotARadiograph {
                 path: xray.path.clone(),

@@ -297,43 +297,124 @@ impl ShapeModel {
         }
     }
 
-    /// Why `mask` is unlike any lung pair the model was fitted on, or `None` when it is not.
+    /// `mask`'s four measures; `None` without lung pixels.
     #[must_use]
-    pub fn judge(&self, mask: &LungMask) -> Option<String> {
+    pub fn measure(&self, mask: &LungMask) -> Option<ShapeMeasures> {
         let d = descriptor(mask)?;
         if d.len() != self.mean.len() {
             return None;
         }
-        let mut why = Vec::new();
         let s = self.score(&d);
-        let beyond = |v: f32, limit: f32| !v.is_finite() || v > limit;
-        if beyond(s.residual, self.residual_above) || beyond(s.distance, self.distance_above) {
+        let [spurs, bites] = roughness(mask)?;
+        Some(ShapeMeasures {
+            residual: s.residual,
+            distance: s.distance,
+            spurs,
+            bites,
+        })
+    }
+
+    /// The limits this model draws from its reference masks.
+    #[must_use]
+    pub fn limits(&self) -> ShapeMeasures {
+        ShapeMeasures {
+            residual: self.residual_above,
+            distance: self.distance_above,
+            spurs: self.spurs_above,
+            bites: self.bites_above,
+        }
+    }
+
+    /// Why `mask` is unlike any lung pair the model was fitted on, or `None` when it is not.
+    #[must_use]
+    pub fn judge(&self, mask: &LungMask) -> Option<String> {
+        self.verdict(&self.measure(mask)?, None)
+    }
+
+    /// Why a mask measuring `m` is implausible, or `None`. A measure counts only beyond both the
+    /// reference masks' limit and, when given, `familiar`: the range of the masks this
+    /// segmenter drew on the radiographs a classifier was trained on (see
+    /// [`crate::trust::TrustModel::mask_shapes`]). Drawn reference outlines come from two
+    /// collections; a hospital's films (portable AP, other framing) give masks that differ from
+    /// them in ways its classifier has learnt, and those are no reason to distrust it.
+    #[must_use]
+    pub fn verdict(&self, m: &ShapeMeasures, familiar: Option<&ShapeMeasures>) -> Option<String> {
+        let reference = self.limits();
+        let limit = |pick: fn(&ShapeMeasures) -> f32| {
+            let own = pick(&reference);
+            match familiar.map(pick) {
+                Some(seen) if seen > own => (seen, "the classifier's training radiographs"),
+                _ => (own, "the reference masks"),
+            }
+        };
+        let beyond = |v: f32, (limit, _): (f32, &str)| !v.is_finite() || v > limit;
+        let (residual, distance) = (limit(|m| m.residual), limit(|m| m.distance));
+        let (spurs, bites) = (limit(|m| m.spurs), limit(|m| m.bites));
+        let mut why = Vec::new();
+        if beyond(m.residual, residual) || beyond(m.distance, distance) {
             why.push(format!(
                 "the lungs' outline is unlike the {} reference lung pairs' (shape residual \
-                 {:.3}, limit {:.3}; shape distance {:.1}, limit {:.1})",
-                self.fitted_on, s.residual, self.residual_above, s.distance, self.distance_above
+                 {:.3}, limit {:.3}; shape distance {:.1}, limit {:.1}; limits from {})",
+                self.fitted_on, m.residual, residual.0, m.distance, distance.0, residual.1
             ));
         }
-        let [spurs, bites] = roughness(mask)?;
-        if beyond(spurs, self.spurs_above) {
+        if beyond(m.spurs, spurs) {
             why.push(format!(
                 "{:.1}% of the lungs lies in one spur, hook or blob narrower than {:.0}% of the \
-                 chest (limit {:.1}%, from the reference masks)",
-                100.0 * spurs,
+                 chest (limit {:.1}%, from {})",
+                100.0 * m.spurs,
                 100.0 * ROUGHNESS_SCALE,
-                100.0 * self.spurs_above
+                100.0 * spurs.0,
+                spurs.1
             ));
         }
-        if beyond(bites, self.bites_above) {
+        if beyond(m.bites, bites) {
             why.push(format!(
                 "a bite or slit narrower than {:.0}% of the chest is cut into the lungs ({:.1}% \
-                 of their area, limit {:.1}%, from the reference masks)",
+                 of their area, limit {:.1}%, from {})",
                 100.0 * ROUGHNESS_SCALE,
-                100.0 * bites,
-                100.0 * self.bites_above
+                100.0 * m.bites,
+                100.0 * bites.0,
+                bites.1
             ));
         }
         (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// A mask's measures against a [`ShapeModel`] (or limits on them): how far its outline lies
+/// from the shape space and along it, and its largest spur and bite.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShapeMeasures {
+    pub residual: f32,
+    pub distance: f32,
+    pub spurs: f32,
+    pub bites: f32,
+}
+
+impl ShapeMeasures {
+    /// Each measure's `quantile` (0 to 1) over `measured`; `None` for none.
+    #[must_use]
+    pub fn quantile(measured: &[Self], quantile: f64) -> Option<Self> {
+        if measured.is_empty() {
+            return None;
+        }
+        let at = |pick: fn(&Self) -> f32| {
+            let mut v: Vec<f32> = measured
+                .iter()
+                .map(pick)
+                .filter(|v| v.is_finite())
+                .collect();
+            v.sort_by(f32::total_cmp);
+            let i = ((v.len() as f64 - 1.0) * quantile).round() as usize;
+            v.get(i).copied().unwrap_or(f32::INFINITY)
+        };
+        Some(Self {
+            residual: at(|m| m.residual),
+            distance: at(|m| m.distance),
+            spurs: at(|m| m.spurs),
+            bites: at(|m| m.bites),
+        })
     }
 }
 
@@ -400,5 +481,76 @@ mod tests {
             reason.contains("unlike the 200 reference lung pairs"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_range_the_classifier_was_trained_on_widens_the_limits_it_exceeds() {
+        let fitted: Vec<LungMask> = (0..40)
+            .map(|i| {
+                let r = 1.0 + 0.005 * i as f32;
+                lungs(160, 160, [0.3 * r, 0.3], [0.15, 0.15 * r])
+            })
+            .collect();
+        let model = ShapeModel::fit(&fitted).unwrap();
+        let reference = model.limits();
+        let ragged = ShapeMeasures {
+            spurs: 2.0 * reference.spurs,
+            ..reference
+        };
+        let alone = model
+            .verdict(&ragged, None)
+            .expect("beyond the reference spurs");
+        assert!(alone.contains("from the reference masks"), "{alone}");
+        let wider = ShapeMeasures {
+            spurs: 3.0 * reference.spurs,
+            ..reference
+        };
+        assert_eq!(model.verdict(&ragged, Some(&wider)), None);
+        // A familiar range narrower than the reference's never tightens it.
+        let narrower = ShapeMeasures {
+            residual: 0.0,
+            distance: 0.0,
+            spurs: 0.0,
+            bites: 0.0,
+        };
+        assert_eq!(model.verdict(&reference, Some(&narrower)), None);
+        let beyond_both = ShapeMeasures {
+            spurs: 4.0 * reference.spurs,
+            ..reference
+        };
+        let reason = model.verdict(&beyond_both, Some(&wider)).unwrap();
+        assert!(
+            reason.contains("spur") && reason.contains("the classifier's training radiographs"),
+            "{reason}"
+        );
+        assert!(
+            model
+                .verdict(
+                    &ShapeMeasures {
+                        residual: f32::NAN,
+                        ..reference
+                    },
+                    Some(&wider)
+                )
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn the_familiar_range_is_each_measures_quantile() {
+        let measured: Vec<ShapeMeasures> = (0..=100)
+            .map(|i| ShapeMeasures {
+                residual: i as f32,
+                distance: 2.0 * i as f32,
+                spurs: 100.0 - i as f32,
+                bites: if i == 50 { f32::NAN } else { 1.0 },
+            })
+            .collect();
+        let q = ShapeMeasures::quantile(&measured, 0.99).unwrap();
+        assert_eq!(
+            (q.residual, q.distance, q.spurs, q.bites),
+            (99.0, 198.0, 99.0, 1.0)
+        );
+        assert_eq!(ShapeMeasures::quantile(&[], 0.99), None);
     }
 }

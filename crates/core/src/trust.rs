@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::acquisition::AcquisitionModel;
 use crate::mask::LungMask;
+use crate::shape::ShapeMeasures;
 
 /// Something about an input that makes its prediction less trustworthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -124,7 +125,17 @@ pub struct TrustModel {
     /// one of them is `unfamiliar`. Absent in models fitted before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acquisition: Option<AcquisitionModel>,
+    /// The [`MASK_SHAPE_QUANTILE`] of each lung-shape measure over the masks the segmenter drew
+    /// on the training and validation radiographs: within it, a mask is no reason for
+    /// `implausible-lungs` (see [`crate::shape::ShapeModel::verdict`]). Absent in models fitted
+    /// before it existed (the reference masks' limits alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_shapes: Option<ShapeMeasures>,
 }
+
+/// The share of the training radiographs' masks whose shape measures a trust model takes as
+/// familiar: the ragged last percent of a hospital's masks is still flagged.
+pub const MASK_SHAPE_QUANTILE: f64 = 0.99;
 
 /// A Gaussian over whole-image layouts, with its refusal distance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,6 +269,9 @@ pub struct TrustData<'a> {
     pub validation_acquisitions: &'a [f32],
     pub train_sources: &'a [&'a str],
     pub validation_sources: &'a [&'a str],
+    /// The lung-shape measures of the segmenter's masks of the training and validation images
+    /// (those it could measure); empty to take the reference masks' limits alone.
+    pub mask_shapes: &'a [ShapeMeasures],
 }
 
 /// The verdict on one input.
@@ -427,6 +441,7 @@ impl TrustModel {
                 d.sort_by(f32::total_cmp);
                 [percentile(&d, 0.005), percentile(&d, 0.995)]
             }),
+            mask_shapes: ShapeMeasures::quantile(data.mask_shapes, MASK_SHAPE_QUANTILE),
         };
         let distances =
             |flat: &[f32]| -> Vec<f32> { flat.chunks(dim).map(|f| model.distance(f)).collect() };
@@ -672,6 +687,7 @@ mod tests {
             validation_acquisitions: &[],
             train_sources: &[],
             validation_sources: &[],
+            mask_shapes: &[],
         })
         .unwrap();
         (model, val, validation_layouts)

@@ -647,6 +647,10 @@ pub enum TrainCommand {
         /// The watch folder whose queue --include-queue reads.
         #[command(flatten)]
         watch: WatchDirArg,
+        /// Also refit the leave-one-source-out models in DIR/SOURCE/ (as `cxr train classifier
+        /// --leave-one-source-out` writes them), each without its source, in place
+        #[arg(long, value_name = "DIR", conflicts_with = "include_queue")]
+        leave_one_source_out: Option<PathBuf>,
     },
     /// Fit the segmenter's lung-shape model (implausible-lungs) again on the training patients'
     /// reference masks of lung-mask manifests, without touching its weights, and write it into

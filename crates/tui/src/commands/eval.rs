@@ -377,20 +377,7 @@ fn fold_models(
     rows: &[LabelledImage],
     compute: &Compute,
 ) -> Result<Vec<(String, Box<dyn Classifier>)>> {
-    let mut sources: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
-        .wrap_err_with(|| format!("reading {}", dir.display()))?
-        .filter_map(std::result::Result::ok)
-        .filter(|e| e.path().join(format!("{CLASSIFIER_NAME}.json")).is_file())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-        .collect();
-    sources.sort();
-    if sources.is_empty() {
-        color_eyre::eyre::bail!(
-            "{} holds no leave-one-source-out model (SOURCE/{CLASSIFIER_NAME}.json); \
-             cxr train classifier --leave-one-source-out writes them",
-            dir.display()
-        );
-    }
+    let sources = super::fold_dirs(dir)?;
     let mut models = Vec::new();
     for (source, fold_dir) in sources {
         if !rows.iter().any(|r| r.source == source) {

@@ -22,6 +22,7 @@ use clap::CommandFactory;
 use color_eyre::eyre::{Result, WrapErr, bail};
 
 use cxr_core::compute::Compute;
+use cxr_core::pipeline::CLASSIFIER_NAME;
 
 use crate::cli::{Cli, Command, Global, ModelArgs};
 
@@ -347,4 +348,23 @@ fn exit_code(failures: usize) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The leave-one-source-out models in `dir`: each `SOURCE/` holding a classifier, by source.
+pub fn fold_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut folds: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .wrap_err_with(|| format!("reading {}", dir.display()))?
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.path().join(format!("{CLASSIFIER_NAME}.json")).is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    folds.sort();
+    if folds.is_empty() {
+        color_eyre::eyre::bail!(
+            "{} holds no leave-one-source-out model (SOURCE/{CLASSIFIER_NAME}.json); \
+             cxr train classifier --leave-one-source-out writes them",
+            dir.display()
+        );
+    }
+    Ok(folds)
 }

@@ -189,6 +189,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             common,
             include_queue,
             watch,
+            leave_one_source_out,
         } => {
             let extra = reviewed_queue(
                 include_queue,
@@ -204,6 +205,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 compute,
                 models,
                 &out_dir(&common),
+                leave_one_source_out.as_deref(),
             )?;
         }
         TrainCommand::Shape { manifests, common } => {
@@ -343,7 +345,8 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 }
 
 /// `cxr train trust`: the classifier in `models` with its familiarity model fitted again,
-/// written into `out` (with copies of both models when `out` is another folder).
+/// written into `out` (with copies of both models when `out` is another folder); with `folds`,
+/// also each leave-one-source-out model in `folds/SOURCE/`, in place.
 fn refit_trust(
     manifests: Vec<PathBuf>,
     extra: &TrainOnly,
@@ -351,6 +354,7 @@ fn refit_trust(
     compute: Compute,
     models: &Path,
     out: &Path,
+    folds: Option<&Path>,
 ) -> Result<()> {
     let options = &TrainOptions {
         manifests,
@@ -362,13 +366,25 @@ fn refit_trust(
         init: None,
     };
     let segmenter = UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
-    let mut model =
-        ResNetClassifier::load(&ModelFiles::new(models, CLASSIFIER_NAME), compute.device)?;
+    let load =
+        |dir: &Path| ResNetClassifier::load(&ModelFiles::new(dir, CLASSIFIER_NAME), compute.device);
+    let mut model = load(models)?;
+    let mut fold_models = Vec::new();
+    for (source, dir) in folds.map(super::fold_dirs).transpose()?.unwrap_or_default() {
+        fold_models.push((source, dir.clone(), load(&dir)?));
+    }
     super::note(&format!(
-        "fitting the familiarity model on {}",
+        "fitting the familiarity model{} on {}",
+        if fold_models.is_empty() { "" } else { "s" },
         options.manifest_list().display()
     ));
-    train::classifier::refit_trust(options, &mut model, extra, &segmenter)
+    let mut refits: Vec<(&mut ResNetClassifier, Option<&str>)> = vec![(&mut model, None)];
+    refits.extend(
+        fold_models
+            .iter_mut()
+            .map(|(source, _, m)| (m, Some(source.as_str()))),
+    );
+    train::classifier::refit_trust(options, &mut refits, extra, &segmenter)
         .wrap_err("fitting the familiarity model")?;
     if !same_folder(out, models) {
         copy_model(models, out, SEGMENTER_NAME)?;
@@ -377,6 +393,11 @@ fn refit_trust(
     let files = ModelFiles::new(out, CLASSIFIER_NAME);
     files.write_meta(&model.meta)?;
     super::note(&format!("wrote {}", files.meta.display()));
+    for (_, dir, fold) in &fold_models {
+        let files = ModelFiles::new(dir, CLASSIFIER_NAME);
+        files.write_meta(&fold.meta)?;
+        super::note(&format!("wrote {}", files.meta.display()));
+    }
     let acquisition = model
         .meta
         .trust

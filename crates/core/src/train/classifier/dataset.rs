@@ -12,6 +12,7 @@ use super::{ClassifierPlan, TrainOnly};
 use crate::data::{LabelledImage, Manifest, Split, SplitShares};
 use crate::models::Segmenter;
 use crate::preprocess::{CLASSIFIER_SIDE, InputStyle, classifier_input};
+use crate::shape::{ShapeMeasures, ShapeModel};
 use crate::train::{SplitSizes, TrainOnlyRecord, TrainOptions};
 use crate::trust::LungShape;
 use crate::xray::Xray;
@@ -30,10 +31,11 @@ pub(super) struct Prepared {
     pub(super) details: Vec<f32>,
     /// Each image's acquisition measures, `[N * acquisition::DIM]`.
     acquisitions: Vec<f32>,
-    /// Each image's appearance, and why the segmenter's lung-shape model judged its mask
-    /// implausible, if it did (for the flags the held-out tables count).
+    /// Each image's appearance, and its mask's measures against the segmenter's lung-shape
+    /// model, when it has one (for the trust model and the flags the held-out tables count).
     pub(super) appearances: Vec<crate::trust::Appearance>,
-    pub(super) implausible: Vec<Option<String>>,
+    pub(super) mask_shapes: Vec<Option<ShapeMeasures>>,
+    pub(super) shape_model: Option<ShapeModel>,
     /// Hash of each image's decoded pixels (a copy re-encoded has the same hash).
     hashes: Vec<String>,
 }
@@ -53,13 +55,13 @@ impl Prepared {
         );
         let (mut shapes, mut hashes) = (Vec::new(), Vec::new());
         let (mut layouts, mut details, mut acquisitions) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut appearances, mut implausible) = (Vec::new(), Vec::new());
+        let (mut appearances, mut mask_shapes) = (Vec::new(), Vec::new());
         for row in rows {
             let xray = Xray::open(&row.path)?;
             let mask = segmenter.segment(&xray.gray)?;
             shapes.push(LungShape::of(&mask));
             appearances.push(crate::trust::Appearance::of(&xray));
-            implausible.push(segmenter.shape().and_then(|s| s.judge(&mask)));
+            mask_shapes.push(segmenter.shape().and_then(|s| s.measure(&mask)));
             layouts.extend(crate::trust::layout(&xray.gray));
             details.push(crate::trust::detail(&xray.gray));
             acquisitions.extend(crate::trust::acquisition::measures(&xray.gray));
@@ -85,7 +87,8 @@ impl Prepared {
             details,
             acquisitions,
             appearances,
-            implausible,
+            mask_shapes,
+            shape_model: segmenter.shape().cloned(),
             hashes,
         })
     }

@@ -98,7 +98,9 @@ impl Dataset {
                     acquisition: acquisition_of(p, i).to_vec(),
                 };
                 let mut assessment = trust.assess(f, &checks, p.shapes[i]);
-                assessment.shape_verdict(p.implausible[i].clone());
+                if let (Some(shape), Some(measured)) = (&p.shape_model, &p.mask_shapes[i]) {
+                    assessment.shape_verdict(shape.verdict(measured, trust.mask_shapes.as_ref()));
+                }
                 assessment.flags
             })
             .collect()
@@ -172,5 +174,10 @@ pub(super) fn fit_trust(
         validation_acquisitions: &acquisitions(val_ix),
         train_sources: &sources(train_ix),
         validation_sources: &sources(val_ix),
+        mask_shapes: &train_ix
+            .iter()
+            .chain(val_ix)
+            .filter_map(|&i| data.prepared.mask_shapes[i])
+            .collect::<Vec<_>>(),
     })
 }

@@ -160,30 +160,45 @@ pub fn prepare(
     Ok(Prepared::of(rows, segmenter, style)?.inputs)
 }
 
-/// Fits `model`'s familiarity model again on the manifests' training and validation patients
-/// and `extra` (training split: reviewed queue items, their own source), as training does at
-/// its end: for a model trained before the model existed, after its checks changed, or to make
-/// a site's own radiographs familiar (`cxr train trust [--include-queue]`). The weights are
-/// not touched.
+/// Fits each model's familiarity model again on the manifests' training and validation
+/// patients and `extra` (training split: reviewed queue items, their own source), as training
+/// does at its end: for a model trained before the model existed, after its checks changed, or
+/// to make a site's own radiographs familiar (`cxr train trust [--include-queue]`). A model
+/// paired with a source is a leave-one-source-out model: fitted without that source, as it
+/// was trained. The images are read and segmented once for all. The weights are not touched.
 pub fn refit_trust(
     options: &TrainOptions,
-    model: &mut ResNetClassifier,
+    models: &mut [(&mut ResNetClassifier, Option<&str>)],
     extra: &TrainOnly,
     segmenter: &dyn Segmenter,
 ) -> Result<()> {
-    let [positive, negative] = [&model.meta.classes[0], &model.meta.classes[1]];
+    let Some((first, _)) = models.first() else {
+        return Ok(());
+    };
+    let (classes, input) = (first.meta.classes.clone(), first.meta.input);
+    if let Some((other, _)) = models
+        .iter()
+        .find(|(m, _)| m.meta.classes != classes || m.meta.input != input)
+    {
+        return Err(CoreError::Invalid(format!(
+            "the models to refit take different classes or inputs ({:?} {:?}, {:?} {:?})",
+            classes, input, other.meta.classes, other.meta.input
+        )));
+    }
     let plan = ClassifierPlan {
-        classes: [positive.clone(), negative.clone()],
+        classes: [classes[0].clone(), classes[1].clone()],
         defences: Defences {
-            input: model.meta.input,
+            input,
             ..Defences::none()
         },
         hold_out: None,
         leave_one_source_out: false,
     };
     let data = Dataset::assemble(options, &plan, extra, segmenter)?;
-    let [train_ix, val_ix, _] = data.split(None, &options.manifest_list())?;
-    model.meta.trust = Some(fit_trust(model, &data, &train_ix, &val_ix)?);
+    for (model, held_out) in models.iter_mut() {
+        let [train_ix, val_ix, _] = data.split(*held_out, &options.manifest_list())?;
+        model.meta.trust = Some(fit_trust(model, &data, &train_ix, &val_ix)?);
+    }
     Ok(())
 }
 
