@@ -518,6 +518,9 @@ pub struct TuiArgs {
     pub log: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// Who labels, recorded with each label [default: $CXR_REVIEWER, else the login name].
+    #[arg(long)]
+    pub reviewer: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -784,7 +787,7 @@ pub enum QueueCommand {
         label: String,
         #[command(flatten)]
         watch: WatchDirArg,
-        /// Who reviewed it [default: $USER, else $LOGNAME].
+        /// Who reviewed it [default: $CXR_REVIEWER, else the login name].
         #[arg(long)]
         reviewer: Option<String>,
         #[command(flatten)]

@@ -215,3 +215,46 @@ fn formula_cells_are_refused_and_neutralised_in_csv() {
         "{cells:?}"
     );
 }
+
+#[test]
+fn one_reviewer_rule_on_the_command_line_and_in_the_viewer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let id = one_entry(&dir);
+    let log = tmp.path().join("viewer.log");
+    let log = log.to_str().unwrap();
+    // No --reviewer: $CXR_REVIEWER, before the login name.
+    let out = cxr(&dir, &["queue", "label", &id, "covid"])
+        .env("CXR_REVIEWER", "  carol ")
+        .env("USER", "login-name")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&dir, &id)["review"]["reviewer"], "carol");
+    let out = cxr(&dir, &["queue", "label", &id, "normal"])
+        .env_remove("CXR_REVIEWER")
+        .env("USER", "login-name")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&dir, &id)["review"]["reviewer"], "login-name");
+    // The viewer checks its reviewer with the queue's rule before it takes the screen.
+    let out = cxr(
+        &dir,
+        &["tui", "--reviewer", "=HYPERLINK(\"x\")", "--log", log],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let error = stderr(&out);
+    assert!(error.contains("reviewer"), "{error}");
+    let out = cxr(&dir, &["tui", "--log", log])
+        .env("CXR_REVIEWER", "a\nb")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a two-line name from the environment"
+    );
+    assert!(stderr(&out).contains("reviewer"), "{}", stderr(&out));
+}

@@ -291,15 +291,19 @@ pub fn is_entry_id(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Who reviews when a person labels on this machine (the viewer, `cxr queue label` without
-/// `--reviewer`): `$USER`, else `$LOGNAME`, else `unknown`. (A web page's visitor is not this
-/// machine's user: the server takes the name the request gives, else `anonymous`.)
+/// The environment variable naming who reviews on this machine.
+pub const REVIEWER_ENV: &str = "CXR_REVIEWER";
+
+/// Who reviews when a person labels on this machine and names nobody (the viewer and `cxr queue
+/// label` without `--reviewer`): `$CXR_REVIEWER`, else the login name (`$USER`, `$LOGNAME`), else
+/// `unknown`. (A web page's visitor is not this machine's user: the server takes the name the
+/// request gives, else `anonymous`.) Every surface then checks it with [`check_reviewer`].
 #[must_use]
 pub fn local_reviewer() -> String {
-    ["USER", "LOGNAME"]
+    [REVIEWER_ENV, "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_owned())
 }
 
 /// Longest reviewer name accepted, in characters.

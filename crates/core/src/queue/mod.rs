@@ -37,7 +37,7 @@ use crate::{CoreError, Result};
 pub use durable::reason_path;
 pub(crate) use durable::{file_name, free_name, replace, sync_dir};
 pub use entry::{
-    EntryState, Label, MAX_REVIEWER_CHARS, Predicted, QueueItem, Review, ReviewState,
+    EntryState, Label, MAX_REVIEWER_CHARS, Predicted, QueueItem, REVIEWER_ENV, Review, ReviewState,
     check_reviewer, is_entry_id, local_reviewer,
 };
 pub(crate) use staging::{Commit, Staging};

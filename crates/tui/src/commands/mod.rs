@@ -237,11 +237,19 @@ fn tui(args: &crate::cli::TuiArgs, models: &Path, compute: Compute) -> Result<Ex
             PathBuf::from(".")
         }
     });
+    // Checked before the screen is taken: a name the queue refuses fails here, not per label.
+    let reviewer = cxr_core::queue::check_reviewer(
+        &args
+            .reviewer
+            .clone()
+            .unwrap_or_else(cxr_core::queue::local_reviewer),
+    )?;
     let options = crate::tui::Options {
         path,
         image_protocol: args.image_protocol.name().to_owned(),
         watch_dir: args.watch.watch_dir.clone(),
         cache: args.cache.cache(),
+        reviewer,
     };
     crate::tui::run(&options, models, compute)?;
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,9 @@ pub enum ItemState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub path: PathBuf,
+    /// What the list calls it: the file's name, or a queue entry's original file name (every
+    /// entry's image is `image.png`).
+    pub name: String,
     pub state: ItemState,
     /// The label a reviewer gave (covid / normal / skip).
     pub reviewed: Option<String>,
@@ -36,8 +39,13 @@ pub struct Item {
 impl Item {
     #[must_use]
     pub fn new(path: PathBuf) -> Self {
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         Self {
             path,
+            name,
             state: ItemState::Pending,
             reviewed: None,
         }

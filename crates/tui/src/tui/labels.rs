@@ -8,14 +8,15 @@ use cxr_core::queue::{Label, Order, Predicted, Queue};
 
 use crate::tui::app::{Item, ItemState};
 
-/// Records `label` for the radiograph at `path` in the queue of `watch_dir` (created if
-/// missing), keeping what the classifier predicted (and its positive class); returns a line for
+/// Records `reviewer`'s `label` for the radiograph at `path` in the queue of `watch_dir`
+/// (created if missing), keeping what the classifier predicted (and its positive class); returns a line for
 /// the status bar. The label must be one of the model's `classes` (or `skip`), as
 /// `cxr queue label` requires: nothing is written otherwise.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
     label: &str,
+    reviewer: &str,
     predicted: Option<(&Prediction, &str)>,
     classes: &[String],
 ) -> cxr_core::Result<String> {
@@ -23,12 +24,7 @@ pub fn record(
     label.check(classes)?;
     let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
-    let item = queue.label_file(
-        path,
-        label.clone(),
-        &cxr_core::queue::local_reviewer(),
-        predicted,
-    )?;
+    let item = queue.label_file(path, label.clone(), reviewer, predicted)?;
     Ok(format!(
         "labelled {} as {} (queue entry {})",
         path.display(),
@@ -60,6 +56,9 @@ pub fn queue_items(root: &Path) -> cxr_core::Result<Vec<Item>> {
         .into_iter()
         .map(|entry| {
             let mut item = Item::new(entry.image_path());
+            if !entry.state.source_name.is_empty() {
+                item.name.clone_from(&entry.state.source_name);
+            }
             if let Some(p) = &entry.state.predicted {
                 item.state = ItemState::Predicted {
                     label: p.label.clone(),
@@ -70,4 +69,39 @@ pub fn queue_items(root: &Path) -> cxr_core::Result<Vec<Item>> {
             item
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_entries_are_listed_by_their_original_names() {
+        let watch = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(watch.path().join("inbox")).unwrap();
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples");
+        let classes = ["covid".to_owned(), "normal".to_owned()];
+        for name in ["hannover_2c35005f.png", "nih_00001299_000.png"] {
+            record(
+                watch.path(),
+                &samples.join(name),
+                "normal",
+                "alice",
+                None,
+                &classes,
+            )
+            .unwrap();
+        }
+        let root = watch_root(&watch.path().join("queue")).expect("a watch folder");
+        let items = queue_items(&root).unwrap();
+        let mut names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["hannover_2c35005f.png", "nih_00001299_000.png"]);
+        assert!(items.iter().all(|i| i.path.ends_with("image.png")));
+        assert!(
+            items
+                .iter()
+                .all(|i| i.reviewed.as_deref() == Some("normal"))
+        );
+    }
 }

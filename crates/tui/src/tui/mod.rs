@@ -42,6 +42,8 @@ pub struct Options {
     pub watch_dir: PathBuf,
     /// Where results are cached (a disabled cache for `--no-cache`).
     pub cache: Cache,
+    /// Who labels (checked by `cxr_core::queue::check_reviewer`).
+    pub reviewer: String,
 }
 
 /// The side-effecting half of the viewer: worker slots and label storage.
@@ -49,6 +51,8 @@ pub struct Effects {
     pub jobs: Arc<Latest<Job>>,
     pub encoders: [Arc<Latest<EncodeJob>>; 2],
     pub watch_dir: PathBuf,
+    /// Who labels.
+    pub reviewer: String,
     /// The classifier's positive class, recorded with each label's prediction.
     pub positive: String,
     /// The classifier's classes: the only labels recorded (besides `skip`), as for
@@ -87,6 +91,7 @@ impl Effects {
                         &self.watch_dir,
                         &path,
                         &label,
+                        &self.reviewer,
                         predicted.as_ref().map(|p| (p, self.positive.as_str())),
                         &self.classes,
                     );
@@ -336,6 +341,7 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             jobs: Latest::new(),
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
+            reviewer: options.reviewer.clone(),
             positive: service.pipeline().classifier.classes()[0].clone(),
             classes: service.pipeline().classifier.classes().to_vec(),
             scan: Some((

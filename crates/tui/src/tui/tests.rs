@@ -188,6 +188,7 @@ fn the_viewer_records_only_the_models_classes() {
             super::background::Latest::new(),
         ],
         watch_dir: watch.clone(),
+        reviewer: "dr-lee".into(),
         positive: "covid".into(),
         // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
         classes: vec!["covid".into(), "no_finding".into()],
@@ -233,12 +234,20 @@ fn the_viewer_records_only_the_models_classes() {
         .filter_map(|e| e.label().map(|l| l.as_str().to_owned()))
         .collect();
     assert_eq!(labels.len(), 2, "{labels:?}");
+    let reviewers: Vec<String> = queue
+        .list(cxr_core::queue::Order::Uncertainty)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.state.review.as_ref().map(|r| r.reviewer.clone()))
+        .collect();
+    assert_eq!(reviewers, ["dr-lee", "dr-lee"], "the viewer's --reviewer");
     assert!(labels.contains(&"covid".to_owned()) && labels.contains(&"skip".to_owned()));
     // Misspelt labels are refused by the same check.
     let e = crate::tui::labels::record(
         &watch,
         &sample("nih_00001299_000.png"),
         "nromal",
+        "dr-lee",
         None,
         &effects.classes,
     )
@@ -541,6 +550,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
             super::background::Latest::new(),
         ],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
+        reviewer: "unused".into(),
         positive: "covid".into(),
         classes: vec!["covid".into(), "normal".into()],
         scan: None,
@@ -959,11 +969,12 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
         &watch,
         &files[0],
         "normal",
+        "dr-lee",
         Some((&prediction(0.3), "covid")),
         &classes,
     )
     .unwrap();
-    crate::tui::labels::record(&watch, &files[2], "skip", None, &classes).unwrap();
+    crate::tui::labels::record(&watch, &files[2], "skip", "dr-lee", None, &classes).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(

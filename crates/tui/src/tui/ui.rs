@@ -125,13 +125,6 @@ pub fn view(frame: &mut Frame, app: &App, now: Instant) {
     }
 }
 
-fn file_name(path: &std::path::Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
 fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
     let items: Vec<ListItem> = app
         .items
@@ -163,7 +156,7 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
                 .map_or_else(String::new, |r| format!(" ✔{r}"));
             let name_width = usize::from(area.width.saturating_sub(2))
                 .saturating_sub(mark.chars().count() + reviewed.chars().count() + 1);
-            let mut name = file_name(&item.path);
+            let mut name = item.name.clone();
             if name.chars().count() > name_width {
                 name = name
                     .chars()
