@@ -24,8 +24,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use cxr_benches::{repo, sample};
-use cxr_core::compute::{Backend, Compute, Precision};
+use cxr_benches::{cpu, repo, sample};
+use cxr_core::compute::{Backend, Precision};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
 use cxr_core::models::onnx::OnnxSegmenter;
 use cxr_core::models::{ModelFiles, UNetSegmenter};
@@ -117,7 +117,7 @@ fn main() {
     let requested = std::env::var("CXR_THREADS")
         .ok()
         .and_then(|t| t.parse().ok());
-    let compute = Compute::on(Device::Cpu).with_threads(requested);
+    let compute = cpu().with_threads(requested);
     let threads = compute.threads();
     compute.apply();
     let models = repo().join("models");

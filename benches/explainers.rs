@@ -7,9 +7,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use cxr_benches::{repo, sample};
+use cxr_benches::{load_pipeline, repo, sample};
 use cxr_core::explain::{ExplainInput, ExplainerConfig, registry};
-use cxr_core::pipeline::Pipeline;
 use cxr_core::tch::{Device, Tensor};
 use cxr_explainers::lime::weighted_ridge;
 use rand::rngs::StdRng;
@@ -17,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 fn explainers(c: &mut Criterion) {
     cxr_explainers::link();
-    let pipeline = Pipeline::load(&repo().join("models"), Device::Cpu).expect("shipped models");
+    let pipeline = load_pipeline(&repo().join("models"));
     let analysis = pipeline
         .analyse_file(&sample("hannover_e1446fe8.png"))
         .expect("analyses");

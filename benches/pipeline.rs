@@ -5,15 +5,14 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use cxr_benches::{repo, sample};
-use cxr_core::pipeline::Pipeline;
+use cxr_benches::{load_pipeline, repo, sample};
 use cxr_core::preprocess::classifier_input;
 use cxr_core::tch::Device;
 use cxr_core::trust::ImageChecks;
 use cxr_core::xray::Xray;
 
 fn pipeline(c: &mut Criterion) {
-    let pipeline = Pipeline::load(&repo().join("models"), Device::Cpu).expect("shipped models");
+    let pipeline = load_pipeline(&repo().join("models"));
     let path = sample("nih_00001299_000.png");
     let bytes = std::fs::read(&path).expect("sample");
     let xray = Xray::decode(&bytes, &path).expect("decodes");

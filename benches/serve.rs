@@ -11,10 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cxr_benches::{repo, sample, with_text};
+use cxr_benches::{cpu, repo, sample, with_text};
 use cxr_core::cache::Cache;
-use cxr_core::compute::Compute;
-use cxr_core::tch::Device;
 
 const SAMPLES: [&str; 6] = [
     "hannover_2c35005f.png",
@@ -119,7 +117,7 @@ fn main() {
     .unwrap_or_else(|e| panic!("{e}"));
     let pool = cxr_server::start_pool(
         repo().join("models"),
-        Compute::on(Device::Cpu),
+        cpu(),
         jobs,
         64,
         Cache::new(dir.path().join("cache")),

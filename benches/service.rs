@@ -8,15 +8,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use cxr_benches::{repo, sample};
+use cxr_benches::{load_pipeline, repo, sample};
 use cxr_core::cache::Cache;
 use cxr_core::explain::MethodSpec;
 use cxr_core::explain::report;
 use cxr_core::input::Gate;
-use cxr_core::pipeline::Pipeline;
 use cxr_core::render;
 use cxr_core::service::{Image, Service, Settings};
-use cxr_core::tch::Device;
 
 fn service(c: &mut Criterion) {
     cxr_explainers::link();
@@ -32,16 +30,10 @@ fn service(c: &mut Criterion) {
     let methods = [method];
     let settings = Settings::default();
 
-    let direct = Pipeline::load(&models, Device::Cpu).expect("shipped models");
-    let uncached = Service::new(
-        Pipeline::load(&models, Device::Cpu).expect("shipped models"),
-        Cache::disabled(),
-    );
+    let direct = load_pipeline(&models);
+    let uncached = Service::new(load_pipeline(&models), Cache::disabled());
     let cache_dir = tempfile_dir();
-    let cached = Service::new(
-        Pipeline::load(&models, Device::Cpu).expect("shipped models"),
-        Cache::new(&cache_dir),
-    );
+    let cached = Service::new(load_pipeline(&models), Cache::new(&cache_dir));
     let warm = Image::from_bytes(bytes.clone(), &path, Gate::TRUSTED);
     cached
         .report(&warm, &methods, &settings, None)

@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cxr_benches::{repo, with_text};
-use cxr_core::compute::Compute;
-use cxr_core::tch::Device;
+use cxr_benches::{cpu, repo, with_text};
 use cxr_core::watch::{self, MethodSpec, WatchEvent, WatchOptions};
 
 /// A field of `/proc/self/status`, in KiB.
@@ -52,7 +50,7 @@ fn load(name: &str, methods: &[String], files: usize, jobs: usize, root: &Path) 
         std::fs::write(staged.join(format!("x{i:04}.png")), bytes).expect("write");
     }
 
-    let mut options = WatchOptions::new(&dir, repo().join("models"), Compute::on(Device::Cpu));
+    let mut options = WatchOptions::new(&dir, repo().join("models"), cpu());
     options.methods = MethodSpec::parse(methods, &[]).expect("methods");
     options.jobs = jobs;
     let stop = AtomicBool::new(false);

@@ -2,8 +2,9 @@
 //! model uses. Every command decides this once, here, from its options (`--device`,
 //! `--backend`, `--threads`, `--jobs`); this is the one place the thread policy lives.
 //!
-//! The policy: the cores that are not busy when the command starts (the available cores less
-//! the one-minute load average) are shared out between the workers that run at once (one worker
+//! The policy: the cores that are not busy when the command starts (the program measures them,
+//! [`crate::host::idle_cores`], and hands them in with [`Compute::with_idle_cores`]; all the
+//! available cores otherwise) are shared out between the workers that run at once (one worker
 //! for `classify`, `explain` and the viewer; `--jobs N` for the watch folder, the worker and the
 //! server), at least one thread each. Oversubscribing cores is what makes libtorch's OpenMP
 //! kernels crawl when another process holds a core: every parallel region waits for its slowest
@@ -96,13 +97,15 @@ pub struct Compute {
     pub requested_threads: Option<usize>,
     /// Workers that run models at once in this process.
     pub workers: usize,
-    /// Cores not busy with other work when this was made: measured once, so that every model a
-    /// command loads gets the same thread count.
+    /// Cores not busy with other work, as the program measured them once at start-up (all the
+    /// available cores unless told): every model a command loads gets the same thread count.
     idle_cores: usize,
 }
 
 impl Compute {
-    /// One worker on `device` with the automatic backend and the policy's threads.
+    /// One worker on `device` with the automatic backend and the policy's threads, sharing all
+    /// the available cores (a program that measured how many are idle says so with
+    /// [`Self::with_idle_cores`]).
     #[must_use]
     pub fn on(device: Device) -> Self {
         Self {
@@ -111,7 +114,17 @@ impl Compute {
             precision: Precision::Auto,
             requested_threads: None,
             workers: 1,
-            idle_cores: idle_cores(load_average()),
+            idle_cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        }
+    }
+
+    /// The workers share `cores` (at least one) instead of all the available cores: the cores
+    /// other work leaves idle, measured by the program ([`crate::host::idle_cores`]).
+    #[must_use]
+    pub fn with_idle_cores(self, cores: usize) -> Self {
+        Self {
+            idle_cores: cores.max(1),
+            ..self
         }
     }
 
@@ -154,59 +167,11 @@ impl Compute {
 
     /// Applies the thread count to libtorch on the calling thread; each worker thread calls it
     /// (through [`crate::pipeline::Pipeline::load_with`]) before it runs a model. ONNX Runtime
-    /// sessions take the count when they are made.
+    /// sessions take the count when they are made. Nothing process-wide is set here: the
+    /// allocator's settings are the program's ([`crate::host::reuse_freed_memory`]).
     pub fn apply(&self) {
         tch::set_num_threads(i32::try_from(self.threads()).unwrap_or(i32::MAX));
-        reuse_freed_memory();
     }
-}
-
-/// Keeps the memory libtorch frees for its next allocations, once per process.
-///
-/// A forward pass allocates and frees megabytes of activations per layer. With glibc's defaults
-/// each such block is a fresh `mmap` (or the heap is trimmed after it), so the next pass faults
-/// every page in again and the kernel zeroes it: about 6,600 page faults and a quarter of the
-/// U-Net's time per forward on this project's machine (102 ms against 77 ms with this; PyTorch
-/// in Python pays the same cost). Blocks of up to 1 GiB now come from the heap, and up to 1 GiB
-/// of freed heap is kept for reuse rather than given back: the process keeps its peak footprint
-/// instead of refaulting it.
-fn reuse_freed_memory() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        {
-            #[allow(unsafe_code)]
-            // SAFETY: mallopt only sets two of glibc's allocator parameters; it takes its own
-            // lock, and blocks allocated before keep working.
-            let accepted = unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
-                    && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
-            };
-            if !accepted {
-                tracing::debug!("glibc refused the allocator settings; freed memory goes back");
-            }
-        }
-    });
-}
-
-/// The available cores less those other work keeps busy (`load`, the one-minute load average,
-/// rounded down), at least one.
-fn idle_cores(load: f64) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let busy = if load.is_finite() && load > 0.0 {
-        load as usize
-    } else {
-        0
-    };
-    cores.saturating_sub(busy).max(1)
-}
-
-/// The one-minute load average (Linux `/proc/loadavg`); 0 where there is none.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -217,20 +182,23 @@ mod tests {
     fn cores_are_shared_between_workers_and_never_below_one() {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let cpu = Compute::on(Device::Cpu);
-        assert!((1..=cores).contains(&cpu.threads()));
+        // Unless the program says how many cores are idle, the library shares all of them.
+        assert_eq!(cpu.threads(), cores);
         assert_eq!(cpu.for_workers(cores * 4).threads(), 1);
         assert_eq!(cpu.for_workers(3).with_threads(Some(5)).threads(), 5);
         assert_eq!(cpu.with_threads(Some(0)).threads(), 1);
     }
 
     #[test]
-    fn busy_cores_are_left_alone() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        assert_eq!(idle_cores(0.0), cores);
-        assert_eq!(idle_cores(0.9), cores);
-        assert_eq!(idle_cores(1.2), (cores - 1).max(1));
-        assert_eq!(idle_cores(1000.0), 1);
-        assert_eq!(idle_cores(f64::NAN), cores);
+    fn the_idle_cores_given_are_shared_out() {
+        let cpu = Compute::on(Device::Cpu).with_idle_cores(6);
+        assert_eq!(cpu.threads(), 6);
+        assert_eq!(cpu.for_workers(2).threads(), 3);
+        assert_eq!(cpu.for_workers(4).threads(), 1);
+        assert_eq!(cpu.for_workers(7).threads(), 1);
+        assert_eq!(cpu.with_idle_cores(0).threads(), 1);
+        assert_eq!(cpu.with_idle_cores(0).for_workers(3).threads(), 1);
+        assert_eq!(cpu.for_workers(2).with_threads(Some(4)).threads(), 4);
     }
 
     #[test]

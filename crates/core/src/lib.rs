@@ -8,6 +8,7 @@
 //! - [`preprocess`]: the one function that turns a radiograph into network input;
 //! - [`models`]: the U-Net segmenter and `ResNet` classifier, their traits and backends
 //!   (libtorch, TorchScript, ONNX Runtime); [`compute`]: device, backend and threads;
+//!   [`host`]: what a program sets for its whole process at start-up (never called in here);
 //! - [`mask`]: lung-mask clean-up; [`pipeline`]: all stages with timings;
 //! - [`service`]: the one analysis service (classify, explain, draw, cache) every surface uses,
 //!   and [`answer`]: its results as every surface answers them;
@@ -30,6 +31,7 @@ mod error;
 pub mod evaluation;
 pub mod explain;
 pub mod fsutil;
+pub mod host;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;

@@ -53,7 +53,9 @@ fn models(global: &Global, args: &ModelArgs) -> Result<Models> {
             dir.display()
         );
     }
+    // The cores other work leaves idle, measured once for the command: its models share them.
     let compute = Compute::on(device)
+        .with_idle_cores(cxr_core::host::idle_cores())
         .with_backend(args.backend.into())
         .with_precision(args.precision.into())
         .with_threads(args.threads.map(usize::from));
