@@ -3,7 +3,7 @@
 //! or removed, so that a rename the caller saw succeed is still there after a power cut.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{CoreError, Result};
@@ -90,33 +90,6 @@ pub fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// `dir/NAME`, or `dir/STEM-2.EXT`, `dir/STEM-3.EXT`... : the first name not taken. A reason
-/// file without its file (left by a crash between the two steps of a rejection) does not take
-/// the name: the next rejection of that name overwrites it.
-#[must_use]
-pub fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
-        _ => (name, String::new()),
-    };
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
-    }
-    (2..=u32::MAX)
-        .map(|n| dir.join(format!("{stem}-{n}{ext}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
-}
-
-/// Where the reason for rejecting `file` is written: `NAME.reason.txt` beside it.
-#[must_use]
-pub fn reason_path(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".reason.txt");
-    PathBuf::from(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,18 +102,6 @@ mod tests {
         replace(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn free_names_skip_taken_files_but_not_orphan_reasons() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(free_name(dir.path(), "a.png"), dir.path().join("a.png"));
-        std::fs::write(dir.path().join("a.png"), b"").unwrap();
-        assert_eq!(free_name(dir.path(), "a.png"), dir.path().join("a-2.png"));
-        std::fs::write(dir.path().join("a-2.png"), b"").unwrap();
-        std::fs::write(dir.path().join("a-3.png.reason.txt"), b"").unwrap();
-        assert_eq!(free_name(dir.path(), "a.png"), dir.path().join("a-3.png"));
-        assert_eq!(free_name(dir.path(), "noext"), dir.path().join("noext"));
     }
 
     #[test]

@@ -34,8 +34,7 @@ use crate::data::LabelledImage;
 use crate::input::Gate;
 use crate::{CoreError, Result};
 
-pub use durable::reason_path;
-pub(crate) use durable::{file_name, free_name, replace, sync_dir};
+pub(crate) use durable::{file_name, replace, sync_dir};
 pub use entry::{
     EntryState, Label, MAX_REVIEWER_CHARS, Predicted, QueueItem, REVIEWER_ENV, Review, ReviewState,
     check_reviewer, is_entry_id, local_reviewer,
@@ -116,6 +115,8 @@ impl Queue {
         self.root.join(ENTRIES)
     }
 
+    /// `DIR/rejected`, where the watch folder moves the files it refuses, each with its reason
+    /// ([`crate::watch::reason_path`]).
     #[must_use]
     pub fn rejected(&self) -> PathBuf {
         self.root.join(REJECTED)
@@ -423,73 +424,6 @@ impl Queue {
             committed: false,
         })
     }
-
-    /// Moves `file` out of the inbox into `rejected/`, with `reason` written beside it first (a
-    /// crash in between leaves the file in the inbox, to be rejected again). Returns where it
-    /// went; `Ok(None)` when the file was gone already.
-    ///
-    /// Names never collide (two `a.png` from different sub-folders become `a.png` and
-    /// `a-2.png`): the workers of a watcher choose and take names one at a time, the move never
-    /// replaces an existing file (`RENAME_NOREPLACE`), and one watcher per folder is enforced
-    /// by its lock. A symbolic link is moved as the link, never followed.
-    pub(crate) fn reject(&self, file: &Path, reason: &str) -> std::io::Result<Option<PathBuf>> {
-        static NAMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let rejected = self.rejected();
-        std::fs::create_dir_all(&rejected)?;
-        let _naming = NAMING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let text = format!(
-            "{reason}\n\nfile: {}\nrejected: {}\n",
-            file.display(),
-            rfc3339_utc(SystemTime::now())
-        );
-        let mut target = free_name(&rejected, &file_name(file));
-        let moved = loop {
-            replace(&reason_path(&target), text.as_bytes()).map_err(std::io::Error::other)?;
-            match move_no_replace(file, &target) {
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    // Taken since it was chosen (not by this watcher): the next free name.
-                    let _ = std::fs::remove_file(reason_path(&target));
-                    let next = free_name(&rejected, &file_name(file));
-                    if next == target {
-                        break Err(e);
-                    }
-                    target = next;
-                }
-                other => break other,
-            }
-        };
-        match moved {
-            Ok(()) => {
-                let _ = sync_dir(&rejected);
-                if let Some(parent) = file.parent() {
-                    let _ = sync_dir(parent);
-                }
-                Ok(Some(target))
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(reason_path(&target));
-                if e.kind() == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
-fn move_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        from,
-        rustix::fs::CWD,
-        to,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(std::io::Error::from)
 }
 
 /// The extension an entry's image keeps: the file's own when supported, else one guessed from

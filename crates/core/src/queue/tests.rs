@@ -229,29 +229,3 @@ fn a_second_commit_of_one_id_changes_nothing() {
     assert_eq!(std::fs::read(item.dir.join(STATE_FILE)).unwrap(), before);
     assert_eq!(std::fs::read_dir(queue.staging()).unwrap().count(), 0);
 }
-
-#[test]
-fn rejecting_moves_the_file_with_its_reason_and_never_overwrites() {
-    let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::create(dir.path()).unwrap();
-    for round in 0..2 {
-        let file = queue.inbox().join("bad.png");
-        std::fs::write(&file, format!("garbage {round}")).unwrap();
-        let to = queue.reject(&file, "corrupt image").unwrap().unwrap();
-        assert!(!file.exists());
-        assert_eq!(
-            std::fs::read_to_string(&to).unwrap(),
-            format!("garbage {round}")
-        );
-        let reason = std::fs::read_to_string(reason_path(&to)).unwrap();
-        assert!(reason.starts_with("corrupt image"), "{reason}");
-    }
-    assert!(queue.rejected().join("bad-2.png").exists());
-    assert_eq!(
-        queue
-            .reject(&queue.inbox().join("gone.png"), "whatever")
-            .unwrap(),
-        None
-    );
-    assert_eq!(std::fs::read_dir(queue.rejected()).unwrap().count(), 4);
-}

@@ -15,6 +15,7 @@
 pub mod filter;
 pub mod folder;
 mod processor;
+mod rejected;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ use crate::{CoreError, Result};
 use filter::{Action, Ignored};
 pub use folder::{FolderWatcher, WatchMode};
 use processor::{Inbox, Job, Outcome, Processor, Stamp};
+pub use rejected::reason_path;
 
 pub use crate::explain::MethodSpec;
 

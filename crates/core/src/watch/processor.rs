@@ -239,7 +239,7 @@ impl Processor {
     }
 
     fn reject(&self, path: &Path, reason: &str) -> Outcome {
-        match self.queue.reject(path, reason) {
+        match super::rejected::reject(&self.queue.rejected(), path, reason) {
             Ok(Some(to)) => Outcome::Rejected {
                 to,
                 reason: reason.to_owned(),

@@ -127,7 +127,7 @@ fn describe(event: &WatchEvent) -> Option<String> {
             "rejected {}: {} (see {})",
             name(file),
             reason.lines().next().unwrap_or_default(),
-            cxr_core::queue::reason_path(to).display()
+            cxr_core::watch::reason_path(to).display()
         ),
         WatchEvent::Ignored { file, reason } => format!("ignoring {}: {reason}", name(file)),
         WatchEvent::Error { file, error } => match file {
