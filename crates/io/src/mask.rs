@@ -1,7 +1,10 @@
 //! Lung masks and their clean-up after the U-Net: keep the lungs (the largest connected regions),
 //! drop specks, fill holes.
 
-use image::GrayImage;
+use image::{GrayImage, Luma};
+use imageproc::contrast::{ThresholdType, threshold};
+use imageproc::drawing::flood_fill_mut;
+use imageproc::region_labelling::{Connectivity, connected_components};
 
 /// A binary lung mask at the radiograph's own resolution: 255 lung, 0 background.
 pub type LungMask = GrayImage;
@@ -13,103 +16,61 @@ pub const LUNG: u8 = 255;
 #[must_use]
 pub fn clean(mask: &LungMask, min_share: f32) -> LungMask {
     let (w, h) = mask.dimensions();
-    let (labels, sizes) = components(mask.as_raw(), w as usize, h as usize, |v| v >= 128);
+    // imageproc labels runs of equal values: pixels at or above 128 become lung, the rest 0.
+    let binary = threshold(mask, 127, ThresholdType::Binary);
+    let labels = connected_components(&binary, Connectivity::Four, Luma([0]));
+    // Labels are numbered in raster order of each region's first pixel, so ties between
+    // equal sizes keep that order through the stable sort.
+    let sizes = label_sizes(labels.as_raw());
     let mut order: Vec<usize> = (0..sizes.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
     let largest = order.first().map_or(0, |&i| sizes[i]);
-    let keep: Vec<bool> = (0..sizes.len())
-        .map(|i| {
-            order.iter().take(2).any(|&k| k == i) && sizes[i] as f32 >= min_share * largest as f32
-        })
-        .collect();
-    let kept: Vec<u8> = labels
-        .iter()
-        .map(|&l| {
-            if l != 0 && keep[l as usize - 1] {
-                LUNG
-            } else {
-                0
+    let mut keep = vec![false; sizes.len() + 1];
+    for &i in order.iter().take(2) {
+        keep[i + 1] = sizes[i] as f32 >= min_share * largest as f32;
+    }
+    // The kept regions, framed by one background pixel so that all background reaching the
+    // border is one 4-connected region around the corner.
+    let mut framed = LungMask::new(w + 2, h + 2);
+    if w > 0 {
+        let rows = framed.chunks_exact_mut(w as usize + 2).skip(1);
+        for (row, line) in rows.zip(labels.as_raw().chunks_exact(w as usize)) {
+            for (pixel, &l) in row[1..=w as usize].iter_mut().zip(line) {
+                *pixel = if keep[l as usize] { LUNG } else { 0 };
             }
-        })
-        .collect();
-    let filled = fill_holes(&kept, w as usize, h as usize);
-    GrayImage::from_raw(w, h, filled).expect("same dimensions as the input")
+        }
+    }
+    fill_holes(framed)
 }
 
-/// Background pixels not connected to the border become foreground.
-fn fill_holes(mask: &[u8], w: usize, h: usize) -> Vec<u8> {
-    let mut outside = vec![false; mask.len()];
-    let mut stack: Vec<usize> = Vec::new();
-    let push = |i: usize, outside: &mut Vec<bool>, stack: &mut Vec<usize>| {
-        if mask[i] == 0 && !outside[i] {
-            outside[i] = true;
-            stack.push(i);
-        }
-    };
-    for x in 0..w {
-        push(x, &mut outside, &mut stack);
-        push((h - 1) * w + x, &mut outside, &mut stack);
-    }
-    for y in 0..h {
-        push(y * w, &mut outside, &mut stack);
-        push(y * w + w - 1, &mut outside, &mut stack);
-    }
-    while let Some(i) = stack.pop() {
-        let (x, y) = (i % w, i / w);
-        if x > 0 {
-            push(i - 1, &mut outside, &mut stack);
-        }
-        if x + 1 < w {
-            push(i + 1, &mut outside, &mut stack);
-        }
-        if y > 0 {
-            push(i - w, &mut outside, &mut stack);
-        }
-        if y + 1 < h {
-            push(i + w, &mut outside, &mut stack);
-        }
-    }
-    outside.iter().map(|&o| if o { 0 } else { LUNG }).collect()
-}
-
-/// 4-connected component labelling: labels (0 = background, k = component k) and the size of
-/// each component (index k - 1).
-fn components(
-    pixels: &[u8],
-    w: usize,
-    h: usize,
-    is_fg: impl Fn(u8) -> bool,
-) -> (Vec<u32>, Vec<usize>) {
-    let mut labels = vec![0u32; pixels.len()];
+/// Pixels of each region of `labels` (index k - 1 for label k; 0 is background).
+fn label_sizes(labels: &[u32]) -> Vec<usize> {
     let mut sizes = Vec::new();
-    let mut stack = Vec::new();
-    for start in 0..pixels.len() {
-        if !is_fg(pixels[start]) || labels[start] != 0 {
-            continue;
+    for &l in labels.iter().filter(|&&l| l != 0) {
+        let k = l as usize;
+        if k > sizes.len() {
+            sizes.resize(k, 0);
         }
-        let label = sizes.len() as u32 + 1;
-        let mut size = 0;
-        labels[start] = label;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            size += 1;
-            let (x, y) = (i % w, i / w);
-            let neighbours = [
-                (x > 0).then(|| i - 1),
-                (x + 1 < w).then(|| i + 1),
-                (y > 0).then(|| i - w),
-                (y + 1 < h).then(|| i + w),
-            ];
-            for j in neighbours.into_iter().flatten() {
-                if is_fg(pixels[j]) && labels[j] == 0 {
-                    labels[j] = label;
-                    stack.push(j);
-                }
-            }
-        }
-        sizes.push(size);
+        sizes[k - 1] += 1;
     }
-    (labels, sizes)
+    sizes
+}
+
+/// The inside of a `framed` mask (one background pixel around it) with its holes filled:
+/// background that a 4-connected flood fill from the frame's corner does not reach becomes
+/// lung. A flood fill rather than labelling the background: that made `clean` about 1.8 times
+/// slower and takes some 24 bytes per pixel (imageproc's union-find), the framed copy one.
+fn fill_holes(mut framed: LungMask) -> LungMask {
+    const OUTSIDE: u8 = 1;
+    let (w, h) = (framed.width() - 2, framed.height() - 2);
+    flood_fill_mut(&mut framed, 0, 0, Luma([OUTSIDE]));
+    let inside = framed
+        .chunks_exact(w as usize + 2)
+        .skip(1)
+        .take(h as usize)
+        .flat_map(|row| &row[1..=w as usize])
+        .map(|&v| if v == OUTSIDE { 0 } else { LUNG });
+    LungMask::from_raw(w, h, inside.collect()).expect("the frame's inside")
 }
 
 /// Fraction of the image covered by lung.
@@ -123,11 +84,20 @@ pub fn coverage(mask: &LungMask) -> f32 {
 mod tests {
     use super::*;
 
+    /// `#` lung, `+` a value counted as lung (200), `~` one counted as background (127), any
+    /// other character background.
+    fn value(c: u8) -> u8 {
+        match c {
+            b'#' => LUNG,
+            b'+' => 200,
+            b'~' => 127,
+            _ => 0,
+        }
+    }
+
     fn from_rows(rows: &[&str]) -> LungMask {
         let w = rows[0].len() as u32;
-        let px = rows
-            .iter()
-            .flat_map(|r| r.bytes().map(|b| if b == b'#' { LUNG } else { 0 }));
+        let px = rows.iter().flat_map(|r| r.bytes().map(value));
         GrayImage::from_raw(w, rows.len() as u32, px.collect()).unwrap()
     }
 
@@ -170,9 +140,69 @@ mod tests {
         );
     }
 
+    /// Four regions: a ring with a hole (its pixels partly 200, the hole partly 127), a bar, a
+    /// square and a speck touching the ring only at a corner (a region of its own, as regions are
+    /// 4-connected). The ring and the bar are the two largest.
+    #[test]
+    fn keeps_the_two_largest_of_four_regions_at_or_above_128_and_fills_the_hole() {
+        let mask = from_rows(&[
+            "#..........",
+            ".#####.....",
+            ".#~.+#.....",
+            ".#...#..##.",
+            ".#####..##.",
+            "...........",
+            "+++++++....",
+        ]);
+        assert_eq!(
+            to_rows(&clean(&mask, 0.1)),
+            vec![
+                "...........",
+                ".#####.....",
+                ".#####.....",
+                ".#####.....",
+                ".#####.....",
+                "...........",
+                "#######....",
+            ]
+        );
+        // The bar (7 pixels) is under half the ring (15): only the ring is left.
+        assert_eq!(
+            to_rows(&clean(&mask, 0.5)),
+            vec![
+                "...........",
+                ".#####.....",
+                ".#####.....",
+                ".#####.....",
+                ".#####.....",
+                "...........",
+                "...........",
+            ]
+        );
+    }
+
+    /// Background that reaches the border only through a corner is a hole (4-connected), and a
+    /// bay open to the border along an edge is not.
+    #[test]
+    fn a_pocket_open_only_at_a_corner_is_filled_and_a_bay_is_not() {
+        let mask = from_rows(&[
+            "......", //
+            ".####.", ".#..#.", ".###.#", ".#...#", ".#####",
+        ]);
+        assert_eq!(
+            to_rows(&clean(&mask, 0.1)),
+            vec!["......", ".####.", ".####.", ".#####", ".#####", ".#####"]
+        );
+        let bay = from_rows(&["#####", "#...#", "#.#.#", "#.#.."]);
+        assert_eq!(to_rows(&clean(&bay, 0.1)), to_rows(&bay));
+    }
+
     #[test]
     fn empty_mask_stays_empty() {
         let mask = GrayImage::new(8, 5);
         assert_eq!(coverage(&clean(&mask, 0.1)), 0.0);
+        for (w, h) in [(0, 0), (4, 0), (0, 3)] {
+            assert_eq!(clean(&GrayImage::new(w, h), 0.1).dimensions(), (w, h));
+        }
     }
 }
