@@ -15,10 +15,14 @@
 //!   and the largest a closing adds (a bite or slit cut into a lung), as shares of the lungs. Drawn reference outlines are
 //!   smooth; a segmenter that lost its way on an unfamiliar film is not.
 
+use image::{GrayImage, Luma};
+use imageproc::distance_transform::Norm;
+use imageproc::morphology::{close, open};
+use imageproc::region_labelling::{Connectivity, connected_components};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::mask::LungMask;
+use crate::mask::{self, LungMask};
 use crate::{CoreError, Result};
 
 /// Side of the descriptor grid.
@@ -70,104 +74,57 @@ pub struct ShapeScore {
 pub fn roughness(mask: &LungMask) -> Option<[f32; 2]> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
     let (sw, sh) = (ROUGHNESS_WIDTH, (ROUGHNESS_WIDTH * h / w.max(1)).max(1));
-    let lung: Vec<bool> = (0..sh)
-        .flat_map(|y| (0..sw).map(move |x| (x, y)))
-        .map(|(x, y)| mask.as_raw()[(y * h / sh) * w + x * w / sw] >= 128)
-        .collect();
-    let area = lung.iter().filter(|&&l| l).count();
-    let columns = (0..sw).filter(|&x| (0..sh).any(|y| lung[y * sw + x]));
-    let (first, last) = columns.fold((usize::MAX, 0), |(a, b), x| (a.min(x), b.max(x)));
+    let lung = GrayImage::from_fn(sw as u32, sh as u32, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        binary(mask.as_raw()[(y * h / sh) * w + x * w / sw] >= 128)
+    });
+    let area = lung.iter().filter(|&&l| l != 0).count();
+    let columns = (0..lung.width()).filter(|&x| (0..lung.height()).any(|y| set(&lung, x, y)));
+    let (first, last) = columns.fold((u32::MAX, 0), |(a, b), x| (a.min(x), b.max(x)));
     if area == 0 {
         return None;
     }
     let side = ((ROUGHNESS_SCALE * (last - first + 1) as f32) as usize).max(1) | 1;
-    let opened = dilate(&erode(&lung, sw, side), sw, side);
-    let closed = erode(&dilate(&lung, sw, side), sw, side);
-    let spurs: Vec<bool> = lung.iter().zip(&opened).map(|(l, o)| *l && !o).collect();
-    let bites: Vec<bool> = lung.iter().zip(&closed).map(|(l, c)| *c && !l).collect();
-    let share = |part: &[bool]| largest_region(part, sw) as f32 / area as f32;
+    // Within LInf distance `side / 2`: the `side` x `side` square, `side` being odd. Pixels
+    // beyond the border count as neither lung nor background, as with edges replicated.
+    let radius = (side / 2) as u8;
+    let (opened, closed) = (
+        open(&lung, Norm::LInf, radius),
+        close(&lung, Norm::LInf, radius),
+    );
+    let spurs = GrayImage::from_fn(lung.width(), lung.height(), |x, y| {
+        binary(set(&lung, x, y) && !set(&opened, x, y))
+    });
+    let bites = GrayImage::from_fn(lung.width(), lung.height(), |x, y| {
+        binary(set(&closed, x, y) && !set(&lung, x, y))
+    });
+    let share = |part: &GrayImage| largest_region(part) as f32 / area as f32;
     Some([share(&spurs), share(&bites)])
 }
 
-/// Pixels in the largest 8-connected region of `mask` (`w` wide). The sharp corners of a
-/// normal lung (the costophrenic angles, the apex) each leave a small region; a hook or a bite
-/// leaves one large one.
-fn largest_region(mask: &[bool], w: usize) -> usize {
-    let h = mask.len() / w;
-    let mut seen = vec![false; mask.len()];
-    let mut largest = 0;
-    for start in 0..mask.len() {
-        if !mask[start] || seen[start] {
-            continue;
-        }
-        seen[start] = true;
-        let (mut stack, mut size) = (vec![start], 0);
-        while let Some(i) = stack.pop() {
-            size += 1;
-            let (x, y) = (i % w, i / w);
-            for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                    let j = ny * w + nx;
-                    if mask[j] && !seen[j] {
-                        seen[j] = true;
-                        stack.push(j);
-                    }
-                }
-            }
-        }
-        largest = largest.max(size);
-    }
-    largest
+/// The opening's and closing's radius fits imageproc's `u8` and stays below its distance
+/// transform's cap (255, or the image's width plus height, at least `ROUGHNESS_WIDTH + 1`).
+const _: () = assert!(ROUGHNESS_SCALE < 1.0 && ROUGHNESS_SCALE * (ROUGHNESS_WIDTH as f32) < 250.0);
+
+/// 255 for set, 0 for not.
+fn binary(set: bool) -> Luma<u8> {
+    Luma([if set { 255 } else { 0 }])
 }
 
-/// Binary erosion by a `side` x `side` square (edges replicated), rows then columns.
-fn erode(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
-    let rows = window(mask, w, side, true, Window::All);
-    window(&rows, w, side, false, Window::All)
+/// Whether the pixel at `(x, y)` is set.
+fn set(mask: &GrayImage, x: u32, y: u32) -> bool {
+    mask.get_pixel(x, y).0[0] != 0
 }
 
-/// Binary dilation by a `side` x `side` square (edges replicated).
-fn dilate(mask: &[bool], w: usize, side: usize) -> Vec<bool> {
-    let rows = window(mask, w, side, true, Window::Any);
-    window(&rows, w, side, false, Window::Any)
-}
-
-/// What a window's pixels must be for its centre to be set.
-#[derive(Clone, Copy, PartialEq)]
-enum Window {
-    All,
-    Any,
-}
-
-/// Whether all (or any) pixels of a centred window of `side` pixels along rows (or columns),
-/// clamped to the image, are set: counted with running sums, one pass per line.
-fn window(mask: &[bool], w: usize, side: usize, along_rows: bool, rule: Window) -> Vec<bool> {
-    let h = mask.len() / w;
-    let r = side / 2;
-    let (lines, len) = if along_rows { (h, w) } else { (w, h) };
-    let index = |line: usize, k: usize| {
-        if along_rows {
-            line * w + k
-        } else {
-            k * w + line
-        }
-    };
-    let mut out = vec![false; mask.len()];
-    let mut sums = vec![0usize; len + 1];
-    for line in 0..lines {
-        for k in 0..len {
-            sums[k + 1] = sums[k] + usize::from(mask[index(line, k)]);
-        }
-        for at in 0..len {
-            let (from, to) = (at.saturating_sub(r), (at + r).min(len - 1));
-            let set = sums[to + 1] - sums[from];
-            out[index(line, at)] = match rule {
-                Window::All => set == to - from + 1,
-                Window::Any => set > 0,
-            };
-        }
-    }
-    out
+/// Pixels in the largest 8-connected region of `mask` (non-zero pixels). The sharp corners of
+/// a normal lung (the costophrenic angles, the apex) each leave a small region; a hook or a
+/// bite leaves one large one.
+fn largest_region(mask: &GrayImage) -> usize {
+    let labels = connected_components(mask, Connectivity::Eight, Luma([0]));
+    mask::region_sizes(labels.as_raw())
+        .into_iter()
+        .max()
+        .unwrap_or(0)
 }
 
 /// The lungs' bounding box of `mask` (pixels at or above 128) resampled to the grid by area
@@ -430,6 +387,36 @@ mod tests {
             let right = ((x - 0.7) / rb).powi(2) + ((y - 0.5) / b).powi(2) <= 1.0;
             image::Luma([if left || right { 255 } else { 0 }])
         })
+    }
+
+    /// At [`ROUGHNESS_WIDTH`] columns nothing is resampled. A 100-pixel-wide lung gives a 5 x 5
+    /// square: a rectangle keeps its corners (a diamond or disk would cut them), a spur 3 pixels
+    /// wide is opened away while one 5 wide stays, and a slit 3 wide is closed.
+    #[test]
+    fn roughness_opens_and_closes_with_a_five_pixel_square() {
+        let inside = |x: u32, y: u32, (x0, x1): (u32, u32), (y0, y1): (u32, u32)| {
+            (x0..x1).contains(&x) && (y0..y1).contains(&y)
+        };
+        let mask = |spurs_and_slit: bool| {
+            LungMask::from_fn(ROUGHNESS_WIDTH as u32, 120, |x, y| {
+                let body = inside(x, y, (30, 130), (20, 100));
+                let lung = if spurs_and_slit {
+                    (body && !inside(x, y, (90, 93), (20, 35)))
+                        || inside(x, y, (60, 63), (100, 110))
+                        || inside(x, y, (100, 105), (100, 110))
+                } else {
+                    body
+                };
+                image::Luma([if lung { 255 } else { 0 }])
+            })
+        };
+        assert_eq!(roughness(&mask(false)), Some([0.0, 0.0]));
+        let area = (100 * 80 + 3 * 10 + 5 * 10 - 3 * 15) as f32;
+        assert_eq!(
+            roughness(&mask(true)),
+            Some([3.0 * 10.0 / area, 3.0 * 15.0 / area])
+        );
+        assert_eq!(roughness(&LungMask::new(160, 120)), None);
     }
 
     #[test]

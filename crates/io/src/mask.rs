@@ -21,7 +21,7 @@ pub fn clean(mask: &LungMask, min_share: f32) -> LungMask {
     let labels = connected_components(&binary, Connectivity::Four, Luma([0]));
     // Labels are numbered in raster order of each region's first pixel, so ties between
     // equal sizes keep that order through the stable sort.
-    let sizes = label_sizes(labels.as_raw());
+    let sizes = region_sizes(labels.as_raw());
     let mut order: Vec<usize> = (0..sizes.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
     let largest = order.first().map_or(0, |&i| sizes[i]);
@@ -43,8 +43,10 @@ pub fn clean(mask: &LungMask, min_share: f32) -> LungMask {
     fill_holes(framed)
 }
 
-/// Pixels of each region of `labels` (index k - 1 for label k; 0 is background).
-fn label_sizes(labels: &[u32]) -> Vec<usize> {
+/// Pixels in each region of imageproc's `connected_components` labels (index k - 1 for label
+/// k; 0 is background).
+#[must_use]
+pub fn region_sizes(labels: &[u32]) -> Vec<usize> {
     let mut sizes = Vec::new();
     for &l in labels.iter().filter(|&&l| l != 0) {
         let k = l as usize;
