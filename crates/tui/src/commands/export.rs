@@ -2,7 +2,6 @@
 //! one self-contained HTML report (pictures embedded as base64 PNG data URLs) to open in a
 //! browser, mail or archive.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,6 +10,7 @@ use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::queue::{Order, Queue, QueueItem};
 use cxr_core::render::class_display_name;
 use cxr_core::xray::Xray;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::cli::ExportFormat;
 
@@ -123,22 +123,6 @@ fn inert(cell: &str) -> String {
     }
 }
 
-/// `<`, `>`, `&` and quotes escaped for HTML text and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A picture scaled to [`THUMBNAIL`] pixels wide as a `data:` URL, or why it could not be made.
 fn data_url(image: &image::DynamicImage) -> Result<String, String> {
     let (w, h) = (image.width().max(1), image.height().max(1));
@@ -152,23 +136,15 @@ fn data_url(image: &image::DynamicImage) -> Result<String, String> {
     ))
 }
 
-fn figure(html: &mut String, caption: &str, picture: Result<String, String>) {
+/// A picture with its caption, or the caption and why the picture is missing.
+fn figure(caption: &str, picture: Result<String, String>) -> Markup {
     match picture {
-        Ok(url) => {
-            let _ = write!(
-                html,
-                "<figure><img src=\"{url}\" alt=\"{0}\"><figcaption>{0}</figcaption></figure>",
-                escape(caption)
-            );
-        }
-        Err(e) => {
-            let _ = write!(
-                html,
-                "<figure class=\"missing\"><figcaption>{}: {}</figcaption></figure>",
-                escape(caption),
-                escape(&e)
-            );
-        }
+        Ok(url) => html! {
+            figure { img src=(url) alt=(caption); figcaption { (caption) } }
+        },
+        Err(e) => html! {
+            figure.missing { figcaption { (caption) ": " (e) } }
+        },
     }
 }
 
@@ -183,90 +159,172 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weig
 .flag{background:#c62828;color:#fff;border-radius:3px;padding:0 .4em;margin-right:.3em}\
 .covid{color:#b71c1c}.normal{color:#1b5e20}.pending{color:#777;font-style:italic}";
 
+/// The report: maud escapes every text and attribute value spliced in (file names, reviewer
+/// names and error messages are not ours); only the constant [`STYLE`] goes in as it is.
 fn html(dir: &Path, items: &[&QueueItem]) -> String {
     let reviewed = items.iter().filter(|i| i.is_reviewed()).count();
-    let mut html = String::new();
-    let _ = write!(
-        html,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>cxr review: {0}</title><style>{STYLE}</style></head><body>\n\
-         <h1>cxr review session: {0}</h1>\n<table class=\"summary\"><tr><td>entries</td>\
-         <td id=\"entries\">{1}</td></tr><tr><td>reviewed</td><td id=\"reviewed\">{2}</td></tr>\
-         <tr><td>pending</td><td id=\"pending\">{3}</td></tr></table>\n",
-        escape(&dir.display().to_string()),
-        items.len(),
-        reviewed,
-        items.len() - reviewed
-    );
-    for item in items {
-        let s = &item.state;
-        let _ = write!(
-            html,
-            "<section class=\"entry\" id=\"entry-{0}\"><h2>{1} <small>({0})</small></h2>\
-             <div class=\"pictures\">",
-            escape(&item.id),
-            escape(&s.source_name)
-        );
-        let radiograph = Xray::open(item.image_path())
+    let folder = dir.display().to_string();
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "cxr review: " (folder) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "cxr review session: " (folder) }
+                table.summary {
+                    tr { td { "entries" } td #entries { (items.len()) } }
+                    tr { td { "reviewed" } td #reviewed { (reviewed) } }
+                    tr { td { "pending" } td #pending { (items.len() - reviewed) } }
+                }
+                @for item in items {
+                    (entry(item))
+                }
+            }
+        }
+    };
+    let mut page = page.into_string();
+    page.push('\n');
+    page
+}
+
+/// One queue entry's section: its pictures (decoded and scaled here), prediction and review.
+fn entry(item: &QueueItem) -> Markup {
+    let s = &item.state;
+    let radiograph = Xray::open(item.image_path())
+        .map_err(|e| e.to_string())
+        .and_then(|x| data_url(&x.original));
+    let overlays = item.overlays().into_iter().map(|(method, path)| {
+        let overlay = image::open(&path)
             .map_err(|e| e.to_string())
-            .and_then(|x| data_url(&x.original));
-        figure(&mut html, "radiograph", radiograph);
-        for (method, path) in item.overlays() {
-            let overlay = image::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|image| data_url(&image));
-            figure(&mut html, &format!("{method} overlay"), overlay);
-        }
-        html.push_str("</div><dl>");
-        match &s.predicted {
-            Some(p) => {
-                let _ = write!(
-                    html,
-                    "<dt>prediction</dt><dd class=\"prediction {0}\">{1} ({2:.1}%)</dd>\
-                     <dt>flags</dt><dd class=\"flags\">",
-                    escape(&p.label),
-                    escape(class_display_name(&p.label)),
-                    p.confidence * 100.0
-                );
-                if p.flags.is_empty() {
-                    html.push_str("none");
-                }
-                for flag in &p.flags {
-                    let _ = write!(html, "<span class=\"flag\">{}</span>", flag.name());
-                }
-                html.push_str("</dd>");
+            .and_then(|image| data_url(&image));
+        figure(&format!("{method} overlay"), overlay)
+    });
+    html! {
+        section.entry id={ "entry-" (item.id) } {
+            h2 { (s.source_name) " " small { "(" (item.id) ")" } }
+            div.pictures {
+                (figure("radiograph", radiograph))
+                @for overlay in overlays { (overlay) }
             }
-            None => html.push_str("<dt>prediction</dt><dd class=\"prediction\">none</dd>"),
-        }
-        match &s.review {
-            Some(r) => {
-                let _ = write!(
-                    html,
-                    "<dt>label</dt><dd class=\"label {0}\">{1}</dd><dt>reviewer</dt>\
-                     <dd class=\"reviewer\">{2}</dd><dt>reviewed</dt><dd>{3}</dd>",
-                    escape(r.label.as_str()),
-                    escape(class_display_name(r.label.as_str())),
-                    escape(&r.reviewer),
-                    escape(&r.time)
-                );
+            dl {
+                dt { "prediction" }
+                @if let Some(p) = &s.predicted {
+                    dd class={ "prediction " (p.label) } {
+                        (class_display_name(&p.label))
+                        " (" (format!("{:.1}", p.confidence * 100.0)) "%)"
+                    }
+                    dt { "flags" }
+                    dd.flags {
+                        @if p.flags.is_empty() { "none" }
+                        @for flag in &p.flags { span.flag { (flag.name()) } }
+                    }
+                } @else {
+                    dd.prediction { "none" }
+                }
+                dt { "label" }
+                @if let Some(r) = &s.review {
+                    dd class={ "label " (r.label.as_str()) } {
+                        (class_display_name(r.label.as_str()))
+                    }
+                    dt { "reviewer" }
+                    dd.reviewer { (r.reviewer) }
+                    dt { "reviewed" }
+                    dd { (r.time) }
+                } @else {
+                    dd.label.pending { "not reviewed" }
+                }
             }
-            None => html.push_str("<dt>label</dt><dd class=\"label pending\">not reviewed</dd>"),
         }
-        html.push_str("</dl></section>\n");
     }
-    html.push_str("</body></html>\n");
-    html
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HOSTILE: &str = "<b>\"a\" & 'b'</b>";
+    const ESCAPED: &str = "&lt;b&gt;&quot;a&quot; &amp; 'b'&lt;/b&gt;";
+
+    /// An entry whose folder does not exist (so no picture can be read), with `HOSTILE` in its
+    /// original name, predicted label, reviewer and review time.
+    fn hostile_entry() -> QueueItem {
+        let state = serde_json::json!({
+            "schema": 1, "id": "00000000000000dd", "sha256": "0".repeat(64),
+            "state": "reviewed", "image": "image.png", "source_name": format!("{HOSTILE}.png"),
+            "created": "2026-05-01T10:00:00.000Z",
+            "predicted": {
+                "label": HOSTILE, "confidence": 0.5, "positive": "covid",
+                "probabilities": {"covid": 0.5}, "threshold": 0.5, "flags": [],
+            },
+            "model": null, "methods": [],
+            "review": {"label": "normal", "reviewer": HOSTILE, "time": HOSTILE},
+        });
+        QueueItem {
+            id: "00000000000000dd".into(),
+            dir: Path::new("/nonexistent/cxr-export-test").join(HOSTILE),
+            state: serde_json::from_value(state).unwrap(),
+        }
+    }
+
     #[test]
-    fn html_text_is_escaped() {
-        assert_eq!(
-            escape("<b>\"a\" & 'b'</b>"),
-            "&lt;b&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/b&gt;"
+    fn hostile_text_is_escaped_in_the_page() {
+        let item = hostile_entry();
+        let page = html(&Path::new("/watch").join(HOSTILE), &[&item]);
+        assert!(!page.contains("<b>") && !page.contains("\"a\""), "{page}");
+        // The folder in the title and heading, the original name, the predicted label in its
+        // class attribute and as text, the reviewer and the time.
+        let expected = [
+            format!("<title>cxr review: /watch/{ESCAPED}</title>"),
+            format!("<h1>cxr review session: /watch/{ESCAPED}</h1>"),
+            format!("<h2>{ESCAPED}.png <small>(00000000000000dd)</small></h2>"),
+            format!("<dd class=\"prediction {ESCAPED}\">{ESCAPED} (50.0%)</dd>"),
+            format!("<dd class=\"reviewer\">{ESCAPED}</dd>"),
+            format!("<dt>reviewed</dt><dd>{ESCAPED}</dd>"),
+        ];
+        for text in expected {
+            assert!(page.contains(&text), "{text} not in {page}");
+        }
+        // The missing radiograph's error (it names the hostile folder) is escaped too.
+        let missing = &page[page
+            .find("<figure class=\"missing\"><figcaption>radiograph: ")
+            .unwrap()..];
+        let missing = &missing[..missing.find("</figure>").unwrap()];
+        assert!(missing.contains(ESCAPED), "{missing}");
+    }
+
+    #[test]
+    fn the_page_has_the_summary_and_one_section_per_entry() {
+        let mut pending = hostile_entry();
+        pending.id = "00000000000000ee".into();
+        pending.state.review = None;
+        pending.state.predicted = None;
+        pending.state.state = cxr_core::queue::ReviewState::PendingReview;
+        let reviewed = hostile_entry();
+        let page = html(Path::new("/watch"), &[&reviewed, &pending]);
+        assert!(
+            page.starts_with("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">")
         );
+        assert!(page.ends_with("</body></html>\n"), "{page}");
+        for cell in [
+            "<td id=\"entries\">2</td>",
+            "<td id=\"reviewed\">1</td>",
+            "<td id=\"pending\">1</td>",
+        ] {
+            assert!(page.contains(cell), "{cell} not in {page}");
+        }
+        assert_eq!(page.matches("<section class=\"entry\"").count(), 2);
+        let pending = &page[page.find("id=\"entry-00000000000000ee\"").unwrap()..];
+        assert!(pending.contains(
+            "<dt>prediction</dt><dd class=\"prediction\">none</dd><dt>label</dt>\
+             <dd class=\"label pending\">not reviewed</dd>"
+        ));
+        assert!(
+            page.contains("<dd class=\"label normal\">no finding</dd>"),
+            "{page}"
+        );
+        assert!(page.contains("<dd class=\"flags\">none</dd>"));
     }
 }
