@@ -199,3 +199,33 @@ fn classifier_loads_in_pytorch_to_the_same_logits() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("max |logit difference|"), "{text}");
 }
+
+/// The documents quote the shipped classifier's decision threshold: a model card's own check,
+/// so that retraining is not done until the README and the watch-folder guide say what the new
+/// model does.
+#[test]
+fn the_docs_quote_the_shipped_threshold() {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            repo()
+                .join("models")
+                .join(format!("{CLASSIFIER_NAME}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let threshold = meta["threshold"].as_f64().expect("a threshold");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for quoted in [
+        format!("threshold of {threshold:.2}"),
+        format!("at threshold {threshold:.3}"),
+    ] {
+        assert!(readme.contains(&quoted), "README.md should say {quoted:?}");
+    }
+    let guide = std::fs::read_to_string(repo().join("docs/watch-folder.md")).unwrap();
+    let exact = format!("\"threshold\": {}", threshold as f32);
+    assert!(
+        guide.contains(&exact),
+        "docs/watch-folder.md should show {exact}"
+    );
+}
