@@ -311,8 +311,14 @@ impl ShapeModel {
         if beyond(m.residual, residual) || beyond(m.distance, distance) {
             why.push(format!(
                 "the lungs' outline is unlike the {} reference lung pairs' (shape residual \
-                 {:.3}, limit {:.3}; shape distance {:.1}, limit {:.1}; limits from {})",
-                self.fitted_on, m.residual, residual.0, m.distance, distance.0, residual.1
+                 {:.3}, limit {:.3} from {}; shape distance {:.1}, limit {:.1} from {})",
+                self.fitted_on,
+                m.residual,
+                residual.0,
+                residual.1,
+                m.distance,
+                distance.0,
+                distance.1
             ));
         }
         if beyond(m.spurs, spurs) {
