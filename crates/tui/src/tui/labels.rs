@@ -25,9 +25,14 @@ pub fn record(
     let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
     let item = queue.label_file(path, label.clone(), reviewer, predicted)?;
+    // A queue entry's image is `image.png`: name it by the file that was dropped in.
+    let name = if item.state.source_name.is_empty() {
+        path.display().to_string()
+    } else {
+        item.state.source_name.clone()
+    };
     Ok(format!(
-        "labelled {} as {} (queue entry {})",
-        path.display(),
+        "labelled {name} as {} (queue entry {})",
         label.as_str(),
         item.id
     ))
