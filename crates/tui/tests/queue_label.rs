@@ -221,6 +221,9 @@ fn one_reviewer_rule_on_the_command_line_and_in_the_viewer() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("watch");
     let id = one_entry(&dir);
+    // A file labelled from the command line keeps the fingerprint of the models that predicted.
+    let model = state(&dir, &id)["model"].as_str().map(str::len);
+    assert_eq!(model, Some(64), "{}", state(&dir, &id));
     let log = tmp.path().join("viewer.log");
     let log = log.to_str().unwrap();
     // No --reviewer: $CXR_REVIEWER, before the login name.

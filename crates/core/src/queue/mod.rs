@@ -252,13 +252,15 @@ impl Queue {
     /// Labels a radiograph that may not be in the queue (the viewer's "label this file"): if its
     /// content already has an entry, that entry is labelled; otherwise a copy of the file
     /// becomes a new, already reviewed entry (the file itself is left where it is). `predicted`
-    /// records what the classifier said, when the caller ran it.
+    /// records what the classifier said, when the caller ran it, and `model` the fingerprint of
+    /// the models that said it.
     pub fn label_file(
         &self,
         file: &Path,
         label: Label,
         reviewer: &str,
         predicted: Option<Predicted>,
+        model: Option<&str>,
     ) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
         let bytes = Gate::TRUSTED.read(file)?;
@@ -277,7 +279,7 @@ impl Queue {
             source_name: file_name(file),
             created: rfc3339_utc(SystemTime::now()),
             predicted,
-            model: None,
+            model: model.map(str::to_owned),
             methods: Vec::new(),
             review: Some(Review {
                 label: label.clone(),

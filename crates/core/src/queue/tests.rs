@@ -69,7 +69,13 @@ fn label_file_imports_once_then_labels_the_entry_and_keeps_history() {
     let queue = Queue::create(dir.path()).unwrap();
     let file = sample(SAMPLES[1]);
     let item = queue
-        .label_file(&file, Label::Normal, "alice", Some(predicted(0.3)))
+        .label_file(
+            &file,
+            Label::Normal,
+            "alice",
+            Some(predicted(0.3)),
+            Some("f1ngerprint"),
+        )
         .unwrap();
     assert_eq!(item.id.len(), ID_LEN);
     assert_eq!(item.state.state, ReviewState::Reviewed);
@@ -82,7 +88,9 @@ fn label_file_imports_once_then_labels_the_entry_and_keeps_history() {
     assert_eq!(item.report().unwrap(), None);
 
     // The same content again labels the same entry; the first review moves to the history.
-    let again = queue.label_file(&file, Label::Covid, "bob", None).unwrap();
+    let again = queue
+        .label_file(&file, Label::Covid, "bob", None, None)
+        .unwrap();
     assert_eq!(again.id, item.id);
     let listed = queue.list(Order::Time).unwrap();
     assert_eq!(listed.len(), 1);
@@ -92,6 +100,11 @@ fn label_file_imports_once_then_labels_the_entry_and_keeps_history() {
     assert_eq!(state.history.len(), 1);
     assert_eq!(state.history[0].reviewer, "alice");
     assert_eq!(state.predicted, Some(predicted(0.3)), "prediction kept");
+    assert_eq!(
+        state.model.as_deref(),
+        Some("f1ngerprint"),
+        "and the models that made it"
+    );
     // Nothing left in staging, and no temporary files in the entry.
     assert_eq!(std::fs::read_dir(queue.staging()).unwrap().count(), 0);
     let names: Vec<String> = std::fs::read_dir(&listed[0].dir)
@@ -108,13 +121,13 @@ fn label_refuses_non_images_unknown_ids_and_empty_reviewers() {
     let text = dir.path().join("notes.png");
     std::fs::write(&text, "not an image").unwrap();
     let err = queue
-        .label_file(&text, Label::Covid, "alice", None)
+        .label_file(&text, Label::Covid, "alice", None, None)
         .unwrap_err();
     assert!(err.to_string().contains("notes.png"), "{err}");
     assert!(queue.label("0123456789abcdef", Label::Covid, "a").is_err());
     assert!(queue.label("zz", Label::Covid, "a").is_err());
     let item = queue
-        .label_file(&sample(SAMPLES[0]), Label::Skip, "alice", None)
+        .label_file(&sample(SAMPLES[0]), Label::Skip, "alice", None, None)
         .unwrap();
     assert!(queue.label(&item.id, Label::Covid, "  ").is_err());
     // A unique prefix is enough.
@@ -132,7 +145,7 @@ fn list_orders_by_uncertainty_or_time_and_training_rows_skip_skips() {
     let mut ids = Vec::new();
     for ((name, p), label) in SAMPLES.iter().zip(p).zip(labels) {
         let item = queue
-            .label_file(&sample(name), label, "alice", Some(predicted(p)))
+            .label_file(&sample(name), label, "alice", Some(predicted(p)), None)
             .unwrap();
         ids.push(item.id);
         std::thread::sleep(std::time::Duration::from_millis(3));
@@ -165,6 +178,7 @@ fn list_orders_by_uncertainty_or_time_and_training_rows_skip_skips() {
             Label::Skip,
             "alice",
             Some(flagged),
+            None,
         )
         .unwrap();
     let first = &queue.list(Order::Uncertainty).unwrap()[0];
@@ -183,7 +197,7 @@ fn unreadable_entries_are_reported_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::create(dir.path()).unwrap();
     queue
-        .label_file(&sample(SAMPLES[0]), Label::Covid, "alice", None)
+        .label_file(&sample(SAMPLES[0]), Label::Covid, "alice", None, None)
         .unwrap();
     let broken = queue.entry_dir("00000000000000aa");
     std::fs::create_dir_all(&broken).unwrap();
@@ -220,7 +234,7 @@ fn a_second_commit_of_one_id_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::create(dir.path()).unwrap();
     let item = queue
-        .label_file(&sample(SAMPLES[0]), Label::Covid, "alice", None)
+        .label_file(&sample(SAMPLES[0]), Label::Covid, "alice", None, None)
         .unwrap();
     let before = std::fs::read(item.dir.join(STATE_FILE)).unwrap();
     let mut other = queue.stage(&item.id).unwrap();

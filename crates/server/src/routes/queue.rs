@@ -121,7 +121,8 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
                 let classified = service.classify(&image)?;
                 let predicted = Predicted::new(&classified.report.prediction(), &positive);
                 let queue = Queue::create(&watch_dir)?;
-                Ok(queue.label_file(&path, label, &reviewer, Some(predicted))?)
+                let model = Some(service.fingerprint());
+                Ok(queue.label_file(&path, label, &reviewer, Some(predicted), model)?)
             })
             .await?
     } else {

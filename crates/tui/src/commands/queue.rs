@@ -156,7 +156,13 @@ fn label_one(
         label.check(classes)?;
         let image = Image::read(file, Gate::TRUSTED)?;
         let predicted = Predicted::new(&service.analysis(&image)?.prediction, &classes[0]);
-        queue.label_file(file, label, reviewer, Some(predicted))?
+        queue.label_file(
+            file,
+            label,
+            reviewer,
+            Some(predicted),
+            Some(service.fingerprint()),
+        )?
     } else {
         // The model's classes from its metadata alone (no weights loaded); the entry's own
         // prediction is checked again under the entry's lock.

@@ -11,7 +11,8 @@ use crate::tui::app::{Item, ItemState};
 /// Records `reviewer`'s `label` for the radiograph at `path` in the queue of `watch_dir`
 /// (created if missing), keeping what the classifier predicted (and its positive class); returns a line for
 /// the status bar. The label must be one of the model's `classes` (or `skip`), as
-/// `cxr queue label` requires: nothing is written otherwise.
+/// `cxr queue label` requires: nothing is written otherwise. `model`: the fingerprint of the
+/// models whose prediction is shown.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
@@ -19,12 +20,13 @@ pub fn record(
     reviewer: &str,
     predicted: Option<(&Prediction, &str)>,
     classes: &[String],
+    model: Option<&str>,
 ) -> cxr_core::Result<String> {
     let label: Label = label.parse()?;
     label.check(classes)?;
     let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
-    let item = queue.label_file(path, label.clone(), reviewer, predicted)?;
+    let item = queue.label_file(path, label.clone(), reviewer, predicted, model)?;
     // A queue entry's image is `image.png`: name it by the file that was dropped in.
     let name = if item.state.source_name.is_empty() {
         path.display().to_string()
@@ -87,15 +89,21 @@ mod tests {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples");
         let classes = ["covid".to_owned(), "normal".to_owned()];
         for name in ["hannover_2c35005f.png", "nih_00001299_000.png"] {
-            record(
+            let said = record(
                 watch.path(),
                 &samples.join(name),
                 "normal",
                 "alice",
                 None,
                 &classes,
+                Some("f1"),
             )
             .unwrap();
+            // Named by the file dropped in, not the entry's image.png.
+            assert!(
+                said.starts_with(&format!("labelled {name} as normal")),
+                "{said}"
+            );
         }
         let root = watch_root(&watch.path().join("queue")).expect("a watch folder");
         let items = queue_items(&root).unwrap();

@@ -53,6 +53,8 @@ pub struct Effects {
     pub watch_dir: PathBuf,
     /// Who labels.
     pub reviewer: String,
+    /// The models' fingerprint, recorded with a label beside their prediction.
+    pub fingerprint: String,
     /// The classifier's positive class, recorded with each label's prediction.
     pub positive: String,
     /// The classifier's classes: the only labels recorded (besides `skip`), as for
@@ -94,6 +96,7 @@ impl Effects {
                         &self.reviewer,
                         predicted.as_ref().map(|p| (p, self.positive.as_str())),
                         &self.classes,
+                        predicted.as_ref().map(|_| self.fingerprint.as_str()),
                     );
                     app.status = match recorded {
                         Ok(message) => message,
@@ -342,6 +345,7 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
             encoders: [Latest::new(), Latest::new()],
             watch_dir,
             reviewer: options.reviewer.clone(),
+            fingerprint: service.fingerprint().to_owned(),
             positive: service.pipeline().classifier.classes()[0].clone(),
             classes: service.pipeline().classifier.classes().to_vec(),
             scan: Some((

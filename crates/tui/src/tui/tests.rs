@@ -189,6 +189,7 @@ fn the_viewer_records_only_the_models_classes() {
         ],
         watch_dir: watch.clone(),
         reviewer: "dr-lee".into(),
+        fingerprint: "f1".into(),
         positive: "covid".into(),
         // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
         classes: vec!["covid".into(), "no_finding".into()],
@@ -250,6 +251,7 @@ fn the_viewer_records_only_the_models_classes() {
         "dr-lee",
         None,
         &effects.classes,
+        None,
     )
     .unwrap_err()
     .to_string();
@@ -551,6 +553,7 @@ fn main_loop_runs_on_a_test_backend_and_quits() {
         ],
         watch_dir: std::env::temp_dir().join("cxr-test-unused"),
         reviewer: "unused".into(),
+        fingerprint: "unused".into(),
         positive: "covid".into(),
         classes: vec!["covid".into(), "normal".into()],
         scan: None,
@@ -972,9 +975,10 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
         "dr-lee",
         Some((&prediction(0.3), "covid")),
         &classes,
+        Some("f1"),
     )
     .unwrap();
-    crate::tui::labels::record(&watch, &files[2], "skip", "dr-lee", None, &classes).unwrap();
+    crate::tui::labels::record(&watch, &files[2], "skip", "dr-lee", None, &classes, None).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(
