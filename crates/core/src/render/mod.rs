@@ -11,6 +11,7 @@ use image::{GrayImage, ImageFormat, Rgb, RgbImage};
 
 mod colormap;
 mod edges;
+mod fade;
 mod legend;
 mod text;
 
@@ -19,7 +20,8 @@ use self::{colormap::*, legend::*};
 
 pub use colormap::Colormap;
 pub use edges::{label_edges, mask_edges};
-pub use text::{Annotation, annotate, class_display_name, fade_outside, header_height, mask_box};
+pub use fade::{fade_outside, mask_box};
+pub use text::{Annotation, annotate, class_display_name, header_height};
 
 // ---------------------------------------------------------------------------------------------
 // Overlay

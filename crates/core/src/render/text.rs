@@ -1,5 +1,4 @@
-//! Text on overlays: the header band, the colour bar's caption, and the fade of heat beyond
-//! the lungs' box.
+//! Text on overlays: the header band and the colour bar's caption.
 
 #[allow(clippy::wildcard_imports)] // the render module's parts share their helpers
 use super::*;
@@ -133,58 +132,4 @@ pub fn annotate(image: &mut RgbImage, annotation: &Annotation, legend: bool) {
         scale,
         LEGEND_TEXT,
     );
-}
-
-/// Heat faded to zero outside the box `(x0, y0, x1, y1)` (half-open, image pixels): 1 inside,
-/// falling linearly to 0 over `margin` pixels outside, exactly 0 beyond. An explainer's map
-/// covers the classifier's whole square crop; without this its low values would show the crop
-/// as a pale rectangle around the lungs.
-pub fn fade_outside(
-    heat: &mut [f32],
-    width: u32,
-    height: u32,
-    (x0, y0, x1, y1): (u32, u32, u32, u32),
-    margin: u32,
-) {
-    assert_eq!(heat.len(), width as usize * height as usize, "heat size");
-    let margin = margin.max(1) as f32;
-    for y in 0..height {
-        let dy = if y < y0 {
-            y0 - y
-        } else if y >= y1 {
-            y + 1 - y1
-        } else {
-            0
-        };
-        for x in 0..width {
-            let dx = if x < x0 {
-                x0 - x
-            } else if x >= x1 {
-                x + 1 - x1
-            } else {
-                0
-            };
-            if dx == 0 && dy == 0 {
-                continue;
-            }
-            let d = (dx as f32).hypot(dy as f32);
-            let weight = (1.0 - d / margin).max(0.0);
-            heat[y as usize * width as usize + x as usize] *= weight;
-        }
-    }
-}
-
-/// Bounding box (half-open) of the pixels >= 128 of a mask, or `None` when there are none.
-#[must_use]
-pub fn mask_box(mask: &GrayImage) -> Option<(u32, u32, u32, u32)> {
-    let mut bounds: Option<(u32, u32, u32, u32)> = None;
-    for (x, y, p) in mask.enumerate_pixels() {
-        if p.0[0] >= 128 {
-            bounds = Some(match bounds {
-                None => (x, y, x + 1, y + 1),
-                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)),
-            });
-        }
-    }
-    bounds
 }
