@@ -41,3 +41,4 @@ needs "the Python reference explainers (scripts/setup-reference.sh)" \
 needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --test session_export
 needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --test serve
 needs "a folder that can be made read-only" read_only_folder_possible -- --workspace --test watch_faults
+needs "tmux" command -v tmux -- --workspace --test viewer_quit

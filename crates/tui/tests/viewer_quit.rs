@@ -152,3 +152,74 @@ fn quit_during_lime(round: u32) {
         "round {round}: quitting took {waited:?}: the running explainer was not stopped"
     );
 }
+
+/// Runs `tmux ARGS` on the test's own server (socket `socket`), panicking on failure; stdout.
+fn tmux(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .arg("-S")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("tmux runs");
+    assert!(
+        out.status.success(),
+        "tmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The terminal grows and shrinks while the viewer is open (80x24 -> 160x48 -> 100x30, and
+/// 80x24 -> 100x30): after `q` the shell's screen is what it was, with no row of the viewer
+/// left on it or in its scrollback (tmux carries rows of an alternate screen that grew onto the
+/// screen underneath when the viewer leaves it without blanking it; it left six to twelve).
+#[test]
+#[ignore = "needs tmux"]
+fn quitting_after_resizes_gives_the_shell_its_screen_back() {
+    for sizes in [&["160x48", "100x30"][..], &["100x30"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tmux.sock");
+        let log = dir.path().join("cxr.log");
+        let viewer = format!(
+            "clear; echo BEFORE; {} tui --device cpu --models {} {} --image-protocol halfblocks \
+             --no-cache --watch-dir {} --log {}; echo AFTER",
+            quoted(Path::new(env!("CARGO_BIN_EXE_cxr"))),
+            quoted(&repo().join("models")),
+            quoted(&repo().join("samples")),
+            quoted(&dir.path().join("watch")),
+            quoted(&log),
+        );
+        tmux(
+            &socket,
+            &[
+                "new-session",
+                "-d",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                "sh",
+                "-c",
+                &format!("{viewer}; sleep 60"),
+            ],
+        );
+        wait_for_log(&log, &["explaining", "grad-cam"], Duration::from_secs(120));
+        for size in sizes {
+            let (x, y) = size.split_once('x').unwrap();
+            tmux(&socket, &["resize-window", "-x", x, "-y", y]);
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        tmux(&socket, &["send-keys", "q"]);
+        let start = Instant::now();
+        let screen = loop {
+            let screen = tmux(&socket, &["capture-pane", "-p", "-S", "-100"]);
+            if screen.contains("AFTER") || start.elapsed() > Duration::from_secs(20) {
+                break screen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = tmux(&socket, &["kill-server"]);
+        let rows: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(rows, ["BEFORE", "AFTER"], "after {sizes:?}:\n{screen}");
+    }
+}

@@ -377,6 +377,9 @@ pub fn run(options: &Options, models: &Path, compute: Compute) -> Result<()> {
         ms = started.elapsed().as_secs_f64() * 1000.0,
         "background threads stopped"
     );
+    // Blank the viewer's screen before leaving it: tmux carries rows of an alternate screen
+    // that grew (80x24 -> 160x48) onto the shell's screen when the program leaves it.
+    let _ = terminal.clear();
     ratatui::restore();
     log_latencies(&app.latencies);
     outcome
