@@ -211,10 +211,19 @@ fn source_sections(out: &mut String, record: &ClassifierRecord) {
              class only, so a pooled AUC mostly measures how well the model tells the sources \
              apart; read each source's sensitivity or specificity. \"Flagged\": images with any \
              trust flag; \"silent-wrong\": images of the two classes called wrong without a \
-             flag; \"AUC other vs {neg}\": within a source that has both, the other-label images \
-             (NIH pneumonia) ranked against its {neg} ones by P({pos}).\n\n{header}",
+             flag; \"other\": labels of neither class ({others}); \"AUC other vs {neg}\": \
+             within a source that has both, the other-label images (NIH pneumonia) ranked \
+             against its {neg} ones by 1 - P({neg}).\n\n{header}",
             record.test.threshold,
             neg = record.classes[1],
+            others = if record.classes.len() > 2 {
+                format!(
+                    "{}, learnt as a class of its own, and any unlearnt label",
+                    record.classes[2..].join(", ")
+                )
+            } else {
+                "unlearnt, only reported".to_owned()
+            },
         );
         for (source, m) in &record.test_by_source {
             source_row(out, source, m);
@@ -333,12 +342,18 @@ pub fn held_out_table(classes: &[String], folds: &[HeldOutSource]) -> String {
 pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -> String {
     let mut out = String::new();
     let (pos, neg) = (&record.classes[0], &record.classes[1]);
+    let more: String = record.classes[2..]
+        .iter()
+        .flat_map(|c| [", `", c, "`"])
+        .collect();
     let _ = writeln!(out, "# Model card: classifier (`classifier.safetensors`)\n");
     let _ = writeln!(
         out,
         "ResNet with basic blocks {:?} and widths {:?} (ResNet-18's layout and torchvision's \
          parameter names; `python/cxr_models.py` loads the same file in PyTorch), {} input \
-         channel, classes `{pos}` (positive) and `{neg}`. Input: the radiograph cropped to the \
+         channel, classes `{pos}` (positive), `{neg}`{more}; the label is `{pos}` at or above \
+         the threshold on P({pos}), else `{neg}`, and 1 - P({neg}) ranks disease of any kind. \
+         Input: the radiograph cropped to the \
          lungs found by the segmenter, 224x224, {} (`preprocess::classifier_input`). Every \
          prediction carries a familiarity score and flags (`trust.rs`): `unfamiliar` beyond the \
          validation images' 99th percentile of feature distance, `implausible-lungs` outside \
@@ -368,6 +383,17 @@ pub fn classifier_card(architecture: &ResNetConfig, record: &ClassifierRecord) -
     );
     classifier_row(&mut out, "validation", &record.validation);
     classifier_row(&mut out, "test", &record.test);
+    // With a third class, the decision is the positive class against the rest.
+    let neg = if record.classes.len() > 2 {
+        let _ = writeln!(
+            out,
+            "\n{pos} against every other class ({}), by P({pos}).",
+            record.classes[1..].join(", ")
+        );
+        format!("not {pos}")
+    } else {
+        neg.clone()
+    };
     let c = &record.test.confusion;
     let _ = writeln!(
         out,

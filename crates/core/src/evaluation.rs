@@ -45,7 +45,8 @@ pub struct SourceMetrics {
     pub images: usize,
     pub positives: usize,
     pub negatives: usize,
-    /// Images whose label is neither class (e.g. `lung nodule`).
+    /// Images whose label is neither the positive nor the negative class (`pneumonia`, even
+    /// when the model learnt it as a third class, or `lung nodule`).
     #[serde(default)]
     pub others: usize,
     /// Accuracy over the images of the two classes at the threshold.
@@ -72,9 +73,9 @@ pub struct SourceMetrics {
     /// reviewer is not warned of.
     #[serde(default)]
     pub silent_wrong: usize,
-    /// ROC-AUC of the other-label images against the negatives by the positive class's
-    /// probability, where a source has both: within one hospital, does the score respond to
-    /// disease (NIH pneumonia against NIH no finding)?
+    /// ROC-AUC of the other-label images against the negatives by 1 - P(negative class), where
+    /// a source has both: within one hospital, does the score respond to disease (NIH
+    /// pneumonia against NIH no finding)?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub others_vs_negatives_auc: Option<f64>,
 }
@@ -83,7 +84,10 @@ pub struct SourceMetrics {
 pub struct Scored<'a> {
     pub source: &'a str,
     pub label: &'a str,
+    /// Probability of the positive class.
     pub score: f32,
+    /// 1 - probability of the negative class (`normal`): for a two-class model, `score`.
+    pub abnormal: f32,
     pub flags: &'a [Flag],
 }
 
@@ -110,7 +114,7 @@ pub fn by_source(
             let (pos, neg) = (of(0), of(1));
             let others: Vec<f32> = rows
                 .iter()
-                .filter(|r| !classes.iter().any(|c| c == r.label))
+                .filter(|r| !classes.iter().take(2).any(|c| c == r.label))
                 .map(|r| r.score)
                 .collect();
             let called = |v: &[f32]| v.iter().filter(|&&s| s >= threshold).count();
@@ -129,8 +133,22 @@ pub fn by_source(
                 .filter(wrong)
                 .filter(|r| r.flags.is_empty())
                 .count();
-            let contrast: Vec<f32> = others.iter().chain(&neg).copied().collect();
-            let is_other: Vec<bool> = (0..contrast.len()).map(|i| i < others.len()).collect();
+            // Ranked by 1 - P(negative): does the score respond to disease of any kind?
+            let abnormal = |keep: &dyn Fn(&str) -> bool| -> Vec<f32> {
+                rows.iter()
+                    .filter(|r| keep(r.label))
+                    .map(|r| r.abnormal)
+                    .collect()
+            };
+            let other_abnormal = abnormal(&|l| !classes.iter().take(2).any(|c| c == l));
+            let contrast: Vec<f32> = other_abnormal
+                .iter()
+                .chain(&abnormal(&|l| l == classes[1]))
+                .copied()
+                .collect();
+            let is_other: Vec<bool> = (0..contrast.len())
+                .map(|i| i < other_abnormal.len())
+                .collect();
             let scores: Vec<f32> = pos.iter().chain(&neg).copied().collect();
             let truth: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
             let metrics = SourceMetrics {
@@ -234,6 +252,31 @@ pub struct HeldOutSource {
 mod tests {
     use super::*;
 
+    /// Within one source, the disease contrast ranks the other-label images (a learnt third
+    /// class too) against the negatives by 1 - P(negative), not by P(positive).
+    #[test]
+    fn the_disease_contrast_ranks_by_one_minus_p_normal() {
+        let classes = ["covid", "normal", "pneumonia"].map(str::to_owned);
+        // P(covid) ranks the pneumonia images below the normals; 1 - P(normal) above them.
+        let rows = [
+            ("pneumonia", 0.01, 0.9),
+            ("pneumonia", 0.02, 0.8),
+            ("normal", 0.05, 0.3),
+            ("normal", 0.04, 0.2),
+        ]
+        .map(|(label, score, abnormal)| Scored {
+            source: "nih",
+            label,
+            score,
+            abnormal,
+            flags: &[],
+        });
+        let nih = &by_source(&rows, &classes, 0.5)["nih"];
+        assert_eq!((nih.negatives, nih.others), (2, 2));
+        assert_eq!(nih.others_vs_negatives_auc, Some(1.0));
+        assert_eq!(nih.specificity, Some(1.0));
+    }
+
     /// The held-out source is measured on its own; the class it lacks comes from the other
     /// sources, whose flags are counted apart.
     #[test]
@@ -244,6 +287,7 @@ mod tests {
             source,
             label,
             score,
+            abnormal: score,
             flags,
         };
         let rows = [

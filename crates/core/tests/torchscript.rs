@@ -96,7 +96,7 @@ fn a_model_with_logits_only_offers_input_gradients_only() {
 #[test]
 fn models_that_do_not_fit_are_refused_when_loaded() {
     type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
-    let cases: [(&str, &str, Edit, &str); 4] = [
+    let cases: [(&str, &str, Edit, &str); 5] = [
         (
             "tiny-split",
             "classifier",
@@ -120,8 +120,14 @@ fn models_that_do_not_fit_are_refused_when_loaded() {
         (
             "tiny-split",
             "classifier",
+            Box::new(|m| m["classes"] = serde_json::json!(["a"])),
+            "two classes or more",
+        ),
+        (
+            "tiny-split",
+            "classifier",
             Box::new(|m| m["classes"] = serde_json::json!(["a", "b", "c"])),
-            "two-class",
+            "expected [1, 3] logits, one per class",
         ),
     ];
     for (from, to, edit, expected) in cases {

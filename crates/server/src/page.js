@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const state = { id: null, classes: [], explainers: [], preview: null, request: 0 };
 
 // The seed's names for the classes.
-const CLASS_NAMES = { covid: 'COVID-19', normal: 'No finding', skip: 'Skip' };
+const CLASS_NAMES = { covid: 'COVID-19', normal: 'No finding', pneumonia: 'Pneumonia', skip: 'Skip' };
 const className = (c) => CLASS_NAMES[c] || c;
 
 const FLAG_TEXT = {

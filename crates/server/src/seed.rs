@@ -15,13 +15,21 @@ pub fn class_name(class: &str) -> String {
 }
 
 /// Class probabilities under the seed's names (as `f32`, so that they print exactly as the
-/// same probabilities do in the native answers).
+/// same probabilities do in the native answers). The seed answered COVID-19 against NO
+/// FINDING: a model that also learnt another class (pneumonia) answers the seed's clients
+/// with the same two, that class's probability counted as not COVID-19.
 #[must_use]
 pub fn probabilities(probabilities: &BTreeMap<String, f32>) -> BTreeMap<String, f32> {
-    probabilities
-        .iter()
-        .map(|(class, p)| (class_name(class), *p))
-        .collect()
+    match (probabilities.get("covid"), probabilities.len()) {
+        (Some(&covid), 3..) => BTreeMap::from([
+            (class_name("covid"), covid),
+            (class_name("normal"), 1.0 - covid),
+        ]),
+        _ => probabilities
+            .iter()
+            .map(|(class, p)| (class_name(class), *p))
+            .collect(),
+    }
 }
 
 /// A label as the seed's clients send it (`COVID-19`, `NO FINDING`) in this project's words
@@ -46,6 +54,19 @@ mod tests {
         let seed = probabilities(&p);
         assert_eq!(seed["COVID-19"], 0.25);
         assert_eq!(seed["NO FINDING"], 0.75);
+        // A third class is not COVID-19 to the seed's clients.
+        let three = BTreeMap::from([
+            ("covid".to_owned(), 0.25),
+            ("normal".to_owned(), 0.5),
+            ("pneumonia".to_owned(), 0.25),
+        ]);
+        assert_eq!(
+            probabilities(&three),
+            BTreeMap::from([
+                ("COVID-19".to_owned(), 0.25),
+                ("NO FINDING".to_owned(), 0.75)
+            ])
+        );
         for (given, ours) in [
             ("COVID-19", "covid"),
             ("covid-19", "covid"),

@@ -603,9 +603,14 @@ pub enum TrainCommand {
         /// The positive class (listed first; the threshold applies to its probability).
         #[arg(long, default_value = "covid")]
         positive: String,
-        /// The negative class; rows with any other label (lung nodule) are only reported.
+        /// The negative class; rows with a label of no class (lung nodule) are only reported.
         #[arg(long, default_value = "normal")]
         negative: String,
+        /// A further class to train on (repeatable), e.g. disease from the negative class's
+        /// own hospital, so that the score cannot stand for the hospital; `none` trains on the
+        /// two classes only [default: pneumonia, where the manifests have it]
+        #[arg(long = "extra-class", value_name = "LABEL")]
+        extra_classes: Vec<String>,
         #[command(flatten)]
         defences: DefenceArgs,
         /// Leave this source (e.g. jsrt) out of training and validation, and report on it.

@@ -206,6 +206,9 @@ impl Prediction {
         class_index(classes, &self.label)
     }
 
+    /// The positive class at or above the threshold, else the negative class: the seed's
+    /// binary answer. A further class (pneumonia) is reported in `probabilities` only, and
+    /// 1 - P(negative) is the score for disease of any kind.
     #[must_use]
     pub fn from_probabilities(classes: &[String], probs: &[f32], threshold: f32) -> Self {
         let positive = probs.first().copied().unwrap_or(0.0);
@@ -699,6 +702,19 @@ fn linear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model that learnt a third class still answers COVID-19 or not: below the threshold
+    /// the label is the negative class, however likely the third; every probability is kept.
+    #[test]
+    fn a_third_class_is_reported_not_labelled() {
+        let classes = ["covid", "normal", "pneumonia"].map(str::to_owned);
+        let below = Prediction::from_probabilities(&classes, &[0.1, 0.2, 0.7], 0.19);
+        assert_eq!(below.label, "normal");
+        assert_eq!(below.probabilities["pneumonia"], 0.7);
+        assert_eq!(below.probabilities.len(), 3);
+        let above = Prediction::from_probabilities(&classes, &[0.2, 0.1, 0.7], 0.19);
+        assert_eq!(above.label, "covid");
+    }
 
     /// The Rust resize gives libtorch's `upsample_bilinear2d` (no `align_corners`) within float
     /// rounding, enlarging and shrinking, on square and narrow outputs.

@@ -153,8 +153,13 @@ impl ResNetClassifier {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
         let meta: ModelMeta<ResNetConfig> = files.read_meta()?;
         files.check_side(meta.input_side, preprocess::CLASSIFIER_SIDE)?;
-        if meta.classes.len() != 2 || meta.architecture.num_classes != 2 {
-            return Err(files.refused("expected a two-class classifier (positive class first)"));
+        if meta.classes.len() < 2 || meta.architecture.num_classes != meta.classes.len() as i64 {
+            return Err(files.refused(format!(
+                "expected two classes or more (positive first, then negative), as many as the \
+                 network's outputs; the JSON lists {} for {} outputs",
+                meta.classes.len(),
+                meta.architecture.num_classes
+            )));
         }
         meta.architecture
             .check()

@@ -106,8 +106,10 @@ impl std::fmt::Debug for ScriptClassifier {
 impl ScriptClassifier {
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
         let (module, meta) = open(files, device, Some(CLASSIFIER_SIDE))?;
-        if meta.classes.len() != 2 {
-            return Err(files.refused("expected a two-class classifier (positive class first)"));
+        if meta.classes.len() < 2 {
+            return Err(
+                files.refused("expected two classes or more (positive first, then negative)")
+            );
         }
         let split = match (&meta.architecture.features, &meta.architecture.head) {
             (Some(features), Some(head)) => Some((features.clone(), head.clone())),
@@ -128,11 +130,13 @@ impl ScriptClassifier {
         let blank = blank(CLASSIFIER_SIDE, device);
         let logits = tch::no_grad(|| model.logits(&blank))
             .map_err(|e| refuse(files, format!("forward on a blank input failed: {e}")))?;
-        if logits.size() != [1, 2] {
+        let classes = model.meta.classes.len() as i64;
+        if logits.size() != [1, classes] {
             return Err(refuse(
                 files,
                 format!(
-                    "forward returned shape {:?} for one image; expected [1, 2] logits",
+                    "forward returned shape {:?} for one image; expected [1, {classes}] logits, \
+                     one per class the JSON lists",
                     logits.size()
                 ),
             ));

@@ -17,7 +17,7 @@ use cxr_core::evaluation::{
 use cxr_core::explain::report::{self, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec, registry};
 use cxr_core::input::Gate;
-use cxr_core::models::{Classifier, ModelFiles, UNetSegmenter, class_index};
+use cxr_core::models::{Classifier, ModelFiles, Prediction, UNetSegmenter, class_index};
 use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
 use cxr_core::service::{Image, Service, Settings, Target};
 use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
@@ -223,7 +223,7 @@ fn evaluate_classifier(
                 let analysis = service.analysis(&image)?; // made above: no work again
                 let p = &analysis.prediction;
                 line.predicted(p, &classes[0]);
-                scored.push((row, p.probabilities[&classes[0]], p.trust.flags.clone()));
+                scored.push((row, scores(p, &classes), p.trust.flags.clone()));
                 if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
                     // The image's own class; the positive one for labels of neither (nodules).
                     let target = classes[class_index(&classes, &row.label)].clone();
@@ -332,8 +332,8 @@ fn evaluate_folds(
             match pipeline.classify_segmented(classifier, &xray, &mask) {
                 Ok(classified) => {
                     let p = classified.prediction;
-                    let positive = p.probabilities[&classifier.classes()[0]];
-                    scored[fold].push((row, positive, p.trust.flags));
+                    let scores = scores(&p, classifier.classes());
+                    scored[fold].push((row, scores, p.trust.flags));
                 }
                 Err(CoreError::NotARadiograph { .. }) => {
                     *refused[fold].entry(row.source.clone()).or_default() += 1;
@@ -398,17 +398,17 @@ fn fold_models(
 /// Pooled metrics over the images of the two classes, and the per-source table, with the
 /// refused images counted as flagged `not-a-chest-radiograph`.
 fn summarise(
-    scored: &[(&LabelledImage, f32, Vec<Flag>)],
+    scored: &[(&LabelledImage, Scores, Vec<Flag>)],
     refused: BTreeMap<String, usize>,
     classes: &[String],
     threshold: f32,
 ) -> (ClassifierMetrics, BTreeMap<String, SourceMetrics>) {
-    let in_classes: Vec<&(&LabelledImage, f32, Vec<Flag>)> = scored
+    let in_classes: Vec<&(&LabelledImage, Scores, Vec<Flag>)> = scored
         .iter()
         .filter(|(r, _, _)| classes.contains(&r.label))
         .collect();
     let metrics = ClassifierMetrics::measure(
-        &in_classes.iter().map(|s| s.1).collect::<Vec<_>>(),
+        &in_classes.iter().map(|s| s.1.0).collect::<Vec<_>>(),
         &in_classes
             .iter()
             .map(|s| s.0.label == classes[0])
@@ -422,14 +422,23 @@ fn summarise(
     (metrics, table)
 }
 
-/// Images with their score and flags, as the metrics take them.
-fn as_scored<'a>(scored: &'a [(&LabelledImage, f32, Vec<Flag>)]) -> Vec<Scored<'a>> {
+/// An image's probability of the positive class and 1 - its probability of the negative one.
+type Scores = (f32, f32);
+
+fn scores(p: &Prediction, classes: &[String]) -> Scores {
+    let of = |k: usize| p.probabilities.get(&classes[k]).copied().unwrap_or(0.0);
+    (of(0), 1.0 - of(1))
+}
+
+/// Images with their scores and flags, as the metrics take them.
+fn as_scored<'a>(scored: &'a [(&LabelledImage, Scores, Vec<Flag>)]) -> Vec<Scored<'a>> {
     scored
         .iter()
-        .map(|(r, score, flags)| Scored {
+        .map(|(r, (score, abnormal), flags)| Scored {
             source: &r.source,
             label: &r.label,
             score: *score,
+            abnormal: *abnormal,
             flags,
         })
         .collect()

@@ -122,6 +122,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             common,
             positive,
             negative,
+            extra_classes,
             defences: defence_args,
             hold_out_source,
             leave_one_source_out,
@@ -153,7 +154,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 options.manifest_list().display()
             ));
             let plan = ClassifierPlan {
-                classes: [positive, negative],
+                classes: classes(positive, negative, extra_classes, &options)?,
                 defences: defences(&defence_args),
                 hold_out: hold_out_source,
                 leave_one_source_out,
@@ -214,6 +215,39 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The label a classifier learns besides its two classes when the manifests have it: disease
+/// from the negative class's own hospital (NIH pneumonia beside NIH no finding), so that the
+/// score has to answer to disease inside one hospital, not to the hospital.
+const DEFAULT_EXTRA_CLASS: &str = "pneumonia";
+
+/// The classes to train: positive, negative, then the extra ones (`none`: no extra; none
+/// given: [`DEFAULT_EXTRA_CLASS`] where some manifest row carries it).
+fn classes(
+    positive: String,
+    negative: String,
+    extra: Vec<String>,
+    options: &TrainOptions,
+) -> Result<Vec<String>> {
+    let extra = if extra.is_empty() {
+        let rows = cxr_core::data::Manifest::read_all(&options.manifests)?.labels;
+        if rows.iter().any(|r| r.label == DEFAULT_EXTRA_CLASS) {
+            vec![DEFAULT_EXTRA_CLASS.to_owned()]
+        } else {
+            Vec::new()
+        }
+    } else {
+        extra.into_iter().filter(|c| c != "none").collect()
+    };
+    let mut classes = vec![positive, negative];
+    for class in extra {
+        if classes.contains(&class) {
+            bail!("class {class:?} is given twice");
+        }
+        classes.push(class);
+    }
+    Ok(classes)
 }
 
 /// Folder under a model folder holding one classifier per source trained without it.

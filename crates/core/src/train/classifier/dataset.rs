@@ -98,9 +98,10 @@ impl Prepared {
 pub(super) struct Dataset {
     pub(super) rows: Vec<LabelledImage>,
     pub(super) prepared: Prepared,
-    /// The positive and the negative class (the plan's).
-    pub(super) classes: [String; 2],
-    /// 0 positive, 1 negative, 2 any other label (never trained on).
+    /// The positive class, the negative class and any further ones (the plan's).
+    pub(super) classes: Vec<String>,
+    /// Index of each row's label in `classes`; `classes.len()` for any other label (never
+    /// trained on).
     pub(super) class: Vec<i64>,
     /// Index of each row's source in `sources`.
     pub(super) source: Vec<usize>,
@@ -120,6 +121,12 @@ impl Dataset {
     ) -> Result<Self> {
         let mut rows = Manifest::read_all(&options.manifests)?.labels;
         let list = options.manifest_list();
+        if plan.classes.len() < 2 {
+            return Err(CoreError::Invalid(format!(
+                "a classifier needs a positive and a negative class, not {:?}",
+                plan.classes
+            )));
+        }
         for class in &plan.classes {
             if !rows.iter().any(|r| &r.label == class) {
                 return Err(CoreError::data(
@@ -168,7 +175,7 @@ impl Dataset {
                     plan.classes
                         .iter()
                         .position(|c| c == &r.label)
-                        .map_or(2, |i| i as i64)
+                        .map_or(plan.classes.len() as i64, |i| i as i64)
                 })
                 .collect(),
             source: rows
@@ -185,7 +192,12 @@ impl Dataset {
         })
     }
 
-    /// Train, validation and test rows of the two classes, leaving `held_out` out entirely.
+    /// Whether row `i` is of a class trained on.
+    pub(super) fn trained(&self, i: usize) -> bool {
+        (self.class[i] as usize) < self.classes.len()
+    }
+
+    /// Train, validation and test rows of the classes, leaving `held_out` out entirely.
     pub(super) fn split(
         &self,
         held_out: Option<&str>,
@@ -193,7 +205,7 @@ impl Dataset {
     ) -> Result<[Vec<usize>; 3]> {
         crate::train::split_indices(
             (0..self.rows.len()).map(|i| {
-                let excluded = self.class[i] == 2 || held_out == Some(self.rows[i].source.as_str());
+                let excluded = !self.trained(i) || held_out == Some(self.rows[i].source.as_str());
                 if excluded { None } else { self.side[i] }
             }),
             list,

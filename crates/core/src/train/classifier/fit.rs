@@ -8,7 +8,7 @@ use tch::{Tensor, nn, nn::OptimizerConfig};
 use super::Defences;
 use super::augment::training_batch;
 use super::dataset::{Dataset, epoch_order};
-use super::measure::scores;
+use super::measure::{Outputs, outputs, scores};
 use super::penalties::{SourceAdversary, outside_share};
 use crate::Result;
 use crate::evaluation::ClassifierMetrics;
@@ -24,8 +24,9 @@ pub(super) struct Fit {
     pub(super) validation: ClassifierMetrics,
 }
 
-/// Trains one model on rows `train`, selecting the epoch by ROC-AUC on `val` (ties to the
-/// more confident model) and choosing the threshold there (Youden's J).
+/// Trains one model on rows `train`, selecting the epoch by ROC-AUC on `val` (each class's
+/// against the rest, averaged; ties to the more confident model) and choosing the positive
+/// class's threshold there (Youden's J).
 pub(super) fn fit(
     data: &Dataset,
     [train, val]: [&[usize]; 2],
@@ -34,8 +35,11 @@ pub(super) fn fit(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<Fit> {
     let mut rng = crate::train::seeded(options.seed);
-    let classes = data.classes.to_vec();
-    let config = ResNetConfig::resnet18_quarter();
+    let classes = data.classes.clone();
+    let config = ResNetConfig {
+        num_classes: classes.len() as i64,
+        ..ResNetConfig::resnet18_quarter()
+    };
     let mut model = ResNetClassifier::new(config.clone(), classes.clone(), options.device);
     let mut best = ResNetClassifier::new(config, classes, options.device);
     model.meta.input = defences.input;
@@ -44,10 +48,12 @@ pub(super) fn fit(
     let mut optimizer = nn::AdamW::default().build(model.var_store(), options.learning_rate)?;
     optimizer.set_weight_decay(1e-4);
     let width = *model.meta.architecture.widths.last().unwrap_or(&128);
-    let mut adversary = SourceAdversary::new(width, data.sources.len(), options)?;
+    let mut adversary =
+        SourceAdversary::new(width, data.classes.len(), data.sources.len(), options)?;
     let labels = Tensor::from_slice(&data.class);
     let source_ix = Tensor::from_slice(&data.source.iter().map(|&s| s as i64).collect::<Vec<_>>());
     let val_positive = data.positive(val);
+    let val_class: Vec<i64> = val.iter().map(|&i| data.class[i]).collect();
     let (mut best_score, mut best_epoch) = ((f64::NEG_INFINITY, f64::NEG_INFINITY), 0);
     for epoch in 1..=options.epochs {
         let epoch_start = Instant::now();
@@ -78,15 +84,15 @@ pub(super) fn fit(
             }
             total += crate::train::scalar(&loss);
         }
-        let val_scores = scores(&model, &data.prepared.inputs, val)?;
-        let auc = roc_auc(&val_scores, &val_positive).unwrap_or(0.5);
+        let val_out = outputs(&model, &data.prepared.inputs, val)?;
+        let auc = one_against_rest(&val_out, &val_class, data.classes.len());
         // Ties in AUC (frequent when validation is easy) go to the more confident model.
-        let margin = val_scores
-            .iter()
-            .zip(&val_positive)
-            .map(|(&s, &p)| f64::from(if p { s } else { 1.0 - s }).max(1e-6).ln())
+        let margin = val_out
+            .rows()
+            .zip(&val_class)
+            .map(|(p, &k)| f64::from(p[k as usize]).max(1e-6).ln())
             .sum::<f64>()
-            / val_scores.len().max(1) as f64;
+            / val_class.len().max(1) as f64;
         let improved = (auc, margin) > best_score;
         if improved {
             best_score = (auc, margin);
@@ -110,4 +116,21 @@ pub(super) fn fit(
         best_epoch,
         validation: ClassifierMetrics::measure(&val_scores, &val_positive, threshold),
     })
+}
+
+/// Mean over the classes present in `truth` (with rows of other classes beside them) of the
+/// ROC-AUC of the class's probability against the rest: for two classes, the positive class's
+/// AUC; with a third, the score must also tell it apart (NIH pneumonia from NIH no finding).
+fn one_against_rest(out: &Outputs, truth: &[i64], classes: usize) -> f64 {
+    let aucs: Vec<f64> = (0..classes)
+        .filter_map(|k| {
+            let is_k: Vec<bool> = truth.iter().map(|&t| t == k as i64).collect();
+            roc_auc(&out.class(k), &is_k)
+        })
+        .collect();
+    if aucs.is_empty() {
+        0.5
+    } else {
+        aucs.iter().sum::<f64>() / aucs.len() as f64
+    }
 }

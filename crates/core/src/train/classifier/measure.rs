@@ -12,17 +12,36 @@ use crate::models::{Classifier, ResNetClassifier};
 use crate::train::gather;
 use crate::trust::{Flag, LungShape, TrustData, TrustModel};
 
-/// Positive-class probabilities of rows `ix`.
-pub(super) fn scores(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Vec<f32>> {
-    Ok(features_and_scores(model, inputs, ix)?.1)
+/// What a model gives for some rows: pooled features `[rows * C]` and class probabilities
+/// `[rows * classes]`, both row-major.
+pub(super) struct Outputs {
+    pub(super) features: Vec<f32>,
+    pub(super) probabilities: Vec<f32>,
+    classes: usize,
 }
 
-/// Pooled features `[len(ix) * C]` (row-major) and positive-class probabilities of rows `ix`.
-fn features_and_scores(
-    model: &ResNetClassifier,
-    inputs: &Tensor,
-    ix: &[usize],
-) -> Result<(Vec<f32>, Vec<f32>)> {
+impl Outputs {
+    /// Each row's probability of class `k`.
+    pub(super) fn class(&self, k: usize) -> Vec<f32> {
+        self.probabilities
+            .chunks(self.classes)
+            .map(|p| p[k])
+            .collect()
+    }
+
+    /// Each row's probabilities.
+    pub(super) fn rows(&self) -> std::slice::Chunks<'_, f32> {
+        self.probabilities.chunks(self.classes)
+    }
+}
+
+/// Positive-class probabilities of rows `ix`.
+pub(super) fn scores(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Vec<f32>> {
+    Ok(outputs(model, inputs, ix)?.class(0))
+}
+
+/// Pooled features and class probabilities of rows `ix`.
+pub(super) fn outputs(model: &ResNetClassifier, inputs: &Tensor, ix: &[usize]) -> Result<Outputs> {
     let (mut features, mut out) = (Vec::new(), Vec::with_capacity(ix.len()));
     for chunk in ix.chunks(64) {
         let (f, logits) = tch::no_grad(|| {
@@ -34,14 +53,18 @@ fn features_and_scores(
         });
         let p = logits
             .softmax(-1, Kind::Float)
-            .select(1, 0)
-            .to_device(tch::Device::Cpu);
+            .to_device(tch::Device::Cpu)
+            .view([-1]);
         out.extend(Vec::<f32>::try_from(p)?);
         features.extend(Vec::<f32>::try_from(
             f.to_device(tch::Device::Cpu).view([-1]),
         )?);
     }
-    Ok((features, out))
+    Ok(Outputs {
+        features,
+        probabilities: out,
+        classes: model.meta.classes.len(),
+    })
 }
 
 impl Dataset {
@@ -63,16 +86,17 @@ impl Dataset {
         ix: &[usize],
         measure: impl FnOnce(&[Scored<'_>]) -> T,
     ) -> Result<T> {
-        let (features, s) = features_and_scores(model, &self.prepared.inputs, ix)?;
-        let flags = self.flags(model, ix, &features);
+        let out = outputs(model, &self.prepared.inputs, ix)?;
+        let flags = self.flags(model, ix, &out.features);
         let scored: Vec<Scored<'_>> = ix
             .iter()
-            .zip(&s)
+            .zip(out.rows())
             .zip(&flags)
-            .map(|((&i, &score), flags)| Scored {
+            .map(|((&i, p), flags)| Scored {
                 source: &self.rows[i].source,
                 label: &self.rows[i].label,
-                score,
+                score: p[0],
+                abnormal: 1.0 - p[1],
                 flags,
             })
             .collect();
@@ -136,8 +160,8 @@ pub(super) fn fit_trust(
     train_ix: &[usize],
     val_ix: &[usize],
 ) -> Result<TrustModel> {
-    let (train_features, _) = features_and_scores(model, &data.prepared.inputs, train_ix)?;
-    let (val_features, _) = features_and_scores(model, &data.prepared.inputs, val_ix)?;
+    let train_features = outputs(model, &data.prepared.inputs, train_ix)?.features;
+    let val_features = outputs(model, &data.prepared.inputs, val_ix)?.features;
     let side = (crate::trust::LAYOUT_SIDE * crate::trust::LAYOUT_SIDE) as usize;
     let layouts = |ix: &[usize]| -> Vec<f32> {
         ix.iter()

@@ -111,9 +111,10 @@ impl Defences {
 /// What a classifier is trained on and how.
 #[derive(Debug, Clone)]
 pub struct ClassifierPlan {
-    /// Positive class first, then the negative class; rows with other labels (`lung nodule`)
-    /// are never trained on, only reported.
-    pub classes: [String; 2],
+    /// Positive class first, then the negative class, then any further class trained on
+    /// (`pneumonia`: disease from the negative class's own hospital); rows with other labels
+    /// (`lung nodule`) are never trained on, only reported.
+    pub classes: Vec<String>,
     pub defences: Defences,
     /// Leave this source out of training and validation entirely, and report on it.
     pub hold_out: Option<String>,
@@ -186,7 +187,7 @@ pub fn refit_trust(
         )));
     }
     let plan = ClassifierPlan {
-        classes: [classes[0].clone(), classes[1].clone()],
+        classes,
         defences: Defences {
             input,
             ..Defences::none()

@@ -31,21 +31,33 @@ pub(super) fn outside_share(features: &Tensor, fc: &Tensor, y: &Tensor, lungs: &
 pub(super) struct SourceAdversary {
     _vs: nn::VarStore,
     net: nn::Sequential,
+    classes: i64,
     pub(super) optimizer: nn::Optimizer,
 }
 
 impl SourceAdversary {
-    pub(super) fn new(width: i64, sources: usize, options: &TrainOptions) -> Result<Self> {
+    pub(super) fn new(
+        width: i64,
+        classes: usize,
+        sources: usize,
+        options: &TrainOptions,
+    ) -> Result<Self> {
         let vs = nn::VarStore::new(options.device);
         let linear = nn::LinearConfig::default();
         let net = nn::seq()
-            .add(nn::linear(vs.root() / "a1", width + 2, 64, linear))
+            .add(nn::linear(
+                vs.root() / "a1",
+                width + classes as i64,
+                64,
+                linear,
+            ))
             .add_fn(Tensor::relu)
             .add(nn::linear(vs.root() / "a2", 64, sources as i64, linear));
         let optimizer = nn::Adam::default().build(&vs, options.learning_rate)?;
         Ok(Self {
             _vs: vs,
             net,
+            classes: classes as i64,
             optimizer,
         })
     }
@@ -60,7 +72,7 @@ impl SourceAdversary {
         weight: f64,
     ) -> Tensor {
         let pooled = features.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-        let onehot = y.one_hot(2).to_kind(Kind::Float);
+        let onehot = y.one_hot(self.classes).to_kind(Kind::Float);
         let input = Tensor::cat(&[reverse_gradient(&pooled, weight), onehot], 1);
         self.optimizer.zero_grad();
         input.apply(&self.net).cross_entropy_for_logits(sources)
