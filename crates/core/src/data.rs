@@ -41,6 +41,9 @@ pub struct LabelledImage {
     pub patient: String,
     /// Where the image comes from (see [`source_key`]); metrics are grouped by it.
     pub source: String,
+    /// The projection, `AP` or `PA` (the first word of the manifest's `view` column, upper
+    /// case: `AP Supine` is `AP`), where the manifest says.
+    pub view: Option<String>,
 }
 
 /// A row of a lung-mask manifest (`image,mask,patient,...`).
@@ -117,6 +120,7 @@ impl Manifest {
             column("source").map_or_else(|| folder_source.clone(), |i| source_key(&field(row, i)))
         };
         let (image, patient) = (column("path").or(column("image")), column("patient"));
+        let view = column("view");
         let label = column("label")
             .map(|i| (i, false))
             .or(column("finding").map(|i| (i, true)));
@@ -142,6 +146,11 @@ impl Manifest {
                     // Without a patient column every image is its own patient.
                     patient: patient.map_or_else(|| field(r, p), |i| field(r, i)),
                     source: source_of(r),
+                    view: view.and_then(|i| {
+                        let view = field(r, i);
+                        let first = view.split_whitespace().next()?;
+                        Some(first.to_uppercase())
+                    }),
                 })
                 .collect();
         }

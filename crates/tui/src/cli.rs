@@ -675,6 +675,7 @@ pub enum TrainCommand {
 
 /// How the classifier resists learning the source instead of the disease.
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one flag per defence switch
 pub struct DefenceArgs {
     /// How the input is made: equalised-feathered (lung histogram equalised, soft mask edge)
     /// or masked (the first models' hard-edged standardised lungs).
@@ -692,8 +693,15 @@ pub struct DefenceArgs {
     /// Weight of the penalty on class-activation mass outside the lungs (0 turns it off).
     #[arg(long, default_value_t = 1.0)]
     pub lung_focus: f64,
+    /// Framing augmentation: zoom +-30% and shift +-15% (crops that cut the lungs at the
+    /// border, zoom-out with padding) instead of +-10%.
+    #[arg(long)]
+    pub framing: bool,
+    /// Balance the views (AP, PA) within each class's source, as sources are within a class.
+    #[arg(long)]
+    pub balance_views: bool,
     /// No defence at all: the first shipped models' recipe, for comparison.
-    #[arg(long, conflicts_with_all = ["no_style_augmentation", "no_balance_sources"])]
+    #[arg(long, conflicts_with_all = ["no_style_augmentation", "no_balance_sources", "framing", "balance_views"])]
     pub no_defences: bool,
 }
 
@@ -788,7 +796,7 @@ pub enum QueueCommand {
     Label {
         /// Queue id (16 hex digits, or a unique prefix), or the path of a radiograph.
         id: String,
-        /// One of the model's classes (covid, normal), or skip.
+        /// One of the model's classes (covid, normal, pneumonia), or skip.
         label: String,
         #[command(flatten)]
         watch: WatchDirArg,
@@ -797,6 +805,17 @@ pub enum QueueCommand {
         reviewer: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// Take back an entry's current review (it stays in the entry's history, marked undone; the
+    /// review before it, if any, is current again).
+    Undo {
+        /// Queue id (16 hex digits, or a unique prefix).
+        id: String,
+        #[command(flatten)]
+        watch: WatchDirArg,
+        /// Who undoes it [default: $CXR_REVIEWER, else the login name].
+        #[arg(long)]
+        reviewer: Option<String>,
     },
     /// Export the review session: every entry with its prediction, flags, label and reviewer,
     /// as CSV or as one self-contained HTML report (thumbnails and overlays embedded).

@@ -261,3 +261,37 @@ fn one_reviewer_rule_on_the_command_line_and_in_the_viewer() {
     );
     assert!(stderr(&out).contains("reviewer"), "{}", stderr(&out));
 }
+
+/// `cxr queue undo ID` takes the current review back: it stays in the history with who undid
+/// it, the entry is pending again (nothing before it), and a second undo is an error.
+#[test]
+fn undo_takes_back_a_review_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = one_entry(dir.path());
+    // No models needed: undo only edits the queue.
+    let undo = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cxr"))
+            .args(["queue", "undo", &id, "--watch-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = undo(&["--reviewer", "dr-kim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["state"], "pending_review");
+    let on_disk = state(dir.path(), &id);
+    assert_eq!(on_disk["review"], Value::Null);
+    assert_eq!(on_disk["history"][0]["label"], "normal");
+    assert_eq!(on_disk["history"][0]["reviewer"], "setup");
+    assert_eq!(on_disk["history"][0]["undone"]["reviewer"], "dr-kim");
+    let again = undo(&[]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("no review to undo"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(state(dir.path(), &id), on_disk, "nothing changed");
+}

@@ -181,6 +181,17 @@ pub struct Review {
     pub reviewer: String,
     /// RFC 3339, UTC.
     pub time: String,
+    /// Who took this review back, and when ([`super::Queue::undo`]); it stays in `history`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone: Option<Undo>,
+}
+
+/// An undo: a review event of its own, recorded on the review it took back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undo {
+    pub reviewer: String,
+    /// RFC 3339, UTC.
+    pub time: String,
 }
 
 /// The contents of `state.json`.
@@ -207,7 +218,8 @@ pub struct EntryState {
     pub methods: Vec<String>,
     /// The current review; `None` while pending.
     pub review: Option<Review>,
-    /// Earlier reviews, oldest first, when an entry was labelled more than once.
+    /// Earlier reviews, oldest first, when an entry was labelled more than once; undone
+    /// reviews stay here with their undo.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Review>,
 }

@@ -37,7 +37,7 @@ use crate::{CoreError, Result};
 pub(crate) use durable::{file_name, replace, sync_dir};
 pub use entry::{
     EntryState, Label, MAX_REVIEWER_CHARS, Predicted, QueueItem, REVIEWER_ENV, Review, ReviewState,
-    check_reviewer, is_entry_id, local_reviewer,
+    Undo, check_reviewer, is_entry_id, local_reviewer,
 };
 pub(crate) use staging::{Commit, Staging};
 
@@ -243,8 +243,40 @@ impl Queue {
             label,
             reviewer,
             time: rfc3339_utc(SystemTime::now()),
+            undone: None,
         });
         item.state.state = ReviewState::Reviewed;
+        write_state(&item.dir, &item.state)?;
+        Ok(item)
+    }
+
+    /// Takes back entry `id`'s current review, as `reviewer`: the review moves to `history`
+    /// marked with who undid it and when (nothing is deleted), and the review before it that
+    /// was not undone becomes current again; with none, the entry is pending review again.
+    /// Under the entry's lock, like [`Self::label`].
+    pub fn undo(&self, id: &str, reviewer: &str) -> Result<QueueItem> {
+        let reviewer = check_reviewer(reviewer)?;
+        let id = self.get(id)?.id;
+        let _lock = self.lock_entry(&id)?;
+        let mut item = self.read_item(&id)?;
+        let Some(mut undone) = item.state.review.take() else {
+            return Err(CoreError::Invalid(format!(
+                "queue entry {id} has no review to undo"
+            )));
+        };
+        undone.undone = Some(Undo {
+            reviewer,
+            time: rfc3339_utc(SystemTime::now()),
+        });
+        let history = &mut item.state.history;
+        let restored = history.iter().rposition(|r| r.undone.is_none());
+        item.state.review = restored.map(|i| history.remove(i));
+        history.push(undone);
+        item.state.state = if item.state.review.is_some() {
+            ReviewState::Reviewed
+        } else {
+            ReviewState::PendingReview
+        };
         write_state(&item.dir, &item.state)?;
         Ok(item)
     }
@@ -285,6 +317,7 @@ impl Queue {
                 label: label.clone(),
                 reviewer: reviewer.clone(),
                 time: rfc3339_utc(SystemTime::now()),
+                undone: None,
             }),
             history: Vec::new(),
         };
@@ -311,6 +344,7 @@ impl Queue {
                     label: class,
                     patient: format!("queue-{}", item.id),
                     source: "queue".to_owned(),
+                    view: None,
                 })
             })
             .collect())

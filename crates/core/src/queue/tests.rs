@@ -63,6 +63,56 @@ fn rfc3339_formats_known_instants() {
     assert_eq!(rfc3339_utc(t), "2024-02-29T12:34:56.789Z");
 }
 
+/// Undo is a review event: the undone review stays in the history with who undid it, the
+/// review before it (not undone) is current again, and with none the entry is pending again.
+#[test]
+fn undo_takes_back_the_last_review_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::create(dir.path()).unwrap();
+    let file = sample(SAMPLES[1]);
+    let id = queue
+        .label_file(&file, Label::Normal, "alice", Some(predicted(0.3)), None)
+        .unwrap()
+        .id;
+    queue.label(&id, Label::Covid, "bob").unwrap();
+
+    let item = queue.undo(&id, "carol").unwrap();
+    let state = &queue.get(&id).unwrap().state;
+    assert_eq!(state, &item.state, "what undo returns is what it wrote");
+    assert_eq!(state.state, ReviewState::Reviewed);
+    let review = state.review.as_ref().unwrap();
+    assert_eq!(
+        (&review.label, review.reviewer.as_str()),
+        (&Label::Normal, "alice")
+    );
+    assert_eq!(state.history.len(), 1);
+    let undone = &state.history[0];
+    assert_eq!(
+        (&undone.label, undone.reviewer.as_str()),
+        (&Label::Covid, "bob")
+    );
+    assert_eq!(undone.undone.as_ref().unwrap().reviewer, "carol");
+
+    // Undoing alice's label too leaves the entry unreviewed, both reviews kept.
+    let item = queue.undo(&id, "carol").unwrap();
+    assert_eq!(item.state.state, ReviewState::PendingReview);
+    assert_eq!(item.state.review, None);
+    assert_eq!(item.state.history.len(), 2);
+    assert!(item.state.history.iter().all(|r| r.undone.is_some()));
+    assert!(
+        queue.training_rows().unwrap().is_empty(),
+        "nothing to train on"
+    );
+    // Nothing left to undo: an error, and the state is as it was.
+    let err = queue.undo(&id, "carol").unwrap_err().to_string();
+    assert!(err.contains("no review to undo"), "{err}");
+    assert_eq!(queue.get(&id).unwrap().state, item.state);
+    // A label after the undos is current; the undone ones stay in the history.
+    let item = queue.label(&id, Label::Skip, "dave").unwrap();
+    assert_eq!(item.state.review.unwrap().label, Label::Skip);
+    assert_eq!(item.state.history.len(), 2);
+}
+
 #[test]
 fn label_file_imports_once_then_labels_the_entry_and_keeps_history() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,6 +61,21 @@ pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
             let m = super::models(global, &model)?;
             label_one(&watch.watch_dir, &id, &label, &reviewer, &m.dir, m.compute)
         }
+        QueueCommand::Undo {
+            id,
+            watch,
+            reviewer,
+        } => {
+            let reviewer = reviewer.unwrap_or_else(cxr_core::queue::local_reviewer);
+            let item = Queue::open(&watch.watch_dir)?.undo(&id, &reviewer)?;
+            super::note(&format!(
+                "{} undone by {reviewer}: now {}",
+                item.id,
+                item.label().map_or("unreviewed", |l| l.as_str())
+            ));
+            super::print_json(&Listed::new(&item))?;
+            Ok(ExitCode::SUCCESS)
+        }
         QueueCommand::Export {
             watch,
             format,

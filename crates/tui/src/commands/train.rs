@@ -63,6 +63,8 @@ fn defences(args: &DefenceArgs) -> Defences {
         balance_sources: !args.no_balance_sources,
         adversarial: args.adversarial.max(0.0),
         lung_focus: args.lung_focus.max(0.0),
+        framing: args.framing,
+        balance_views: args.balance_views,
     }
 }
 

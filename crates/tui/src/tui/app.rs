@@ -168,6 +168,11 @@ pub enum Action {
         /// The review mark shown before, put back if the label is refused.
         previous: Option<String>,
     },
+    /// Take back the last review of queue entry `entry` (labelled from `path`).
+    Undo {
+        path: PathBuf,
+        entry: String,
+    },
     /// Replace the image list with this file or folder.
     Open(PathBuf),
     Quit,
@@ -208,6 +213,8 @@ pub struct App {
     pub progress: Option<ExplainProgress>,
     /// The last message for the status bar (errors included).
     pub status: String,
+    /// The labels given in this session, oldest first: (image, queue entry), for `u`.
+    pub labelled: Vec<(PathBuf, String)>,
     /// Key presses waiting for a redraw, and measured input-to-redraw latencies.
     pub pending_keys: Vec<Instant>,
     pub latencies: Vec<Duration>,
@@ -256,6 +263,7 @@ impl App {
             busy: None,
             progress: None,
             status: String::new(),
+            labelled: Vec::new(),
             pending_keys: Vec::new(),
             latencies: Vec::new(),
             quit: false,
@@ -581,6 +589,7 @@ impl App {
                 self.view.window = self.view.window.next();
                 self.redraw_pictures(&[0])
             }
+            KeyCode::Char('u') => self.undo(),
             KeyCode::Char(c) => match LABELS.iter().find(|(k, _)| *k == c) {
                 Some((_, label)) => self.label(label),
                 None => Vec::new(),
@@ -645,6 +654,21 @@ impl App {
         let next = (self.selected + 1).min(self.items.len() - 1);
         let mut actions = vec![action];
         actions.extend(self.select(next));
+        actions
+    }
+
+    /// Takes back this session's last label: back on its image, whose mark the queue's answer
+    /// then sets (the review before, or none).
+    fn undo(&mut self) -> Vec<Action> {
+        let Some((path, entry)) = self.labelled.pop() else {
+            self.status = "nothing to undo: no label given in this session".into();
+            return Vec::new();
+        };
+        let mut actions = Vec::new();
+        if let Some(i) = self.items.iter().position(|item| item.path == path) {
+            actions.extend(self.select(i));
+        }
+        actions.insert(0, Action::Undo { path, entry });
         actions
     }
 

@@ -8,11 +8,19 @@ use cxr_core::queue::{Label, Order, Predicted, Queue};
 
 use crate::tui::app::{Item, ItemState};
 
+/// A label written to the queue: a line for the status bar, and the entry it went to (for
+/// undo).
+#[derive(Debug)]
+pub struct Recorded {
+    pub message: String,
+    pub entry: String,
+}
+
 /// Records `reviewer`'s `label` for the radiograph at `path` in the queue of `watch_dir`
-/// (created if missing), keeping what the classifier predicted (and its positive class); returns a line for
-/// the status bar. The label must be one of the model's `classes` (or `skip`), as
-/// `cxr queue label` requires: nothing is written otherwise. `model`: the fingerprint of the
-/// models whose prediction is shown.
+/// (created if missing), keeping what the classifier predicted (and its positive class). The
+/// label must be one of the model's `classes` (or `skip`), as `cxr queue label` requires:
+/// nothing is written otherwise. `model`: the fingerprint of the models whose prediction is
+/// shown.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
@@ -21,23 +29,50 @@ pub fn record(
     predicted: Option<(&Prediction, &str)>,
     classes: &[String],
     model: Option<&str>,
-) -> cxr_core::Result<String> {
+) -> cxr_core::Result<Recorded> {
     let label: Label = label.parse()?;
     label.check(classes)?;
     let queue = Queue::create(watch_dir)?;
     let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
     let item = queue.label_file(path, label.clone(), reviewer, predicted, model)?;
-    // A queue entry's image is `image.png`: name it by the file that was dropped in.
-    let name = if item.state.source_name.is_empty() {
+    Ok(Recorded {
+        message: format!(
+            "labelled {} as {} (queue entry {})",
+            shown_name(&item, path),
+            label.as_str(),
+            item.id
+        ),
+        entry: item.id,
+    })
+}
+
+/// Takes back the current review of queue `entry` in `watch_dir` as `reviewer` (the review
+/// before it, if any, is current again; nothing is deleted): a line for the status bar, and
+/// the label the entry has now.
+pub fn undo(
+    watch_dir: &Path,
+    entry: &str,
+    path: &Path,
+    reviewer: &str,
+) -> cxr_core::Result<(String, Option<String>)> {
+    let item = Queue::open(watch_dir)?.undo(entry, reviewer)?;
+    let now = item.label().map(|l| l.as_str().to_owned());
+    let undone = item.state.history.last().map_or("", |r| r.label.as_str());
+    let message = format!(
+        "undid {undone} on {} (now {})",
+        shown_name(&item, path),
+        now.as_deref().unwrap_or("unreviewed")
+    );
+    Ok((message, now))
+}
+
+/// A queue entry's image is `image.png`: name it by the file that was dropped in.
+fn shown_name(item: &cxr_core::queue::QueueItem, path: &Path) -> String {
+    if item.state.source_name.is_empty() {
         path.display().to_string()
     } else {
         item.state.source_name.clone()
-    };
-    Ok(format!(
-        "labelled {name} as {} (queue entry {})",
-        label.as_str(),
-        item.id
-    ))
+    }
 }
 
 /// The watch folder that `path` is, or whose `queue/` folder it is.
@@ -98,7 +133,8 @@ mod tests {
                 &classes,
                 Some("f1"),
             )
-            .unwrap();
+            .unwrap()
+            .message;
             // Named by the file dropped in, not the entry's image.png.
             assert!(
                 said.starts_with(&format!("labelled {name} as normal")),

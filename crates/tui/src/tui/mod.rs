@@ -99,13 +99,34 @@ impl Effects {
                         predicted.as_ref().map(|_| self.fingerprint.as_str()),
                     );
                     app.status = match recorded {
-                        Ok(message) => message,
+                        Ok(recorded) => {
+                            app.labelled.push((path, recorded.entry));
+                            recorded.message
+                        }
                         Err(e) => {
                             // Nothing was recorded: the list shows what the queue holds.
                             if let Some(item) = app.items.iter_mut().find(|i| i.path == path) {
                                 item.reviewed = previous;
                             }
                             format!("error: labelling {}: {e}", path.display())
+                        }
+                    };
+                }
+                Action::Undo { path, entry } => {
+                    let undone =
+                        crate::tui::labels::undo(&self.watch_dir, &entry, &path, &self.reviewer);
+                    app.status = match undone {
+                        Ok((message, now)) => {
+                            if let Some(item) = app.items.iter_mut().find(|i| i.path == path) {
+                                item.reviewed = now;
+                            }
+                            message
+                        }
+                        Err(e) => {
+                            let status =
+                                format!("error: undoing the label of queue entry {entry}: {e}");
+                            app.labelled.push((path, entry));
+                            status
                         }
                     };
                 }

@@ -175,6 +175,69 @@ fn labelling_records_and_moves_on() {
         if *path == sample("nih_00001299_000.png") && label == "covid"));
 }
 
+/// `u` takes back this session's labels, newest first, back on each image: the queue keeps the
+/// undone review in its history, and the list's mark shows what the queue holds now.
+#[test]
+fn undo_takes_back_the_last_label_on_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let watch = dir.path().join("watch");
+    let effects = super::Effects {
+        jobs: super::background::Latest::new(),
+        encoders: [
+            super::background::Latest::new(),
+            super::background::Latest::new(),
+        ],
+        watch_dir: watch.clone(),
+        reviewer: "dr-lee".into(),
+        fingerprint: "f1".into(),
+        positive: "covid".into(),
+        classes: vec!["covid".into(), "normal".into()],
+        scan: None,
+        workers: super::background::Workers::new(),
+    };
+    let mut app = app();
+    let press = |app: &mut App, c| {
+        let actions = app.update(key(c));
+        effects.apply(app, actions);
+    };
+    press(&mut app, 'u');
+    assert!(app.status.starts_with("nothing to undo"), "{}", app.status);
+    // Label the first image normal, then covid (back on it), then the second skip.
+    press(&mut app, 'n');
+    app.selected = 0;
+    press(&mut app, 'c');
+    press(&mut app, 's');
+    assert_eq!(app.selected, 2);
+    let marks = |app: &App| -> Vec<Option<String>> {
+        app.items.iter().map(|i| i.reviewed.clone()).collect()
+    };
+    assert_eq!(
+        marks(&app)[..2],
+        [Some("covid".into()), Some("skip".into())]
+    );
+
+    // Undo the skip: back on the second image, unreviewed again.
+    press(&mut app, 'u');
+    assert_eq!(app.selected, 1);
+    assert!(app.status.starts_with("undid skip on "), "{}", app.status);
+    assert_eq!(marks(&app)[..2], [Some("covid".into()), None]);
+    // Undo the covid: the first image's normal is current again.
+    press(&mut app, 'u');
+    assert_eq!(app.selected, 0);
+    assert!(app.status.ends_with("(now normal)"), "{}", app.status);
+    assert_eq!(marks(&app)[0].as_deref(), Some("normal"));
+    let queue = cxr_core::queue::Queue::open(&watch).unwrap();
+    let entries = queue.list(cxr_core::queue::Order::Time).unwrap();
+    let first = entries
+        .iter()
+        .find(|e| e.state.source_name == "hannover_e1446fe8.png")
+        .unwrap();
+    assert_eq!(first.label().unwrap().as_str(), "normal");
+    let undone = &first.state.history[0];
+    assert_eq!(undone.label.as_str(), "covid");
+    assert_eq!(undone.undone.as_ref().unwrap().reviewer, "dr-lee");
+}
+
 /// The viewer's labels are checked against the model's classes like `cxr queue label`'s: a key
 /// whose label the model does not have records nothing, says why, and the mark goes back.
 #[test]

@@ -386,7 +386,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, now: Instant) {
         Line::from(vec![
             left,
             Span::styled(
-                format!("↑↓ move · e explainer · {keys} · ? help · q quit"),
+                format!("↑↓ move · e explainer · {keys} · u undo · ? help · q quit"),
                 Style::new().dark_gray(),
             ),
         ])
@@ -455,6 +455,7 @@ fn draw_help(frame: &mut Frame) {
         ("z", "zoom 1x / 2x / 4x (centre)"),
         ("w", "window: full / auto / lung / soft tissue"),
         ("c / n / s", "label covid / normal / skip (then next)"),
+        ("u", "undo this session's last label (back on its image)"),
         ("O", "open a file or folder"),
         ("q, Esc", "quit"),
     ];

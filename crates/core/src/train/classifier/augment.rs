@@ -60,7 +60,12 @@ pub(super) fn training_batch(
         InputStyle::Masked => masks.shallow_clone(),
         InputStyle::EqualisedFeathered => feather_t(&masks),
     };
-    let theta = crate::train::random_affines(batch.len(), rng, 10.0, 0.10, 0.10);
+    let (scale, shift) = if defences.framing {
+        (0.30, 0.15)
+    } else {
+        (0.10, 0.10)
+    };
+    let theta = crate::train::random_affines(batch.len(), rng, 10.0, scale, shift);
     let x = warp(&(unmasked * weights), &theta, false)?;
     let x = crate::train::jitter_intensity(&x, rng, 0.10);
     Ok((x, warp(&masks, &theta, true)?))

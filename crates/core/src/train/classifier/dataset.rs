@@ -255,30 +255,60 @@ pub(super) fn acquisition_of(prepared: &Prepared, i: usize) -> &[f32] {
 }
 
 /// The order of one epoch's training rows: shuffled, or with sources balanced within each
-/// class (drawn with replacement, as many as there are rows).
+/// class and/or views within each class's source (drawn with replacement, as many as there are
+/// rows).
 pub(super) fn epoch_order(
     data: &Dataset,
     train: &[usize],
-    balance: bool,
+    defences: &super::Defences,
     rng: &mut StdRng,
 ) -> Vec<usize> {
-    if !balance {
+    if !defences.balance_sources && !defences.balance_views {
         return train.to_vec();
     }
-    let mut groups: BTreeMap<(i64, usize), usize> = BTreeMap::new();
+    // Each row's class, source (one for all when sources are not balanced) and view (likewise).
+    let key = |i: usize| {
+        let source = if defences.balance_sources {
+            data.source[i]
+        } else {
+            0
+        };
+        let view = if defences.balance_views {
+            data.rows[i].view.as_deref()
+        } else {
+            None
+        };
+        (data.class[i], source, view)
+    };
+    let mut groups: BTreeMap<(i64, usize, Option<&str>), usize> = BTreeMap::new();
     let mut per_class: BTreeMap<i64, usize> = BTreeMap::new();
     for &i in train {
-        *groups.entry((data.class[i], data.source[i])).or_default() += 1;
+        *groups.entry(key(i)).or_default() += 1;
         *per_class.entry(data.class[i]).or_default() += 1;
     }
-    // Every row of a class-source group weighs 1 / (group size x sources in the class), so
-    // each class keeps its share and each of its sources an equal part of it.
-    let sources_in = |class: i64| groups.keys().filter(|(c, _)| *c == class).count() as f64;
+    // Every row of a group weighs 1 / (group size x sources in the class x views in the
+    // source), so each class keeps its share, each of its sources an equal part of it, and each
+    // view an equal part of its source's.
+    let sources_in = |class: i64| {
+        let mut sources: Vec<usize> = groups
+            .keys()
+            .filter(|(c, _, _)| *c == class)
+            .map(|k| k.1)
+            .collect();
+        sources.dedup();
+        sources.len() as f64
+    };
+    let views_in = |class: i64, source: usize| {
+        groups
+            .keys()
+            .filter(|(c, s, _)| *c == class && *s == source)
+            .count() as f64
+    };
     let weights: Vec<f64> = train
         .iter()
         .map(|&i| {
-            let (c, s) = (data.class[i], data.source[i]);
-            per_class[&c] as f64 / (groups[&(c, s)] as f64 * sources_in(c))
+            let k = key(i);
+            per_class[&k.0] as f64 / (groups[&k] as f64 * sources_in(k.0) * views_in(k.0, k.1))
         })
         .collect();
     let Ok(dist) = rand::distr::weighted::WeightedIndex::new(&weights) else {

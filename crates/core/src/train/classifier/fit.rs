@@ -61,7 +61,7 @@ pub(super) fn fit(
         optimizer.set_lr(lr);
         adversary.optimizer.set_lr(lr);
         let mut total = 0.0;
-        let order = epoch_order(data, train, defences.balance_sources, &mut rng);
+        let order = epoch_order(data, train, defences, &mut rng);
         let batch_list = batches(&order, options.batch_size, &mut rng);
         for batch in &batch_list {
             let (x, lungs) =

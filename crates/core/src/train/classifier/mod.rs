@@ -32,6 +32,7 @@ use crate::{CoreError, Result};
 /// The shortcut defences a classifier is trained with; each is a switch of `cxr train
 /// classifier`, recorded in the model's JSON and card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // independent switches, each recorded in the JSON
 pub struct Defences {
     /// How the input is made (see [`InputStyle`]).
     pub input: InputStyle,
@@ -47,6 +48,15 @@ pub struct Defences {
     /// Weight of a penalty on the share of the true class's class-activation map outside the
     /// lungs (right for the right reasons; 0: off).
     pub lung_focus: f64,
+    /// Framing augmentation: zoom of +-30% (crops that cut the lungs at the border, or the
+    /// lungs shrunk inside padding) and shifts of +-15%, against +-10% each without it, so that
+    /// how tightly a radiograph is framed cannot stand for its class.
+    #[serde(default)]
+    pub framing: bool,
+    /// Each view (AP, PA) of a class's source weighs the same in every epoch, so that the
+    /// projection cannot stand for the class (rows without a view form a group of their own).
+    #[serde(default)]
+    pub balance_views: bool,
 }
 
 impl Default for Defences {
@@ -60,6 +70,8 @@ impl Default for Defences {
             balance_sources: true,
             adversarial: 0.3,
             lung_focus: 1.0,
+            framing: false,
+            balance_views: false,
         }
     }
 }
@@ -74,6 +86,8 @@ impl Defences {
             balance_sources: false,
             adversarial: 0.0,
             lung_focus: 0.0,
+            framing: false,
+            balance_views: false,
         }
     }
 
@@ -90,6 +104,12 @@ impl Defences {
         }
         if self.balance_sources {
             parts.push("sources balanced within each class".into());
+        }
+        if self.balance_views {
+            parts.push("views (AP, PA) balanced within each class's source".into());
+        }
+        if self.framing {
+            parts.push("framing augmentation (zoom +-30%, shift +-15%)".into());
         }
         if self.adversarial > 0.0 {
             parts.push(format!(
