@@ -3,8 +3,9 @@
 # acquired unlike every source (issue 26, item 4). NIH plays the new site: the shipped
 # classifier's trust model is fitted without NIH's images (cxr train trust on the manifests less
 # NIH's rows), then again with N of NIH's no-finding radiographs reviewed in a watch folder's
-# queue (cxr train trust --include-queue). Counted each time: how many of NIH's pneumonia
-# radiographs, never reviewed, are `unfamiliar`. About 6 minutes on a 2-core machine.
+# queue (cxr train trust --include-queue, which also chooses the threshold again). Counted each
+# time: how many of NIH's pneumonia radiographs, never reviewed, are `unfamiliar`, and how many
+# are called COVID-19 at the threshold. About 6 minutes on a 2-core machine.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 OUT="${1:-target/new-site-study}"
 DATA="${CXR_DATA:-$CXR_ROOT/../shared/data}"
@@ -37,7 +38,9 @@ unfamiliar() { # MODELS: the share of NIH pneumonia images flagged unfamiliar
 import json, sys
 rows = [json.loads(line) for line in sys.stdin]
 n = sum("unfamiliar" in r.get("trust", {}).get("flags", []) for r in rows)
-print(f"{n} of {len(rows)} NIH pneumonia radiographs unfamiliar ({100 * n / len(rows):.1f}%)")'
+covid = sum(r["label"] == "covid" for r in rows)
+print(f"{n} of {len(rows)} NIH pneumonia radiographs unfamiliar ({100 * n / len(rows):.1f}%), "
+      f"{covid} called COVID-19 at threshold {rows[0]['threshold']:.3f}")'
 }
 
 "$cxr" train trust "${manifests[@]}" --out "$OUT/without-nih" 2>&1 | tail -1

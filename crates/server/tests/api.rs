@@ -917,6 +917,32 @@ async fn labels_go_to_the_watch_folder_queue() {
         items[0].label().map(cxr_core::queue::Label::as_str),
         Some("covid")
     );
+
+    // Undo: dr kim's covid goes to the history marked undone, dr-lee's normal is current again;
+    // a second undo leaves the entry pending, a third has nothing to take back.
+    let undo = |id: &str| {
+        server
+            .client
+            .post(format!("{}/v1/training/queue/{id}/undo", server.url))
+            .header("x-reviewer", "dr-park")
+            .send()
+    };
+    let response = undo(&id).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let entry = json(&response.bytes().await.unwrap());
+    assert_eq!(entry["review"]["label"], "normal");
+    assert_eq!(entry["review"]["reviewer"], "dr-lee");
+    assert_eq!(entry["history"][0]["label"], "covid");
+    assert_eq!(entry["history"][0]["undone"]["reviewer"], "dr-park");
+    let entry = json(&undo(&id).await.unwrap().bytes().await.unwrap());
+    assert_eq!(entry["state"], "pending_review");
+    let response = undo(&id).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        undo("0123456789abcdef").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(queue.list(Order::Time).unwrap()[0].label(), None);
 }
 
 /// `RequestBuilder::json` needs reqwest's `json` feature; this is the same without it.

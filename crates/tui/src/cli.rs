@@ -649,7 +649,9 @@ pub enum TrainCommand {
         common: TrainArgs,
         /// Also fit on the reviewed queue items of --watch-dir, as one more source ("queue"):
         /// with 30 or more, a site's own radiographs stop being flagged as acquired unlike
-        /// every source. Needs --out, another folder than the models in use.
+        /// every source; and choose the decision threshold again on the validation patients
+        /// and the reviewed items together (the weights never saw them). Needs --out, another
+        /// folder than the models in use.
         #[arg(long)]
         include_queue: bool,
         /// The watch folder whose queue --include-queue reads.

@@ -45,6 +45,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/explainers", get(explain::list))
         .route("/v1/explainer/{method}/{id}", get(explain::explain))
         .route("/v1/training/queue", get(queue::list).post(queue::label))
+        .route("/v1/training/queue/{id}/undo", post(queue::undo))
         .fallback(|| async { ApiError::not_found(error::describe(StatusCode::NOT_FOUND, 0)) })
         .layer(DefaultBodyLimit::disable())
         // Under the size limit: a body over it is refused before it takes any budget.

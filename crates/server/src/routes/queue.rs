@@ -140,6 +140,49 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
     Ok(axum::Json(answer::QueueEntry::from(&item)).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct UndoQuery {
+    reviewer: Option<String>,
+}
+
+/// `POST /v1/training/queue/{id}/undo`: takes back the entry's current review (kept in its
+/// history, marked undone by the reviewer of `X-Reviewer` or `?reviewer=`); the review before
+/// it is current again, or the entry is pending again. 409 when it has no review.
+pub(super) async fn undo(
+    State(state): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(query): Query<UndoQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let id = parse_id(id.trim())?;
+    let reviewer = headers
+        .get(REVIEWER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.reviewer)
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "anonymous".into());
+    let reviewer = cxr_core::queue::check_reviewer(&reviewer)?;
+    let watch_dir = state.watch_dir.clone();
+    let item = blocking(move || {
+        let missing = || ApiError::not_found(format!("no queue entry {id}"));
+        let queue = Queue::open(&watch_dir).map_err(|_| missing())?;
+        if !queue.entry_dir(&id).is_dir() {
+            return Err(missing());
+        }
+        if queue.get(&id)?.state.review.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("queue entry {id} has no review to undo"),
+            ));
+        }
+        Ok(queue.undo(&id, &reviewer)?)
+    })
+    .await?;
+    Ok(axum::Json(answer::QueueEntry::from(&item)).into_response())
+}
+
 async fn label_request(request: Request) -> ApiResult<LabelRequest> {
     let content_type = request
         .headers()

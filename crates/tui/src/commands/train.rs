@@ -414,6 +414,7 @@ fn refit_trust(
         if fold_models.is_empty() { "" } else { "s" },
         options.manifest_list().display()
     ));
+    let threshold = model.meta.threshold;
     let mut refits: Vec<(&mut ResNetClassifier, Option<&str>)> = vec![(&mut model, None)];
     refits.extend(
         fold_models
@@ -429,6 +430,13 @@ fn refit_trust(
     let files = ModelFiles::new(out, CLASSIFIER_NAME);
     files.write_meta(&model.meta)?;
     super::note(&format!("wrote {}", files.meta.display()));
+    if !extra.rows.is_empty() {
+        super::note(&format!(
+            "decision threshold on P({}): {threshold:.4} -> {:.4}, chosen again on the \
+             validation patients and the queue's reviewed images",
+            model.meta.classes[0], model.meta.threshold
+        ));
+    }
     for (_, dir, fold) in &fold_models {
         let files = ModelFiles::new(dir, CLASSIFIER_NAME);
         files.write_meta(&fold.meta)?;

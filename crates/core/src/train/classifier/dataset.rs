@@ -212,6 +212,14 @@ impl Dataset {
         )
     }
 
+    /// The extra (train-only) rows trained on or fitted to: of a class, and no copy of a
+    /// manifest image.
+    pub(super) fn extra_rows(&self) -> Vec<usize> {
+        (self.from_manifest..self.rows.len())
+            .filter(|&i| self.side[i].is_some() && self.trained(i))
+            .collect()
+    }
+
     pub(super) fn split_sizes(&self, ix: &[Vec<usize>; 3]) -> SplitSizes {
         let sides = [Split::Train, Split::Validation, Split::Test];
         SplitSizes::count(

@@ -184,9 +184,12 @@ pub fn prepare(
 /// Fits each model's familiarity model again on the manifests' training and validation
 /// patients and `extra` (training split: reviewed queue items, their own source), as training
 /// does at its end: for a model trained before the model existed, after its checks changed, or
-/// to make a site's own radiographs familiar (`cxr train trust [--include-queue]`). A model
-/// paired with a source is a leave-one-source-out model: fitted without that source, as it
-/// was trained. The images are read and segmented once for all. The weights are not touched.
+/// to make a site's own radiographs familiar (`cxr train trust [--include-queue]`). With
+/// `extra` rows, the decision threshold of each model not paired with a source is chosen again
+/// (Youden's J) on the validation patients and those rows together, so that a site's reviewed
+/// radiographs move it to where the site's images fall. A model paired with a source is a
+/// leave-one-source-out model: fitted without that source, as it was trained. The images are
+/// read and segmented once for all. The weights are not touched.
 pub fn refit_trust(
     options: &TrainOptions,
     models: &mut [(&mut ResNetClassifier, Option<&str>)],
@@ -216,9 +219,16 @@ pub fn refit_trust(
         leave_one_source_out: false,
     };
     let data = Dataset::assemble(options, &plan, extra, segmenter)?;
+    let reviewed = data.extra_rows();
     for (model, held_out) in models.iter_mut() {
         let [train_ix, val_ix, _] = data.split(*held_out, &options.manifest_list())?;
         model.meta.trust = Some(fit_trust(model, &data, &train_ix, &val_ix)?);
+        if held_out.is_none() && !reviewed.is_empty() {
+            let mut ix = val_ix.clone();
+            ix.extend(&reviewed);
+            let scores = scores(model, &data.prepared.inputs, &ix)?;
+            model.meta.threshold = crate::metrics::youden_threshold(&scores, &data.positive(&ix));
+        }
     }
     Ok(())
 }
