@@ -1,11 +1,17 @@
-// The cxr web page: upload a radiograph, show the prediction with its trust flags, switch
-// explainers, show the overlay, label the image for training. Plain JS, no build step, no
-// network access beyond this server. document.body.dataset.state tells tests where it is:
-// idle, uploading, classified, explaining, explained, labelled, error.
+// The cxr web page: a review station. Upload a radiograph or open an entry of the review queue,
+// see the prediction with its trust flags, the radiograph beside the explainer's overlay
+// (opacity, window and level), label it for training and undo, by mouse or keys. Plain JS, no
+// build step, no network access beyond this server. document.body.dataset.state tells tests
+// where it is: idle, uploading, opening, classified, explaining, explained, labelled, undone,
+// error; dataset.entry names the queue entry shown.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
-const state = { id: null, classes: [], explainers: [], preview: null, request: 0 };
+const state = {
+  id: null, classes: [], explainers: [], preview: null, request: 0,
+  // The queue's entries as listed, the one shown (-1: none), and this page's labels (for undo).
+  entries: [], entry: -1, labelled: [],
+};
 
 // The seed's names for the classes.
 const CLASS_NAMES = { covid: 'COVID-19', normal: 'No finding', pneumonia: 'Pneumonia', skip: 'Skip' };
@@ -93,12 +99,46 @@ function buildLabelButtons() {
   }));
 }
 
-function showPicture(src, alt) {
+function picture(src, alt, className) {
   const img = document.createElement('img');
   img.alt = alt;
   img.src = src;
-  $('picture').replaceChildren(img);
+  if (className) img.className = className;
   return img;
+}
+
+function pane(...images) {
+  const div = document.createElement('div');
+  div.className = 'pane';
+  div.append(...images);
+  return div;
+}
+
+// One picture alone (the local preview while uploading).
+function showPreview(src, alt) {
+  $('picture').classList.add('single');
+  $('picture').replaceChildren(pane(picture(src, alt)));
+}
+
+// The radiograph on the left; on the right the overlay over the same radiograph, so that the
+// opacity slider fades the heatmap (the overlay keeps the radiograph's size).
+function showPair(id, overlay, alt) {
+  const raw = `/v1/image/${id}`;
+  const over = picture(overlay, alt, 'over');
+  $('picture').classList.remove('single');
+  $('picture').replaceChildren(
+    pane(picture(raw, 'The radiograph', 'raw')),
+    pane(picture(raw, '', 'raw'), over),
+  );
+  applyView();
+  return over;
+}
+
+// Opacity of the heatmap, and window (contrast) and level (brightness) of the radiograph.
+function applyView() {
+  for (const img of document.querySelectorAll('#picture img.over')) img.style.opacity = $('opacity').value;
+  const filter = `contrast(${$('window').value}) brightness(${$('level').value})`;
+  for (const img of document.querySelectorAll('#picture img.raw')) img.style.filter = filter;
 }
 
 async function upload(file) {
@@ -114,9 +154,11 @@ async function upload(file) {
   state.id = null;
   if (state.preview) URL.revokeObjectURL(state.preview);
   state.preview = null;
+  state.entry = -1;
+  renderQueue();
   if (/\.(png|jpe?g)$/i.test(file.name) || /^image\//.test(file.type)) {
     state.preview = URL.createObjectURL(file);
-    showPicture(state.preview, `The radiograph ${file.name}`);
+    showPreview(state.preview, `The radiograph ${file.name}`);
   }
   setState('uploading');
   say(`Uploading and classifying ${file.name}…`);
@@ -210,7 +252,7 @@ async function explain() {
     const blob = await api(`/v1/explainer/${encodeURIComponent(method)}/${id}?format=png`, {}, 'blob');
     if (request !== state.request) return;
     const url = URL.createObjectURL(blob);
-    const img = showPicture(url, `The radiograph with the ${method} heatmap for ${className(report.target)}`);
+    const img = showPair(id, url, `The radiograph with the ${method} heatmap for ${className(report.target)}`);
     await img.decode();
     if (state.preview) URL.revokeObjectURL(state.preview);
     state.preview = url;
@@ -247,10 +289,14 @@ function showQuality(report) {
   $('quality').replaceChildren(...items);
 }
 
+function reviewer() {
+  const name = $('reviewer').value.trim();
+  if (name) localStorage.setItem('cxr-reviewer', name);
+  return name;
+}
+
 async function labelImage(label) {
-  if (!state.id) return;
-  const reviewer = $('reviewer').value.trim();
-  if (reviewer) localStorage.setItem('cxr-reviewer', reviewer);
+  if (!state.id || $('review').hidden) return;
   const buttons = [...$('labels').querySelectorAll('button')];
   buttons.forEach((b) => { b.disabled = true; });
   $('review-status').textContent = 'Saving…';
@@ -258,12 +304,20 @@ async function labelImage(label) {
     const entry = await api('/v1/training/queue', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ id: state.id, label, reviewer: reviewer || undefined }),
+      body: JSON.stringify({ id: state.id, label, reviewer: reviewer() || undefined }),
     });
+    state.labelled.push(entry.id);
+    $('undo').disabled = false;
     $('review-status').textContent =
       `Labelled ${className(entry.review.label)} by ${entry.review.reviewer} (queue entry ${entry.id}).`;
     setState('labelled');
-    await queueSummary();
+    // In the queue, on to the next entry, as in the viewer.
+    const from = state.entry;
+    await loadQueue();
+    if (from >= 0) {
+      const stays = state.entries.findIndex((e) => e.id === entry.id) >= 0;
+      await openEntry(stays ? from + 1 : from);
+    }
   } catch (error) {
     $('review-status').textContent = '';
     fail(error);
@@ -272,12 +326,121 @@ async function labelImage(label) {
   }
 }
 
-async function queueSummary() {
+// Takes back this page's last label (a review event of its own: the queue keeps the review,
+// marked undone) and shows that entry again.
+async function undo() {
+  const id = state.labelled.pop();
+  $('undo').disabled = state.labelled.length === 0;
+  if (!id) return;
+  const headers = {};
+  const name = reviewer();
+  if (name) headers['X-Reviewer'] = name;
   try {
-    const queue = await api('/v1/training/queue');
+    const entry = await api(`/v1/training/queue/${id}/undo`, { method: 'POST', headers });
+    const now = entry.review ? className(entry.review.label) : 'waiting for review';
+    await loadQueue();
+    const i = state.entries.findIndex((e) => e.id === id);
+    if (i >= 0) await openEntry(i);
+    $('review-status').textContent = `Undid the last label of queue entry ${id}: now ${now}.`;
+    setState('undone');
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function loadQueue() {
+  const filter = $('queue-filter').value;
+  const query = { pending: '?pending=true', time: '?order=time' }[filter] || '';
+  try {
+    const queue = await api(`/v1/training/queue${query}`);
+    state.entries = queue.entries;
+    if (state.id) state.entry = state.entries.findIndex((e) => e.id === state.id);
     $('queue-summary').textContent =
       `Training queue: ${queue.count} entries, ${queue.reviewed} reviewed, ${queue.pending} waiting.`;
-  } catch (_) { /* the summary is a courtesy */ }
+    renderQueue();
+  } catch (error) {
+    $('queue-summary').textContent = `Training queue: ${error.message}`;
+  }
+}
+
+function renderQueue() {
+  const span = (className, text) => {
+    const s = document.createElement('span');
+    s.className = className;
+    s.textContent = text;
+    return s;
+  };
+  $('queue-list').replaceChildren(...state.entries.map((entry, i) => {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.id = entry.id;
+    if (i === state.entry) button.setAttribute('aria-current', 'true');
+    const p = entry.predicted;
+    const flags = (p && p.flags) || [];
+    const said = p
+      ? `predicted ${className(p.label)} ${(100 * p.confidence).toFixed(0)} %` +
+        (flags.length ? ` · ${flags.map((f) => FLAG_TEXT[f] || f).join(', ')}` : '')
+      : 'no prediction';
+    button.append(
+      span('name', entry.source_name || entry.id),
+      span('mark', entry.review ? `✔ ${className(entry.review.label)}` : 'waiting'),
+      span(flags.length ? 'meta flagged' : 'meta', said),
+    );
+    button.addEventListener('click', () => openEntry(i));
+    const item = document.createElement('li');
+    item.append(button);
+    return item;
+  }));
+}
+
+// Shows queue entry `i`: its classification (from the cache, or computed again), the
+// radiograph and the overlay, and its review.
+async function openEntry(i) {
+  const entry = state.entries[i];
+  if (!entry) return;
+  const request = ++state.request;
+  state.entry = i;
+  state.id = entry.id;
+  renderQueue();
+  $('error').textContent = '';
+  $('quality').replaceChildren();
+  $('caption').textContent = '';
+  document.body.dataset.entry = entry.id;
+  setState('opening');
+  say(`Queue entry ${entry.source_name || entry.id}…`);
+  try {
+    const result = await api(`/v1/classifier/${entry.id}`);
+    if (request !== state.request) return;
+    showResult(result);
+    setState('classified');
+    say(`${entry.source_name || entry.id}: queue entry ${entry.id}.`);
+    $('method').disabled = false;
+    $('review').hidden = false;
+    $('review-status').textContent = entry.review
+      ? `Reviewed: ${className(entry.review.label)} by ${entry.review.reviewer}.`
+      : 'Waiting for review.';
+    await explain();
+  } catch (error) {
+    if (request === state.request) fail(error);
+  }
+}
+
+// The viewer's keys, outside text fields and controls.
+function onKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (['INPUT', 'SELECT', 'TEXTAREA'].includes(event.target.tagName)) return;
+  const labels = { c: 'covid', n: 'normal', s: 'skip' };
+  if (event.key === 'j' || event.key === 'k') {
+    event.preventDefault();
+    const next = state.entry + (event.key === 'j' ? 1 : -1);
+    if (next >= 0 && next < state.entries.length) openEntry(next);
+  } else if (labels[event.key] && [...state.classes, 'skip'].includes(labels[event.key])) {
+    event.preventDefault();
+    labelImage(labels[event.key]);
+  } else if (event.key === 'u') {
+    event.preventDefault();
+    undo();
+  }
 }
 
 function setUp() {
@@ -303,6 +466,11 @@ function setUp() {
   });
   $('method').addEventListener('change', explain);
   $('reviewer').value = localStorage.getItem('cxr-reviewer') || '';
+  for (const id of ['opacity', 'window', 'level']) $(id).addEventListener('input', applyView);
+  $('queue-filter').addEventListener('change', loadQueue);
+  $('queue-refresh').addEventListener('click', loadQueue);
+  $('undo').addEventListener('click', undo);
+  document.addEventListener('keydown', onKey);
 }
 
 async function start() {
@@ -313,7 +481,7 @@ async function start() {
     fail(error);
   }
   while (!(await checkReady())) await sleep(2000);
-  await queueSummary();
+  await loadQueue();
 }
 
 start();

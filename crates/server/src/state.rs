@@ -253,13 +253,24 @@ impl Uploads {
         self.cap
     }
 
-    /// The stored file of `id` (already checked by [`parse_id`]), if any.
+    /// The stored file of `id` (already checked by [`parse_id`]), or else the image of the
+    /// watch folder's queue entry `id` (so an image under review that was never uploaded, or
+    /// dropped into the inbox, answers the classification and explainer routes too), if any.
     #[must_use]
     pub fn find(&self, id: &str) -> Option<PathBuf> {
         STORED
             .iter()
             .map(|ext| self.dir.join(format!("{id}.{ext}")))
             .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+            .or_else(|| self.queued(id))
+    }
+
+    /// The image of queue entry `id` (exactly that id, not a prefix), checked as the queue
+    /// checks it (a plain file inside its entry).
+    fn queued(&self, id: &str) -> Option<PathBuf> {
+        let queue = cxr_core::queue::Queue::open(self.watch_dir.as_ref()?).ok()?;
+        let item = queue.get(id).ok().filter(|item| item.id == id)?;
+        Some(item.image_path())
     }
 
     /// The stored bytes of `id`, read through the input gate; 404 when there is none (also

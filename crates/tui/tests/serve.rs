@@ -372,33 +372,16 @@ fn base64(text: &str) -> Vec<u8> {
 #[test]
 #[ignore = "needs /usr/bin/chromium; scripts/test.sh runs it when installed"]
 fn the_web_page_uploads_a_radiograph_and_shows_its_overlay_in_chromium() {
-    let chromium = Path::new("/usr/bin/chromium");
-    assert!(
-        chromium.exists(),
-        "/usr/bin/chromium is not installed (apt-get install chromium)"
-    );
     let server = Serve::start(&["--jobs", "1"]);
-    let mut browser = Browser::start(chromium);
-    let target = browser.call("Target.createTarget", json!({ "url": "about:blank" }));
-    let attached = browser.call(
-        "Target.attachToTarget",
-        json!({ "targetId": target["targetId"], "flatten": true }),
-    );
-    browser.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
-    browser.call("Page.enable", json!({}));
-    browser.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
-    );
-    browser.call(
-        "Page.navigate",
-        json!({ "url": format!("{}/", server.url) }),
-    );
-    // Ready: the label buttons are made from /readyz, the explainers from /v1/explainers.
-    browser.wait_for(
-        "document.readyState === 'complete' && document.querySelectorAll('#labels button').length === 3 \
+    let mut browser = open_page(&server);
+    // Ready: the label buttons are made from /readyz (a class each, and skip), the explainers
+    // from /v1/explainers.
+    let classes = shipped_classes();
+    browser.wait_for(&format!(
+        "document.readyState === 'complete' && document.querySelectorAll('#labels button').length === {} \
          && document.querySelectorAll('#method option').length > 1",
-    );
+        classes + 1
+    ));
 
     // A real upload: the file input gets the sample, as when a person picks it.
     let sample = repo()
@@ -421,11 +404,11 @@ fn the_web_page_uploads_a_radiograph_and_shows_its_overlay_in_chromium() {
             bars: document.querySelectorAll('#bars .bar').length, \
             trust: document.getElementById('trust').textContent, \
             quality: document.querySelectorAll('#quality dt').length, \
-            img: (() => { const i = document.querySelector('#picture img'); \
+            img: (() => { const i = document.querySelector('#picture img.over'); \
                           return i ? [i.naturalWidth, i.naturalHeight] : null; })() })",
     );
     assert_eq!(shown["overlay"], "grad-cam", "{shown}");
-    assert_eq!(shown["bars"], 2, "{shown}");
+    assert_eq!(shown["bars"], classes, "{shown}");
     assert!(shown["quality"].as_u64().unwrap() >= 1, "{shown}");
     let label = shown["label"].as_str().unwrap();
     assert!(
@@ -467,7 +450,7 @@ fn the_web_page_uploads_a_radiograph_and_shows_its_overlay_in_chromium() {
 
     // The screenshot: not blank, and the overlay's colours where the picture is.
     let picture = browser.eval(
-        "(() => { const r = document.querySelector('#picture img').getBoundingClientRect(); \
+        "(() => { const r = document.querySelector('#picture img.over').getBoundingClientRect(); \
                   return [r.left, r.top, r.width, r.height]; })()",
     );
     let shot = browser.call("Page.captureScreenshot", json!({ "format": "png" }));
@@ -509,6 +492,158 @@ fn the_web_page_uploads_a_radiograph_and_shows_its_overlay_in_chromium() {
     assert!(
         f64::from(coloured) > 0.02 * f64::from(total),
         "{coloured} of {total} pixels coloured in the overlay area"
+    );
+}
+
+/// How many classes the shipped classifier has (a bar and a label button each).
+fn shipped_classes() -> usize {
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(repo().join("models/classifier.json")).unwrap())
+            .unwrap();
+    meta["classes"].as_array().unwrap().len()
+}
+
+/// Chromium with a page of `server` open at 1200x900.
+fn open_page(server: &Serve) -> Browser {
+    let chromium = Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "/usr/bin/chromium is not installed (apt-get install chromium)"
+    );
+    let mut browser = Browser::start(chromium);
+    let target = browser.call("Target.createTarget", json!({ "url": "about:blank" }));
+    let attached = browser.call(
+        "Target.attachToTarget",
+        json!({ "targetId": target["targetId"], "flatten": true }),
+    );
+    browser.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    browser.call("Page.enable", json!({}));
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
+    );
+    browser.call(
+        "Page.navigate",
+        json!({ "url": format!("{}/", server.url) }),
+    );
+    browser
+}
+
+impl Browser {
+    /// A key pressed as a person presses it (to whatever has the focus).
+    fn press(&mut self, key: &str) {
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                json!({ "type": kind, "key": key, "text": key }),
+            );
+        }
+    }
+}
+
+/// The page as a review station: the watch folder's queue listed, an entry opened to the
+/// radiograph beside its overlay (opacity, window and level), labelled with the viewer's key and
+/// on to the next entry, then the label undone with `u`; each step checked in the queue's files.
+#[test]
+#[ignore = "needs /usr/bin/chromium; scripts/test.sh runs it when installed"]
+fn the_web_page_reviews_the_queue_with_keys_and_undo_in_chromium() {
+    let server = Serve::start(&["--jobs", "1"]);
+    // Two radiographs dropped into the watch folder and processed, waiting for review.
+    let watch = server.dir.path().join("watch");
+    std::fs::create_dir_all(watch.join("inbox")).unwrap();
+    for name in ["nih_00001299_000.png", "hannover_e1446fe8.png"] {
+        std::fs::copy(
+            repo().join("samples").join(name),
+            watch.join("inbox").join(name),
+        )
+        .unwrap();
+    }
+    let processed = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args([
+            "watch",
+            "--once",
+            "--device",
+            "cpu",
+            "--method",
+            "none",
+            "--watch-dir",
+        ])
+        .arg(&watch)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert!(
+        processed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&processed.stderr)
+    );
+    let queue = cxr_core::queue::Queue::open(&watch).unwrap();
+    let order = cxr_core::queue::Order::Uncertainty;
+    let ids: Vec<String> = queue
+        .list(order)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    let mut browser = open_page(&server);
+    browser.wait_for("document.querySelectorAll('#queue-list button').length === 2");
+    browser.eval("document.getElementById('reviewer').value = 'dr-browser'");
+    browser.eval("document.querySelector('#queue-list button').click()");
+    browser.wait_for(&format!(
+        "document.body.dataset.state === 'explained' && document.body.dataset.entry === '{}'",
+        ids[0]
+    ));
+    // The radiograph on the left, the overlay over it on the right; the sliders reach them.
+    browser.eval(
+        "(() => { for (const [id, v] of [['opacity', '0.3'], ['window', '1.5'], ['level', '0.8']]) { \
+                    const s = document.getElementById(id); s.value = v; \
+                    s.dispatchEvent(new Event('input')); } })()",
+    );
+    let shown = browser.eval(
+        "({ raw: [...document.querySelectorAll('#picture img.raw')].map((i) => [i.naturalWidth, i.style.filter]), \
+            over: document.querySelector('#picture img.over').style.opacity, \
+            review: document.getElementById('review').hidden })",
+    );
+    let (width, _) = image::image_dimensions(repo().join("samples/nih_00001299_000.png")).unwrap();
+    let raw = shown["raw"].as_array().unwrap();
+    assert_eq!(raw.len(), 2, "{shown}");
+    for pane in raw {
+        assert_eq!(pane[0], width, "the radiograph at its size: {shown}");
+        assert_eq!(pane[1], "contrast(1.5) brightness(0.8)", "{shown}");
+    }
+    assert_eq!(shown["over"], "0.3", "{shown}");
+    assert_eq!(shown["review"], false, "{shown}");
+
+    // `c` labels it COVID-19 as dr-browser, and the page moves on to the next entry.
+    browser.press("c");
+    browser.wait_for(&format!(
+        "document.body.dataset.state === 'explained' && document.body.dataset.entry === '{}'",
+        ids[1]
+    ));
+    let review = queue.get(&ids[0]).unwrap().state.review.unwrap();
+    assert_eq!(
+        (review.label.as_str(), review.reviewer.as_str()),
+        ("covid", "dr-browser")
+    );
+    // `u` takes it back: the entry is shown again and waits for review; the review is kept.
+    browser.press("u");
+    browser.wait_for(&format!(
+        "document.body.dataset.state === 'undone' && document.body.dataset.entry === '{}'",
+        ids[0]
+    ));
+    let state = queue.get(&ids[0]).unwrap().state;
+    assert_eq!(state.review, None);
+    assert_eq!(state.history.len(), 1);
+    assert_eq!(
+        state.history[0].undone.as_ref().unwrap().reviewer,
+        "dr-browser"
+    );
+    let text = browser.eval("document.getElementById('review-status').textContent");
+    assert!(
+        text.as_str().unwrap().contains("now waiting for review"),
+        "{text}"
     );
 }
 

@@ -224,6 +224,31 @@ pub(super) async fn stored(
     Ok(axum::Json(ClassificationReply::new(&id, &classified)).into_response())
 }
 
+/// `GET /v1/image/{id}`: the radiograph of an upload or a queue entry as an 8-bit grey PNG,
+/// as decoded (a DICOM's pixels too), for a browser to show beside the overlay.
+pub(super) async fn radiograph(
+    State(state): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Response> {
+    let id = known_upload(&state, &id)?;
+    let shared = Arc::clone(&state);
+    let png = super::blocking(move || {
+        let (path, bytes) = shared.uploads.read(&id)?;
+        let xray = Gate::UNTRUSTED.decode(&bytes, &path)?;
+        let grey = xray.original.to_rgb8();
+        cxr_core::render::encode_png(&grey).map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        png,
+    )
+        .into_response())
+}
+
 /// A well-formed id with a stored upload: 400 for a malformed one, 404 for an unknown one.
 pub(super) fn known_upload(state: &AppState, id: &str) -> ApiResult<String> {
     let id = parse_id(id)?;

@@ -42,6 +42,7 @@ pub fn router(state: Shared) -> Router {
         .route("/readyz", get(page::readyz))
         .route("/v1/classifier", post(classify::upload))
         .route("/v1/classifier/{id}", get(classify::stored))
+        .route("/v1/image/{id}", get(classify::radiograph))
         .route("/v1/explainers", get(explain::list))
         .route("/v1/explainer/{method}/{id}", get(explain::explain))
         .route("/v1/training/queue", get(queue::list).post(queue::label))
