@@ -924,6 +924,7 @@ mod tests {
                 "cxr watch",
                 "cxr queue list",
                 "cxr queue label",
+                "cxr queue undo",
                 "cxr queue export",
                 "cxr serve"
             ]

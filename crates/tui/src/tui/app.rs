@@ -547,6 +547,26 @@ impl App {
                 self.help = true;
                 Vec::new()
             }
+            // Zoomed in, hjkl and the arrows move the picture (PgUp/PgDn still move the list).
+            KeyCode::Left
+            | KeyCode::Char('h')
+            | KeyCode::Right
+            | KeyCode::Char('l')
+            | KeyCode::Up
+            | KeyCode::Char('k')
+            | KeyCode::Down
+            | KeyCode::Char('j')
+                if self.view.zoom > 1 =>
+            {
+                let (dx, dy) = match key.code {
+                    KeyCode::Left | KeyCode::Char('h') => (-1, 0),
+                    KeyCode::Right | KeyCode::Char('l') => (1, 0),
+                    KeyCode::Up | KeyCode::Char('k') => (0, -1),
+                    _ => (0, 1),
+                };
+                self.view = self.view.panned(dx, dy);
+                self.redraw_pictures(&[0, 1])
+            }
             KeyCode::Down | KeyCode::Char('j') => self.select((self.selected + 1).min(last)),
             KeyCode::Up | KeyCode::Char('k') => self.select(self.selected.saturating_sub(1)),
             KeyCode::PageDown => self.select((self.selected + 10).min(last)),

@@ -551,10 +551,19 @@ fn zoom_and_window_change_only_the_pictures() {
         .zoomed(app.pictures[1].as_ref().unwrap())
         .to_rgb8()
     );
-    // z cycles back to the whole picture.
+    // Zoomed in, l and j move both pictures (not the list), and redraw them.
+    let (selected, centred) = (app.selected, app.picture_for(1).unwrap().to_rgb8());
+    let actions = app.update(key('l'));
+    assert_eq!(actions.len(), 2, "both panes re-encoded");
+    app.update(key('j'));
+    assert_eq!((app.view.pan, app.selected), ((1, 1), selected));
+    assert_ne!(app.picture_for(1).unwrap().to_rgb8(), centred);
+    // z cycles back to the whole picture, centred; then j moves through the list again.
     app.update(key('z'));
     app.update(key('z'));
-    assert_eq!(app.view.zoom, 1);
+    assert_eq!((app.view.zoom, app.view.pan), (1, (0, 0)));
+    app.update(key('j'));
+    assert_eq!(app.selected, selected + 1);
 }
 
 #[test]

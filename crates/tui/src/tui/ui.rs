@@ -452,7 +452,7 @@ fn draw_help(frame: &mut Frame) {
         ("m", "lung outline on / off"),
         ("+ / -", "overlay opacity"),
         ("o", "radiograph beside the overlay / overlay only"),
-        ("z", "zoom 1x / 2x / 4x (centre)"),
+        ("z", "zoom 1x / 2x / 4x (then hjkl / arrows move it)"),
         ("w", "window: full / auto / lung / soft tissue"),
         ("c / n / s", "label covid / normal / skip (then next)"),
         ("u", "undo this session's last label (back on its image)"),

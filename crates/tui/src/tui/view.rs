@@ -79,10 +79,13 @@ impl Window {
     }
 }
 
-/// Zoom and window/level of the radiograph pane.
+/// Zoom, pan and window/level of the radiograph pane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub zoom: u32,
+    /// Where the zoomed crop sits, in quarters of its own width and height from the centre
+    /// (`hjkl`/arrows while zoomed), kept within the picture.
+    pub pan: (i32, i32),
     pub window: Window,
 }
 
@@ -90,18 +93,38 @@ impl Default for View {
     fn default() -> Self {
         Self {
             zoom: 1,
+            pan: (0, 0),
             window: Window::Full,
         }
     }
 }
 
 impl View {
-    /// The next zoom factor (`z`): 1x, 2x, 4x, 1x...
+    /// The next zoom factor (`z`): 1x, 2x, 4x, 1x... around the same point of the picture.
     #[must_use]
     pub fn next_zoom(self) -> Self {
         let i = ZOOMS.iter().position(|&z| z == self.zoom).unwrap_or(0);
+        let zoom = ZOOMS[(i + 1) % ZOOMS.len()];
+        // A quarter of the crop is half as much picture at twice the zoom.
+        let scale = i32::try_from(zoom / self.zoom.max(1)).unwrap_or(1);
         Self {
-            zoom: ZOOMS[(i + 1) % ZOOMS.len()],
+            zoom,
+            pan: (self.pan.0 * scale, self.pan.1 * scale),
+            ..self
+        }
+        .panned(0, 0)
+    }
+
+    /// Moved by `dx`, `dy` quarters of the crop, no further than the picture's edges (at most
+    /// `2 (zoom - 1)` quarters from the centre); nothing moves at 1x.
+    #[must_use]
+    pub fn panned(self, dx: i32, dy: i32) -> Self {
+        let reach = 2 * (i32::try_from(self.zoom).unwrap_or(1) - 1).max(0);
+        Self {
+            pan: (
+                (self.pan.0 + dx).clamp(-reach, reach),
+                (self.pan.1 + dy).clamp(-reach, reach),
+            ),
             ..self
         }
     }
@@ -112,6 +135,9 @@ impl View {
         let mut parts = Vec::new();
         if self.zoom > 1 {
             parts.push(format!("{}x", self.zoom));
+            if self.pan != (0, 0) {
+                parts.push("panned (hjkl)".into());
+            }
         }
         if with_window && self.window != Window::Full {
             parts.push(format!("{} window", self.window.name()));
@@ -119,7 +145,7 @@ impl View {
         parts.join(" · ")
     }
 
-    /// The centre `1/zoom` of `picture` (the whole picture at 1x).
+    /// The `1/zoom` of `picture` around its centre, moved by the pan (the whole picture at 1x).
     #[must_use]
     pub fn zoomed(self, picture: &DynamicImage) -> DynamicImage {
         if self.zoom <= 1 {
@@ -127,7 +153,12 @@ impl View {
         }
         let (w, h) = picture.dimensions();
         let (cw, ch) = ((w / self.zoom).max(1), (h / self.zoom).max(1));
-        picture.crop_imm((w - cw) / 2, (h - ch) / 2, cw, ch)
+        let origin = |size: u32, crop: u32, pan: i32| {
+            let centred = i64::from((size - crop) / 2);
+            let moved = centred + i64::from(pan) * i64::from(crop / 4);
+            u32::try_from(moved.clamp(0, i64::from(size - crop))).unwrap_or(0)
+        };
+        picture.crop_imm(origin(w, cw, self.pan.0), origin(h, ch, self.pan.1), cw, ch)
     }
 
     /// The radiograph as shown: zoomed, then windowed (grey, 16-bit precision kept until the
@@ -169,6 +200,35 @@ mod tests {
         let grey = two.to_luma8();
         assert_eq!(grey.get_pixel(0, 0).0[0], 64);
         assert_eq!(grey.get_pixel(127, 0).0[0], 191);
+    }
+
+    /// Panning moves the crop by quarters of it and stops at the picture's edge; zooming in
+    /// keeps the same point in view.
+    #[test]
+    fn pan_moves_the_zoomed_crop_within_the_picture() {
+        let two = View::default().next_zoom();
+        assert_eq!(
+            View::default().panned(1, 1).pan,
+            (0, 0),
+            "nothing moves at 1x"
+        );
+        // Right by a quarter of the 128-wide crop: greys 96..224.
+        let right = two.panned(1, 0);
+        assert_eq!(right.zoomed(&ramp()).to_luma8().get_pixel(0, 0).0[0], 96);
+        // As far right as the picture goes, however often asked: greys 128..256.
+        let edge = (0..9).fold(two, |v, _| v.panned(1, 0));
+        assert_eq!(edge.pan, (2, 0));
+        let grey = edge.zoomed(&ramp()).to_luma8();
+        assert_eq!(
+            (grey.get_pixel(0, 0).0[0], grey.get_pixel(127, 0).0[0]),
+            (128, 255)
+        );
+        // 4x around the same point (grey 160): the 64-wide crop starts at 128.
+        let four = right.next_zoom();
+        assert_eq!(four.pan, (2, 0));
+        assert_eq!(four.zoomed(&ramp()).to_luma8().get_pixel(0, 0).0[0], 128);
+        assert_eq!(four.describe(false), "4x · panned (hjkl)");
+        assert_eq!(four.next_zoom().pan, (0, 0), "back to 1x, centred");
     }
 
     #[test]
