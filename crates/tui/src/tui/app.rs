@@ -549,13 +549,10 @@ impl App {
             }
             // Zoomed in, hjkl and the arrows move the picture (PgUp/PgDn still move the list).
             KeyCode::Left
-            | KeyCode::Char('h')
             | KeyCode::Right
-            | KeyCode::Char('l')
             | KeyCode::Up
-            | KeyCode::Char('k')
             | KeyCode::Down
-            | KeyCode::Char('j')
+            | KeyCode::Char('h' | 'j' | 'k' | 'l')
                 if self.view.zoom > 1 =>
             {
                 let (dx, dy) = match key.code {
