@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -175,26 +175,32 @@ fn labelling_records_and_moves_on() {
         if *path == sample("nih_00001299_000.png") && label == "covid"));
 }
 
+/// What the viewer's labels go through: reviewer `dr-lee`, a model with `classes`, the queue
+/// of `watch`.
+fn labelling_effects(watch: &Path, classes: &[&str]) -> super::Effects {
+    super::Effects {
+        jobs: super::background::Latest::new(),
+        encoders: [
+            super::background::Latest::new(),
+            super::background::Latest::new(),
+        ],
+        watch_dir: watch.to_path_buf(),
+        reviewer: "dr-lee".into(),
+        fingerprint: "f1".into(),
+        positive: "covid".into(),
+        classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+        scan: None,
+        workers: super::background::Workers::new(),
+    }
+}
+
 /// `u` takes back this session's labels, newest first, back on each image: the queue keeps the
 /// undone review in its history, and the list's mark shows what the queue holds now.
 #[test]
 fn undo_takes_back_the_last_label_on_its_image() {
     let dir = tempfile::tempdir().unwrap();
     let watch = dir.path().join("watch");
-    let effects = super::Effects {
-        jobs: super::background::Latest::new(),
-        encoders: [
-            super::background::Latest::new(),
-            super::background::Latest::new(),
-        ],
-        watch_dir: watch.clone(),
-        reviewer: "dr-lee".into(),
-        fingerprint: "f1".into(),
-        positive: "covid".into(),
-        classes: vec!["covid".into(), "normal".into()],
-        scan: None,
-        workers: super::background::Workers::new(),
-    };
+    let effects = labelling_effects(&watch, &["covid", "normal"]);
     let mut app = app();
     let press = |app: &mut App, c| {
         let actions = app.update(key(c));
@@ -244,21 +250,8 @@ fn undo_takes_back_the_last_label_on_its_image() {
 fn the_viewer_records_only_the_models_classes() {
     let dir = tempfile::tempdir().unwrap();
     let watch = dir.path().join("watch");
-    let effects = super::Effects {
-        jobs: super::background::Latest::new(),
-        encoders: [
-            super::background::Latest::new(),
-            super::background::Latest::new(),
-        ],
-        watch_dir: watch.clone(),
-        reviewer: "dr-lee".into(),
-        fingerprint: "f1".into(),
-        positive: "covid".into(),
-        // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
-        classes: vec!["covid".into(), "no_finding".into()],
-        scan: None,
-        workers: super::background::Workers::new(),
-    };
+    // A model trained on "covid" and "no_finding": the viewer's `n` key means "normal".
+    let effects = labelling_effects(&watch, &["covid", "no_finding"]);
     let mut app = app();
     app.items[0].reviewed = Some("covid".into());
     let actions = app.update(key('n'));
