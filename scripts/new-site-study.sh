@@ -39,8 +39,9 @@ import json, sys
 rows = [json.loads(line) for line in sys.stdin]
 n = sum("unfamiliar" in r.get("trust", {}).get("flags", []) for r in rows)
 covid = sum(r["label"] == "covid" for r in rows)
+threshold = rows[0]["threshold"]
 print(f"{n} of {len(rows)} NIH pneumonia radiographs unfamiliar ({100 * n / len(rows):.1f}%), "
-      f"{covid} called COVID-19 at threshold {rows[0]['threshold']:.3f}")'
+      f"{covid} called COVID-19 at threshold {threshold:.3f}")'
 }
 
 "$cxr" train trust "${manifests[@]}" --out "$OUT/without-nih" 2>&1 | tail -1
@@ -55,6 +56,6 @@ for n in 10 30 60; do
   done
   echo "queued: $(ls "$watch/queue" | wc -l) of $n (a refused radiograph is not queued)"
   "$cxr" train trust "${manifests[@]}" --include-queue --watch-dir "$watch" \
-    --models "$OUT/without-nih" --out "$OUT/with-$n" 2>&1 | tail -1
+    --models "$OUT/without-nih" --out "$OUT/with-$n" 2>&1 | grep -E "decision threshold|familiar:"
   echo "with $n of NIH's normals reviewed: $(unfamiliar "$OUT/with-$n")"
 done

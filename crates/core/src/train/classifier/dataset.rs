@@ -127,7 +127,9 @@ impl Dataset {
                 plan.classes
             )));
         }
-        for class in &plan.classes {
+        // The positive and the negative class must be there; a further class may be missing
+        // from manifests a trust model is fitted on (training checks it: see `missing_class`).
+        for class in plan.classes.iter().take(2) {
             if !rows.iter().any(|r| &r.label == class) {
                 return Err(CoreError::data(
                     &list,
@@ -190,6 +192,20 @@ impl Dataset {
             rows,
             prepared,
         })
+    }
+
+    /// An error naming the first class no row of the manifests has.
+    pub(super) fn missing_class(&self, list: &std::path::Path) -> Result<()> {
+        match (0..self.classes.len()).find(|&k| !self.class.contains(&(k as i64))) {
+            Some(k) => Err(CoreError::data(
+                list,
+                format!(
+                    "no image labelled {:?} (classes: {:?})",
+                    self.classes[k], self.classes
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Whether row `i` is of a class trained on.

@@ -262,6 +262,7 @@ pub fn train(
     let started = Instant::now();
     let list = options.manifest_list();
     let data = Dataset::assemble(options, plan, extra, segmenter)?;
+    data.missing_class(&list)?;
     let ix = data.split(plan.hold_out.as_deref(), &list)?;
     let [train_ix, val_ix, test_ix] = &ix;
     let Fit {
