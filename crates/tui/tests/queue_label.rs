@@ -114,7 +114,7 @@ fn a_misspelt_label_is_an_error_listing_the_valid_ones() {
     assert!(!out.status.success());
     let text = stderr(&out);
     assert!(
-        text.contains("nromal") && text.contains("covid, normal, skip"),
+        text.contains("nromal") && text.contains("covid, normal, pneumonia, skip"),
         "{text}"
     );
     assert_eq!(state(&dir, &id), before, "the entry changed");
