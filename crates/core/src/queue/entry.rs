@@ -181,6 +181,9 @@ pub struct Review {
     pub reviewer: String,
     /// RFC 3339, UTC.
     pub time: String,
+    /// The explanations the reviewer had on screen (explainer names), where the surface knows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shown: Vec<String>,
     /// Who took this review back, and when ([`super::Queue::undo`]); it stays in `history`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undone: Option<Undo>,

@@ -229,6 +229,18 @@ impl Queue {
     /// accepted review is kept (the latest in `review`, the others in `history`). A label must
     /// be one of the classes the entry was predicted with, or `skip`.
     pub fn label(&self, id: &str, label: Label, reviewer: &str) -> Result<QueueItem> {
+        self.label_seen(id, label, reviewer, &[])
+    }
+
+    /// [`Self::label`], recording the explanations the reviewer had on screen (`shown`:
+    /// explainer names) with the review.
+    pub fn label_seen(
+        &self,
+        id: &str,
+        label: Label,
+        reviewer: &str,
+        shown: &[String],
+    ) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
         let id = self.get(id)?.id;
         let _lock = self.lock_entry(&id)?;
@@ -243,6 +255,7 @@ impl Queue {
             label,
             reviewer,
             time: rfc3339_utc(SystemTime::now()),
+            shown: shown.to_vec(),
             undone: None,
         });
         item.state.state = ReviewState::Reviewed;
@@ -294,11 +307,25 @@ impl Queue {
         predicted: Option<Predicted>,
         model: Option<&str>,
     ) -> Result<QueueItem> {
+        self.label_file_seen(file, label, reviewer, predicted, model, &[])
+    }
+
+    /// [`Self::label_file`], recording the explanations the reviewer had on screen (`shown`:
+    /// explainer names) with the review, as the viewer does.
+    pub fn label_file_seen(
+        &self,
+        file: &Path,
+        label: Label,
+        reviewer: &str,
+        predicted: Option<Predicted>,
+        model: Option<&str>,
+        shown: &[String],
+    ) -> Result<QueueItem> {
         let reviewer = check_reviewer(reviewer)?;
         let bytes = Gate::TRUSTED.read(file)?;
         let xray = Gate::TRUSTED.decode(&bytes, file)?;
         if let Some(item) = self.find(&xray.sha256)? {
-            return self.label(&item.id, label, &reviewer);
+            return self.label_seen(&item.id, label, &reviewer, shown);
         }
         let id = xray.sha256[..ID_LEN].to_owned();
         let image = format!("image.{}", image_extension(file, &bytes));
@@ -317,6 +344,7 @@ impl Queue {
                 label: label.clone(),
                 reviewer: reviewer.clone(),
                 time: rfc3339_utc(SystemTime::now()),
+                shown: shown.to_vec(),
                 undone: None,
             }),
             history: Vec::new(),
@@ -327,7 +355,7 @@ impl Queue {
         match staging.commit()? {
             Commit::Created(dir) => Ok(QueueItem { id, dir, state }),
             // Someone (the watcher) queued the same content meanwhile: label theirs.
-            Commit::Exists => self.label(&id, label, &reviewer),
+            Commit::Exists => self.label_seen(&id, label, &reviewer, shown),
         }
     }
 

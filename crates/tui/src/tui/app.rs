@@ -167,6 +167,8 @@ pub enum Action {
         predicted: Option<Prediction>,
         /// The review mark shown before, put back if the label is refused.
         previous: Option<String>,
+        /// The explanations on screen (recorded with the review).
+        shown: Vec<String>,
     },
     /// Take back the last review of queue entry `entry` (labelled from `path`).
     Undo {
@@ -661,11 +663,15 @@ impl App {
         };
         let previous = item.reviewed.replace(label.to_owned());
         let predicted = self.shown.as_ref().map(|s| s.prediction.clone());
+        let explained = self.shown.as_ref().and_then(|s| s.report.as_ref());
         let action = Action::Label {
             path: item.path.clone(),
             label: label.to_owned(),
             predicted,
             previous,
+            shown: explained
+                .map(|r| vec![r.method.clone()])
+                .unwrap_or_default(),
         };
         // Labelling moves on to the next image, as reviewers expect.
         let next = (self.selected + 1).min(self.items.len() - 1);

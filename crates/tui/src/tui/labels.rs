@@ -16,25 +16,43 @@ pub struct Recorded {
     pub entry: String,
 }
 
-/// Records `reviewer`'s `label` for the radiograph at `path` in the queue of `watch_dir`
-/// (created if missing), keeping what the classifier predicted (and its positive class). The
-/// label must be one of the model's `classes` (or `skip`), as `cxr queue label` requires:
-/// nothing is written otherwise. `model`: the fingerprint of the models whose prediction is
-/// shown.
+/// What a label is given with in the viewer.
+pub struct Seen<'a> {
+    pub reviewer: &'a str,
+    /// The prediction shown, and the model's positive class.
+    pub predicted: Option<(&'a Prediction, &'a str)>,
+    /// The model's classes: the only labels recorded (besides `skip`).
+    pub classes: &'a [String],
+    /// The fingerprint of the models whose prediction is shown.
+    pub model: Option<&'a str>,
+    /// The explanations on screen (explainer names).
+    pub shown: &'a [String],
+}
+
+/// Records a `label` for the radiograph at `path` in the queue of `watch_dir` (created if
+/// missing), with what was `seen`: the reviewer, the prediction and the models that made it, the
+/// explanations on screen. The label must be one of the model's classes (or `skip`), as `cxr
+/// queue label` requires: nothing is written otherwise.
 pub fn record(
     watch_dir: &Path,
     path: &Path,
     label: &str,
-    reviewer: &str,
-    predicted: Option<(&Prediction, &str)>,
-    classes: &[String],
-    model: Option<&str>,
+    seen: &Seen<'_>,
 ) -> cxr_core::Result<Recorded> {
     let label: Label = label.parse()?;
-    label.check(classes)?;
+    label.check(seen.classes)?;
     let queue = Queue::create(watch_dir)?;
-    let predicted = predicted.map(|(p, positive)| Predicted::new(p, positive));
-    let item = queue.label_file(path, label.clone(), reviewer, predicted, model)?;
+    let predicted = seen
+        .predicted
+        .map(|(p, positive)| Predicted::new(p, positive));
+    let item = queue.label_file_seen(
+        path,
+        label.clone(),
+        seen.reviewer,
+        predicted,
+        seen.model,
+        seen.shown,
+    )?;
     Ok(Recorded {
         message: format!(
             "labelled {} as {} (queue entry {})",
@@ -124,17 +142,16 @@ mod tests {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples");
         let classes = ["covid".to_owned(), "normal".to_owned()];
         for name in ["hannover_2c35005f.png", "nih_00001299_000.png"] {
-            let said = record(
-                watch.path(),
-                &samples.join(name),
-                "normal",
-                "alice",
-                None,
-                &classes,
-                Some("f1"),
-            )
-            .unwrap()
-            .message;
+            let seen = Seen {
+                reviewer: "alice",
+                predicted: None,
+                classes: &classes,
+                model: Some("f1"),
+                shown: &[],
+            };
+            let said = record(watch.path(), &samples.join(name), "normal", &seen)
+                .unwrap()
+                .message;
             // Named by the file dropped in, not the entry's image.png.
             assert!(
                 said.starts_with(&format!("labelled {name} as normal")),

@@ -88,16 +88,17 @@ impl Effects {
                     label,
                     predicted,
                     previous,
+                    shown,
                 } => {
-                    let recorded = crate::tui::labels::record(
-                        &self.watch_dir,
-                        &path,
-                        &label,
-                        &self.reviewer,
-                        predicted.as_ref().map(|p| (p, self.positive.as_str())),
-                        &self.classes,
-                        predicted.as_ref().map(|_| self.fingerprint.as_str()),
-                    );
+                    let seen = crate::tui::labels::Seen {
+                        reviewer: &self.reviewer,
+                        predicted: predicted.as_ref().map(|p| (p, self.positive.as_str())),
+                        classes: &self.classes,
+                        model: predicted.as_ref().map(|_| self.fingerprint.as_str()),
+                        shown: &shown,
+                    };
+                    let recorded =
+                        crate::tui::labels::record(&self.watch_dir, &path, &label, &seen);
                     app.status = match recorded {
                         Ok(recorded) => {
                             app.labelled.push((path, recorded.entry));

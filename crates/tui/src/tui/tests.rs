@@ -165,6 +165,7 @@ fn labelling_records_and_moves_on() {
             label: "normal".into(),
             predicted: None,
             previous: None,
+            shown: Vec::new(),
         }
     );
     assert_eq!(app.items[0].reviewed.as_deref(), Some("normal"));
@@ -208,6 +209,12 @@ fn undo_takes_back_the_last_label_on_its_image() {
     };
     press(&mut app, 'u');
     assert!(app.status.starts_with("nothing to undo"), "{}", app.status);
+    // The first label is given with a Grad-CAM explanation on screen: it is recorded.
+    app.shown = Some(super::app::Shown {
+        prediction: prediction(0.9),
+        timings: Timings::default(),
+        report: Some(method_report()),
+    });
     // Label the first image normal, then covid (back on it), then the second skip.
     press(&mut app, 'n');
     app.selected = 0;
@@ -239,6 +246,7 @@ fn undo_takes_back_the_last_label_on_its_image() {
         .find(|e| e.state.source_name == "hannover_e1446fe8.png")
         .unwrap();
     assert_eq!(first.label().unwrap().as_str(), "normal");
+    assert_eq!(first.state.review.as_ref().unwrap().shown, ["grad-cam"]);
     let undone = &first.state.history[0];
     assert_eq!(undone.label.as_str(), "covid");
     assert_eq!(undone.undone.as_ref().unwrap().reviewer, "dr-lee");
@@ -300,17 +308,16 @@ fn the_viewer_records_only_the_models_classes() {
     assert_eq!(reviewers, ["dr-lee", "dr-lee"], "the viewer's --reviewer");
     assert!(labels.contains(&"covid".to_owned()) && labels.contains(&"skip".to_owned()));
     // Misspelt labels are refused by the same check.
-    let e = crate::tui::labels::record(
-        &watch,
-        &sample("nih_00001299_000.png"),
-        "nromal",
-        "dr-lee",
-        None,
-        &effects.classes,
-        None,
-    )
-    .unwrap_err()
-    .to_string();
+    let seen = crate::tui::labels::Seen {
+        reviewer: "dr-lee",
+        predicted: None,
+        classes: &effects.classes,
+        model: None,
+        shown: &[],
+    };
+    let e = crate::tui::labels::record(&watch, &sample("nih_00001299_000.png"), "nromal", &seen)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("\"nromal\" is not one of the model's classes"),
         "{e}"
@@ -1033,17 +1040,20 @@ fn reviews_are_restored_when_a_labelled_folder_is_reopened() {
     let watch = dir.path().join("watch");
     // A first session labels two of them, as the viewer does.
     let classes = ["covid".to_owned(), "normal".to_owned()];
-    crate::tui::labels::record(
-        &watch,
-        &files[0],
-        "normal",
-        "dr-lee",
-        Some((&prediction(0.3), "covid")),
-        &classes,
-        Some("f1"),
-    )
-    .unwrap();
-    crate::tui::labels::record(&watch, &files[2], "skip", "dr-lee", None, &classes, None).unwrap();
+    let seen = crate::tui::labels::Seen {
+        reviewer: "dr-lee",
+        predicted: Some((&prediction(0.3), "covid")),
+        classes: &classes,
+        model: Some("f1"),
+        shown: &[],
+    };
+    crate::tui::labels::record(&watch, &files[0], "normal", &seen).unwrap();
+    let unpredicted = crate::tui::labels::Seen {
+        predicted: None,
+        model: None,
+        ..seen
+    };
+    crate::tui::labels::record(&watch, &files[2], "skip", &unpredicted).unwrap();
 
     // The folder is reopened: nothing reviewed until the scan has looked in the queue.
     let mut app = App::new(
