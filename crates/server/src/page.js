@@ -243,6 +243,7 @@ async function explain() {
   const id = state.id;
   const method = $('method').value;
   const request = ++state.request;
+  delete document.body.dataset.overlay; // no explanation on screen until this one is
   setState('explaining');
   $('explain-status').textContent = `Running ${method}…`;
   $('quality').replaceChildren();
@@ -304,7 +305,10 @@ async function labelImage(label) {
     const entry = await api('/v1/training/queue', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ id: state.id, label, reviewer: reviewer() || undefined }),
+      body: JSON.stringify({
+        id: state.id, label, reviewer: reviewer() || undefined,
+        shown: document.body.dataset.overlay ? [document.body.dataset.overlay] : [],
+      }),
     });
     state.labelled.push(entry.id);
     $('undo').disabled = false;

@@ -813,12 +813,30 @@ async fn labels_go_to_the_watch_folder_queue() {
     let (_, uploaded) = server.upload("b.png", bytes.clone()).await;
     let id = uploaded["id"].as_str().unwrap().to_owned();
 
-    // The seed's label name, the reviewer from a header.
+    // An explanation on screen must be a registered explainer: nothing is written otherwise.
+    let (status, refused) = server
+        .post_raw(
+            "/v1/training/queue",
+            "application/json",
+            serde_json::json!({ "id": id, "label": "normal", "shown": ["shap"] })
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().starts_with("shown: "),
+        "{refused}"
+    );
+    assert_eq!(server.get_json("/v1/training/queue").await.1["count"], 0);
+
+    // The seed's label name, the reviewer from a header, the seed's name of the explanation
+    // shown (kept under its own).
     let response = server
         .client
         .post(format!("{}/v1/training/queue", server.url))
         .header("x-reviewer", "dr-lee")
-        .json_body(&serde_json::json!({ "id": id, "label": "NO FINDING" }))
+        .json_body(&serde_json::json!({ "id": id, "label": "NO FINDING", "shown": ["gradcam"] }))
         .send()
         .await
         .unwrap();
@@ -828,6 +846,7 @@ async fn labels_go_to_the_watch_folder_queue() {
     assert_eq!(entry["state"], "reviewed");
     assert_eq!(entry["review"]["label"], "normal");
     assert_eq!(entry["review"]["reviewer"], "dr-lee");
+    assert_eq!(entry["review"]["shown"], serde_json::json!(["grad-cam"]));
     assert_eq!(entry["predicted"]["label"], uploaded["label"]);
 
     let (status, listed) = server.get_json("/v1/training/queue").await;

@@ -627,6 +627,7 @@ fn the_web_page_reviews_the_queue_with_keys_and_undo_in_chromium() {
         (review.label.as_str(), review.reviewer.as_str()),
         ("covid", "dr-browser")
     );
+    assert_eq!(review.shown, ["grad-cam"], "the explanation on screen");
     // `u` takes it back: the entry is shown again and waits for review; the review is kept.
     browser.press("u");
     browser.wait_for(&format!(

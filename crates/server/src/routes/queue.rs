@@ -79,6 +79,9 @@ struct LabelRequest {
     id: String,
     label: String,
     reviewer: Option<String>,
+    /// The explanations the reviewer had on screen (explainer names), kept with the review.
+    #[serde(default)]
+    shown: Vec<String>,
 }
 
 /// Header naming the reviewer when the body does not.
@@ -110,6 +113,13 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
     // The queue's one rule for names (length, one line, no spreadsheet formula): 400 before
     // anything is written.
     let reviewer = cxr_core::queue::check_reviewer(&reviewer)?;
+    // Only registered explainers, by their names, are kept as shown.
+    let shown = body
+        .shown
+        .iter()
+        .map(|name| cxr_core::explain::registry::lookup(name).map(|e| e.name.to_owned()))
+        .collect::<cxr_core::Result<Vec<_>>>()
+        .map_err(|e| ApiError::bad_request(format!("shown: {e}")))?;
     let watch_dir = state.watch_dir.clone();
     let item = if let Some(path) = state.uploads.find(&id) {
         let positive = models.classes.first().cloned().unwrap_or_default();
@@ -122,7 +132,8 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
                 let predicted = Predicted::new(&classified.report.prediction(), &positive);
                 let queue = Queue::create(&watch_dir)?;
                 let model = Some(service.fingerprint());
-                Ok(queue.label_file(&path, label, &reviewer, Some(predicted), model)?)
+                let (file, predicted) = (&path, Some(predicted));
+                Ok(queue.label_file_seen(file, label, &reviewer, predicted, model, &shown)?)
             })
             .await?
     } else {
@@ -133,7 +144,7 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
             if !queue.entry_dir(&id).is_dir() {
                 return Err(missing());
             }
-            Ok(queue.label(&id, label, &reviewer)?)
+            Ok(queue.label_seen(&id, label, &reviewer, &shown)?)
         })
         .await?
     };
@@ -220,6 +231,7 @@ async fn label_request(request: Request) -> ApiResult<LabelRequest> {
                 "id" => body.id = text,
                 "label" => body.label = text,
                 "reviewer" => body.reviewer = Some(text),
+                "shown" => body.shown.push(text),
                 _ => {}
             }
         }
