@@ -87,14 +87,41 @@ struct LabelRequest {
 /// Header naming the reviewer when the body does not.
 const REVIEWER_HEADER: &str = "x-reviewer";
 
+/// The `X-Reviewer` header's value, if any.
+fn header_reviewer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(REVIEWER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The reviewer: the first name given (trimmed, not empty), else `anonymous` (the server knows
+/// no login), checked by the queue's one rule for names (length, one line, no spreadsheet
+/// formula): 400 before anything is written.
+fn reviewer(given: [Option<String>; 2]) -> ApiResult<String> {
+    let name = given
+        .into_iter()
+        .flatten()
+        .map(|r| r.trim().to_owned())
+        .find(|r| !r.is_empty())
+        .unwrap_or_else(|| "anonymous".into());
+    Ok(cxr_core::queue::check_reviewer(&name)?)
+}
+
+/// The queue of `watch_dir` when it holds entry `id`; 404 with `missing` otherwise.
+fn queue_with(watch_dir: &std::path::Path, id: &str, missing: &str) -> ApiResult<Queue> {
+    let missing = || ApiError::not_found(missing);
+    let queue = Queue::open(watch_dir).map_err(|_| missing())?;
+    if !queue.entry_dir(id).is_dir() {
+        return Err(missing());
+    }
+    Ok(queue)
+}
+
 /// `POST /v1/training/queue`: labels an uploaded image (it becomes a reviewed entry of the watch
 /// folder's queue, as the viewer's labels do) or an entry already in the queue.
 pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiResult<Response> {
-    let header_reviewer = request
-        .headers()
-        .get(REVIEWER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header_reviewer = header_reviewer(request.headers());
     let body = label_request(request).await?;
     let id = parse_id(body.id.trim())?;
     let models = state.models()?;
@@ -104,15 +131,7 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
     label
         .check(&models.classes)
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let reviewer = body
-        .reviewer
-        .or(header_reviewer)
-        .map(|r| r.trim().to_owned())
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "anonymous".into());
-    // The queue's one rule for names (length, one line, no spreadsheet formula): 400 before
-    // anything is written.
-    let reviewer = cxr_core::queue::check_reviewer(&reviewer)?;
+    let reviewer = reviewer([body.reviewer, header_reviewer])?;
     // Only registered explainers, by their names, are kept as shown.
     let shown = body
         .shown
@@ -138,12 +157,8 @@ pub(super) async fn label(State(state): State<Shared>, request: Request) -> ApiR
             .await?
     } else {
         blocking(move || {
-            let missing =
-                || ApiError::not_found(format!("no image {id}: neither uploaded nor in the queue"));
-            let queue = Queue::open(&watch_dir).map_err(|_| missing())?;
-            if !queue.entry_dir(&id).is_dir() {
-                return Err(missing());
-            }
+            let missing = format!("no image {id}: neither uploaded nor in the queue");
+            let queue = queue_with(&watch_dir, &id, &missing)?;
             Ok(queue.label_seen(&id, label, &reviewer, &shown)?)
         })
         .await?
@@ -166,22 +181,10 @@ pub(super) async fn undo(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(id.trim())?;
-    let reviewer = headers
-        .get(REVIEWER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.reviewer)
-        .map(|r| r.trim().to_owned())
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "anonymous".into());
-    let reviewer = cxr_core::queue::check_reviewer(&reviewer)?;
+    let reviewer = reviewer([header_reviewer(&headers), query.reviewer])?;
     let watch_dir = state.watch_dir.clone();
     let item = blocking(move || {
-        let missing = || ApiError::not_found(format!("no queue entry {id}"));
-        let queue = Queue::open(&watch_dir).map_err(|_| missing())?;
-        if !queue.entry_dir(&id).is_dir() {
-            return Err(missing());
-        }
+        let queue = queue_with(&watch_dir, &id, &format!("no queue entry {id}"))?;
         if queue.get(&id)?.state.review.is_none() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
