@@ -113,9 +113,14 @@ pub(super) struct Dataset {
 }
 
 impl Dataset {
+    /// Reads, segments and preprocesses the manifests' rows and `extra`; `required`: the
+    /// classes that must have manifest rows, checked before any image is read (all of them to
+    /// train; the positive and the negative one to fit a trust model, whose manifests may lack
+    /// a further class).
     pub(super) fn assemble(
         options: &TrainOptions,
         plan: &ClassifierPlan,
+        required: &[String],
         extra: &TrainOnly,
         segmenter: &dyn Segmenter,
     ) -> Result<Self> {
@@ -127,9 +132,7 @@ impl Dataset {
                 plan.classes
             )));
         }
-        // The positive and the negative class must be there; a further class may be missing
-        // from manifests a trust model is fitted on (training checks it: see `missing_class`).
-        for class in plan.classes.iter().take(2) {
+        for class in required {
             if !rows.iter().any(|r| &r.label == class) {
                 return Err(CoreError::data(
                     &list,
@@ -192,20 +195,6 @@ impl Dataset {
             rows,
             prepared,
         })
-    }
-
-    /// An error naming the first class no row of the manifests has.
-    pub(super) fn missing_class(&self, list: &std::path::Path) -> Result<()> {
-        match (0..self.classes.len()).find(|&k| !self.class.contains(&(k as i64))) {
-            Some(k) => Err(CoreError::data(
-                list,
-                format!(
-                    "no image labelled {:?} (classes: {:?})",
-                    self.classes[k], self.classes
-                ),
-            )),
-            None => Ok(()),
-        }
     }
 
     /// Whether row `i` is of a class trained on.

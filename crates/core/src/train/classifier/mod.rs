@@ -218,7 +218,10 @@ pub fn refit_trust(
         hold_out: None,
         leave_one_source_out: false,
     };
-    let data = Dataset::assemble(options, &plan, extra, segmenter)?;
+    // The manifests a trust model is fitted on need the positive and the negative class, and
+    // may lack a further one (pneumonia).
+    let required = plan.classes.get(..2).unwrap_or(&plan.classes);
+    let data = Dataset::assemble(options, &plan, required, extra, segmenter)?;
     let reviewed = data.extra_rows();
     for (model, held_out) in models.iter_mut() {
         let [train_ix, val_ix, _] = data.split(*held_out, &options.manifest_list())?;
@@ -261,8 +264,7 @@ pub fn train(
 ) -> Result<Trained> {
     let started = Instant::now();
     let list = options.manifest_list();
-    let data = Dataset::assemble(options, plan, extra, segmenter)?;
-    data.missing_class(&list)?;
+    let data = Dataset::assemble(options, plan, &plan.classes, extra, segmenter)?;
     let ix = data.split(plan.hold_out.as_deref(), &list)?;
     let [train_ix, val_ix, test_ix] = &ix;
     let Fit {
