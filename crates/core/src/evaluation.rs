@@ -112,9 +112,10 @@ pub fn by_source(
                     .collect()
             };
             let (pos, neg) = (of(0), of(1));
+            let is_other = |label: &str| !classes.iter().take(2).any(|c| c == label);
             let others: Vec<f32> = rows
                 .iter()
-                .filter(|r| !classes.iter().take(2).any(|c| c == r.label))
+                .filter(|r| is_other(r.label))
                 .map(|r| r.score)
                 .collect();
             let called = |v: &[f32]| v.iter().filter(|&&s| s >= threshold).count();
@@ -133,22 +134,13 @@ pub fn by_source(
                 .filter(wrong)
                 .filter(|r| r.flags.is_empty())
                 .count();
-            // Ranked by 1 - P(negative): does the score respond to disease of any kind?
-            let abnormal = |keep: &dyn Fn(&str) -> bool| -> Vec<f32> {
-                rows.iter()
-                    .filter(|r| keep(r.label))
-                    .map(|r| r.abnormal)
-                    .collect()
-            };
-            let other_abnormal = abnormal(&|l| !classes.iter().take(2).any(|c| c == l));
-            let contrast: Vec<f32> = other_abnormal
+            // The other-label images against the negatives, ranked by 1 - P(negative): does
+            // the score respond to disease of any kind?
+            let (contrast, contrast_other): (Vec<f32>, Vec<bool>) = rows
                 .iter()
-                .chain(&abnormal(&|l| l == classes[1]))
-                .copied()
-                .collect();
-            let is_other: Vec<bool> = (0..contrast.len())
-                .map(|i| i < other_abnormal.len())
-                .collect();
+                .filter(|r| is_other(r.label) || r.label == classes[1])
+                .map(|r| (r.abnormal, is_other(r.label)))
+                .unzip();
             let scores: Vec<f32> = pos.iter().chain(&neg).copied().collect();
             let truth: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
             let metrics = SourceMetrics {
@@ -166,7 +158,7 @@ pub fn by_source(
                 flags,
                 flagged: rows.iter().filter(|r| !r.flags.is_empty()).count(),
                 silent_wrong,
-                others_vs_negatives_auc: roc_auc(&contrast, &is_other),
+                others_vs_negatives_auc: roc_auc(&contrast, &contrast_other),
             };
             (source.to_owned(), metrics)
         })
