@@ -55,6 +55,48 @@ pub struct Analysis {
     pub timings: Timings,
 }
 
+/// The lungs' bounding box in the radiograph's own pixels (`x`, `y` its top left corner): what
+/// a viewer zooms to, and what the classifier's crop is built around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LungBox {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl LungBox {
+    /// The box of the mask's lung pixels, scaled from the mask's grid to a `width` x `height`
+    /// radiograph; `None` when the mask has no lung.
+    #[must_use]
+    pub fn of(mask: &LungMask, width: u32, height: u32) -> Option<Self> {
+        let (x0, y0, x1, y1) = crate::render::mask_box(mask)?;
+        let (mw, mh) = mask.dimensions();
+        let scale = |v: u32, from: u32, to: u32| {
+            u32::try_from(u64::from(v) * u64::from(to) / u64::from(from.max(1))).unwrap_or(to)
+        };
+        let (x, y) = (scale(x0, mw, width), scale(y0, mh, height));
+        Some(Self {
+            x,
+            y,
+            width: scale(x1, mw, width).saturating_sub(x).max(1),
+            height: scale(y1, mh, height).saturating_sub(y).max(1),
+        })
+    }
+
+    /// The box's centre as shares of the radiograph's width and height.
+    #[must_use]
+    pub fn centre(&self, width: u32, height: u32) -> (f32, f32) {
+        let share = |start: u32, size: u32, of: u32| {
+            ((f64::from(start) + f64::from(size) / 2.0) / f64::from(of.max(1))) as f32
+        };
+        (
+            share(self.x, self.width, width),
+            share(self.y, self.height, height),
+        )
+    }
+}
+
 /// The JSON line `cxr classify` prints for one image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassifyReport {
@@ -67,6 +109,10 @@ pub struct ClassifyReport {
     pub threshold: f32,
     /// Share of the image the segmenter marked as lung (near 0 means it found none).
     pub lung_fraction: f32,
+    /// Where the segmenter found the lungs (absent when it found none, and in reports cached
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lung_box: Option<LungBox>,
     /// Familiarity score and flags (`unfamiliar`, `implausible-lungs`).
     pub trust: Assessment,
     pub timings: Timings,
@@ -264,6 +310,7 @@ impl Analysis {
             probabilities: self.prediction.probabilities.clone(),
             threshold: self.prediction.threshold,
             lung_fraction: mask::coverage(&self.mask),
+            lung_box: LungBox::of(&self.mask, self.xray.width(), self.xray.height()),
             trust: self.prediction.trust.clone(),
             timings: self.timings,
             identifiers: if identifiers {
@@ -294,4 +341,35 @@ fn assess(
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The box is found on the mask's grid and scaled to the radiograph; its centre is a share
+    /// of the radiograph's size.
+    #[test]
+    fn lung_box_scales_from_the_mask_grid_to_the_radiograph() {
+        // A 100x50 mask with lung in columns 20..60 and rows 10..30, for a 400x200 radiograph.
+        let mask = LungMask::from_fn(100, 50, |x, y| {
+            image::Luma([if (20..60).contains(&x) && (10..30).contains(&y) {
+                255
+            } else {
+                0
+            }])
+        });
+        let lungs = LungBox::of(&mask, 400, 200).unwrap();
+        assert_eq!(
+            lungs,
+            LungBox {
+                x: 80,
+                y: 40,
+                width: 160,
+                height: 80
+            }
+        );
+        assert_eq!(lungs.centre(400, 200), (0.4, 0.4));
+        assert_eq!(LungBox::of(&LungMask::new(100, 50), 400, 200), None);
+    }
 }

@@ -76,6 +76,23 @@ fn classify_prints_one_json_object_per_image() {
         assert!(
             line["width"].as_u64().unwrap() > 0 && line["lung_fraction"].as_f64().unwrap() > 0.1
         );
+        // The lungs' box lies inside the image and holds at least the lung's share of it.
+        let lungs = &line["lung_box"];
+        let at = |k: &str| lungs[k].as_u64().unwrap();
+        assert!(
+            at("x") + at("width") <= line["width"].as_u64().unwrap(),
+            "{line}"
+        );
+        assert!(
+            at("y") + at("height") <= line["height"].as_u64().unwrap(),
+            "{line}"
+        );
+        let area = (at("width") * at("height")) as f64;
+        let image = (line["width"].as_u64().unwrap() * line["height"].as_u64().unwrap()) as f64;
+        assert!(
+            area / image >= line["lung_fraction"].as_f64().unwrap(),
+            "{line}"
+        );
     }
 }
 

@@ -548,10 +548,14 @@ impl Browser {
 #[ignore = "needs /usr/bin/chromium; scripts/test.sh runs it when installed"]
 fn the_web_page_reviews_the_queue_with_keys_and_undo_in_chromium() {
     let server = Serve::start(&["--jobs", "1"]);
-    // Two radiographs dropped into the watch folder and processed, waiting for review.
+    // Three radiographs dropped into the watch folder and processed, waiting for review.
     let watch = server.dir.path().join("watch");
     std::fs::create_dir_all(watch.join("inbox")).unwrap();
-    for name in ["nih_00001299_000.png", "hannover_e1446fe8.png"] {
+    for name in [
+        "nih_00001299_000.png",
+        "hannover_e1446fe8.png",
+        "nih_00002013_002.png",
+    ] {
         std::fs::copy(
             repo().join("samples").join(name),
             watch.join("inbox").join(name),
@@ -585,10 +589,10 @@ fn the_web_page_reviews_the_queue_with_keys_and_undo_in_chromium() {
         .into_iter()
         .map(|i| i.id)
         .collect();
-    assert_eq!(ids.len(), 2);
+    assert_eq!(ids.len(), 3);
 
     let mut browser = open_page(&server);
-    browser.wait_for("document.querySelectorAll('#queue-list button').length === 2");
+    browser.wait_for("document.querySelectorAll('#queue-list button').length === 3");
     browser.eval("document.getElementById('reviewer').value = 'dr-browser'");
     browser.eval("document.querySelector('#queue-list button').click()");
     browser.wait_for(&format!(
@@ -646,6 +650,44 @@ fn the_web_page_reviews_the_queue_with_keys_and_undo_in_chromium() {
         text.as_str().unwrap().contains("now waiting for review"),
         "{text}"
     );
+
+    // Then all three reviewed by key, the page moving on after each label.
+    let mut reviewed = Vec::new();
+    for (i, key) in ["n", "n", "c"].into_iter().enumerate() {
+        browser.wait_for(
+            "['explained', 'undone'].includes(document.body.dataset.state) \
+             && !document.getElementById('review').hidden",
+        );
+        let entry = browser.eval("document.body.dataset.entry");
+        let entry = entry.as_str().unwrap().to_owned();
+        assert!(!reviewed.contains(&entry), "{entry} shown twice");
+        browser.press(key);
+        let start = Instant::now();
+        while queue.get(&entry).unwrap().state.review.is_none() {
+            assert!(start.elapsed() < STEP, "{entry} was not labelled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if i < 2 {
+            browser.wait_for(&format!("document.body.dataset.entry !== '{entry}'"));
+        }
+        reviewed.push(entry);
+    }
+    reviewed.sort();
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(reviewed, all, "each entry reviewed once");
+    for id in &ids {
+        let review = queue.get(id).unwrap().state.review.unwrap();
+        assert_eq!(review.reviewer, "dr-browser");
+        assert_eq!(review.shown, ["grad-cam"], "{id}");
+    }
+    let history = queue.get(&ids[0]).unwrap().state.history;
+    assert_eq!(
+        history.len(),
+        1,
+        "the undone review stays beside the new one"
+    );
+    assert!(history[0].undone.is_some());
 }
 
 /// A radiograph padded to about `bytes` with a `tEXt` chunk whose text ends in `tag` (another

@@ -15,6 +15,7 @@ use ratatui_image::protocol::Protocol;
 
 use super::background::Job;
 use super::event::{AppEvent, Encoded, ExplainProgress, Pane, Stage, WorkerEvent};
+use super::view::CENTRE;
 
 /// Where an image stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +58,8 @@ pub struct Shown {
     pub prediction: Prediction,
     pub timings: Timings,
     pub report: Option<MethodReport>,
+    /// The lungs' centre as shares of the radiograph's width and height: where zoom looks.
+    pub lungs: Option<(f32, f32)>,
 }
 
 /// What a prompt asks for.
@@ -386,6 +389,7 @@ impl App {
                 prediction,
                 timings,
                 original,
+                lungs,
             } => {
                 // The list shows every answer, even a stale one: it is still true of that file.
                 if let Some(item) = self.items.iter_mut().find(|i| i.path == path) {
@@ -407,6 +411,7 @@ impl App {
                     prediction,
                     timings,
                     report,
+                    lungs: lungs.map(|b| b.centre(original.width(), original.height())),
                 });
                 self.pictures[0] = Some(original);
                 self.protocols[0] = None;
@@ -626,15 +631,16 @@ impl App {
         self.encodes_needed()
     }
 
-    /// The picture of pane `i` as it is to be drawn: the view's zoom on both, its window on the
-    /// radiograph.
+    /// The picture of pane `i` as it is to be drawn: the view's zoom on both (around the lungs
+    /// when the segmenter found them), its window on the radiograph.
     #[must_use]
     pub fn picture_for(&self, i: usize) -> Option<DynamicImage> {
         let picture = self.pictures.get(i)?.as_ref()?;
+        let focus = self.shown.as_ref().and_then(|s| s.lungs).unwrap_or(CENTRE);
         Some(if i == 0 {
-            self.view.radiograph(picture)
+            self.view.radiograph(picture, focus)
         } else {
-            self.view.zoomed(picture)
+            self.view.zoomed(picture, focus)
         })
     }
 

@@ -440,6 +440,7 @@ impl Inference {
             prediction: classified.report.prediction(),
             timings: classified.report.timings,
             original: original.clone(),
+            lungs: classified.report.lung_box,
         };
         if !send(analysed) {
             return false;

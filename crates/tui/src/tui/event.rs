@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::KeyEvent;
 use cxr_core::explain::report::MethodReport;
 use cxr_core::models::Prediction;
-use cxr_core::pipeline::Timings;
+use cxr_core::pipeline::{LungBox, Timings};
 use image::DynamicImage;
 use ratatui::layout::Size;
 use ratatui_image::protocol::Protocol;
@@ -67,6 +67,8 @@ pub enum WorkerEvent {
         prediction: Prediction,
         timings: Timings,
         original: DynamicImage,
+        /// Where the lungs are, for zooming in on them.
+        lungs: Option<LungBox>,
     },
     /// A long explanation's progress: `done` of `total` model evaluations, `elapsed` since the
     /// explainer started (sent at most about ten times a second, and at the end).

@@ -17,7 +17,7 @@ use image::DynamicImage;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
-use ratatui_image::picker::Picker;
+use ratatui_image::picker::{Picker, ProtocolType};
 
 use super::app::{Action, App, Item, ItemState};
 use super::event::{AppEvent, Encoded, Pane, WorkerEvent};
@@ -110,6 +110,7 @@ fn moving_requests_the_new_selection_and_drops_stale_answers() {
         prediction: prediction(0.99),
         timings: Timings::default(),
         original: original.clone(),
+        lungs: None,
     };
     app.update(AppEvent::Worker(late));
     assert!(
@@ -131,6 +132,7 @@ fn moving_requests_the_new_selection_and_drops_stale_answers() {
         prediction: prediction(0.1),
         timings: Timings::default(),
         original,
+        lungs: None,
     };
     app.update(AppEvent::Worker(current));
     assert_eq!(app.shown.as_ref().unwrap().prediction.label, "normal");
@@ -214,6 +216,7 @@ fn undo_takes_back_the_last_label_on_its_image() {
         prediction: prediction(0.9),
         timings: Timings::default(),
         report: Some(method_report()),
+        lungs: None,
     });
     // Label the first image normal, then covid (back on it), then the second skip.
     press(&mut app, 'n');
@@ -412,6 +415,7 @@ fn answered_with(width: u16, height: u16, prediction: Prediction) -> (App, Termi
             total_ms: 57.0,
         },
         original,
+        lungs: None,
     }));
     app.update(AppEvent::Worker(WorkerEvent::Explained {
         generation: job.generation,
@@ -486,6 +490,39 @@ fn snapshot_160x48() {
     insta::assert_snapshot!(terminal.backend());
 }
 
+/// A flagged prediction at each terminal size reviewers use: the prediction, its flag, every
+/// explanation metric and the review state are on screen at all three.
+#[test]
+fn snapshot_flagged_at_80x24_120x40_160x48() {
+    for (width, height) in [(80, 24), (120, 40), (160, 48)] {
+        let mut flagged = prediction(0.999);
+        flagged.trust = cxr_core::trust::Assessment {
+            familiarity: Some(41.2),
+            flags: vec![cxr_core::trust::Flag::Unfamiliar],
+            reasons: vec!["familiarity distance 41.2 above the 99th percentile 30.0".into()],
+        };
+        let (app, mut terminal) = answered_with(width, height, flagged);
+        terminal
+            .draw(|f| ui::view(f, &app, Instant::now()))
+            .unwrap();
+        let screen = terminal.backend().to_string();
+        for shown in [
+            "label covid",
+            "unfamiliar",
+            "deletion AUC",
+            "insertion AUC",
+            "in lungs",
+            "review: not reviewed",
+        ] {
+            assert!(
+                screen.contains(shown),
+                "{width}x{height}: {shown}\n{screen}"
+            );
+        }
+        insta::assert_snapshot!(format!("flagged_{width}x{height}"), terminal.backend());
+    }
+}
+
 /// Zoom 2x and the lung window, the model card's headline in the panel, re-encoded as the
 /// effects would after `z` and `w`.
 fn zoomed_and_windowed(width: u16, height: u16) -> (App, Terminal<TestBackend>) {
@@ -548,7 +585,7 @@ fn zoom_and_window_change_only_the_pictures() {
             zoom: 2,
             ..Default::default()
         }
-        .zoomed(app.pictures[1].as_ref().unwrap())
+        .zoomed(app.pictures[1].as_ref().unwrap(), super::view::CENTRE)
         .to_rgb8()
     );
     // Zoomed in, l and j move both pictures (not the list), and redraw them.
@@ -564,6 +601,65 @@ fn zoom_and_window_change_only_the_pictures() {
     assert_eq!((app.view.zoom, app.view.pan), (1, (0, 0)));
     app.update(key('j'));
     assert_eq!(app.selected, selected + 1);
+}
+
+/// On a terminal that draws pictures (sixel, kitty, iTerm2), a pane gets the radiograph at the
+/// terminal's own pixels: a 60x30-cell pane with 10x20-pixel cells is a 600x600-pixel box, and
+/// the 512x471 sample fills its width: 600x552 pixels, padded to whole cells (28 rows, 560
+/// pixels), where half blocks would give it 60x56.
+#[test]
+fn graphics_terminals_get_the_picture_at_their_full_resolution() {
+    let radiograph = image::open(sample("hannover_e1446fe8.png")).unwrap();
+    assert_eq!((radiograph.width(), radiograph.height()), (512, 471));
+    let cells = ratatui::layout::Size::new(60, 30);
+    for (protocol, pixels) in [
+        (ProtocolType::Sixel, "\"1;1;600;560"),
+        (ProtocolType::Kitty, "s=600,v=560"),
+        (ProtocolType::Iterm2, "width=600px;height=560px"),
+    ] {
+        #[allow(deprecated)] // the documented way to build a picker for a known cell size
+        let mut picker = Picker::from_fontsize(ratatui_image::FontSize::new(10, 20));
+        picker.set_protocol_type(protocol);
+        let encoded = super::background::encode(&picker, radiograph.clone(), cells).unwrap();
+        let area = Rect::new(0, 0, cells.width, cells.height);
+        let mut buffer = ratatui::buffer::Buffer::empty(area);
+        ratatui::widgets::Widget::render(ratatui_image::Image::new(&encoded), area, &mut buffer);
+        let written: String = buffer.content().iter().map(|c| c.symbol()).collect();
+        assert!(
+            written.contains(pixels),
+            "{protocol:?}: no {pixels:?} in {:?}",
+            written.chars().take(300).collect::<String>()
+        );
+    }
+}
+
+/// Zoom looks at the lungs the segmenter found, not at the middle of the film.
+#[test]
+fn zoom_looks_at_the_lungs() {
+    let mut app = app();
+    let job = job_of(&app.request());
+    let original = image::open(sample("hannover_e1446fe8.png")).unwrap();
+    let (w, h) = (original.width(), original.height());
+    // Lungs in the top left quarter: 2x shows exactly that quarter.
+    let lungs = cxr_core::pipeline::LungBox {
+        x: 0,
+        y: 0,
+        width: w / 2,
+        height: h / 2,
+    };
+    app.update(AppEvent::Worker(WorkerEvent::Analysed {
+        generation: job.generation,
+        path: job.path,
+        prediction: prediction(0.9),
+        timings: Timings::default(),
+        original: original.clone(),
+        lungs: Some(lungs),
+    }));
+    app.update(key('z'));
+    assert_eq!(
+        app.picture_for(0).unwrap().to_luma8(),
+        original.crop_imm(0, 0, w / 2, h / 2).to_luma8()
+    );
 }
 
 #[test]
@@ -770,6 +866,7 @@ fn analysed(app: &mut App, job: &super::background::Job) {
         prediction: prediction(0.9),
         timings: Timings::default(),
         original: DynamicImage::new_luma8(8, 8),
+        lungs: None,
     }));
 }
 
@@ -997,6 +1094,7 @@ fn the_list_shows_each_label_with_its_own_probability() {
         prediction: prediction(0.53),
         timings: Timings::default(),
         original: DynamicImage::new_luma8(8, 8),
+        lungs: None,
     }));
     for (item, covid) in [(1, 0.2), (2, 0.9)] {
         app.update(AppEvent::Worker(WorkerEvent::Known {

@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui_image::Image;
 
-use super::app::{App, ItemState, LABELS, PromptKind};
+use super::app::{App, ItemState, LABELS, PromptKind, Shown};
 
 /// Where everything goes on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,102 +243,153 @@ fn bar(value: f32, width: usize) -> String {
     "█".repeat(filled) + &"░".repeat(width - filled)
 }
 
+/// How much a panel line matters when the panel is too short for all of them: the least
+/// important go first, so that the prediction, its flags, the explanation's metrics or progress
+/// and the review state show at any terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Blank lines between groups.
+    Spacer,
+    /// Threshold, familiarity score, the model card's headline, timings.
+    Detail,
+    /// A flag's reason (the flag's name stays).
+    Reason,
+    Always,
+}
+
 /// The familiarity score, and each flag with its reason in yellow: when not to trust the label.
-fn trust_lines(trust: &cxr_core::trust::Assessment) -> Vec<Line<'static>> {
+fn trust_lines(trust: &cxr_core::trust::Assessment) -> Vec<(Keep, Line<'static>)> {
     let mut lines = Vec::new();
     if let Some(distance) = trust.familiarity {
-        lines.push(Line::from(format!("familiarity {distance:.1} (distance)")).dark_gray());
+        let line = Line::from(format!("familiarity {distance:.1} (distance)")).dark_gray();
+        lines.push((Keep::Detail, line));
     }
     if trust.flags.is_empty() && trust.familiarity.is_some() {
-        lines.push(Line::from("no trust flags").green());
+        lines.push((Keep::Detail, Line::from("no trust flags").green()));
     }
     for (i, flag) in trust.flags.iter().enumerate() {
-        lines.push(Line::from(format!("⚠ {}", flag.name())).yellow().bold());
+        let name = Line::from(format!("⚠ {}", flag.name())).yellow().bold();
+        lines.push((Keep::Always, name));
         if let Some(reason) = trust.reasons.get(i) {
-            lines.push(Line::from(reason.clone()).yellow());
+            lines.push((Keep::Reason, Line::from(reason.clone()).yellow()));
         }
     }
     lines
 }
 
-fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
-    let mut lines: Vec<Line> = Vec::new();
-    let bar_width = usize::from(area.width.saturating_sub(16)).max(4);
-    match &app.shown {
-        None => lines.push(Line::from("no result yet").dark_gray()),
-        Some(shown) => {
-            let p = &shown.prediction;
-            lines.push(Line::from(vec![
-                Span::raw("label "),
-                Span::styled(p.label.clone(), Style::new().bold()),
-            ]));
-            for (class, prob) in &p.probabilities {
-                lines.push(Line::from(format!(
-                    "{class:<7}{} {prob:.2}",
-                    bar(*prob, bar_width)
-                )));
+/// The explanation's part of the panel: its metrics, or its progress, or its error.
+fn explanation_lines(app: &App, shown: &Shown) -> Vec<(Keep, Line<'static>)> {
+    let mut lines = Vec::new();
+    match &shown.report {
+        None if app.explain_error.is_some() => {
+            let error = app.explain_error.as_deref().unwrap_or_default();
+            let failed = Line::from(format!("{} failed:", app.method())).red().bold();
+            lines.push((Keep::Always, failed));
+            lines.push((Keep::Always, Line::from(error.to_owned()).red()));
+            let next = match (&app.progress, &app.busy) {
+                (Some(progress), _) => progress.text(app.method()),
+                (None, Some(_)) => "retrying…".to_owned(),
+                (None, None) => "p parameters · r retry".to_owned(),
+            };
+            lines.push((Keep::Always, Line::from(next).dark_gray()));
+        }
+        None => {
+            let working = match &app.progress {
+                Some(progress) => progress.text(app.method()),
+                None => format!("{}: working…", app.method()),
+            };
+            lines.push((Keep::Always, Line::from(working).dark_gray()));
+        }
+        Some(r) => {
+            let title = Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold();
+            lines.push((Keep::Always, title));
+            let q = &r.quality;
+            for (name, value) in [
+                ("deletion AUC ", q.deletion_auc),
+                ("insertion AUC", q.insertion_auc),
+            ] {
+                lines.extend(value.map(|v| (Keep::Always, Line::from(format!("{name} {v:.3}")))));
             }
-            lines.push(Line::from(format!("threshold {:.2}", p.threshold)).dark_gray());
-            lines.extend(trust_lines(&p.trust));
-            if let Some(card) = &app.card {
-                lines.push(Line::from(format!("model: {card}")).dark_gray());
+            if let Some(share) = q.lung_mass_share {
+                let line = Line::from(format!("in lungs      {:.0}%", share * 100.0));
+                // Little evidence inside the lungs: the model may read something else.
+                lines.push((Keep::Always, if share < 0.5 { line.yellow() } else { line }));
             }
-            let t = &shown.timings;
-            lines.push(
-                Line::from(format!(
-                    "seg {:.0} ms  cls {:.0} ms",
-                    t.segment_ms, t.classify_ms
-                ))
-                .dark_gray(),
-            );
-            lines.push(Line::default());
-            match &shown.report {
-                None if app.explain_error.is_some() => {
-                    let error = app.explain_error.as_deref().unwrap_or_default();
-                    lines.push(Line::from(format!("{} failed:", app.method())).red().bold());
-                    lines.push(Line::from(error.to_owned()).red());
-                    lines.push(
-                        Line::from(match (&app.progress, &app.busy) {
-                            (Some(progress), _) => progress.text(app.method()),
-                            (None, Some(_)) => "retrying…".to_owned(),
-                            (None, None) => "p parameters · r retry".to_owned(),
-                        })
-                        .dark_gray(),
-                    );
-                }
-                None => lines.push(
-                    Line::from(match &app.progress {
-                        Some(progress) => progress.text(app.method()),
-                        None => format!("{}: working…", app.method()),
-                    })
-                    .dark_gray(),
-                ),
-                Some(r) => {
-                    lines.push(Line::from(format!("{} ({:.0} ms)", r.method, r.explain_ms)).bold());
-                    let q = &r.quality;
-                    for (name, value) in [
-                        ("deletion AUC ", q.deletion_auc),
-                        ("insertion AUC", q.insertion_auc),
-                    ] {
-                        lines.extend(value.map(|v| Line::from(format!("{name} {v:.3}"))));
-                    }
-                    if let Some(share) = q.lung_mass_share {
-                        let line = Line::from(format!("in lungs      {:.0}%", share * 100.0));
-                        // Little evidence inside the lungs: the model may read something else.
-                        lines.push(if share < 0.5 { line.yellow() } else { line });
-                    }
-                    if let Some(r2) = r.details.get("r2").and_then(serde_json::Value::as_f64) {
-                        lines.push(Line::from(format!("local fit R²  {r2:.3}")));
-                    }
-                }
+            if let Some(r2) = r.details.get("r2").and_then(serde_json::Value::as_f64) {
+                lines.push((Keep::Always, Line::from(format!("local fit R²  {r2:.3}"))));
             }
         }
     }
-    if let Some(item) = app.items.get(app.selected) {
-        lines.push(Line::default());
-        let reviewed = item.reviewed.as_deref().unwrap_or("not reviewed");
-        lines.push(Line::from(format!("review: {reviewed}")).cyan());
+    lines
+}
+
+/// The lines that fit `rows` rows of `width` cells once wrapped: spacers go first, then the
+/// details (the last one first), then the flags' reasons.
+fn fit(mut lines: Vec<(Keep, Line<'static>)>, width: u16, rows: u16) -> Vec<Line<'static>> {
+    let rows_needed = |lines: &[(Keep, Line<'static>)]| {
+        let text: Vec<Line> = lines.iter().map(|(_, l)| l.clone()).collect();
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .line_count(width)
+    };
+    for level in [Keep::Spacer, Keep::Detail, Keep::Reason] {
+        while rows_needed(&lines) > usize::from(rows) {
+            let Some(i) = lines.iter().rposition(|(keep, _)| *keep == level) else {
+                break;
+            };
+            lines.remove(i);
+        }
     }
+    lines.into_iter().map(|(_, line)| line).collect()
+}
+
+fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
+    let mut lines: Vec<(Keep, Line<'static>)> = Vec::new();
+    let bar_width = usize::from(area.width.saturating_sub(16)).max(4);
+    match &app.shown {
+        None => lines.push((Keep::Always, Line::from("no result yet").dark_gray())),
+        Some(shown) => {
+            let p = &shown.prediction;
+            lines.push((
+                Keep::Always,
+                Line::from(vec![
+                    Span::raw("label "),
+                    Span::styled(p.label.clone(), Style::new().bold()),
+                ]),
+            ));
+            for (class, prob) in &p.probabilities {
+                let line = Line::from(format!("{class:<7}{} {prob:.2}", bar(*prob, bar_width)));
+                lines.push((Keep::Always, line));
+            }
+            let threshold = Line::from(format!("threshold {:.2}", p.threshold)).dark_gray();
+            lines.push((Keep::Detail, threshold));
+            lines.extend(trust_lines(&p.trust));
+            if let Some(card) = &app.card {
+                lines.push((
+                    Keep::Detail,
+                    Line::from(format!("model: {card}")).dark_gray(),
+                ));
+            }
+            let t = &shown.timings;
+            let timings = format!("seg {:.0} ms  cls {:.0} ms", t.segment_ms, t.classify_ms);
+            lines.push((Keep::Detail, Line::from(timings).dark_gray()));
+            lines.push((Keep::Spacer, Line::default()));
+            lines.extend(explanation_lines(app, shown));
+        }
+    }
+    if let Some(item) = app.items.get(app.selected) {
+        lines.push((Keep::Spacer, Line::default()));
+        let reviewed = item.reviewed.as_deref().unwrap_or("not reviewed");
+        lines.push((
+            Keep::Always,
+            Line::from(format!("review: {reviewed}")).cyan(),
+        ));
+    }
+    let lines = fit(
+        lines,
+        area.width.saturating_sub(2),
+        area.height.saturating_sub(2),
+    );
     let panel = Paragraph::new(lines)
         .block(Block::bordered().title(" prediction "))
         .wrap(Wrap { trim: false });

@@ -1,4 +1,4 @@
-//! How the radiograph is looked at: zoom (`z`, 1x/2x/4x around the centre) and window/level
+//! How the radiograph is looked at: zoom (`z`, 1x/2x/4x around the lungs) and window/level
 //! (`w`, presets), applied to the picture before it is encoded for the terminal. Pure functions
 //! of the picture, so the snapshots see exactly what the terminal gets.
 
@@ -6,6 +6,10 @@ use image::{DynamicImage, GenericImageView, ImageBuffer, Luma};
 
 /// Zoom factors `z` cycles through.
 pub const ZOOMS: [u32; 3] = [1, 2, 4];
+
+/// The picture's centre, as shares of its width and height: where zoom looks when the
+/// segmenter found no lungs.
+pub const CENTRE: (f32, f32) = (0.5, 0.5);
 
 /// A window/level preset on the radiograph's grey values, as fractions of the full range (a
 /// radiograph's pixel values are not calibrated like CT's Hounsfield units, so the presets are
@@ -83,8 +87,8 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub zoom: u32,
-    /// Where the zoomed crop sits, in quarters of its own width and height from the centre
-    /// (`hjkl`/arrows while zoomed), kept within the picture.
+    /// Where the zoomed crop sits, in quarters of its own width and height from the point it
+    /// is centred on (`hjkl`/arrows while zoomed), kept within the picture.
     pub pan: (i32, i32),
     pub window: Window,
 }
@@ -145,27 +149,36 @@ impl View {
         parts.join(" · ")
     }
 
-    /// The `1/zoom` of `picture` around its centre, moved by the pan (the whole picture at 1x).
+    /// The `1/zoom` of `picture` centred on `focus` (shares of its width and height: the
+    /// lungs' centre, or [`CENTRE`]), moved by the pan, and kept inside the picture (the whole
+    /// picture at 1x).
     #[must_use]
-    pub fn zoomed(self, picture: &DynamicImage) -> DynamicImage {
+    pub fn zoomed(self, picture: &DynamicImage, focus: (f32, f32)) -> DynamicImage {
         if self.zoom <= 1 {
             return picture.clone();
         }
         let (w, h) = picture.dimensions();
         let (cw, ch) = ((w / self.zoom).max(1), (h / self.zoom).max(1));
-        let origin = |size: u32, crop: u32, pan: i32| {
-            let centred = i64::from((size - crop) / 2);
+        let origin = |size: u32, crop: u32, focus: f32, pan: i32| {
+            let centred = (f64::from(size) * f64::from(focus.clamp(0.0, 1.0))
+                - f64::from(crop) / 2.0)
+                .round() as i64;
             let moved = centred + i64::from(pan) * i64::from(crop / 4);
             u32::try_from(moved.clamp(0, i64::from(size - crop))).unwrap_or(0)
         };
-        picture.crop_imm(origin(w, cw, self.pan.0), origin(h, ch, self.pan.1), cw, ch)
+        picture.crop_imm(
+            origin(w, cw, focus.0, self.pan.0),
+            origin(h, ch, focus.1, self.pan.1),
+            cw,
+            ch,
+        )
     }
 
-    /// The radiograph as shown: zoomed, then windowed (grey, 16-bit precision kept until the
-    /// window is applied).
+    /// The radiograph as shown: zoomed on `focus`, then windowed (grey, 16-bit precision kept
+    /// until the window is applied).
     #[must_use]
-    pub fn radiograph(self, picture: &DynamicImage) -> DynamicImage {
-        let zoomed = self.zoomed(picture);
+    pub fn radiograph(self, picture: &DynamicImage, focus: (f32, f32)) -> DynamicImage {
+        let zoomed = self.zoomed(picture, focus);
         if self.window == Window::Full {
             return zoomed;
         }
@@ -194,7 +207,7 @@ mod tests {
         assert_eq!(view.next_zoom().zoom, 2);
         assert_eq!(view.next_zoom().next_zoom().zoom, 4);
         assert_eq!(view.next_zoom().next_zoom().next_zoom().zoom, 1);
-        let two = View { zoom: 2, ..view }.radiograph(&ramp());
+        let two = View { zoom: 2, ..view }.radiograph(&ramp(), CENTRE);
         assert_eq!((two.width(), two.height()), (128, 50));
         // The centre: greys 64..192 of the ramp.
         let grey = two.to_luma8();
@@ -214,11 +227,14 @@ mod tests {
         );
         // Right by a quarter of the 128-wide crop: greys 96..224.
         let right = two.panned(1, 0);
-        assert_eq!(right.zoomed(&ramp()).to_luma8().get_pixel(0, 0).0[0], 96);
+        assert_eq!(
+            right.zoomed(&ramp(), CENTRE).to_luma8().get_pixel(0, 0).0[0],
+            96
+        );
         // As far right as the picture goes, however often asked: greys 128..256.
         let edge = (0..9).fold(two, |v, _| v.panned(1, 0));
         assert_eq!(edge.pan, (2, 0));
-        let grey = edge.zoomed(&ramp()).to_luma8();
+        let grey = edge.zoomed(&ramp(), CENTRE).to_luma8();
         assert_eq!(
             (grey.get_pixel(0, 0).0[0], grey.get_pixel(127, 0).0[0]),
             (128, 255)
@@ -226,21 +242,43 @@ mod tests {
         // 4x around the same point (grey 160): the 64-wide crop starts at 128.
         let four = right.next_zoom();
         assert_eq!(four.pan, (2, 0));
-        assert_eq!(four.zoomed(&ramp()).to_luma8().get_pixel(0, 0).0[0], 128);
+        assert_eq!(
+            four.zoomed(&ramp(), CENTRE).to_luma8().get_pixel(0, 0).0[0],
+            128
+        );
         assert_eq!(four.describe(false), "4x · panned (hjkl)");
         assert_eq!(four.next_zoom().pan, (0, 0), "back to 1x, centred");
+    }
+
+    /// Zoom looks at the lungs' centre when it is known, and still stays inside the picture.
+    #[test]
+    fn zoom_centres_on_the_lungs() {
+        let two = View::default().next_zoom();
+        // The 128-wide crop around 70% of the ramp's width (179): greys 115..243.
+        let right = two.zoomed(&ramp(), (0.7, 0.5)).to_luma8();
+        assert_eq!(right.get_pixel(0, 0).0[0], 115);
+        // Around 10%, the crop would start left of the picture: it starts at its edge.
+        let left = two.zoomed(&ramp(), (0.1, 0.5)).to_luma8();
+        assert_eq!(left.get_pixel(0, 0).0[0], 0);
+        // Panning moves from there.
+        let panned = two.panned(1, 0).zoomed(&ramp(), (0.7, 0.5)).to_luma8();
+        assert_eq!(
+            panned.get_pixel(0, 0).0[0],
+            128,
+            "115 + 32, clamped to the edge"
+        );
     }
 
     #[test]
     fn windows_stretch_their_range() {
         let ramp = ramp();
-        let full = View::default().radiograph(&ramp).to_luma8();
+        let full = View::default().radiograph(&ramp, CENTRE).to_luma8();
         assert_eq!(full.get_pixel(100, 0).0[0], 100);
         let lung = View {
             window: Window::Lung,
             ..View::default()
         }
-        .radiograph(&ramp)
+        .radiograph(&ramp, CENTRE)
         .to_luma8();
         // Below 5% black, above 60% white, stretched between.
         assert_eq!(lung.get_pixel(10, 0).0[0], 0);
@@ -251,7 +289,7 @@ mod tests {
             window: Window::SoftTissue,
             ..View::default()
         }
-        .radiograph(&ramp)
+        .radiograph(&ramp, CENTRE)
         .to_luma8();
         assert_eq!(soft.get_pixel(90, 0).0[0], 0);
         assert_eq!(soft.get_pixel(250, 0).0[0], 255);
@@ -263,7 +301,7 @@ mod tests {
             window: Window::Auto,
             ..View::default()
         }
-        .radiograph(&dull)
+        .radiograph(&dull, CENTRE)
         .to_luma8();
         assert!(auto.get_pixel(1, 0).0[0] < 10);
         assert!(auto.get_pixel(198, 0).0[0] > 245);
