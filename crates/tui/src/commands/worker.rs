@@ -578,7 +578,10 @@ mod tests {
         ] {
             assert!(resolve_nested(&root, id).is_err(), "{id:?} accepted");
         }
-        assert!(resolve_id(&root, "in/deep/ok.png").is_err(), "only with --subfolders");
+        assert!(
+            resolve_id(&root, "in/deep/ok.png").is_err(),
+            "only with --subfolders"
+        );
     }
 
     #[test]
