@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ fn manifest(dir: &Path, step: usize, limit: usize, extra: &[&str]) -> PathBuf {
     let mut text = format!("{}\n", lines.next().unwrap());
     let root = data().canonicalize().unwrap();
     for line in lines.step_by(step).take(limit) {
-        text.push_str(&format!("{}/{line}\n", root.display()));
+        writeln!(text, "{}/{line}", root.display()).unwrap();
     }
     for line in extra {
         text.push_str(line);
@@ -173,7 +174,7 @@ fn shards_run_at_once_give_the_whole_runs_rows_and_classifys_answers() {
 
     // Three shards at once: by flag, by a Kubernetes index, by a Slurm array task.
     let sharded = dir.path().join("sharded");
-    let mut children = vec![
+    let mut children = [
         batch(&manifest, &sharded, &["--shard", "0/3"]),
         batch(&manifest, &sharded, &["--shards", "3"]),
         batch(&manifest, &sharded, &[]),

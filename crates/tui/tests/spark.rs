@@ -1,4 +1,4 @@
-//! The Spark job (python/spark_batch.py) in local mode on the shared data: its rows equal `cxr
+//! The Spark job (`python/spark_batch.py`) in local mode on the shared data: its rows equal `cxr
 //! classify`'s, each manifest row exactly once, also when an executor's `cxr worker` is killed
 //! mid-partition (Spark runs the task again). Needs Java 17 and pyspark in .venv (.ci/run
 //! installs both); scripts/test.sh runs it in its `needs` group.
@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,13 +26,10 @@ fn manifest(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     let chosen: Vec<&str> = lines.step_by(37).take(16).collect();
     let mut files = Vec::new();
     for line in chosen.iter().chain(&chosen[..2]) {
-        text.push_str(&format!("{}/{line}\n", data.display()));
+        writeln!(text, "{}/{line}", data.display()).unwrap();
         files.push(data.join(line.split(',').next().unwrap()));
     }
-    text.push_str(&format!(
-        "{}/cxr/missing.png,covid,p,PA,s,l\n",
-        data.display()
-    ));
+    writeln!(text, "{}/cxr/missing.png,covid,p,PA,s,l", data.display()).unwrap();
     let path = dir.join("manifest.csv");
     std::fs::write(&path, text).unwrap();
     (path, files)
@@ -112,7 +110,7 @@ fn read(out: &Path) -> BTreeMap<u64, Vec<Written>> {
                             .collect()
                     },
                 );
-            for i in 0..batch.num_rows() {
+            for (i, &index) in index.iter().enumerate() {
                 let mut probabilities = BTreeMap::new();
                 for field in batch.schema().fields() {
                     if let Some(class) = field.name().strip_prefix("probability_") {
@@ -124,7 +122,7 @@ fn read(out: &Path) -> BTreeMap<u64, Vec<Written>> {
                     }
                 }
                 let optional = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
-                rows.entry(index[i]).or_default().push(Written {
+                rows.entry(index).or_default().push(Written {
                     path: paths.value(i).to_owned(),
                     predicted: optional(&predicted),
                     probabilities,
@@ -179,9 +177,9 @@ fn check(out: &Path, files: &[PathBuf]) {
     for (index, file) in files.iter().enumerate() {
         let row = &rows[&(index as u64)][0];
         let (label, probabilities) = &expected[file];
-        assert_eq!(row.error, None, "{file:?}");
-        assert_eq!(row.predicted.as_ref(), Some(label), "{file:?}");
-        assert_eq!(&row.probabilities, probabilities, "{file:?}");
+        assert_eq!(row.error, None, "{}", file.display());
+        assert_eq!(row.predicted.as_ref(), Some(label), "{}", file.display());
+        assert_eq!(&row.probabilities, probabilities, "{}", file.display());
     }
     let missing = &rows[&18][0];
     assert!(missing.path.ends_with("missing.png"));

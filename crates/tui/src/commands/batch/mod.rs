@@ -9,7 +9,7 @@
 mod manifest;
 mod output;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -63,6 +63,34 @@ struct Summary {
     parquet: PathBuf,
 }
 
+impl Summary {
+    /// Adds the errors, labels and flags of `outcomes`.
+    fn count(&mut self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            let failed_method = outcome
+                .explanations
+                .iter()
+                .flatten()
+                .any(|e| e.get("error").is_some());
+            if outcome.error.is_some() || failed_method {
+                self.errors += 1;
+            }
+            let Some(classification) = &outcome.classification else {
+                continue;
+            };
+            if let Some(label) = classification.get("label").and_then(Value::as_str) {
+                *self.labels.entry(label.to_owned()).or_default() += 1;
+            }
+            let flags = classification
+                .pointer("/trust/flags")
+                .and_then(Value::as_array);
+            for flag in flags.into_iter().flatten().filter_map(Value::as_str) {
+                *self.flags.entry(flag.to_owned()).or_default() += 1;
+            }
+        }
+    }
+}
+
 pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<ExitCode> {
     let start = Instant::now();
     let (shard, shard_from) = Shard::choose(options.shard, options.shards, |name| {
@@ -82,7 +110,7 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
     std::fs::create_dir_all(options.out)
         .wrap_err_with(|| format!("creating {}", options.out.display()))?;
     let files = ShardFiles::new(options.out, &shard.stem());
-    let (mut journal, mut done) = Journal::open(&files.journal)?;
+    let (mut journal, done) = Journal::open(&files.journal)?;
     let rows: Vec<&Row> = manifest
         .rows
         .iter()
@@ -115,6 +143,69 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
     };
 
     let bar = super::progress(rows.len(), &format!("batch {shard}"));
+    let (outcomes, reused, processed) =
+        analyse_rows(&rows, &pool, &job, &done, &mut journal, &bar)?;
+    drop(pool);
+    bar.finish_and_clear();
+
+    let mut table = Vec::with_capacity(rows.len());
+    for (row, outcome) in rows.iter().zip(&outcomes) {
+        table.push(output::row_json(&manifest.columns, row, outcome));
+    }
+    // Parquet first: the JSON lines file, renamed into place last, marks the shard done.
+    let parquet = output::parquet(&manifest.columns, &classes, !methods.is_empty(), &table)?;
+    cxr_core::fsutil::write_atomic(&files.parquet, &parquet)?;
+    cxr_core::fsutil::write_atomic(&files.jsonl, &output::jsonl(&table)?)?;
+
+    let seconds = start.elapsed().as_secs_f64();
+    let mut summary = Summary {
+        shard: shard.to_string(),
+        shard_from,
+        manifest_rows: manifest.rows.len(),
+        rows: rows.len(),
+        reused,
+        processed,
+        errors: 0,
+        labels: BTreeMap::new(),
+        flags: BTreeMap::new(),
+        seconds,
+        images_per_second: if seconds > 0.0 {
+            processed as f64 / seconds
+        } else {
+            0.0
+        },
+        jsonl: files.jsonl,
+        parquet: files.parquet,
+    };
+    summary.count(&outcomes);
+    super::note(&format!(
+        "shard {shard}: {} rows ({} reused, {} analysed, {} errors) in {:.1} s, {:.2} images/s; \
+         labels {:?}, flags {:?}",
+        summary.rows,
+        summary.reused,
+        summary.processed,
+        summary.errors,
+        summary.seconds,
+        summary.images_per_second,
+        summary.labels,
+        summary.flags
+    ));
+    super::print_json(&summary)?;
+    Ok(super::exit_code(summary.errors))
+}
+
+/// Each row's outcome: from `done` when its file, content, models and explainers match, else
+/// analysed on the pool (journaled as each one finishes). Also how many were reused and how
+/// many analysed.
+fn analyse_rows(
+    rows: &[&Row],
+    pool: &ModelPool<Service>,
+    job: &Job,
+    done: &HashMap<Key, Outcome>,
+    journal: &mut Journal,
+    bar: &super::Progress,
+) -> Result<(Vec<Outcome>, usize, usize)> {
+    let ahead = pool.workers() * 2;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
     let mut in_flight: VecDeque<(usize, Answer<Outcome>)> = VecDeque::new();
     let (mut reused, mut processed) = (0, 0);
@@ -148,8 +239,8 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
         let key: Key = (
             row.file.display().to_string(),
             sha256,
-            fingerprint.clone(),
-            explain.clone(),
+            job.fingerprint.clone(),
+            job.explain.clone(),
         );
         if let Some(outcome) = done.get(&key) {
             outcomes[at] = Some(outcome.clone());
@@ -163,7 +254,7 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
             pool.submit(move |service: &Service| job.analyse(service, bytes, &file)),
         ));
         processed += 1;
-        while in_flight.len() > jobs * 2 {
+        while in_flight.len() > ahead {
             if let Some((at, answer)) = in_flight.pop_front() {
                 finish(at, answer, &mut outcomes)?;
             }
@@ -172,80 +263,13 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
     while let Some((at, answer)) = in_flight.pop_front() {
         finish(at, answer, &mut outcomes)?;
     }
-    drop(pool);
-    bar.finish_and_clear();
 
-    let mut table = Vec::with_capacity(rows.len());
-    for (row, outcome) in rows.iter().zip(&outcomes) {
-        let outcome = outcome
-            .as_ref()
-            .ok_or_else(|| eyre!("row {}: no outcome", row.index))?;
-        if let Some(key) = outcome.key() {
-            done.insert(key, outcome.clone());
-        }
-        table.push(output::row_json(&manifest.columns, row, outcome));
-    }
-    // Parquet first: the JSON lines file, renamed into place last, marks the shard done.
-    let parquet = output::parquet(&manifest.columns, &classes, !methods.is_empty(), &table)?;
-    cxr_core::fsutil::write_atomic(&files.parquet, &parquet)?;
-    cxr_core::fsutil::write_atomic(&files.jsonl, &output::jsonl(&table)?)?;
-
-    let seconds = start.elapsed().as_secs_f64();
-    let mut summary = Summary {
-        shard: shard.to_string(),
-        shard_from,
-        manifest_rows: manifest.rows.len(),
-        rows: rows.len(),
-        reused,
-        processed,
-        errors: 0,
-        labels: BTreeMap::new(),
-        flags: BTreeMap::new(),
-        seconds,
-        images_per_second: if seconds > 0.0 {
-            processed as f64 / seconds
-        } else {
-            0.0
-        },
-        jsonl: files.jsonl,
-        parquet: files.parquet,
-    };
-    for outcome in outcomes.iter().flatten() {
-        let failed_method = outcome
-            .explanations
-            .iter()
-            .flatten()
-            .any(|e| e.get("error").is_some());
-        if outcome.error.is_some() || failed_method {
-            summary.errors += 1;
-        }
-        let Some(classification) = &outcome.classification else {
-            continue;
-        };
-        if let Some(label) = classification.get("label").and_then(Value::as_str) {
-            *summary.labels.entry(label.to_owned()).or_default() += 1;
-        }
-        let flags = classification
-            .pointer("/trust/flags")
-            .and_then(Value::as_array);
-        for flag in flags.into_iter().flatten().filter_map(Value::as_str) {
-            *summary.flags.entry(flag.to_owned()).or_default() += 1;
-        }
-    }
-    super::note(&format!(
-        "shard {shard}: {} rows ({} reused, {} analysed, {} errors) in {:.1} s, {:.2} images/s; \
-         labels {:?}, flags {:?}",
-        summary.rows,
-        summary.reused,
-        summary.processed,
-        summary.errors,
-        summary.seconds,
-        summary.images_per_second,
-        summary.labels,
-        summary.flags
-    ));
-    super::print_json(&summary)?;
-    Ok(super::exit_code(summary.errors))
+    let outcomes = outcomes
+        .into_iter()
+        .zip(rows)
+        .map(|(outcome, row)| outcome.ok_or_else(|| eyre!("row {}: no outcome", row.index)))
+        .collect::<Result<_>>()?;
+    Ok((outcomes, reused, processed))
 }
 
 /// What every analysis of the run shares.

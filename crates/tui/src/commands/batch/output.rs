@@ -168,13 +168,11 @@ pub fn parquet(
     rows: &[Map<String, Value>],
 ) -> Result<Vec<u8>> {
     let text = |name: &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter(rows.iter().map(
-            |r| match r.get(name) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(other) => Some(other.to_string()),
-            },
-        )))
+        Arc::new(strings(rows.iter().map(|r| match r.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        })))
     };
     let mut fields = vec![
         Field::new("row", DataType::UInt64, false),
@@ -195,7 +193,7 @@ pub fn parquet(
         arrays.push(text(name));
     }
     fields.push(Field::new("predicted", DataType::Utf8, true));
-    arrays.push(Arc::new(StringArray::from_iter(rows.iter().map(|r| {
+    arrays.push(Arc::new(strings(rows.iter().map(|r| {
         classification(r)?.get("label")?.as_str().map(str::to_owned)
     }))));
     for class in classes {
@@ -204,7 +202,7 @@ pub fn parquet(
             DataType::Float32,
             true,
         ));
-        arrays.push(Arc::new(Float32Array::from_iter(rows.iter().map(|r| {
+        arrays.push(Arc::new(floats(rows.iter().map(|r| {
             classification(r)?
                 .get("probabilities")?
                 .get(class)?
@@ -213,7 +211,7 @@ pub fn parquet(
         }))));
     }
     fields.push(Field::new("flags", DataType::Utf8, true));
-    arrays.push(Arc::new(StringArray::from_iter(rows.iter().map(|r| {
+    arrays.push(Arc::new(strings(rows.iter().map(|r| {
         let flags = classification(r)?.get("trust")?.get("flags")?.as_array()?;
         Some(
             flags
@@ -224,7 +222,7 @@ pub fn parquet(
         )
     }))));
     fields.push(Field::new("familiarity", DataType::Float32, true));
-    arrays.push(Arc::new(Float32Array::from_iter(rows.iter().map(|r| {
+    arrays.push(Arc::new(floats(rows.iter().map(|r| {
         classification(r)?
             .get("trust")?
             .get("familiarity")?
@@ -250,6 +248,14 @@ pub fn parquet(
     writer.write(&batch)?;
     writer.close()?;
     Ok(bytes)
+}
+
+fn strings(values: impl Iterator<Item = Option<String>>) -> StringArray {
+    values.collect()
+}
+
+fn floats(values: impl Iterator<Item = Option<f32>>) -> Float32Array {
+    values.collect()
 }
 
 /// A row's classification, unless it failed.
