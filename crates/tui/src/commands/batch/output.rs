@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{Result, WrapErr, bail};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -66,14 +66,25 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path`, returning the outcomes it already holds by
-    /// key (a later entry for a key replaces an earlier one). A torn last line is cut off.
+    /// Opens (or creates) the journal at `path` and locks it (`flock`, released by the kernel
+    /// however the process ends), so that two runs of one shard cannot both write it; returns
+    /// the outcomes it already holds by key (a later entry for a key replaces an earlier one).
+    /// A torn last line is cut off.
     pub fn open(path: &Path) -> Result<(Self, HashMap<Key, Outcome>)> {
-        let text = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).wrap_err_with(|| format!("reading {}", path.display())),
-        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .wrap_err_with(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => bail!(
+                "{}: another run of this shard holds its journal; one run per shard at a time",
+                path.display()
+            ),
+            Err(e) => return Err(e).wrap_err_with(|| format!("locking {}", path.display())),
+        }
+        let text = std::fs::read(path).wrap_err_with(|| format!("reading {}", path.display()))?;
         let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let mut done = HashMap::new();
         for line in text[..whole].split(|&b| b == b'\n') {
@@ -85,11 +96,6 @@ impl Journal {
                 done.insert(key, outcome);
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .wrap_err_with(|| format!("opening {}", path.display()))?;
         if whole < text.len() {
             file.set_len(whole as u64)
                 .wrap_err_with(|| format!("cutting the torn line off {}", path.display()))?;
@@ -296,10 +302,16 @@ mod tests {
         file.write_all(b"{\"file\":\"d.png\",\"sha2").unwrap();
         drop(file);
         let (mut journal, done) = Journal::open(&path).unwrap();
+        let second = Journal::open(&path).err().map(|e| e.to_string());
+        assert!(
+            second.is_some_and(|e| e.contains("another run")),
+            "a second run of the shard is refused"
+        );
         let mut files: Vec<&str> = done.values().map(|o| o.file.as_str()).collect();
         files.sort_unstable();
         assert_eq!(files, ["a.png", "b.png"]);
         journal.append(&outcome("d.png", Some("4"))).unwrap();
+        drop(journal);
         let (_, done) = Journal::open(&path).unwrap();
         assert_eq!(done.len(), 3, "the line after the cut is whole");
         let text = std::fs::read_to_string(&path).unwrap();
