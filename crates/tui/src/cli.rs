@@ -400,6 +400,38 @@ pub enum Command {
         #[arg(long)]
         identifiers: bool,
     },
+    /// Classify (and explain) the images of a CSV or JSON lines manifest with a `path` column,
+    /// or one shard of them, into DIR/shard-I-of-N.jsonl and .parquet (each written whole or
+    /// not at all). Resumable: a re-run reuses every image already done (same file content,
+    /// same models), so a retried task never repeats or loses a row. A summary JSON line on
+    /// stdout at the end. See docs/scale-out.md.
+    Batch {
+        /// CSV (with a header) or JSON lines (.jsonl/.ndjson) with a `path` column; other
+        /// columns are carried into the results. Relative paths: from the manifest's folder,
+        /// else its parent.
+        manifest: PathBuf,
+        /// Output folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// This run's shard, I/N (0-based): the rows whose path hashes to I. Without it, the
+        /// index comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or
+        /// SLURM_ARRAY_TASK_ID (Slurm job array), else the whole manifest is one shard.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// The number of shards when the index comes from the environment (Slurm's default:
+        /// SLURM_ARRAY_TASK_COUNT).
+        #[arg(long, value_name = "N", conflicts_with = "shard")]
+        shards: Option<u64>,
+        /// Also explain each image with these explainers (comma-separated, see `cxr
+        /// explainers`); overlays go to DIR/overlays/.
+        #[arg(long, value_delimiter = ',', value_name = "METHODS")]
+        explain: Vec<String>,
+        /// Images analysed at once (each worker loads its own models).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir; ID may
     /// leave out the extension: ID.png, else the one ID.*), one reply line per request on
     /// stdout: `COMMAND ID RESULT` or `error COMMAND ID MESSAGE`.
@@ -423,6 +455,11 @@ pub enum Command {
         /// overlay PNG's path).
         #[arg(long, value_enum, default_value_t = CompatArg::Native)]
         compat: CompatArg,
+        /// IDs may name files in subfolders of --dir (FOLDER/NAME): each part is checked like
+        /// an ID, and the file must still lie inside --dir (how the Spark job sends manifest
+        /// paths, see docs/scale-out.md).
+        #[arg(long)]
+        subfolders: bool,
     },
     /// Train a model on a manifest; writes NAME.safetensors, NAME.json and the model card NAME.md.
     Train {

@@ -3,6 +3,7 @@
 //! are still processed), 2 when nothing could run (bad arguments, missing models).
 
 mod audit;
+mod batch;
 mod classify;
 mod eval;
 mod explain;
@@ -87,6 +88,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let m = models(global, &model)?;
             classify::run(&files, identifiers, &m.dir, m.compute)
         }
+        Command::Batch {
+            manifest,
+            out,
+            shard,
+            shards,
+            explain,
+            jobs,
+            model,
+        } => {
+            let m = models(global, &model)?;
+            let options = batch::Options {
+                manifest: &manifest,
+                out: &out,
+                shard: shard.as_deref(),
+                shards,
+                explain: &explain,
+                jobs,
+            };
+            batch::run(&options, &m.dir, m.compute)
+        }
         Command::Worker {
             dir,
             model,
@@ -94,9 +115,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             out,
             cache,
             compat,
+            subfolders,
         } => {
             let m = models(global, &model)?;
             let options = worker::Options {
+                subfolders,
                 dir: &dir,
                 jobs,
                 out: out.as_deref(),

@@ -10,7 +10,10 @@
 //!   `_` and `-` are the same (`explain_lime`, `explain_grad_cam`, `explain_grad-cam`,
 //!   `explain_integrated_gradients`); `explain_gradcam` is `grad-cam`.
 //!
-//! ID names a file directly inside DIR: not empty, at most 255 bytes, no `/` or `\`, no `..`,
+//! With `--subfolders`, ID may also be `FOLDER/.../NAME`, a file in a subfolder of DIR (how
+//! the Spark job of docs/scale-out.md sends manifest paths under one root): each folder part
+//! is checked as an ID is, and the folder must still be inside DIR after resolving links.
+//! Otherwise ID names a file directly inside DIR: not empty, at most 255 bytes, no `/` or `\`, no `..`,
 //! no whitespace or control characters, not starting with `.`, and after resolving symbolic
 //! links it must still be inside DIR. As in the seed system, an ID without its extension works:
 //! when DIR/ID does not exist, ID means DIR/ID.png, else the one file DIR/ID.EXT (two or more
@@ -67,6 +70,8 @@ pub struct Options<'a> {
     pub out: Option<&'a Path>,
     pub cache: Cache,
     pub compat: Compat,
+    /// Ids may name files in subfolders of `dir` (see [`resolve_nested`]).
+    pub subfolders: bool,
 }
 
 /// The shape of the replies.
@@ -115,6 +120,7 @@ const MAX_ID: usize = 200;
 /// Everything a worker thread shares with the others.
 struct Shared {
     out: PathBuf,
+    subfolders: bool,
     compat: Compat,
 }
 
@@ -145,6 +151,7 @@ pub fn run(options: &Options<'_>, models: &Path, compute: Compute) -> Result<Exi
     std::fs::create_dir_all(&out).wrap_err_with(|| format!("creating {}", out.display()))?;
     let shared = Arc::new(Shared {
         out,
+        subfolders: options.subfolders,
         compat: options.compat,
     });
     // Each worker thread loads its own models (libtorch modules are not Sync).
@@ -173,7 +180,7 @@ fn serve(dir: &Path, pool: &ModelPool<Service>, shared: &Arc<Shared>) -> Result<
                 "-",
                 &format!("request longer than {MAX_LINE} bytes"),
             )),
-            Line::Whole => match parse_request(&line, dir) {
+            Line::Whole => match parse_request(&line, dir, shared.subfolders) {
                 Ok(None) => {}
                 Ok(Some(job)) => {
                     let shared = Arc::clone(shared);
@@ -237,7 +244,11 @@ fn error_line(command: &str, id: &str, message: &str) -> String {
 }
 
 /// A request line as a job, None for a blank line, or the error reply.
-fn parse_request(line: &[u8], dir: &Path) -> std::result::Result<Option<Job>, String> {
+fn parse_request(
+    line: &[u8],
+    dir: &Path,
+    subfolders: bool,
+) -> std::result::Result<Option<Job>, String> {
     let Ok(text) = std::str::from_utf8(line) else {
         return Err(error_line("-", "-", "request is not UTF-8"));
     };
@@ -260,7 +271,12 @@ fn parse_request(line: &[u8], dir: &Path) -> std::result::Result<Option<Job>, St
     let echo_command = if echoable(command) { command } else { "-" };
     let echo_id = if echoable(id) { id } else { "-" };
     let task = parse_command(command).map_err(|e| error_line(echo_command, echo_id, &e))?;
-    let path = resolve_id(dir, id).map_err(|e| error_line(echo_command, echo_id, &e))?;
+    let resolved = if subfolders {
+        resolve_nested(dir, id)
+    } else {
+        resolve_id(dir, id)
+    };
+    let path = resolved.map_err(|e| error_line(echo_command, echo_id, &e))?;
     // Opened now, without following a link, and read later from this handle.
     let file = Gate::UNTRUSTED
         .open_file(&path)
@@ -304,6 +320,42 @@ fn parse_command(command: &str) -> std::result::Result<Task, String> {
         }
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// With `--subfolders`, the file `id` names in `dir` or a subfolder of it (`covid/x.png`):
+/// each folder part is checked as an id is, the folder it leads to must still lie inside `dir`
+/// after resolving links, and the last part is an id in that folder ([`resolve_id`]).
+fn resolve_nested(dir: &Path, id: &str) -> std::result::Result<PathBuf, String> {
+    let Some((folders, name)) = id.rsplit_once('/') else {
+        return resolve_id(dir, id);
+    };
+    if id.len() > MAX_ID {
+        return Err(format!(
+            "invalid id: {} bytes, longer than the {MAX_ID} bytes ids may have",
+            id.len()
+        ));
+    }
+    let mut folder = dir.to_path_buf();
+    for part in folders.split('/') {
+        if part.is_empty() {
+            return Err("invalid id: an empty folder part".into());
+        }
+        if part.contains('\\') || part.contains("..") || part.starts_with('.') {
+            return Err(format!("invalid id: folder part {part:?}"));
+        }
+        if part.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("invalid id: contains whitespace or control characters".into());
+        }
+        folder.push(part);
+    }
+    let real = folder.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{}: no such folder", folder.display()),
+        _ => format!("{}: {e}", folder.display()),
+    })?;
+    if !real.starts_with(dir) {
+        return Err("invalid id: resolves outside the folder (symbolic link?)".into());
+    }
+    resolve_id(&real, name)
 }
 
 /// The file `id` names inside `dir` (already canonical), refusing anything that could reach
@@ -496,6 +548,40 @@ mod tests {
             "two dots are not ID.EXT"
         );
         assert!(name("e").unwrap_err().contains("no such file"));
+    }
+
+    #[test]
+    fn subfolder_ids_stay_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+        let inner = root.join("in");
+        std::fs::create_dir_all(inner.join("deep")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(inner.join("deep/ok.png"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        let outside = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(outside.path().join("x.png"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(outside.path(), root.join("out"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolve_nested(&root, "in/deep/ok.png"),
+            Ok(inner.join("deep/ok.png"))
+        );
+        assert!(resolve_nested(&root, "in/deep/ok").is_ok(), "bare ids too");
+        for id in [
+            "in//ok.png",
+            "/in/deep/ok.png",
+            "in/../in/deep/ok.png",
+            "in/.deep/ok.png",
+            "in/deep/",
+            "out/x.png",
+            "in/de ep/ok.png",
+        ] {
+            assert!(resolve_nested(&root, id).is_err(), "{id:?} accepted");
+        }
+        assert!(
+            resolve_id(&root, "in/deep/ok.png").is_err(),
+            "only with --subfolders"
+        );
     }
 
     #[test]

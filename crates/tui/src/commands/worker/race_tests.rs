@@ -40,7 +40,7 @@ fn swap_for_link(dir: &Path, target: &Path) {
 fn a_swap_after_the_request_is_parsed_reads_the_original_file() {
     let (_tmp, dir, outside) = setup();
     let original = std::fs::read(dir.join("victim.png")).unwrap();
-    let job = parse_request(b"classify victim.png\n", &dir)
+    let job = parse_request(b"classify victim.png\n", &dir, false)
         .unwrap()
         .unwrap();
     // Between parsing (validation and open) and running the job: the swap.
@@ -64,7 +64,7 @@ fn a_swap_between_validation_and_open_is_refused() {
     let e = Gate::UNTRUSTED.open_file(&path).unwrap_err().to_string();
     assert!(e.contains("is a symbolic link"), "{e}");
     // And the whole request, parsed after the swap, is refused.
-    let Err(reply) = parse_request(b"classify victim.png\n", &dir) else {
+    let Err(reply) = parse_request(b"classify victim.png\n", &dir, false) else {
         panic!("a request naming a link was accepted");
     };
     assert!(reply.starts_with("error classify victim.png "), "{reply}");
@@ -75,5 +75,5 @@ fn a_link_to_a_file_inside_dir_is_refused_too() {
     // Even a link that stays inside DIR is not followed: what is opened is what was named.
     let (_tmp, dir, _outside) = setup();
     std::os::unix::fs::symlink(dir.join("victim.png"), dir.join("alias.png")).unwrap();
-    assert!(parse_request(b"classify alias.png\n", &dir).is_err());
+    assert!(parse_request(b"classify alias.png\n", &dir, false).is_err());
 }
