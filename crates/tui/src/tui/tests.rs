@@ -624,7 +624,11 @@ fn graphics_terminals_get_the_picture_at_their_full_resolution() {
         let area = Rect::new(0, 0, cells.width, cells.height);
         let mut buffer = ratatui::buffer::Buffer::empty(area);
         ratatui::widgets::Widget::render(ratatui_image::Image::new(&encoded), area, &mut buffer);
-        let written: String = buffer.content().iter().map(|c| c.symbol()).collect();
+        let written: String = buffer
+            .content()
+            .iter()
+            .map(ratatui::buffer::Cell::symbol)
+            .collect();
         assert!(
             written.contains(pixels),
             "{protocol:?}: no {pixels:?} in {:?}",
