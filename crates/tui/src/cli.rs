@@ -399,6 +399,11 @@ pub enum Command {
         /// Add DICOM patient and study identifiers to the reports (personal data: off by default).
         #[arg(long)]
         identifiers: bool,
+        /// Also write the raw arrays into DIR as NumPy .npy files: each heatmap at the
+        /// radiograph's resolution and on the classifier's grid, LIME's superpixel labels and
+        /// weights, the lung mask, and an index STEM.raw.json (see docs/raw-outputs.md).
+        #[arg(long, value_name = "DIR")]
+        raw: Option<PathBuf>,
     },
     /// Serve requests on stdin (`classify ID`, `explain_NAME ID`, for files in --dir; ID may
     /// leave out the extension: ID.png, else the one ID.*), one reply line per request on

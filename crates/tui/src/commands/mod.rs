@@ -174,9 +174,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             render,
             checks,
             identifiers,
+            raw,
         } => {
             let m = models(global, &model)?;
             let request = explain::Request {
+                raw: raw.as_deref(),
                 files: &files,
                 methods: &method,
                 params: &params,
