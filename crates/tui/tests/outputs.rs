@@ -56,3 +56,67 @@ fn raw_arrays_read_back_in_numpy_match_the_report() {
     );
     assert!(measured["lime"]["superpixels"].as_u64().unwrap() > 10);
 }
+
+/// Validates `documents` against `docs/schema/SCHEMA` with Python's `jsonschema` (in the
+/// project's .venv, installed by scripts/env.sh); the validator's output when they fail.
+fn validate(schema: &str, documents: &[&Path]) -> Result<(), String> {
+    let out = Command::new(python())
+        .arg(repo().join("crates/tui/tests/support/validate_json.py"))
+        .arg(repo().join("docs/schema"))
+        .arg(schema)
+        .args(documents)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+#[test]
+fn real_reports_follow_the_documented_json_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    explain_raw(dir.path(), "grad-cam,lime");
+    let report = dir.path().join("hannover_2c35005f.json");
+    let index = dir.path().join("raw/hannover_2c35005f.raw.json");
+    validate("explain-report.schema.json", &[&report]).unwrap();
+    validate("raw-index.schema.json", &[&index]).unwrap();
+
+    let classified = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["classify", "--device", "cpu"])
+        .arg(sample("hannover_2c35005f.png"))
+        .arg(sample("nih_00001299_000.png"))
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    assert_eq!(classified.status.code(), Some(0));
+    let lines = dir.path().join("classify.jsonl");
+    std::fs::write(&lines, &classified.stdout).unwrap();
+    validate("classify-report.schema.json", &[&lines]).unwrap();
+
+    // The schemas are strict: a report with a field missing, or one they do not document,
+    // fails, and so does a classification read as an explanation report.
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    value.as_object_mut().unwrap().remove("label");
+    value["undocumented"] = 1.into();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, value.to_string()).unwrap();
+    let errors = validate("explain-report.schema.json", &[&broken]).unwrap_err();
+    assert!(
+        errors.contains("'label' is a required property"),
+        "{errors}"
+    );
+    assert!(errors.contains("undocumented"), "{errors}");
+    let errors = validate("explain-report.schema.json", &[&lines]).unwrap_err();
+    assert!(
+        errors.contains("'explanations' is a required property"),
+        "{errors}"
+    );
+}
