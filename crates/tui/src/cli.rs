@@ -326,6 +326,10 @@ pub enum Command {
         /// flags) to this file, to find the false positives.
         #[arg(long, value_name = "FILE.csv")]
         per_image: Option<PathBuf>,
+        /// Draw the classifier's evaluation into this folder, as SVG and PNG: ROC pooled and
+        /// per source, reliability diagram, confusion matrix, flag and silent-wrong rates.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
         /// Only the patients on this side of the project's patient split.
         #[arg(long, value_enum, default_value_t = SplitArg::All)]
         split: SplitArg,
@@ -347,7 +351,7 @@ pub enum Command {
         /// the shipped ones are in models/leave-one-source-out): each on every image of its
         /// source, and on the other sources' images on the --split side, with the flags of
         /// its own trust model. The segmenter is the one of --models.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image"])]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image", "plots"])]
         leave_one_source_out: Option<PathBuf>,
     },
     /// Shortcut audit: linear probes on the classifier's frozen features (source, class, and

@@ -120,3 +120,43 @@ fn real_reports_follow_the_documented_json_schemas() {
         "{errors}"
     );
 }
+
+#[test]
+fn eval_plots_are_drawn_linked_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plots = dir.path().join("plots");
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["eval", "--device", "cpu"])
+        .arg(repo().join("samples/manifest.csv"))
+        .arg("--plots")
+        .arg(&plots)
+        .env_remove("CXR_MODELS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Linked from the Markdown output and listed in the JSON.
+    let roc = plots.join("roc.svg");
+    assert!(
+        stderr.contains(&format!(
+            "- roc: [SVG]({}) [PNG]({})",
+            roc.display(),
+            plots.join("roc.png").display()
+        )),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["plots"].as_array().unwrap().len(), 4);
+    // Parsed by Python's XML parser and Pillow: elements, words and the PNGs' size.
+    let read = Command::new(python())
+        .arg(repo().join("crates/tui/tests/support/plot_structure.py"))
+        .arg(&plots)
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    insta::assert_snapshot!(String::from_utf8_lossy(&read.stdout));
+}

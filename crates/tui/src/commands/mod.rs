@@ -118,6 +118,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifests,
             model,
             per_image,
+            plots,
             split,
             seed,
             explainers,
@@ -133,6 +134,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 explain_limit,
                 sanity,
                 per_image: per_image.as_deref(),
+                plots: plots.as_deref(),
                 folds: leave_one_source_out.as_deref(),
             };
             eval::run(&manifests, &options, &m.dir, m.compute)
