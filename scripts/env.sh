@@ -22,6 +22,10 @@ if ! "$VENV/bin/python" -c "import onnxruntime, onnx, PIL, sys; sys.exit(onnxrun
   echo "cxr: installing onnxruntime==$ONNXRUNTIME_VERSION into $VENV (first run only)" >&2
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" onnx==1.23.2 pillow
 fi
+# jsonschema: the tests check real reports against docs/schema with it.
+if ! "$VENV/bin/python" -c "import jsonschema" 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check jsonschema
+fi
 CXR_ONNXRUNTIME="$(echo "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)"
 export CXR_ONNXRUNTIME
 

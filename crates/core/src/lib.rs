@@ -34,6 +34,7 @@ pub mod fsutil;
 pub mod host;
 pub mod metrics;
 pub mod models;
+pub mod npy;
 pub mod pipeline;
 pub mod pool;
 pub mod preprocess;

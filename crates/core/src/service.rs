@@ -96,6 +96,9 @@ pub mod keys {
         pub report: CacheKey,
         /// Its overlay: the same, drawn in one style.
         pub overlay: CacheKey,
+        /// The explanation itself (heatmap, superpixels), kept only when raw arrays were
+        /// asked for ([`super::Service::arrays`]).
+        pub arrays: CacheKey,
     }
 
     #[must_use]
@@ -123,6 +126,7 @@ pub mod keys {
                 &shaped_by,
             ),
             overlay: CacheKey::new(sha256, fingerprint, &format!("overlay:{method}"), &drawn),
+            arrays: CacheKey::new(sha256, fingerprint, &format!("arrays:{method}"), &shaped_by),
         }
     }
 
@@ -378,6 +382,7 @@ impl Service {
         let keys::MethodKeys {
             report: report_key,
             overlay: overlay_key,
+            ..
         } = self.keys(image, method.entry.name, &method.params, settings);
         if let Some(report) = self.cache.get_json::<MethodReport>(&report_key)
             && let Some(png) = self.cache.get(&overlay_key)
@@ -418,6 +423,33 @@ impl Service {
         let (_, report) = self.explanation(image, method, settings, None)?;
         store(self.cache.put_json(&key, &report));
         Ok(report)
+    }
+
+    /// The explanation behind `rendered` (`method`'s result on `image` in `settings`), for raw
+    /// outputs: the one at hand when it was just computed, else the one kept in the cache, else
+    /// computed again (the explainers are seeded: the same map). Kept in the cache for next
+    /// time either way: a report served from the cache has no arrays in memory.
+    pub fn arrays(
+        &self,
+        image: &Image,
+        method: &Method,
+        settings: &Settings,
+        rendered: &Rendered,
+    ) -> Result<crate::explain::Explanation> {
+        let key = self
+            .keys(image, method.entry.name, &method.params, settings)
+            .arrays;
+        let explanation = match &rendered.explanation {
+            Some(explanation) => explanation.clone(),
+            None => match self.cache.get_json(&key) {
+                Some(kept) => return Ok(kept),
+                None => self.explanation(image, method, settings, None)?.0,
+            },
+        };
+        if self.cache.is_enabled() {
+            store(self.cache.put_json(&key, &explanation));
+        }
+        Ok(explanation)
     }
 
     /// The cache keys of `method`'s result on `image` with these models.

@@ -53,6 +53,38 @@ fn counting(_config: &ExplainerConfig) -> cxr_core::Result<Box<dyn Explainer>> {
     Ok(Box::new(Counting))
 }
 
+/// The same relevance, uncounted: for tests that run beside the counting ones.
+struct Brightness;
+
+impl Explainer for Brightness {
+    fn explain(
+        &self,
+        _model: &dyn Classifier,
+        input: &ExplainInput<'_>,
+    ) -> cxr_core::Result<Explanation> {
+        let size = input.input.size();
+        let values = Vec::<f32>::try_from(input.input.view([-1]))?;
+        Ok(Explanation {
+            heatmap: Heatmap::from_relevance(values, size[3] as usize, size[2] as usize),
+            details: serde_json::Map::new(),
+            segments: None,
+        })
+    }
+}
+
+cxr_core::register_explainer! {
+    name: "test-brightness",
+    summary: "Relevance equal to brightness (test plugin)",
+    needs: cxr_core::models::Gradients::None,
+    params: &[],
+    ctor: brightness,
+}
+
+#[allow(clippy::unnecessary_wraps)] // the registry's constructor signature
+fn brightness(_config: &ExplainerConfig) -> cxr_core::Result<Box<dyn Explainer>> {
+    Ok(Box::new(Brightness))
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -177,4 +209,53 @@ fn a_target_that_is_no_class_is_an_error_naming_the_classes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nromal") && err.contains("normal"), "{err}");
+}
+
+#[test]
+fn raw_arrays_come_from_memory_the_cache_or_a_second_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(dir.path());
+    let sample = root().join("samples/hannover_b343e657.png");
+    let method = MethodSpec {
+        name: "test-brightness".into(),
+        params: String::new(),
+    }
+    .build()
+    .unwrap();
+    let settings = quick();
+
+    // Computed now: the explanation at hand, kept in the cache for later.
+    let first = Image::read(&sample, Gate::TRUSTED).unwrap();
+    let rendered = service.explain(&first, &method, &settings).unwrap();
+    let fresh = service
+        .arrays(&first, &method, &settings, &rendered)
+        .unwrap();
+    assert_eq!(Some(&fresh), rendered.explanation.as_ref());
+    assert_eq!(fresh.heatmap.summary(), rendered.report.heatmap);
+
+    // Served from the cache: no explanation in memory, the kept one comes back unanalysed.
+    let again = Image::read(&sample, Gate::TRUSTED).unwrap();
+    let cached = service.explain(&again, &method, &settings).unwrap();
+    assert!(cached.cached && cached.explanation.is_none());
+    let kept = service.arrays(&again, &method, &settings, &cached).unwrap();
+    assert_eq!(kept, fresh);
+    assert!(
+        again.analysed().is_none(),
+        "read from the cache, not computed"
+    );
+
+    // A cache with the report and overlay but not the arrays (another surface explained the
+    // image): the explainer runs again, to the same map.
+    let other = tempfile::tempdir().unwrap();
+    let service = self::service(other.path());
+    let third = Image::read(&sample, Gate::TRUSTED).unwrap();
+    service.explain(&third, &method, &settings).unwrap();
+    let fourth = Image::read(&sample, Gate::TRUSTED).unwrap();
+    let cached = service.explain(&fourth, &method, &settings).unwrap();
+    assert!(cached.cached && cached.explanation.is_none());
+    let recomputed = service
+        .arrays(&fourth, &method, &settings, &cached)
+        .unwrap();
+    assert!(fourth.analysed().is_some(), "computed again");
+    assert_eq!(recomputed, fresh);
 }

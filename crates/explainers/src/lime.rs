@@ -145,6 +145,7 @@ impl Explainer for Lime {
             segments: Some(Segments {
                 labels: superpixels.labels,
                 selected: ranked,
+                weights: fit.coefficients,
             }),
         })
     }

@@ -326,6 +326,10 @@ pub enum Command {
         /// flags) to this file, to find the false positives.
         #[arg(long, value_name = "FILE.csv")]
         per_image: Option<PathBuf>,
+        /// Draw the classifier's evaluation into this folder, as SVG and PNG: ROC pooled and
+        /// per source, reliability diagram, confusion matrix, flag and silent-wrong rates.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
         /// Only the patients on this side of the project's patient split.
         #[arg(long, value_enum, default_value_t = SplitArg::All)]
         split: SplitArg,
@@ -347,7 +351,7 @@ pub enum Command {
         /// the shipped ones are in models/leave-one-source-out): each on every image of its
         /// source, and on the other sources' images on the --split side, with the flags of
         /// its own trust model. The segmenter is the one of --models.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image"])]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image", "plots"])]
         leave_one_source_out: Option<PathBuf>,
     },
     /// Shortcut audit: linear probes on the classifier's frozen features (source, class, and
@@ -399,6 +403,11 @@ pub enum Command {
         /// Add DICOM patient and study identifiers to the reports (personal data: off by default).
         #[arg(long)]
         identifiers: bool,
+        /// Also write the raw arrays into DIR as NumPy .npy files: each heatmap at the
+        /// radiograph's resolution and on the classifier's grid, LIME's superpixel labels and
+        /// weights, the lung mask, and an index STEM.raw.json (see docs/raw-outputs.md).
+        #[arg(long, value_name = "DIR")]
+        raw: Option<PathBuf>,
     },
     /// Classify (and explain) the images of a CSV or JSON lines manifest with a `path` column,
     /// or one shard of them, into DIR/shard-I-of-N.jsonl and .parquet (each written whole or

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod format;
 mod logging;
+mod plots;
 mod tui;
 
 use std::process::ExitCode;

@@ -7,6 +7,7 @@
 
 mod config;
 pub mod quality;
+pub mod raw;
 pub mod registry;
 pub mod report;
 
@@ -53,8 +54,9 @@ impl ExplainInput<'_> {
     }
 }
 
-/// An explainer's answer.
-#[derive(Debug, Clone)]
+/// An explainer's answer. Serialisable so that `cxr explain --raw` can keep it in the result
+/// cache next to the report (see [`crate::service::Service::arrays`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Explanation {
     pub heatmap: Heatmap,
     /// Method-specific facts worth reporting (LIME's fit and weights, IG's completeness gap...).
@@ -65,10 +67,45 @@ pub struct Explanation {
 }
 
 /// Superpixels used by an explanation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Segments {
+    /// One label per heatmap cell, row-major, numbered from 0.
     pub labels: Vec<u32>,
     pub selected: Vec<u32>,
+    /// The method's weight of each label (LIME: the ridge coefficient), indexed by label.
+    pub weights: Vec<f64>,
+}
+
+impl Segments {
+    /// The label of a radiograph pixel outside the classifier's crop.
+    pub const OUTSIDE: u32 = u32::MAX;
+
+    /// The labels on the original radiograph (`width` x `height`): each pixel takes the label
+    /// of the grid cell (`grid_width` x `grid_height`) it falls in through `crop`, and
+    /// [`Segments::OUTSIDE`] where it falls in none.
+    #[must_use]
+    pub fn to_original(
+        &self,
+        grid_width: usize,
+        grid_height: usize,
+        crop: &CropBox,
+        width: u32,
+        height: u32,
+    ) -> Vec<u32> {
+        let scale = grid_width as f32 / crop.side;
+        (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                let u = ((x as f32 + 0.5 - crop.x0) * scale).floor();
+                let v = ((y as f32 + 0.5 - crop.y0) * scale).floor();
+                if u < 0.0 || v < 0.0 || u >= grid_width as f32 || v >= grid_height as f32 {
+                    Self::OUTSIDE
+                } else {
+                    self.labels[v as usize * grid_width + u as usize]
+                }
+            })
+            .collect()
+    }
 }
 
 /// An explanation method. Implementations live one per file in `cxr-explainers` (or anywhere

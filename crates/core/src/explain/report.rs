@@ -45,6 +45,9 @@ pub struct ImageReport {
     #[serde(flatten)]
     pub classification: crate::pipeline::ClassifyReport,
     pub explanations: Vec<MethodOutcome>,
+    /// The index of the raw arrays (`cxr explain --raw`), when written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 /// One explainer's outcome on one image.
@@ -197,22 +200,8 @@ pub fn overlay(
     let base = analysis.xray.original.to_luma8();
     let lung_edges = outline.then(|| render::mask_edges(&analysis.mask));
     let segment_edges = explanation.segments.as_ref().map(|segments| {
-        let grid = explanation.heatmap.width;
-        let scale = grid as f32 / crop.side;
-        // Each original pixel takes the label of the grid cell it falls in (u32::MAX outside).
-        let labels: Vec<u32> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| {
-                let u = ((x as f32 + 0.5 - crop.x0) * scale).floor();
-                let v = ((y as f32 + 0.5 - crop.y0) * scale).floor();
-                if u < 0.0 || v < 0.0 || u >= grid as f32 || v >= explanation.heatmap.height as f32
-                {
-                    u32::MAX
-                } else {
-                    segments.labels[v as usize * grid + u as usize]
-                }
-            })
-            .collect();
+        let grid = &explanation.heatmap;
+        let labels = segments.to_original(grid.width, grid.height, crop, w, h);
         render::label_edges(&labels, w, h, |l| segments.selected.contains(&l))
     });
     let mut lines = Vec::new();

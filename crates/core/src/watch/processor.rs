@@ -316,6 +316,7 @@ impl Processor {
         let report = ImageReport {
             classification,
             explanations,
+            raw: None,
         };
         let write = |staging: &mut queue::Staging| -> Result<()> {
             staging.write(&image_name, bytes)?;

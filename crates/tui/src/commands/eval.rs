@@ -25,6 +25,7 @@ use cxr_core::trust::Flag;
 use serde::Serialize;
 
 use crate::cli::SplitArg;
+use crate::plots;
 
 /// What to evaluate besides the models.
 pub struct Options<'a> {
@@ -37,6 +38,8 @@ pub struct Options<'a> {
     pub sanity: bool,
     /// Write one CSV row per image here.
     pub per_image: Option<&'a Path>,
+    /// Draw the charts into this folder (see [`crate::plots`]).
+    pub plots: Option<&'a Path>,
     /// Measure the leave-one-source-out models in this folder instead.
     pub folds: Option<&'a Path>,
 }
@@ -54,6 +57,9 @@ struct ClassifierEval<'a> {
     worst_source: Option<(String, f64)>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     explainers: Vec<ExplainerQuality>,
+    /// The charts' SVG files (`--plots`); a PNG of the same name beside each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    plots: Vec<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -142,6 +148,53 @@ pub fn run(
         failed += seg_failed;
     }
     Ok(super::exit_code(failed))
+}
+
+/// `--plots DIR`: the charts of the classified images (see [`plots`]); returns the SVG paths.
+fn draw_plots(
+    dir: &Path,
+    scored: &[(&LabelledImage, Scores, Vec<Flag>)],
+    classes: &[String],
+    threshold: f32,
+    by_source: &BTreeMap<String, SourceMetrics>,
+) -> Result<Vec<PathBuf>> {
+    let evaluation = plots::Evaluation {
+        points: scored
+            .iter()
+            .map(|(row, (score, abnormal), _)| plots::Point {
+                source: &row.source,
+                score: *score,
+                abnormal: *abnormal,
+                positive: classes
+                    .iter()
+                    .take(2)
+                    .position(|c| *c == row.label)
+                    .map(|i| i == 0),
+            })
+            .collect(),
+        threshold,
+        classes: (&classes[0], &classes[1]),
+        by_source,
+    };
+    plots::write(dir, &evaluation)
+}
+
+/// The charts as a Markdown list of links (SVG, and the PNG beside it).
+fn plots_list(svgs: &[PathBuf]) -> String {
+    let mut text = String::from("Plots:\n");
+    for svg in svgs {
+        let name = svg
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let png = svg.with_extension("png");
+        let _ = writeln!(
+            text,
+            "- {name}: [SVG]({}) [PNG]({})",
+            svg.display(),
+            png.display()
+        );
+    }
+    text
 }
 
 /// One image's line of `--per-image`.
@@ -271,6 +324,15 @@ fn evaluate_classifier(
         service.pipeline().classifier.threshold(),
     );
     eprintln!("{}", source_table(&metrics, &by_source, &classes));
+    let plots = match options.plots {
+        Some(dir) => {
+            let threshold = service.pipeline().classifier.threshold();
+            let written = draw_plots(dir, &scored, &classes, threshold, &by_source)?;
+            eprintln!("{}", plots_list(&written));
+            written
+        }
+        None => Vec::new(),
+    };
     super::print_json(&ClassifierEval {
         manifests,
         split,
@@ -279,6 +341,7 @@ fn evaluate_classifier(
         worst_source: worst_source(&by_source).map(|(s, a)| (s.to_owned(), a)),
         by_source,
         explainers: quality,
+        plots,
     })?;
     Ok(failed)
 }

@@ -32,6 +32,8 @@ pub struct Request<'a> {
     pub checks: &'a QualityArgs,
     /// Include DICOM patient and study identifiers in the reports.
     pub identifiers: bool,
+    /// Where to write the raw arrays (`--raw`), if asked.
+    pub raw: Option<&'a Path>,
 }
 
 pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<ExitCode> {
@@ -78,6 +80,19 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
         let stem = file
             .file_stem()
             .map_or_else(|| "image".into(), |s| s.to_string_lossy());
+        let raw = match request.raw {
+            Some(dir) => {
+                match write_raw(&service, &image, &methods, &settings, &report, dir, &stem) {
+                    Ok(index) => Some(index.display().to_string()),
+                    Err(e) => {
+                        failures += 1;
+                        bar.suspend(|| eprintln!("cxr: {}: raw outputs: {e:#}", file.display()));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let explanations = write_overlays(report.methods, request.out, &stem, |failure| {
             failures += 1;
             bar.suspend(|| {
@@ -98,6 +113,7 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
         let image_report = ImageReport {
             classification,
             explanations,
+            raw,
         };
         let json = serde_json::to_string_pretty(&image_report)?;
         cxr_core::fsutil::write_atomic(&request.out.join(format!("{stem}.json")), json.as_bytes())?;
@@ -106,6 +122,33 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
     }
     bar.finish_and_clear();
     Ok(super::exit_code(failures))
+}
+
+/// Writes the raw arrays of every explained method of `report` (and the lung mask) into `dir`
+/// as `STEM.*.npy` (see [`cxr_core::explain::raw`]); returns the index's path.
+fn write_raw(
+    service: &Service,
+    image: &Image,
+    methods: &[Method],
+    settings: &Settings,
+    report: &cxr_core::service::Report,
+    dir: &Path,
+    stem: &str,
+) -> Result<PathBuf> {
+    let mut explanations = Vec::new();
+    for (method, outcome) in methods.iter().zip(&report.methods) {
+        if let Ok(rendered) = outcome {
+            let explanation = service.arrays(image, method, settings, rendered)?;
+            explanations.push((rendered.report.clone(), explanation));
+        }
+    }
+    let analysis = service.analysis(image)?;
+    let listed: Vec<_> = explanations
+        .iter()
+        .map(|(report, explanation)| (report.method.as_str(), report.target.as_str(), explanation))
+        .collect();
+    cxr_core::explain::raw::write(dir, stem, image.sha256(), analysis, &listed)?;
+    Ok(dir.join(format!("{stem}.raw.json")))
 }
 
 /// Writes each explained method's overlay to `OUT/STEM.METHOD.png`; a failed method (or a

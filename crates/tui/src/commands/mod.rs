@@ -141,6 +141,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             manifests,
             model,
             per_image,
+            plots,
             split,
             seed,
             explainers,
@@ -156,6 +157,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 explain_limit,
                 sanity,
                 per_image: per_image.as_deref(),
+                plots: plots.as_deref(),
                 folds: leave_one_source_out.as_deref(),
             };
             eval::run(&manifests, &options, &m.dir, m.compute)
@@ -197,9 +199,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             render,
             checks,
             identifiers,
+            raw,
         } => {
             let m = models(global, &model)?;
             let request = explain::Request {
+                raw: raw.as_deref(),
                 files: &files,
                 methods: &method,
                 params: &params,
