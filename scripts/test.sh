@@ -42,3 +42,5 @@ needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --
 needs "Chromium (/usr/bin/chromium)" test -x /usr/bin/chromium -- --workspace --test serve
 needs "a folder that can be made read-only" read_only_folder_possible -- --workspace --test watch_faults
 needs "tmux" command -v tmux -- --workspace --test viewer_quit
+needs "dcmtk and pydicom" bash -c "command -v dcmdump && '$VENV/bin/python' -c 'import pydicom'" -- \
+  --workspace --test dicom_results
