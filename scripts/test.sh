@@ -44,3 +44,4 @@ needs "a folder that can be made read-only" read_only_folder_possible -- --works
 needs "tmux" command -v tmux -- --workspace --test viewer_quit
 needs "dcmtk and pydicom" bash -c "command -v dcmdump && '$VENV/bin/python' -c 'import pydicom'" -- \
   --workspace --test dicom_results
+needs "dcmtk (storescu)" command -v storescu -- --workspace --test dicom_net
