@@ -95,7 +95,9 @@ impl Watcher {
                 .unwrap_or_else(|| panic!("not {what} in time: {:#?}", self.seen));
             match self.events.recv_timeout(left) {
                 Ok(event) => self.seen.push(event),
-                Err(_) => panic!("not {what} in time: {:#?}", self.seen),
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("not {what} in time: {:#?}", self.seen)
+                }
             }
         }
     }

@@ -278,7 +278,7 @@ impl Server {
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
-                        if let Some(done) = message.add(value, self.options.max_bytes) {
+                        if let Some(done) = message.add(&value, self.options.max_bytes) {
                             let reply = self.answer(&association, &done, calling);
                             association
                                 .send(&reply)
@@ -450,7 +450,7 @@ struct Complete {
 
 impl Message {
     /// Adds a fragment; returns the message once it is complete.
-    fn add(&mut self, value: PDataValue, max_bytes: u64) -> Option<Complete> {
+    fn add(&mut self, value: &PDataValue, max_bytes: u64) -> Option<Complete> {
         self.context = value.presentation_context_id;
         match value.value_type {
             PDataValueType::Command => {
