@@ -99,6 +99,13 @@ fn explain_writes_a_secondary_capture_and_an_sr_that_dcmtk_and_pydicom_read() {
         assert!(text.contains(&format!("(0008,0016) UI ={class}")), "{text}");
     }
 
+    // dcmtk's SR reader renders the document tree.
+    let tree = Command::new("dsrdump").arg(&sr).output().unwrap();
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.contains("Comprehensive SR Document"), "{tree}");
+    let label = report["label"].as_str().unwrap();
+    assert!(tree.contains(&format!("\"Finding\")=\"{label}\"")), "{tree}");
+
     let original = pydicom(&[&source()], "source");
     let capture = pydicom(&[&sc, &png], "sc");
     assert_eq!(capture["sop_class_uid"], SECONDARY_CAPTURE);

@@ -49,6 +49,9 @@ pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode
             dicom.max_bytes = max.min(dicom.max_bytes);
         }
         options.dicom = Some(dicom);
+        // Received files are renamed into the inbox; with a relative folder the inotify
+        // watcher missed those renames (seen only at the 30 s rescan), so name it absolutely.
+        options.dir = std::path::absolute(&options.dir)?;
     }
     // Nothing to stop: the watcher is built to be killed at any moment (Ctrl-C included).
     let stop = AtomicBool::new(false);
