@@ -104,7 +104,10 @@ fn explain_writes_a_secondary_capture_and_an_sr_that_dcmtk_and_pydicom_read() {
     let tree = String::from_utf8_lossy(&tree.stdout);
     assert!(tree.contains("Comprehensive SR Document"), "{tree}");
     let label = report["label"].as_str().unwrap();
-    assert!(tree.contains(&format!("\"Finding\")=\"{label}\"")), "{tree}");
+    assert!(
+        tree.contains(&format!("\"Finding\")=\"{label}\"")),
+        "{tree}"
+    );
 
     let original = pydicom(&[&source()], "source");
     let capture = pydicom(&[&sc, &png], "sc");
