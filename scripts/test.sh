@@ -44,3 +44,6 @@ needs "a folder that can be made read-only" read_only_folder_possible -- --works
 needs "tmux" command -v tmux -- --workspace --test viewer_quit
 needs "Java and pyspark in .venv" bash -c "command -v java && '$VENV/bin/python' -c 'import pyspark'" -- \
   --workspace --test spark
+needs "dcmtk and pydicom" bash -c "command -v dcmdump && '$VENV/bin/python' -c 'import pydicom'" -- \
+  --workspace --test dicom_results
+needs "dcmtk (storescu)" command -v storescu -- --workspace --test dicom_net

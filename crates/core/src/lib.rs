@@ -27,6 +27,7 @@ pub mod card;
 pub mod compute;
 pub mod data;
 pub mod device;
+pub mod dicom_out;
 mod error;
 pub mod evaluation;
 pub mod explain;

@@ -811,6 +811,17 @@ pub struct WatchArgs {
     /// Process what is in the inbox, then exit (exit code 1 if any file was rejected or stuck).
     #[arg(long)]
     pub once: bool,
+    /// Also receive DICOM instances sent with C-STORE (a Storage SCP) at ADDR, e.g.
+    /// 127.0.0.1:11112; each goes into the inbox like a dropped file.
+    #[arg(long, value_name = "ADDR")]
+    pub dicom_listen: Option<std::net::SocketAddr>,
+    /// The listener's AE title: associations calling another title are rejected.
+    #[arg(long, default_value = "CXR", requires = "dicom_listen")]
+    pub ae_title: String,
+    /// Largest DICOM instance the listener accepts, in bytes (default and upper bound: the
+    /// 256 MiB input limit); larger ones are refused with an out-of-resources status.
+    #[arg(long, value_name = "BYTES", requires = "dicom_listen")]
+    pub dicom_max_bytes: Option<u64>,
     /// Also compute deletion/insertion AUC for each explanation (34 more forward passes).
     #[arg(long)]
     pub faithfulness: bool,

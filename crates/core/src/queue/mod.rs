@@ -51,6 +51,11 @@ pub const STAGING: &str = ".staging";
 /// File names inside an entry.
 pub const STATE_FILE: &str = "state.json";
 pub const REPORT_FILE: &str = "report.json";
+/// For a DICOM source: the Structured Report, each overlay as `METHOD.sc.dcm` (Secondary
+/// Capture), or the reason they could not be made ([`crate::dicom_out`]).
+pub const REPORT_SR_FILE: &str = "sr.dcm";
+pub const CAPTURE_SUFFIX: &str = ".sc.dcm";
+pub const DICOM_ERROR_FILE: &str = "dicom-error.txt";
 /// Hex digits of the SHA-256 that name an entry (64 bits: collisions are checked, not assumed
 /// away).
 pub const ID_LEN: usize = 16;

@@ -12,6 +12,7 @@
 //! Memory stays bounded however many files arrive at once: the coordinator holds paths only,
 //! and at most two files per worker are in flight.
 
+pub mod dicom_listen;
 pub mod filter;
 pub mod folder;
 mod processor;
@@ -97,6 +98,8 @@ pub struct WatchOptions {
     /// Return once the inbox is empty (files that are stuck count as done), instead of
     /// watching for ever.
     pub once: bool,
+    /// Also receive DICOM instances over the network (C-STORE) into the inbox.
+    pub dicom: Option<dicom_listen::DicomListen>,
 }
 
 impl WatchOptions {
@@ -125,6 +128,7 @@ impl WatchOptions {
             poll_interval: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             once: false,
+            dicom: None,
         }
     }
 }
@@ -202,6 +206,18 @@ pub enum WatchEvent {
         file: Option<PathBuf>,
         error: String,
     },
+    /// The DICOM listener is accepting associations.
+    DicomListening { addr: String, ae_title: String },
+    /// An instance arrived over C-STORE and is in the inbox as `file` (then processed like
+    /// any dropped file).
+    DicomReceived {
+        file: PathBuf,
+        calling_ae: String,
+        sop_instance_uid: String,
+    },
+    /// An association, a presentation context or an instance was refused; the sender was
+    /// told (rejection or failure status) and nothing was written.
+    DicomRefused { peer: String, reason: String },
     /// With [`WatchOptions::once`]: the inbox is done.
     Finished(Summary),
 }
@@ -221,6 +237,8 @@ pub struct Summary {
 pub(crate) enum Msg {
     Events(DebounceEventResult),
     Done(PathBuf, Outcome),
+    /// An event from elsewhere (the DICOM listener), passed on as it is.
+    Event(WatchEvent),
 }
 
 /// Bookkeeping of one path the coordinator is responsible for.
@@ -333,7 +351,7 @@ pub(crate) fn coordinate(
     while coordinator.in_flight > 0 {
         match rx.recv() {
             Ok(Msg::Done(path, outcome)) => coordinator.finished(path, outcome),
-            Ok(Msg::Events(_)) => {}
+            Ok(Msg::Events(_) | Msg::Event(_)) => {}
             Err(_) => break,
         }
     }
@@ -427,6 +445,15 @@ impl Coordinator<'_> {
                 message: why.clone(),
             });
         }
+        // After the inbox watcher: a received file is seen.
+        let listener = match &options.dicom {
+            Some(dicom) => Some(dicom_listen::Listener::start(
+                dicom,
+                &self.inbox,
+                tx.clone(),
+            )?),
+            None => None,
+        };
         self.scan(&self.inbox.clone());
         self.emit(&WatchEvent::Watching {
             dir: options.dir.clone(),
@@ -437,6 +464,12 @@ impl Coordinator<'_> {
             waiting: self.pending.len(),
             cleaned,
         });
+        if let (Some(listener), Some(dicom)) = (&listener, &options.dicom) {
+            self.emit(&WatchEvent::DicomListening {
+                addr: listener.local_addr.to_string(),
+                ae_title: dicom.ae_title.clone(),
+            });
+        }
         let mut last_scan = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             self.dispatch(tx);
@@ -469,6 +502,8 @@ impl Coordinator<'_> {
                 self.scan(&self.inbox.clone());
             }
         }
+        // The listener first: it finishes the instances it is receiving into the inbox.
+        drop(listener);
         drop(watcher);
         Ok(())
     }
@@ -503,6 +538,7 @@ impl Coordinator<'_> {
                 self.scan(&self.inbox.clone());
             }
             Msg::Done(path, outcome) => self.finished(path, outcome),
+            Msg::Event(event) => self.emit(&event),
         }
     }
 

@@ -270,6 +270,33 @@ impl Processor {
             .report(&image, &self.methods, &self.settings, None)
             .map_err(BuildError::Analysis)?;
         let mut staging = self.queue.stage(id).map_err(BuildError::Storage)?;
+        // A DICOM source also gets its results as DICOM in the entry (METHOD.sc.dcm, sr.dcm);
+        // a source that cannot be referenced (no UIDs) is queued without them, with the reason.
+        match crate::dicom_out::for_image(
+            bytes,
+            path,
+            &report.classification.report,
+            &report.methods,
+            self.service.fingerprint(),
+        ) {
+            Ok(Some(results)) => {
+                for (method, capture) in &results.captures {
+                    staging
+                        .write(
+                            &format!("{method}{}", queue::CAPTURE_SUFFIX),
+                            &capture.bytes,
+                        )
+                        .map_err(BuildError::Storage)?;
+                }
+                staging
+                    .write(queue::REPORT_SR_FILE, &results.report.bytes)
+                    .map_err(BuildError::Storage)?;
+            }
+            Ok(None) => {}
+            Err(e) => staging
+                .write(queue::DICOM_ERROR_FILE, format!("{e}\n").as_bytes())
+                .map_err(BuildError::Storage)?,
+        }
         let mut explanations = Vec::with_capacity(report.methods.len());
         for outcome in report.methods {
             // One explainer failing does not lose the image: the report says what failed.

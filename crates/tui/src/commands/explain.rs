@@ -93,6 +93,29 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
             }
             None => None,
         };
+        // A DICOM input also gets its results as DICOM: OUT/STEM.METHOD.sc.dcm, OUT/STEM.sr.dcm.
+        let dicom = cxr_core::dicom_out::for_image(
+            image.bytes(),
+            file,
+            &report.classification.report,
+            &report.methods,
+            service.fingerprint(),
+        )
+        .and_then(|results| match results {
+            Some(results) => cxr_core::dicom_out::write(&results, request.out, &format!("{stem}.")),
+            None => Ok(Vec::new()),
+        });
+        match dicom {
+            Ok(written) if !written.is_empty() => bar.suspend(|| {
+                let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                super::note(&format!("DICOM results: {}", names.join(", ")));
+            }),
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                bar.suspend(|| eprintln!("cxr: {}: DICOM results: {e}", file.display()));
+            }
+        }
         let explanations = write_overlays(report.methods, request.out, &stem, |failure| {
             failures += 1;
             bar.suspend(|| {

@@ -39,6 +39,20 @@ pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode
     options.recursive = args.recursive;
     options.debounce = Duration::from_millis(args.debounce_ms);
     options.once = args.once;
+    if let Some(addr) = args.dicom_listen {
+        let ae_title = args.ae_title.trim();
+        if ae_title.is_empty() || ae_title.len() > 16 || !ae_title.is_ascii() {
+            bail!("--ae-title {ae_title:?}: an AE title is 1 to 16 ASCII characters");
+        }
+        let mut dicom = watch::dicom_listen::DicomListen::new(addr, ae_title);
+        if let Some(max) = args.dicom_max_bytes {
+            dicom.max_bytes = max.min(dicom.max_bytes);
+        }
+        options.dicom = Some(dicom);
+        // Received files are renamed into the inbox; with a relative folder the inotify
+        // watcher missed those renames (seen only at the 30 s rescan), so name it absolutely.
+        options.dir = std::path::absolute(&options.dir)?;
+    }
     // Nothing to stop: the watcher is built to be killed at any moment (Ctrl-C included).
     let stop = AtomicBool::new(false);
     let summary = watch::run(&options, &stop, &mut |event| {
@@ -46,7 +60,9 @@ pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode
             // Errors and rejections are worth telling even under --quiet.
             if matches!(
                 event,
-                WatchEvent::Error { .. } | WatchEvent::Rejected { .. }
+                WatchEvent::Error { .. }
+                    | WatchEvent::Rejected { .. }
+                    | WatchEvent::DicomRefused { .. }
             ) {
                 let _ = writeln!(std::io::stderr().lock(), "cxr: {line}");
             } else {
@@ -138,6 +154,13 @@ fn describe(event: &WatchEvent) -> Option<String> {
             "done: {} queued, {} duplicates, {} rejected, {} errors",
             summary.queued, summary.duplicates, summary.rejected, summary.errors
         ),
+        WatchEvent::DicomListening { addr, ae_title } => {
+            format!("receiving DICOM (C-STORE) at {addr} as AE title {ae_title}")
+        }
+        WatchEvent::DicomReceived {
+            file, calling_ae, ..
+        } => format!("received {} from {calling_ae}", name(file)),
+        WatchEvent::DicomRefused { peer, reason } => format!("DICOM from {peer} refused: {reason}"),
         WatchEvent::Retrying { .. } => return None,
     })
 }
