@@ -345,7 +345,6 @@ fn fit(mut lines: Vec<(Keep, Line<'static>)>, width: u16, rows: u16) -> Vec<Line
 
 fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
     let mut lines: Vec<(Keep, Line<'static>)> = Vec::new();
-    let bar_width = usize::from(area.width.saturating_sub(16)).max(4);
     match &app.shown {
         None => lines.push((Keep::Always, Line::from("no result yet").dark_gray())),
         Some(shown) => {
@@ -357,8 +356,23 @@ fn draw_panel(frame: &mut Frame, app: &App, area: Rect) {
                     Span::styled(p.label.clone(), Style::new().bold()),
                 ]),
             ));
+            // Names in one column (`pneumonia` is longer than `covid`), bars filling the rest.
+            let name_width = p
+                .probabilities
+                .keys()
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                .max(6)
+                + 1;
+            let bar_width = usize::from(area.width)
+                .saturating_sub(name_width + 9)
+                .max(4);
             for (class, prob) in &p.probabilities {
-                let line = Line::from(format!("{class:<7}{} {prob:.2}", bar(*prob, bar_width)));
+                let line = Line::from(format!(
+                    "{class:<name_width$}{} {prob:.2}",
+                    bar(*prob, bar_width)
+                ));
                 lines.push((Keep::Always, line));
             }
             let threshold = Line::from(format!("threshold {:.2}", p.threshold)).dark_gray();
