@@ -10,7 +10,7 @@ use cxr_core::explain::report::{ImageReport, MethodOutcome, QualityChecks};
 use cxr_core::explain::{Method, MethodSpec};
 use cxr_core::input::Gate;
 use cxr_core::render::{Colormap, OverlayStyle};
-use cxr_core::service::{Image, MethodFailure, Rendered, Service, Settings, Target};
+use cxr_core::service::{Image, MethodFailure, Rendered, Report, Service, Settings, Target};
 
 use crate::cli::{QualityArgs, RenderArgs};
 
@@ -93,19 +93,7 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
             }
             None => None,
         };
-        // A DICOM input also gets its results as DICOM: OUT/STEM.METHOD.sc.dcm, OUT/STEM.sr.dcm.
-        let dicom = cxr_core::dicom_out::for_image(
-            image.bytes(),
-            file,
-            &report.classification.report,
-            &report.methods,
-            service.fingerprint(),
-        )
-        .and_then(|results| match results {
-            Some(results) => cxr_core::dicom_out::write(&results, request.out, &format!("{stem}.")),
-            None => Ok(Vec::new()),
-        });
-        match dicom {
+        match write_dicom(&service, &image, file, &report, request.out, &stem) {
             Ok(written) if !written.is_empty() => bar.suspend(|| {
                 let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
                 super::note(&format!("DICOM results: {}", names.join(", ")));
@@ -145,6 +133,29 @@ pub fn run(request: &Request<'_>, models: &Path, compute: Compute) -> Result<Exi
     }
     bar.finish_and_clear();
     Ok(super::exit_code(failures))
+}
+
+/// A DICOM input's results as DICOM too: `OUT/STEM.METHOD.sc.dcm` per overlay and
+/// `OUT/STEM.sr.dcm`; nothing for another input.
+fn write_dicom(
+    service: &Service,
+    image: &Image,
+    file: &Path,
+    report: &Report,
+    out: &Path,
+    stem: &str,
+) -> cxr_core::Result<Vec<PathBuf>> {
+    let results = cxr_core::dicom_out::for_image(
+        image.bytes(),
+        file,
+        &report.classification.report,
+        &report.methods,
+        service.fingerprint(),
+    )?;
+    match results {
+        Some(results) => cxr_core::dicom_out::write(&results, out, &format!("{stem}.")),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Writes the raw arrays of every explained method of `report` (and the lung mask) into `dir`
