@@ -769,7 +769,8 @@ pub struct WatchArgs {
     /// 127.0.0.1:11112; each goes into the inbox like a dropped file.
     #[arg(long, value_name = "ADDR")]
     pub dicom_listen: Option<std::net::SocketAddr>,
-    /// The listener's AE title: associations calling another title are rejected.
+    /// Our AE title: the listener rejects associations calling another one; --send-to calls
+    /// as it.
     #[arg(long, default_value = "CXR")]
     pub ae_title: String,
     /// Largest DICOM instance the listener accepts, in bytes (default and upper bound: the
