@@ -815,13 +815,18 @@ pub struct WatchArgs {
     /// 127.0.0.1:11112; each goes into the inbox like a dropped file.
     #[arg(long, value_name = "ADDR")]
     pub dicom_listen: Option<std::net::SocketAddr>,
-    /// The listener's AE title: associations calling another title are rejected.
-    #[arg(long, default_value = "CXR", requires = "dicom_listen")]
+    /// Our AE title: the listener rejects associations calling another one; --send-to calls
+    /// as it.
+    #[arg(long, default_value = "CXR")]
     pub ae_title: String,
     /// Largest DICOM instance the listener accepts, in bytes (default and upper bound: the
     /// 256 MiB input limit); larger ones are refused with an out-of-resources status.
     #[arg(long, value_name = "BYTES", requires = "dicom_listen")]
     pub dicom_max_bytes: Option<u64>,
+    /// Send each DICOM input's results (Secondary Captures and SR) to this Storage SCP with
+    /// C-STORE, as --ae-title; failed sends are kept in the entry and retried.
+    #[arg(long, value_name = "AE@HOST:PORT")]
+    pub send_to: Option<String>,
     /// Also compute deletion/insertion AUC for each explanation (34 more forward passes).
     #[arg(long)]
     pub faithfulness: bool,

@@ -1,7 +1,9 @@
 //! DICOM network in (issue 22): `cxr watch --dicom-listen` against dcmtk's `storescu` on
 //! loopback: instances end up queued exactly once; a wrong called AE title, an unsupported
 //! transfer syntax, an instance over the size limit and a dropped connection are refused and
-//! leave nothing half-written.
+//! leave nothing half-written. With `--send-to`, the results (Secondary Capture, SR) go on to
+//! dcmtk's `storescp`: the round trip storescu -> cxr -> queue -> storescp; a receiver that is
+//! not there loses nothing and is retried.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
@@ -38,6 +40,10 @@ impl Drop for Watcher {
 
 impl Watcher {
     fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_explaining(dir, "none", extra)
+    }
+
+    fn start_explaining(dir: &Path, method: &str, extra: &[&str]) -> Self {
         // A free port: bound by the system, released, then named to cxr.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -50,7 +56,7 @@ impl Watcher {
                 "--device",
                 "cpu",
                 "--method",
-                "none",
+                method,
                 "--watch-dir",
             ])
             .arg(dir)
@@ -326,4 +332,178 @@ fn drop_mid_instance(port: u16) {
     socket.write_all(&pdata(0b11, &command)).unwrap();
     socket.write_all(&pdata(0b00, &[0u8; 4096])).unwrap();
     drop(socket);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// dcmtk's `storescp -aet STORESCP -od DIR PORT`, killed when dropped.
+struct StoreScp(Child);
+
+impl StoreScp {
+    fn start(port: u16, into: &Path) -> Self {
+        std::fs::create_dir_all(into).unwrap();
+        let child = Command::new("storescp")
+            .args(["-aet", "STORESCP", "-od"])
+            .arg(into)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Listening once a connection is taken.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One attribute as dcmdump prints it (`+P TAG`), the value between the brackets.
+fn dcmdump_value(file: &Path, tag: &str) -> String {
+    let out = Command::new("dcmdump")
+        .args(["-Un", "+P", tag])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", file.display(), text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    said.split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map_or_else(
+            || panic!("{tag} of {}: {said}", file.display()),
+            |(value, _)| value.to_owned(),
+        )
+}
+
+const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+const COMPREHENSIVE_SR: &str = "1.2.840.10008.5.1.4.1.1.88.33";
+
+#[test]
+#[ignore = "needs dcmtk"]
+fn results_are_sent_on_to_a_storage_scp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    let received = tmp.path().join("storescp");
+    let port = free_port();
+    let _scp = StoreScp::start(port, &received);
+    let target = format!("STORESCP@127.0.0.1:{port}");
+    let mut watcher = Watcher::start_explaining(&dir, "grad-cam", &["--send-to", target.as_str()]);
+    let out = watcher.storescu("CXR", &[repo().join(RG1)]);
+    assert!(out.status.success(), "{}", text(&out));
+    watcher.wait_for("the SC and SR sent", |seen| count(seen, "dicom_sent") == 2);
+    watcher.settle(Duration::from_secs(2));
+    assert_eq!(count(&watcher.seen, "dicom_sent"), 2, "{:#?}", watcher.seen);
+    assert_eq!(
+        count(&watcher.seen, "dicom_send_failed"),
+        0,
+        "{:#?}",
+        watcher.seen
+    );
+    // Exactly once each at the receiver, readable by dcmdump, in the source's study.
+    let files: Vec<PathBuf> = names_in(&received)
+        .into_iter()
+        .map(|name| received.join(name))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let study = dcmdump_value(&repo().join(RG1), "StudyInstanceUID");
+    let mut classes: Vec<String> = files
+        .iter()
+        .map(|file| {
+            assert_eq!(dcmdump_value(file, "StudyInstanceUID"), study);
+            dcmdump_value(file, "SOPClassUID")
+        })
+        .collect();
+    classes.sort();
+    assert_eq!(classes, [SECONDARY_CAPTURE, COMPREHENSIVE_SR]);
+    // The instances sent are the entry's own.
+    let sent: std::collections::BTreeSet<String> = watcher
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "dicom_sent")
+        .map(|e| e["sop_instance_uid"].as_str().unwrap().to_owned())
+        .collect();
+    let arrived: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|file| dcmdump_value(file, "SOPInstanceUID"))
+        .collect();
+    assert_eq!(sent, arrived);
+    let entries = names_in(&dir.join("queue"));
+    assert_eq!(entries.len(), 1);
+}
+
+#[test]
+#[ignore = "needs dcmtk"]
+fn a_receiver_that_is_not_there_loses_nothing_and_is_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    // Nothing listens there (yet).
+    let port = free_port();
+    let target = format!("STORESCP@127.0.0.1:{port}");
+    let mut watcher = Watcher::start(&dir, &["--send-to", target.as_str()]);
+    let out = watcher.storescu("CXR", &[repo().join(RG1)]);
+    assert!(out.status.success(), "{}", text(&out));
+    watcher.wait_for("the send failed", |seen| {
+        count(seen, "dicom_send_failed") == 1
+    });
+    // The watch loop goes on: another instance is queued meanwhile.
+    let out = watcher.storescu("CXR", &[repo().join(TXV)]);
+    assert!(out.status.success(), "{}", text(&out));
+    watcher.wait_for("both queued, both sends failed", |seen| {
+        count(seen, "queued") == 2 && count(seen, "dicom_send_failed") == 2
+    });
+    let failure = watcher
+        .seen
+        .iter()
+        .find(|e| e["event"] == "dicom_send_failed")
+        .unwrap();
+    assert_eq!(failure["to"], target.as_str());
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("no association"),
+        "{failure}"
+    );
+    // Each entry is whole, with its SR and the reason it was not sent.
+    let entries: Vec<PathBuf> = names_in(&dir.join("queue"))
+        .into_iter()
+        .map(|id| dir.join("queue").join(id))
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for entry in &entries {
+        assert!(entry.join("sr.dcm").is_file());
+        let why = std::fs::read_to_string(entry.join("dicom-send-failed.txt")).unwrap();
+        assert!(why.contains(&target) && why.contains("sr.dcm"), "{why}");
+    }
+    drop(watcher);
+
+    // The receiver is back: the next start sends what failed, once, and clears the record.
+    let received = tmp.path().join("storescp");
+    let _scp = StoreScp::start(port, &received);
+    let mut watcher = Watcher::start(&dir, &["--send-to", target.as_str()]);
+    watcher.wait_for("the failed sends retried", |seen| {
+        count(seen, "dicom_sent") == 2
+    });
+    watcher.settle(Duration::from_secs(2));
+    assert_eq!(count(&watcher.seen, "dicom_sent"), 2, "{:#?}", watcher.seen);
+    assert_eq!(names_in(&received).len(), 2);
+    for entry in &entries {
+        assert!(!entry.join("dicom-send-failed.txt").exists());
+    }
 }

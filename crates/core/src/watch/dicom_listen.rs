@@ -560,16 +560,7 @@ fn response(context: u8, request: &Command, field: u16, status: u16) -> Pdu {
             PrimitiveValue::from(request.instance.as_str()),
         );
     }
-    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
-    let mut body = Vec::new();
-    let _ = object.write_dataset_with_ts(&mut body, &ts);
-    // The group length first (PS3.7 E.1): the length of everything after it.
-    let mut data = Vec::with_capacity(body.len() + 12);
-    data.extend_from_slice(&0u16.to_le_bytes());
-    data.extend_from_slice(&0u16.to_le_bytes());
-    data.extend_from_slice(&4u32.to_le_bytes());
-    data.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    data.extend_from_slice(&body);
+    let data = command_bytes(&object);
     Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: context,
@@ -578,4 +569,19 @@ fn response(context: u8, request: &Command, field: u16, status: u16) -> Pdu {
             data,
         }],
     }
+}
+
+/// A command set's bytes: Implicit VR Little Endian, behind its group length (PS3.7 E.1).
+pub(super) fn command_bytes(object: &InMemDicomObject) -> Vec<u8> {
+    let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    let mut body = Vec::new();
+    let _ = object.write_dataset_with_ts(&mut body, &ts);
+    // The length of everything after it.
+    let mut data = Vec::with_capacity(body.len() + 12);
+    data.extend_from_slice(&0u16.to_le_bytes());
+    data.extend_from_slice(&0u16.to_le_bytes());
+    data.extend_from_slice(&4u32.to_le_bytes());
+    data.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    data.extend_from_slice(&body);
+    data
 }

@@ -13,6 +13,7 @@
 //! and at most two files per worker are in flight.
 
 pub mod dicom_listen;
+pub mod dicom_send;
 pub mod filter;
 pub mod folder;
 mod processor;
@@ -100,6 +101,8 @@ pub struct WatchOptions {
     pub once: bool,
     /// Also receive DICOM instances over the network (C-STORE) into the inbox.
     pub dicom: Option<dicom_listen::DicomListen>,
+    /// Send each DICOM entry's results (Secondary Captures, SR) there with C-STORE.
+    pub send_to: Option<dicom_send::SendTo>,
 }
 
 impl WatchOptions {
@@ -129,6 +132,7 @@ impl WatchOptions {
             retry: RetryPolicy::default(),
             once: false,
             dicom: None,
+            send_to: None,
         }
     }
 }
@@ -218,6 +222,19 @@ pub enum WatchEvent {
     /// An association, a presentation context or an instance was refused; the sender was
     /// told (rejection or failure status) and nothing was written.
     DicomRefused { peer: String, reason: String },
+    /// A result of a queue entry (`file`) was stored at `to` with C-STORE.
+    DicomSent {
+        file: PathBuf,
+        to: String,
+        sop_instance_uid: String,
+    },
+    /// A result could not be sent; the entry keeps it, with the reason in
+    /// [`dicom_send::SEND_FAILED_FILE`], and it is sent again later.
+    DicomSendFailed {
+        file: PathBuf,
+        to: String,
+        error: String,
+    },
     /// With [`WatchOptions::once`]: the inbox is done.
     Finished(Summary),
 }
@@ -344,6 +361,7 @@ pub(crate) fn coordinate(
         accepting: true,
         in_flight: 0,
         max_in_flight: 2 * jobs,
+        sender: None,
     };
     let result = coordinator.run(queue, &tx, &rx, stop, jobs);
     // Let the workers finish what they hold, and report it.
@@ -353,6 +371,13 @@ pub(crate) fn coordinate(
             Ok(Msg::Done(path, outcome)) => coordinator.finished(path, outcome),
             Ok(Msg::Events(_) | Msg::Event(_)) => {}
             Err(_) => break,
+        }
+    }
+    // The sender finishes the entries it was given; what it says is still told.
+    coordinator.sender = None;
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Event(event) = msg {
+            coordinator.emit(&event);
         }
     }
     result.map(|()| coordinator.summary)
@@ -419,6 +444,8 @@ struct Coordinator<'a> {
     accepting: bool,
     in_flight: usize,
     max_in_flight: usize,
+    /// With `send_to`: where queued entries go to have their DICOM results sent.
+    sender: Option<dicom_send::Sender>,
 }
 
 impl Coordinator<'_> {
@@ -454,6 +481,13 @@ impl Coordinator<'_> {
             )?),
             None => None,
         };
+        if let Some(target) = &options.send_to {
+            self.sender = Some(dicom_send::Sender::start(
+                target,
+                &queue.entries(),
+                tx.clone(),
+            )?);
+        }
         self.scan(&self.inbox.clone());
         self.emit(&WatchEvent::Watching {
             dir: options.dir.clone(),
@@ -511,7 +545,12 @@ impl Coordinator<'_> {
     fn emit(&mut self, event: &WatchEvent) {
         match event {
             WatchEvent::Error { .. } => self.summary.errors += 1,
-            WatchEvent::Queued { .. } => self.summary.queued += 1,
+            WatchEvent::Queued { entry, .. } => {
+                self.summary.queued += 1;
+                if let Some(sender) = &self.sender {
+                    sender.send(entry);
+                }
+            }
             WatchEvent::Duplicate { .. } => self.summary.duplicates += 1,
             WatchEvent::Rejected { .. } => self.summary.rejected += 1,
             _ => {}

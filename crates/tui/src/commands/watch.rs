@@ -53,6 +53,12 @@ pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode
         // watcher missed those renames (seen only at the 30 s rescan), so name it absolutely.
         options.dir = std::path::absolute(&options.dir)?;
     }
+    if let Some(target) = &args.send_to {
+        options.send_to = Some(watch::dicom_send::SendTo::parse(
+            target,
+            args.ae_title.trim(),
+        )?);
+    }
     // Nothing to stop: the watcher is built to be killed at any moment (Ctrl-C included).
     let stop = AtomicBool::new(false);
     let summary = watch::run(&options, &stop, &mut |event| {
@@ -63,6 +69,7 @@ pub fn run(args: &WatchArgs, models: &Path, compute: Compute) -> Result<ExitCode
                 WatchEvent::Error { .. }
                     | WatchEvent::Rejected { .. }
                     | WatchEvent::DicomRefused { .. }
+                    | WatchEvent::DicomSendFailed { .. }
             ) {
                 let _ = writeln!(std::io::stderr().lock(), "cxr: {line}");
             } else {
@@ -161,6 +168,14 @@ fn describe(event: &WatchEvent) -> Option<String> {
             file, calling_ae, ..
         } => format!("received {} from {calling_ae}", name(file)),
         WatchEvent::DicomRefused { peer, reason } => format!("DICOM from {peer} refused: {reason}"),
+        WatchEvent::DicomSent {
+            file,
+            to,
+            sop_instance_uid,
+        } => format!("sent {} to {to} ({sop_instance_uid})", file.display()),
+        WatchEvent::DicomSendFailed { file, to, error } => {
+            format!("sending {} to {to} failed: {error}", file.display())
+        }
         WatchEvent::Retrying { .. } => return None,
     })
 }
