@@ -54,11 +54,7 @@ pub fn write(dir: &Path, evaluation: &Evaluation<'_>) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| eyre!("creating {}: {e}", dir.display()))?;
     let mut written = Vec::new();
     for name in CHARTS {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-            draw(name, &root, evaluation).map_err(|e| eyre!("drawing {name}.svg: {e}"))?;
-        }
+        let svg = svg(name, evaluation)?;
         let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
         {
             let bitmap = BitMapBackend::with_buffer(&mut rgb, SIZE);
@@ -74,6 +70,16 @@ pub fn write(dir: &Path, evaluation: &Evaluation<'_>) -> Result<Vec<PathBuf>> {
         written.push(svg_path);
     }
     Ok(written)
+}
+
+/// Chart `name` (one of [`CHARTS`]) as SVG text, as [`write`] writes it to `NAME.svg`.
+pub fn svg(name: &str, evaluation: &Evaluation<'_>) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        draw(name, &root, evaluation).map_err(|e| eyre!("drawing {name}.svg: {e}"))?;
+    }
+    Ok(svg)
 }
 
 type Drawn<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;

@@ -145,8 +145,32 @@ fn html_report_embeds_each_entry_with_its_pictures_and_review() {
     assert!(
         html.contains("<td id=\"reviewed\">2</td>") && html.contains("<td id=\"pending\">1</td>")
     );
+    // The session's charts first: the two reviewed entries (both labelled covid, one called
+    // normal without a flag: a silent error) as eval draws them, embedded SVG.
+    assert!(
+        html.contains("The session's measures: 2 reviewed entries"),
+        "{html}"
+    );
+    let (charts, pictures): (Vec<&str>, Vec<&str>) = images(&html)
+        .into_iter()
+        .partition(|src| src.starts_with("data:image/svg+xml;base64,"));
+    assert_eq!(charts.len(), 4);
+    let words = [
+        "ROC",
+        "eliability",
+        "Confusion matrix at threshold 0.500",
+        "reviewed",
+    ];
+    for (src, words) in charts.into_iter().zip(words) {
+        let b64 = src.strip_prefix("data:image/svg+xml;base64,").unwrap();
+        let svg = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains(words), "{words}: {svg}");
+    }
     // Self-contained: two pictures per entry, each an embedded PNG that decodes.
-    let pictures = images(&html);
     assert_eq!(pictures.len(), 6);
     for src in pictures {
         let b64 = src.strip_prefix("data:image/png;base64,").unwrap();

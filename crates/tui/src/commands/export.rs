@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use base64::Engine as _;
 use color_eyre::eyre::{Result, WrapErr};
-use cxr_core::queue::{Order, Queue, QueueItem};
+use cxr_core::evaluation::{self, Scored};
+use cxr_core::queue::{Label, Order, Predicted, Queue, QueueItem};
 use cxr_core::render::class_display_name;
 use cxr_core::xray::Xray;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::cli::ExportFormat;
+use crate::plots;
 
 /// Width of the pictures in the HTML report, in pixels.
 const THUMBNAIL: u32 = 320;
@@ -150,6 +152,7 @@ fn figure(caption: &str, picture: Result<String, String>) -> Markup {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;background:#f4f4f4;color:#111}\
 h1{font-size:1.4em}table.summary td{padding:0 1em 0 0}\
+section.charts figure img{width:480px}\
 section.entry{background:#fff;border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:1em}\
 section.entry h2{font-size:1.1em;margin:0 0 .5em 0}\
 .pictures{display:flex;flex-wrap:wrap;gap:1em}\
@@ -179,6 +182,7 @@ fn html(dir: &Path, items: &[&QueueItem]) -> String {
                     tr { td { "reviewed" } td #reviewed { (reviewed) } }
                     tr { td { "pending" } td #pending { (items.len() - reviewed) } }
                 }
+                (review_charts(items))
                 @for item in items {
                     (entry(item))
                 }
@@ -188,6 +192,83 @@ fn html(dir: &Path, items: &[&QueueItem]) -> String {
     let mut page = page.into_string();
     page.push('\n');
     page
+}
+
+/// The session's charts, as `cxr eval --plots` draws them (ROC, reliability, confusion,
+/// flag and silent-wrong rates), with the reviewers' labels as the truth and the predictions
+/// the queue kept: an entry labelled the positive class or `normal` counts, another class
+/// (`pneumonia`) only in the contrast against `normal`; skips and entries without a
+/// prediction are left out. Nothing when no entry counts.
+fn review_charts(items: &[&QueueItem]) -> Markup {
+    const SOURCE: &str = "reviewed";
+    let negative = Label::Normal.as_str();
+    let reviewed: Vec<(&str, &Predicted)> = items
+        .iter()
+        .filter_map(|item| {
+            let label = item.state.review.as_ref()?.label.as_str();
+            Some((label, item.state.predicted.as_ref()?))
+        })
+        .filter(|(label, _)| *label != Label::Skip.as_str())
+        .collect();
+    let Some((_, first)) = reviewed.first() else {
+        return html! {};
+    };
+    let positive = first.positive.as_str();
+    let probability = |p: &Predicted, class: &str| p.probabilities.get(class).copied();
+    let scored: Vec<Scored<'_>> = reviewed
+        .iter()
+        .filter(|(_, p)| p.positive == positive)
+        .filter_map(|(label, p)| {
+            Some(Scored {
+                source: SOURCE,
+                label,
+                score: probability(p, positive)?,
+                abnormal: 1.0 - probability(p, negative)?,
+                flags: &p.flags,
+            })
+        })
+        .collect();
+    if !scored
+        .iter()
+        .any(|s| s.label == positive || s.label == negative)
+    {
+        return html! {};
+    }
+    let classes = [positive.to_owned(), negative.to_owned()];
+    let by_source = evaluation::by_source(&scored, &classes, first.threshold);
+    let charts = plots::Evaluation {
+        points: scored
+            .iter()
+            .map(|s| plots::Point {
+                source: SOURCE,
+                score: s.score,
+                abnormal: s.abnormal,
+                positive: [positive, negative]
+                    .iter()
+                    .position(|c| *c == s.label)
+                    .map(|i| i == 0),
+            })
+            .collect(),
+        threshold: first.threshold,
+        classes: (positive, negative),
+        by_source: &by_source,
+    };
+    html! {
+        section.charts {
+            h2 { "The session's measures: " (scored.len()) " reviewed entries, the reviewers' labels as truth" }
+            .pictures {
+                @for name in plots::CHARTS {
+                    @let picture = plots::svg(name, &charts)
+                        .map(|svg| format!(
+                            "data:image/svg+xml;base64,{}",
+                            base64::engine::general_purpose::STANDARD.encode(svg)
+                        ))
+                        .map_err(|e| e.to_string());
+                    (figure(name, picture))
+                }
+            }
+        }
+    }
 }
 
 /// One queue entry's section: its pictures (decoded and scaled here), prediction and review.
