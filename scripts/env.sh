@@ -24,7 +24,7 @@ if ! "$VENV/bin/python" -c "import onnxruntime, onnx, PIL, sys; sys.exit(onnxrun
 fi
 # jsonschema: the tests check real reports against docs/schema with it.
 if ! "$VENV/bin/python" -c "import jsonschema" 2>/dev/null; then
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check jsonschema
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check jsonschema==4.26.0
 fi
 CXR_ONNXRUNTIME="$(echo "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*)"
 export CXR_ONNXRUNTIME
