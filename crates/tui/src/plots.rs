@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{Result, eyre};
-use cxr_core::evaluation::SourceMetrics;
+use cxr_core::evaluation::{Scored, SourceMetrics};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters_backend::text_anchor::{HPos, Pos, VPos};
@@ -34,6 +34,37 @@ pub struct Evaluation<'a> {
     pub classes: (&'a str, &'a str),
     /// The per-source measures eval's table shows (the rates chart draws them).
     pub by_source: &'a BTreeMap<String, SourceMetrics>,
+}
+
+impl<'a> Evaluation<'a> {
+    /// The charts of `scored` images: each label is the truth against `classes` (positive,
+    /// negative); another label (`pneumonia`) enters only the contrast against the negatives.
+    #[must_use]
+    pub fn of(
+        scored: &[Scored<'a>],
+        classes: (&'a str, &'a str),
+        threshold: f32,
+        by_source: &'a BTreeMap<String, SourceMetrics>,
+    ) -> Self {
+        let points = scored
+            .iter()
+            .map(|s| Point {
+                source: s.source,
+                score: s.score,
+                abnormal: s.abnormal,
+                positive: [classes.0, classes.1]
+                    .iter()
+                    .position(|c| *c == s.label)
+                    .map(|i| i == 0),
+            })
+            .collect();
+        Self {
+            points,
+            threshold,
+            classes,
+            by_source,
+        }
+    }
 }
 
 const SIZE: (u32, u32) = (800, 600);

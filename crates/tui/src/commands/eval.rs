@@ -158,25 +158,12 @@ fn draw_plots(
     threshold: f32,
     by_source: &BTreeMap<String, SourceMetrics>,
 ) -> Result<Vec<PathBuf>> {
-    let evaluation = plots::Evaluation {
-        points: scored
-            .iter()
-            .map(|(row, (score, abnormal), _)| plots::Point {
-                source: &row.source,
-                score: *score,
-                abnormal: *abnormal,
-                positive: classes
-                    .iter()
-                    .take(2)
-                    .position(|c| *c == row.label)
-                    .map(|i| i == 0),
-            })
-            .collect(),
-        threshold,
-        classes: (&classes[0], &classes[1]),
-        by_source,
-    };
-    plots::write(dir, &evaluation)
+    let scored = as_scored(scored);
+    let classes = (classes[0].as_str(), classes[1].as_str());
+    plots::write(
+        dir,
+        &plots::Evaluation::of(&scored, classes, threshold, by_source),
+    )
 }
 
 /// The charts as a Markdown list of links (SVG, and the PNG beside it).

@@ -236,23 +236,7 @@ fn review_charts(items: &[&QueueItem]) -> Markup {
     }
     let classes = [positive.to_owned(), negative.to_owned()];
     let by_source = evaluation::by_source(&scored, &classes, first.threshold);
-    let charts = plots::Evaluation {
-        points: scored
-            .iter()
-            .map(|s| plots::Point {
-                source: SOURCE,
-                score: s.score,
-                abnormal: s.abnormal,
-                positive: [positive, negative]
-                    .iter()
-                    .position(|c| *c == s.label)
-                    .map(|i| i == 0),
-            })
-            .collect(),
-        threshold: first.threshold,
-        classes: (positive, negative),
-        by_source: &by_source,
-    };
+    let charts = plots::Evaluation::of(&scored, (positive, negative), first.threshold, &by_source);
     html! {
         section.charts {
             h2 { "The session's measures: " (scored.len()) " reviewed entries, the reviewers' labels as truth" }
