@@ -629,10 +629,14 @@ pub enum TrainCommand {
         /// Adam's learning rate.
         #[arg(long, default_value_t = 2e-3)]
         learning_rate: f64,
-        /// Channels of the U-Net's first stage (each of its four down-steps doubles them). 8
-        /// costs a quarter of the FLOPs of 16.
+        /// Channels of the U-Net's first stage (each down-step doubles them). 8 costs a
+        /// quarter of the FLOPs of 16.
         #[arg(long, default_value_t = 8)]
         base: i64,
+        /// The U-Net's 2x down-steps, 1 to 5 (--side must be divisible by 2^depth). A fifth
+        /// adds a 7x7 level at 224 px: +24% FLOPs (see the segmenter's card).
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
         /// Side of the square the segmenter sees, a multiple of 16 from 64 to 512 [default: 224]
         #[arg(long, default_value_t = cxr_core::preprocess::SEGMENTER_SIDE, hide_default_value = true)]
         side: u32,

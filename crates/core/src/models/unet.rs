@@ -17,8 +17,9 @@ pub struct UNetConfig {
 }
 
 impl UNetConfig {
-    /// `base` channels, depth 4. At 16 (the segmenter shipped before the lean one): 1.9 M
-    /// parameters, 6.0 GFLOP per 256x256 image; at 8: 0.49 M, 1.16 GFLOP at 224x224.
+    /// `base` channels, depth 4. At 16 (the segmenter shipped before the lean ones): 1.9 M
+    /// parameters, 6.0 GFLOP per 256x256 image; at 8: 0.49 M, 1.16 GFLOP at 224x224 (at depth
+    /// 5, tried and not shipped: 1.9 M, 1.43 GFLOP; see the segmenter's card).
     #[must_use]
     pub fn with_base(base: i64) -> Self {
         Self {

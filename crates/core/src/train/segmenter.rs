@@ -34,6 +34,8 @@ pub struct SegmenterPlan {
     pub base: i64,
     /// Side of the square input.
     pub side: u32,
+    /// 2x down-steps; the side must be divisible by 2^depth.
+    pub depth: usize,
 }
 
 impl Default for SegmenterPlan {
@@ -43,7 +45,24 @@ impl Default for SegmenterPlan {
         Self {
             base: 8,
             side: crate::preprocess::SEGMENTER_SIDE,
+            depth: 4,
         }
+    }
+}
+
+impl SegmenterPlan {
+    /// The network this plan makes, refused (before any data is read) when its channels or
+    /// depth are out of range or the side is not a multiple of 2^depth.
+    pub fn config(&self) -> Result<UNetConfig> {
+        let config = UNetConfig {
+            depth: self.depth,
+            ..UNetConfig::with_base(self.base)
+        };
+        config.check().map_err(CoreError::Invalid)?;
+        crate::preprocess::check_segmenter_side(self.side, config.down_sampling()).map_err(
+            |reason| CoreError::Invalid(format!("a side of {} px: {reason}", self.side)),
+        )?;
+        Ok(config)
     }
 }
 
@@ -158,6 +177,7 @@ pub fn train(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(UNetSegmenter, SegmenterRecord)> {
     let started = Instant::now();
+    let config = plan.config()?;
     let rows = Manifest::read_all(&options.manifests)?.masks;
     if rows.is_empty() {
         return Err(CoreError::data(
@@ -182,10 +202,6 @@ pub fn train(
     );
     let inputs = standardise(&pixels);
 
-    let config = UNetConfig::with_base(plan.base);
-    config.check().map_err(CoreError::Invalid)?;
-    crate::preprocess::check_segmenter_side(side, config.down_sampling())
-        .map_err(|reason| CoreError::Invalid(format!("a side of {side} px: {reason}")))?;
     // Each source weighs the same, in training (its images repeated up to the largest source's
     // count) and in model selection (the mean of the sources' validation Dice): the V7 masks
     // are a third of the JSRT ones in number and harder.
@@ -464,4 +480,34 @@ pub fn evaluate<'a>(
         }
     });
     first_error.map_or(Ok(metrics), |e| Err(CoreError::Invalid(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan's network is checked before any data is read: depth within 1-5 and a side the
+    /// down-steps divide.
+    #[test]
+    fn a_plan_refuses_a_side_its_depth_does_not_divide() {
+        let shipped = SegmenterPlan::default().config().unwrap();
+        assert_eq!((shipped.base, shipped.depth), (8, 4));
+        let deeper = |side, depth| {
+            SegmenterPlan {
+                side,
+                depth,
+                ..SegmenterPlan::default()
+            }
+            .config()
+        };
+        assert_eq!(deeper(224, 5).unwrap().down_sampling(), 32);
+        let err = deeper(240, 5).unwrap_err().to_string();
+        assert!(
+            err.contains("240 px") && err.contains("multiple of 32"),
+            "{err}"
+        );
+        assert!(deeper(240, 4).is_ok());
+        let err = deeper(224, 6).unwrap_err().to_string();
+        assert!(err.contains("depth is 6"), "{err}");
+    }
 }

@@ -97,6 +97,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
             learning_rate,
             base,
             side,
+            depth,
         } => {
             let options = TrainOptions {
                 manifests: manifests_or(manifests, "lungseg/manifest.csv")?,
@@ -107,7 +108,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 device: compute.device,
                 init: common.init.clone(),
             };
-            let plan = train::segmenter::SegmenterPlan { base, side };
+            let plan = train::segmenter::SegmenterPlan { base, side, depth };
             let (model, record) = train::segmenter::train(&options, plan, &mut print_epoch)
                 .wrap_err("training the segmenter")?;
             let files = ModelFiles::new(&out_dir(&common), SEGMENTER_NAME);
