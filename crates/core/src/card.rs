@@ -39,6 +39,12 @@ fn training_section(out: &mut String, t: &TrainingRecord) {
         s.test.images,
         s.test.patients
     );
+    if let Some(init_seed) = t.init_seed {
+        let _ = writeln!(
+            out,
+            "- Initial weights, augmentation and batch order from seed {init_seed}"
+        );
+    }
     let _ = writeln!(
         out,
         "- {} epochs (best on validation: epoch {}), batch {}, AdamW, learning rate {} with cosine decay",

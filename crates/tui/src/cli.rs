@@ -774,6 +774,10 @@ pub struct TrainArgs {
     /// Seed of the patient split, the initial weights and the batch order.
     #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
     pub seed: u64,
+    /// Seed of the initial weights, the augmentation and the batch order only, the patient
+    /// split staying --seed's: another run on the same split [default: --seed]
+    #[arg(long, value_name = "N")]
+    pub init_seed: Option<u64>,
     /// Start from these weights (a .safetensors file of the same architecture) and fine-tune.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,

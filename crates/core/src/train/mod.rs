@@ -24,13 +24,24 @@ pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// Seed of the patient split (and, without `init_seed`, of everything else).
     pub seed: u64,
+    /// Seed of the initial weights, the augmentation and the batch order, when it should differ
+    /// from `seed`: another training run on the same split, to see how much a figure moves
+    /// from run to run.
+    pub init_seed: Option<u64>,
     pub device: Device,
     /// Start from these weights (a model of the same architecture) instead of random ones.
     pub init: Option<PathBuf>,
 }
 
 impl TrainOptions {
+    /// The seed of everything random in a run but the split.
+    #[must_use]
+    pub fn run_seed(&self) -> u64 {
+        self.init_seed.unwrap_or(self.seed)
+    }
+
     /// The manifests as one path-like name for messages and records (`a.csv + b.csv`).
     #[must_use]
     pub fn manifest_list(&self) -> PathBuf {
@@ -112,6 +123,9 @@ pub struct TrainingRecord {
     /// The weights training started from, when not random (fine-tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initialised_from: Option<String>,
+    /// The seed of the initial weights, augmentation and batch order, when not `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<u64>,
 }
 
 /// What [`classifier::TrainOnly`] images a model was trained with: they are always in the
@@ -240,6 +254,7 @@ fn record(
         date: today(),
         train_only: None,
         initialised_from: options.init.as_ref().map(|p| p.display().to_string()),
+        init_seed: options.init_seed,
     }
 }
 

@@ -185,7 +185,7 @@ pub fn train(
             "expected a lung-mask manifest (image,mask,patient)",
         ));
     }
-    let mut rng = super::seeded(options.seed);
+    let mut rng = super::seeded(options.run_seed());
     let side = plan.side;
     let pairs: Vec<Pair> = rows
         .iter()

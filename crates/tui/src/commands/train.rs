@@ -105,6 +105,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 batch_size,
                 learning_rate,
                 seed: common.seed,
+                init_seed: common.init_seed,
                 device: compute.device,
                 init: common.init.clone(),
             };
@@ -147,6 +148,7 @@ pub fn run(command: TrainCommand, models: &Path, compute: Compute) -> Result<Exi
                 batch_size,
                 learning_rate,
                 seed: common.seed,
+                init_seed: common.init_seed,
                 device: compute.device,
                 init: common.init.clone(),
             };
@@ -399,6 +401,7 @@ fn refit_trust(
         batch_size: 64,
         learning_rate: 0.0,
         seed,
+        init_seed: None,
         device: compute.device,
         init: None,
     };

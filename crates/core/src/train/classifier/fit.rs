@@ -34,7 +34,7 @@ pub(super) fn fit(
     defences: &Defences,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<Fit> {
-    let mut rng = crate::train::seeded(options.seed);
+    let mut rng = crate::train::seeded(options.run_seed());
     let classes = data.classes.clone();
     let config = ResNetConfig {
         num_classes: classes.len() as i64,
