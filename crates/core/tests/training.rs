@@ -11,8 +11,8 @@ use cxr_core::train::TrainOptions;
 use cxr_core::train::segmenter::{self, SegmenterPlan};
 use image::{GrayImage, Luma};
 
-/// 24 patients' 64x64 radiographs with two bright-edged dark "lungs" of varied size and place,
-/// and their masks, in a lung-mask manifest (image,mask,patient) under `dir`.
+/// 24 patients' 64x64 radiographs with two dark "lungs" of varied size and place on a brighter,
+/// textured background, and their masks, in a lung-mask manifest (image,mask,patient) under `dir`.
 fn synthetic_masks(dir: &Path) -> std::path::PathBuf {
     let mut csv = String::from("image,mask,patient\n");
     for p in 0..24u32 {

@@ -771,7 +771,8 @@ pub struct TrainArgs {
     /// models folder replaces the shipped model: pass another folder to keep it.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Seed of the patient split, the initial weights and the batch order.
+    /// Seed of the patient split, and (without --init-seed) of the initial weights, the
+    /// augmentation and the batch order.
     #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
     pub seed: u64,
     /// Seed of the initial weights, the augmentation and the batch order only, the patient
