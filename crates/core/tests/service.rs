@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cxr_core::cache::Cache;
 use cxr_core::explain::{
-    ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, MethodSpec, Param,
+    ExplainInput, Explainer, ExplainerConfig, Explanation, Heatmap, Method, MethodSpec, Param,
 };
 use cxr_core::input::Gate;
 use cxr_core::models::Classifier;
@@ -94,6 +94,16 @@ fn service(cache: &Path) -> Service {
     Service::new(pipeline, Cache::new(cache))
 }
 
+/// A registered explainer with its default parameters.
+fn method(name: &str) -> Method {
+    MethodSpec {
+        name: name.into(),
+        params: String::new(),
+    }
+    .build()
+    .unwrap()
+}
+
 fn quick() -> Settings {
     let mut settings = Settings::default();
     settings.checks.faithfulness = false;
@@ -105,12 +115,7 @@ fn a_second_request_is_served_from_the_cache_without_running_anything() {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path());
     let sample = root().join("samples/nih_00001299_000.png");
-    let method = MethodSpec {
-        name: "test-counting".into(),
-        params: String::new(),
-    }
-    .build()
-    .unwrap();
+    let method = method("test-counting");
     let settings = quick();
 
     let first = Image::read(&sample, Gate::TRUSTED).unwrap();
@@ -196,12 +201,7 @@ fn a_target_that_is_no_class_is_an_error_naming_the_classes() {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path());
     let image = Image::read(&root().join("samples/nih_00001299_000.png"), Gate::TRUSTED).unwrap();
-    let method = MethodSpec {
-        name: "test-counting".into(),
-        params: String::new(),
-    }
-    .build()
-    .unwrap();
+    let method = method("test-counting");
     let mut settings = quick();
     settings.target = Target::Class("nromal".into());
     let err = service
@@ -216,12 +216,7 @@ fn raw_arrays_come_from_memory_the_cache_or_a_second_run_alike() {
     let dir = tempfile::tempdir().unwrap();
     let service = service(dir.path());
     let sample = root().join("samples/hannover_b343e657.png");
-    let method = MethodSpec {
-        name: "test-brightness".into(),
-        params: String::new(),
-    }
-    .build()
-    .unwrap();
+    let method = method("test-brightness");
     let settings = quick();
 
     // Computed now: the explanation at hand, kept in the cache for later.

@@ -10,9 +10,21 @@ use std::process::Command;
 
 use support::{repo, sample};
 
-/// The project's virtualenv's Python (scripts/env.sh installs numpy there).
-fn python() -> std::path::PathBuf {
-    repo().join(".venv/bin/python")
+/// Runs `crates/tui/tests/support/SCRIPT ARGS` with the project's virtualenv's Python
+/// (scripts/env.sh installs numpy, Pillow and jsonschema there): its stdout when it succeeds,
+/// else its stdout and stderr.
+fn support_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Result<String, String> {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("crates/tui/tests/support").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 fn explain_raw(out: &Path, methods: &str) -> serde_json::Value {
@@ -38,18 +50,8 @@ fn raw_arrays_read_back_in_numpy_match_the_report() {
     let index = report["raw"].as_str().unwrap();
     assert!(index.ends_with("raw/hannover_2c35005f.raw.json"), "{index}");
     let written = dir.path().join("hannover_2c35005f.json");
-    let checked = Command::new(python())
-        .arg(repo().join("crates/tui/tests/support/check_raw.py"))
-        .arg(&written)
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    let measured: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    let checked = support_script("check_raw.py", &[&written]).unwrap_or_else(|e| panic!("{e}"));
+    let measured: serde_json::Value = serde_json::from_str(&checked).unwrap();
     assert_eq!(
         measured["grad-cam"]["full_shape"],
         serde_json::json!([report["height"], report["width"]])
@@ -60,23 +62,10 @@ fn raw_arrays_read_back_in_numpy_match_the_report() {
 /// Validates `documents` against `docs/schema/SCHEMA` with Python's `jsonschema` (in the
 /// project's .venv, installed by scripts/env.sh); the validator's output when they fail.
 fn validate(schema: &str, documents: &[&Path]) -> Result<(), String> {
-    let out = Command::new(python())
-        .arg(repo().join("crates/tui/tests/support/validate_json.py"))
-        .arg(repo().join("docs/schema"))
-        .arg(schema)
-        .args(documents)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(text)
-    }
+    let schemas = repo().join("docs/schema");
+    let mut args = vec![schemas.as_os_str(), schema.as_ref()];
+    args.extend(documents.iter().map(|d| d.as_os_str()));
+    support_script("validate_json.py", &args).map(|_| ())
 }
 
 #[test]
@@ -148,15 +137,6 @@ fn eval_plots_are_drawn_linked_and_read_back() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["plots"].as_array().unwrap().len(), 4);
     // Parsed by Python's XML parser and Pillow: elements, words and the PNGs' size.
-    let read = Command::new(python())
-        .arg(repo().join("crates/tui/tests/support/plot_structure.py"))
-        .arg(&plots)
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    insta::assert_snapshot!(String::from_utf8_lossy(&read.stdout));
+    let read = support_script("plot_structure.py", &[&plots]).unwrap_or_else(|e| panic!("{e}"));
+    insta::assert_snapshot!(read);
 }
