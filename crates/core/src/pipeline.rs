@@ -70,17 +70,17 @@ impl LungBox {
     /// radiograph; `None` when the mask has no lung.
     #[must_use]
     pub fn of(mask: &LungMask, width: u32, height: u32) -> Option<Self> {
-        let (x0, y0, x1, y1) = crate::render::mask_box(mask)?;
+        let lungs = crate::mask::lung_box(mask)?;
         let (mw, mh) = mask.dimensions();
         let scale = |v: u32, from: u32, to: u32| {
             u32::try_from(u64::from(v) * u64::from(to) / u64::from(from.max(1))).unwrap_or(to)
         };
-        let (x, y) = (scale(x0, mw, width), scale(y0, mh, height));
+        let (x, y) = (scale(lungs.x0, mw, width), scale(lungs.y0, mh, height));
         Some(Self {
             x,
             y,
-            width: scale(x1, mw, width).saturating_sub(x).max(1),
-            height: scale(y1, mh, height).saturating_sub(y).max(1),
+            width: scale(lungs.x1, mw, width).saturating_sub(x).max(1),
+            height: scale(lungs.y1, mh, height).saturating_sub(y).max(1),
         })
     }
 

@@ -304,17 +304,15 @@ pub fn feather(mask: &[f32], side: usize) -> Vec<f32> {
 /// The square crop around the lungs.
 fn lung_crop(mask: &LungMask) -> CropBox {
     let (w, h) = mask.dimensions();
-    let mut bounds: Option<(u32, u32, u32, u32)> = None;
-    for (x, y, p) in mask.enumerate_pixels() {
-        if p.0[0] >= 128 {
-            let b = bounds.get_or_insert((x, y, x, y));
-            *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
-        }
-    }
-    let (x0, y0, x1, y1) = bounds.unwrap_or((0, 0, w - 1, h - 1));
-    let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
+    let lungs = crate::mask::lung_box(mask).unwrap_or(crate::mask::LungBox {
+        x0: 0,
+        y0: 0,
+        x1: w,
+        y1: h,
+    });
+    let (bw, bh) = (lungs.width() as f32, lungs.height() as f32);
     let side = bw.max(bh) * (1.0 + 2.0 * CROP_MARGIN);
-    let (cx, cy) = (x0 as f32 + bw / 2.0, y0 as f32 + bh / 2.0);
+    let (cx, cy) = (lungs.x0 as f32 + bw / 2.0, lungs.y0 as f32 + bh / 2.0);
     CropBox {
         x0: cx - side / 2.0,
         y0: cy - side / 2.0,

@@ -133,21 +133,15 @@ fn largest_region(mask: &GrayImage) -> usize {
 pub fn descriptor(mask: &LungMask) -> Option<Vec<f32>> {
     let w = mask.width() as usize;
     let raw = mask.as_raw();
-    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-    for (i, _) in raw.iter().enumerate().filter(|(_, v)| **v >= 128) {
-        let (x, y) = (i % w, i / w);
-        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
-    }
-    if x0 == usize::MAX {
-        return None;
-    }
+    let lungs = crate::mask::lung_box(mask)?;
+    let (x0, y0) = (lungs.x0 as usize, lungs.y0 as usize);
     // Each cell averages its share of the box, at least one pixel (a box narrower than the
     // grid repeats pixels rather than leaving cells empty).
     let span = |start: usize, length: usize, cell: usize| {
         let from = start + cell * length / GRID;
         from..(start + (cell + 1) * length / GRID).max(from + 1)
     };
-    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+    let (bw, bh) = (lungs.width() as usize, lungs.height() as usize);
     let mut out = Vec::with_capacity(GRID * GRID);
     for gy in 0..GRID {
         let rows = span(y0, bh, gy);

@@ -80,18 +80,10 @@ pub struct LungShape {
 impl LungShape {
     #[must_use]
     pub fn of(mask: &LungMask) -> Self {
-        let mut bounds: Option<(u32, u32, u32, u32)> = None;
-        for (x, y, p) in mask.enumerate_pixels() {
-            if p.0[0] >= 128 {
-                let b = bounds.get_or_insert((x, y, x, y));
-                *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
-            }
-        }
         Self {
             fraction: crate::mask::coverage(mask),
-            aspect: bounds.map_or(0.0, |(x0, y0, x1, y1)| {
-                (x1 - x0 + 1) as f32 / (y1 - y0 + 1) as f32
-            }),
+            aspect: crate::mask::lung_box(mask)
+                .map_or(0.0, |b| b.width() as f32 / b.height() as f32),
         }
     }
 }

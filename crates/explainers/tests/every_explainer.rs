@@ -117,7 +117,8 @@ fn overlays_have_a_header_and_no_crop_wash() {
         "{light} light, {dark} dark"
     );
     // Outside the lung box (plus the fade margin): the radiograph, untouched.
-    let (x0, y0, x1, y1) = cxr_core::render::mask_box(&f.analysis.mask).unwrap();
+    let lungs = cxr_core::mask::lung_box(&f.analysis.mask).unwrap();
+    let (x0, y0, x1, y1) = (lungs.x0, lungs.y0, lungs.x1, lungs.y1);
     let margin = report::fade_margin(w, h);
     let crop = f.analysis.input.crop;
     let (mut outside, mut differ, mut in_crop) = (0, 0, 0);

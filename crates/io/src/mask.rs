@@ -75,6 +75,51 @@ fn fill_holes(mut framed: LungMask) -> LungMask {
     LungMask::from_raw(w, h, inside.collect()).expect("the frame's inside")
 }
 
+/// The lungs' bounding box: the pixels at or above 128, `x0..x1` by `y0..y1` (half-open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LungBox {
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+}
+
+impl LungBox {
+    #[must_use]
+    pub fn width(&self) -> u32 {
+        self.x1 - self.x0
+    }
+
+    #[must_use]
+    pub fn height(&self) -> u32 {
+        self.y1 - self.y0
+    }
+}
+
+/// The bounding box of the lung pixels (at or above 128), `None` when there are none.
+#[must_use]
+pub fn lung_box(mask: &LungMask) -> Option<LungBox> {
+    let w = mask.width() as usize;
+    let mut found: Option<LungBox> = None;
+    for (y, row) in mask.as_raw().chunks_exact(w.max(1)).enumerate() {
+        let (Some(first), Some(last)) = (
+            row.iter().position(|&v| v >= 128),
+            row.iter().rposition(|&v| v >= 128),
+        ) else {
+            continue;
+        };
+        let (x0, x1, y) = (first as u32, last as u32 + 1, y as u32);
+        let b = found.get_or_insert(LungBox {
+            x0,
+            y0: y,
+            x1,
+            y1: y + 1,
+        });
+        (b.x0, b.x1, b.y1) = (b.x0.min(x0), b.x1.max(x1), y + 1);
+    }
+    found
+}
+
 /// Fraction of the image covered by lung.
 #[must_use]
 pub fn coverage(mask: &LungMask) -> f32 {
@@ -107,6 +152,30 @@ mod tests {
         mask.rows()
             .map(|r| r.map(|p| if p.0[0] == LUNG { '#' } else { '.' }).collect())
             .collect()
+    }
+
+    #[test]
+    fn the_lung_box_spans_every_pixel_at_or_above_128_and_nothing_else() {
+        assert_eq!(lung_box(&from_rows(&["....", "~~~~"])), None);
+        let mask = from_rows(&[
+            "~~~~~~~~", //
+            "...+....", "..#.....", "......#.", "........",
+        ]);
+        let b = lung_box(&mask).unwrap();
+        assert_eq!(
+            b,
+            LungBox {
+                x0: 2,
+                y0: 1,
+                x1: 7,
+                y1: 4
+            }
+        );
+        assert_eq!((b.width(), b.height()), (5, 3));
+        assert_eq!(
+            lung_box(&from_rows(&["#"])).map(|b| (b.width(), b.height())),
+            Some((1, 1))
+        );
     }
 
     #[test]

@@ -322,8 +322,10 @@ pub enum Command {
         manifests: Vec<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
-        /// Write one CSV row per image (file, source, truth, probability, label, familiarity,
-        /// flags) to this file, to find the false positives.
+        /// Write one CSV row per image to this file, to find the false positives and the bad
+        /// masks: for labelled images file, source, truth, probability, label, familiarity,
+        /// flags; for lung-mask images file, source, dice, iou, implausible, error (into
+        /// FILE.masks.csv when the manifests hold both kinds).
         #[arg(long, value_name = "FILE.csv")]
         per_image: Option<PathBuf>,
         /// Draw the classifier's evaluation into this folder, as SVG and PNG: ROC pooled and

@@ -546,6 +546,79 @@ fn eval_groups_by_source_and_writes_per_image_rows() {
     );
 }
 
+/// `--per-image` on a lung-mask manifest: each image's Dice, `IoU` and shape flag against its
+/// reference mask, or why it failed; beside a labelled manifest the mask rows get a file of
+/// their own.
+#[test]
+fn eval_writes_each_masks_dice_and_failure_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sample("hannover_2c35005f.png");
+    let out = cxr(&[
+        "segment".as_ref(),
+        image.as_os_str(),
+        "--out".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let own = dir.path().join("hannover_2c35005f.mask.png");
+    let (w, h) = image::image_dimensions(&own).unwrap();
+    let empty = dir.path().join("empty.png");
+    image::GrayImage::new(w, h).save(&empty).unwrap();
+    let manifest = dir.path().join("masks.csv");
+    let rows = [
+        (image.clone(), own.clone(), "p1"),
+        (image.clone(), empty, "p2"),
+        (dir.path().join("gone.png"), own, "p3"),
+    ];
+    let mut text = String::from("image,mask,patient\n");
+    for (image, mask, patient) in &rows {
+        text += &format!("{},{},{patient}\n", image.display(), mask.display());
+    }
+    std::fs::write(&manifest, text).unwrap();
+    let per_image = dir.path().join("rows.csv");
+    let eval = |manifests: &[&Path]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["eval".as_ref()];
+        args.extend(manifests.iter().map(|m| m.as_os_str()));
+        args.extend(["--per-image".as_ref(), per_image.as_os_str()]);
+        cxr(&args)
+    };
+    let out = eval(&[&manifest]);
+    // The missing image fails alone.
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_lines(&out)[0]["failed"], 1);
+    let read = |path: &Path| -> Vec<Vec<String>> {
+        csv::Reader::from_path(path)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect()
+    };
+    let header = csv::Reader::from_path(&per_image)
+        .unwrap()
+        .headers()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        ["file", "source", "dice", "iou", "implausible", "error"]
+    );
+    let lines = read(&per_image);
+    assert_eq!(lines.len(), 3);
+    let dice = |line: &[String]| line[2].parse::<f64>().unwrap();
+    // Its own mask: the same lungs (ONNX Runtime wrote it, libtorch measures it); none at all: 0.
+    assert!(dice(&lines[0]) > 0.99, "{:?}", lines[0]);
+    assert_eq!(lines[0][4], "false");
+    assert_eq!(dice(&lines[1]), 0.0);
+    assert!(lines[2][2].is_empty() && lines[2][2..5].iter().all(String::is_empty));
+    assert!(lines[2][5].contains("gone.png"), "{:?}", lines[2]);
+
+    // With labelled images too: those rows in FILE, the masks' in FILE.masks.csv.
+    let out = eval(&[&repo().join("samples/manifest.csv"), &manifest]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(read(&per_image).len(), 6);
+    assert_eq!(read(&dir.path().join("rows.masks.csv")), lines);
+}
+
 #[test]
 fn photographs_and_drawings_are_refused_not_classified() {
     let fixtures = repo().join("crates/core/tests/fixtures");

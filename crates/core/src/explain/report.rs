@@ -194,7 +194,7 @@ pub fn overlay(
     let (w, h) = (analysis.xray.width(), analysis.xray.height());
     let crop = &analysis.input.crop;
     let mut heat = explanation.heatmap.to_original(crop, w, h);
-    if let Some(lungs) = render::mask_box(&analysis.mask) {
+    if let Some(lungs) = crate::mask::lung_box(&analysis.mask) {
         render::fade_outside(&mut heat.values, w, h, lungs, fade_margin(w, h));
     }
     let base = analysis.xray.original.to_luma8();

@@ -1,24 +1,18 @@
-//! The fade of heat beyond the lungs' box, and that box.
+//! The fade of heat beyond the lungs' box.
 
-use image::GrayImage;
+use crate::mask::LungBox;
 
-/// Heat faded to zero outside the box `(x0, y0, x1, y1)` (half-open, image pixels): 1 inside,
+/// Heat faded to zero outside `lungs` (image pixels): 1 inside,
 /// falling linearly to 0 over `margin` pixels outside, exactly 0 beyond. An explainer's map
 /// covers the classifier's whole square crop; without this its low values would show the crop
 /// as a pale rectangle around the lungs.
-pub fn fade_outside(
-    heat: &mut [f32],
-    width: u32,
-    height: u32,
-    (x0, y0, x1, y1): (u32, u32, u32, u32),
-    margin: u32,
-) {
+pub fn fade_outside(heat: &mut [f32], width: u32, height: u32, lungs: LungBox, margin: u32) {
     assert_eq!(heat.len(), width as usize * height as usize, "heat size");
     let margin = margin.max(1) as f32;
     for y in 0..height {
-        let dy = beyond(y, y0, y1);
+        let dy = beyond(y, lungs.y0, lungs.y1);
         for x in 0..width {
-            let dx = beyond(x, x0, x1);
+            let dx = beyond(x, lungs.x0, lungs.x1);
             if dx == 0 && dy == 0 {
                 continue;
             }
@@ -27,21 +21,6 @@ pub fn fade_outside(
             heat[y as usize * width as usize + x as usize] *= weight;
         }
     }
-}
-
-/// Bounding box (half-open) of the pixels >= 128 of a mask, or `None` when there are none.
-#[must_use]
-pub fn mask_box(mask: &GrayImage) -> Option<(u32, u32, u32, u32)> {
-    let mut bounds: Option<(u32, u32, u32, u32)> = None;
-    for (x, y, p) in mask.enumerate_pixels() {
-        if p.0[0] >= 128 {
-            bounds = Some(match bounds {
-                None => (x, y, x + 1, y + 1),
-                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)),
-            });
-        }
-    }
-    bounds
 }
 
 /// How many pixels `v` lies outside the half-open span `lo..hi` (0 inside it).

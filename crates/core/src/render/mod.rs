@@ -20,7 +20,7 @@ use self::{colormap::*, legend::*};
 
 pub use colormap::Colormap;
 pub use edges::{label_edges, mask_edges};
-pub use fade::{fade_outside, mask_box};
+pub use fade::fade_outside;
 pub use text::{Annotation, annotate, class_display_name, header_height};
 
 // ---------------------------------------------------------------------------------------------

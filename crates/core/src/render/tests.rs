@@ -473,7 +473,13 @@ fn small_images_do_not_panic() {
 fn fade_outside_keeps_the_box_and_zeroes_beyond_the_margin() {
     let (w, h) = (40u32, 30u32);
     let mut heat = vec![1.0f32; (w * h) as usize];
-    fade_outside(&mut heat, w, h, (10, 10, 20, 20), 4);
+    let lungs = crate::mask::LungBox {
+        x0: 10,
+        y0: 10,
+        x1: 20,
+        y1: 20,
+    };
+    fade_outside(&mut heat, w, h, lungs, 4);
     let at = |x: u32, y: u32| heat[(y * w + x) as usize];
     assert_eq!(at(10, 10), 1.0);
     assert_eq!(at(19, 19), 1.0);
@@ -486,16 +492,6 @@ fn fade_outside_keeps_the_box_and_zeroes_beyond_the_margin() {
     assert_eq!(at(24, 15), 0.0);
     assert_eq!(at(0, 0), 0.0);
     assert_eq!(at(39, 29), 0.0);
-}
-
-#[test]
-fn mask_box_is_the_bounding_box_of_the_lungs() {
-    let mut mask = GrayImage::new(20, 10);
-    assert_eq!(mask_box(&mask), None);
-    mask.put_pixel(3, 4, Luma([255]));
-    mask.put_pixel(12, 7, Luma([200]));
-    mask.put_pixel(15, 1, Luma([100])); // below one half: not lung
-    assert_eq!(mask_box(&mask), Some((3, 4, 13, 8)));
 }
 
 #[test]

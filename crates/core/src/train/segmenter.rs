@@ -97,12 +97,13 @@ impl SegmenterMetrics {
     }
 }
 
-/// One image's measures.
-#[derive(Debug, Clone, Copy)]
-struct Score {
-    dice: f64,
-    iou: f64,
-    implausible: bool,
+/// One image's measures against its reference mask.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    pub dice: f64,
+    pub iou: f64,
+    /// The shape check called the predicted mask unlike a lung pair.
+    pub implausible: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,11 +416,11 @@ fn low_resolution_dice(
 }
 
 /// Dice and `IoU` at each image's original resolution, through the full `segment` path. Every
-/// row is reported to `on_row` with its error, if any; failed rows are left out of the means.
+/// row is reported to `on_row` with its score or its error; failed rows are left out of the means.
 pub fn evaluate_each<'a>(
     model: &dyn Segmenter,
     rows: impl Iterator<Item = &'a MaskedImage>,
-    on_row: &mut dyn FnMut(&MaskedImage, Option<&CoreError>),
+    on_row: &mut dyn FnMut(&MaskedImage, std::result::Result<&Score, &CoreError>),
 ) -> SegmenterMetrics {
     let mut scores: Vec<(String, Score)> = Vec::new();
     for row in rows {
@@ -434,7 +435,7 @@ pub fn evaluate_each<'a>(
                 implausible: model.shape().and_then(|s| s.judge(&predicted)).is_some(),
             })
         })();
-        on_row(row, measured.as_ref().err());
+        on_row(row, measured.as_ref());
         scores.extend(measured.ok().map(|s| (row.source.clone(), s)));
     }
     let mut metrics = SegmenterMetrics::of(&scores.iter().map(|s| s.1).collect::<Vec<_>>());
@@ -474,8 +475,8 @@ pub fn evaluate<'a>(
     rows: impl Iterator<Item = &'a MaskedImage>,
 ) -> Result<SegmenterMetrics> {
     let mut first_error = None;
-    let metrics = evaluate_each(model, rows, &mut |_, error| {
-        if let (Some(e), None) = (error, &first_error) {
+    let metrics = evaluate_each(model, rows, &mut |_, measured| {
+        if let (Err(e), None) = (measured, &first_error) {
             first_error = Some(e.to_string());
         }
     });

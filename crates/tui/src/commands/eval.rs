@@ -10,7 +10,7 @@ use color_eyre::eyre::{Result, WrapErr};
 use cxr_core::CoreError;
 use cxr_core::cache::Cache;
 use cxr_core::compute::Compute;
-use cxr_core::data::{LabelledImage, Manifest, Split, SplitShares};
+use cxr_core::data::{LabelledImage, Manifest, MaskedImage, Split, SplitShares};
 use cxr_core::evaluation::{
     ClassifierMetrics, Scored, SourceMetrics, by_source, held_out_of, worst_source,
 };
@@ -20,7 +20,7 @@ use cxr_core::input::Gate;
 use cxr_core::models::{Classifier, ModelFiles, Prediction, UNetSegmenter, class_index};
 use cxr_core::pipeline::{Analysis, CLASSIFIER_NAME, Pipeline, SEGMENTER_NAME};
 use cxr_core::service::{Image, Service, Settings, Target};
-use cxr_core::train::segmenter::{SegmenterMetrics, evaluate_each};
+use cxr_core::train::segmenter::{Score, SegmenterMetrics, evaluate_each};
 use cxr_core::trust::Flag;
 use serde::Serialize;
 
@@ -112,6 +112,7 @@ pub fn run(
         return Ok(super::exit_code(failed));
     }
     let mut failed = 0;
+    let both = !all.labels.is_empty() && !all.masks.is_empty();
     if !all.labels.is_empty() {
         let rows: Vec<LabelledImage> = all
             .labels
@@ -128,16 +129,27 @@ pub fn run(
             .into_iter()
             .filter(|r| wanted(&r.patient, SplitShares::SEGMENTER))
             .collect();
+        let mut per_image = options
+            .per_image
+            .map(|path| csv_writer(&mask_rows_path(path, both)))
+            .transpose()?;
         let bar = super::progress(rows.len(), "evaluating the segmenter");
-        let mut seg_failed = 0;
-        let metrics = evaluate_each(&segmenter, rows.iter(), &mut |_, error| {
-            if let Some(e) = error {
+        let (mut seg_failed, mut written) = (0, Ok(()));
+        let metrics = evaluate_each(&segmenter, rows.iter(), &mut |row, measured| {
+            if let Err(e) = measured {
                 seg_failed += 1;
                 bar.suspend(|| eprintln!("cxr: {e}"));
+            }
+            if let (Some(w), Ok(())) = (&mut per_image, &written) {
+                written = w.serialize(MaskRow::of(row, measured));
             }
             bar.inc(1);
         });
         bar.finish_and_clear();
+        written?;
+        if let Some(w) = &mut per_image {
+            w.flush()?;
+        }
         eprintln!("{}", segmenter_table(&metrics));
         super::print_json(&SegmenterEval {
             manifests,
@@ -225,6 +237,56 @@ impl<'a> ImageRow<'a> {
     }
 }
 
+/// One `--per-image` row of a mask manifest: the image's Dice and `IoU` against its reference
+/// mask and whether the shape check flagged the predicted mask, or why it failed.
+#[derive(Serialize)]
+struct MaskRow<'a> {
+    file: String,
+    source: &'a str,
+    dice: Option<f64>,
+    iou: Option<f64>,
+    implausible: Option<bool>,
+    error: String,
+}
+
+impl<'a> MaskRow<'a> {
+    fn of(row: &'a MaskedImage, measured: std::result::Result<&Score, &CoreError>) -> Self {
+        let file = row.image.display().to_string();
+        match measured {
+            Ok(s) => Self {
+                file,
+                source: &row.source,
+                dice: Some(s.dice),
+                iou: Some(s.iou),
+                implausible: Some(s.implausible),
+                error: String::new(),
+            },
+            Err(e) => Self {
+                file,
+                source: &row.source,
+                dice: None,
+                iou: None,
+                implausible: None,
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Where mask rows go: `path` itself, or beside it as `NAME.masks.csv` when the labelled rows
+/// are written to `path` too.
+fn mask_rows_path(path: &Path, beside_labels: bool) -> PathBuf {
+    if beside_labels {
+        path.with_extension("masks.csv")
+    } else {
+        path.to_owned()
+    }
+}
+
+fn csv_writer(path: &Path) -> Result<csv::Writer<std::fs::File>> {
+    csv::Writer::from_path(path).wrap_err_with(|| format!("writing {}", path.display()))
+}
+
 fn evaluate_classifier(
     manifests: &[PathBuf],
     rows: &[LabelledImage],
@@ -240,12 +302,7 @@ fn evaluate_classifier(
         faithfulness: true,
         sanity: options.sanity,
     };
-    let mut per_image = match options.per_image {
-        Some(path) => Some(
-            csv::Writer::from_path(path).wrap_err_with(|| format!("writing {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let mut per_image = options.per_image.map(csv_writer).transpose()?;
     // Explained images are spread evenly over the selection, so every source is represented.
     let every = rows.len().div_ceil(options.explain_limit.max(1)).max(1);
 
