@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -424,15 +425,13 @@ fn bad_device_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected auto, cpu, cuda"));
 }
 
-#[test]
-fn segment_writes_same_size_binary_masks() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = sample("hannover_2c35005f.png");
+/// `cxr segment IMAGE --out DIR`, which must succeed.
+fn segment_into(image: &Path, dir: &Path) -> Output {
     let out = cxr(&[
         "segment".as_ref(),
-        input.as_os_str(),
+        image.as_os_str(),
         "--out".as_ref(),
-        dir.path().as_os_str(),
+        dir.as_os_str(),
     ]);
     assert_eq!(
         out.status.code(),
@@ -440,6 +439,14 @@ fn segment_writes_same_size_binary_masks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+#[test]
+fn segment_writes_same_size_binary_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample("hannover_2c35005f.png");
+    let out = segment_into(&input, dir.path());
     let mask_path = dir.path().join("hannover_2c35005f.mask.png");
     assert_eq!(
         json_lines(&out)[0]["mask"].as_str().unwrap(),
@@ -553,13 +560,7 @@ fn eval_groups_by_source_and_writes_per_image_rows() {
 fn eval_writes_each_masks_dice_and_failure_per_image() {
     let dir = tempfile::tempdir().unwrap();
     let image = sample("hannover_2c35005f.png");
-    let out = cxr(&[
-        "segment".as_ref(),
-        image.as_os_str(),
-        "--out".as_ref(),
-        dir.path().as_os_str(),
-    ]);
-    assert_eq!(out.status.code(), Some(0));
+    segment_into(&image, dir.path());
     let own = dir.path().join("hannover_2c35005f.mask.png");
     let (w, h) = image::image_dimensions(&own).unwrap();
     let empty = dir.path().join("empty.png");
@@ -572,7 +573,7 @@ fn eval_writes_each_masks_dice_and_failure_per_image() {
     ];
     let mut text = String::from("image,mask,patient\n");
     for (image, mask, patient) in &rows {
-        text += &format!("{},{},{patient}\n", image.display(), mask.display());
+        writeln!(text, "{},{},{patient}", image.display(), mask.display()).unwrap();
     }
     std::fs::write(&manifest, text).unwrap();
     let per_image = dir.path().join("rows.csv");
