@@ -324,7 +324,7 @@ pub enum Command {
         model: ModelArgs,
         /// Write one CSV row per image to this file, to find the false positives and the bad
         /// masks: for labelled images file, source, truth, probability, label, familiarity,
-        /// flags; for lung-mask images file, source, dice, iou, implausible, error (into
+        /// flags and each class's probability (p_CLASS); for lung-mask images file, source, dice, iou, implausible, error (into
         /// FILE.masks.csv when the manifests hold both kinds).
         #[arg(long, value_name = "FILE.csv")]
         per_image: Option<PathBuf>,

@@ -541,10 +541,17 @@ fn eval_groups_by_source_and_writes_per_image_rows() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "file,source,truth,probability,label,familiarity,flags"
+        "file,source,truth,probability,label,familiarity,flags,p_covid,p_normal,p_pneumonia"
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 7);
+    // Every class's probability: p_covid is the probability column, and they add up to one.
+    for row in &rows {
+        let fields: Vec<&str> = row.split(',').collect();
+        let p: Vec<f32> = fields[7..].iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(fields[3], fields[7], "{row}");
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{row}");
+    }
     assert!(
         rows.iter()
             .filter(|r| r.contains(",hannover,covid,"))

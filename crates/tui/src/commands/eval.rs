@@ -196,8 +196,8 @@ fn plots_list(svgs: &[PathBuf]) -> String {
     text
 }
 
-/// One image's line of `--per-image`.
-#[derive(Serialize)]
+/// One image's line of `--per-image`: file, source, truth, the positive class's probability,
+/// label, familiarity, flags, then every class's probability (`p_CLASS`, in the model's order).
 struct ImageRow<'a> {
     file: String,
     source: &'a str,
@@ -206,6 +206,8 @@ struct ImageRow<'a> {
     label: String,
     familiarity: Option<f32>,
     flags: String,
+    /// Empty until the model has spoken.
+    class_probabilities: Vec<f32>,
 }
 
 impl<'a> ImageRow<'a> {
@@ -219,12 +221,45 @@ impl<'a> ImageRow<'a> {
             label: String::new(),
             familiarity: None,
             flags: String::new(),
+            class_probabilities: Vec::new(),
         }
     }
 
-    /// What the model said: `positive`'s probability, the label, familiarity and flags.
-    fn predicted(&mut self, p: &cxr_core::models::Prediction, positive: &str) {
-        self.probability = Some(p.probabilities[positive]);
+    fn header(classes: &[String]) -> Vec<String> {
+        let fixed = [
+            "file",
+            "source",
+            "truth",
+            "probability",
+            "label",
+            "familiarity",
+            "flags",
+        ];
+        let each = classes.iter().map(|c| format!("p_{c}"));
+        fixed.into_iter().map(str::to_owned).chain(each).collect()
+    }
+
+    /// The fields in [`Self::header`]'s order, empty where nothing is known; `classes` long.
+    fn record(&self, classes: usize) -> Vec<String> {
+        let text = |v: Option<f32>| v.map_or_else(String::new, |v| v.to_string());
+        let mut fields = vec![
+            self.file.clone(),
+            self.source.to_owned(),
+            self.truth.to_owned(),
+            text(self.probability),
+            self.label.clone(),
+            text(self.familiarity),
+            self.flags.clone(),
+        ];
+        fields.extend((0..classes).map(|k| text(self.class_probabilities.get(k).copied())));
+        fields
+    }
+
+    /// What the model said: the positive class's (`classes[0]`) and every class's probability,
+    /// the label, familiarity and flags.
+    fn predicted(&mut self, p: &cxr_core::models::Prediction, classes: &[String]) {
+        self.probability = Some(p.probabilities[&classes[0]]);
+        self.class_probabilities = classes.iter().map(|c| p.probabilities[c]).collect();
         self.label.clone_from(&p.label);
         self.familiarity = p.trust.familiarity;
         self.flags = p
@@ -303,6 +338,9 @@ fn evaluate_classifier(
         sanity: options.sanity,
     };
     let mut per_image = options.per_image.map(csv_writer).transpose()?;
+    if let Some(w) = &mut per_image {
+        w.write_record(ImageRow::header(&classes))?;
+    }
     // Explained images are spread evenly over the selection, so every source is represented.
     let every = rows.len().div_ceil(options.explain_limit.max(1)).max(1);
 
@@ -319,7 +357,7 @@ fn evaluate_classifier(
             Ok(image) => {
                 let analysis = service.analysis(&image)?; // made above: no work again
                 let p = &analysis.prediction;
-                line.predicted(p, &classes[0]);
+                line.predicted(p, &classes);
                 scored.push((row, scores(p, &classes), p.trust.flags.clone()));
                 if options.explain_limit > 0 && i % every == 0 && !methods.is_empty() {
                     // The image's own class; the positive one for labels of neither (nodules).
@@ -347,7 +385,7 @@ fn evaluate_classifier(
             }
         }
         if let Some(w) = &mut per_image {
-            w.serialize(&line)?;
+            w.write_record(line.record(classes.len()))?;
         }
         bar.inc(1);
     }
