@@ -324,8 +324,8 @@ pub enum Command {
         model: ModelArgs,
         /// Write one CSV row per image to this file, to find the false positives and the bad
         /// masks: for labelled images file, source, truth, probability, label, familiarity,
-        /// flags and each class's probability (p_CLASS); for lung-mask images file, source, dice, iou, implausible, error (into
-        /// FILE.masks.csv when the manifests hold both kinds).
+        /// flags and each class's probability (p_CLASS); for lung-mask images file, source,
+        /// dice, iou, implausible, error (into FILE.masks.csv when the manifests hold both).
         #[arg(long, value_name = "FILE.csv")]
         per_image: Option<PathBuf>,
         /// Draw the classifier's evaluation into this folder, as SVG and PNG: ROC pooled and

@@ -2,10 +2,10 @@
 
 use crate::mask::LungBox;
 
-/// Heat faded to zero outside `lungs` (image pixels): 1 inside,
-/// falling linearly to 0 over `margin` pixels outside, exactly 0 beyond. An explainer's map
-/// covers the classifier's whole square crop; without this its low values would show the crop
-/// as a pale rectangle around the lungs.
+/// Heat faded to zero outside `lungs` (image pixels): 1 inside, falling linearly to 0 over
+/// `margin` pixels outside, exactly 0 beyond. An explainer's map covers the classifier's whole
+/// square crop; without this its low values would show the crop as a pale rectangle around the
+/// lungs.
 pub fn fade_outside(heat: &mut [f32], width: u32, height: u32, lungs: LungBox, margin: u32) {
     assert_eq!(heat.len(), width as usize * height as usize, "heat size");
     let margin = margin.max(1) as f32;

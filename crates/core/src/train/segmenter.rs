@@ -98,7 +98,7 @@ impl SegmenterMetrics {
 }
 
 /// One image's measures against its reference mask.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct Score {
     pub dice: f64,
     pub iou: f64,

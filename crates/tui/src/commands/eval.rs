@@ -202,11 +202,11 @@ struct ImageRow<'a> {
     file: String,
     source: &'a str,
     truth: &'a str,
-    probability: Option<f32>,
     label: String,
     familiarity: Option<f32>,
     flags: String,
-    /// Empty until the model has spoken.
+    /// Every class's probability in the model's order (the positive class first); empty until
+    /// the model has spoken.
     class_probabilities: Vec<f32>,
 }
 
@@ -217,7 +217,6 @@ impl<'a> ImageRow<'a> {
             file: row.path.display().to_string(),
             source: &row.source,
             truth: &row.label,
-            probability: None,
             label: String::new(),
             familiarity: None,
             flags: String::new(),
@@ -246,7 +245,7 @@ impl<'a> ImageRow<'a> {
             self.file.clone(),
             self.source.to_owned(),
             self.truth.to_owned(),
-            text(self.probability),
+            text(self.class_probabilities.first().copied()),
             self.label.clone(),
             text(self.familiarity),
             self.flags.clone(),
@@ -258,7 +257,6 @@ impl<'a> ImageRow<'a> {
     /// What the model said: the positive class's (`classes[0]`) and every class's probability,
     /// the label, familiarity and flags.
     fn predicted(&mut self, p: &cxr_core::models::Prediction, classes: &[String]) {
-        self.probability = Some(p.probabilities[&classes[0]]);
         self.class_probabilities = classes.iter().map(|c| p.probabilities[c]).collect();
         self.label.clone_from(&p.label);
         self.familiarity = p.trust.familiarity;
@@ -286,24 +284,17 @@ struct MaskRow<'a> {
 
 impl<'a> MaskRow<'a> {
     fn of(row: &'a MaskedImage, measured: std::result::Result<&Score, &CoreError>) -> Self {
-        let file = row.image.display().to_string();
-        match measured {
-            Ok(s) => Self {
-                file,
-                source: &row.source,
-                dice: Some(s.dice),
-                iou: Some(s.iou),
-                implausible: Some(s.implausible),
-                error: String::new(),
-            },
-            Err(e) => Self {
-                file,
-                source: &row.source,
-                dice: None,
-                iou: None,
-                implausible: None,
-                error: e.to_string(),
-            },
+        let (score, error) = match measured {
+            Ok(score) => (Some(score), String::new()),
+            Err(e) => (None, e.to_string()),
+        };
+        Self {
+            file: row.image.display().to_string(),
+            source: &row.source,
+            dice: score.map(|s| s.dice),
+            iou: score.map(|s| s.iou),
+            implausible: score.map(|s| s.implausible),
+            error,
         }
     }
 }
