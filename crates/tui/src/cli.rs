@@ -355,6 +355,14 @@ pub enum Command {
         /// its own trust model. The segmenter is the one of --models.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image", "plots"])]
         leave_one_source_out: Option<PathBuf>,
+        /// Compare the models of --models (A) with the models in this folder (B) on the same
+        /// images instead: per source, lung-mask Dice (and pooled) or the classifier's accuracy,
+        /// within-source contrast, ROC-AUC and flagged and silent-wrong shares, each as A - B
+        /// with its 95% paired-bootstrap interval (4,000 resamples of the images, seeded by
+        /// --seed). A model change is worse somewhere when an interval lies wholly on the
+        /// wrong side of zero.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["explainers", "per_image", "plots", "leave_one_source_out"])]
+        against: Option<PathBuf>,
     },
     /// Shortcut audit: linear probes on the classifier's frozen features (source, class, and
     /// source within each class; test patients) and the share of Grad-CAM mass inside the lungs
@@ -610,6 +618,9 @@ pub enum SplitArg {
     Validation,
     /// The test patients.
     Test,
+    /// The validation and test patients: every image no model was fitted on, for comparisons
+    /// that need more images than the test patients have.
+    HeldOut,
 }
 
 #[derive(Debug, Subcommand)]

@@ -627,6 +627,122 @@ fn eval_writes_each_masks_dice_and_failure_per_image() {
     assert_eq!(read(&dir.path().join("rows.masks.csv")), lines);
 }
 
+/// A copy of the shipped models (files only) whose segmenter thresholds its lung probability
+/// at `threshold` instead of 0.5.
+fn models_with_segmenter_threshold(dir: &Path, threshold: f64) -> PathBuf {
+    let copy = dir.join("models-b");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let json = copy.join("segmenter.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    meta["threshold"] = threshold.into();
+    std::fs::write(&json, meta.to_string()).unwrap();
+    copy
+}
+
+#[test]
+fn eval_against_compares_two_model_folders_image_by_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "hannover_2c35005f.png",
+        "hannover_b343e657.png",
+        "hannover_e1446fe8.png",
+        "nih_00001299_000.png",
+        "nih_00001385_000.png",
+        "nih_00002013_002.png",
+    ];
+    // The references: the shipped segmenter's own masks. Six rows, then each twice (twelve).
+    let mut text = String::from("image,mask,patient\n");
+    for (i, name) in names.iter().enumerate() {
+        segment_into(&sample(name), dir.path());
+        let mask = dir.path().join(name.replace(".png", ".mask.png"));
+        writeln!(text, "{},{},p{i}", sample(name).display(), mask.display()).unwrap();
+    }
+    let six = dir.path().join("six.csv");
+    std::fs::write(&six, &text).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let twice = rows.iter().chain(&rows).enumerate().fold(
+        String::from("image,mask,patient\n"),
+        |mut all, (i, row)| {
+            let (files, _) = row.rsplit_once(',').unwrap();
+            writeln!(all, "{files},p{i}").unwrap();
+            all
+        },
+    );
+    let masks = dir.path().join("masks.csv");
+    std::fs::write(&masks, twice).unwrap();
+    let shipped = repo().join("models");
+    let against = |manifest: &Path, b: &Path| {
+        let out = cxr(&[
+            "eval".as_ref(),
+            manifest.as_os_str(),
+            "--models".as_ref(),
+            shipped.as_os_str(),
+            "--against".as_ref(),
+            b.as_os_str(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let report = json_lines(&out).remove(0);
+        (report["comparisons"].as_array().unwrap().clone(), stderr)
+    };
+
+    // B keeps only its surest lung pixels: smaller masks, a lower Dice on every image; on six
+    // images the figures come without a verdict.
+    let strict = models_with_segmenter_threshold(dir.path(), 0.97);
+    let (_, table) = against(&six, &strict);
+    assert!(
+        table.contains("| dice | 6 |") && table.contains("too few images"),
+        "{table}"
+    );
+    let (rows, table) = against(&masks, &strict);
+    assert_eq!(
+        rows.len(),
+        1,
+        "one source, no pooled row repeating it: {rows:?}"
+    );
+    let dice = &rows[0];
+    assert_eq!(
+        (dice["measure"].as_str(), dice["images"].as_u64()),
+        (Some("dice"), Some(12))
+    );
+    assert!(dice["a"].as_f64().unwrap() > 0.99, "{dice}");
+    assert!(
+        dice["b"].as_f64().unwrap() < dice["a"].as_f64().unwrap() - 0.005,
+        "{dice}"
+    );
+    assert!(dice["low"].as_f64().unwrap() > 0.0, "{dice}");
+    assert_eq!(dice["a_higher_on"], 12);
+    assert!(
+        table.contains("| dice | 12 |") && table.contains("A ahead"),
+        "{table}"
+    );
+
+    // The same models on both sides: no difference, and an interval that says so.
+    let (rows, table) = against(&masks, &shipped);
+    assert_eq!(
+        (rows[0]["difference"].as_f64(), rows[0]["low"].as_f64()),
+        (Some(0.0), Some(0.0))
+    );
+    assert!(table.contains("no difference shown"), "{table}");
+    // Labelled images: every classifier measure of every source, all equal.
+    let (rows, _) = against(&repo().join("samples/manifest.csv"), &shipped);
+    let measures: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["measure"].as_str().unwrap())
+        .collect();
+    assert!(
+        measures.contains("accuracy") && measures.contains("flagged_share"),
+        "{measures:?}"
+    );
+    assert!(rows.iter().all(|r| r["difference"] == 0.0), "{rows:?}");
+}
+
 #[test]
 fn photographs_and_drawings_are_refused_not_classified() {
     let fixtures = repo().join("crates/core/tests/fixtures");

@@ -27,6 +27,8 @@ use serde::Serialize;
 use crate::cli::SplitArg;
 use crate::plots;
 
+mod against;
+
 /// What to evaluate besides the models.
 pub struct Options<'a> {
     pub split: SplitArg,
@@ -42,6 +44,8 @@ pub struct Options<'a> {
     pub plots: Option<&'a Path>,
     /// Measure the leave-one-source-out models in this folder instead.
     pub folds: Option<&'a Path>,
+    /// Compare the models with the ones in this folder instead.
+    pub against: Option<&'a Path>,
 }
 
 #[derive(Serialize)]
@@ -104,31 +108,56 @@ pub fn run(
             SplitArg::Train => side == Split::Train,
             SplitArg::Validation => side == Split::Validation,
             SplitArg::Test => side == Split::Test,
+            SplitArg::HeldOut => side != Split::Train,
         }
     };
-    let split = format!("{:?}", options.split).to_lowercase();
+    let split = clap::ValueEnum::to_possible_value(&options.split)
+        .map_or_else(String::new, |v| v.get_name().to_owned());
     if let Some(dir) = options.folds {
         let failed = evaluate_folds(&all.labels, &wanted, dir, models, compute)?;
         return Ok(super::exit_code(failed));
     }
     let mut failed = 0;
-    let both = !all.labels.is_empty() && !all.masks.is_empty();
-    if !all.labels.is_empty() {
-        let rows: Vec<LabelledImage> = all
-            .labels
-            .into_iter()
-            .filter(|r| wanted(&r.patient, SplitShares::CLASSIFIER))
-            .collect();
-        failed += evaluate_classifier(manifests, &rows, split.clone(), options, models, compute)?;
+    let (has_labels, has_masks) = (!all.labels.is_empty(), !all.masks.is_empty());
+    let both = has_labels && has_masks;
+    let labelled: Vec<LabelledImage> = all
+        .labels
+        .into_iter()
+        .filter(|r| wanted(&r.patient, SplitShares::CLASSIFIER))
+        .collect();
+    let masked: Vec<MaskedImage> = all
+        .masks
+        .into_iter()
+        .filter(|r| wanted(&r.patient, SplitShares::SEGMENTER))
+        .collect();
+    if let Some(b) = options.against {
+        let pair = against::Pair {
+            a: models,
+            b,
+            seed: options.seed,
+        };
+        if has_labels {
+            failed += against::classifiers(manifests, &split, &labelled, &pair, &compute)?;
+        }
+        if has_masks {
+            failed += against::segmenters(manifests, &split, &masked, &pair, compute)?;
+        }
+        return Ok(super::exit_code(failed));
     }
-    if !all.masks.is_empty() {
+    if has_labels {
+        failed += evaluate_classifier(
+            manifests,
+            &labelled,
+            split.clone(),
+            options,
+            models,
+            compute,
+        )?;
+    }
+    if has_masks {
         let segmenter =
             UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
-        let rows: Vec<_> = all
-            .masks
-            .into_iter()
-            .filter(|r| wanted(&r.patient, SplitShares::SEGMENTER))
-            .collect();
+        let rows = masked;
         let mut per_image = options
             .per_image
             .map(|path| csv_writer(&mask_rows_path(path, both)))

@@ -148,6 +148,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             explain_limit,
             sanity,
             leave_one_source_out,
+            against,
         } => {
             let m = models(global, &model)?;
             let options = eval::Options {
@@ -159,6 +160,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 per_image: per_image.as_deref(),
                 plots: plots.as_deref(),
                 folds: leave_one_source_out.as_deref(),
+                against: against.as_deref(),
             };
             eval::run(&manifests, &options, &m.dir, m.compute)
         }
