@@ -2,6 +2,7 @@
 
     python python/spark_batch.py MANIFEST --out DIR [--master local[2]] [--partitions N]
         [--cxr PATH] [--models DIR] [--jobs N] [--root DIR] [--worker-command CMD]
+        [--explain METHODS [--overlays DIR]]
 
 MANIFEST is what `cxr batch` reads: CSV with a header (or JSON lines, .jsonl/.ndjson) with a
 `path` column, relative paths resolved against the manifest's folder, else its parent; the other
@@ -18,6 +19,11 @@ appears exactly once, and written as a DataFrame to Parquet in DIR (Spark's part
 
 Columns: row, path, the carried columns, sha256, predicted, probability_CLASS per class,
 flags (comma-separated), familiarity, classification (the answer as JSON text), error.
+
+--explain grad-cam,lime also sends `explain_NAME ID` for each explainer (default parameters, as
+`cxr batch --explain`): the column `explanations` holds each image's answers as a JSON list in
+the order asked, each the worker's explanation with `overlay`, the PNG it wrote to --overlays
+(default OUT.overlays, a folder every executor must reach), or {"method", "error"}.
 """
 
 import argparse
@@ -40,7 +46,31 @@ def parse_args(argv):
     parser.add_argument("--root", default=None, help="folder the IDs are relative to")
     parser.add_argument("--worker-command", default=None,
                         help="replaces `CXR worker` (a wrapper that runs it, e.g. in a container)")
+    parser.add_argument("--explain", default="",
+                        help="comma-separated explainers (`cxr explainers`) to run on every image")
+    parser.add_argument("--overlays", default=None,
+                        help="folder for the explanations' overlay PNGs [default: OUT.overlays]")
     return parser.parse_args(argv)
+
+
+def explainers(spec, cxr):
+    """The explainer names in `spec` (comma-separated), checked against `cxr explainers` when the
+    driver can run CXR (with --worker-command it may not: the workers then report unknown
+    names, row by row)."""
+    import subprocess
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return []
+    try:
+        listing = subprocess.run([cxr, "explainers", "--json"], capture_output=True, text=True,
+                                 check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return names
+    known = [json.loads(line)["name"] for line in listing.splitlines() if line.strip()]
+    unknown = [n for n in names if n.replace("_", "-") not in known]
+    if unknown:
+        raise SystemExit(f"unknown explainers {unknown}: expected some of {', '.join(known)}")
+    return [n.replace("_", "-") for n in names]
 
 
 def read_manifest(path):
@@ -85,12 +115,26 @@ def resolve(base, path):
 
 
 def parse_reply(line):
-    """A worker reply as (id, classification or None, error or None)."""
+    """A worker reply as (id, (command, answer or None, error or None))."""
     if line.startswith("error "):
         parts = line.split(" ", 3)
-        return parts[2], None, parts[3] if len(parts) > 3 else "error"
+        return parts[2], (parts[1], None, parts[3] if len(parts) > 3 else "error")
     command, ident, result = line.split(" ", 2)
-    return ident, result, None
+    return ident, (command, result, None)
+
+
+def gather(replies, methods):
+    """One ID's replies as (classification or None, error or None, explanations as JSON text, or
+    None without --explain or a classification)."""
+    by_command = {command: (answer, error) for command, answer, error in replies}
+    classification, error = by_command.get("classify", (None, "no reply"))
+    if not methods or classification is None:
+        return classification, error, None
+    explanations = []
+    for method in methods:
+        answer, why = by_command.get(f"explain_{method}", (None, "no reply"))
+        explanations.append(json.loads(answer) if answer else {"method": method, "error": why})
+    return classification, error, json.dumps(explanations)
 
 
 def main(argv):
@@ -100,7 +144,8 @@ def main(argv):
 
     manifest = os.path.abspath(args.manifest)
     columns, rows = read_manifest(manifest)
-    reserved = {"row", "sha256", "predicted", "flags", "familiarity", "classification", "error"}
+    reserved = {"row", "sha256", "predicted", "flags", "familiarity", "classification", "error",
+                "explanations"}
     clash = [c for c in columns if c in reserved or c.startswith("probability_")]
     if clash:
         raise SystemExit(f"{manifest}: columns {clash} have the names of result columns")
@@ -121,6 +166,11 @@ def main(argv):
               f"--jobs {args.jobs}"
     if args.models:
         command += f" --models {shlex.quote(args.models)}"
+    methods = explainers(args.explain, args.cxr)
+    if methods:
+        overlays = os.path.abspath(args.overlays or args.out.rstrip("/") + ".overlays")
+        os.makedirs(overlays, exist_ok=True)
+        command += f" --out {shlex.quote(overlays)}"
 
     builder = SparkSession.builder.appName("cxr-batch")
     if args.master:
@@ -131,13 +181,15 @@ def main(argv):
 
     ids = {path: ident(path) for path in files}
     requests = sorted({i for i, _ in ids.values() if i is not None})
+    asked = ["classify"] + [f"explain_{m}" for m in methods]
     # Kept: the classes are read from the replies before the join uses them again.
     replies = (sc.parallelize(requests, partitions)
-               .map(lambda i: f"classify {i}")
+               .flatMap(lambda i: [f"{verb} {i}" for verb in asked])
                .pipe(command, checkCode=True)
                .filter(lambda line: line.strip())
                .map(parse_reply)
-               .map(lambda r: (r[0], (r[1], r[2])))
+               .groupByKey()
+               .mapValues(lambda r: gather(r, methods))
                .persist())
     classes = sorted(replies
                      .flatMap(lambda kv: json.loads(kv[1][0])["probabilities"] if kv[1][0] else [])
@@ -149,18 +201,21 @@ def main(argv):
         + [StructField(f"probability_{c}", FloatType(), True) for c in classes]
         + [StructField("flags", StringType(), True), StructField("familiarity", FloatType(), True),
            StructField("classification", StringType(), True),
-           StructField("error", StringType(), True)])
+           StructField("error", StringType(), True)]
+        + ([StructField("explanations", StringType(), True)] if methods else []))
 
     def record(row, reply):
         (index, path, values, why) = row
-        classification, error = reply if reply is not None else (None, why or "no reply")
+        classification, error, explanations = (reply if reply is not None
+                                               else (None, why or "no reply", None))
         answer = json.loads(classification) if classification else None
         trust = (answer or {}).get("trust", {})
         return ([index, path] + values
                 + [answer and answer["sha256"], answer and answer["label"]]
                 + [answer and answer["probabilities"].get(c) for c in classes]
                 + [answer and ",".join(trust.get("flags", [])), trust.get("familiarity"),
-                   classification, error])
+                   classification, error]
+                + ([explanations] if methods else []))
 
     # Every manifest row once, with the one reply for its ID (rows that could not be sent
     # get a key no reply has, and their reason as the error).
@@ -172,9 +227,15 @@ def main(argv):
     frame = spark.createDataFrame(table, schema)
     frame.write.mode("overwrite").parquet(args.out)
     written = spark.read.parquet(args.out)
-    print(json.dumps({"rows": written.count(), "manifest_rows": len(rows),
-                      "images": len(requests), "errors": written.filter("error IS NOT NULL").count(),
-                      "partitions": partitions, "out": args.out}))
+    summary = {"rows": written.count(), "manifest_rows": len(rows), "images": len(requests),
+               "errors": written.filter("error IS NOT NULL").count(),
+               "partitions": partitions, "out": args.out}
+    if methods:
+        summary["explainers"] = methods
+        summary["explanation_errors"] = sum(
+            1 for r in written.select("explanations").collect() if r[0]
+            for e in json.loads(r[0]) if "error" in e)
+    print(json.dumps(summary))
     spark.stop()
 
 

@@ -66,6 +66,8 @@ struct Written {
     predicted: Option<String>,
     probabilities: BTreeMap<String, f32>,
     error: Option<String>,
+    /// The `explanations` column (with `--explain`), parsed.
+    explanations: Option<Value>,
 }
 
 /// Spark's Parquet part files in `out`, by manifest row.
@@ -122,11 +124,17 @@ fn read(out: &Path) -> BTreeMap<u64, Vec<Written>> {
                     }
                 }
                 let optional = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_owned());
+                let explanations = batch
+                    .column_by_name("explanations")
+                    .map(|_| text("explanations"))
+                    .and_then(|column| optional(&column))
+                    .map(|json| serde_json::from_str(&json).unwrap());
                 rows.entry(index).or_default().push(Written {
                     path: paths.value(i).to_owned(),
                     predicted: optional(&predicted),
                     probabilities,
                     error: optional(&errors),
+                    explanations,
                 });
             }
         }
@@ -276,4 +284,89 @@ fn a_killed_worker_is_retried_and_every_row_appears_once() {
     assert!(started >= 5, "4 partitions and a retry: {started} workers");
     assert_eq!(summary["rows"], 19);
     check(&out, &files);
+}
+
+/// `cxr explain --method grad-cam`'s heatmap summary per file.
+fn grad_cam_heatmaps(files: &[PathBuf], out: &Path) -> BTreeMap<PathBuf, Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args([
+            "--quiet", "explain", "--device", "cpu", "--method", "grad-cam", "--out",
+        ])
+        .arg(out)
+        .args(files)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let file = PathBuf::from(v["file"].as_str().unwrap());
+            (file, v["explanations"][0]["heatmap"].clone())
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Java and pyspark (.ci/run installs them)"]
+fn spark_job_explains_every_image_as_cxr_explain_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, files) = manifest(dir.path());
+    let out = dir.path().join("out");
+    let summary = spark(
+        &manifest,
+        &out,
+        &["--master", "local[2]", "--explain", "grad-cam"],
+    );
+    assert_eq!(summary["explainers"], serde_json::json!(["grad-cam"]));
+    assert_eq!(summary["explanation_errors"], 0);
+    check(&out, &files);
+    let rows = read(&out);
+    let expected = grad_cam_heatmaps(&files, &dir.path().join("explain"));
+    let overlays = dir.path().join("out.overlays");
+    for (index, file) in files.iter().enumerate() {
+        let row = &rows[&(index as u64)][0];
+        let explanations = row.explanations.as_ref().unwrap().as_array().unwrap();
+        assert_eq!(explanations.len(), 1, "{explanations:?}");
+        let grad_cam = &explanations[0];
+        assert_eq!(grad_cam["method"], "grad-cam");
+        assert_eq!(grad_cam["label"].as_str(), row.predicted.as_deref());
+        for measure in ["mean", "max", "above_half"] {
+            let value = |v: &Value| v[measure].as_f64().unwrap();
+            let (spark, explain) = (value(&grad_cam["heatmap"]), value(&expected[file]));
+            assert!(
+                (spark - explain).abs() < 1e-4,
+                "{measure}: {spark} {explain}"
+            );
+        }
+        let overlay = PathBuf::from(grad_cam["overlay"].as_str().unwrap());
+        assert!(overlay.starts_with(&overlays), "{}", overlay.display());
+        let png = std::fs::read(&overlay).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{}", overlay.display());
+    }
+    // The missing file: its error, and no explanations.
+    assert_eq!(rows[&18][0].explanations, None);
+
+    // An explainer no one registered stops the job before Spark starts.
+    let output = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("python/spark_batch.py"))
+        .arg(&manifest)
+        .args(["--out"])
+        .arg(dir.path().join("never"))
+        .args([
+            "--cxr",
+            env!("CARGO_BIN_EXE_cxr"),
+            "--explain",
+            "grad-cam,crystal-ball",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown explainers ['crystal-ball']"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("never").exists());
 }
