@@ -648,20 +648,20 @@ fn models_with_segmenter_threshold(dir: &Path, threshold: f64) -> PathBuf {
 #[test]
 fn eval_against_compares_two_model_folders_image_by_image() {
     let dir = tempfile::tempdir().unwrap();
-    let names = [
-        "hannover_2c35005f.png",
-        "hannover_b343e657.png",
-        "hannover_e1446fe8.png",
-        "nih_00001299_000.png",
-        "nih_00001385_000.png",
-        "nih_00002013_002.png",
-    ];
+    let mut images: Vec<PathBuf> = std::fs::read_dir(repo().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 6, "{images:?}");
     // The references: the shipped segmenter's own masks. Six rows, then each twice (twelve).
     let mut text = String::from("image,mask,patient\n");
-    for (i, name) in names.iter().enumerate() {
-        segment_into(&sample(name), dir.path());
-        let mask = dir.path().join(name.replace(".png", ".mask.png"));
-        writeln!(text, "{},{},p{i}", sample(name).display(), mask.display()).unwrap();
+    for (i, image) in images.iter().enumerate() {
+        segment_into(image, dir.path());
+        let stem = image.file_stem().unwrap().to_str().unwrap();
+        let mask = dir.path().join(format!("{stem}.mask.png"));
+        writeln!(text, "{},{},p{i}", image.display(), mask.display()).unwrap();
     }
     let six = dir.path().join("six.csv");
     std::fs::write(&six, &text).unwrap();

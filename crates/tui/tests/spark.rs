@@ -142,10 +142,13 @@ fn read(out: &Path) -> BTreeMap<u64, Vec<Written>> {
     rows
 }
 
-/// `cxr classify`'s label and probabilities per file.
-fn classify(files: &[PathBuf]) -> BTreeMap<PathBuf, (String, BTreeMap<String, f32>)> {
+/// `cxr --quiet ARGS --device cpu FILES...`'s JSON lines, by their `file`.
+fn cxr_by_file(args: &[&str], files: &[PathBuf]) -> BTreeMap<PathBuf, Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args(["--quiet", "classify", "--device", "cpu"])
+        .arg("--quiet")
+        .args(&args[..1])
+        .args(["--device", "cpu"])
+        .args(&args[1..])
         .args(files)
         .current_dir(repo())
         .output()
@@ -155,6 +158,16 @@ fn classify(files: &[PathBuf]) -> BTreeMap<PathBuf, (String, BTreeMap<String, f3
         .lines()
         .map(|line| {
             let v: Value = serde_json::from_str(line).unwrap();
+            (PathBuf::from(v["file"].as_str().unwrap()), v)
+        })
+        .collect()
+}
+
+/// `cxr classify`'s label and probabilities per file.
+fn classify(files: &[PathBuf]) -> BTreeMap<PathBuf, (String, BTreeMap<String, f32>)> {
+    cxr_by_file(&["classify"], files)
+        .into_iter()
+        .map(|(file, v)| {
             let probabilities = v["probabilities"]
                 .as_object()
                 .unwrap()
@@ -162,7 +175,7 @@ fn classify(files: &[PathBuf]) -> BTreeMap<PathBuf, (String, BTreeMap<String, f3
                 .map(|(k, p)| (k.clone(), p.as_f64().unwrap() as f32))
                 .collect();
             (
-                PathBuf::from(v["file"].as_str().unwrap()),
+                file,
                 (v["label"].as_str().unwrap().to_owned(), probabilities),
             )
         })
@@ -288,23 +301,10 @@ fn a_killed_worker_is_retried_and_every_row_appears_once() {
 
 /// `cxr explain --method grad-cam`'s heatmap summary per file.
 fn grad_cam_heatmaps(files: &[PathBuf], out: &Path) -> BTreeMap<PathBuf, Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_cxr"))
-        .args([
-            "--quiet", "explain", "--device", "cpu", "--method", "grad-cam", "--out",
-        ])
-        .arg(out)
-        .args(files)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let file = PathBuf::from(v["file"].as_str().unwrap());
-            (file, v["explanations"][0]["heatmap"].clone())
-        })
+    let out = out.to_str().unwrap();
+    cxr_by_file(&["explain", "--method", "grad-cam", "--out", out], files)
+        .into_iter()
+        .map(|(file, v)| (file, v["explanations"][0]["heatmap"].clone()))
         .collect()
 }
 
