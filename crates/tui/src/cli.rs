@@ -335,7 +335,7 @@ pub enum Command {
         /// Only the patients on this side of the project's patient split.
         #[arg(long, value_enum, default_value_t = SplitArg::All)]
         split: SplitArg,
-        /// Seed of the patient split.
+        /// Seed of the patient split (and of --against's resamples).
         #[arg(long, default_value_t = cxr_core::data::DEFAULT_SEED)]
         seed: u64,
         /// Also measure explanation quality for these explainers (comma-separated, or `all`),
