@@ -903,6 +903,27 @@ pub enum QueueCommand {
         #[arg(long)]
         reviewer: Option<String>,
     },
+    /// Send entries' DICOM results (Secondary Captures and SR) to a Storage SCP with C-STORE,
+    /// now: the entries named, or with --unsent every entry whose results were never all
+    /// stored (queued while `cxr watch` ran without --send-to, or whose send failed). One JSON
+    /// line per instance; each entry records the outcome as `cxr watch --send-to` does
+    /// (dicom-sent.txt, or dicom-send-failed.txt, which the watcher retries).
+    Send {
+        /// Queue ids (16 hex digits, or unique prefixes).
+        #[arg(required_unless_present = "unsent", conflicts_with = "unsent")]
+        ids: Vec<String>,
+        /// Every entry with DICOM results that were never all stored.
+        #[arg(long)]
+        unsent: bool,
+        /// The receiver.
+        #[arg(long, value_name = "AE@HOST:PORT")]
+        to: String,
+        /// Our AE title, as the receiver sees it.
+        #[arg(long, default_value = "CXR")]
+        ae_title: String,
+        #[command(flatten)]
+        watch: WatchDirArg,
+    },
     /// Export the review session: every entry with its prediction, flags, label and reviewer,
     /// as CSV or as one self-contained HTML report (thumbnails and overlays embedded).
     Export {

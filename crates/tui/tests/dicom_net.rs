@@ -3,7 +3,8 @@
 //! transfer syntax, an instance over the size limit and a dropped connection are refused and
 //! leave nothing half-written. With `--send-to`, the results (Secondary Capture, SR) go on to
 //! dcmtk's `storescp`: the round trip storescu -> cxr -> queue -> storescp; a receiver that is
-//! not there loses nothing and is retried.
+//! not there loses nothing and is retried. Entries queued with no receiver set go out with
+//! `cxr queue send --unsent`, once.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap: a panic is a failure with its message
 
@@ -445,6 +446,96 @@ fn results_are_sent_on_to_a_storage_scp() {
     assert_eq!(sent, arrived);
     let entries = names_in(&dir.join("queue"));
     assert_eq!(entries.len(), 1);
+    // The entry records where its instances went.
+    let entry = dir.join("queue").join(entries.first().unwrap());
+    let record = std::fs::read_to_string(entry.join("dicom-sent.txt")).unwrap();
+    assert!(
+        record.contains(&format!("stored at {target} on ")),
+        "{record}"
+    );
+    assert!(
+        sent.iter().all(|uid| record.contains(uid.as_str())),
+        "{record}"
+    );
+}
+
+/// `cxr queue send ARGS... --watch-dir DIR`: its exit code, JSON lines and stderr.
+fn queue_send(dir: &Path, args: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxr"))
+        .args(["queue", "send", "--watch-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code(), lines, text(&out))
+}
+
+#[test]
+#[ignore = "needs dcmtk"]
+fn entries_queued_with_no_receiver_are_sent_by_queue_send_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("watch");
+    // Two instances queued by a watcher that sends nowhere.
+    let mut watcher = Watcher::start(&dir, &[]);
+    let out = watcher.storescu("CXR", &[repo().join(RG1), repo().join(TXV)]);
+    assert!(out.status.success(), "{}", text(&out));
+    watcher.wait_for("both queued", |seen| count(seen, "queued") == 2);
+    drop(watcher);
+    let entries: Vec<PathBuf> = names_in(&dir.join("queue"))
+        .into_iter()
+        .map(|id| dir.join("queue").join(id))
+        .collect();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e.join("sr.dcm").is_file()));
+
+    // A receiver that is not there: each instance fails, is recorded, and nothing is lost.
+    let port = free_port();
+    let target = format!("STORESCP@127.0.0.1:{port}");
+    let (code, lines, _) = queue_send(&dir, &["--unsent", "--to", &target]);
+    assert_eq!(code, Some(1));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["event"] == "dicom_send_failed"));
+    for entry in &entries {
+        assert!(entry.join("dicom-send-failed.txt").is_file());
+        assert!(entry.join("sr.dcm").is_file() && !entry.join("dicom-sent.txt").exists());
+    }
+
+    // The receiver is up: both SRs go, each entry records it, the failure records go.
+    let received = tmp.path().join("storescp");
+    let _scp = StoreScp::start(port, &received);
+    let (code, lines, stderr) = queue_send(&dir, &["--unsent", "--to", &target]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["event"] == "dicom_sent" && l["to"] == target.as_str())
+    );
+    assert_eq!(names_in(&received).len(), 2);
+    for entry in &entries {
+        let record = std::fs::read_to_string(entry.join("dicom-sent.txt")).unwrap();
+        assert!(record.contains(&target), "{record}");
+        assert!(!entry.join("dicom-send-failed.txt").exists());
+    }
+    // Once: nothing is unsent now.
+    let (code, lines, stderr) = queue_send(&dir, &["--unsent", "--to", &target]);
+    assert_eq!((code, lines.len()), (Some(0), 0), "{stderr}");
+    assert!(stderr.contains("nothing to send"), "{stderr}");
+    // An entry named by a prefix of its id is sent again on request.
+    let id = entries[0].file_name().unwrap().to_str().unwrap();
+    let (code, lines, stderr) = queue_send(&dir, &[&id[..6], "--to", &target]);
+    assert_eq!((code, lines.len()), (Some(0), 1), "{stderr}");
+    // Bad requests: no target, an unknown id.
+    let (code, _, stderr) = queue_send(&dir, &["--unsent", "--to", "127.0.0.1:104"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("expected AE@host:port"), "{stderr}");
+    let (code, _, stderr) = queue_send(&dir, &["ffff0000", "--to", &target]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no queue entry"), "{stderr}");
 }
 
 #[test]

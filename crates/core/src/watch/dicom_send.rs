@@ -6,7 +6,11 @@
 //! and every connect, read and write is bounded by [`TIMEOUT`]. A send that fails leaves the
 //! entry as it was, plus [`SEND_FAILED_FILE`] in it saying what failed; entries with that file
 //! are sent again when the watcher starts and every [`RETRY_EVERY`] while it runs, and the file
-//! goes once all their instances were stored. Each instance sent or failed is a watch event.
+//! goes once all their instances were stored, replaced by [`SENT_FILE`] (where and when). Each
+//! instance sent or failed is a watch event.
+//!
+//! Entries queued while no receiver was set have neither file: `cxr queue send --unsent` finds
+//! them ([`unsent_entries`]) and sends them in the foreground ([`send_now`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -25,6 +29,8 @@ use crate::{CoreError, Result};
 
 /// In a queue entry: why its results could not be sent (removed once they are).
 pub const SEND_FAILED_FILE: &str = "dicom-send-failed.txt";
+/// In a queue entry: where and when all its results were last stored, and their instances.
+pub const SENT_FILE: &str = "dicom-sent.txt";
 /// Connect, read and write limit of each step of an association.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries whose send failed are tried again this often.
@@ -146,15 +152,40 @@ fn send_loop(
 
 /// Entries holding [`SEND_FAILED_FILE`].
 fn failed_entries(queue_entries: &Path) -> Vec<PathBuf> {
+    entries_where(queue_entries, |entry| {
+        entry.join(SEND_FAILED_FILE).is_file()
+    })
+}
+
+/// Entries with DICOM results and no [`SENT_FILE`]: never sent, or not all stored yet.
+#[must_use]
+pub fn unsent_entries(queue_entries: &Path) -> Vec<PathBuf> {
+    entries_where(queue_entries, |entry| {
+        !entry.join(SENT_FILE).is_file() && !results_in(entry).is_empty()
+    })
+}
+
+/// The entry folders in `queue_entries` that `keep` keeps, in name order.
+fn entries_where(queue_entries: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let Ok(list) = std::fs::read_dir(queue_entries) else {
         return Vec::new();
     };
-    let mut failed: Vec<PathBuf> = list
+    let mut kept: Vec<PathBuf> = list
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(SEND_FAILED_FILE).is_file())
+        .filter(|p| p.is_dir() && keep(p))
         .collect();
-    failed.sort();
-    failed
+    kept.sort();
+    kept
+}
+
+/// Sends `entry`'s results now, in this thread, and records the outcome in the entry as the
+/// watcher does: one event per instance (sent or failed), and one per record it could not
+/// write. No events for an entry without DICOM results.
+#[must_use]
+pub fn send_now(target: &SendTo, entry: &Path) -> Vec<WatchEvent> {
+    let events = std::cell::RefCell::new(Vec::new());
+    send_entry(target, entry, &|event| events.borrow_mut().push(event));
+    events.into_inner()
 }
 
 /// The DICOM results in an entry: the Secondary Captures, then the SR.
@@ -212,10 +243,10 @@ fn send_entry(target: &SendTo, entry: &Path, emit: &dyn Fn(WatchEvent)) {
     }
     let record = entry.join(SEND_FAILED_FILE);
     let result = if failures.is_empty() {
-        match std::fs::remove_file(&record) {
+        record_sent(entry, &to, &events).and_then(|()| match std::fs::remove_file(&record) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CoreError::io(&record, e)),
             _ => Ok(()),
-        }
+        })
     } else {
         let text = format!(
             "sending to {to} failed (tried again when cxr watch starts and every {} s):\n{}\n",
@@ -233,6 +264,27 @@ fn send_entry(target: &SendTo, entry: &Path, emit: &dyn Fn(WatchEvent)) {
     for event in events {
         emit(event);
     }
+}
+
+/// Writes [`SENT_FILE`]: the receiver, the time, and each instance stored with its file.
+fn record_sent(entry: &Path, to: &str, events: &[WatchEvent]) -> Result<()> {
+    let mut lines = vec![format!(
+        "stored at {to} on {}:",
+        queue::rfc3339_utc(std::time::SystemTime::now())
+    )];
+    for event in events {
+        if let WatchEvent::DicomSent {
+            file,
+            sop_instance_uid,
+            ..
+        } = event
+        {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            lines.push(format!("{sop_instance_uid} {name}"));
+        }
+    }
+    let text = lines.join("\n") + "\n";
+    crate::fsutil::write_atomic(&entry.join(SENT_FILE), text.as_bytes())
 }
 
 /// One instance to send: its SOP class and instance, and the data set in Explicit VR LE.

@@ -1,4 +1,5 @@
-//! `cxr queue list|label|export`: the review queue of a watch folder, from scripts or a shell.
+//! `cxr queue list|label|undo|send|export`: the review queue of a watch folder, from scripts or
+//! a shell.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use cxr_core::models::ModelFiles;
 use cxr_core::pipeline::CLASSIFIER_NAME;
 use cxr_core::queue::{Label, Order, Predicted, Queue, QueueItem, ReviewState};
 use cxr_core::service::{Image, Service};
+use cxr_core::watch::{WatchEvent, dicom_send};
 use serde::Serialize;
 
 use crate::cli::{Global, QueueCommand, QueueOrder};
@@ -76,6 +78,13 @@ pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
             super::print_json(&Listed::new(&item))?;
             Ok(ExitCode::SUCCESS)
         }
+        QueueCommand::Send {
+            ids,
+            unsent,
+            to,
+            ae_title,
+            watch,
+        } => send(&watch.watch_dir, &ids, unsent, &to, &ae_title),
         QueueCommand::Export {
             watch,
             format,
@@ -83,6 +92,40 @@ pub fn run(command: QueueCommand, global: &Global) -> Result<ExitCode> {
             reviewed,
         } => super::export::run(&watch.watch_dir, format, out.as_deref(), reviewed),
     }
+}
+
+/// `cxr queue send`: each entry's DICOM results to `to`, in the foreground; exit 1 when an
+/// instance failed or a named entry has no DICOM results.
+fn send(dir: &Path, ids: &[String], unsent: bool, to: &str, ae_title: &str) -> Result<ExitCode> {
+    let queue = Queue::open(dir)?;
+    let target = dicom_send::SendTo::parse(to, ae_title.trim())?;
+    let entries: Vec<PathBuf> = if unsent {
+        dicom_send::unsent_entries(&queue.entries())
+    } else {
+        ids.iter()
+            .map(|id| Ok(queue.get(id)?.dir))
+            .collect::<Result<_>>()?
+    };
+    if unsent && entries.is_empty() {
+        super::note("nothing to send: every entry's DICOM results were stored already");
+    }
+    let mut failed = 0;
+    for entry in &entries {
+        let events = dicom_send::send_now(&target, entry);
+        if events.is_empty() {
+            failed += 1;
+            eprintln!(
+                "cxr: {}: no DICOM results to send (its input was not DICOM, or it has no \
+                 explanation to capture)",
+                entry.display()
+            );
+        }
+        for event in events {
+            failed += usize::from(!matches!(event, WatchEvent::DicomSent { .. }));
+            super::print_json(&event)?;
+        }
+    }
+    Ok(super::exit_code(failed))
 }
 
 fn list(dir: &Path, order: QueueOrder, pending: bool, json: bool) -> Result<ExitCode> {
