@@ -1030,6 +1030,7 @@ mod tests {
                 "cxr queue list",
                 "cxr queue label",
                 "cxr queue undo",
+                "cxr queue send",
                 "cxr queue export",
                 "cxr serve"
             ]

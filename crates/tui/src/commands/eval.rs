@@ -157,14 +157,13 @@ pub fn run(
     if has_masks {
         let segmenter =
             UNetSegmenter::load(&ModelFiles::new(models, SEGMENTER_NAME), compute.device)?;
-        let rows = masked;
         let mut per_image = options
             .per_image
             .map(|path| csv_writer(&mask_rows_path(path, both)))
             .transpose()?;
-        let bar = super::progress(rows.len(), "evaluating the segmenter");
+        let bar = super::progress(masked.len(), "evaluating the segmenter");
         let (mut seg_failed, mut written) = (0, Ok(()));
-        let metrics = evaluate_each(&segmenter, rows.iter(), &mut |row, measured| {
+        let metrics = evaluate_each(&segmenter, masked.iter(), &mut |row, measured| {
             if let Err(e) = measured {
                 seg_failed += 1;
                 bar.suspend(|| eprintln!("cxr: {e}"));
