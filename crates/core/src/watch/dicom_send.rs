@@ -131,7 +131,7 @@ fn send_loop(
     entries: &mpsc::Receiver<PathBuf>,
     events: &mpsc::Sender<Msg>,
 ) {
-    let emit = |event: WatchEvent| {
+    let mut emit = |event: WatchEvent| {
         let _ = events.send(Msg::Event(event));
     };
     let mut last_retry: Option<Instant> = None;
@@ -139,11 +139,11 @@ fn send_loop(
         if last_retry.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
             last_retry = Some(Instant::now());
             for entry in failed_entries(queue_entries) {
-                send_entry(target, &entry, &emit);
+                send_entry(target, &entry, &mut emit);
             }
         }
         match entries.recv_timeout(RETRY_EVERY) {
-            Ok(entry) => send_entry(target, &entry, &emit),
+            Ok(entry) => send_entry(target, &entry, &mut emit),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -183,9 +183,9 @@ fn entries_where(queue_entries: &Path, keep: impl Fn(&Path) -> bool) -> Vec<Path
 /// write. No events for an entry without DICOM results.
 #[must_use]
 pub fn send_now(target: &SendTo, entry: &Path) -> Vec<WatchEvent> {
-    let events = std::cell::RefCell::new(Vec::new());
-    send_entry(target, entry, &|event| events.borrow_mut().push(event));
-    events.into_inner()
+    let mut events = Vec::new();
+    send_entry(target, entry, &mut |event| events.push(event));
+    events
 }
 
 /// The DICOM results in an entry: the Secondary Captures, then the SR.
@@ -211,7 +211,7 @@ fn results_in(entry: &Path) -> Vec<PathBuf> {
 
 /// Sends every result of `entry` in one association; records (or clears) the failures in the
 /// entry before telling about them, so that an event's reader finds the record.
-fn send_entry(target: &SendTo, entry: &Path, emit: &dyn Fn(WatchEvent)) {
+fn send_entry(target: &SendTo, entry: &Path, emit: &mut dyn FnMut(WatchEvent)) {
     let files = results_in(entry);
     if files.is_empty() {
         return;
